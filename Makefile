@@ -1,0 +1,54 @@
+# bridgescope: the two promises of the README are `make demo` and `make test`.
+# Both install what they need (Debian packages, a venv with the package) and must run as root,
+# because bridgescope reads and builds network namespaces.
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+LISTEN ?= 127.0.0.1:8470
+PYTEST_ARGS ?=
+
+# Kernel tools we drive, the CNI plugins and plotnetcfg the benchmarks compare against, the
+# browser the UI tests drive, and what python-iptables needs to build.
+DEB_PACKAGES := iproute2 iptables nftables conntrack procps util-linux kmod \
+	plotnetcfg containernetworking-plugins chromium \
+	python3-venv python3-dev build-essential libip4tc2 libip6tc2 libxtables12
+
+.PHONY: help deps venv demo test lint bench clean lab-down
+
+help:
+	@echo "make demo   - build the sandbox lab and serve the dashboard on it ($(LISTEN))"
+	@echo "make test   - run every test (unit, real-kernel, browser)"
+	@echo "make bench  - run the benchmarks (figures go to bench/RESULTS.md by hand)"
+	@echo "make lab-down - remove the sandbox lab"
+
+deps:
+	@missing=$$(for p in $(DEB_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		echo "installing Debian packages:" $$missing; \
+		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing; \
+	fi
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+venv: $(BIN)/python
+	$(BIN)/pip install -q -e '.[test,legacy]'
+
+demo: deps venv
+	$(BIN)/bridgescope lab up
+	$(BIN)/bridgescope serve --netns bslab-host --listen $(LISTEN)
+
+lab-down: venv
+	$(BIN)/bridgescope lab down
+
+test: deps venv
+	@[ "$$(id -u)" = 0 ] || { echo "make test must run as root (it builds network namespaces)"; exit 1; }
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+bench: deps venv
+	$(BIN)/python bench/run_all.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache test-artifacts

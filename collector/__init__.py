@@ -1,0 +1,1 @@
+"""Read side: kernel -> one immutable Snapshot."""

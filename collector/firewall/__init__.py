@@ -1,0 +1,1 @@
+"""Firewall readers: iptables-legacy, iptables-nft and native nftables, one rule model."""

@@ -1,0 +1,1 @@
+"""Write side: bridges, containers, NAT and port forwards, done as Docker does."""

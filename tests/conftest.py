@@ -1,0 +1,107 @@
+"""Shared fixtures: throwaway network namespaces that are removed even when a test fails.
+
+Every kernel object a test makes carries this run's prefix (`bst` + 5 hex digits), so two
+test runs on one machine never touch each other's objects and a sweep at the end of the
+session can find anything a crashed test left behind.
+"""
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Callable, Iterator
+
+import pytest
+
+RUN_PREFIX = "bst" + secrets.token_hex(3)[:5]
+IS_ROOT = os.geteuid() == 0
+ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
+
+
+def pytest_collection_modifyitems(config, items):
+    if IS_ROOT:
+        return
+    skip = pytest.mark.skip(reason="needs root (creates network namespaces)")
+    for item in items:
+        if "kernel" in item.keywords or "browser" in item.keywords:
+            item.add_marker(skip)
+
+
+def sh(*argv: str, ns: str | None = None, check: bool = True, input: str | None = None,
+       timeout: float = 30) -> subprocess.CompletedProcess:
+    """Run argv (never a shell string), optionally inside `ip netns exec NS`."""
+    cmd = (["ip", "netns", "exec", ns] if ns else []) + list(argv)
+    res = subprocess.run(cmd, capture_output=True, text=True, input=input, timeout=timeout)
+    if check and res.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed ({res.returncode}): {res.stderr.strip()}")
+    return res
+
+
+def _pids_in(ns: str) -> list[int]:
+    res = subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True)
+    return [int(p) for p in res.stdout.split()]
+
+
+def delete_netns(ns: str) -> None:
+    for pid in _pids_in(ns):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+
+
+def sweep(prefix: str) -> list[str]:
+    """Delete every namespace whose name starts with prefix; returns what was removed."""
+    gone = []
+    for entry in sorted(os.listdir("/run/netns")) if os.path.isdir("/run/netns") else []:
+        if entry.startswith(prefix):
+            delete_netns(entry)
+            gone.append(entry)
+    return gone
+
+
+@pytest.fixture(scope="session")
+def run_prefix() -> str:
+    return RUN_PREFIX
+
+
+@pytest.fixture
+def netns(request) -> Iterator[Callable[[str], str]]:
+    """Factory: netns("host") creates `<prefix>-host` (lo up) and returns its name."""
+    made: list[str] = []
+    test_tag = secrets.token_hex(2)
+
+    def make(suffix: str) -> str:
+        name = f"{RUN_PREFIX}{test_tag}-{suffix}"
+        sh("ip", "netns", "add", name)
+        made.append(name)
+        sh("ip", "-n", name, "link", "set", "lo", "up")
+        return name
+
+    yield make
+    for name in reversed(made):
+        delete_netns(name)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _sweep_after_session() -> Iterator[None]:
+    yield
+    if IS_ROOT:
+        left = sweep(RUN_PREFIX)
+        if left:
+            print(f"\nconftest: removed namespaces a test left behind: {left}", file=sys.stderr)
+
+
+@pytest.fixture(scope="session")
+def artifacts_dir() -> Path:
+    ARTIFACTS.mkdir(exist_ok=True)
+    return ARTIFACTS
+
+
+def have(tool: str) -> bool:
+    return shutil.which(tool) is not None

@@ -1,0 +1,1 @@
+"""Flask app factory, blueprints, SSE stream and the bridgescope CLI."""

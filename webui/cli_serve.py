@@ -1,0 +1,6 @@
+"""Sub-commands: serve (placeholder until its issue lands; registers nothing yet)."""
+import argparse
+
+
+def register(sub: "argparse._SubParsersAction") -> None:
+    return None
