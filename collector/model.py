@@ -7,7 +7,7 @@ for the same kernel objects.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields, is_dataclass
+from dataclasses import dataclass, fields, is_dataclass
 from typing import Any, Iterable
 
 Owner = str  # "docker", "cni", "podman", "kube-proxy", "bridgescope", "unknown"
