@@ -83,6 +83,11 @@ class Chain:
     policy: str | None = None
     packets: int = 0
     bytes: int = 0
+    # Where packets enter the chain: the netfilter hook ("prerouting", "input", "forward",
+    # "output", "postrouting") and the chain type ("nat", "filter", ...) - for iptables the
+    # built-in chains of a table, for nftables the base chains (whose names are free-form).
+    hook: str | None = None
+    hook_type: str | None = None
 
 
 @dataclass(frozen=True)
