@@ -1,6 +1,36 @@
-"""Sub-commands: snapshot (placeholder until its issue lands; registers nothing yet)."""
+"""Sub-command `bridgescope snapshot [--json | --dot] [--netns NAME]`: one look at the machine."""
+from __future__ import annotations
+
 import argparse
+import json
+import sys
+
+from bridgescope.collector.export import to_dot, to_json, to_tree
+from bridgescope.collector.snapshot import collect
 
 
 def register(sub: "argparse._SubParsersAction") -> None:
-    return None
+    parser = sub.add_parser(
+        "snapshot", help="print every namespace, bridge, veth pair, route and NAT rule once",
+        description="Scan every network namespace on the machine and print what the kernel has. "
+        "Default output is a tree (bridge -> veth -> peer@namespace).")
+    fmt = parser.add_mutually_exclusive_group()
+    fmt.add_argument("--json", action="store_true", help="the JSON document (stable ids)")
+    fmt.add_argument("--dot", action="store_true", help="Graphviz dot, one cluster per namespace")
+    parser.add_argument("--netns", metavar="NAME", default=None,
+                        help="treat this namespace (name in /run/netns or nsfs path) as the host")
+    parser.add_argument("--no-firewall", action="store_true",
+                        help="skip reading iptables/nftables (much faster with hundreds of namespaces)")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    snap = collect(args.netns, firewall=not args.no_firewall)
+    if args.json:
+        json.dump(to_json(snap), sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    elif args.dot:
+        sys.stdout.write(to_dot(snap))
+    else:
+        sys.stdout.write(to_tree(snap))
+    return 0

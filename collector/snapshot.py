@@ -1,0 +1,146 @@
+"""One scan of the machine -> one frozen Snapshot.
+
+discovery -> per-namespace dumps (sockets opened once, one setns pass) -> veth pairing ->
+firewall.scan -> nat.interpret. The kernel reads live in `read_namespaces`; turning what was
+read into model objects (`assemble`) is pure.
+"""
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Iterable, Mapping
+
+from bridgescope.collector import firewall as firewall_reader
+from bridgescope.collector import nat
+from bridgescope.collector.errors import BridgescopeError
+from bridgescope.collector.model import Interface, Namespace, Route, Snapshot, interface_id
+from bridgescope.collector.namespaces import discover, open_path, resolve_netns
+from bridgescope.collector.netlink import NamespaceHandle, NamespaceRead, open_handles
+from bridgescope.collector.veth import IfKey, likely_homes, pair, resolve_nsids
+
+
+def collect(host: str | None = None, *, firewall: bool = True) -> Snapshot:
+    """Scan every namespace on the machine; `host` (netns name or path) is treated as the host."""
+    ref = resolve_netns(host)
+    taken_at = time.time()
+    return scan(discover(ref), firewall=firewall, taken_at=taken_at)
+
+
+def scan(namespaces: list[Namespace], *, firewall: bool = True, taken_at: float | None = None) -> Snapshot:
+    """Read the given (already discovered) namespaces; ones that vanished become warnings."""
+    taken_at = time.time() if taken_at is None else taken_at
+    handles, reads, failures = open_handles({ns.id: open_path_or_none(ns) for ns in namespaces})
+    try:
+        nsid_maps = resolve_all_nsids(handles, reads)
+        present = [ns for ns in namespaces if ns.id in reads]
+        snap = assemble(present, reads, nsid_maps, taken_at=taken_at,
+                        warnings=vanished_warnings(namespaces, failures))
+        if firewall:
+            snap = with_firewall(snap, {ns_id: h.proc_path for ns_id, h in handles.items()})
+        return snap
+    finally:
+        for handle in handles.values():
+            handle.close()
+
+
+def open_path_or_none(ns: Namespace) -> str:
+    try:
+        return open_path(ns)
+    except BridgescopeError:
+        return ""  # fails to open -> reported as vanished
+
+
+def resolve_all_nsids(handles: Mapping[str, NamespaceHandle], reads: Mapping[str, NamespaceRead]
+                      ) -> dict[str, dict[int, str]]:
+    dumps = {ns_id: r.dump for ns_id, r in reads.items()}
+    homes = likely_homes(dumps)
+    fds = {ns_id: h.fd for ns_id, h in handles.items()}
+    maps = {}
+    for ns_id, handle in handles.items():
+        try:
+            maps[ns_id] = resolve_nsids(ns_id, dumps[ns_id], handle.rtnl, fds, homes)
+        except OSError:
+            maps[ns_id] = {}
+    return maps
+
+
+def vanished_warnings(namespaces: Iterable[Namespace], failures: Mapping[str, OSError]) -> tuple[str, ...]:
+    return tuple(
+        f"namespace {ns.name} ({ns.id}) vanished or could not be entered during the scan "
+        f"({failures[ns.id].strerror or failures[ns.id]}); left out"
+        for ns in namespaces if ns.id in failures
+    )
+
+
+def assemble(namespaces: list[Namespace], reads: Mapping[str, NamespaceRead],
+             nsid_maps: Mapping[str, Mapping[int, str]], *, taken_at: float,
+             warnings: tuple[str, ...] = ()) -> Snapshot:
+    """Pure: what was read per namespace -> the model."""
+    peers = pair({ns_id: r.dump for ns_id, r in reads.items()}, nsid_maps)
+    interfaces: list[Interface] = []
+    routes: list[Route] = []
+    for ns in namespaces:
+        interfaces += namespace_interfaces(ns.id, reads[ns.id], peers)
+        routes += namespace_routes(ns.id, reads[ns.id])
+    host = next((ns.id for ns in namespaces if ns.is_host), None)
+    return Snapshot(
+        namespaces=tuple(dataclasses.replace(ns, sysctls=reads[ns.id].sysctls) for ns in namespaces),
+        interfaces=tuple(interfaces),
+        routes=tuple(routes),
+        warnings=warnings,
+        taken_at=taken_at,
+        host=host,
+    )
+
+
+def namespace_interfaces(ns_id: str, read: NamespaceRead, peers: Mapping[IfKey, IfKey]) -> list[Interface]:
+    addresses: dict[int, list[str]] = {}
+    for addr in read.dump.addresses:
+        addresses.setdefault(addr.ifindex, []).append(addr.cidr)
+    out = []
+    for link in sorted(read.dump.links, key=lambda l: l.ifindex):
+        peer = peers.get((ns_id, link.ifindex))
+        out.append(Interface(
+            id=interface_id(ns_id, link.ifindex),
+            netns=ns_id,
+            name=link.name,
+            ifindex=link.ifindex,
+            kind=link.kind,
+            state="up" if link.up else "down",
+            mtu=link.mtu,
+            mac=link.mac,
+            addresses=tuple(addresses.get(link.ifindex, ())),
+            master=interface_id(ns_id, link.master) if link.master else None,
+            peer=interface_id(*peer) if peer else None,
+            alias=link.alias,
+            operstate=link.operstate,
+            hairpin=link.hairpin,
+        ))
+    return out
+
+
+def namespace_routes(ns_id: str, read: NamespaceRead) -> list[Route]:
+    names = {link.ifindex: link.name for link in read.dump.links}
+    return [
+        Route(netns=ns_id, dst=r.dst, gateway=r.gateway, dev=names.get(r.oif) if r.oif else None,
+              dev_id=interface_id(ns_id, r.oif) if r.oif in names else None, family=r.family,
+              scope=r.scope, proto=r.proto, prefsrc=r.prefsrc)
+        for r in read.dump.routes
+    ]
+
+
+def with_firewall(snap: Snapshot, paths: Mapping[str, str]) -> Snapshot:
+    """Add rules, chains, forwards and masquerades read from each namespace's firewall."""
+    try:
+        fw = firewall_reader.scan(paths)
+    except (OSError, BridgescopeError) as err:
+        return dataclasses.replace(snap, warnings=snap.warnings + (f"firewall could not be read: {err}",))
+    view = nat.interpret(fw.rules, fw.chains, snap.interfaces, snap.namespaces)
+    return dataclasses.replace(
+        snap,
+        rules=fw.rules,
+        chains=fw.chains,
+        port_forwards=view.port_forwards,
+        masquerades=view.masquerades,
+        warnings=snap.warnings + fw.warnings + view.warnings,
+    )
