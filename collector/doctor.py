@@ -1,0 +1,44 @@
+"""The doctor: what is broken in a host's container networking, why, and the fix.
+
+`diagnose` is a pure function of a Snapshot. It looks only at the host namespace and the
+containers plugged into its bridges (see hostview), runs every check of the reference's
+catalogue and returns the findings, most severe first. A healthy Docker, CNI, Podman or
+bridgescope host yields none.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+from bridgescope.collector import doctor_firewall as fw
+from bridgescope.collector import doctor_links as links
+from bridgescope.collector.finding import SEVERITIES, Finding, portforward_id
+from bridgescope.collector.hostview import HostView, host_view
+from bridgescope.collector.model import Snapshot
+
+__all__ = ["CHECKS", "Finding", "diagnose", "portforward_id"]
+
+Check = Callable[[HostView], tuple[Finding, ...]]
+
+# In the order a person would fix things: kernel switches, links, addresses, routes, NAT.
+CHECKS: tuple[Check, ...] = (
+    links.ip_forward_off,
+    links.link_down,
+    links.addr_no_prefix,
+    links.no_default_route,
+    links.mtu_mismatch,
+    fw.split_brain,
+    fw.masquerade,
+    fw.dnat_unreachable,
+    fw.forward_blocked,
+    fw.hairpin_off,
+    fw.br_netfilter_off,
+    fw.duplicate_rule,
+    fw.orphan_rule,
+)
+
+
+def diagnose(snap: Snapshot) -> tuple[Finding, ...]:
+    view = host_view(snap)
+    found = [f for check in CHECKS for f in check(view)]
+    # stable sort: errors first, within a severity the fixing order above
+    return tuple(sorted(found, key=lambda f: SEVERITIES.index(f.severity)))

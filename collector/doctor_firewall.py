@@ -1,0 +1,366 @@
+"""Doctor checks on NAT and filter rules (reference section 4.2, 4.6-4.9, 4.12, 4.13, 4.18).
+
+They read the interpreted view (port forwards, masquerades) the firewall collector built and,
+where that is not enough, the parsed rules themselves. Docker (<=27, 28.x, 29.x, the nftables
+backend), CNI, Podman and bridgescope layouts are all healthy here: every check accepts each
+project's own way of doing the same thing.
+"""
+from __future__ import annotations
+
+from collections import Counter
+from ipaddress import IPv4Address, IPv4Network
+
+from bridgescope.collector import rulematch
+from bridgescope.collector.finding import Finding, portforward_id
+from bridgescope.collector.hostview import Attachment, BridgeNet, HostView, in_ns, ipv4_addresses
+from bridgescope.collector.model import Masquerade, Namespace, PortForward, Rule
+
+_IPTABLES = {"legacy": "iptables-legacy", "nft": "iptables"}
+
+
+# --- small lookups ----------------------------------------------------------------------
+
+def host_rules(view: HostView) -> tuple[Rule, ...]:
+    host_id = view.host.id if view.host else None
+    return tuple(r for r in view.snap.rules if r.netns == host_id and r.family == 4)
+
+
+def host_forwards(view: HostView) -> tuple[PortForward, ...]:
+    host_id = view.host.id if view.host else None
+    return tuple(p for p in view.snap.port_forwards if p.netns == host_id)
+
+
+def rule_of(view: HostView, netns: str, chain: str | None, text: str | None) -> Rule | None:
+    """The parsed rule behind an interpreted forward or masquerade."""
+    return next((r for r in view.snap.rules
+                 if r.netns == netns and r.text == text and (chain is None or r.chain == chain)), None)
+
+
+def pf_objects(view: HostView, pf: PortForward) -> tuple[str, ...]:
+    ids = [portforward_id(pf.netns, pf.proto, pf.host_ip, pf.host_port)]
+    owner = view.owner_of_address(IPv4Address(pf.to_ip)) if _is_v4(pf.to_ip) else None
+    if owner is not None:
+        ids.append(owner.id)
+    return tuple(ids)
+
+
+def attachment_with(view: HostView, addr: IPv4Address) -> Attachment | None:
+    return next((a for a in view.attachments()
+                 if any(x.ip == addr for x in ipv4_addresses(a.inner))), None)
+
+
+def _is_v4(text: str) -> bool:
+    try:
+        IPv4Address(text)
+        return True
+    except ValueError:
+        return False
+
+
+def delete_command(ns: Namespace | None, rule: Rule) -> str:
+    """A command line that removes exactly this rule from its backend."""
+    if rule.backend == "nftables":
+        return in_ns(ns, "nft", "delete", "rule", "ip", rule.table, rule.chain,
+                     "handle", str(rule.handle))
+    spec = rule.text.split(None, 2)[2] if rule.text.startswith("-A ") else rule.text
+    return in_ns(ns, _IPTABLES.get(rule.backend, "iptables"), "-t", rule.table,
+                 "-D", rule.chain) + " " + spec
+
+
+def iptables(ns: Namespace | None, *argv: str) -> str:
+    return in_ns(ns, "iptables", *argv)
+
+
+# --- masquerade --------------------------------------------------------------------------
+
+def _outbound(view: HostView, m: Masquerade, net: BridgeNet) -> bool:
+    """Does m apply to traffic leaving the bridge's subnet for the outside world?"""
+    if m.out == net.bridge.name or (m.destination and not m.dest_not):
+        return False
+    rule = rule_of(view, m.netns, m.chain, m.rule_text)
+    if rule is not None and (rulematch.option(rule, "--mark") or rulematch.option(rule, "--src-type")):
+        return False  # hairpin / port-forward helpers, not the outbound masquerade
+    return True
+
+
+def _source(m: Masquerade) -> IPv4Network | None:
+    try:
+        return IPv4Network(m.source, strict=False) if m.source else IPv4Network("0.0.0.0/0")
+    except ValueError:
+        return None
+
+
+def masquerade(view: HostView) -> tuple[Finding, ...]:
+    host = view.host
+    masqs = [m for m in view.snap.masquerades if host and m.netns == host.id]
+    out = []
+    for net in view.bridges:
+        if not net.attachments:
+            continue
+        for gateway in net.gateways:
+            out.extend(_masquerade_for(view, net, gateway.network,
+                                       [m for m in masqs if _outbound(view, m, net)]))
+    return tuple(out)
+
+
+def _masquerade_for(view: HostView, net: BridgeNet, subnet: IPv4Network,
+                    masqs: list[Masquerade]) -> list[Finding]:
+    host = view.host
+    sources = [(m, s) for m in masqs if (s := _source(m)) is not None]
+    if any(subnet.subnet_of(s) for _, s in sources):
+        return []
+    members = [a.ip for att in net.attachments for a in ipv4_addresses(att.inner) if a.ip in subnet]
+    # CNI and Podman masquerade per container address: fine as long as every member is covered
+    all_covered = bool(members) and all(any(ip in s for _, s in sources) for ip in members)
+    partial = [(m, s) for m, s in sources
+               if s.overlaps(subnet) and not (s.prefixlen == 32 and s.network_address in members)]
+    right = iptables(host, "-t", "nat", "-A", "POSTROUTING", "-s", str(subnet),
+                     "!", "-o", net.bridge.name, "-j", "MASQUERADE")
+    if partial:
+        m, s = partial[0]
+        rule = rule_of(view, m.netns, m.chain, m.rule_text)
+        fix = ((delete_command(host, rule),) if rule else ()) + (right,)
+        return [Finding(
+            "masquerade-mask-mismatch", "warning" if all_covered else "error",
+            (net.bridge.id,), f"MASQUERADE covers {s}, the bridge {net.bridge.name} has {subnet}",
+            f"The source match {s} covers only part of the bridge's network {subnet}: containers "
+            f"outside it leave with their private address and get no answer. A host address "
+            f"with a network mask (-s 172.17.0.2/24) is stored as its network (172.17.0.0/24). "
+            f"Docker matches the whole subnet: -s {subnet} ! -o {net.bridge.name}.", fix)]
+    if all_covered:
+        return []
+    return [Finding(
+        "masquerade-missing", "error", (net.bridge.id,),
+        f"no MASQUERADE for {subnet} ({net.bridge.name})",
+        f"Nothing rewrites the source of packets from {subnet} leaving the host, so they go out "
+        "with a private address the outside world cannot answer: containers have no internet.",
+        (right,))]
+
+
+# --- DNAT port forwards ------------------------------------------------------------------
+
+def dnat_unreachable(view: HostView) -> tuple[Finding, ...]:
+    host = view.host
+    out = []
+    for pf in host_forwards(view):
+        if pf.via != "dnat":
+            continue
+        chain = pf.chain or "DOCKER"
+        if not pf.reachable:
+            out.append(Finding(
+                "dnat-unreachable", "error", pf_objects(view, pf),
+                f"DNAT for port {pf.host_port} sits in chain {chain}, which nothing jumps to",
+                f"The rule rewriting port {pf.host_port} to {pf.to_ip}:{pf.to_port} is in chain "
+                f"{chain}, but neither PREROUTING nor OUTPUT jumps there, so no packet ever "
+                f"meets it: clients get \"connection refused\" from the host itself.",
+                (iptables(host, "-t", "nat", "-A", "PREROUTING", "-m", "addrtype",
+                          "--dst-type", "LOCAL", "-j", chain),
+                 iptables(host, "-t", "nat", "-A", "OUTPUT", "!", "-d", "127.0.0.0/8",
+                          "-m", "addrtype", "--dst-type", "LOCAL", "-j", chain))))
+        elif not pf.from_host and chain not in ("PREROUTING",):
+            out.append(Finding(
+                "dnat-not-from-host", "warning", pf_objects(view, pf),
+                f"port {pf.host_port} is forwarded for other machines, not for the host itself",
+                f"PREROUTING jumps to {chain} but OUTPUT does not, so connections made on the host "
+                f"to its own address and port {pf.host_port} are refused.",
+                (iptables(host, "-t", "nat", "-A", "OUTPUT", "!", "-d", "127.0.0.0/8",
+                          "-m", "addrtype", "--dst-type", "LOCAL", "-j", chain),)))
+    return tuple(out)
+
+
+def _forward_policy_drop(view: HostView) -> bool:
+    host_id = view.host.id if view.host else None
+    return any(c.netns == host_id and c.family == 4 and (c.policy or "").lower() == "drop"
+               and ((c.table == "filter" and c.name == "FORWARD") or c.hook == "forward")
+               for c in view.snap.chains)
+
+
+def _accepts_from(rule: Rule, net: BridgeNet) -> bool:
+    """Is rule an ACCEPT for new traffic coming out of the bridge's containers?"""
+    if (rule.target or "").upper() != "ACCEPT" or rule.table != "filter" and rule.backend != "nftables":
+        return False
+    if rulematch.option(rule, "--ctstate") or rulematch.option(rule, "--state") or "ct state" in rule.text:
+        return False
+    iface = rulematch.interface(rule, "-i")
+    if iface == (net.bridge.name, False):
+        return True
+    src = rulematch.network(rule, "-s")
+    if src and not src[1] and any(src[0].subnet_of(n) or n.subnet_of(src[0]) for n in net.networks()):
+        return True
+    return rule.backend == "nftables" and rule.chain.endswith(f"__{net.bridge.name}") and iface is None
+
+
+def forward_blocked(view: HostView) -> tuple[Finding, ...]:
+    host = view.host
+    out = []
+    for pf in host_forwards(view):
+        if pf.forward_accept is False and pf.reachable:
+            bridge = view.bridge_of_address(IPv4Address(pf.to_ip)) if _is_v4(pf.to_ip) else None
+            oif = ("-o", bridge.bridge.name) if bridge else ()
+            out.append(Finding(
+                "forward-blocked", "error", pf_objects(view, pf),
+                f"the FORWARD chain drops port {pf.host_port}'s traffic to {pf.to_ip}:{pf.to_port}",
+                "The DNAT rewrites the packet, but the filter FORWARD path has no ACCEPT for "
+                f"{pf.to_ip} port {pf.to_port} and ends in DROP, so the connection times out "
+                "(it is not refused). Docker pairs each DNAT with such an ACCEPT.",
+                (iptables(host, "-I", "FORWARD", "-d", f"{pf.to_ip}/32", *oif, "-p", pf.proto,
+                          "-m", pf.proto, "--dport", str(pf.to_port), "-j", "ACCEPT"),)))
+    if not _forward_policy_drop(view):
+        return tuple(out)
+    rules = host_rules(view)
+    for net in view.bridges:
+        if net.attachments and not any(_accepts_from(r, net) for r in rules):
+            br = net.bridge.name
+            out.append(Finding(
+                "forward-blocked", "error", (net.bridge.id,),
+                f"the FORWARD policy is DROP and nothing accepts traffic from {br}",
+                f"Packets from {br}'s containers to anywhere beyond the host are dropped in the "
+                "filter FORWARD chain, so containers have no outside access. Docker accepts "
+                f"-i {br} (and replies with a conntrack rule).",
+                (iptables(host, "-A", "FORWARD", "-i", br, "!", "-o", br, "-j", "ACCEPT"),
+                 iptables(host, "-A", "FORWARD", "-o", br, "-m", "conntrack", "--ctstate",
+                          "RELATED,ESTABLISHED", "-j", "ACCEPT"))))
+    return tuple(out)
+
+
+# --- bridge-level netfilter: hairpin and br_netfilter --------------------------------------
+
+def _proxyless(rule: Rule | None, bridge: str) -> bool:
+    """A DNAT that also catches traffic coming from the bridge (no `! -i bridge`)."""
+    return rule is not None and rulematch.interface(rule, "-i") != (bridge, True)
+
+
+def hairpin_off(view: HostView) -> tuple[Finding, ...]:
+    host = view.host
+    if host is None or host.sysctl("net.bridge.bridge-nf-call-iptables") != "1":
+        return ()  # without bridge netfilter, DNAT back into the bridge is routed, not hairpinned
+    out = []
+    for pf in host_forwards(view):
+        att = attachment_with(view, IPv4Address(pf.to_ip)) if _is_v4(pf.to_ip) else None
+        rule = rule_of(view, pf.netns, pf.chain, pf.rule_text)
+        if att is None or att.port.hairpin is not False or not _proxyless(rule, att.bridge.name):
+            continue
+        out.append(Finding(
+            "hairpin-off", "warning", (att.port.id,) + pf_objects(view, pf),
+            f"{att.namespace.name} cannot reach its own published port {pf.host_port}",
+            f"The DNAT also applies to traffic from {att.bridge.name}, so when the container "
+            f"connects to the host's port {pf.host_port} the bridge must send the frame back out "
+            f"of the port it came in on - which it refuses while hairpin mode is off on "
+            f"{att.port.name}: the connection times out.",
+            (in_ns(host, "ip", "link", "set", att.port.name, "type", "bridge_slave", "hairpin", "on"),
+             iptables(host, "-t", "nat", "-A", "POSTROUTING", "-s", f"{pf.to_ip}/32", "-d",
+                      f"{pf.to_ip}/32", "-p", pf.proto, "-m", pf.proto, "--dport",
+                      str(pf.to_port), "-j", "MASQUERADE"))))
+    return tuple(out)
+
+
+def br_netfilter_off(view: HostView) -> tuple[Finding, ...]:
+    host = view.host
+    if host is None or host.sysctl("net.bridge.bridge-nf-call-iptables") != "0":
+        return ()
+    members = {a.ip for att in view.attachments() for a in ipv4_addresses(att.inner)}
+    needs = [r for r in host_rules(view) if _icc_drop(r, view) or _own_port_masquerade(r, members)]
+    if not needs:
+        return ()
+    bridges = tuple(n.bridge.id for n in view.bridges if n.attachments)
+    return (Finding(
+        "br-netfilter-off", "error", (host.id,) + bridges,
+        "bridge netfilter is off, but the rules rely on it",
+        "net.bridge.bridge-nf-call-iptables is 0, so traffic between containers on the same "
+        f"bridge never meets iptables: rules like \"{needs[0].text}\" do nothing (icc=false "
+        "does not isolate, and a container reaching a neighbour's published port times out). "
+        "Docker loads br_netfilter for exactly these cases.",
+        ("modprobe br_netfilter",
+         in_ns(host, "sysctl", "-w", "net.bridge.bridge-nf-call-iptables=1"))),)
+
+
+def _icc_drop(rule: Rule, view: HostView) -> bool:
+    if (rule.target or "").upper() != "DROP" or rule.table != "filter":
+        return False
+    i, o = rulematch.interface(rule, "-i"), rulematch.interface(rule, "-o")
+    return any(i == o == (n.bridge.name, False) for n in view.bridges)
+
+
+def _own_port_masquerade(rule: Rule, members: set[IPv4Address]) -> bool:
+    """Docker's proxy-less hairpin rule: -s C/32 -d C/32 ... -j MASQUERADE."""
+    if (rule.target or "").upper() != "MASQUERADE":
+        return False
+    s, d = rulematch.network(rule, "-s"), rulematch.network(rule, "-d")
+    return bool(s and d and s == d and s[0].prefixlen == 32 and s[0].network_address in members)
+
+
+# --- rule hygiene ------------------------------------------------------------------------
+
+def split_brain(view: HostView) -> tuple[Finding, ...]:
+    out = []
+    for ns in ((view.host,) if view.host else ()) + view.containers():
+        backends = {r.backend for r in view.snap.rules if r.netns == ns.id and r.family == 4}
+        if {"legacy", "nft"} <= backends:
+            tables = sorted({r.table for r in view.snap.rules
+                             if r.netns == ns.id and r.backend == "legacy"})
+            out.append(Finding(
+                "split-brain", "error", (ns.id,),
+                f"{ns.name} has rules in both iptables-legacy and iptables-nft",
+                "Two programs wrote rules through different iptables backends. The kernel runs "
+                "both sets, the legacy ones first whatever their position, and each tool sees "
+                "only its own half: rules \"exist\" yet do nothing, or run in the wrong order.",
+                (in_ns(ns, "iptables-legacy-save") + " > legacy.rules",
+                 in_ns(ns, "iptables-nft-restore", "--noflush") + " < legacy.rules")
+                + tuple(f"{in_ns(ns, 'iptables-legacy', '-t', t, '-F')} && "
+                        f"{in_ns(ns, 'iptables-legacy', '-t', t, '-X')}" for t in tables)))
+    return tuple(out)
+
+
+def duplicate_rule(view: HostView) -> tuple[Finding, ...]:
+    scope = {ns.id: ns for ns in ((view.host,) if view.host else ()) + view.containers()}
+    keyed = [((r.netns, r.backend, r.family, r.table, r.chain, rulematch.normalized_text(r)), r)
+             for r in view.snap.rules if r.netns in scope]
+    counts = Counter(k for k, _ in keyed)
+    out, seen = [], set()
+    for key, rule in keyed:
+        if counts[key] < 2 or key in seen:
+            continue
+        seen.add(key)
+        ns = scope[rule.netns]
+        out.append(Finding(
+            "duplicate-rule", "warning", (ns.id,),
+            f"rule in {rule.table}/{rule.chain} appears {counts[key]} times",
+            f"\"{rule.text}\" is installed {counts[key]} times. Only the first copy ever "
+            "matches; the others are leftovers of a script that appended without checking "
+            "(iptables -C) first, and deleting \"the\" rule later leaves a copy behind.",
+            (delete_command(ns, rule),) * (counts[key] - 1)))
+    return tuple(out)
+
+
+def orphan_rule(view: HostView) -> tuple[Finding, ...]:
+    host = view.host
+    out = []
+    for rule in host_rules(view):
+        addr = _dangling_address(view, rule)
+        if addr is None:
+            continue
+        net = view.bridge_of_address(addr)
+        out.append(Finding(
+            "orphan-rule", "warning", (net.bridge.id,) if net else (),
+            f"rule in {rule.table}/{rule.chain} points at {addr}, which no interface has",
+            f"\"{rule.text}\" refers to {addr} on {net.bridge.name if net else 'a bridge'}'s "
+            "network, but no container has that address any more: a leftover of a container "
+            "that was removed without its rules (and a trap for the next container to get "
+            "that address).",
+            (delete_command(host, rule),)))
+    return tuple(out)
+
+
+def _dangling_address(view: HostView, rule: Rule) -> IPv4Address | None:
+    candidates = []
+    dnat = rulematch.dnat_destination(rule) if (rule.target or "").upper() == "DNAT" else None
+    if dnat is not None:
+        candidates.append(dnat[0])
+    for name in ("-s", "-d"):
+        found = rulematch.network(rule, name)
+        if found and not found[1] and found[0].prefixlen == 32:
+            candidates.append(found[0].network_address)
+    for addr in candidates:
+        if view.bridge_of_address(addr) is not None and view.owner_of_address(addr) is None:
+            return addr
+    return None

@@ -1,0 +1,315 @@
+"""The doctor as a pure function: hand-built snapshots of a Docker-style host, each broken in
+exactly one way, must yield exactly that finding; the healthy one yields none."""
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+from bridgescope.collector.doctor import diagnose
+from bridgescope.collector.model import (
+    Chain, Interface, Masquerade, Namespace, PortForward, Route, Rule, Snapshot,
+)
+
+HOST, CTR, OTHER = "ns-1", "ns-2", "ns-3"
+
+
+def rule(chain: str, text: str, *, table: str = "nat", target: str | None = None,
+         backend: str = "nft", netns: str = HOST, **opts) -> Rule:
+    """A parsed iptables rule; opts like s="172.17.0.0/16", not_o="docker0"."""
+    matches = []
+    for key, value in opts.items():
+        neg = key.startswith("not_")
+        name = key[4:] if neg else key
+        flag = f"-{name}" if len(name) == 1 else f"--{name.replace('_', '-')}"
+        matches.append((flag, (value,), neg))
+    return Rule(netns=netns, backend=backend, family=4, table=table, chain=chain,
+                text=f"-A {chain} {text}", matches=tuple(matches), target=target)
+
+
+def dnat_rule(**extra) -> Rule:
+    return replace(rule("DOCKER", "! -i docker0 -p tcp -m tcp --dport 8080 -j DNAT "
+                        "--to-destination 172.17.0.2:80", target="DNAT", not_i="docker0",
+                        p="tcp", dport="8080"),
+                   target_args=(("--to-destination", "172.17.0.2:80"),), **extra)
+
+
+MASQ = rule("POSTROUTING", "-s 172.17.0.0/16 ! -o docker0 -j MASQUERADE", target="MASQUERADE",
+            s="172.17.0.0/16", not_o="docker0")
+
+
+def healthy() -> Snapshot:
+    """Docker 29 after `docker run -p 8080:80` with one container (reference 1.2)."""
+    host = Namespace(HOST, "bstX-host", 1, paths=("/run/netns/bstX-host",), is_host=True,
+                     sysctls=(("net.ipv4.ip_forward", "1"),
+                              ("net.bridge.bridge-nf-call-iptables", "1")))
+    ctr = Namespace(CTR, "bstX-c1", 2, paths=("/run/netns/bstX-c1",))
+    ifaces = (
+        Interface(f"{HOST}/if2", HOST, "eth0", 2, "veth", "up", 1500, None, ("192.0.2.10/24",)),
+        Interface(f"{HOST}/if3", HOST, "docker0", 3, "bridge", "up", 1500, None, ("172.17.0.1/16",)),
+        Interface(f"{HOST}/if4", HOST, "veth1a2b3c4", 4, "veth", "up", 1500, None,
+                  master=f"{HOST}/if3", peer=f"{CTR}/if2", hairpin=False),
+        Interface(f"{CTR}/if1", CTR, "lo", 1, "loopback", "up", 65536, None, ("127.0.0.1/8",)),
+        Interface(f"{CTR}/if2", CTR, "eth0", 2, "veth", "up", 1500, None, ("172.17.0.2/16",),
+                  peer=f"{HOST}/if4"),
+    )
+    routes = (
+        Route(HOST, "default", "192.0.2.1", "eth0"),
+        Route(HOST, "172.17.0.0/16", None, "docker0"),
+        Route(CTR, "default", "172.17.0.1", "eth0"),
+        Route(CTR, "172.17.0.0/16", None, "eth0"),
+    )
+    dnat = dnat_rule()
+    rules = (
+        rule("PREROUTING", "-m addrtype --dst-type LOCAL -j DOCKER", target="DOCKER", dst_type="LOCAL"),
+        MASQ, dnat,
+        rule("FORWARD", "-j DOCKER-FORWARD", table="filter", target="DOCKER-FORWARD"),
+        rule("DOCKER-FORWARD", "-i docker0 -j ACCEPT", table="filter", target="ACCEPT", i="docker0"),
+        rule("DOCKER", "-d 172.17.0.2/32 ! -i docker0 -o docker0 -p tcp -m tcp --dport 80 -j ACCEPT",
+             table="filter", target="ACCEPT", d="172.17.0.2/32", not_i="docker0", o="docker0"),
+    )
+    chains = (Chain(HOST, "nft", 4, "filter", "FORWARD", policy="DROP", hook="forward"),)
+    pf = PortForward(HOST, "tcp", None, 8080, "172.17.0.2", 80, "docker", "nft", container=CTR,
+                     to_interface=f"{CTR}/if2", chain="DOCKER", rule_text=dnat.text,
+                     forward_accept=True)
+    masq = Masquerade(HOST, "172.17.0.0/16", "docker0", "docker", "nft", chain="POSTROUTING",
+                      rule_text=MASQ.text)
+    return Snapshot((host, ctr), ifaces, routes, rules, chains, (pf,), (masq,), host=HOST)
+
+
+def with_iface(snap: Snapshot, if_id: str, **changes) -> Snapshot:
+    return replace(snap, interfaces=tuple(replace(i, **changes) if i.id == if_id else i
+                                          for i in snap.interfaces))
+
+
+def ids(snap: Snapshot) -> list[str]:
+    return [f.id for f in diagnose(snap)]
+
+
+def test_healthy_docker_host_has_no_finding():
+    assert diagnose(healthy()) == ()
+
+
+def test_ip_forward_off():
+    snap = healthy()
+    host = replace(snap.namespaces[0], sysctls=(("net.ipv4.ip_forward", "0"),))
+    found = diagnose(replace(snap, namespaces=(host, snap.namespaces[1])))
+    assert [f.id for f in found] == ["ip-forward-off"]
+    assert found[0].objects == (HOST,)
+    assert found[0].fix == ("ip netns exec bstX-host sysctl -w net.ipv4.ip_forward=1",)
+
+
+def test_ip_forward_off_without_containers_is_not_a_problem():
+    snap = healthy()
+    host = replace(snap.namespaces[0], sysctls=(("net.ipv4.ip_forward", "0"),))
+    bare = replace(snap, namespaces=(host,), interfaces=snap.interfaces[:2], port_forwards=())
+    assert "ip-forward-off" not in ids(bare)
+
+
+def test_container_eth0_down_is_one_link_down_not_also_a_missing_route():
+    snap = with_iface(healthy(), f"{CTR}/if2", state="down")
+    snap = replace(snap, routes=tuple(r for r in snap.routes if r.netns != CTR))  # kernel drops them
+    found = diagnose(snap)
+    assert [f.id for f in found] == ["link-down"]
+    assert found[0].objects == (f"{CTR}/if2", CTR)
+    assert found[0].fix == ("ip -n bstX-c1 link set eth0 up",)
+
+
+@pytest.mark.parametrize("if_id,severity", [(f"{HOST}/if3", "error"), (f"{HOST}/if4", "error"),
+                                            (f"{CTR}/if1", "warning")])
+def test_bridge_port_and_lo_down(if_id, severity):
+    found = diagnose(with_iface(healthy(), if_id, state="down"))
+    assert [(f.id, f.severity, f.objects[0]) for f in found] == [("link-down", severity, if_id)]
+
+
+def test_address_without_prefix():
+    snap = with_iface(healthy(), f"{CTR}/if2", addresses=("172.17.0.2/32",))
+    snap = replace(snap, routes=tuple(r for r in snap.routes if r.netns != CTR))
+    found = diagnose(snap)
+    assert [f.id for f in found] == ["addr-no-prefix"]
+    assert found[0].fix == ("ip -n bstX-c1 addr del 172.17.0.2/32 dev eth0",
+                            "ip -n bstX-c1 addr add 172.17.0.2/16 dev eth0",
+                            "ip -n bstX-c1 route replace default via 172.17.0.1")
+
+
+def test_slash32_with_onlink_route_to_the_gateway_is_fine():
+    snap = with_iface(healthy(), f"{CTR}/if2", addresses=("172.17.0.2/32",))
+    snap = replace(snap, routes=snap.routes[:3] + (Route(CTR, "172.17.0.1/32", None, "eth0"),))
+    assert diagnose(snap) == ()
+
+
+def test_no_default_route():
+    snap = healthy()
+    snap = replace(snap, routes=tuple(r for r in snap.routes if not (r.netns == CTR and r.dst == "default")))
+    found = diagnose(snap)
+    assert [f.id for f in found] == ["no-default-route"]
+    assert found[0].fix == ("ip -n bstX-c1 route add default via 172.17.0.1",)
+
+
+def test_masquerade_missing():
+    snap = replace(healthy(), masquerades=(), rules=tuple(r for r in healthy().rules if r is not MASQ))
+    found = diagnose(snap)
+    assert [f.id for f in found] == ["masquerade-missing"]
+    assert found[0].objects == (f"{HOST}/if3",)
+    assert found[0].fix == ("ip netns exec bstX-host iptables -t nat -A POSTROUTING -s 172.17.0.0/16 "
+                            "'!' -o docker0 -j MASQUERADE",)
+
+
+def test_masquerade_for_the_bridge_itself_or_by_mark_does_not_count():
+    """-o docker0 --src-type LOCAL (hairpin helper) and mark-based masquerades are not outbound."""
+    local = rule("POSTROUTING", "-o docker0 -m addrtype --src-type LOCAL -j MASQUERADE",
+                 target="MASQUERADE", o="docker0", src_type="LOCAL")
+    mark = rule("CNI-HOSTPORT-MASQ", "-m mark --mark 0x2000/0x2000 -j MASQUERADE",
+                target="MASQUERADE", mark="0x2000/0x2000")
+    masqs = (Masquerade(HOST, None, None, "docker", "nft", out="docker0", chain="POSTROUTING",
+                        rule_text=local.text),
+             Masquerade(HOST, None, None, "cni", "nft", chain="CNI-HOSTPORT-MASQ", rule_text=mark.text))
+    snap = replace(healthy(), masquerades=masqs, rules=(local, mark) + healthy().rules[2:])
+    assert ids(snap) == ["masquerade-missing"]
+
+
+def blog_masquerade(snap: Snapshot) -> Snapshot:
+    bad = rule("POSTROUTING", "-s 172.17.0.0/24 -j MASQUERADE", target="MASQUERADE", s="172.17.0.0/24")
+    masq = Masquerade(HOST, "172.17.0.0/24", None, "unknown", "nft", chain="POSTROUTING", rule_text=bad.text)
+    return replace(snap, masquerades=(masq,), rules=(bad,) + tuple(r for r in snap.rules if r is not MASQ))
+
+
+def test_masquerade_mask_mismatch_is_a_warning_while_all_containers_fit():
+    found = diagnose(blog_masquerade(healthy()))
+    assert [(f.id, f.severity) for f in found] == [("masquerade-mask-mismatch", "warning")]
+    assert found[0].fix[0] == ("ip netns exec bstX-host iptables -t nat -D POSTROUTING "
+                               "-s 172.17.0.0/24 -j MASQUERADE")
+
+
+def test_masquerade_mask_mismatch_is_an_error_when_a_container_falls_outside():
+    snap = with_iface(healthy(), f"{CTR}/if2", addresses=("172.17.1.2/16",))
+    snap = replace(snap, port_forwards=(), rules=tuple(r for r in snap.rules if "172.17.0.2" not in r.text))
+    found = diagnose(blog_masquerade(snap))
+    assert [(f.id, f.severity) for f in found] == [("masquerade-mask-mismatch", "error")]
+
+
+def test_per_container_masquerade_like_cni_covers_the_subnet():
+    masq = Masquerade(HOST, "172.17.0.2/32", None, "cni", "nft", chain="POSTROUTING")
+    assert diagnose(replace(healthy(), masquerades=(masq,))) == ()
+
+
+def test_dnat_unreachable():
+    snap = healthy()
+    snap = replace(snap, port_forwards=(replace(snap.port_forwards[0], reachable=False, from_host=False),))
+    found = diagnose(snap)
+    assert [f.id for f in found] == ["dnat-unreachable"]
+    assert found[0].objects == (f"pf:{HOST}:tcp:*:8080", f"{CTR}/if2")
+    assert any("PREROUTING -m addrtype --dst-type LOCAL -j DOCKER" in c for c in found[0].fix)
+
+
+def test_dnat_not_from_host():
+    snap = healthy()
+    snap = replace(snap, port_forwards=(replace(snap.port_forwards[0], from_host=False),))
+    assert ids(snap) == ["dnat-not-from-host"]
+
+
+def test_forward_blocked_for_a_port_and_for_outbound():
+    snap = healthy()
+    snap = replace(snap, port_forwards=(replace(snap.port_forwards[0], forward_accept=False),))
+    assert ids(snap) == ["forward-blocked"]
+    snap = replace(snap, rules=tuple(r for r in snap.rules if r.chain != "DOCKER-FORWARD"))
+    found = diagnose(snap)
+    assert [f.objects[0] for f in found] == [f"pf:{HOST}:tcp:*:8080", f"{HOST}/if3"]
+
+
+def test_outbound_accept_by_source_subnet_like_podman_counts():
+    podman = rule("NETAVARK_FORWARD", "-s 172.17.0.0/16 -j ACCEPT", table="filter", target="ACCEPT",
+                  s="172.17.0.0/16")
+    snap = healthy()
+    snap = replace(snap, rules=tuple(r for r in snap.rules if r.chain != "DOCKER-FORWARD") + (podman,))
+    assert diagnose(snap) == ()
+
+
+def proxyless(snap: Snapshot) -> Snapshot:
+    """Docker with --userland-proxy=false: the DNAT has no `! -i docker0`."""
+    dnat = replace(rule("DOCKER", "-p tcp -m tcp --dport 8080 -j DNAT --to-destination 172.17.0.2:80",
+                        target="DNAT", p="tcp", dport="8080"),
+                   target_args=(("--to-destination", "172.17.0.2:80"),))
+    pf = replace(snap.port_forwards[0], rule_text=dnat.text)
+    return replace(snap, rules=tuple(r for r in snap.rules if r.target != "DNAT") + (dnat,),
+                   port_forwards=(pf,))
+
+
+def test_hairpin_off_only_for_proxyless_dnat():
+    assert diagnose(healthy()) == ()  # `! -i docker0`: docker-proxy handles hairpin
+    found = diagnose(proxyless(healthy()))
+    assert [f.id for f in found] == ["hairpin-off"]
+    assert found[0].objects[0] == f"{HOST}/if4"
+    assert found[0].fix[0] == "ip -n bstX-host link set veth1a2b3c4 type bridge_slave hairpin on"
+    assert diagnose(with_iface(proxyless(healthy()), f"{HOST}/if4", hairpin=True)) == ()
+
+
+def test_br_netfilter_off_matters_only_with_rules_that_need_it():
+    snap = healthy()
+    host = replace(snap.namespaces[0], sysctls=(("net.ipv4.ip_forward", "1"),
+                                                ("net.bridge.bridge-nf-call-iptables", "0")))
+    snap = replace(snap, namespaces=(host, snap.namespaces[1]))
+    assert diagnose(snap) == ()
+    icc = rule("DOCKER-FORWARD", "-i docker0 -o docker0 -j DROP", table="filter", target="DROP",
+               i="docker0", o="docker0")
+    found = diagnose(replace(snap, rules=snap.rules + (icc,)))
+    assert [f.id for f in found] == ["br-netfilter-off"]
+    assert found[0].objects == (HOST, f"{HOST}/if3")
+
+
+def test_split_brain():
+    legacy = rule("POSTROUTING", "-s 10.9.0.0/24 -j MASQUERADE", backend="legacy",
+                  target="MASQUERADE", s="10.9.0.0/24")
+    found = diagnose(replace(healthy(), rules=healthy().rules + (legacy,)))
+    assert [f.id for f in found] == ["split-brain"]
+    assert "ip netns exec bstX-host iptables-legacy -t nat -F" in found[0].fix[-1]
+
+
+def test_duplicate_rule():
+    snap = replace(healthy(), rules=healthy().rules + (MASQ,))
+    found = diagnose(snap)
+    assert [f.id for f in found] == ["duplicate-rule"]
+    assert found[0].fix == ("ip netns exec bstX-host iptables -t nat -D POSTROUTING -s 172.17.0.0/16 "
+                            "! -o docker0 -j MASQUERADE",)
+
+
+def test_orphan_rule_points_at_an_address_nobody_has():
+    gone = replace(rule("DOCKER", "-p tcp -m tcp --dport 9090 -j DNAT --to-destination 172.17.0.9:80",
+                        target="DNAT", p="tcp", dport="9090"),
+                   target_args=(("--to-destination", "172.17.0.9:80"),))
+    found = diagnose(replace(healthy(), rules=healthy().rules + (gone,)))
+    assert [f.id for f in found] == ["orphan-rule"]
+    assert found[0].objects == (f"{HOST}/if3",)
+
+
+def test_dnat_to_a_remote_machine_is_not_an_orphan():
+    remote = replace(rule("DOCKER", "-p tcp -m tcp --dport 9090 -j DNAT --to-destination 198.51.100.7:80",
+                          target="DNAT", p="tcp", dport="9090"),
+                     target_args=(("--to-destination", "198.51.100.7:80"),))
+    assert diagnose(replace(healthy(), rules=healthy().rules + (remote,))) == ()
+
+
+def test_mtu_larger_than_the_uplink():
+    found = diagnose(with_iface(healthy(), f"{HOST}/if2", mtu=1400))
+    assert [f.id for f in found] == ["mtu-mismatch"]
+
+
+def test_unrelated_broken_namespaces_are_out_of_scope():
+    """Another namespace on the machine (not plugged into the host's bridges) is not ours to judge."""
+    snap = healthy()
+    other = Namespace(OTHER, "someone-elses", 3)
+    down = Interface(f"{OTHER}/if2", OTHER, "eth0", 2, "veth", "down", 1500, None, ("10.1.0.2/32",))
+    dup = rule("POSTROUTING", "-j MASQUERADE", target="MASQUERADE", netns=OTHER, backend="legacy")
+    snap = replace(snap, namespaces=snap.namespaces + (other,), interfaces=snap.interfaces + (down,),
+                   rules=snap.rules + (dup, dup))
+    assert diagnose(snap) == ()
+
+
+def test_findings_are_sorted_errors_first():
+    snap = with_iface(healthy(), f"{CTR}/if1", state="down")  # warning
+    snap = replace(snap, masquerades=(), rules=tuple(r for r in snap.rules if r is not MASQ))  # error
+    assert [f.severity for f in diagnose(snap)] == ["error", "warning"]
+
+
+def test_empty_snapshot():
+    assert diagnose(Snapshot()) == ()
