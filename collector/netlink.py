@@ -1,95 +1,38 @@
-"""Per-namespace rtnetlink: sockets opened once inside each namespace, dumps decoded by pyroute2.
+"""Per-namespace rtnetlink sockets: opened once inside each namespace, kept, read from any thread.
 
 Why not `pyroute2.IPRoute` objects: in 0.9 the sync classes make a fresh socket for every
 thread that touches them (docs/threading.rst). A plain `IPRoute()` opened by a thread that
 setns'd into namespace X therefore talks to the *caller's* namespace when used from any
-other thread (verified: it listed the root namespace's links). `IPRoute(netns=..., flags=0)`
-is correct but forks a child per socket and costs ~0.25 ms of event-loop overhead per
-message (reference 3.5: 1.5 s warm for 201 namespaces). A raw AF_NETLINK socket is bound to
-the namespace of the thread that creates it, for its whole life, whatever thread uses it
-later. So one dedicated thread hops (setns) through the namespaces and opens plain sockets;
-requests are built and replies decoded with pyroute2's rtnl message classes. Measured at
-201 namespaces: 3 ms to open, 11 ms of I/O, 0.14 s of decoding.
+other thread (verified here: it listed the root namespace's links). `IPRoute(netns=...,
+flags=0)` is correct but forks a child per socket and spends ~0.25 ms of event-loop time per
+message (reference 3.5: 1.5 s warm for 201 namespaces). A raw AF_NETLINK socket belongs to
+the namespace of the thread that created it for its whole life, whatever thread uses it
+later. So one short-lived thread hops (setns) through the namespaces and opens plain
+sockets; bytes are encoded/decoded by collector/rtnl.py. Measured at 201 namespaces: 3 ms
+to open, 11 ms of I/O.
 """
 from __future__ import annotations
 
 import ctypes
-import errno
 import os
 import socket
 import threading
 from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator, Mapping, TypeVar
 
-from pyroute2.netlink import NLM_F_DUMP, NLM_F_REQUEST, NLMSG_DONE, NLMSG_ERROR
-from pyroute2.netlink.rtnl import (
-    RTM_GETADDR,
-    RTM_GETLINK,
-    RTM_GETNSID,
-    RTM_GETROUTE,
-    RTM_NEWNSID,
-)
-from pyroute2.netlink.rtnl.ifaddrmsg import ifaddrmsg
-from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
-from pyroute2.netlink.rtnl.marshal import MarshalRtnl
-from pyroute2.netlink.rtnl.nsidmsg import nsidmsg
-from pyroute2.netlink.rtnl.rtmsg import rtmsg
+from bridgescope.collector import rtnl
+from bridgescope.collector.rtnl import AddressFacts, LinkFacts, Message, RouteFacts
 
 CLONE_NEWNET = 0x40000000
 NETLINK_ROUTE = 0
 SOL_NETLINK = 270
 NETLINK_GET_STRICT_CHK = 12
-RT_TABLE_MAIN = 254
-RTM_F_CLONED = 0x200
-IFF_UP = 0x1
-ARPHRD_LOOPBACK = 772
-ARPHRD_ETHER = 1
-ARPHRD_NONE = 65534
-NSID_NOT_ASSIGNED = 4294967295
-BRIDGE_MODE_HAIRPIN = 1
+RECV_SIZE = 1 << 16
 # Groups a watcher needs: links, IPv4/IPv6 addresses and routes.
 RTMGRP_TOPOLOGY = 0x1 | 0x10 | 0x40 | 0x100 | 0x400
 
-KNOWN_KINDS = {"bridge", "veth", "vxlan", "macvlan", "dummy", "tun"}
-SCOPES = {0: "global", 200: "site", 253: "link", 254: "host", 255: "nowhere"}
-PROTOS = {1: "redirect", 2: "kernel", 3: "boot", 4: "static", 16: "dhcp"}
-
 _libc = ctypes.CDLL(None, use_errno=True)
 T = TypeVar("T")
-
-
-@dataclass(frozen=True)
-class LinkFacts:
-    ifindex: int
-    name: str
-    kind: str
-    up: bool
-    operstate: str | None
-    mtu: int
-    mac: str | None
-    master: int | None  # ifindex of the bridge, same namespace
-    link: int | None  # veth: the peer's ifindex, in the peer's namespace
-    link_netnsid: int | None  # veth: the peer namespace's nsid as seen from here
-    alias: str | None
-    hairpin: bool | None
-
-
-@dataclass(frozen=True)
-class AddressFacts:
-    ifindex: int
-    cidr: str
-    family: int
-
-
-@dataclass(frozen=True)
-class RouteFacts:
-    dst: str
-    gateway: str | None
-    oif: int | None
-    family: int
-    scope: str | None
-    proto: str | None
-    prefsrc: str | None
 
 
 @dataclass(frozen=True)
@@ -146,11 +89,10 @@ def new_route_socket(groups: int = 0) -> socket.socket:
 
 
 class NetnsSocket:
-    """One rtnetlink socket living in one namespace; usable from any thread (not concurrently)."""
+    """One rtnetlink socket living in one namespace; any thread may use it (one at a time)."""
 
     def __init__(self, sock: socket.socket):
         self.sock = sock
-        self._marshal = MarshalRtnl()
         self._seq = 0
         self._lock = threading.Lock()
 
@@ -159,145 +101,49 @@ class NetnsSocket:
 
     def dump(self) -> NamespaceDump:
         with self._lock:
-            links = tuple(link_facts(m) for m in self._request(_dump_request(ifinfmsg, RTM_GETLINK)))
-            addrs = tuple(address_facts(m) for m in self._request(_dump_request(ifaddrmsg, RTM_GETADDR)))
-            routes = tuple(r for r in (route_facts(m) for m in self._request(_route_request())) if r)
+            links = tuple(rtnl.link_facts(m) for m in self._dump(rtnl.link_dump))
+            addrs = tuple(a for a in map(rtnl.address_facts, self._dump(rtnl.address_dump)) if a)
+            routes = tuple(r for r in map(rtnl.route_facts, self._dump(rtnl.route_dump)) if r)
         return NamespaceDump(links, addrs, routes)
 
     def nsids(self, candidates: Mapping[str, int]) -> dict[int, str]:
         """Ask this namespace which nsid it gave each candidate ({key: namespace fd}).
 
-        Queries are pipelined: all sent, then all answers read.
+        Pipelined: every question is sent, then the answers are read.
         """
         with self._lock:
             by_seq: dict[int, str] = {}
             for key, fd in candidates.items():
                 seq = self._next_seq()
-                msg = nsidmsg()
-                msg["header"]["type"] = RTM_GETNSID
-                msg["header"]["flags"] = NLM_F_REQUEST
-                msg["header"]["sequence_number"] = seq
-                msg["attrs"] = [("NETNSA_FD", fd)]
-                msg.encode()
-                self.sock.send(msg.data)
+                self.sock.send(rtnl.nsid_query(seq, fd))
                 by_seq[seq] = key
             found: dict[int, str] = {}
-            pending = set(by_seq)
-            while pending:
-                for msg in self._marshal.parse(self.sock.recv(1 << 16)):
-                    seq = msg["header"]["sequence_number"]
-                    pending.discard(seq)
-                    if msg["header"]["type"] == RTM_NEWNSID:
-                        nsid = msg.get_attr("NETNSA_NSID")
-                        if nsid is not None and nsid != NSID_NOT_ASSIGNED and seq in by_seq:
-                            found[nsid] = by_seq[seq]
+            while by_seq:
+                for msg in rtnl.messages(self.sock.recv(RECV_SIZE)):
+                    key = by_seq.pop(msg.seq, None)
+                    nsid = rtnl.nsid_of(msg) if msg.type == rtnl.RTM_NEWNSID else None
+                    if key is not None and nsid is not None:
+                        found[nsid] = key
             return found
 
     def _next_seq(self) -> int:
         self._seq = self._seq % 0xFFFFFF + 1
         return self._seq
 
-    def _request(self, msg) -> Iterator:
+    def _dump(self, build: Callable[[int], bytes]) -> Iterator[Message]:
         seq = self._next_seq()
-        msg["header"]["sequence_number"] = seq
-        msg.encode()
-        self.sock.send(msg.data)
+        self.sock.send(build(seq))
         while True:
-            for reply in self._marshal.parse(self.sock.recv(1 << 16)):
-                if reply["header"]["sequence_number"] != seq:
+            for msg in rtnl.messages(self.sock.recv(RECV_SIZE)):
+                if msg.seq != seq:
                     continue
-                kind = reply["header"]["type"]
-                if kind == NLMSG_DONE:
+                if msg.type == rtnl.NLMSG_DONE:
                     return
-                if kind == NLMSG_ERROR:
-                    error = reply["header"].get("error")
-                    if error is not None:
-                        raise OSError(getattr(error, "code", errno.EIO), str(error))
+                if msg.type == rtnl.NLMSG_ERROR:
+                    if msg.error:
+                        raise OSError(msg.error, os.strerror(msg.error))
                     return
-                yield reply
-
-
-def _dump_request(cls, mtype: int):
-    msg = cls()
-    msg["header"]["type"] = mtype
-    msg["header"]["flags"] = NLM_F_REQUEST | NLM_F_DUMP
-    return msg
-
-
-def _route_request():
-    msg = _dump_request(rtmsg, RTM_GETROUTE)
-    msg["family"] = socket.AF_UNSPEC
-    msg["table"] = RT_TABLE_MAIN
-    return msg
-
-
-def link_facts(msg) -> LinkFacts:
-    info = msg.get_attr("IFLA_LINKINFO")
-    kind = info.get_attr("IFLA_INFO_KIND") if info else None
-    netnsid = msg.get_attr("IFLA_LINK_NETNSID")
-    return LinkFacts(
-        ifindex=msg["index"],
-        name=msg.get_attr("IFLA_IFNAME") or f"if{msg['index']}",
-        kind=link_kind(kind, msg["ifi_type"]),
-        up=bool(msg["flags"] & IFF_UP),
-        operstate=msg.get_attr("IFLA_OPERSTATE"),
-        mtu=msg.get_attr("IFLA_MTU") or 0,
-        mac=_mac(msg.get_attr("IFLA_ADDRESS"), msg["ifi_type"]),
-        master=msg.get_attr("IFLA_MASTER"),
-        link=msg.get_attr("IFLA_LINK") if kind == "veth" else None,
-        link_netnsid=netnsid if kind == "veth" and netnsid is not None and netnsid >= 0 else None,
-        alias=msg.get_attr("IFLA_IFALIAS"),
-        hairpin=_hairpin(info),
-    )
-
-
-def link_kind(info_kind: str | None, ifi_type: int) -> str:
-    if info_kind in KNOWN_KINDS:
-        return info_kind
-    if info_kind is None and ifi_type == ARPHRD_LOOPBACK:
-        return "loopback"
-    if info_kind is None and ifi_type == ARPHRD_ETHER:
-        return "physical"
-    return "other"
-
-
-def _mac(address: str | None, ifi_type: int) -> str | None:
-    if not address or ifi_type not in (ARPHRD_ETHER,):
-        return None
-    return address
-
-
-def _hairpin(info) -> bool | None:
-    if not info or info.get_attr("IFLA_INFO_SLAVE_KIND") != "bridge":
-        return None
-    data = info.get_attr("IFLA_INFO_SLAVE_DATA")
-    mode = data.get_attr("IFLA_BRPORT_MODE") if data else None
-    return None if mode is None else bool(mode & BRIDGE_MODE_HAIRPIN)
-
-
-def address_facts(msg) -> AddressFacts:
-    addr = msg.get_attr("IFA_LOCAL") or msg.get_attr("IFA_ADDRESS")
-    return AddressFacts(msg["index"], f"{addr}/{msg['prefixlen']}", 4 if msg["family"] == socket.AF_INET else 6)
-
-
-def route_facts(msg) -> RouteFacts | None:
-    table = msg.get_attr("RTA_TABLE") or msg["table"]
-    if table != RT_TABLE_MAIN or msg["flags"] & RTM_F_CLONED:
-        return None
-    dst = msg.get_attr("RTA_DST")
-    gateway = msg.get_attr("RTA_GATEWAY")
-    via = msg.get_attr("RTA_VIA")
-    if gateway is None and via:
-        gateway = via.get("addr")
-    return RouteFacts(
-        dst=f"{dst}/{msg['dst_len']}" if dst else ("default" if msg["dst_len"] == 0 else "?"),
-        gateway=gateway,
-        oif=msg.get_attr("RTA_OIF"),
-        family=4 if msg["family"] == socket.AF_INET else 6,
-        scope=SCOPES.get(msg["scope"], str(msg["scope"])),
-        proto=PROTOS.get(msg["proto"], str(msg["proto"])),
-        prefsrc=msg.get_attr("RTA_PREFSRC"),
-    )
+                yield msg
 
 
 def read_sysctls(paths: Iterable[tuple[str, str]]) -> tuple[tuple[str, str], ...]:
@@ -401,3 +247,9 @@ def reread(handles: Iterable[NamespaceHandle]) -> dict[str, NamespaceRead | Exce
     """Re-dump the given namespaces over their open sockets (one setns pass for sysctls)."""
     items = [(h.fd, h) for h in handles]
     return {h.ns_id: r for (_, h), r in zip(items, hop_each(items, read_here))}
+
+
+__all__ = [
+    "AddressFacts", "LinkFacts", "NamespaceDump", "NamespaceHandle", "NamespaceRead", "NetnsSocket",
+    "RouteFacts", "hop_each", "new_route_socket", "open_handles", "read_sysctls", "reread", "setns",
+]

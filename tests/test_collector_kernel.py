@@ -1,0 +1,314 @@
+"""The collector against the real kernel: the blog's topology done right, in throwaway namespaces.
+
+Discovery sees every namespace on the machine (the real host's, other test runs'), so the
+assertions pick out the objects these tests made and never count globally.
+"""
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from conftest import sh
+from bridgescope.collector.errors import NamespaceNotFound
+from bridgescope.collector.export import to_json
+from bridgescope.collector.namespaces import discover, resolve_netns
+from bridgescope.collector.netlink import NetnsSocket, hop_each, new_route_socket
+from bridgescope.collector import rtnl
+from bridgescope.collector.snapshot import collect, scan
+
+pytestmark = pytest.mark.kernel
+
+
+def blog_topology(netns) -> dict[str, str]:
+    """host: br0 172.17.0.1/16; c1/c2: eth0 172.17.0.2/16 and .3/16, default via .1."""
+    host, c1, c2 = netns("host"), netns("c1"), netns("c2")
+    sh("ip", "-n", host, "link", "add", "br0", "type", "bridge")
+    sh("ip", "-n", host, "addr", "add", "172.17.0.1/16", "dev", "br0")
+    sh("ip", "-n", host, "link", "set", "br0", "up")
+    for index, (ns, ip) in enumerate(((c1, "172.17.0.2"), (c2, "172.17.0.3")), start=1):
+        sh("ip", "-n", host, "link", "add", f"veth{index}", "type", "veth", "peer", "name", "eth0", "netns", ns)
+        sh("ip", "-n", host, "link", "set", f"veth{index}", "master", "br0", "up")
+        sh("ip", "-n", ns, "link", "set", "eth0", "up")
+        sh("ip", "-n", ns, "addr", "add", f"{ip}/16", "dev", "eth0")
+        sh("ip", "-n", ns, "route", "add", "default", "via", "172.17.0.1")
+    return {"host": host, "c1": c1, "c2": c2}
+
+
+def by_name(doc: dict, name: str) -> dict:
+    return next(ns for ns in doc["namespaces"] if ns["name"] == name)
+
+
+def iface(doc: dict, ns_name: str, if_name: str) -> dict:
+    ns_id = by_name(doc, ns_name)["id"]
+    return next(i for i in doc["interfaces"] if i["netns"] == ns_id and i["name"] == if_name)
+
+
+def test_blog_topology_json(netns):
+    names = blog_topology(netns)
+    doc = to_json(collect(names["host"], firewall=False))
+
+    host = by_name(doc, names["host"])
+    assert host["is_host"] and doc["host"] == host["id"]
+    assert [ns["is_host"] for ns in doc["namespaces"]].count(True) == 1
+    assert f"/run/netns/{names['host']}" in host["paths"]
+
+    br0 = iface(doc, names["host"], "br0")
+    assert br0["kind"] == "bridge" and br0["state"] == "up"
+    assert "172.17.0.1/16" in br0["addresses"]
+    for index, (cname, ip) in enumerate(((names["c1"], "172.17.0.2/16"), (names["c2"], "172.17.0.3/16")), 1):
+        host_end = iface(doc, names["host"], f"veth{index}")
+        eth0 = iface(doc, cname, "eth0")
+        assert host_end["kind"] == eth0["kind"] == "veth"
+        assert host_end["master"] == br0["id"] and eth0["master"] is None
+        assert host_end["peer"] == eth0["id"] and eth0["peer"] == host_end["id"]
+        assert eth0["addresses"][0] == ip and eth0["mtu"] == 1500 and eth0["state"] == "up"
+        assert len(eth0["mac"].split(":")) == 6
+        lo = iface(doc, cname, "lo")
+        assert lo["kind"] == "loopback" and "127.0.0.1/8" in lo["addresses"]
+        routes = [r for r in doc["routes"] if r["netns"] == eth0["netns"] and r["family"] == 4]
+        assert {"dst": "default", "gateway": "172.17.0.1", "dev": "eth0"}.items() <= \
+            next(r for r in routes if r["dst"] == "default").items()
+        assert any(r["dst"] == "172.16.0.0/16" or r["dst"] == "172.17.0.0/16" and r["dev"] == "eth0"
+                   for r in routes)
+    host_routes = [r for r in doc["routes"] if r["netns"] == host["id"] and r["family"] == 4]
+    assert [(r["dst"], r["dev"]) for r in host_routes] == [("172.17.0.0/16", "br0")]
+    assert doc["warnings"] == []
+
+
+def test_ids_are_stable_across_runs(netns):
+    names = blog_topology(netns)
+    first, second = to_json(collect(names["host"], firewall=False)), to_json(collect(names["host"], firewall=False))
+    mine = {by_name(first, n)["id"] for n in names.values()}
+    pick = lambda doc: sorted((i["id"], i["name"], i["peer"]) for i in doc["interfaces"] if i["netns"] in mine)
+    assert pick(first) == pick(second) and len(pick(first)) == 8
+
+
+def test_colliding_names_and_ifindexes_pair_by_nsid(netns):
+    names = blog_topology(netns)
+    doc = to_json(collect(names["host"], firewall=False))
+    e1, e2 = iface(doc, names["c1"], "eth0"), iface(doc, names["c2"], "eth0")
+    assert e1["ifindex"] == e2["ifindex"] and e1["name"] == e2["name"]
+    assert e1["id"] != e2["id"]
+    assert iface(doc, names["host"], "veth1")["peer"] == e1["id"]
+    assert iface(doc, names["host"], "veth2")["peer"] == e2["id"]
+
+
+def test_veth_pair_inside_one_namespace_and_link_kinds(netns):
+    host = netns("kinds")
+    sh("ip", "-n", host, "link", "add", "va", "type", "veth", "peer", "name", "vb")
+    # This kernel has no dummy/macvlan modules; their mapping is covered by test_rtnl.py.
+    sh("ip", "-n", host, "link", "add", "vx0", "type", "vxlan", "id", "42", "dstport", "4789", "local", "127.0.0.1")
+    sh("ip", "-n", host, "tuntap", "add", "dev", "tp0", "mode", "tap")
+    sh("ip", "-n", host, "link", "add", "ifb0", "type", "ifb")
+    sh("ip", "-n", host, "link", "add", "br9", "type", "bridge")
+    doc = to_json(collect(host, firewall=False))
+    kinds = {i["name"]: i["kind"] for i in doc["interfaces"] if i["netns"] == by_name(doc, host)["id"]}
+    assert kinds == {"lo": "loopback", "va": "veth", "vb": "veth", "vx0": "vxlan", "tp0": "tun",
+                     "ifb0": "other", "br9": "bridge"}
+    assert iface(doc, host, "va")["peer"] == iface(doc, host, "vb")["id"]
+    assert iface(doc, host, "vb")["peer"] == iface(doc, host, "va")["id"]
+    assert iface(doc, host, "br9")["state"] == "down" and iface(doc, host, "lo")["state"] == "up"
+
+
+def test_sysctls_and_hairpin_are_read_per_namespace(netns):
+    names = blog_topology(netns)
+    sh("sysctl", "-qw", "net.ipv4.ip_forward=1", ns=names["host"])
+    sh("sysctl", "-qw", "net.ipv4.conf.br0.route_localnet=1", ns=names["host"])
+    sh("ip", "-n", names["host"], "link", "set", "veth1", "type", "bridge_slave", "hairpin", "on")
+    snap = collect(names["host"], firewall=False)
+    host = next(ns for ns in snap.namespaces if ns.name == names["host"])
+    c1 = next(ns for ns in snap.namespaces if ns.name == names["c1"])
+    assert host.sysctl("net.ipv4.ip_forward") == "1"
+    assert host.sysctl("net.ipv4.conf.br0.route_localnet") == "1"
+    assert c1.sysctl("net.ipv4.ip_forward") == "0"
+    assert c1.sysctl("net.ipv4.conf.br0.route_localnet") is None  # no bridge there
+    ports = {i.name: i.hairpin for i in snap.interfaces_in(host.id) if i.master}
+    assert ports == {"veth1": True, "veth2": False}
+
+
+def test_hop_each_reads_proc_sys_of_the_target_namespace(netns):
+    ns = netns("sysns")
+    sh("sysctl", "-qw", "net.ipv4.conf.all.rp_filter=2", ns=ns)
+    fd = os.open(f"/run/netns/{ns}", os.O_RDONLY)
+    try:
+        read = lambda _: open("/proc/sys/net/ipv4/conf/all/rp_filter").read().strip()
+        inode = lambda _: os.stat("/proc/thread-self/ns/net").st_ino
+        assert hop_each([(fd, None)], read) == ["2"]
+        assert hop_each([(fd, None)], inode) == [os.fstat(fd).st_ino]
+    finally:
+        os.close(fd)
+    # the caller's thread never moved
+    assert os.stat("/proc/thread-self/ns/net").st_ino == os.stat("/proc/self/ns/net").st_ino
+
+
+def test_socket_opened_in_a_namespace_stays_there_from_other_threads(netns):
+    ns = netns("sock")
+    sh("ip", "-n", ns, "link", "add", "marker0", "type", "bridge")
+    fd = os.open(f"/run/netns/{ns}", os.O_RDONLY)
+    try:
+        [sock] = hop_each([(fd, None)], lambda _: NetnsSocket(new_route_socket()))
+    finally:
+        os.close(fd)
+    try:
+        names = {link.name for link in sock.dump().links}  # used from the main thread
+    finally:
+        sock.close()
+    assert names == {"lo", "marker0"}
+
+
+def test_own_decoder_agrees_with_pyroute2(netns):
+    names = blog_topology(netns)
+    from pyroute2 import IPRoute
+
+    fd = os.open(f"/run/netns/{names['host']}", os.O_RDONLY)
+    try:
+        [sock] = hop_each([(fd, None)], lambda _: NetnsSocket(new_route_socket()))
+    finally:
+        os.close(fd)
+    ours = sock.dump()
+    sock.close()
+    with IPRoute(netns=f"/run/netns/{names['host']}", flags=0) as ipr:
+        links = ipr.get_links()
+        addrs = ipr.get_addr()
+    theirs = {(l["index"], l.get_attr("IFLA_IFNAME"), l.get_attr("IFLA_MTU"), l.get_attr("IFLA_MASTER"),
+               l.get_attr("IFLA_LINK_NETNSID")) for l in links}
+    assert {(l.ifindex, l.name, l.mtu, l.master, l.link_netnsid) for l in ours.links} == theirs
+    assert {(a.ifindex, a.cidr) for a in ours.addresses} == \
+        {(a["index"], f"{a.get_attr('IFA_LOCAL') or a.get_attr('IFA_ADDRESS')}/{a['prefixlen']}") for a in addrs}
+
+
+def test_namespace_held_only_by_a_process(netns):
+    host = netns("host")
+    proc = subprocess.Popen(["unshare", "-n", "sleep", "300"])
+    try:
+        path = f"/proc/{proc.pid}/ns/net"
+        _wait_until(lambda: os.stat(path).st_ino != os.stat("/proc/self/ns/net").st_ino)
+        sh("ip", "-n", host, "link", "add", "vp", "type", "veth", "peer", "name", "eth0", "netns", str(proc.pid))
+        inode = os.stat(path).st_ino
+        doc = to_json(collect(host, firewall=False))
+        ns = next(n for n in doc["namespaces"] if n["inode"] == inode)
+        assert ns["name"] == f"pid {proc.pid} (sleep)" and proc.pid in ns["pids"] and ns["paths"] == []
+        eth0 = next(i for i in doc["interfaces"] if i["netns"] == ns["id"] and i["name"] == "eth0")
+        assert iface(doc, host, "vp")["peer"] == eth0["id"]
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_docker_style_namespace_bind_mounted_outside_run_netns(netns, tmp_path):
+    host = netns("host")
+    target = tmp_path / "docker" / "netns" / "4cca5961632c"
+    target.parent.mkdir(parents=True)
+    target.touch()
+    proc = subprocess.Popen(["unshare", "-n", "sleep", "300"])
+    mounted = False
+    try:
+        path = f"/proc/{proc.pid}/ns/net"
+        _wait_until(lambda: os.stat(path).st_ino != os.stat("/proc/self/ns/net").st_ino)
+        sh("ip", "-n", host, "link", "add", "vd", "type", "veth", "peer", "name", "eth0", "netns", str(proc.pid))
+        sh("mount", "--bind", path, str(target))
+        mounted = True
+        proc.kill()
+        proc.wait()  # now only the bind mount holds it
+        inode = os.stat(target).st_ino
+        ns = next(n for n in discover(resolve_netns(host)) if n.inode == inode)
+        assert ns.paths == (str(target),) and ns.pids == () and ns.name == f"net:[{inode}]"
+        doc = to_json(collect(host, firewall=False))
+        eth0 = next(i for i in doc["interfaces"] if i["netns"] == ns.id and i["name"] == "eth0")
+        assert iface(doc, host, "vd")["peer"] == eth0["id"]
+    finally:
+        proc.kill()
+        proc.wait()
+        if mounted:
+            subprocess.run(["umount", str(target)], check=False)
+
+
+def test_namespace_deleted_during_a_scan_is_a_warning(netns):
+    names = blog_topology(netns)
+    found = discover(resolve_netns(names["host"]))
+    sh("ip", "netns", "del", names["c2"])  # between discovery and the dumps
+    snap = scan(found, firewall=False)
+    assert any(names["c2"] in w and "vanished" in w for w in snap.warnings)
+    assert names["c2"] not in {ns.name for ns in snap.namespaces}
+    veth2 = next(i for i in snap.interfaces if i.name == "veth2" and i.netns == snap.host)
+    assert veth2.peer is None  # the far end is gone with its namespace
+    assert any(ns.name == names["c1"] for ns in snap.namespaces)
+
+
+def test_process_exiting_during_a_scan_is_a_warning(netns):
+    host = netns("host")
+    proc = subprocess.Popen(["unshare", "-n", "sleep", "300"])
+    try:
+        _wait_until(lambda: os.stat(f"/proc/{proc.pid}/ns/net").st_ino != os.stat("/proc/self/ns/net").st_ino)
+        found = discover(resolve_netns(host))
+    finally:
+        proc.kill()
+        proc.wait()
+    snap = scan(found, firewall=False)
+    assert any(f"pid {proc.pid} (sleep)" in w for w in snap.warnings)
+
+
+@pytest.mark.parametrize("bad", ["bstnope-does-not-exist", "..", "", "/tmp/bst-no-such-path"])
+def test_missing_netns_raises_and_creates_nothing(bad):
+    before = sorted(os.listdir("/run/netns")) if os.path.isdir("/run/netns") else []
+    with pytest.raises(NamespaceNotFound):
+        resolve_netns(bad)
+    after = sorted(os.listdir("/run/netns")) if os.path.isdir("/run/netns") else []
+    assert before == after and not os.path.exists("/tmp/bst-no-such-path")
+
+
+def test_a_plain_file_is_not_a_namespace(tmp_path):
+    fake = tmp_path / "fake-netns"
+    fake.write_text("")
+    with pytest.raises(NamespaceNotFound):
+        resolve_netns(str(fake))
+
+
+def test_cli_snapshot_netns_missing_one_line_exit_1(run_prefix):
+    name = f"{run_prefix}-missing"
+    res = subprocess.run([sys.executable, "-m", "bridgescope.webui.cli", "snapshot", "--netns", name],
+                         capture_output=True, text=True)
+    assert res.returncode == 1 and res.stdout == ""
+    assert res.stderr.count("\n") == 1 and name in res.stderr and "does not exist" in res.stderr
+    assert not os.path.exists(f"/run/netns/{name}")
+
+
+def test_cli_snapshot_formats(netns):
+    names = blog_topology(netns)
+    base = [sys.executable, "-m", "bridgescope.webui.cli", "snapshot", "--netns", names["host"], "--no-firewall"]
+    tree = subprocess.run(base, capture_output=True, text=True, check=True).stdout
+    assert f"veth1 veth up" in tree and f"eth0@{names['c1']} 172.17.0.2/16" in tree
+    dot = subprocess.run(base + ["--dot"], capture_output=True, text=True, check=True).stdout
+    assert dot.startswith("graph bridgescope {") and dot.count("subgraph cluster_") >= 3
+    import json
+    doc = json.loads(subprocess.run(base + ["--json"], capture_output=True, text=True, check=True).stdout)
+    assert iface(doc, names["c2"], "eth0")["addresses"][0] == "172.17.0.3/16"
+
+
+def test_route_dump_is_main_table_only(netns):
+    ns = netns("rt")
+    sh("ip", "-n", ns, "link", "add", "dm0", "type", "veth", "peer", "name", "dm1")
+    sh("ip", "-n", ns, "link", "set", "dm0", "up")
+    sh("ip", "-n", ns, "link", "set", "dm1", "up")
+    sh("ip", "-n", ns, "addr", "add", "10.9.0.1/24", "dev", "dm0")
+    sh("ip", "-n", ns, "route", "add", "10.77.0.0/16", "via", "10.9.0.254", "table", "100")
+    sh("ip", "-n", ns, "route", "add", "10.88.0.0/16", "via", "10.9.0.254")
+    doc = to_json(collect(ns, firewall=False))
+    dsts = {r["dst"] for r in doc["routes"] if r["netns"] == by_name(doc, ns)["id"]}
+    assert "10.88.0.0/16" in dsts and "10.77.0.0/16" not in dsts and "10.9.0.0/24" in dsts
+
+
+def _wait_until(predicate, tries: int = 200) -> None:
+    import time
+    for _ in range(tries):
+        try:
+            if predicate():
+                return
+        except OSError:
+            pass
+        time.sleep(0.01)
+    raise AssertionError("condition never became true")
