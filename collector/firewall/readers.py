@@ -1,0 +1,146 @@
+"""Kernel edge: run the firewall dump tools inside one network namespace.
+
+Each namespace costs a handful of short processes, started together and read as they
+finish. Nothing here may create firewall state: legacy tables are only dumped when the
+namespace already has some (reading /proc/thread-self/net/ip_tables_names from a thread
+that joined the namespace creates nothing, unlike `iptables-legacy -L` or python-iptables),
+and `nft -j list ruleset` runs only when there are native tables worth decoding.
+"""
+from __future__ import annotations
+
+import ctypes
+import os
+import subprocess
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Iterator
+
+from bridgescope.collector.firewall.nftjson import COMPAT_TABLES
+
+CLONE_NEWNET = 0x40000000
+TIMEOUT = 20.0
+LEGACY_NAMES = {4: "ip_tables_names", 6: "ip6_tables_names"}
+SAVE_TOOLS = {("nft", 4): "iptables-nft-save", ("nft", 6): "ip6tables-nft-save",
+              ("legacy", 4): "iptables-legacy-save", ("legacy", 6): "ip6tables-legacy-save"}
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+@dataclass(frozen=True)
+class SaveText:
+    backend: str  # "legacy" or "nft"
+    family: int
+    text: str
+
+
+@dataclass(frozen=True)
+class NamespaceDump:
+    """Everything the tools printed for one namespace; parsing happens elsewhere."""
+    netns: str
+    saves: tuple[SaveText, ...] = ()
+    nft_json: str | None = None
+    problems: tuple[str, ...] = ()
+
+
+def dump_namespace(ns_id: str, path: str) -> NamespaceDump:
+    """Run the save tools for one namespace ({id}: nsfs path); never raises for tool trouble."""
+    try:
+        legacy = legacy_families(path)
+    except OSError as err:
+        return NamespaceDump(ns_id, problems=(f"namespace {ns_id} vanished during the firewall "
+                                              f"scan ({err.strerror})",))
+    jobs = {key: _start(path, [tool, "-c"]) for key, tool in SAVE_TOOLS.items()
+            if key[0] == "nft" or key[1] in legacy}
+    tables_job = _start(path, ["nft", "list", "tables"])
+    saves, problems = [], []
+    for (backend, family), job in jobs.items():
+        out, problem = _finish(job, SAVE_TOOLS[(backend, family)], ns_id)
+        if problem:
+            problems.append(problem)
+        elif out.strip():
+            saves.append(SaveText(backend, family, out))
+    nft_json = None
+    tables, problem = _finish(tables_job, "nft list tables", ns_id)
+    if problem:
+        problems.append(problem)
+    elif native_tables(tables):
+        nft_json, problem = _finish(_start(path, ["nft", "-j", "list", "ruleset"]),
+                                    "nft -j list ruleset", ns_id)
+        if problem:
+            problems.append(problem)
+    return NamespaceDump(ns_id, tuple(saves), nft_json, tuple(problems))
+
+
+def native_tables(listing: str) -> list[tuple[str, str]]:
+    """`nft list tables` output -> the (family, name) pairs iptables-nft-save does not show."""
+    found = []
+    for line in listing.splitlines():
+        parts = line.split()
+        if len(parts) == 3 and parts[0] == "table" and (parts[1], parts[2]) not in COMPAT_TABLES:
+            found.append((parts[1], parts[2]))
+    return found
+
+
+def legacy_families(path: str) -> set[int]:
+    """Families (4, 6) for which the namespace at path already has legacy x_tables."""
+    with inside(path):
+        return {family for family, name in LEGACY_NAMES.items()
+                if _read_names(f"/proc/thread-self/net/{name}")}
+
+
+def _read_names(proc_file: str) -> str:
+    try:
+        with open(proc_file) as names:
+            return names.read().strip()
+    except FileNotFoundError:  # x_tables not loaded at all: certainly no legacy tables
+        return ""
+
+
+@contextmanager
+def inside(path: str) -> Iterator[None]:
+    """Move the calling thread (only) into the namespace at path, and back afterwards."""
+    home = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        target = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            _setns(target)
+        finally:
+            os.close(target)
+        try:
+            yield
+        finally:
+            _setns(home)  # a thread left in a foreign namespace would poison every later read
+    finally:
+        os.close(home)
+
+
+def _setns(fd: int) -> None:
+    if _libc.setns(fd, CLONE_NEWNET) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+
+
+def _start(path: str, argv: list[str]) -> subprocess.Popen | OSError:
+    try:
+        return subprocess.Popen(["nsenter", f"--net={path}", "--", *argv], stdin=subprocess.DEVNULL,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    except OSError as err:  # nsenter itself missing
+        return err
+
+
+def _finish(job: subprocess.Popen | OSError, what: str, ns_id: str) -> tuple[str, str | None]:
+    """Wait for a started tool -> (stdout, None) or ("", a one-line problem)."""
+    if isinstance(job, OSError):
+        return "", f"cannot run {what} in namespace {ns_id}: {job.strerror}"
+    try:
+        out, err = job.communicate(timeout=TIMEOUT)
+    except subprocess.TimeoutExpired:
+        job.kill()
+        job.communicate()
+        return "", f"{what} in namespace {ns_id} did not answer within {TIMEOUT:.0f} s"
+    if job.returncode == 0:
+        return out, None
+    first = (err.strip().splitlines() or ["no message"])[0]
+    if job.returncode == 127 or "No such file" in first and "execute" in first:
+        return "", f"{what.split()[0]} is not installed, so namespace {ns_id} was read without it"
+    return "", f"{what} failed in namespace {ns_id}: {first}"

@@ -1,0 +1,144 @@
+"""Who wrote a firewall rule: docker, cni, podman, kube-proxy, bridgescope or unknown.
+
+Pure functions over parsed rules. Docker's iptables rules carry no comments, so beyond its
+chain names (DOCKER, DOCKER-*, and DOCKER_* inside containers) a rule in a built-in chain
+is Docker's when it names a Docker bridge (docker0, br-<12 hex>, or a bridge Docker's own
+chains name) or matches a port Docker published (the hairpin MASQUERADE of <=27, the raw
+DROP guarding a port bound to 127.0.0.1 since 28).
+"""
+from __future__ import annotations
+
+import re
+from collections import Counter, defaultdict
+from dataclasses import replace
+from typing import Iterable
+
+from bridgescope.collector.model import Owner, Rule
+
+BRIDGESCOPE_TAG = "bridgescope:"
+_CHAIN_OWNERS = (  # (compiled chain-name pattern, owner), first match wins
+    (re.compile(r"BRIDGESCOPE-"), "bridgescope"),
+    (re.compile(r"DOCKER(?:$|[-_])"), "docker"),
+    (re.compile(r"CNI-"), "cni"),
+    (re.compile(r"NETAVARK"), "podman"),
+    (re.compile(r"KUBE-"), "kube-proxy"),
+)
+_NFT_TABLE_OWNERS = (
+    (re.compile(r"bridgescope$"), "bridgescope"),
+    (re.compile(r"docker"), "docker"),
+    (re.compile(r"netavark$"), "podman"),
+    (re.compile(r"cni"), "cni"),
+    (re.compile(r"kube-proxy$"), "kube-proxy"),
+)
+_COMMENT_OWNERS = (
+    (re.compile(r"netavark"), "podman"),
+    (re.compile(r'CNI |^(?:dnat )?name: ".*" id: "'), "cni"),
+    (re.compile(r"^kubernetes |^kube-|KUBE-"), "kube-proxy"),
+)
+_DOCKER_BRIDGE = re.compile(r"docker0$|br-[0-9a-f]{12}$")
+_INTERFACE_OPTIONS = ("-i", "-o", "--in-interface", "--out-interface")
+
+
+def chain_owner(backend: str, table: str, chain: str) -> Owner | None:
+    """The owner implied by where a rule lives (nft table or iptables chain), if any."""
+    patterns = _NFT_TABLE_OWNERS if backend == "nftables" else _CHAIN_OWNERS
+    name = table if backend == "nftables" else chain
+    return next((owner for pattern, owner in patterns if pattern.match(name)), None)
+
+
+def attribute(rules: Iterable[Rule]) -> tuple[Rule, ...]:
+    """Return the rules with `owner` filled in (same order)."""
+    rules = tuple(rules)
+    docker = _DockerTraits.of(rules)
+    return tuple(replace(rule, owner=owner_of(rule, docker)) for rule in rules)
+
+
+def owner_of(rule: Rule, docker: "_DockerTraits") -> Owner:
+    if rule.comment and rule.comment.startswith(BRIDGESCOPE_TAG):
+        return "bridgescope"
+    by_place = chain_owner(rule.backend, rule.table, rule.chain)
+    if by_place:
+        return by_place
+    if rule.target and rule.backend != "nftables":
+        by_target = chain_owner(rule.backend, rule.table, rule.target)
+        if by_target:
+            return by_target
+    if rule.comment:
+        by_comment = next((o for p, o in _COMMENT_OWNERS if p.search(rule.comment)), None)
+        if by_comment:
+            return by_comment
+    return "docker" if docker.claims(rule) else "unknown"
+
+
+class _DockerTraits:
+    """What Docker's own chains reveal in each namespace: its bridges and published ports."""
+
+    def __init__(self, bridges: dict[str, set[str]], ports: dict[str, set[tuple[str, str]]],
+                 targets: dict[str, set[tuple[str, str]]]):
+        self.bridges = bridges  # netns -> bridge names
+        self.ports = ports  # netns -> {(proto, host port)}
+        self.targets = targets  # netns -> {(container ip, port)}
+
+    @classmethod
+    def of(cls, rules: tuple[Rule, ...]) -> "_DockerTraits":
+        bridges: dict[str, set[str]] = defaultdict(set)
+        ports: dict[str, set[tuple[str, str]]] = defaultdict(set)
+        targets: dict[str, set[tuple[str, str]]] = defaultdict(set)
+        for rule in rules:
+            if chain_owner(rule.backend, rule.table, rule.chain) != "docker":
+                continue
+            bridges[rule.netns].update(_interfaces(rule))
+            if rule.target == "DNAT":
+                proto, port = option(rule, "-p"), option(rule, "--dport")
+                dest = dict(rule.target_args).get("--to-destination", "")
+                ip, _, to_port = dest.rpartition(":")
+                if proto and port:
+                    ports[rule.netns].add((proto, port))
+                    targets[rule.netns].add((ip, to_port or port))
+        return cls(bridges, ports, targets)
+
+    def claims(self, rule: Rule) -> bool:
+        if rule.backend == "nftables":
+            return False
+        if any(_DOCKER_BRIDGE.match(name) or name in self.bridges.get(rule.netns, ())
+               for name in _interfaces(rule)):
+            return True
+        proto, port = option(rule, "-p"), option(rule, "--dport")
+        if rule.target == "MASQUERADE" and proto and port:  # <=27 hairpin: -s C -d C --dport P
+            dest = (option(rule, "-d") or "").removesuffix("/32").removesuffix("/128")
+            return (dest, port) in self.targets.get(rule.netns, ())
+        if rule.table == "raw" and rule.target == "DROP" and proto and port:
+            return (proto, port) in self.ports.get(rule.netns, ())
+        return False
+
+
+def option(rule: Rule, name: str, *, negated: bool | None = False) -> str | None:
+    """First value of an option (`-p`, `--dport`, ...) with the given negation, or None."""
+    for opt, args, neg in rule.matches:
+        if opt == name and args and (negated is None or neg == negated):
+            return args[0]
+    return None
+
+
+def _interfaces(rule: Rule) -> list[str]:
+    return [args[0] for opt, args, _ in rule.matches if opt in _INTERFACE_OPTIONS and args]
+
+
+def split_brain_warnings(rules: Iterable[Rule]) -> tuple[str, ...]:
+    """One warning per namespace whose rules live in iptables-legacy AND nf_tables."""
+    counts: dict[str, Counter] = defaultdict(Counter)
+    tables: dict[tuple[str, str], set[str]] = defaultdict(set)
+    for rule in rules:
+        counts[rule.netns][rule.backend] += 1
+        tables[(rule.netns, rule.backend)].add(rule.table)
+    warnings = []
+    for netns, by_backend in sorted(counts.items()):
+        if by_backend["legacy"] and (by_backend["nft"] or by_backend["nftables"]):
+            others = [f"{by_backend[b]} in {name} ({', '.join(sorted(tables[(netns, b)]))})"
+                      for b, name in (("nft", "iptables-nft"), ("nftables", "native nftables"))
+                      if by_backend[b]]
+            warnings.append(
+                f"split brain in namespace {netns}: {by_backend['legacy']} rules in "
+                f"iptables-legacy ({', '.join(sorted(tables[(netns, 'legacy')]))}) and "
+                f"{' and '.join(others)}; both are active, and `iptables` shows only one of them")
+    return tuple(warnings)
