@@ -1,0 +1,285 @@
+"""Snapshot -> Cytoscape elements with deterministic positions, and deltas between two such lists.
+
+Layout (O(n), no iteration): the host namespace is a compound box in the middle with its
+interfaces in a mini-grid (bridges first, then bridge ports in their peers' order); every
+other namespace is a box on concentric rings around it, consecutive along the rings and
+grouped by the host bridge its veth reaches, so a bridge's containers sit together. A
+namespace's position depends only on its rank, so adding one at the end moves nothing else.
+"""
+from __future__ import annotations
+
+import ipaddress
+import math
+from typing import Iterable
+
+from bridgescope.collector.model import Interface, Masquerade, Namespace, PortForward, Snapshot
+
+CELL_W, CELL_H = 130.0, 80.0  # one interface node and its label
+SLOT = 330.0  # arc length one namespace box takes on a ring
+RING_GAP = 300.0
+MARGIN = 260.0
+
+
+def to_elements(snap: Snapshot, *, show_loopback: bool = False) -> list[dict]:
+    visible = [i for i in snap.interfaces if show_loopback or i.kind != "loopback"]
+    by_id = {i.id: i for i in snap.interfaces}
+    host = snap.host_namespace()
+    pf_nodes = _portforward_nodes(snap, by_id)
+    masq_nodes = _masquerade_nodes(snap)
+    nodes = [_namespace_node(ns) for ns in snap.namespaces]
+    nodes += [_interface_node(i, by_id) for i in visible]
+    nodes += [n for n, _ in pf_nodes] + [n for n, _ in masq_nodes]
+    positions = layout(snap, nodes, host)
+    for node in nodes:
+        x, y = positions.get(node["data"]["id"], (0.0, 0.0))
+        node["position"] = {"x": round(x, 1), "y": round(y, 1)}
+    shown = {i.id for i in visible}
+    edges = _interface_edges(visible, shown) + [e for _, e in pf_nodes if e] + [e for _, e in masq_nodes if e]
+    return nodes + edges
+
+
+# ---- nodes ----------------------------------------------------------------------------------
+
+def _namespace_node(ns: Namespace) -> dict:
+    return {"group": "nodes", "data": {
+        "id": ns.id, "kind": "namespace", "label": ns.name, "parent": None, "is_host": ns.is_host,
+        "owner": namespace_owner(ns), "inode": ns.inode, "paths": list(ns.paths),
+        "ip_forward": ns.sysctl("net.ipv4.ip_forward"),
+    }}
+
+
+def _interface_node(iface: Interface, by_id: dict[str, Interface]) -> dict:
+    master = by_id.get(iface.master) if iface.master else None
+    return {"group": "nodes", "data": {
+        "id": iface.id, "kind": iface.kind, "label": iface.name, "parent": iface.netns,
+        "is_host": False, "owner": interface_owner(iface, master), "state": iface.state,
+        "addresses": list(iface.addresses), "mac": iface.mac, "mtu": iface.mtu, "ifindex": iface.ifindex,
+        "master": iface.master, "peer": iface.peer, "hairpin": iface.hairpin,
+    }}
+
+
+def portforward_id(pf: PortForward) -> str:
+    return f"pf:{pf.netns}:{pf.proto}:{pf.host_ip or '*'}:{pf.host_port}"
+
+
+def _portforward_nodes(snap: Snapshot, by_id: dict[str, Interface]) -> list[tuple[dict, dict | None]]:
+    out, seen = [], set()
+    for pf in snap.port_forwards:
+        node_id = portforward_id(pf)
+        if node_id in seen:
+            continue  # the same forward written by two backends/families: one node
+        seen.add(node_id)
+        host_part = f"{pf.host_ip}:" if pf.host_ip else ""
+        node = {"group": "nodes", "data": {
+            "id": node_id, "kind": "portforward", "label": f"{pf.proto} {host_part}{pf.host_port} → {pf.to_port}",
+            "parent": pf.netns, "is_host": False, "owner": pf.owner, "proto": pf.proto,
+            "host_ip": pf.host_ip, "host_port": pf.host_port, "to_ip": pf.to_ip, "to_port": pf.to_port,
+            "container": pf.container, "backend": pf.backend, "reachable": pf.reachable,
+        }}
+        target = pf.to_interface or _owner_of_ip(pf.to_ip, snap.interfaces)
+        edge = _edge(f"edge:{node_id}", node_id, target, "portforward", pf.owner) if target in by_id else None
+        out.append((node, edge))
+    return out
+
+
+def masquerade_id(m: Masquerade) -> str:
+    return f"masq:{m.netns}:{m.source or '*'}:{m.out_not or '*'}"
+
+
+def _masquerade_nodes(snap: Snapshot) -> list[tuple[dict, dict | None]]:
+    out, seen = [], set()
+    for m in snap.masquerades:
+        node_id = masquerade_id(m)
+        if node_id in seen:
+            continue
+        seen.add(node_id)
+        label = f"MASQUERADE {m.source or 'any'}" + (f" ! -o {m.out_not}" if m.out_not else "")
+        node = {"group": "nodes", "data": {
+            "id": node_id, "kind": "masquerade", "label": label, "parent": m.netns, "is_host": False,
+            "owner": m.owner, "source": m.source, "out_not": m.out_not, "backend": m.backend,
+        }}
+        bridge = _bridge_for_masquerade(m, snap.interfaces)
+        edge = _edge(f"edge:{node_id}", bridge.id, node_id, "masquerade", m.owner) if bridge else None
+        out.append((node, edge))
+    return out
+
+
+def _bridge_for_masquerade(m: Masquerade, interfaces: Iterable[Interface]) -> Interface | None:
+    """The bridge the masqueraded subnet lives on: its way out goes through this rule."""
+    candidates = [i for i in interfaces if i.netns == m.netns and i.kind == "bridge"]
+    if m.out_not:
+        named = [i for i in candidates if i.name == m.out_not]
+        if named:
+            return named[0]
+    if m.source:
+        for iface in candidates:
+            if any(_in_subnet(addr, m.source) for addr in iface.addresses):
+                return iface
+    return None
+
+
+def _owner_of_ip(ip: str, interfaces: Iterable[Interface]) -> str | None:
+    for iface in interfaces:
+        if any(addr.split("/")[0] == ip for addr in iface.addresses):
+            return iface.id
+    return None
+
+
+def _in_subnet(cidr: str, subnet: str) -> bool:
+    try:
+        return ipaddress.ip_interface(cidr).ip in ipaddress.ip_network(subnet, strict=False)
+    except ValueError:
+        return False
+
+
+# ---- owners ---------------------------------------------------------------------------------
+
+def namespace_owner(ns: Namespace) -> str:
+    for path in ns.paths:
+        if "/docker/netns/" in path:
+            return "docker"
+        base = path.rsplit("/", 1)[-1]
+        if base.startswith("netns-"):
+            return "podman"
+        if base.startswith("cni-"):
+            return "cni"
+    return "unknown"
+
+
+def interface_owner(iface: Interface, master: Interface | None = None) -> str:
+    if iface.alias and iface.alias.startswith("bridgescope"):
+        return "bridgescope"
+    name = master.name if master is not None else iface.name
+    if master is not None and master.alias and master.alias.startswith("bridgescope"):
+        return "bridgescope"
+    if name == "docker0" or (name.startswith("br-") and len(name) == 15):
+        return "docker"
+    if name.startswith("podman") or name.startswith("cni-podman"):
+        return "podman"
+    if name.startswith("cni"):
+        return "cni"
+    return "unknown"
+
+
+# ---- edges ----------------------------------------------------------------------------------
+
+def _edge(edge_id: str, source: str, target: str, kind: str, owner: str = "unknown") -> dict:
+    return {"group": "edges", "data": {"id": edge_id, "source": source, "target": target,
+                                       "kind": kind, "owner": owner}}
+
+
+def _interface_edges(visible: list[Interface], shown: set[str]) -> list[dict]:
+    edges = []
+    for iface in visible:
+        if iface.peer in shown and iface.id < iface.peer:
+            edges.append(_edge(f"veth:{iface.id}--{iface.peer}", iface.id, iface.peer, "veth"))
+        if iface.master in shown:
+            edges.append(_edge(f"member:{iface.id}", iface.id, iface.master, "member"))
+    return edges
+
+
+# ---- layout ---------------------------------------------------------------------------------
+
+def layout(snap: Snapshot, nodes: list[dict], host: Namespace | None) -> dict[str, tuple[float, float]]:
+    children: dict[str, list[dict]] = {}
+    for node in nodes:
+        parent = node["data"].get("parent")
+        if parent:
+            children.setdefault(parent, []).append(node)
+    order = namespace_order(snap)
+    rank = {ns_id: i for i, ns_id in enumerate(order)}
+    positions: dict[str, tuple[float, float]] = {}
+    host_radius = 0.0
+    if host is not None:
+        kids = sorted(children.get(host.id, []), key=lambda n: _host_child_key(n, snap, rank))
+        positions.update(grid(kids, (0.0, 0.0)))
+        positions[host.id] = (0.0, 0.0)
+        cols, rows = grid_shape(len(kids))
+        host_radius = math.hypot(cols * CELL_W, rows * CELL_H) / 2
+    for ns_id, (x, y) in ring_slots(order, host_radius + MARGIN).items():
+        positions[ns_id] = (x, y)
+        positions.update(grid(sorted(children.get(ns_id, []), key=_child_key), (x, y)))
+    return positions
+
+
+def namespace_order(snap: Snapshot) -> list[str]:
+    """Non-host namespaces, grouped by the host bridge their veth reaches, then by name."""
+    host = snap.host
+    bridges = [i.id for i in snap.interfaces if i.netns == host and i.kind == "bridge"]
+    bridge_rank = {b: n for n, b in enumerate(bridges)}
+    by_id = {i.id: i for i in snap.interfaces}
+    group: dict[str, int] = {}
+    for iface in snap.interfaces:
+        peer = by_id.get(iface.peer) if iface.peer else None
+        if peer is not None and peer.netns == host and iface.netns != host and peer.master in bridge_rank:
+            rank = bridge_rank[peer.master]
+            group[iface.netns] = min(rank, group.get(iface.netns, rank))
+    others = [ns for ns in snap.namespaces if not ns.is_host]
+    return [ns.id for ns in sorted(others, key=lambda ns: (group.get(ns.id, len(bridges)), ns.name, ns.id))]
+
+
+def ring_slots(order: list[str], radius0: float) -> dict[str, tuple[float, float]]:
+    slots, ring, index_in_ring = {}, 0, 0
+    capacity = _ring_capacity(radius0)
+    for ns_id in order:
+        if index_in_ring == capacity:
+            ring, index_in_ring = ring + 1, 0
+            capacity = _ring_capacity(radius0 + ring * RING_GAP)
+        radius = radius0 + ring * RING_GAP
+        angle = -math.pi / 2 + 2 * math.pi * index_in_ring / capacity
+        slots[ns_id] = (radius * math.cos(angle), radius * math.sin(angle))
+        index_in_ring += 1
+    return slots
+
+
+def _ring_capacity(radius: float) -> int:
+    return max(6, int(2 * math.pi * radius // SLOT))
+
+
+def grid_shape(count: int) -> tuple[int, int]:
+    cols = max(1, math.ceil(math.sqrt(count)))
+    return cols, max(1, math.ceil(count / cols))
+
+
+def grid(nodes: list[dict], center: tuple[float, float]) -> dict[str, tuple[float, float]]:
+    cols, rows = grid_shape(len(nodes))
+    x0 = center[0] - (cols - 1) * CELL_W / 2
+    y0 = center[1] - (rows - 1) * CELL_H / 2
+    return {node["data"]["id"]: (x0 + (i % cols) * CELL_W, y0 + (i // cols) * CELL_H)
+            for i, node in enumerate(nodes)}
+
+
+KIND_RANK = {"bridge": 0, "physical": 1, "vxlan": 2, "masquerade": 3, "portforward": 4}
+
+
+def _child_key(node: dict) -> tuple:
+    data = node["data"]
+    return (KIND_RANK.get(data["kind"], 5), data.get("ifindex") or 0, data["id"])
+
+
+def _host_child_key(node: dict, snap: Snapshot, rank: dict[str, int]) -> tuple:
+    """Ports follow their peers' ring order so veth edges fan out instead of crossing."""
+    data = node["data"]
+    peer = data.get("peer")
+    peer_ns = peer.split("/")[0] if peer else None
+    return (KIND_RANK.get(data["kind"], 5), data.get("master") or "", rank.get(peer_ns, -1),
+            data.get("ifindex") or 0, data["id"])
+
+
+# ---- deltas ---------------------------------------------------------------------------------
+
+def diff_elements(old: list[dict], new: list[dict]) -> dict:
+    """What turns `old` into `new`: whole new/changed elements, ids of removed ones."""
+    before = {e["data"]["id"]: e for e in old}
+    after_ids = set()
+    added, changed = [], []
+    for element in new:
+        element_id = element["data"]["id"]
+        after_ids.add(element_id)
+        previous = before.get(element_id)
+        if previous is None:
+            added.append(element)
+        elif previous != element:
+            changed.append(element)
+    removed = [e["data"]["id"] for e in old if e["data"]["id"] not in after_ids]
+    return {"added": added, "removed": removed, "changed": changed}
