@@ -1,0 +1,560 @@
+"""The plumbing API: networks, containers and port forwards, built the way Docker builds them.
+
+Each function validates everything first, plans a list of steps (each with its undo and its
+equivalent ip/iptables commands), then runs them all-or-nothing and records the new desired
+state. `dry_run=True` returns the commands and changes nothing. Every function takes
+`host` (netns name or path treated as the host; None = where we run) and `firewall`.
+"""
+from __future__ import annotations
+
+import ipaddress
+import subprocess
+from dataclasses import dataclass
+from typing import Callable, Iterable, Sequence
+
+from bridgescope.collector.model import Snapshot
+from bridgescope.plumbing import (backends, conflicts, ipam, links, netns, rules, state, steps,
+                                  validate)
+from bridgescope.plumbing.errors import PlumbingError, ValidationError
+from bridgescope.plumbing.rules import Change, FwRule
+from bridgescope.plumbing.state import Container, Forward, Network, State
+from bridgescope.plumbing.steps import Step
+
+IP_FORWARD = "net.ipv4.ip_forward"
+
+
+@dataclass(frozen=True)
+class Result:
+    commands: tuple[str, ...]  # the equivalent ip/iptables commands (teaching text)
+    summary: str
+
+
+@dataclass(frozen=True)
+class Ctx:
+    """Where a command acts and with which firewall backend."""
+    ns: netns.HostNs
+    backend: str
+    before: State
+
+    def sh(self, argv: str) -> str:
+        """A teaching command as typed on this host (inside `ip netns exec` for a lab host)."""
+        return f"ip netns exec {self.ns.name} {argv}" if self.ns.name else argv
+
+
+# --- public API --------------------------------------------------------------------------
+
+def load_state(host: str | None = None) -> State:
+    return state.load(netns.resolve(host).key)
+
+
+def create_network(name: str, subnet: str, *, gateway: str | None = None, masquerade: bool = True,
+                   mtu: int = 1500, host: str | None = None, firewall: str = "auto",
+                   dry_run: bool = False) -> Result:
+    validate.name(name)
+    net = validate.subnet(subnet)
+    gw = validate.gateway_for(net, gateway)
+    want = Network(name, str(net), str(gw), masquerade, mtu)
+    ns = netns.resolve(host)
+    with state.locked(ns.key):
+        st = state.load(ns.key)
+        existing = st.network(name)
+        if existing == want:
+            return Result((), f"network {name} already exists")
+        if existing:
+            raise ValidationError("name", f"a network named {name} already exists with subnet "
+                                          f"{existing.subnet}")
+        _check_subnet_free(ns, st, name, net)
+        ctx = Ctx(ns, _backend(ns, st, firewall), st)
+        after = st.with_(networks=st.networks + (want,), backend=ctx.backend)
+        plan, after = _plan_network_create(ctx, want, after)
+        return _execute(ctx, plan, after, dry_run,
+                        f"network {name} {net} (gateway {gw}) on {ctx.backend}")
+
+
+def remove_network(name: str, *, force: bool = False, host: str | None = None,
+                   firewall: str = "auto", dry_run: bool = False) -> Result:
+    validate.name(name)
+    ns = netns.resolve(host)
+    with state.locked(ns.key):
+        st = state.load(ns.key)
+        net = st.network(name)
+        if net is None:
+            raise ValidationError("name", f"no network named {name} is managed by bridgescope here")
+        attached = st.containers_on(name)
+        if attached and not force:
+            raise ValidationError("name", f"network {name} still has containers "
+                                          f"{', '.join(c.name for c in attached)}; remove them "
+                                          "first or use --force")
+        ctx = Ctx(ns, _backend(ns, st, firewall), st)
+        plan: list[Step] = []
+        cur = st
+        for ctr in attached:
+            more, cur = _plan_container_remove(ctx, cur, ctr)
+            plan += more
+        more, after = _plan_network_remove(ctx, cur, net)
+        return _execute(ctx, plan + more, after, dry_run, f"removed network {name}")
+
+
+def create_container(name: str, network: str, *, ip: str | None = None, ports: Sequence[str] = (),
+                     host: str | None = None, firewall: str = "auto", dry_run: bool = False,
+                     snapshot: Snapshot | None = None) -> Result:
+    validate.name(name, "name")
+    validate.name(network, "network")
+    mappings = _parse_specs(ports)
+    ns = netns.resolve(host)
+    with state.locked(ns.key):
+        st = state.load(ns.key)
+        net = st.network(network)
+        if net is None:
+            raise ValidationError("network", f"no network named {network}; create it first")
+        existing = st.container(name)
+        if existing:
+            if existing.network != network or (ip and ip != existing.ip):
+                raise ValidationError("name", f"a container named {name} already exists on "
+                                              f"network {existing.network} ({existing.ip})")
+            mappings = tuple(m for m in mappings if not _has_forward(st, name, m))
+            if not mappings:
+                return Result((), f"container {name} already exists ({existing.ip})")
+        ctx = Ctx(ns, _backend(ns, st, firewall), st)
+        _check_ports(ctx, st, mappings)
+        if existing:
+            plan, after = _plan_forwards_add(ctx, st, existing, mappings)
+            return _execute(ctx, plan, after, dry_run, f"container {name}: added forwards")
+        ctr_ns = ns.container_netns(name)
+        if netns.exists(ctr_ns):
+            raise ValidationError("name", f"network namespace {ctr_ns} already exists and is "
+                                          "not a bridgescope container; pick another name")
+        addr = _allocate(ctx, st, net, ip, snapshot)
+        veth = netns.with_netlink(ns.path, links.new_veth_name)
+        ctr = Container(name, network, str(addr), ctr_ns, veth)
+        plan, after = _plan_container_create(ctx, st, ctr, net)
+        more, after = _plan_forwards_add(ctx, after, ctr, mappings)
+        # Docker sets the host end up last, once the firewall is ready for the container.
+        up = _step_link_up(ctx, ctr)
+        return _execute(ctx, plan + more + [up], after, dry_run,
+                        f"container {name} {addr}/{ipaddress.IPv4Network(net.subnet).prefixlen} "
+                        f"on {network}" + "".join(f", {m.spec()}" for m in mappings))
+
+
+def remove_container(name: str, *, host: str | None = None, firewall: str = "auto",
+                     dry_run: bool = False) -> Result:
+    validate.name(name, "container")
+    ns = netns.resolve(host)
+    with state.locked(ns.key):
+        st = state.load(ns.key)
+        ctr = _require_container(st, name)
+        ctx = Ctx(ns, _backend(ns, st, firewall), st)
+        plan, after = _plan_container_remove(ctx, st, ctr)
+        return _execute(ctx, plan, after, dry_run, f"removed container {name}")
+
+
+def add_forward(container: str, spec: str, *, host: str | None = None, firewall: str = "auto",
+                dry_run: bool = False) -> Result:
+    validate.name(container, "container")
+    mappings = validate.port_spec(spec)
+    ns = netns.resolve(host)
+    with state.locked(ns.key):
+        st = state.load(ns.key)
+        ctr = _require_container(st, container)
+        ctx = Ctx(ns, _backend(ns, st, firewall), st)
+        _check_ports(ctx, st, mappings)
+        plan, after = _plan_forwards_add(ctx, st, ctr, mappings)
+        return _execute(ctx, plan, after, dry_run,
+                        f"forward {', '.join(m.spec() for m in mappings)} -> {container} ({ctr.ip})")
+
+
+def remove_forward(container: str, spec: str, *, host: str | None = None, firewall: str = "auto",
+                   dry_run: bool = False) -> Result:
+    validate.name(container, "container")
+    mappings = validate.port_spec(spec)
+    ns = netns.resolve(host)
+    with state.locked(ns.key):
+        st = state.load(ns.key)
+        ctr = _require_container(st, container)
+        gone = []
+        for m in mappings:
+            fwd = _forward_for(st, container, m)
+            if fwd is None:
+                raise ValidationError("spec", f"container {container} has no forward {m.spec()}")
+            gone.append(fwd)
+        ctx = Ctx(ns, _backend(ns, st, firewall), st)
+        plan, after = _plan_forwards_remove(ctx, st, ctr, gone)
+        return _execute(ctx, plan, after, dry_run,
+                        f"removed forward {', '.join(f.spec() for f in gone)} from {container}")
+
+
+def exec_in_container(name: str, argv: Sequence[str], *, host: str | None = None) -> int:
+    """Run argv inside the container's network namespace; returns its exit status."""
+    ctr = _require_container(load_state(host), name)
+    if not argv:
+        raise ValidationError("argv", "give a command to run, e.g. -- curl -s 172.17.0.1")
+    try:
+        return subprocess.run(netns.nsenter(f"{netns.NETNS_DIR}/{ctr.netns}", list(argv))).returncode
+    except FileNotFoundError as err:
+        raise PlumbingError(f"run {argv[0]} in {name}", str(err)) from None
+
+
+def container_netns_path(name: str, *, host: str | None = None) -> str:
+    return f"{netns.NETNS_DIR}/{_require_container(load_state(host), name).netns}"
+
+
+def restore(*, host: str | None = None, firewall: str = "auto", dry_run: bool = False) -> Result:
+    """Make the kernel match the saved desired state (after a reboot, a crash or a flush):
+    remove tagged leftovers, re-create what is missing, rewrite our chains."""
+    ns = netns.resolve(host)
+    with state.locked(ns.key):
+        st = state.load(ns.key)
+        backend = st.backend or _backend(ns, st, firewall)
+        ctx = Ctx(ns, backend, st)
+        plan = _plan_cleanup(ctx, st) + _plan_recreate(ctx, st)
+        summary = (f"restored {len(st.networks)} networks, {len(st.containers)} containers, "
+                   f"{len(st.forwards)} forwards")
+        return _execute(ctx, plan, st, dry_run, summary, save=False)
+
+
+# --- checks ------------------------------------------------------------------------------
+
+def _require_container(st: State, name: str) -> Container:
+    ctr = st.container(name)
+    if ctr is None:
+        raise ValidationError("container", f"no container named {name} is managed by "
+                                           "bridgescope here")
+    return ctr
+
+
+def _parse_specs(specs: Iterable[str]) -> tuple[validate.PortMapping, ...]:
+    out: list[validate.PortMapping] = []
+    for spec in specs:
+        for m in validate.port_spec(spec):
+            if any(o.key == m.key for o in out):
+                raise ValidationError("spec", f"host port {m.host_port}/{m.proto} is given twice")
+            out.append(m)
+    return tuple(out)
+
+
+def _forward_for(st: State, container: str, m: validate.PortMapping) -> Forward | None:
+    return next((f for f in st.forwards_of(container) if f.key == m.key), None)
+
+
+def _has_forward(st: State, container: str, m: validate.PortMapping) -> bool:
+    fwd = _forward_for(st, container, m)
+    return fwd is not None and fwd.container_port == m.container_port
+
+
+def _check_subnet_free(ns: netns.HostNs, st: State, name: str, net: ipaddress.IPv4Network) -> None:
+    for other in st.networks:
+        if net.overlaps(ipaddress.IPv4Network(other.subnet)):
+            raise ValidationError("subnet", f"{net} overlaps network {other.name} ({other.subnet})")
+
+    def read(ipr):
+        return links.index_of(ipr, name), links.route_destinations(ipr)
+    idx, routes = netns.with_netlink(ns.path, read)
+    if idx is not None:
+        raise ValidationError("name", f"an interface named {name} already exists on this host")
+    for dst, dev in routes:
+        if net.overlaps(dst):
+            raise ValidationError("subnet", f"{net} collides with the existing route {dst} dev {dev}")
+
+
+def _check_ports(ctx: Ctx, st: State, mappings: Sequence[validate.PortMapping]) -> None:
+    if not mappings:
+        return
+    foreign = conflicts.foreign_forwards(f"host:{ctx.ns.key}", ctx.ns.path)
+    listening = conflicts.listeners(ctx.ns.path)
+    for m in mappings:
+        problem = conflicts.find_conflict(m, st.forwards, foreign, listening)
+        if problem:
+            raise ValidationError("host_port", problem)
+
+
+def _backend(ns: netns.HostNs, st: State, requested: str) -> str:
+    if st.backend and requested in ("auto", st.backend):
+        return st.backend
+    return backends.choose(requested, backends.probe(ns.path), st.backend)
+
+
+def _allocate(ctx: Ctx, st: State, net: Network, requested: str | None,
+              snapshot: Snapshot | None) -> ipaddress.IPv4Address:
+    subnet = ipaddress.IPv4Network(net.subnet)
+    gateway = ipaddress.IPv4Address(net.gateway)
+    used = {ipaddress.IPv4Address(c.ip) for c in st.containers}
+
+    def read(ipr):
+        foreign_ports = any(not alias.startswith("ctr/") for alias in
+                            _bridge_port_aliases(ipr, net.name))
+        return links.local_addresses(ipr) | links.neighbours_on(ipr, net.name), foreign_ports
+    seen, foreign_ports = netns.with_netlink(ctx.ns.path, read)
+    used |= seen
+    if snapshot is None and foreign_ports:
+        # Something we did not make is plugged into the bridge: ask the whole machine.
+        from bridgescope.collector.snapshot import collect
+        snapshot = collect(ctx.ns.path, firewall=False)
+    if snapshot is not None:
+        used |= ipam.addresses_in(snapshot, subnet)
+    if requested:
+        return ipam.check_requested(subnet, gateway, requested, used)
+    return ipam.next_free(subnet, gateway, used)
+
+
+def _bridge_port_aliases(ipr, bridge: str) -> list[str]:
+    idx = links.index_of(ipr, bridge)
+    if idx is None:
+        return []
+    out = []
+    for link in ipr.get_links():
+        if link.get("IFLA_MASTER") == idx:
+            alias = link.get("IFLA_IFALIAS") or ""
+            out.append(alias[len(state.TAG):] if alias.startswith(state.TAG) else "")
+    return out
+
+
+# --- plans: lists of steps ---------------------------------------------------------------
+
+def _firewall_step(ctx: Ctx, what: str, change: Change, before: State, after: State) -> Step:
+    path, backend = ctx.ns.path, ctx.backend
+    return Step(
+        what=what,
+        do=lambda: backends.apply(backend, path, change, lambda: rules.desired(after)),
+        undo=lambda: backends.apply(backend, path, change.inverse(), lambda: rules.desired(before)),
+        commands=tuple(ctx.sh(c) for c in backends.commands(backend, change,
+                                                            lambda: rules.desired(after))),
+    )
+
+
+def _sysctl_step(ctx: Ctx, key: str, value: str, previous: str | None) -> Step:
+    path = ctx.ns.path
+    undo = (lambda: netns.write_sysctl(path, key, previous)) if previous is not None else None
+    return Step(f"set {key}={value}", lambda: netns.write_sysctl(path, key, value), undo,
+                (ctx.sh(f"sysctl -w {key}={value}"),))
+
+
+def _bridge_steps(ctx: Ctx, net: Network) -> list[Step]:
+    path = ctx.ns.path
+    subnet = ipaddress.IPv4Network(net.subnet)
+    return [
+        Step(f"create bridge {net.name}",
+             lambda: netns.with_netlink(path, lambda ipr: links.create_bridge(
+                 ipr, net.name, net.gateway, subnet.prefixlen, net.mtu, net.tag)),
+             lambda: netns.with_netlink(path, lambda ipr: links.delete_link(ipr, net.name)),
+             (ctx.sh(f"ip link add {net.name} type bridge"),
+              ctx.sh(f"ip link set {net.name} mtu {net.mtu} alias {state.TAG}{net.tag}"),
+              ctx.sh(f"ip addr add {net.gateway}/{subnet.prefixlen} dev {net.name}"),
+              ctx.sh(f"ip link set {net.name} up"))),
+        # Proxy-less localhost publishing: 127.0.0.1 may be routed out of this bridge.
+        Step(f"enable route_localnet on {net.name}",
+             lambda: netns.write_link_sysctl(path, net.name, "route_localnet", "1"), None,
+             (ctx.sh(f"sysctl -w net.ipv4.conf.{net.name}.route_localnet=1"),)),
+    ]
+
+
+def _plan_network_create(ctx: Ctx, net: Network, after: State) -> tuple[list[Step], State]:
+    path, first = ctx.ns.path, not ctx.before.networks
+    plan = _bridge_steps(ctx, net)
+    if first:
+        before_fwd = netns.read_sysctl(path, IP_FORWARD)
+        after = after.with_(sysctls_before=((IP_FORWARD, before_fwd),))
+        plan.append(_sysctl_step(ctx, IP_FORWARD, "1", before_fwd))
+    change = Change(add=rules.network_rules(net),
+                    new_chains=rules.CHAINS if first else (),
+                    add_jumps=rules.jumps() if first else ())
+    plan.append(_firewall_step(ctx, f"add the firewall rules of network {net.name}", change,
+                               ctx.before, after))
+    return plan, after
+
+
+def _plan_network_remove(ctx: Ctx, st: State, net: Network) -> tuple[list[Step], State]:
+    path = ctx.ns.path
+    after = st.with_(networks=tuple(n for n in st.networks if n.name != net.name))
+    last = not after.networks
+    if last:
+        after = after.with_(backend=None, sysctls_before=())
+    change = Change(delete=rules.network_rules(net),
+                    del_jumps=rules.jumps() if last else (),
+                    drop_chains=rules.CHAINS if last else ())
+    subnet = ipaddress.IPv4Network(net.subnet)
+    plan = [_firewall_step(ctx, f"remove the firewall rules of network {net.name}", change, st, after),
+            Step(f"delete bridge {net.name}",
+                 lambda: netns.with_netlink(path, lambda ipr: links.delete_link(ipr, net.name)),
+                 lambda: netns.with_netlink(path, lambda ipr: links.create_bridge(
+                     ipr, net.name, net.gateway, subnet.prefixlen, net.mtu, net.tag)),
+                 (ctx.sh(f"ip link del {net.name}"),))]
+    previous = dict(st.sysctls_before).get(IP_FORWARD)
+    if last and previous is not None:
+        plan.append(_sysctl_step(ctx, IP_FORWARD, previous, "1"))
+    return plan, after
+
+
+def _plan_container_create(ctx: Ctx, st: State, ctr: Container, net: Network
+                           ) -> tuple[list[Step], State]:
+    host_path = ctx.ns.path
+    ctr_path = f"{netns.NETNS_DIR}/{ctr.netns}"
+    prefix = ipaddress.IPv4Network(net.subnet).prefixlen
+    after = st.with_(containers=st.containers + (ctr,))
+    in_ctr = f"ip netns exec {ctr.netns}"
+    plan = [
+        Step(f"create network namespace {ctr.netns}",
+             lambda: netns.create(ctr.netns), lambda: netns.destroy(ctr.netns),
+             (f"ip netns add {ctr.netns}", f"{in_ctr} ip link set lo up")),
+        Step(f"create veth {ctr.veth} with its peer eth0 inside {ctr.netns} and attach it to "
+             f"{net.name}",
+             lambda: netns.with_netlink(host_path, lambda ipr: links.create_veth(
+                 ipr, ctr.veth, ctr_path, net.name, net.mtu, ctr.tag)),
+             lambda: netns.with_netlink(host_path, lambda ipr: links.delete_link(ipr, ctr.veth)),
+             (ctx.sh(f"ip link add {ctr.veth} mtu {net.mtu} type veth peer name eth0 "
+                     f"netns {ctr.netns}"),
+              ctx.sh(f"ip link set {ctr.veth} master {net.name} alias {state.TAG}{ctr.tag}"))),
+        Step(f"turn on hairpin mode on {ctr.veth}",
+             lambda: netns.with_netlink(host_path, lambda ipr: links.set_hairpin(ipr, ctr.veth)),
+             None, (ctx.sh(f"ip link set {ctr.veth} type bridge_slave hairpin on"),)),
+        Step(f"configure eth0 in {ctr.netns} ({ctr.ip}/{prefix}, default via {net.gateway})",
+             lambda: netns.with_netlink(ctr_path, lambda ipr: links.configure_container_side(
+                 ipr, ctr.ip, prefix, net.gateway, ctr.tag)),
+             None,
+             (f"{in_ctr} ip addr add {ctr.ip}/{prefix} dev eth0",
+              f"{in_ctr} ip link set eth0 up",
+              f"{in_ctr} ip route add default via {net.gateway}")),
+        _firewall_step(ctx, f"add the firewall rules of container {ctr.name}",
+                       Change(add=rules.container_rules(ctr, net)), st, after),
+    ]
+    return plan, after
+
+
+def _step_link_up(ctx: Ctx, ctr: Container) -> Step:
+    path = ctx.ns.path
+    return Step(f"set {ctr.veth} up",
+                lambda: netns.with_netlink(path, lambda ipr: links.set_up(ipr, ctr.veth)), None,
+                (ctx.sh(f"ip link set {ctr.veth} up"),))
+
+
+def _plan_container_remove(ctx: Ctx, st: State, ctr: Container) -> tuple[list[Step], State]:
+    host_path = ctx.ns.path
+    net = st.network(ctr.network)
+    fwds = st.forwards_of(ctr.name)
+    after = st.with_(containers=tuple(c for c in st.containers if c.name != ctr.name),
+                     forwards=tuple(f for f in st.forwards if f.container != ctr.name))
+    dead = tuple(r for f in fwds for r in rules.forward_rules(f, ctr, net)) + \
+        rules.container_rules(ctr, net)
+    plan = [
+        _firewall_step(ctx, f"remove the firewall rules of container {ctr.name}",
+                       Change(delete=dead), st, after),
+        Step(f"delete veth {ctr.veth}",
+             lambda: netns.with_netlink(host_path, lambda ipr: links.delete_link(ipr, ctr.veth)),
+             None, (ctx.sh(f"ip link del {ctr.veth}"),)),
+        Step(f"delete network namespace {ctr.netns} and stop its processes",
+             lambda: netns.destroy(ctr.netns), None, (f"ip netns del {ctr.netns}",)),
+    ]
+    return plan, after
+
+
+def _plan_forwards_add(ctx: Ctx, st: State, ctr: Container,
+                       mappings: Sequence[validate.PortMapping]) -> tuple[list[Step], State]:
+    if not mappings:
+        return [], st
+    net = st.network(ctr.network)
+    new = tuple(Forward(ctr.name, m.proto, m.host_port, m.container_port, m.host_ip)
+                for m in mappings)
+    after = st.with_(forwards=st.forwards + new)
+    change = Change(add=tuple(r for f in new for r in rules.forward_rules(f, ctr, net)))
+    plan = [_firewall_step(ctx, f"add the port forward rules for {ctr.name}", change, st, after)]
+    plan += [_conntrack_step(ctx, f) for f in new if f.proto == "udp"]
+    return plan, after
+
+
+def _plan_forwards_remove(ctx: Ctx, st: State, ctr: Container,
+                          gone: Sequence[Forward]) -> tuple[list[Step], State]:
+    net = st.network(ctr.network)
+    after = st.with_(forwards=tuple(f for f in st.forwards if f not in gone))
+    change = Change(delete=tuple(r for f in gone for r in rules.forward_rules(f, ctr, net)))
+    plan = [_firewall_step(ctx, f"remove the port forward rules of {ctr.name}", change, st, after)]
+    plan += [_conntrack_step(ctx, f) for f in gone if f.proto == "udp"]
+    return plan, after
+
+
+def _conntrack_step(ctx: Ctx, fwd: Forward) -> Step:
+    """UDP flows keep their old NAT binding until they go quiet: drop them (moby#8795)."""
+    argv = ["conntrack", "-D", "-p", "udp", "--dport", str(fwd.host_port)]
+    path = ctx.ns.path
+
+    def flush() -> None:
+        res = subprocess.run(netns.nsenter(path, argv), capture_output=True, text=True, timeout=30)
+        if res.returncode not in (0, 1):  # 1: nothing matched
+            raise PlumbingError(f"flush UDP conntrack entries for port {fwd.host_port}",
+                                res.stderr.strip() or f"exit status {res.returncode}")
+    return Step(f"flush UDP conntrack entries for port {fwd.host_port}", flush, None,
+                (ctx.sh(" ".join(argv)),))
+
+
+# --- restore / cleanup -------------------------------------------------------------------
+
+def _plan_cleanup(ctx: Ctx, st: State) -> list[Step]:
+    """Tagged interfaces and container namespaces the desired state does not know about."""
+    wanted = {n.tag for n in st.networks} | {c.tag for c in st.containers}
+    tagged = netns.with_netlink(ctx.ns.path, links.tagged_links)
+    plan = []
+    for ifname, tag in sorted(tagged.items()):
+        if tag not in wanted:
+            plan.append(Step(f"delete leftover interface {ifname} ({tag})",
+                             lambda n=ifname: netns.with_netlink(
+                                 ctx.ns.path, lambda ipr: links.delete_link(ipr, n)),
+                             None, (ctx.sh(f"ip link del {ifname}"),)))
+    known = {c.netns for c in st.containers}
+    for name in _our_container_netns(ctx.ns):
+        if name not in known:
+            plan.append(Step(f"delete leftover namespace {name}",
+                             lambda n=name: netns.destroy(n), None, (f"ip netns del {name}",)))
+    return plan
+
+
+def _our_container_netns(ns: netns.HostNs) -> list[str]:
+    prefix = ns.container_netns("")
+    if not netns.NETNS_DIR.is_dir():
+        return []
+    out = []
+    for entry in sorted(netns.NETNS_DIR.iterdir()):
+        if entry.name.startswith(prefix) and entry.name != ns.name:
+            try:
+                tags = netns.with_netlink(str(entry), links.tagged_links)
+            except OSError:
+                continue
+            if any(t.startswith("ctr/") for t in tags.values()):
+                out.append(entry.name)
+    return out
+
+
+def _plan_recreate(ctx: Ctx, st: State) -> list[Step]:
+    path = ctx.ns.path
+    present = set(netns.with_netlink(path, links.tagged_links).values())
+    plan: list[Step] = []
+    for net in st.networks:
+        if net.tag not in present:
+            plan += _bridge_steps(ctx, net)
+    if st.networks:
+        plan.append(_sysctl_step(ctx, IP_FORWARD, "1", None))
+    for ctr in st.containers:
+        if ctr.tag not in present or not netns.exists(ctr.netns):
+            net = st.network(ctr.network)
+            plan.append(Step(f"clear what is left of container {ctr.name}",
+                             lambda c=ctr: netns.destroy(c.netns), None, ()))
+            plan += [s for s in _plan_container_create(ctx, st, ctr, net)[0]
+                     if not s.what.startswith("add the firewall")]
+            plan.append(_step_link_up(ctx, ctr))
+    if st.networks:
+        change = Change(add=rules.desired(st), flush_chains=rules.CHAINS, add_jumps=rules.jumps())
+    else:
+        change = Change(del_jumps=rules.jumps(), drop_chains=rules.CHAINS)
+    plan.append(_firewall_step(ctx, "rewrite the bridgescope chains", change, st, st))
+    return plan
+
+
+# --- running -----------------------------------------------------------------------------
+
+def _execute(ctx: Ctx, plan: list[Step], after: State, dry_run: bool, summary: str, *,
+             save: bool = True) -> Result:
+    commands = steps.commands_of(plan)
+    if dry_run:
+        return Result(commands, f"dry run, nothing changed: {summary}")
+    steps.run(plan)
+    if save:
+        state.save(after)
+    return Result(commands, summary)
+

@@ -1,0 +1,143 @@
+"""The sandbox lab: a whole demo host in namespaces, built with the same API users call.
+
+  <P>-client (198.51.100.2) --- <P>-inet (router + "internet" 203.0.113.10) --- <P>-host (192.0.2.2)
+                                                                                   docker0 172.17.0.1/16
+                                                                                   c1 (:80, published 8080), c2 (:80)
+
+All addresses are documentation ranges that exist only inside these namespaces.
+"""
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+
+from bridgescope.plumbing import api, conflicts, netns, state
+from bridgescope.plumbing.errors import PlumbingError
+
+DEFAULT_PREFIX = "bslab"
+HOST_UPLINK, INET_TO_HOST = "192.0.2.2", "192.0.2.1"
+CLIENT_UPLINK, INET_TO_CLIENT = "198.51.100.2", "198.51.100.1"
+INTERNET = "203.0.113.10"
+BRIDGE, SUBNET = "docker0", "172.17.0.0/16"
+CONTAINERS = ("c1", "c2")
+PUBLISHED = "8080:80"
+
+
+@dataclass(frozen=True)
+class LabInfo:
+    prefix: str
+    host: str  # namespace names
+    inet: str
+    client: str
+    host_ip: str = HOST_UPLINK
+    internet_ip: str = INTERNET
+    client_ip: str = CLIENT_UPLINK
+    containers: tuple[tuple[str, str], ...] = ()  # (name, ip)
+
+    def describe(self) -> str:
+        ctrs = ", ".join(f"{n} {ip}" for n, ip in self.containers)
+        return (f"lab {self.prefix} is up: host {self.host} (uplink {self.host_ip}, {BRIDGE} "
+                f"172.17.0.1/16; {ctrs}; forward {PUBLISHED} -> c1), internet {self.inet} "
+                f"({self.internet_ip}), client {self.client} ({self.client_ip})\n"
+                f"try: ip netns exec {self.client} curl -s http://{self.host_ip}:8080/\n"
+                f"     bridgescope serve --netns {self.host}")
+
+
+def names(prefix: str) -> tuple[str, str, str]:
+    return f"{prefix}-host", f"{prefix}-inet", f"{prefix}-client"
+
+
+def lab_up(prefix: str = DEFAULT_PREFIX, *, firewall: str = "auto") -> LabInfo:
+    """Build the lab; running it again completes whatever is missing."""
+    host, inet, client = names(prefix)
+    try:
+        _wire(host, inet, client)
+        api.create_network(BRIDGE, SUBNET, host=host, firewall=firewall)
+        api.create_container("c1", BRIDGE, ports=[PUBLISHED], host=host, firewall=firewall)
+        api.create_container("c2", BRIDGE, host=host, firewall=firewall)
+        st = api.load_state(host)
+        for ctr in st.containers:
+            _serve(f"{netns.NETNS_DIR}/{ctr.netns}", ctr.name, 80)
+        _serve(f"{netns.NETNS_DIR}/{inet}", "internet", 80)
+    except BaseException:
+        lab_down(prefix)
+        raise
+    return LabInfo(prefix, host, inet, client,
+                   containers=tuple((c.name, c.ip) for c in st.containers))
+
+
+def lab_down(prefix: str = DEFAULT_PREFIX) -> None:
+    """Remove everything the lab made: processes, namespaces, its saved state."""
+    host, inet, client = names(prefix)
+    if netns.exists(host):
+        for ctr in api.load_state(host).containers:
+            netns.destroy(ctr.netns)
+    for ns in (f"{host}-{c}" for c in CONTAINERS):
+        netns.destroy(ns)
+    for ns in (client, inet, host):
+        netns.destroy(ns)
+    for leftover in (state.path_for(host), state.state_dir() / f".{host}.lock"):
+        leftover.unlink(missing_ok=True)
+
+
+def _wire(host: str, inet: str, client: str) -> None:
+    for ns in (host, inet, client):
+        if not netns.exists(ns):
+            netns.create(ns)
+    paths = {ns: f"{netns.NETNS_DIR}/{ns}" for ns in (host, inet, client)}
+    _veth(paths[host], "uplink", paths[inet], "to-host", f"{HOST_UPLINK}/24", f"{INET_TO_HOST}/24")
+    _veth(paths[client], "uplink", paths[inet], "to-client", f"{CLIENT_UPLINK}/24",
+          f"{INET_TO_CLIENT}/24")
+    netns.with_netlink(paths[inet], lambda ipr: _ensure_addr(ipr, "lo", f"{INTERNET}/32"))
+    netns.write_sysctl(paths[inet], "net.ipv4.ip_forward", "1")  # the internet routes
+    netns.with_netlink(paths[host], lambda ipr: _ensure_default(ipr, INET_TO_HOST))
+    netns.with_netlink(paths[client], lambda ipr: _ensure_default(ipr, INET_TO_CLIENT))
+
+
+def _veth(a_path: str, a_name: str, b_path: str, b_name: str, a_cidr: str, b_cidr: str) -> None:
+    import os
+
+    def make(ipr) -> None:
+        if ipr.link_lookup(ifname=a_name):
+            return
+        fd = os.open(b_path, os.O_RDONLY)
+        try:
+            ipr.link("add", ifname=a_name, kind="veth", peer={"ifname": b_name, "net_ns_fd": fd})
+        finally:
+            os.close(fd)
+    netns.with_netlink(a_path, make)
+    netns.with_netlink(a_path, lambda ipr: _ensure_addr(ipr, a_name, a_cidr))
+    netns.with_netlink(b_path, lambda ipr: _ensure_addr(ipr, b_name, b_cidr))
+
+
+def _ensure_addr(ipr, ifname: str, cidr: str) -> None:
+    idx = ipr.link_lookup(ifname=ifname)[0]
+    addr, plen = cidr.split("/")
+    have = {a.get("IFA_ADDRESS") for a in ipr.get_addr(index=idx, family=2)}
+    if addr not in have:
+        ipr.addr("add", index=idx, address=addr, prefixlen=int(plen))
+    ipr.link("set", index=idx, state="up")
+
+
+def _ensure_default(ipr, gateway: str) -> None:
+    if not [r for r in ipr.get_routes(family=2, table=254) if r["dst_len"] == 0]:
+        ipr.route("add", dst="0.0.0.0/0", gateway=gateway)
+
+
+def _serve(path: str, name: str, port: int) -> None:
+    """Start the echo server detached inside the namespace, unless one already listens."""
+    def listening() -> bool:
+        return any(ls.port == port and ls.proto == "tcp" for ls in conflicts.listeners(path))
+    if listening():
+        return
+    subprocess.Popen(netns.nsenter(path, [sys.executable, "-m",
+                                          "bridgescope.plumbing.echo_server", name, str(port)]),
+                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                     stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 10
+    while not listening():
+        if time.monotonic() > deadline:
+            raise PlumbingError(f"start the HTTP server of {name}", "it did not listen within 10 s")
+        time.sleep(0.05)

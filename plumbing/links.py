@@ -1,0 +1,131 @@
+"""Netlink operations (pyroute2) for bridges, veth pairs, addresses and routes.
+
+Each function takes an IPRoute already bound inside the right namespace (see netns.with_netlink)
+and does one kernel job; the interface alias carries `bridgescope:<object id>` so leftovers of a
+crash can be found.
+"""
+from __future__ import annotations
+
+import ipaddress
+import os
+import secrets
+
+from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+
+from bridgescope.plumbing.state import TAG
+
+ENOENT, ENODEV, EEXIST = 2, 19, 17
+BRIDGE_MODE_HAIRPIN = 1
+
+
+def index_of(ipr: IPRoute, ifname: str) -> int | None:
+    found = ipr.link_lookup(ifname=ifname)
+    return found[0] if found else None
+
+
+def require(ipr: IPRoute, ifname: str) -> int:
+    idx = index_of(ipr, ifname)
+    if idx is None:
+        raise OSError(ENODEV, f"interface {ifname} does not exist")
+    return idx
+
+
+def new_veth_name(ipr: IPRoute) -> str:
+    """Docker's host-side naming: 'veth' + 7 hex digits, unused in this namespace."""
+    while True:
+        name = "veth" + secrets.token_hex(4)[:7]
+        if index_of(ipr, name) is None:
+            return name
+
+
+def create_bridge(ipr: IPRoute, name: str, gateway: str, prefixlen: int, mtu: int, tag: str) -> None:
+    ipr.link("add", ifname=name, kind="bridge")
+    idx = require(ipr, name)
+    ipr.link("set", index=idx, ifalias=TAG + tag, mtu=mtu)
+    ipr.addr("add", index=idx, address=gateway, prefixlen=prefixlen)
+    ipr.link("set", index=idx, state="up")
+
+
+def delete_link(ipr: IPRoute, ifname: str) -> None:
+    """Idempotent: a link that is already gone is fine (deleting one veth end removes both)."""
+    idx = index_of(ipr, ifname)
+    if idx is None:
+        return
+    try:
+        ipr.link("del", index=idx)
+    except NetlinkError as err:
+        if err.code not in (ENODEV, ENOENT):
+            raise
+
+
+def create_veth(ipr: IPRoute, host_name: str, peer_netns_path: str, bridge: str, mtu: int,
+                tag: str) -> None:
+    """The peer is born inside the container namespace as eth0 (never eth0 in the host)."""
+    fd = os.open(peer_netns_path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        ipr.link("add", ifname=host_name, kind="veth", mtu=mtu,
+                 peer={"ifname": "eth0", "net_ns_fd": fd, "mtu": mtu})
+    finally:
+        os.close(fd)
+    idx = require(ipr, host_name)
+    ipr.link("set", index=idx, ifalias=TAG + tag, master=require(ipr, bridge))
+
+
+def set_hairpin(ipr: IPRoute, ifname: str) -> None:
+    ipr.brport("set", index=require(ipr, ifname), mode=BRIDGE_MODE_HAIRPIN)
+
+
+def set_up(ipr: IPRoute, ifname: str) -> None:
+    ipr.link("set", index=require(ipr, ifname), state="up")
+
+
+def configure_container_side(ipr: IPRoute, address: str, prefixlen: int, gateway: str,
+                             tag: str) -> None:
+    """Inside the container: eth0 with address/prefix, eth0 and lo up, default via gateway."""
+    idx = require(ipr, "eth0")
+    ipr.link("set", index=idx, ifalias=TAG + tag)
+    ipr.addr("add", index=idx, address=address, prefixlen=prefixlen)
+    ipr.link("set", index=idx, state="up")
+    ipr.link("set", index=require(ipr, "lo"), state="up")
+    ipr.route("add", dst="0.0.0.0/0", gateway=gateway, oif=idx)
+
+
+def tagged_links(ipr: IPRoute) -> dict[str, str]:
+    """{ifname: object id} for every interface carrying our alias tag."""
+    out = {}
+    for link in ipr.get_links():
+        alias = link.get("IFLA_IFALIAS") or link.get("ifalias") or ""
+        if alias.startswith(TAG):
+            out[link.get("ifname")] = alias[len(TAG):]
+    return out
+
+
+def route_destinations(ipr: IPRoute) -> list[tuple[ipaddress.IPv4Network, str]]:
+    """IPv4 routes of the main table with their device names, for subnet collision checks."""
+    names = {l["index"]: l.get("ifname") for l in ipr.get_links()}
+    out = []
+    for route in ipr.get_routes(family=2, table=254):
+        dst = route.get("RTA_DST")
+        if dst is None:
+            continue  # the default route overlaps everything by design
+        net = ipaddress.IPv4Network(f"{dst}/{route['dst_len']}", strict=False)
+        out.append((net, names.get(route.get("RTA_OIF"), "?")))
+    return out
+
+
+def local_addresses(ipr: IPRoute) -> set[ipaddress.IPv4Address]:
+    return {ipaddress.IPv4Address(a.get("IFA_ADDRESS")) for a in ipr.get_addr(family=2)}
+
+
+def neighbours_on(ipr: IPRoute, ifname: str) -> set[ipaddress.IPv4Address]:
+    """Addresses the bridge has seen answering ARP: in use by someone, whoever made them."""
+    idx = index_of(ipr, ifname)
+    if idx is None:
+        return set()
+    out = set()
+    for n in ipr.get_neighbours(family=2, ifindex=idx):
+        dst = n.get("NDA_DST")
+        if dst and n["state"] not in (0x20,):  # skip NUD_FAILED
+            out.add(ipaddress.IPv4Address(dst))
+    return out

@@ -1,0 +1,282 @@
+"""Our ruleset, as data: desired state -> tagged rules -> iptables-restore / nft text.
+
+Pure. The rules are Docker's proxy-less layout (reference 1.2-1.3), moved into our own
+BRIDGESCOPE-* chains, each rule tagged with the object that needs it, so a change adds or
+deletes exactly the rules of one object and never touches anyone else's.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable, Sequence
+
+from bridgescope.plumbing.state import Container, Forward, Network, State, TAG
+
+PREFIX = "BRIDGESCOPE"
+DNAT_CHAIN = "BRIDGESCOPE-DNAT"
+POST_CHAIN = "BRIDGESCOPE-POSTROUTING"
+FORWARD_CHAIN = "BRIDGESCOPE-FORWARD"
+RAW_CHAIN = "BRIDGESCOPE-PREROUTING"
+TABLES = ("raw", "nat", "filter")
+CHAINS = (("raw", RAW_CHAIN), ("nat", DNAT_CHAIN), ("nat", POST_CHAIN), ("filter", FORWARD_CHAIN))
+JUMP_TAG = "jump"
+NFT_TABLE = "bridgescope"
+
+
+@dataclass(frozen=True)
+class FwRule:
+    """One iptables rule in structured form, so every backend can render it its own way."""
+    table: str
+    chain: str
+    target: str  # ACCEPT, DROP, MASQUERADE, DNAT or one of our chains
+    tag: str  # object id, rendered as the comment "bridgescope:<tag>"
+    src: str | None = None
+    src_not: bool = False
+    dst: str | None = None
+    dst_not: bool = False
+    in_if: str | None = None
+    in_not: bool = False
+    out_if: str | None = None
+    out_not: bool = False
+    proto: str | None = None
+    dport: int | None = None
+    dst_type: str | None = None  # addrtype --dst-type
+    src_type: str | None = None  # addrtype --src-type
+    ctstate: str | None = None
+    to_destination: str | None = None  # DNAT target
+
+    @property
+    def comment(self) -> str:
+        return f"{TAG}{self.tag}"
+
+
+# --- what each object needs ------------------------------------------------------------
+
+def jumps() -> tuple[FwRule, ...]:
+    """Entry points from the built-in chains; inserted once, first in their chain.
+
+    OUTPUT has no `! -d 127.0.0.0/8`: without a userland proxy the host's own 127.0.0.1
+    clients must be DNATed too (Docker's proxy-less/hairpin mode)."""
+    return (
+        FwRule("raw", "PREROUTING", RAW_CHAIN, JUMP_TAG),
+        FwRule("nat", "PREROUTING", DNAT_CHAIN, JUMP_TAG, dst_type="LOCAL"),
+        FwRule("nat", "OUTPUT", DNAT_CHAIN, JUMP_TAG, dst_type="LOCAL"),
+        FwRule("nat", "POSTROUTING", POST_CHAIN, JUMP_TAG),
+        FwRule("filter", "FORWARD", FORWARD_CHAIN, JUMP_TAG),
+    )
+
+
+def network_rules(net: Network) -> tuple[FwRule, ...]:
+    br, tag = net.name, net.tag
+    masq = (FwRule("nat", POST_CHAIN, "MASQUERADE", tag, src=net.subnet, out_if=br, out_not=True),
+            ) if net.masquerade else ()
+    return masq + (
+        # The host's own (and 127.0.0.1) clients of a published port: replies must come back.
+        FwRule("nat", POST_CHAIN, "MASQUERADE", tag, out_if=br, src_type="LOCAL"),
+        FwRule("filter", FORWARD_CHAIN, "ACCEPT", tag, out_if=br, ctstate="RELATED,ESTABLISHED"),
+        FwRule("filter", FORWARD_CHAIN, "ACCEPT", tag, in_if=br, out_if=br, out_not=True),
+        FwRule("filter", FORWARD_CHAIN, "ACCEPT", tag, in_if=br, out_if=br),
+    )
+
+
+def container_rules(ctr: Container, net: Network) -> tuple[FwRule, ...]:
+    # Docker 28+: nobody but the bridge reaches a container directly, only through published ports.
+    return (FwRule("raw", RAW_CHAIN, "DROP", ctr.tag, dst=f"{ctr.ip}/32", in_if=net.name,
+                   in_not=True),)
+
+
+def forward_rules(fwd: Forward, ctr: Container, net: Network) -> tuple[FwRule, ...]:
+    tag, br, cip = fwd.tag, net.name, f"{ctr.ip}/32"
+    host_dst = f"{fwd.host_ip}/32" if fwd.host_ip else None
+    rules = [
+        FwRule("nat", DNAT_CHAIN, "DNAT", tag, dst=host_dst, proto=fwd.proto, dport=fwd.host_port,
+               to_destination=f"{ctr.ip}:{fwd.container_port}"),
+        # Hairpin: a container reaching its own published port gets replies through the host.
+        FwRule("nat", POST_CHAIN, "MASQUERADE", tag, src=cip, dst=cip, proto=fwd.proto,
+               dport=fwd.container_port),
+        FwRule("filter", FORWARD_CHAIN, "ACCEPT", tag, dst=cip, in_if=br, in_not=True, out_if=br,
+               proto=fwd.proto, dport=fwd.container_port),
+    ]
+    if fwd.host_ip is None or fwd.host_ip.startswith("127."):
+        # route_localnet=1 would otherwise let a LAN neighbour reach 127.0.0.1:PORT (moby#45610).
+        rules.append(FwRule("raw", RAW_CHAIN, "DROP", tag, dst="127.0.0.1/32", in_if="lo",
+                            in_not=True, proto=fwd.proto, dport=fwd.host_port))
+    return tuple(rules)
+
+
+def desired(state: State) -> tuple[FwRule, ...]:
+    """Every rule of the state, in a stable order."""
+    nets = {n.name: n for n in state.networks}
+    ctrs = {c.name: c for c in state.containers}
+    out: list[FwRule] = []
+    for net in state.networks:
+        out.extend(network_rules(net))
+    for ctr in state.containers:
+        out.extend(container_rules(ctr, nets[ctr.network]))
+    for fwd in state.forwards:
+        ctr = ctrs[fwd.container]
+        out.extend(forward_rules(fwd, ctr, nets[ctr.network]))
+    return tuple(out)
+
+
+# --- iptables rendering ------------------------------------------------------------------
+
+def _opt(flag: str, value: str | None, negate: bool) -> list[str]:
+    if value is None:
+        return []
+    return (["!"] if negate else []) + [flag, value]
+
+
+def argv(rule: FwRule) -> list[str]:
+    """The rule spec after `-A CHAIN`, in iptables-save's order."""
+    out = (_opt("-s", rule.src, rule.src_not) + _opt("-d", rule.dst, rule.dst_not)
+           + _opt("-i", rule.in_if, rule.in_not) + _opt("-o", rule.out_if, rule.out_not))
+    if rule.proto:
+        out += ["-p", rule.proto]
+        if rule.dport is not None:
+            out += ["-m", rule.proto, "--dport", str(rule.dport)]
+    if rule.dst_type:
+        out += ["-m", "addrtype", "--dst-type", rule.dst_type]
+    if rule.src_type:
+        out += ["-m", "addrtype", "--src-type", rule.src_type]
+    if rule.ctstate:
+        out += ["-m", "conntrack", "--ctstate", rule.ctstate]
+    out += ["-m", "comment", "--comment", rule.comment, "-j", rule.target]
+    if rule.to_destination:
+        out += ["--to-destination", rule.to_destination]
+    return out
+
+
+def _quote(word: str) -> str:
+    """iptables-restore splits on blanks and honours double quotes; our words have no quotes."""
+    return f'"{word}"' if (" " in word or not word) else word
+
+
+def line(op: str, rule: FwRule, position: int | None = None) -> str:
+    pos = [str(position)] if position is not None else []
+    return " ".join([op, rule.chain, *pos, *map(_quote, argv(rule))])
+
+
+def command(op: str, rule: FwRule, position: int | None = None) -> str:
+    """The equivalent stand-alone iptables command (the teaching text)."""
+    pos = [str(position)] if position is not None else []
+    words = ["iptables", "-t", rule.table, op, rule.chain, *pos, *argv(rule)]
+    return " ".join(f"'{w}'" if " " in w else w for w in words)
+
+
+@dataclass(frozen=True)
+class Change:
+    """One firewall transaction: what to add, what to delete, and chain housekeeping."""
+    add: tuple[FwRule, ...] = ()
+    delete: tuple[FwRule, ...] = ()
+    new_chains: tuple[tuple[str, str], ...] = ()  # (table, chain) to create
+    add_jumps: tuple[FwRule, ...] = ()  # inserted at position 1
+    del_jumps: tuple[FwRule, ...] = ()
+    drop_chains: tuple[tuple[str, str], ...] = ()  # (table, chain) to flush and delete
+    flush_chains: tuple[tuple[str, str], ...] = ()  # (table, chain) to empty before adding
+
+    def is_empty(self) -> bool:
+        return not (self.add or self.delete or self.new_chains or self.add_jumps
+                    or self.del_jumps or self.drop_chains or self.flush_chains)
+
+    def inverse(self) -> "Change":
+        """The undo of this change (a flush cannot be undone and is left out)."""
+        return Change(add=self.delete, delete=self.add, new_chains=self.drop_chains,
+                      add_jumps=self.del_jumps, del_jumps=self.add_jumps,
+                      drop_chains=self.new_chains)
+
+
+def restore_text(change: Change) -> str:
+    """iptables-restore --noflush payload: one transaction over raw, nat and filter.
+
+    In --noflush mode a `:CHAIN` line flushes that chain, so only chains that do not exist yet
+    are declared; deletes go by full rule spec, never by index."""
+    blocks = []
+    for table in TABLES:
+        declared = change.new_chains + change.flush_chains + change.drop_chains
+        lines = [f":{c} - [0:0]" for t, c in declared if t == table]
+        lines += [line("-D", r) for r in change.del_jumps if r.table == table]
+        lines += [line("-D", r) for r in change.delete if r.table == table]
+        lines += [line("-A", r) for r in change.add if r.table == table]
+        lines += [line("-I", r, 1) for r in change.add_jumps if r.table == table]
+        lines += [f"-X {c}" for t, c in change.drop_chains if t == table]
+        if lines:
+            blocks.append("\n".join([f"*{table}", *lines, "COMMIT"]))
+    return "\n".join(blocks) + "\n" if blocks else ""
+
+
+def teaching_commands(change: Change) -> tuple[str, ...]:
+    """The same transaction as the iptables commands a person would type, in order."""
+    out = [f"iptables -t {t} -N {c}" for t, c in change.new_chains]
+    out += [f"iptables -t {t} -F {c}" for t, c in change.flush_chains]
+    out += [command("-D", r) for r in change.del_jumps]
+    out += [command("-D", r) for r in change.delete]
+    out += [command("-A", r) for r in change.add]
+    out += [command("-I", r, 1) for r in change.add_jumps]
+    out += [f"iptables -t {t} -F {c} && iptables -t {t} -X {c}" for t, c in change.drop_chains]
+    return tuple(out)
+
+
+# --- native nftables rendering ------------------------------------------------------------
+
+# Our own base chains stand in for the built-in iptables chains (same hooks and priorities).
+_BASE = {
+    ("raw", "PREROUTING"): ("raw-PREROUTING", "filter", "prerouting", "raw"),
+    ("nat", "PREROUTING"): ("nat-PREROUTING", "nat", "prerouting", "dstnat"),
+    ("nat", "OUTPUT"): ("nat-OUTPUT", "nat", "output", "-100"),
+    ("nat", "POSTROUTING"): ("nat-POSTROUTING", "nat", "postrouting", "srcnat"),
+    ("filter", "FORWARD"): ("filter-FORWARD", "filter", "forward", "filter"),
+}
+
+
+def _nft_cmp(key: str, value: str | None, negate: bool, quote: bool = False) -> list[str]:
+    if value is None:
+        return []
+    val = f'"{value}"' if quote else value
+    return [key, "!=", val] if negate else [key, val]
+
+
+def nft_statement(rule: FwRule) -> str:
+    words = (_nft_cmp("ip saddr", rule.src, rule.src_not) + _nft_cmp("ip daddr", rule.dst, rule.dst_not)
+             + _nft_cmp("iifname", rule.in_if, rule.in_not, True)
+             + _nft_cmp("oifname", rule.out_if, rule.out_not, True))
+    if rule.proto:
+        words += [rule.proto, "dport", str(rule.dport)] if rule.dport is not None else \
+            ["meta", "l4proto", rule.proto]
+    if rule.dst_type:
+        words += ["fib", "daddr", "type", rule.dst_type.lower()]
+    if rule.src_type:
+        words += ["fib", "saddr", "type", rule.src_type.lower()]
+    if rule.ctstate:
+        words += ["ct", "state", rule.ctstate.lower()]
+    words.append("counter")
+    verdict = {"ACCEPT": ["accept"], "DROP": ["drop"], "MASQUERADE": ["masquerade"],
+               "DNAT": ["dnat", "to", rule.to_destination or ""]}.get(rule.target,
+                                                                     ["jump", rule.target])
+    return " ".join(words + verdict + ["comment", f'"{rule.comment}"'])
+
+
+def nft_text(rules: Sequence[FwRule]) -> str:
+    """A whole `table ip bridgescope`, replaced atomically (declare, delete, re-create)."""
+    head = f"table ip {NFT_TABLE} {{}}\ndelete table ip {NFT_TABLE}\n"
+    if not rules:
+        return head
+    body = []
+    for (table, chain), (name, kind, hook, prio) in _BASE.items():
+        stmts = [nft_statement(j) for j in jumps() if (j.table, j.chain) == (table, chain)]
+        body.append(f"  chain {name} {{\n    type {kind} hook {hook} priority {prio}; policy accept;\n"
+                    + "".join(f"    {s}\n" for s in stmts) + "  }")
+    for table, chain in CHAINS:
+        stmts = [nft_statement(r) for r in rules if (r.table, r.chain) == (table, chain)]
+        body.append(f"  chain {chain} {{\n" + "".join(f"    {s}\n" for s in stmts) + "  }")
+    return head + f"table ip {NFT_TABLE} {{\n" + "\n".join(body) + "\n}\n"
+
+
+def owned_chain(name: str) -> bool:
+    return name.startswith(PREFIX + "-")
+
+
+def rules_by_tag(rules: Iterable[FwRule]) -> dict[str, list[FwRule]]:
+    out: dict[str, list[FwRule]] = {}
+    for r in rules:
+        out.setdefault(r.tag, []).append(r)
+    return out

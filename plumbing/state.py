@@ -1,0 +1,161 @@
+"""Desired state: what bridgescope manages on one host namespace, persisted atomically.
+
+One JSON file per managed host namespace under /var/lib/bridgescope/ (or $BRIDGESCOPE_STATE_DIR).
+The kernel is changed first and the state written after; every kernel object carries a tag
+(interface alias, rule comment), so anything a crash leaves between the two is findable.
+"""
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import tempfile
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Iterator
+
+DEFAULT_DIR = "/var/lib/bridgescope"
+TAG = "bridgescope:"
+
+
+def state_dir() -> Path:
+    return Path(os.environ.get("BRIDGESCOPE_STATE_DIR") or DEFAULT_DIR)
+
+
+@dataclass(frozen=True)
+class Network:
+    name: str  # also the bridge's interface name
+    subnet: str
+    gateway: str
+    masquerade: bool = True
+    mtu: int = 1500
+
+    @property
+    def tag(self) -> str:
+        return f"net/{self.name}"
+
+
+@dataclass(frozen=True)
+class Container:
+    name: str
+    network: str
+    ip: str
+    netns: str  # name under /run/netns
+    veth: str  # host-side interface name
+
+    @property
+    def tag(self) -> str:
+        return f"ctr/{self.name}"
+
+
+@dataclass(frozen=True)
+class Forward:
+    container: str
+    proto: str
+    host_port: int
+    container_port: int
+    host_ip: str | None = None
+
+    @property
+    def key(self) -> str:
+        return f"{self.proto}/{self.host_ip or '*'}/{self.host_port}"
+
+    @property
+    def tag(self) -> str:
+        return f"fwd/{self.container}/{self.key}"
+
+    def spec(self) -> str:
+        ip = f"{self.host_ip}:" if self.host_ip else ""
+        return f"{ip}{self.host_port}:{self.container_port}/{self.proto}"
+
+
+@dataclass(frozen=True)
+class State:
+    host: str  # state key: the host namespace's name, or "host" for the real one
+    backend: str | None = None  # firewall backend chosen when the first network was made
+    networks: tuple[Network, ...] = ()
+    containers: tuple[Container, ...] = ()
+    forwards: tuple[Forward, ...] = ()
+    # Sysctl values found before bridgescope changed them, so removing the last network
+    # puts the host back as it was ("net.ipv4.ip_forward" -> "0").
+    sysctls_before: tuple[tuple[str, str], ...] = ()
+
+    def network(self, name: str) -> Network | None:
+        return next((n for n in self.networks if n.name == name), None)
+
+    def container(self, name: str) -> Container | None:
+        return next((c for c in self.containers if c.name == name), None)
+
+    def forwards_of(self, container: str) -> tuple[Forward, ...]:
+        return tuple(f for f in self.forwards if f.container == container)
+
+    def containers_on(self, network: str) -> tuple[Container, ...]:
+        return tuple(c for c in self.containers if c.network == network)
+
+    def forward_on(self, proto: str, host_port: int) -> Forward | None:
+        return next((f for f in self.forwards
+                     if f.proto == proto and f.host_port == host_port), None)
+
+    def with_(self, **changes) -> "State":
+        return replace(self, **changes)
+
+
+def to_dict(state: State) -> dict:
+    return asdict(state)
+
+
+def from_dict(data: dict) -> State:
+    return State(
+        host=data["host"],
+        backend=data.get("backend"),
+        networks=tuple(Network(**n) for n in data.get("networks", ())),
+        containers=tuple(Container(**c) for c in data.get("containers", ())),
+        forwards=tuple(Forward(**f) for f in data.get("forwards", ())),
+        sysctls_before=tuple(tuple(kv) for kv in data.get("sysctls_before", ())),
+    )
+
+
+def path_for(host: str) -> Path:
+    return state_dir() / f"{host}.json"
+
+
+def load(host: str) -> State:
+    try:
+        with open(path_for(host), encoding="utf-8") as fh:
+            return from_dict(json.load(fh))
+    except FileNotFoundError:
+        return State(host=host)
+
+
+def save(state: State) -> None:
+    """Write-then-rename in the same directory, fsynced: readers see the old or the new file."""
+    directory = state_dir()
+    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    target = path_for(state.host)
+    if not (state.networks or state.containers or state.forwards):
+        target.unlink(missing_ok=True)
+        return
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{state.host}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(to_dict(state), fh, separators=(",", ":"))
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+@contextmanager
+def locked(host: str) -> Iterator[None]:
+    """One change at a time per host namespace (the CLI and the web UI may race)."""
+    directory = state_dir()
+    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    with open(directory / f".{host}.lock", "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)

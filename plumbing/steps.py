@@ -1,0 +1,68 @@
+"""All-or-nothing: a command is a list of steps, each with its undo.
+
+Running stops at the first failure, undoes what was done in reverse order and raises one
+PlumbingError naming the step in plain words. A dry run only lists the teaching commands.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+from bridgescope.collector.errors import BridgescopeError
+from bridgescope.plumbing.errors import PlumbingError
+
+Action = Callable[[], None]
+
+# Tests set this to a step description to prove that a failure there leaves nothing behind.
+FAIL_AT_ENV = "BRIDGESCOPE_FAIL_AT_STEP"
+
+
+@dataclass(frozen=True)
+class Step:
+    what: str  # plain words: "attach veth1a2b3c4 to bridge br0"
+    do: Action
+    undo: Action | None = None
+    commands: tuple[str, ...] = field(default=())  # equivalent ip/iptables commands
+
+
+def commands_of(steps: Sequence[Step]) -> tuple[str, ...]:
+    return tuple(c for s in steps for c in s.commands)
+
+
+def _describe(err: BaseException) -> str:
+    if isinstance(err, PlumbingError):
+        return err.message
+    if isinstance(err, OSError) and err.strerror:
+        return err.strerror
+    text = str(err).strip().splitlines()
+    return text[-1] if text else type(err).__name__
+
+
+def run(steps: Sequence[Step]) -> None:
+    done: list[Step] = []
+    fail_at = os.environ.get(FAIL_AT_ENV)
+    for step in steps:
+        try:
+            if fail_at and fail_at in step.what:
+                raise PlumbingError(step.what, "injected failure")
+            step.do()
+        except BaseException as err:  # noqa: BLE001 - any failure, even ^C, must roll back
+            problems = _rollback(done)
+            note = f"; could not undo: {'; '.join(problems)}" if problems else ""
+            if isinstance(err, BridgescopeError) and not isinstance(err, PlumbingError):
+                raise
+            raise PlumbingError(step.what, _describe(err) + note) from err
+        done.append(step)
+
+
+def _rollback(done: list[Step]) -> list[str]:
+    problems = []
+    for step in reversed(done):
+        if step.undo is None:
+            continue
+        try:
+            step.undo()
+        except Exception as err:  # noqa: BLE001 - keep undoing the rest
+            problems.append(f"{step.what} ({_describe(err)})")
+    return problems
