@@ -1,0 +1,140 @@
+"""The Flask app factory: settings, the live topology source, the audit log, the blueprints.
+
+`create_app()` touches no kernel object: the Watcher (engineer A's live topology) starts on
+first use, so it always starts inside the process that serves (never before gunicorn forks,
+which would kill its threads and netlink sockets).
+"""
+from __future__ import annotations
+
+import importlib
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from flask import Flask
+
+import bridgescope.static
+import bridgescope.templates
+from bridgescope.webui import auth
+from bridgescope.webui.audit import AuditLog
+
+# Every blueprint of the dashboard, as "module:attribute". Add yours with one line.
+BLUEPRINTS = [
+    "bridgescope.webui.pages:bp",
+    "bridgescope.webui.api:bp",
+    "bridgescope.webui.stream:bp",
+    "bridgescope.webui.forms:bp",
+    "bridgescope.webui.details:bp",
+    "bridgescope.webui.tables:bp",
+]
+
+
+class TopologySource(Protocol):
+    """What the dashboard needs from the Watcher (tests may hand in anything shaped like it)."""
+    snapshot: Any
+    elements: list
+    version: int
+
+    def subscribe(self): ...
+    def unsubscribe(self, q) -> None: ...
+    def refresh(self, ns_id: str | None = None) -> None: ...
+
+
+@dataclass(frozen=True)
+class Settings:
+    host: str | None = None  # netns treated as "the host" (None: the one we run in)
+    read_only: bool = False
+    token: str | None = None  # None only with no_auth
+    no_auth: bool = False
+    listen: str = "127.0.0.1:8470"
+    allowed_hosts: tuple[str, ...] = ()
+    audit_log: str | None = None
+    firewall: str = "auto"
+    heartbeat: float = 15.0  # seconds between SSE keepalive comments
+    max_streams: int = 48  # below gunicorn's threads, so pages stay served when tabs pile up
+
+    @classmethod
+    def from_config(cls, config: dict) -> "Settings":
+        names = {f.upper(): f for f in cls.__dataclass_fields__}
+        return cls(**{names[k]: v for k, v in config.items() if k in names})
+
+
+@dataclass
+class Runtime:
+    """Per-app mutable state: the one topology source, the audit log, the change lock."""
+    settings: Settings
+    audit: AuditLog
+    source_override: TopologySource | None = None
+    change_lock: threading.Lock = field(default_factory=threading.Lock)
+    _source: TopologySource | None = None
+    _source_lock: threading.Lock = field(default_factory=threading.Lock)
+    _streams: threading.BoundedSemaphore | None = None
+
+    def __post_init__(self) -> None:
+        self._source = self.source_override
+        self._streams = threading.BoundedSemaphore(self.settings.max_streams)
+
+    @property
+    def source(self) -> TopologySource:
+        with self._source_lock:
+            if self._source is None:
+                from bridgescope.collector.watcher import Watcher
+
+                watcher = Watcher(self.settings.host)
+                watcher.start()
+                self._source = watcher
+            return self._source
+
+    def stop(self) -> None:
+        with self._source_lock:
+            if self._source is not None and self._source is not self.source_override:
+                self._source.stop()
+            self._source = None
+
+    def try_open_stream(self) -> bool:
+        return self._streams.acquire(blocking=False)
+
+    def close_stream(self) -> None:
+        self._streams.release()
+
+
+def runtime(app: Flask | None = None) -> Runtime:
+    from flask import current_app
+
+    return (app or current_app).extensions["bridgescope"]
+
+
+def _settings(config: dict) -> Settings:
+    s = Settings.from_config(config)
+    if s.token is None and not s.no_auth:
+        s = Settings(**{**s.__dict__, "token": auth.new_token()})
+    return s
+
+
+def create_app(config: dict | None = None) -> Flask:
+    """config keys: HOST, READ_ONLY, TOKEN, NO_AUTH, LISTEN, ALLOWED_HOSTS, AUDIT_LOG,
+    FIREWALL, HEARTBEAT, MAX_STREAMS, and SOURCE (a ready topology source, for tests)."""
+    config = dict(config or {})
+    settings = _settings(config)
+    here = Path(__file__).resolve().parent
+    # Explicit paths: the package-dir mapping hides "bridgescope" from Flask's own lookup.
+    app = Flask(
+        "bridgescope.webui", root_path=str(here), instance_path=str(here / "instance"),
+        template_folder=str(Path(bridgescope.templates.__file__).parent),
+        static_folder=str(Path(bridgescope.static.__file__).parent),
+    )
+    app.config.update(READ_ONLY=settings.read_only, TESTING=bool(config.get("TESTING")))
+    listen_host, listen_port = auth.parse_listen(settings.listen)
+    auth.install(app, auth.AccessPolicy(
+        token=settings.token, csrf=auth.new_token(), listen_host=listen_host,
+        listen_port=listen_port, extra_hosts=frozenset(h.lower() for h in settings.allowed_hosts)))
+    audit = AuditLog(Path(settings.audit_log) if settings.audit_log else None)
+    app.extensions["bridgescope"] = Runtime(settings, audit, source_override=config.get("SOURCE"))
+    for spec in BLUEPRINTS:
+        module, _, attr = spec.partition(":")
+        app.register_blueprint(getattr(importlib.import_module(module), attr))
+
+    app.jinja_env.globals.update(read_only=settings.read_only, host_netns=settings.host)
+
+    return app

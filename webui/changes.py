@@ -1,0 +1,57 @@
+"""Carrying out one plumbing change for a web request: one at a time, audited, then re-read.
+
+The forms and the JSON API both end here. A dry run only asks the plumbing for the commands
+it would run; a real change holds the change lock (two tabs must not build the same thing at
+once), is written to the audit log whatever its outcome, and makes the Watcher re-read the
+kernel so every open tab sees the result the kernel reports, never a picture the UI made up.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from flask import request
+
+from bridgescope.collector.errors import BridgescopeError
+from bridgescope.webui.app import runtime
+from bridgescope.webui.audit import scrub
+
+# Web action name -> bridgescope.plumbing.api function (all-or-nothing on the plumbing side).
+ACTIONS = ("create_network", "remove_network", "create_container", "remove_container",
+           "add_forward", "remove_forward")
+
+
+def _plumbing(action: str):
+    from bridgescope.plumbing import api
+
+    if action not in ACTIONS:
+        raise ValueError(f"unknown action {action!r}")
+    return getattr(api, action)
+
+
+def _request_info(action: str, args: dict[str, Any]) -> dict[str, Any]:
+    return {"method": request.method, "path": request.path, "action": action,
+            "args": scrub((k, v) for k, v in args.items())}
+
+
+def perform(action: str, args: dict[str, Any], *, dry_run: bool):
+    """Run `action` with keyword `args` against the dashboard's host; returns plumbing's Result.
+
+    Raises the plumbing's ValidationError / PlumbingError (both BridgescopeError) unchanged.
+    """
+    rt = runtime()
+    fn = _plumbing(action)
+    common = {"host": rt.settings.host, "firewall": rt.settings.firewall}
+    if dry_run:
+        return fn(**args, **common, dry_run=True)
+    client = request.remote_addr or "?"
+    with rt.change_lock:
+        try:
+            result = fn(**args, **common, dry_run=False)
+        except BridgescopeError as err:
+            rt.audit.record(client, _request_info(action, args), getattr(err, "commands", ()),
+                            f"error: {err}", ok=False)
+            raise
+        rt.audit.record(client, _request_info(action, args), result.commands,
+                        f"ok: {result.summary}")
+    rt.source.refresh(None)
+    return result

@@ -1,0 +1,82 @@
+"""GET /api/events: one Server-Sent Events stream per tab.
+
+The Watcher hands every new subscriber the whole graph first, then deltas; each event carries
+the topology version as its SSE id, so a browser that reconnects (EventSource does that by
+itself) gets a fresh full graph and resynchronises. A comment line every `heartbeat` seconds
+keeps proxies from timing out and makes a vanished client surface as a failed write, which
+closes the response and unsubscribes it.
+"""
+from __future__ import annotations
+
+import json
+import queue
+from typing import Callable, Iterator
+
+from flask import Blueprint, Response, jsonify
+
+from bridgescope.webui.app import runtime
+
+bp = Blueprint("stream", __name__)
+
+SSE_HEADERS = {
+    "Cache-Control": "no-cache",
+    "X-Accel-Buffering": "no",  # nginx: do not buffer the stream
+    "Connection": "keep-alive",
+}
+
+
+def format_event(event: dict) -> str:
+    """One SSE message: `id` = topology version, `event` = graph|delta|..., `data` = JSON."""
+    data = json.dumps(event, separators=(",", ":"), default=str)
+    head = f"id: {event['version']}\n" if "version" in event else ""
+    return f"{head}event: {event.get('type', 'message')}\ndata: {data}\n\n"
+
+
+def _messages(q: "queue.Queue", heartbeat: float) -> Iterator[str]:
+    # The first bytes go out at once so the client sees the headers (and "live") immediately.
+    yield ": hello\n\n"
+    while True:
+        try:
+            event = q.get(timeout=heartbeat)
+        except queue.Empty:
+            yield ": keepalive\n\n"
+            continue
+        if event is None:  # the source is shutting down
+            return
+        yield format_event(event)
+
+
+def _once(fn: Callable[[], None]) -> Callable[[], None]:
+    done = []
+
+    def run() -> None:
+        if not done:
+            done.append(True)
+            fn()
+    return run
+
+
+@bp.get("/api/events")
+def events() -> Response:
+    rt = runtime()
+    if not rt.try_open_stream():
+        resp = jsonify({"error": "too many open live views; close a tab and reload"})
+        resp.status_code = 503
+        resp.headers["Retry-After"] = "5"
+        return resp
+    try:
+        source = rt.source
+        q = source.subscribe()
+    except BaseException:
+        rt.close_stream()
+        raise
+
+    def cleanup() -> None:
+        source.unsubscribe(q)
+        rt.close_stream()
+
+    resp = Response(_messages(q, rt.settings.heartbeat), mimetype="text/event-stream",
+                    headers=SSE_HEADERS)
+    # call_on_close runs even when the generator never started (a client that left at once).
+    resp.call_on_close(_once(cleanup))
+    return resp
