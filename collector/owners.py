@@ -103,6 +103,8 @@ class _DockerTraits:
         if any(_DOCKER_BRIDGE.match(name) or name in self.bridges.get(rule.netns, ())
                for name in _interfaces(rule)):
             return True
+        if (option(rule, "--match-set") or "").startswith("docker-ext-bridges"):
+            return True  # 28.0.0 matched its bridges through this ipset
         proto, port = option(rule, "-p"), option(rule, "--dport")
         if rule.target == "MASQUERADE" and proto and port:  # <=27 hairpin: -s C -d C --dport P
             dest = (option(rule, "-d") or "").removesuffix("/32").removesuffix("/128")
