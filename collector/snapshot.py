@@ -7,6 +7,7 @@ read into model objects (`assemble`) is pure.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import time
 from typing import Iterable, Mapping
 
@@ -36,7 +37,7 @@ def scan(namespaces: list[Namespace], *, firewall: bool = True, taken_at: float 
         snap = assemble(present, reads, nsid_maps, taken_at=taken_at,
                         warnings=vanished_warnings(namespaces, failures))
         if firewall:
-            snap = with_firewall(snap, {ns_id: h.proc_path for ns_id, h in handles.items()})
+            snap = with_firewall(snap, read_firewall({ns_id: h.proc_path for ns_id, h in handles.items()}))
         return snap
     finally:
         for handle in handles.values():
@@ -129,13 +130,28 @@ def namespace_routes(ns_id: str, read: NamespaceRead) -> list[Route]:
     ]
 
 
-def with_firewall(snap: Snapshot, paths: Mapping[str, str]) -> Snapshot:
-    """Add rules, chains, forwards and masquerades read from each namespace's firewall."""
+def read_firewall(paths: Mapping[str, str]) -> firewall_reader.FirewallScan:
+    """Every backend's rules in the given namespaces; a failure becomes a warning."""
     try:
-        fw = firewall_reader.scan(paths)
+        return firewall_reader.scan(paths)
     except (OSError, BridgescopeError) as err:
-        return dataclasses.replace(snap, warnings=snap.warnings + (f"firewall could not be read: {err}",))
-    view = nat.interpret(fw.rules, fw.chains, snap.interfaces, snap.namespaces)
+        return firewall_reader.FirewallScan(warnings=(f"firewall could not be read: {err}",))
+
+
+def merge_firewall(scans: Iterable[firewall_reader.FirewallScan]) -> firewall_reader.FirewallScan:
+    scans = list(scans)
+    return firewall_reader.FirewallScan(
+        rules=tuple(r for s in scans for r in s.rules),
+        chains=tuple(c for s in scans for c in s.chains),
+        warnings=tuple(w for s in scans for w in s.warnings),
+        **({"proxies": tuple(p for s in scans for p in s.proxies)} if _HAS_PROXIES else {}),
+    )
+
+
+def with_firewall(snap: Snapshot, fw: firewall_reader.FirewallScan) -> Snapshot:
+    """Pure: add rules and chains, and the forwards/masquerades they amount to."""
+    extra = {"proxies": fw.proxies} if _INTERPRET_TAKES_PROXIES and _HAS_PROXIES else {}
+    view = nat.interpret(fw.rules, fw.chains, snap.interfaces, snap.namespaces, **extra)
     return dataclasses.replace(
         snap,
         rules=fw.rules,
@@ -144,3 +160,8 @@ def with_firewall(snap: Snapshot, paths: Mapping[str, str]) -> Snapshot:
         masquerades=view.masquerades,
         warnings=snap.warnings + fw.warnings + view.warnings,
     )
+
+
+# The firewall seam is growing docker-proxy listeners; follow it without breaking either side.
+_HAS_PROXIES = "proxies" in {f.name for f in dataclasses.fields(firewall_reader.FirewallScan)}
+_INTERPRET_TAKES_PROXIES = "proxies" in inspect.signature(nat.interpret).parameters

@@ -1,0 +1,391 @@
+"""Keeping the picture live: one bound netlink socket per namespace, deltas to subscribers.
+
+One thread owns an epoll set of every namespace's event socket, inotify on the netns
+directories, and /proc/self/mountinfo (POLLPRI when the mount table changes, which is how a
+bind-mounted namespace appears or goes). An event re-dumps only the namespace it came from;
+the snapshot and its Cytoscape elements are rebuilt from cached per-namespace reads (pure,
+cheap) and the difference is published. ENOBUFS (the kernel dropped events) and every
+heal_interval trigger a full re-dump; every rescan_interval /proc is searched for namespaces
+only a process holds.
+"""
+from __future__ import annotations
+
+import ctypes
+import dataclasses
+import errno
+import os
+import queue
+import select
+import socket
+import threading
+import time
+from typing import Callable
+
+from bridgescope.collector.firewall import FirewallScan
+from bridgescope.collector.graph import diff_elements, to_elements
+from bridgescope.collector.model import Namespace, Snapshot
+from bridgescope.collector.namespaces import NetnsRef, discover, open_path, resolve_netns
+from bridgescope.collector.netlink import NamespaceHandle, NamespaceRead, open_handles, reread
+from bridgescope.collector.snapshot import assemble, merge_firewall, read_firewall, vanished_warnings, with_firewall
+from bridgescope.collector.veth import likely_homes, resolve_nsids, wanted_nsids
+
+WATCHED_DIRS = ("/run/netns", "/run/docker/netns")
+IN_CREATE, IN_DELETE, IN_MOVED_FROM, IN_MOVED_TO = 0x100, 0x200, 0x40, 0x80
+IN_NONBLOCK, IN_CLOEXEC = 0o4000, 0o2000000
+SOL_NETLINK, NETLINK_ADD_MEMBERSHIP = 270, 1
+RTNLGRP_IPV4_NETCONF = 24  # ip_forward and friends changing
+SETTLE = 0.002  # after a first event, wait this long for the rest of its burst
+QUEUE_LIMIT = 1000
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _load_firewall_watch():
+    """Engineer B's rule monitor, when the tree has it (optional seam)."""
+    try:
+        from bridgescope.collector.firewall.monitor import FirewallWatch
+    except ImportError:
+        return None
+    return FirewallWatch
+
+
+class Watcher:
+    def __init__(self, host: str | None = None, *, rescan_interval: float = 10.0,
+                 heal_interval: float = 60.0, firewall: bool = True):
+        self._host: NetnsRef = resolve_netns(host)  # fails now, with one clear line
+        self.rescan_interval = rescan_interval
+        self.heal_interval = heal_interval
+        self.firewall = firewall
+        self._lock = threading.RLock()
+        self._namespaces: dict[str, Namespace] = {}
+        self._handles: dict[str, NamespaceHandle] = {}
+        self._reads: dict[str, NamespaceRead] = {}
+        self._nsids: dict[str, dict[int, str]] = {}
+        self._fw: dict[str, FirewallScan] = {}
+        self._warnings: tuple[str, ...] = ()
+        self._snapshot = Snapshot()
+        self._elements: list[dict] = []
+        self._version = 0
+        self._subscribers: list[queue.Queue] = []
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._epoll: select.epoll | None = None
+        self._fw_watch = None
+        self.on_error: Callable[[BaseException], None] | None = None
+
+    # ---- public -----------------------------------------------------------------------------
+
+    @property
+    def snapshot(self) -> Snapshot:
+        return self._snapshot
+
+    @property
+    def elements(self) -> list[dict]:
+        return self._elements
+
+    @property
+    def version(self) -> int:
+        return self._version
+
+    def start(self) -> "Watcher":
+        """Read everything once, then watch in a background thread."""
+        with self._lock:
+            self._epoll = select.epoll()
+            self._epoll.register(self._wake_r, select.EPOLLIN)
+            self._sync_namespaces(discover(self._host))
+            self._rebuild()
+        self._start_firewall_watch()
+        self._thread = threading.Thread(target=self._run, name="bridgescope-watcher", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        os.write(self._wake_w, b"x")
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        if self._fw_watch is not None:
+            self._fw_watch.stop()
+        with self._lock:
+            for handle in self._handles.values():
+                handle.close()
+            self._handles.clear()
+            if self._epoll is not None:
+                self._epoll.close()
+        os.close(self._wake_r)
+        os.close(self._wake_w)
+
+    def subscribe(self) -> queue.Queue:
+        """A queue that first gets the whole graph, then every delta."""
+        q: queue.Queue = queue.Queue(maxsize=QUEUE_LIMIT)
+        with self._lock:
+            q.put({"type": "graph", "version": self._version, "elements": self._elements})
+            self._subscribers.append(q)
+        return q
+
+    def unsubscribe(self, q: queue.Queue) -> None:
+        with self._lock:
+            if q in self._subscribers:
+                self._subscribers.remove(q)
+
+    def refresh(self, ns_id: str | None = None) -> None:
+        """Re-read now: one namespace's links and firewall, or (None) everything incl. discovery.
+
+        Plumbing calls this after a change; FirewallWatch calls it when rules changed.
+        """
+        with self._lock:
+            if ns_id is None:
+                self._sync_namespaces(discover(self._host))
+                self._reread(list(self._handles))
+                if self.firewall:
+                    self._rescan_firewall(list(self._handles))
+            elif ns_id in self._handles:
+                self._reread([ns_id])
+                if self.firewall:
+                    self._rescan_firewall([ns_id])
+            self._publish()
+
+    # ---- the loop ---------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        inotify = self._inotify()
+        mountinfo = open("/proc/self/mountinfo", "rb")
+        self._epoll.register(mountinfo.fileno(), select.EPOLLPRI | select.EPOLLERR)
+        next_rescan = time.monotonic() + self.rescan_interval
+        next_heal = time.monotonic() + self.heal_interval
+        try:
+            while not self._stop.is_set():
+                timeout = max(0.0, min(next_rescan, next_heal) - time.monotonic())
+                ready = self._epoll.poll(timeout)
+                if self._stop.is_set():
+                    return
+                if ready:
+                    time.sleep(SETTLE)
+                    ready += self._epoll.poll(0)
+                try:
+                    self._handle(ready, inotify, mountinfo)
+                    now = time.monotonic()
+                    if now >= next_heal:
+                        self._heal()
+                        next_heal, next_rescan = now + self.heal_interval, now + self.rescan_interval
+                    elif now >= next_rescan:
+                        self._rediscover()
+                        next_rescan = now + self.rescan_interval
+                except Exception as err:  # noqa: BLE001 - the watcher must outlive one bad read
+                    if self.on_error is not None:
+                        self.on_error(err)
+        finally:
+            mountinfo.close()
+            if inotify is not None:
+                os.close(inotify)
+
+    def _handle(self, ready: list[tuple[int, int]], inotify: int | None, mountinfo) -> None:
+        with self._lock:
+            self._handle_locked(ready, inotify, mountinfo)
+
+    def _handle_locked(self, ready: list[tuple[int, int]], inotify: int | None, mountinfo) -> None:
+        by_fd = {h.events.fileno(): ns_id for ns_id, h in self._handles.items() if h.events is not None}
+        dirty: set[str] = set()
+        overflow = rediscover = False
+        for fd, _ in ready:
+            if fd == self._wake_r:
+                _drain_fd(fd)
+            elif inotify is not None and fd == inotify:
+                _drain_fd(fd)
+                rediscover = True
+            elif fd == mountinfo.fileno():
+                mountinfo.seek(0)
+                mountinfo.read()
+                rediscover = True
+            elif fd in by_fd:
+                ns_id = by_fd[fd]
+                if _drain_socket(self._handles[ns_id].events):
+                    dirty.add(ns_id)
+                else:
+                    overflow = True
+        if overflow:
+            self._heal()
+            return
+        if rediscover:
+            self._rediscover(publish=False)
+        if dirty or rediscover:
+            self._reread([ns for ns in dirty if ns in self._handles])
+            self._publish()
+
+    def _heal(self) -> None:
+        """Full re-dump: after dropped events, and periodically in case anything slipped by."""
+        with self._lock:
+            self._sync_namespaces(discover(self._host))
+            self._nsids.clear()
+            self._reread(list(self._handles))
+            if self.firewall and self._fw_watch is None:
+                self._rescan_firewall(list(self._handles))
+            self._publish()
+
+    def _rediscover(self, publish: bool = True) -> None:
+        with self._lock:
+            self._sync_namespaces(discover(self._host))
+            if publish:
+                self._publish()
+
+    # ---- state ------------------------------------------------------------------------------
+
+    def _sync_namespaces(self, found: list[Namespace]) -> None:
+        """Open what is new, close what is gone, keep names/paths current."""
+        current = {ns.id: ns for ns in found}
+        for ns_id in [n for n in self._handles if n not in current]:
+            self._forget(ns_id)
+        new = {ns.id: ns for ns in found if ns.id not in self._handles}
+        paths = {}
+        for ns in new.values():
+            try:
+                paths[ns.id] = open_path(ns)
+            except Exception:  # noqa: BLE001 - vanished between discovery and now
+                paths[ns.id] = ""
+        handles, reads, failures = open_handles(paths, events=True)
+        for ns_id, handle in handles.items():
+            self._handles[ns_id] = handle
+            self._reads[ns_id] = reads[ns_id]
+            self._epoll.register(handle.events.fileno(), select.EPOLLIN)
+            _join_group(handle.events, RTNLGRP_IPV4_NETCONF)
+        self._namespaces = {ns_id: ns for ns_id, ns in current.items() if ns_id in self._handles}
+        self._warnings = vanished_warnings(new.values(), failures)
+        if self.firewall and handles:
+            self._rescan_firewall(list(handles))
+        if self._fw_watch is not None:
+            self._fw_watch.update(self._fw_paths())
+
+    def _forget(self, ns_id: str) -> None:
+        handle = self._handles.pop(ns_id)
+        if handle.events is not None:
+            self._epoll.unregister(handle.events.fileno())
+        handle.close()  # drops our reference: the kernel may now free the namespace
+        self._reads.pop(ns_id, None)
+        self._nsids.pop(ns_id, None)
+        self._fw.pop(ns_id, None)
+        for mapping in self._nsids.values():
+            for nsid in [k for k, v in mapping.items() if v == ns_id]:
+                del mapping[nsid]
+
+    def _reread(self, ns_ids: list[str]) -> None:
+        results = reread([self._handles[n] for n in ns_ids])
+        for ns_id, result in results.items():
+            if isinstance(result, NamespaceRead):
+                self._reads[ns_id] = result
+                self._nsids.pop(ns_id, None)  # its veths may point somewhere new
+
+    def _rescan_firewall(self, ns_ids: list[str]) -> None:
+        scanned = read_firewall({n: self._handles[n].proc_path for n in ns_ids if n in self._handles})
+        for ns_id in ns_ids:
+            self._fw[ns_id] = FirewallScan(
+                rules=tuple(r for r in scanned.rules if r.netns == ns_id),
+                chains=tuple(c for c in scanned.chains if c.netns == ns_id),
+                **({"proxies": tuple(p for p in scanned.proxies if p.netns == ns_id)}
+                   if hasattr(scanned, "proxies") else {}),
+            )
+        if scanned.warnings and ns_ids:
+            first = self._fw.get(ns_ids[0], FirewallScan())
+            self._fw[ns_ids[0]] = dataclasses.replace(first, warnings=first.warnings + scanned.warnings)
+
+    def _resolve_missing_nsids(self) -> None:
+        dumps = {ns_id: r.dump for ns_id, r in self._reads.items()}
+        homes = None
+        fds = {ns_id: h.fd for ns_id, h in self._handles.items()}
+        for ns_id, dump in dumps.items():
+            known = self._nsids.get(ns_id)
+            if known is not None and wanted_nsids(dump) <= set(known):
+                continue
+            homes = homes if homes is not None else likely_homes(dumps)
+            try:
+                self._nsids[ns_id] = resolve_nsids(ns_id, dump, self._handles[ns_id].rtnl, fds, homes)
+            except OSError:
+                self._nsids[ns_id] = {}
+
+    def _rebuild(self) -> None:
+        self._resolve_missing_nsids()
+        order = [ns for ns in self._namespaces.values()]
+        order.sort(key=lambda ns: (not ns.is_host, ns.inode))
+        snap = assemble(order, self._reads, self._nsids, taken_at=time.time(), warnings=self._warnings)
+        if self.firewall:
+            snap = with_firewall(snap, merge_firewall(self._fw[n] for n in self._namespaces if n in self._fw))
+        self._snapshot = snap
+        self._elements = to_elements(snap)
+
+    def _publish(self) -> None:
+        old = self._elements
+        self._rebuild()
+        delta = diff_elements(old, self._elements)
+        if not (delta["added"] or delta["removed"] or delta["changed"]):
+            return
+        self._version += 1
+        event = {"type": "delta", "version": self._version, **delta}
+        for q in list(self._subscribers):
+            try:
+                q.put_nowait(event)
+            except queue.Full:  # a subscriber fell behind: start it over with the whole graph
+                _empty(q)
+                q.put_nowait({"type": "graph", "version": self._version, "elements": self._elements})
+
+    # ---- helpers ----------------------------------------------------------------------------
+
+    def _fw_paths(self) -> dict[str, str]:
+        return {ns_id: h.proc_path for ns_id, h in self._handles.items()}
+
+    def _start_firewall_watch(self) -> None:
+        cls = _load_firewall_watch() if self.firewall else None
+        if cls is None:
+            return
+        self._fw_watch = cls(self._fw_paths(), self.refresh)
+        self._fw_watch.start()
+
+    def _inotify(self) -> int | None:
+        dirs = [d for d in WATCHED_DIRS if os.path.isdir(d)]  # watch, never create
+        if not dirs:
+            return None
+        fd = _libc.inotify_init1(IN_NONBLOCK | IN_CLOEXEC)
+        if fd < 0:
+            return None
+        for directory in dirs:
+            _libc.inotify_add_watch(fd, directory.encode(), IN_CREATE | IN_DELETE | IN_MOVED_FROM | IN_MOVED_TO)
+        self._epoll.register(fd, select.EPOLLIN)
+        return fd
+
+
+def _join_group(sock: socket.socket, group: int) -> None:
+    try:
+        sock.setsockopt(SOL_NETLINK, NETLINK_ADD_MEMBERSHIP, group)
+    except OSError:
+        pass  # an older kernel without that group: ip_forward changes wait for the heal
+
+
+def _drain_socket(sock: socket.socket) -> bool:
+    """Read every pending event; False when the kernel reported dropped events (ENOBUFS)."""
+    while True:
+        try:
+            sock.recv(1 << 16, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return True
+        except OSError as err:
+            if err.errno == errno.ENOBUFS:
+                return False
+            raise
+
+
+def _drain_fd(fd: int) -> None:
+    try:
+        while os.read(fd, 4096):
+            pass
+    except BlockingIOError:
+        pass
+
+
+def _empty(q: queue.Queue) -> None:
+    try:
+        while True:
+            q.get_nowait()
+    except queue.Empty:
+        pass
+
+
+__all__ = ["Watcher"]
