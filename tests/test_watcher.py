@@ -1,0 +1,138 @@
+"""The watcher against the real kernel: changes in throwaway namespaces arrive as deltas."""
+from __future__ import annotations
+
+import queue
+import socket
+import time
+
+import pytest
+
+from conftest import sh
+from bridgescope.collector.errors import NamespaceNotFound
+from bridgescope.collector.watcher import Watcher
+
+pytestmark = pytest.mark.kernel
+WAIT = 10.0  # liveness bound, not a speed assertion
+
+
+@pytest.fixture
+def pair(netns):
+    """host with br0 and one container c1 (eth0 10.50.0.2/24) on it; the watcher running."""
+    host, c1 = netns("host"), netns("c1")
+    sh("ip", "-n", host, "link", "add", "br0", "type", "bridge")
+    sh("ip", "-n", host, "link", "set", "br0", "up")
+    sh("ip", "-n", host, "link", "add", "vc1", "type", "veth", "peer", "name", "eth0", "netns", c1)
+    sh("ip", "-n", host, "link", "set", "vc1", "master", "br0", "up")
+    sh("ip", "-n", c1, "link", "set", "eth0", "up")
+    sh("ip", "-n", c1, "addr", "add", "10.50.0.2/24", "dev", "eth0")
+    watcher = Watcher(host, firewall=False, rescan_interval=3600, heal_interval=3600).start()
+    try:
+        yield watcher, host, c1
+    finally:
+        watcher.stop()
+
+
+def ns_id(watcher: Watcher, name: str) -> str:
+    return next(ns.id for ns in watcher.snapshot.namespaces if ns.name == name)
+
+
+def next_delta(q: queue.Queue, match) -> dict:
+    """The first delta for which match(delta) holds (other namespaces may change meanwhile)."""
+    deadline = time.monotonic() + WAIT
+    while time.monotonic() < deadline:
+        try:
+            event = q.get(timeout=max(0.01, deadline - time.monotonic()))
+        except queue.Empty:
+            break
+        if event["type"] == "delta" and match(event):
+            return event
+    raise AssertionError("no matching delta arrived")
+
+
+def ipv4(addresses: list[str]) -> list[str]:
+    return [a for a in addresses if ":" not in a]  # link-local IPv6 arrives whenever DAD is done
+
+
+def element(items: list[dict], **data) -> dict | None:
+    return next((e for e in items if all(e["data"].get(k) == v for k, v in data.items())), None)
+
+
+def test_first_event_is_the_whole_graph(pair):
+    watcher, host, c1 = pair
+    event = watcher.subscribe().get(timeout=WAIT)
+    assert event["type"] == "graph" and event["version"] == watcher.version
+    eth0 = element(event["elements"], label="eth0", parent=ns_id(watcher, c1))
+    assert ipv4(eth0["data"]["addresses"]) == ["10.50.0.2/24"]
+
+
+def test_address_change_is_one_changed_element(pair):
+    watcher, host, c1 = pair
+    q = watcher.subscribe()
+    q.get()
+    version = watcher.version
+    sh("ip", "-n", c1, "addr", "add", "10.50.0.9/24", "dev", "eth0")
+    eth0_id = element(watcher.elements, label="eth0", parent=ns_id(watcher, c1))["data"]["id"]
+    has_new = lambda d: "10.50.0.9/24" in (element(d["changed"], id=eth0_id) or {"data": {"addresses": []}})["data"]["addresses"]
+    delta = next_delta(q, has_new)
+    assert ipv4(element(delta["changed"], id=eth0_id)["data"]["addresses"]) == ["10.50.0.2/24", "10.50.0.9/24"]
+    assert delta["version"] > version and not delta["removed"]
+
+
+def test_link_add_and_remove(pair):
+    watcher, host, c1 = pair
+    q = watcher.subscribe()
+    q.get()
+    sh("ip", "-n", host, "link", "add", "vnew", "type", "veth", "peer", "name", "eth1", "netns", c1)
+    sh("ip", "-n", host, "link", "set", "vnew", "master", "br0")
+    added = next_delta(q, lambda d: element(d["added"], label="eth1") is not None)
+    eth1 = element(added["added"], label="eth1")
+    assert eth1["data"]["parent"] == ns_id(watcher, c1) and "position" in eth1
+    # the veth edge shows up once both ends are known
+    snap = watcher.snapshot
+    vnew = next(i for i in snap.interfaces if i.name == "vnew" and i.netns == snap.host)
+    assert vnew.peer == eth1["data"]["id"]
+    sh("ip", "-n", host, "link", "del", "vnew")
+    removed = next_delta(q, lambda d: eth1["data"]["id"] in d["removed"])
+    assert vnew.id in removed["removed"] or element(watcher.elements, id=vnew.id) is None
+
+
+def test_new_and_deleted_namespace(pair, netns):
+    watcher, host, c1 = pair
+    q = watcher.subscribe()
+    q.get()
+    extra = netns("late")
+    delta = next_delta(q, lambda d: element(d["added"], kind="namespace", label=extra) is not None)
+    extra_id = element(delta["added"], label=extra)["data"]["id"]
+    sh("ip", "netns", "del", extra)
+    next_delta(q, lambda d: extra_id in d["removed"])
+    assert all(ns.name != extra for ns in watcher.snapshot.namespaces)
+
+
+def test_refresh_rereads_one_namespace_now(pair):
+    watcher, host, c1 = pair
+    sh("sysctl", "-qw", "net.ipv4.conf.all.rp_filter=2", ns=host)
+    watcher.refresh(ns_id(watcher, host))
+    assert watcher.snapshot.namespace(ns_id(watcher, host)).sysctl("net.ipv4.conf.all.rp_filter") == "2"
+
+
+def test_dropped_events_heal_with_a_full_redump(pair):
+    watcher, host, c1 = pair
+    c1_id = ns_id(watcher, c1)
+    events = watcher._handles[c1_id].events  # shrink the buffer so the kernel must drop events
+    events.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 256)
+    q = watcher.subscribe()
+    q.get()
+    batch = "".join(f"addr add 10.60.{i // 250}.{i % 250 + 1}/32 dev eth0\n" for i in range(300))
+    sh("ip", "-n", c1, "-b", "-", input=batch)
+    eth0_id = element(watcher.elements, label="eth0", parent=c1_id)["data"]["id"]
+
+    def complete(d):
+        e = element(d["changed"], id=eth0_id)
+        return e is not None and len(ipv4(e["data"]["addresses"])) == 301
+
+    next_delta(q, complete)
+
+
+def test_missing_host_fails_before_starting(run_prefix):
+    with pytest.raises(NamespaceNotFound):
+        Watcher(f"{run_prefix}-nope")
