@@ -34,7 +34,7 @@ def to_elements(snap: Snapshot, *, show_loopback: bool = False) -> list[dict]:
         x, y = positions.get(node["data"]["id"], (0.0, 0.0))
         node["position"] = {"x": round(x, 1), "y": round(y, 1)}
     shown = {i.id for i in visible}
-    edges = _interface_edges(visible, shown) + [e for _, e in pf_nodes if e] + [e for _, e in masq_nodes if e]
+    edges = _interface_edges(visible, shown, by_id) + [e for _, e in pf_nodes if e] + [e for _, e in masq_nodes if e]
     return nodes + edges
 
 
@@ -168,13 +168,19 @@ def _edge(edge_id: str, source: str, target: str, kind: str, owner: str = "unkno
                                        "kind": kind, "owner": owner}}
 
 
-def _interface_edges(visible: list[Interface], shown: set[str]) -> list[dict]:
+def _interface_edges(visible: list[Interface], shown: set[str], by_id: dict[str, Interface]) -> list[dict]:
     edges = []
     for iface in visible:
+        master = by_id.get(iface.master) if iface.master else None
         if iface.peer in shown and iface.id < iface.peer:
-            edges.append(_edge(f"veth:{iface.id}--{iface.peer}", iface.id, iface.peer, "veth"))
+            peer = by_id[iface.peer]
+            owner = max(interface_owner(iface, master),
+                        interface_owner(peer, by_id.get(peer.master) if peer.master else None),
+                        key=lambda o: o != "unknown")
+            edges.append(_edge(f"veth:{iface.id}--{iface.peer}", iface.id, iface.peer, "veth", owner))
         if iface.master in shown:
-            edges.append(_edge(f"member:{iface.id}", iface.id, iface.master, "member"))
+            edges.append(_edge(f"member:{iface.id}", iface.id, iface.master, "member",
+                               interface_owner(iface, master)))
     return edges
 
 
@@ -196,7 +202,9 @@ def layout(snap: Snapshot, nodes: list[dict], host: Namespace | None) -> dict[st
         positions[host.id] = (0.0, 0.0)
         cols, rows = grid_shape(len(kids))
         host_radius = math.hypot(cols * CELL_W, rows * CELL_H) / 2
-    for ns_id, (x, y) in ring_slots(order, host_radius + MARGIN).items():
+    # Rounded up to whole rings so a host growing by a port or two moves no container.
+    radius0 = math.ceil((host_radius + MARGIN) / RING_GAP) * RING_GAP
+    for ns_id, (x, y) in ring_slots(order, radius0).items():
         positions[ns_id] = (x, y)
         positions.update(grid(sorted(children.get(ns_id, []), key=_child_key), (x, y)))
     return positions
