@@ -419,7 +419,7 @@ def _matches(rule: Rule, packet: _Packet) -> bool | None:
 
 def _match(opt: str, args: tuple[str, ...], packet: _Packet) -> bool | None:
     value = args[0] if args else ""
-    if opt in ("-m", "--comment", "--match"):
+    if opt in ("-m", "--comment", "--match", "vmap"):  # vmap keys are judged per element
         return True
     if opt in ("-d", "--destination"):
         net = _network(value)
