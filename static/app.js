@@ -9,11 +9,12 @@
 /* global cytoscape, cytoscapeFcose, htmx */
 
 const BIG_GRAPH = 1500; // elements: above this, cheaper rendering while panning/zooming
-const COLLAPSE_AT = 120; // namespaces: above this, start collapsed
+const COLLAPSE_AT = 120;
+const SMALL_GRAPH = 400; // visible elements: up to this, the first picture is laid out by fcose // namespaces: above this, start collapsed
 const FLASH_MS = 1600;
 
 const byId = (id) => document.getElementById(id);
-const container = byId("cy");
+const container = byId("topology"); // not id="cy": that would shadow window.cy
 const liveBadge = byId("live");
 const statusLine = byId("graph-status");
 
@@ -23,6 +24,8 @@ const state = {
   retryMs: 1000,
   relaidOut: false, // after fcose, server positions no longer match the picture
   showLoopback: false,
+  showUnrelated: !container.dataset.focusHost,
+  unrelatedCount: 0,
   collapsed: false,
   query: "",
 };
@@ -66,9 +69,8 @@ function styleSheet(p) {
       "font-size": 13,
     } },
     { selector: 'node[kind = "bridge"]', style: {
-      "shape": "round-rectangle", "width": 64, "height": 30, "background-color": p.bridge,
-      "text-valign": "center", "color": "#fff", "font-weight": 600, "text-margin-y": 0,
-      "text-outline-width": 0,
+      "shape": "round-rectangle", "width": 54, "height": 26, "background-color": p.bridge,
+      "font-weight": 600,
     } },
     { selector: 'node[kind = "veth"]', style: { "shape": "ellipse", "background-color": p.veth, "width": 18, "height": 18 } },
     { selector: 'node[kind = "loopback"]', style: { "shape": "ellipse", "background-color": p.loopback, "width": 12, "height": 12 } },
@@ -101,7 +103,7 @@ function styleSheet(p) {
     } },
     { selector: ".collapsed-edge", style: { "width": 2, "line-color": p.edge, "line-style": "dotted" } },
     { selector: ".collapsed", style: { "shape": "round-rectangle", "width": 46, "height": 26, "background-opacity": 0.9 } },
-    { selector: ".hidden", style: { "display": "none" } },
+    { selector: ".hidden, .collapse-hidden, .unrelated", style: { "display": "none" } },
     { selector: ".faded", style: { "opacity": 0.18 } },
     { selector: ".match", style: { "border-color": p.match, "border-width": 4, "line-color": p.match } },
     { selector: ".flash", style: {
@@ -113,7 +115,8 @@ function styleSheet(p) {
 }
 
 // Label text: the server's label, plus what a reader looks for (first address, owner, ports).
-function displayLabel(d) {
+function displayLabel(d, group) {
+  if (group === "edges") return d.label || "";
   const label = d.label || d.name || d.id;
   if (d.kind === "namespace" || d.is_host) {
     return d.owner && d.owner !== "unknown" && !d.is_host ? `${label} · ${d.owner}` : label;
@@ -125,7 +128,7 @@ function displayLabel(d) {
 function prepared(ele) {
   const copy = { group: ele.group, data: { ...ele.data } };
   if (ele.position) copy.position = { ...ele.position };
-  copy.data.display = displayLabel(copy.data);
+  copy.data.display = displayLabel(copy.data, ele.group);
   const classes = [];
   if (copy.data.kind === "loopback" && !state.showLoopback) classes.push("hidden");
   copy.classes = classes.join(" ");
@@ -138,7 +141,7 @@ function makeCy(count) {
   const big = count > BIG_GRAPH;
   const cy = cytoscape({
     container, elements: [], style: styleSheet(palette()), layout: { name: "preset" },
-    minZoom: 0.02, maxZoom: 4, wheelSensitivity: 0.25, boxSelectionEnabled: false,
+    minZoom: 0.02, maxZoom: 4, boxSelectionEnabled: false,
     textureOnViewport: big, hideEdgesOnViewport: big, pixelRatio: big ? 1 : "auto",
   });
   cy.on("tap", "node, edge", (evt) => showDetails(evt.target.id()));
@@ -227,17 +230,20 @@ function applyGraph(event) {
     }
   });
   state.version = event.version;
-  const namespaces = cy.nodes('[kind = "namespace"]').length;
+  state.unrelatedCount = markUnrelated(cy);
+  const namespaces = cy.nodes('[kind = "namespace"]').not(".unrelated").length;
   if (first) {
     if (namespaces > COLLAPSE_AT) setCollapsed(true);
-    cy.fit(undefined, 30);
+    if (cy.elements(":visible").length <= SMALL_GRAPH) tidy(false);
+    cy.fit(cy.elements(":visible"), 30);
     window.bridgescopeFirstRender = performance.now();
   } else {
     if (state.collapsed) rebuildCollapse(cy);
     flash(touched);
   }
   applySearch();
-  statusLine.textContent = `${namespaces} namespaces, ${cy.nodes().length} nodes, ${cy.edges().length} edges · v${event.version} · ${Math.round(performance.now() - t0)} ms`;
+  const hidden = state.showUnrelated || !state.unrelatedCount ? "" : ` (${state.unrelatedCount} unrelated hidden)`;
+  statusLine.textContent = `${namespaces} namespaces${hidden}, ${cy.nodes(":visible").length} nodes, ${cy.edges(":visible").length} edges · v${event.version} · ${Math.round(performance.now() - t0)} ms`;
 }
 
 function applyDelta(delta) {
@@ -253,6 +259,7 @@ function applyDelta(delta) {
     for (const e of delta.changed || []) touched = touched.union(changeElement(cy, e));
   });
   state.version = delta.version;
+  state.unrelatedCount = markUnrelated(cy);
   if (state.collapsed) rebuildCollapse(cy);
   flash(touched);
   applySearch();
@@ -327,11 +334,41 @@ function applySearch() {
   const count = byId("search-count");
   if (!q) { count.textContent = ""; return; }
   const words = q.split(/\s+/);
-  const hits = cy.elements().filter((e) => !e.hasClass("hidden") && words.every((w) => haystack(e).includes(w)));
+  const hits = cy.elements().filter((e) => e.visible() && words.every((w) => haystack(e).includes(w)));
   const keep = hits.union(hits.ancestors()).union(hits.connectedNodes());
   cy.elements().not(keep).not(hits.connectedEdges()).addClass("faded");
   hits.addClass("match");
   count.textContent = `${hits.length} found`;
+}
+
+// ---- namespaces unrelated to the host ---------------------------------------------------------------
+// With --netns, the machine's other namespaces (the real root, other labs) have nothing to do with
+// the host being shown; they are hidden unless asked for. Related = reachable from the host box
+// through links and bridge ports.
+
+function markUnrelated(cy) {
+  const host = cy.nodes('[kind = "namespace"][?is_host]');
+  if (host.empty()) return 0;
+  const seen = new Set();
+  let frontier = host.union(host.descendants());
+  while (frontier.nonempty()) {
+    const next = cy.collection();
+    frontier.forEach((n) => {
+      if (seen.has(n.id())) return;
+      seen.add(n.id());
+      const ns = n.isParent() ? n : n.parent();
+      // Only wires count: a DNAT to an address that some other namespace also has does not.
+      const wired = n.connectedEdges('[kind = "veth"], [kind = "member"]').connectedNodes();
+      next.merge(ns.union(ns.descendants()).union(wired).filter((m) => !seen.has(m.id())));
+    });
+    frontier = next;
+  }
+  const unrelated = cy.nodes('[kind = "namespace"]').filter((n) => !seen.has(n.id()));
+  cy.batch(() => {
+    cy.elements(".unrelated").removeClass("unrelated");
+    if (!state.showUnrelated) unrelated.union(unrelated.descendants()).addClass("unrelated");
+  });
+  return unrelated.length;
 }
 
 // ---- collapse namespaces (skydive#617: one box per container at scale) ------------------------------
@@ -343,18 +380,17 @@ function collapsible(cy) {
 function rebuildCollapse(cy) {
   cy.batch(() => {
     cy.edges(".collapsed-edge").remove();
-    cy.elements(".collapse-hidden").removeClass("collapse-hidden hidden");
+    cy.elements(".collapse-hidden").removeClass("collapse-hidden");
     cy.nodes(".collapsed").removeClass("collapsed");
     if (state.collapsed) collapseNow(cy);
-    if (!state.showLoopback) cy.nodes('[kind = "loopback"]').addClass("hidden");
   });
 }
 
 function collapseNow(cy) {
     const rep = new Map();
-    for (const ns of collapsible(cy).filter((n) => !n.hasClass("expanded"))) {
+    for (const ns of collapsible(cy).filter((n) => !n.hasClass("expanded") && !n.hasClass("unrelated"))) {
       ns.addClass("collapsed");
-      ns.descendants().forEach((c) => { rep.set(c.id(), ns.id()); c.addClass("collapse-hidden hidden"); });
+      ns.descendants().forEach((c) => { rep.set(c.id(), ns.id()); c.addClass("collapse-hidden"); });
     }
     // A host-side veth whose peer is hidden goes too: the bridge then links straight to the box.
     cy.edges('[kind = "veth"]').forEach((e) => {
@@ -363,7 +399,7 @@ function collapseNow(cy) {
       const outer = inner === s ? t : s;
       if (inner && !rep.has(outer)) {
         rep.set(outer, rep.get(inner));
-        cy.getElementById(outer).addClass("collapse-hidden hidden");
+        cy.getElementById(outer).addClass("collapse-hidden");
       }
     });
     const seen = new Set();
@@ -408,6 +444,19 @@ async function setLoopback(on) {
   cy.batch(() => addElements(cy, lo.map((e) => ({ ...e }))));
 }
 
+// fcose over what is visible: the first picture of a small graph, or on demand. Positions from the
+// server stop matching after this, so newcomers are then placed next to a neighbour instead.
+function tidy(animate) {
+  const cy = window.cy;
+  if (!cy) return;
+  const eles = cy.elements(":visible");
+  state.relaidOut = true;
+  eles.layout({ name: "fcose", quality: eles.length > BIG_GRAPH ? "draft" : "default",
+    randomize: true, animate: animate && eles.length < 400, fit: true, padding: 30,
+    nodeDimensionsIncludeLabels: true, packComponents: true, idealEdgeLength: 70,
+    nodeRepulsion: 6000, nestingFactor: 0.2 }).run();
+}
+
 // ---- toolbar -------------------------------------------------------------------------------------------
 
 function download(href, name) {
@@ -426,14 +475,16 @@ function wireToolbar() {
   byId("zoom-out").addEventListener("click", () => zoomBy(0.8));
   byId("show-loopback").addEventListener("change", (e) => setLoopback(e.target.checked));
   byId("collapse-ns").addEventListener("change", (e) => setCollapsed(e.target.checked));
-  byId("tidy").addEventListener("click", () => {
-    const cy = window.cy;
-    if (!cy) return;
-    const n = cy.elements(":visible").length;
-    state.relaidOut = true;
-    cy.layout({ name: "fcose", quality: n > BIG_GRAPH ? "draft" : "default", randomize: false,
-      animate: n < 400, fit: true, nodeDimensionsIncludeLabels: true, packComponents: true }).run();
+  const unrelatedBox = byId("show-unrelated");
+  unrelatedBox.checked = state.showUnrelated;
+  unrelatedBox.addEventListener("change", (e) => {
+    state.showUnrelated = e.target.checked;
+    if (!window.cy) return;
+    markUnrelated(window.cy);
+    if (state.collapsed) rebuildCollapse(window.cy);
+    window.cy.fit(window.cy.elements(":visible"), 30);
   });
+  byId("tidy").addEventListener("click", () => tidy(true));
   byId("export-png").addEventListener("click", async () => {
     const cy = window.cy;
     if (!cy) return;

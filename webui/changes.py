@@ -7,6 +7,7 @@ kernel so every open tab sees the result the kernel reports, never a picture the
 """
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 from flask import request
@@ -53,5 +54,8 @@ def perform(action: str, args: dict[str, Any], *, dry_run: bool):
             raise
         rt.audit.record(client, _request_info(action, args), result.commands,
                         f"ok: {result.summary}")
-    rt.source.refresh(None)
+    # Re-read in the background: the answer need not wait for a full rescan, and the new
+    # picture reaches every tab (this one included) through the event stream.
+    threading.Thread(target=rt.source.refresh, args=(None,), name="bridgescope-refresh",
+                     daemon=True).start()
     return result
