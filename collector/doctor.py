@@ -11,11 +11,11 @@ from typing import Callable
 
 from bridgescope.collector import doctor_firewall as fw
 from bridgescope.collector import doctor_links as links
-from bridgescope.collector.finding import SEVERITIES, Finding, portforward_id
+from bridgescope.collector.finding import SEVERITIES, Finding
 from bridgescope.collector.hostview import HostView, host_view
 from bridgescope.collector.model import Snapshot
 
-__all__ = ["CHECKS", "Finding", "diagnose", "portforward_id"]
+__all__ = ["CHECKS", "Finding", "diagnose"]
 
 Check = Callable[[HostView], tuple[Finding, ...]]
 

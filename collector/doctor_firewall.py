@@ -11,7 +11,8 @@ from collections import Counter
 from ipaddress import IPv4Address, IPv4Network
 
 from bridgescope.collector import rulematch
-from bridgescope.collector.finding import Finding, portforward_id
+from bridgescope.collector.finding import Finding
+from bridgescope.collector.graph import portforward_id
 from bridgescope.collector.hostview import Attachment, BridgeNet, HostView, in_ns, ipv4_addresses
 from bridgescope.collector.model import Masquerade, Namespace, PortForward, Rule
 
@@ -37,7 +38,7 @@ def rule_of(view: HostView, netns: str, chain: str | None, text: str | None) -> 
 
 
 def pf_objects(view: HostView, pf: PortForward) -> tuple[str, ...]:
-    ids = [portforward_id(pf.netns, pf.proto, pf.host_ip, pf.host_port)]
+    ids = [portforward_id(pf)]
     owner = view.owner_of_address(IPv4Address(pf.to_ip)) if _is_v4(pf.to_ip) else None
     if owner is not None:
         ids.append(owner.id)
@@ -112,8 +113,8 @@ def _masquerade_for(view: HostView, net: BridgeNet, subnet: IPv4Network,
     members = [a.ip for att in net.attachments for a in ipv4_addresses(att.inner) if a.ip in subnet]
     # CNI and Podman masquerade per container address: fine as long as every member is covered
     all_covered = bool(members) and all(any(ip in s for _, s in sources) for ip in members)
-    partial = [(m, s) for m, s in sources
-               if s.overlaps(subnet) and not (s.prefixlen == 32 and s.network_address in members)]
+    # a /32 is a per-container rule: covered above when its container exists, orphan-rule if not
+    partial = [(m, s) for m, s in sources if s.overlaps(subnet) and s.prefixlen < 32]
     right = iptables(host, "-t", "nat", "-A", "POSTROUTING", "-s", str(subnet),
                      "!", "-o", net.bridge.name, "-j", "MASQUERADE")
     if partial:
@@ -258,8 +259,9 @@ def br_netfilter_off(view: HostView) -> tuple[Finding, ...]:
     host = view.host
     if host is None or host.sysctl("net.bridge.bridge-nf-call-iptables") != "0":
         return ()
-    members = {a.ip for att in view.attachments() for a in ipv4_addresses(att.inner)}
-    needs = [r for r in host_rules(view) if _icc_drop(r, view) or _own_port_masquerade(r, members)]
+    rules = host_rules(view)
+    proxyless = _proxyless_targets(view)
+    needs = [r for r in rules if _icc_drop(r, view) or _own_port_masquerade(r, proxyless)]
     if not needs:
         return ()
     bridges = tuple(n.bridge.id for n in view.bridges if n.attachments)
@@ -281,8 +283,20 @@ def _icc_drop(rule: Rule, view: HostView) -> bool:
     return any(i == o == (n.bridge.name, False) for n in view.bridges)
 
 
+def _proxyless_targets(view: HostView) -> set[IPv4Address]:
+    """Containers reached by a DNAT that also catches their own bridge's traffic."""
+    out = set()
+    for pf in host_forwards(view):
+        att = attachment_with(view, IPv4Address(pf.to_ip)) if _is_v4(pf.to_ip) else None
+        if att is not None and _proxyless(rule_of(view, pf.netns, pf.chain, pf.rule_text),
+                                          att.bridge.name):
+            out.add(IPv4Address(pf.to_ip))
+    return out
+
+
 def _own_port_masquerade(rule: Rule, members: set[IPv4Address]) -> bool:
-    """Docker's proxy-less hairpin rule: -s C/32 -d C/32 ... -j MASQUERADE."""
+    """Docker's proxy-less hairpin rule -s C/32 -d C/32 -j MASQUERADE, for a proxy-less DNAT
+    (Docker <= 27 also adds it when docker-proxy handles hairpin, and then it needs nothing)."""
     if (rule.target or "").upper() != "MASQUERADE":
         return False
     s, d = rulematch.network(rule, "-s"), rulematch.network(rule, "-d")

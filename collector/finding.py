@@ -15,7 +15,3 @@ class Finding:
     explanation: str  # plain words: what is wrong and what the user sees because of it
     fix: tuple[str, ...]  # command lines that fix it, in order
 
-
-def portforward_id(netns: str, proto: str, host_ip: str | None, host_port: int) -> str:
-    """The graph's element id for a port-forward node (see collector.graph)."""
-    return f"pf:{netns}:{proto}:{host_ip or '*'}:{host_port}"
