@@ -1,0 +1,246 @@
+"""The packet path: where a connection from a source namespace to an address and port goes.
+
+Hop by hop: in each namespace the nat chain for the packet's origin (OUTPUT for a packet made
+here, PREROUTING for one that arrived) may rewrite its destination; the kernel's own route
+lookup (RTM_GETROUTE, asked through `lookup`) picks the way out; POSTROUTING may rewrite its
+source; then the veth pair or the bridge carries it to the next namespace. The result names
+graph element ids (namespaces, interfaces, port forwards, masquerades) plus a step list in
+plain words. `trace` is pure given a snapshot and a lookup function; `trace_live` wires in
+the kernel.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from ipaddress import IPv4Address
+from typing import Callable
+
+from bridgescope.collector import nateval
+from bridgescope.collector.graph import masquerade_id, portforward_id
+from bridgescope.collector.hostview import ipv4_addresses
+from bridgescope.collector.model import Interface, Namespace, Rule, Snapshot
+from bridgescope.collector.nateval import Context, Packet
+from bridgescope.collector.routelookup import RouteAnswer, RouteLookup
+
+Lookup = Callable[..., RouteAnswer]  # (ns_id, dst, *, src=None, iif=None) -> RouteAnswer
+MAX_HOPS = 8
+_IPTABLES_BACKENDS = ("legacy", "nft")  # legacy rules run first when both exist
+
+
+@dataclass(frozen=True)
+class Step:
+    kind: str  # "nat", "route", "veth", "bridge", "deliver", "drop"
+    netns: str
+    text: str
+    elements: tuple[str, ...] = ()
+    rules: tuple[Rule, ...] = ()  # the nat rules that matched here (jumps included)
+
+
+@dataclass(frozen=True)
+class PacketPath:
+    source: str  # namespace id
+    packet: Packet  # as sent
+    steps: tuple[Step, ...]
+    delivered_to: str | None  # namespace id where the packet ends up locally, or None
+    final: Packet  # after every rewrite
+
+    @property
+    def elements(self) -> tuple[str, ...]:
+        seen: dict[str, None] = {}
+        for step in self.steps:
+            for e in step.elements:
+                seen.setdefault(e, None)
+        return tuple(seen)
+
+    @property
+    def rules(self) -> tuple[Rule, ...]:
+        return tuple(r for s in self.steps for r in s.rules)
+
+
+def trace(snap: Snapshot, source: str, dst: str, port: int, lookup: Lookup,
+          proto: str = "tcp") -> PacketPath:
+    pkt = Packet(None, dst, proto, port)
+    first = lookup(source, dst)  # the kernel picks a local packet's source before nat OUTPUT
+    pkt = replace(pkt, src=first.prefsrc)
+    sent, steps = pkt, []
+    ns_id, iif, in_port = source, None, None
+    for _ in range(MAX_HOPS):
+        pkt, hop, nxt = _hop(snap, ns_id, iif, in_port, pkt, lookup)
+        steps += hop
+        if nxt is None:
+            break
+        ns_id, iif, in_port = nxt
+    else:
+        steps.append(Step("drop", ns_id, f"gave up after {MAX_HOPS} hops (a routing loop?)"))
+    delivered = steps[-1].netns if steps and steps[-1].kind == "deliver" else None
+    return PacketPath(source, sent, tuple(steps), delivered, pkt)
+
+
+Arrival = tuple[str, Interface, Interface | None]  # namespace id, in-interface, bridge port
+
+
+def _hop(snap: Snapshot, ns_id: str, iif: Interface | None, in_port: Interface | None,
+         pkt: Packet, lookup: Lookup) -> tuple[Packet, list[Step], Arrival | None]:
+    """One namespace: nat in, route, nat out, and where the packet goes next."""
+    steps: list[Step] = []
+    local = _local_addresses(snap, ns_id)
+    chain = "OUTPUT" if iif is None else "PREROUTING"
+    pkt = _nat(snap, ns_id, chain, pkt, Context(iif.name if iif else None, None, local), steps)
+    ans = lookup(ns_id, pkt.dst, src=pkt.src, iif=iif.ifindex if iif else None)
+    ns_name = _ns_name(snap, ns_id)
+    if ans.type == "local":
+        steps.append(Step("deliver", ns_id, f"{pkt.dst} is local in {ns_name}: delivered to the "
+                          f"program listening on {pkt.proto}/{pkt.dport}", (ns_id,)))
+        return pkt, steps, None
+    if ans.type != "unicast" or ans.oif is None:
+        why = ans.error or f"a {ans.type} route"
+        steps.append(Step("drop", ns_id, f"{ns_name} has no way to {pkt.dst}: {why}", (ns_id,)))
+        return pkt, steps, None
+    oif = _iface(snap, ns_id, ans.oif)
+    if pkt.src is None:
+        pkt = replace(pkt, src=ans.prefsrc or _first_address(oif))
+    via = f" via {ans.gateway}" if ans.gateway else ""
+    steps.append(Step("route", ns_id, f"route lookup in {ns_name}: {pkt.dst}{via} dev {oif.name}",
+                      (ns_id, oif.id)))
+    masq_src = _first_address(oif)  # MASQUERADE takes the out-interface's address
+    pkt = _nat(snap, ns_id, "POSTROUTING", pkt,
+               Context(iif.name if iif else None, oif.name, local), steps, masq_src)
+    nxt = _next(snap, oif, IPv4Address(ans.gateway or pkt.dst), steps, in_port)
+    return pkt, steps, nxt
+
+
+def _nat(snap: Snapshot, ns_id: str, chain: str, pkt: Packet, ctx: Context, steps: list[Step],
+         masq_src: str | None = None) -> Packet:
+    for backend in _IPTABLES_BACKENDS:
+        rules = tuple(r for r in snap.rules if r.netns == ns_id and r.backend == backend
+                      and r.table == "nat" and r.family == 4)
+        if not rules:
+            continue
+        verdict = nateval.run_chain(rules, chain, pkt, ctx, masq_src)
+        if verdict.matched:
+            steps.append(_nat_step(snap, ns_id, chain, pkt, verdict))
+        if verdict.rewrite is not None:
+            return verdict.packet
+    return pkt
+
+
+def _nat_step(snap: Snapshot, ns_id: str, chain: str, before: Packet,
+              verdict: nateval.Verdict) -> Step:
+    after, rw = verdict.packet, verdict.rewrite
+    elements: tuple[str, ...] = ()
+    if rw is None:
+        text = f"nat {chain}: {len(verdict.matched)} rule(s) matched, nothing rewritten"
+    elif rw.target == "DNAT":
+        text = f"nat {chain}: DNAT {before.dst}:{before.dport} -> {after.dst}:{after.dport}"
+        elements = tuple(portforward_id(p)
+                         for p in snap.port_forwards
+                         if p.netns == ns_id and p.rule_text == rw.text and p.chain == rw.chain)
+    else:
+        text = f"nat {chain}: {rw.target} source {before.src} -> {after.src}"
+        elements = tuple(_masquerade_ids(snap, ns_id, rw))
+    return Step("nat", ns_id, f"{text}  ({rw.text if rw else verdict.matched[-1].text})",
+                elements, verdict.matched)
+
+
+def _masquerade_ids(snap: Snapshot, ns_id: str, rule: Rule) -> list[str]:
+    return [masquerade_id(m) for m in snap.masquerades
+            if m.netns == ns_id and m.rule_text == rule.text and m.chain == rule.chain]
+
+
+def _next(snap: Snapshot, oif: Interface, next_hop: IPv4Address, steps: list[Step],
+          in_port: Interface | None = None) -> Arrival | None:
+    """Where a packet sent out of oif towards next_hop arrives, and through which bridge port."""
+    if oif.kind == "bridge":
+        port = _bridge_port_towards(snap, oif, next_hop)
+        if port is None:
+            steps.append(Step("drop", oif.netns, f"no port of {oif.name} leads to {next_hop}", (oif.id,)))
+            return None
+        peer = snap.interface(port.peer or "")
+        text = f"{oif.name} switches the frame to port {port.name}"
+        if in_port is not None and in_port.id == port.id:
+            mode = {True: "on", False: "off"}.get(port.hairpin, "unknown")
+            text += f" - back out of the port it came in on (hairpin mode {mode})"
+        steps.append(Step("bridge", oif.netns, text, (oif.id, port.id)))
+        steps.append(Step("veth", peer.netns, f"veth {port.name} -> {peer.name} in "
+                          f"{_ns_name(snap, peer.netns)}", (port.id, peer.id, peer.netns)))
+        return peer.netns, peer, None
+    peer = snap.interface(oif.peer or "")
+    if peer is None:
+        steps.append(Step("drop", oif.netns, f"{oif.name} leads out of the machine", (oif.id,)))
+        return None
+    master = snap.interface(peer.master or "")
+    if master is not None and master.kind == "bridge":
+        # into a bridge port: to the bridge itself (the gateway) or straight to a neighbour
+        steps.append(Step("veth", peer.netns, f"veth {oif.name} -> {peer.name} (port of {master.name})",
+                          (oif.id, peer.id)))
+        if any(a.ip == next_hop for a in ipv4_addresses(master)):
+            steps.append(Step("bridge", master.netns, f"{master.name} hands it to "
+                              f"{_ns_name(snap, master.netns)} (the gateway {next_hop})",
+                              (master.id, master.netns)))
+            return master.netns, master, peer
+        return _next(snap, master, next_hop, steps, peer)
+    steps.append(Step("veth", peer.netns, f"veth {oif.name} -> {peer.name} in "
+                      f"{_ns_name(snap, peer.netns)}", (oif.id, peer.id, peer.netns)))
+    return peer.netns, peer, None
+
+
+def _bridge_port_towards(snap: Snapshot, bridge: Interface, addr: IPv4Address) -> Interface | None:
+    for port in snap.interfaces_in(bridge.netns):
+        peer = snap.interface(port.peer or "") if port.master == bridge.id else None
+        if peer is None:
+            continue
+        if any(a.ip == addr for i in snap.interfaces_in(peer.netns) for a in ipv4_addresses(i)):
+            return port
+    return None
+
+
+def _local_addresses(snap: Snapshot, ns_id: str) -> frozenset[str]:
+    return frozenset(str(a.ip) for i in snap.interfaces_in(ns_id) for a in ipv4_addresses(i))
+
+
+def _first_address(iface: Interface) -> str | None:
+    addrs = ipv4_addresses(iface)
+    return str(addrs[0].ip) if addrs else None
+
+
+def _iface(snap: Snapshot, ns_id: str, ifindex: int) -> Interface:
+    found = next((i for i in snap.interfaces_in(ns_id) if i.ifindex == ifindex), None)
+    if found is None:
+        return Interface(f"{ns_id}/if{ifindex}", ns_id, f"if{ifindex}", ifindex, "other", "up", 0, None)
+    return found
+
+
+def _ns_name(snap: Snapshot, ns_id: str) -> str:
+    ns = snap.namespace(ns_id)
+    return ns.name if ns else ns_id
+
+
+def namespace_paths(snap: Snapshot) -> dict[str, str]:
+    """Where to open each namespace for route lookups (the host may be the current one)."""
+    out = {}
+    for ns in snap.namespaces:
+        if ns.paths:
+            out[ns.id] = ns.paths[0]
+        elif ns.pids:
+            out[ns.id] = f"/proc/{ns.pids[0]}/ns/net"
+    return out
+
+
+def trace_live(snap: Snapshot, source: str, dst: str, port: int, proto: str = "tcp") -> PacketPath:
+    """trace() with the kernel's route lookups in each namespace."""
+    with RouteLookup(namespace_paths(snap)) as lookup:
+        return trace(snap, source, dst, port, lookup, proto)
+
+
+def namespace_by_name(snap: Snapshot, name: str) -> Namespace | None:
+    return next((n for n in snap.namespaces if n.name == name), None)
+
+
+def rule_key(rule: Rule) -> tuple:
+    return (rule.netns, rule.backend, rule.family, rule.table, rule.chain, rule.position, rule.text)
+
+
+def moved_rules(before: Snapshot, after: Snapshot, table: str = "nat") -> tuple[tuple[Rule, int], ...]:
+    """Rules of `table` whose packet counters went up between two snapshots, with the delta."""
+    old = {rule_key(r): r.packets for r in before.rules if r.table == table}
+    return tuple((r, r.packets - old[rule_key(r)]) for r in after.rules
+                 if r.table == table and rule_key(r) in old and r.packets > old[rule_key(r)])
