@@ -534,7 +534,7 @@ def _plan_recreate(ctx: Ctx, st: State) -> list[Step]:
         if ctr.tag not in present or not netns.exists(ctr.netns):
             net = st.network(ctr.network)
             plan.append(Step(f"clear what is left of container {ctr.name}",
-                             lambda c=ctr: netns.destroy(c.netns), None, ()))
+                             lambda c=ctr: _clear_container(path, c), None, ()))
             plan += [s for s in _plan_container_create(ctx, st, ctr, net)[0]
                      if not s.what.startswith("add the firewall")]
             plan.append(_step_link_up(ctx, ctr))
@@ -544,6 +544,12 @@ def _plan_recreate(ctx: Ctx, st: State) -> list[Step]:
         change = Change(del_jumps=rules.jumps(), drop_chains=rules.CHAINS)
     plan.append(_firewall_step(ctx, "rewrite the bridgescope chains", change, st, st))
     return plan
+
+
+def _clear_container(host_path: str, ctr: Container) -> None:
+    # Its veth may outlive the namespace for a moment (namespace teardown is deferred).
+    netns.with_netlink(host_path, lambda ipr: links.delete_link(ipr, ctr.veth))
+    netns.destroy(ctr.netns)
 
 
 # --- running -----------------------------------------------------------------------------

@@ -161,8 +161,9 @@ def _nft_file(path: str, text: str) -> None:
 
 
 def _first_line(res: subprocess.CompletedProcess) -> str:
-    lines = [l for l in (res.stderr or res.stdout).splitlines() if l.strip()]
-    return lines[0] if lines else f"exit status {res.returncode}"
+    """The tool's complaint on one line (iptables-restore puts the reason after its banner)."""
+    text = " ".join(l.strip() for l in (res.stderr or res.stdout).splitlines() if l.strip())
+    return text or f"exit status {res.returncode}"
 
 
 def commands(backend: str, change: Change, desired_after: Callable[[], Sequence[FwRule]]) -> tuple[str, ...]:

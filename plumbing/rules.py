@@ -195,7 +195,8 @@ def restore_text(change: Change) -> str:
         declared = change.new_chains + change.flush_chains + change.drop_chains
         lines = [f":{c} - [0:0]" for t, c in declared if t == table]
         lines += [line("-D", r) for r in change.del_jumps if r.table == table]
-        lines += [line("-D", r) for r in change.delete if r.table == table]
+        dropped = {c for t, c in change.drop_chains if t == table}
+        lines += [line("-D", r) for r in change.delete if r.table == table and r.chain not in dropped]
         lines += [line("-A", r) for r in change.add if r.table == table]
         lines += [line("-I", r, 1) for r in change.add_jumps if r.table == table]
         lines += [f"-X {c}" for t, c in change.drop_chains if t == table]

@@ -80,10 +80,23 @@ def _register_container(sub: "argparse._SubParsersAction") -> None:
     p.set_defaults(func=lambda a: _report(api.remove_container(a.name, **_kw(a)), a))
     p = ctr.add_parser("exec", help="run a command inside a container: exec NAME -- CMD...")
     p.add_argument("name")
-    p.add_argument("argv", nargs=argparse.REMAINDER)
     _common(p, mutating=False)
-    p.set_defaults(func=lambda a: api.exec_in_container(
-        a.name, a.argv[1:] if a.argv[:1] == ["--"] else a.argv, host=a.netns))
+    p.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- CMD", help="the command, after --")
+    p.set_defaults(func=_exec)
+
+
+def _exec(args: argparse.Namespace) -> int:
+    """argparse hands over everything after NAME; options may still precede the `--`."""
+    rest, host = list(args.argv), args.netns
+    while rest and rest[0] != "--":
+        if rest[0] == "--netns" and len(rest) > 1:
+            host, rest = rest[1], rest[2:]
+        elif rest[0].startswith("--netns="):
+            host, rest = rest[0].split("=", 1)[1], rest[1:]
+        else:
+            break
+    cmd = rest[1:] if rest[:1] == ["--"] else rest
+    return api.exec_in_container(args.name, cmd, host=host)
 
 
 def _register_forward(sub: "argparse._SubParsersAction") -> None:
