@@ -1,0 +1,219 @@
+"""The walk lab: the guided walk's commands, run for real inside throwaway namespaces.
+
+  <P>-client (198.51.100.2) --- <P>-inet (router, "internet" 203.0.113.10:80) --- <P>-host (192.0.2.2)
+
+The host starts with nothing but its uplink; each walk step adds what Docker adds. Progress
+is kept in a small JSON file under the state directory, so a second, read-only dashboard
+(attendees) shows the same progress. `reset` removes every namespace and process of the lab
+and builds the bare host again; `down` leaves nothing behind.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from bridgescope.plumbing import conflicts, netns
+from bridgescope.plumbing.errors import PlumbingError, ValidationError
+from bridgescope.plumbing.state import state_dir
+from bridgescope.plumbing.walk import Command, Step, WalkNames, step_index, steps
+
+DEFAULT_PREFIX = "bswalk"
+HOST_UPLINK, INET_TO_HOST = "192.0.2.2", "192.0.2.1"
+CLIENT_UPLINK, INET_TO_CLIENT = "198.51.100.2", "198.51.100.1"
+INTERNET = "203.0.113.10"
+TIMEOUT = 15.0
+STATUSES = ("pending", "done", "wrong", "failed")
+
+
+@dataclass(frozen=True)
+class Ran:
+    command: str
+    ok: bool
+    output: str  # the tool's own words (stderr on failure)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    step: str
+    action: str  # "apply", "wrong", "fix"
+    ran: tuple[Ran, ...]
+
+    @property
+    def ok(self) -> bool:
+        return all(r.ok for r in self.ran)
+
+
+class WalkLab:
+    def __init__(self, prefix: str = DEFAULT_PREFIX):
+        if not prefix or not prefix.replace("-", "").isalnum() or len(prefix) > 20:
+            raise ValidationError("prefix", f"{prefix!r} is not a usable lab prefix "
+                                  "(letters, digits and '-', at most 20)")
+        self.names = WalkNames(prefix)
+        self.steps: tuple[Step, ...] = steps(self.names, python=sys.executable)
+
+    # --- lifecycle ------------------------------------------------------------------------
+
+    @property
+    def progress_file(self) -> Path:
+        return state_dir() / f"walk-{self.names.prefix}.json"
+
+    def is_up(self) -> bool:
+        return netns.exists(self.names.host)
+
+    def up(self) -> None:
+        """Build the bare host (uplink, fake internet, client); idempotent."""
+        if self.is_up():
+            return
+        try:
+            self._base()
+        except BaseException:
+            self.down()
+            raise
+        self._save({})
+
+    def down(self) -> None:
+        for name in self.names.all():
+            netns.destroy(name)
+        self.progress_file.unlink(missing_ok=True)
+
+    def reset(self) -> None:
+        self.down()
+        self.up()
+
+    def _base(self) -> None:
+        n = self.names
+        for name in (n.host, n.inet, n.client):
+            netns.create(name)
+        wiring = [
+            (n.host, "link", "add", "uplink", "type", "veth", "peer", "name", "to-host", "netns", n.inet),
+            (n.host, "addr", "add", f"{HOST_UPLINK}/24", "dev", "uplink"),
+            (n.host, "link", "set", "uplink", "up"),
+            (n.inet, "addr", "add", f"{INET_TO_HOST}/24", "dev", "to-host"),
+            (n.inet, "link", "set", "to-host", "up"),
+            (n.client, "link", "add", "uplink", "type", "veth", "peer", "name", "to-client", "netns", n.inet),
+            (n.client, "addr", "add", f"{CLIENT_UPLINK}/24", "dev", "uplink"),
+            (n.client, "link", "set", "uplink", "up"),
+            (n.inet, "addr", "add", f"{INET_TO_CLIENT}/24", "dev", "to-client"),
+            (n.inet, "link", "set", "to-client", "up"),
+            (n.inet, "addr", "add", f"{INTERNET}/32", "dev", "lo"),
+            (n.host, "route", "add", "default", "via", INET_TO_HOST),
+            (n.client, "route", "add", "default", "via", INET_TO_CLIENT),
+        ]
+        for ns, *argv in wiring:
+            _check(["ip", "-n", ns, *argv], "build the walk lab")
+        netns.write_sysctl(str(netns.NETNS_DIR / n.inet), "net.ipv4.ip_forward", "1")
+        _start_server(n.inet, [sys.executable, "-m", "bridgescope.plumbing.echo_server",
+                               "internet", "80"], 80)
+
+    # --- progress -------------------------------------------------------------------------
+
+    def progress(self) -> dict[str, str]:
+        try:
+            saved = json.loads(self.progress_file.read_text())
+        except (OSError, ValueError):
+            saved = {}
+        return {s.key: saved.get(s.key, "pending") for s in self.steps}
+
+    def _save(self, status: dict[str, str]) -> None:
+        self.progress_file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.progress_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(status))
+        os.replace(tmp, self.progress_file)
+
+    def next_step(self) -> str | None:
+        status = self.progress()
+        return next((s.key for s in self.steps if status[s.key] in ("pending", "failed")), None)
+
+    # --- actions --------------------------------------------------------------------------
+
+    def apply(self, key: str) -> Outcome:
+        step = self._ready(key, allow={"pending", "failed"})
+        return self._run(step, "apply", step.commands, "done")
+
+    def wrong_turn(self, key: str) -> Outcome:
+        step = self._ready(key, allow={"pending", "failed"})
+        if step.wrong_turn is None:
+            raise ValidationError("step", f"step {step.title!r} has no wrong turn to take")
+        return self._run(step, "wrong", step.wrong_turn.commands, "wrong")
+
+    def fix(self, key: str) -> Outcome:
+        step = self._ready(key, allow={"wrong"})
+        return self._run(step, "fix", step.wrong_turn.fix, "done")
+
+    def _ready(self, key: str, allow: set[str]) -> Step:
+        if not self.is_up():
+            raise ValidationError("step", "the walk lab is not running: reset it first")
+        try:
+            index = step_index(self.steps, key)
+        except KeyError:
+            raise ValidationError("step", f"there is no walk step called {key!r}") from None
+        status = self.progress()
+        step = self.steps[index]
+        if status[key] not in allow:
+            raise ValidationError("step", f"step {step.title!r} is {status[key]}; "
+                                  f"that action needs it to be {' or '.join(sorted(allow))}")
+        missing = next((s for s in self.steps[:index] if status[s.key] in ("pending", "failed")), None)
+        if missing is not None:
+            raise ValidationError("step", f"do step {missing.title!r} first")
+        return step
+
+    def _run(self, step: Step, action: str, commands: tuple[Command, ...], success: str) -> Outcome:
+        ran = []
+        for command in commands:
+            result = self._one(command)
+            ran.append(result)
+            if not result.ok:
+                break
+        outcome = Outcome(step.key, action, tuple(ran))
+        status = self.progress()
+        status[step.key] = success if outcome.ok else "failed"
+        self._save(status)
+        return outcome
+
+    def _one(self, command: Command) -> Ran:
+        # nsenter --net, not `ip netns exec`: the latter also makes a private mount namespace,
+        # where `ip netns add` would bind its new namespace out of everyone else's sight
+        argv = netns.nsenter(str(netns.NETNS_DIR / self.names.host), list(command.argv))
+        if command.background:
+            ns = command.argv[3] if command.argv[:3] == ("ip", "netns", "exec") else self.names.host
+            try:
+                _start_server(ns, list(command.argv[4:]), int(command.argv[-1]))
+            except PlumbingError as err:
+                return Ran(command.text, False, str(err))
+            return Ran(command.text, True, "listening")
+        try:
+            res = subprocess.run(argv, capture_output=True, text=True, timeout=TIMEOUT)
+        except subprocess.TimeoutExpired:
+            return Ran(command.text, False, f"no answer within {TIMEOUT:.0f} s")
+        words = (res.stderr or res.stdout).strip()
+        return Ran(command.text, res.returncode == 0, words)
+
+
+def _check(argv: list[str], what: str) -> None:
+    res = subprocess.run(argv, capture_output=True, text=True, timeout=TIMEOUT)
+    if res.returncode != 0:
+        raise PlumbingError(what, f"{' '.join(argv)}: {res.stderr.strip()}")
+
+
+def _start_server(ns: str, argv: list[str], port: int) -> None:
+    """A detached server inside namespace ns; returns once it listens (or raises)."""
+    path = str(netns.NETNS_DIR / ns)
+    if not netns.exists(ns):
+        raise PlumbingError(f"start {argv[-2]}", f"namespace {ns} does not exist")
+
+    def listening() -> bool:
+        return any(ls.port == port and ls.proto == "tcp" for ls in conflicts.listeners(path))
+    if listening():
+        return
+    subprocess.Popen(netns.nsenter(path, argv), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                     stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 10
+    while not listening():
+        if time.monotonic() > deadline:
+            raise PlumbingError(f"start {argv[-2]}", "it did not listen within 10 s")
+        time.sleep(0.05)
