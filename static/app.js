@@ -58,7 +58,7 @@ function styleSheet(p) {
       "shape": "round-rectangle", "background-color": p.ns, "background-opacity": 0.55,
       "border-color": p.nsBorder, "border-width": 1.5, "padding": 14,
       "text-valign": "top", "text-halign": "center", "text-margin-y": -4, "font-weight": 600,
-      "color": p.muted, "font-size": 12,
+      "color": p.muted, "font-size": 12, "text-events": "yes",
     } },
     { selector: 'node[kind = "namespace"]', style: {
       "shape": "round-rectangle", "background-color": p.ns, "border-color": p.nsBorder,

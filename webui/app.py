@@ -27,6 +27,7 @@ BLUEPRINTS = [
     "bridgescope.webui.forms:bp",
     "bridgescope.webui.details:bp",
     "bridgescope.webui.tables:bp",
+    "bridgescope.webui.workshop:bp",
 ]
 
 

@@ -65,7 +65,7 @@ def banner(config: dict) -> str:
     lines = [f"bridgescope dashboard on {config['LISTEN']}"
              + (f" (host namespace: {config['HOST']})" if config["HOST"] else "")
              + (" - read-only" if config["READ_ONLY"] else "")]
-    lines.append(f"    open: {url}?token={quote(config['TOKEN'])}" if config["TOKEN"] else f"    open: {url}")
+    lines.append(f"    open: {url}?token={quote(config['TOKEN'], safe='')}" if config["TOKEN"] else f"    open: {url}")
     lines.append(f"    audit log: {config['AUDIT_LOG']}")
     return "\n".join(lines)
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Iterable
 
 from flask import Blueprint, abort
@@ -195,10 +195,13 @@ def _text(v) -> str:
 def details_for(snap: Snapshot, elements: list[dict], element_id: str,
                 containers: dict[str, str]) -> Details | None:
     """containers: bridgescope-managed netns name -> container name (offers the forward form)."""
+    if element_id.startswith("edge:pf:"):  # a forward's edge tells what its node tells
+        element_id = element_id[len("edge:"):]
     element = next((e for e in elements if e.get("data", {}).get("id") == element_id), None)
     owner = (element or {}).get("data", {}).get("owner")
     if (iface := snap.interface(element_id)) is not None:
-        return interface_details(snap, iface, owner)
+        inside = containers.get(netns_name(snap.namespace(iface.netns)) or "")
+        return replace(interface_details(snap, iface, owner), container=inside)
     if (ns := snap.namespace(element_id)) is not None:
         return namespace_details(snap, ns, owner, containers.get(netns_name(ns) or ""))
     if (pf := forward_for_id(snap, element_id)) is not None:

@@ -189,7 +189,10 @@ def handle(kind: str, values: dict[str, str], intent: str) -> tuple[FormView, in
 
 
 def _kept_after_apply(kind: str, values: dict[str, str]) -> dict[str, str]:
-    keep = {"forward": ("container", "protocol"), "container": ("network",)}.get(kind, ())
+    """A forward form keeps what was added (so Remove undoes it); the others start afresh."""
+    if kind in ("forward", "forward-remove"):
+        return dict(values)
+    keep = {"container": ("network",)}.get(kind, ())
     return {k: values[k] for k in keep if k in values} | {"form_prefix": values.get("form_prefix", "g")}
 
 
@@ -211,7 +214,7 @@ def form_choices() -> dict[str, Any]:
 # ---- routes -------------------------------------------------------------------------------------
 
 def _render(view: FormView, status: int) -> Response:
-    ctx = {"form": view, **form_choices()}
+    ctx = {"forms": {view.kind: view}, **form_choices()}
     if view.applied:
         ctx["audit"] = runtime().audit.recent(20)
     if is_htmx():
@@ -219,7 +222,7 @@ def _render(view: FormView, status: int) -> Response:
         if view.applied:  # refresh the audit list and the selects elsewhere on the page
             body += render_block("forms.html", "oob_after_change", **ctx)
     else:
-        body = render_template("forms.html", forms={view.kind: view}, **ctx)
+        body = render_template("forms.html", **ctx)
     return make_response(body, status)
 
 
@@ -258,7 +261,7 @@ def preview(kind: str) -> Response:
     view, _ = handle(kind, values, "preview")
     if view.errors:
         view.message = " ".join(view.errors.values())
-    return make_response(render_block("forms.html", "preview_box", form=view), 200)
+    return make_response(render_block("forms.html", "preview_box", forms={kind: view}, kind=kind), 200)
 
 
 @bp.post("/network")
