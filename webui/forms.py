@@ -146,13 +146,26 @@ KINDS = {
 REMOVALS = frozenset({"forward-remove", "remove-container", "remove-network"})
 
 
-def _field_for(kind: str, err_field: str, values: dict) -> str:
-    """Plumbing names fields by its own argument names; map them onto this form's fields."""
-    if err_field in ("spec", "proto"):
-        return "protocol" if err_field == "proto" else KINDS[kind].spec_field
+FIELDS = {
+    "forward": {"container", "host_port", "container_port", "protocol", "host_ip"},
+    "network": {"name", "subnet", "gateway", "masquerade"},
+    "container": {"name", "network", "ip", "ports"},
+    "remove-container": {"name"},
+    "remove-network": {"name", "force"},
+}
+FIELDS["forward-remove"] = FIELDS["forward"]
+
+
+def field_for(kind: str, err_field: str) -> str | None:
+    """Plumbing names fields by its own argument names; map them onto this form's fields
+    (None: the error is about the form as a whole, e.g. the firewall backend)."""
     if kind.startswith("remove-") and err_field in ("container", "network"):
         return "name"
-    return err_field if err_field in values or err_field in ("name",) else KINDS[kind].spec_field
+    if err_field in FIELDS[kind]:
+        return err_field
+    if err_field in ("spec", "proto", "host_port", "container_port", "protocol", "host_ip"):
+        return KINDS[kind].spec_field
+    return None
 
 
 def handle(kind: str, values: dict[str, str], intent: str) -> tuple[FormView, int]:
@@ -170,8 +183,12 @@ def handle(kind: str, values: dict[str, str], intent: str) -> tuple[FormView, in
         view.message = "Nothing was changed: fix the marked fields."
         return view, 422
     except ValidationError as err:
-        view.error(_field_for(kind, err.field, values), err.message)
-        view.message = "Nothing was changed: fix the marked fields."
+        field_name = field_for(kind, err.field)
+        if field_name is None:
+            view.message = f"Nothing was changed: {err.message}"
+        else:
+            view.error(field_name, err.message)
+            view.message = "Nothing was changed: fix the marked fields."
         return view, 422
     except BridgescopeError as err:
         view.message = str(err)

@@ -1,0 +1,233 @@
+"""The plumbing forms: typed parsing, previews, validation next to the field, real changes.
+
+Pure tests cover parsing; kernel tests post the forms to an app whose "host" is a throwaway
+namespace and check what the kernel then holds (and that a refused change left nothing).
+"""
+from __future__ import annotations
+
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from bridgescope.webui.app import create_app
+from bridgescope.webui.audit import AuditLog
+from bridgescope.webui.forms import FieldErrors, container_args, field_for, forward_spec, network_args
+from conftest import delete_netns, sh
+from webui_sources import StaticSource, sample_snapshot
+
+BASE = "http://127.0.0.1:8470"
+
+
+# ---- pure parsing ------------------------------------------------------------------------------
+
+def test_forward_fields_become_a_docker_style_spec():
+    assert forward_spec({"container": "web", "host_port": "8080", "container_port": "80",
+                         "protocol": "tcp", "host_ip": ""}) == {"container": "web", "spec": "8080:80/tcp"}
+    assert forward_spec({"container": "web", "host_port": "53", "container_port": "5353",
+                         "protocol": "UDP", "host_ip": " 192.0.2.2 "})["spec"] == "192.0.2.2:53:5353/udp"
+    assert forward_spec({"container": "w", "host_port": "1", "container_port": "2",
+                         "host_ip": "2001:db8::1"})["spec"] == "[2001:db8::1]:1:2/tcp"
+
+
+@pytest.mark.parametrize("values,field", [
+    ({"host_port": "8080", "container_port": "80"}, "container"),
+    ({"container": "w", "host_port": "http", "container_port": "80"}, "host_port"),
+    ({"container": "w", "host_port": "0", "container_port": "80"}, "host_port"),
+    ({"container": "w", "host_port": "65536", "container_port": "80"}, "host_port"),
+    ({"container": "w", "host_port": "8080", "container_port": ""}, "container_port"),
+    ({"container": "w", "host_port": "8080", "container_port": "-1"}, "container_port"),
+    ({"container": "w", "host_port": "8080", "container_port": "80", "protocol": "icmp"}, "protocol"),
+    ({"container": "w", "host_port": "8080", "container_port": "80", "host_ip": "1.2.3"}, "host_ip"),
+])
+def test_malformed_forward_fields_are_named(values, field):
+    with pytest.raises(FieldErrors) as err:
+        forward_spec(values)
+    assert field in err.value.errors
+
+
+def test_network_and_container_parsing():
+    assert network_args({"name": "n1", "subnet": "10.9.0.0/24", "masquerade": "on"}) == \
+        {"name": "n1", "subnet": "10.9.0.0/24", "masquerade": True}
+    assert network_args({"name": "n1", "subnet": "10.9.0.0/24", "gateway": "10.9.0.254"})["masquerade"] is False
+    assert container_args({"name": "a", "network": "n1", "ports": "8081:80, 53:53/udp"})["ports"] == \
+        ("8081:80", "53:53/udp")
+    with pytest.raises(FieldErrors) as err:
+        network_args({"name": " "})
+    assert set(err.value.errors) == {"name", "subnet"}
+
+
+def test_plumbing_fields_map_onto_form_fields():
+    assert field_for("forward", "spec") == "host_port"
+    assert field_for("container", "host_port") == "ports"
+    assert field_for("remove-container", "container") == "name"
+    assert field_for("network", "subnet") == "subnet"
+    assert field_for("network", "firewall") is None
+
+
+# ---- through the app, against a real throwaway host ---------------------------------------------
+
+@pytest.fixture
+def lab_host(netns, tmp_path, monkeypatch):
+    """A namespace playing the host; every container namespace plumbing makes is removed too."""
+    monkeypatch.setenv("BRIDGESCOPE_STATE_DIR", str(tmp_path / "state"))
+    host = netns("host")
+    yield host
+    for name in Path("/run/netns").iterdir():
+        if name.name.startswith(host + "-"):
+            delete_netns(name.name)
+
+
+@pytest.fixture
+def client_for(tmp_path):
+    def make(host: str, **config):
+        app = create_app({"SOURCE": StaticSource(sample_snapshot()), "NO_AUTH": True, "HOST": host,
+                          "AUDIT_LOG": str(tmp_path / "audit.jsonl"), **config})
+        client = app.test_client()
+        csrf = app.extensions["bridgescope_access"].csrf
+
+        def post(url, **fields):
+            return client.post(url, base_url=BASE, headers={"HX-Request": "true"},
+                               data={"csrf_token": csrf, **fields})
+        client.post_form = post
+        client.app_ = app
+        return client
+    return make
+
+
+def links(host: str) -> str:
+    return sh("ip", "-n", host, "-br", "link").stdout
+
+
+def nat(host: str) -> str:
+    out = sh("iptables-nft-save", "-t", "nat", ns=host).stdout
+    return "\n".join(line for line in out.splitlines() if not line.startswith("#"))
+
+
+def error_next_to(html: str, form_id: str, field: str) -> str:
+    m = re.search(rf'<p class="field-error" id="{form_id}-{field}-error">([^<]+)</p>', html)
+    assert m, f"no error next to {field} in:\n{html[:3000]}"
+    return m.group(1)
+
+
+@pytest.mark.kernel
+def test_build_and_tear_down_through_the_forms(lab_host, client_for, tmp_path):
+    c = client_for(lab_host)
+    preview = c.post_form("/forms/network", name="bsnet0", subnet="10.231.0.0/24", masquerade="on",
+                          intent="preview")
+    assert preview.status_code == 200 and "Commands it will run" in preview.get_data(as_text=True)
+    assert re.search(r"ip .*link add .*bsnet0 .*type bridge", preview.get_data(as_text=True))
+    assert "bsnet0" not in links(lab_host)  # a preview changes nothing
+
+    made = c.post_form("/forms/network", name="bsnet0", subnet="10.231.0.0/24", masquerade="on", intent="apply")
+    assert made.status_code == 200 and "Network created" in made.get_data(as_text=True)
+    assert "bsnet0" in links(lab_host)
+    assert 'id="audit-box" hx-swap-oob' in made.get_data(as_text=True)  # audit list refreshed
+
+    ctr = c.post_form("/forms/container", name="web", network="bsnet0", ip="", ports="", intent="apply")
+    assert ctr.status_code == 200, ctr.get_data(as_text=True)
+
+    fwd = c.post_form("/forms/forward", container="web", host_port="8088", container_port="80",
+                      protocol="tcp", host_ip="", intent="add")
+    assert fwd.status_code == 200 and "Port forward added" in fwd.get_data(as_text=True)
+    assert "--dport 8088" in nat(lab_host)
+
+    first = c.post_form("/forms/forward", container="web", host_port="8088", container_port="80",
+                        protocol="tcp", intent="remove")
+    assert "Confirm removal" in first.get_data(as_text=True) and "--dport 8088" in nat(lab_host)
+    gone = c.post_form("/forms/forward", container="web", host_port="8088", container_port="80",
+                       protocol="tcp", intent="confirm-remove")
+    assert "Port forward removed" in gone.get_data(as_text=True)
+    assert "--dport 8088" not in nat(lab_host)
+
+    ask = c.post_form("/forms/remove-container", name="web", intent="preview")
+    assert "Confirm: remove container web" in ask.get_data(as_text=True)
+    assert c.post_form("/forms/remove-container", name="web", intent="confirm").status_code == 200
+    assert c.post_form("/forms/remove-network", name="bsnet0", intent="confirm").status_code == 200
+    assert "bsnet0" not in links(lab_host)
+
+    entries = AuditLog(tmp_path / "audit.jsonl").recent(20)
+    actions = [e.request["action"] for e in reversed(entries)]
+    assert actions == ["create_network", "create_container", "add_forward", "remove_forward",
+                       "remove_container", "remove_network"]
+    assert all(e.ok and e.commands and e.client == "127.0.0.1" for e in entries)
+    assert c.app_.extensions["bridgescope"].source.refreshed  # the Watcher was asked to re-read
+
+
+@pytest.mark.kernel
+@pytest.mark.parametrize("url,fields,form_id,field", [
+    ("/forms/network", {"name": "bad name!", "subnet": "10.232.0.0/24"}, "g-network", "name"),
+    ("/forms/network", {"name": "bsnet1", "subnet": "10.232.0.0/33"}, "g-network", "subnet"),
+    ("/forms/network", {"name": "bsnet1", "subnet": "10.232.0.0/24", "gateway": "10.9.9.9"}, "g-network", "gateway"),
+    ("/forms/network", {"name": "bsnet1", "subnet": ""}, "g-network", "subnet"),
+    ("/forms/container", {"name": "web", "network": "nonet"}, "g-container", "network"),
+    ("/forms/container", {"name": "", "network": "nonet"}, "g-container", "name"),
+    ("/forms/container", {"name": "web", "network": "bsnet9", "ip": "10.99.0.1"}, "g-container", "ip"),
+    ("/forms/container", {"name": "web", "network": "bsnet9", "ports": "80:abc"}, "g-container", "ports"),
+    ("/forms/forward", {"container": "ghost", "host_port": "8080", "container_port": "80"}, "g-forward", "container"),
+    ("/forms/forward", {"container": "c", "host_port": "x", "container_port": "80"}, "g-forward", "host_port"),
+    ("/forms/forward", {"container": "c", "host_port": "80", "container_port": "99999"}, "g-forward", "container_port"),
+    ("/forms/forward", {"container": "c", "host_port": "80", "container_port": "80", "protocol": "gre"}, "g-forward", "protocol"),
+    ("/forms/forward", {"container": "c", "host_port": "80", "container_port": "80", "host_ip": "300.1.1.1"}, "g-forward", "host_ip"),
+    ("/forms/remove-container", {"name": "ghost"}, "g-remove-container", "name"),
+    ("/forms/remove-network", {"name": "ghost"}, "g-remove-network", "name"),
+])
+def test_every_validation_error_is_shown_next_to_its_field_and_changes_nothing(
+        lab_host, client_for, tmp_path, url, fields, form_id, field):
+    c = client_for(lab_host)
+    if "bsnet9" in str(fields):
+        assert c.post_form("/forms/network", name="bsnet9", subnet="10.233.0.0/24", intent="apply").status_code == 200
+    before_links, before_nat = links(lab_host), nat(lab_host)
+    resp = c.post_form(url, intent="confirm" if "remove-" in url else "apply", **fields)
+    html = resp.get_data(as_text=True)
+    assert resp.status_code == 422, html[:2000]
+    assert error_next_to(html, form_id, field)
+    assert "Nothing was changed" in html
+    assert links(lab_host) == before_links and nat(lab_host) == before_nat
+    attempts = [e for e in AuditLog(tmp_path / "audit.jsonl").recent(5)
+                if e.request["args"].get("name") != "bsnet9"]
+    assert not any(e.ok for e in attempts)  # refused attempts are logged as failures, if at all
+
+
+@pytest.mark.kernel
+def test_a_conflicting_forward_is_refused_with_the_port_marked(lab_host, client_for):
+    c = client_for(lab_host)
+    c.post_form("/forms/network", name="bsnet2", subnet="10.234.0.0/24", intent="apply")
+    c.post_form("/forms/container", name="a", network="bsnet2", intent="apply")
+    c.post_form("/forms/container", name="b", network="bsnet2", intent="apply")
+    assert c.post_form("/forms/forward", container="a", host_port="9000", container_port="80",
+                       intent="add").status_code == 200
+    before = nat(lab_host)
+    clash = c.post_form("/forms/forward", container="b", host_port="9000", container_port="80", intent="add")
+    assert clash.status_code == 422
+    assert "9000" in error_next_to(clash.get_data(as_text=True), "g-forward", "host_port")
+    assert nat(lab_host) == before
+
+
+@pytest.mark.kernel
+def test_live_preview_shows_commands_or_the_problem(lab_host, client_for):
+    c = client_for(lab_host)
+    ok = c.post_form("/forms/preview/network", name="bsnet3", subnet="10.235.0.0/24", masquerade="on")
+    assert ok.status_code == 200 and "Commands it will run" in ok.get_data(as_text=True)
+    assert "MASQUERADE" in ok.get_data(as_text=True)
+    bad = c.post_form("/forms/preview/forward", container="", host_port="x")
+    assert "Container is required" in bad.get_data(as_text=True)
+    assert c.post_form("/forms/preview/remove-network", name="x").status_code == 404
+    assert "bsnet3" not in links(lab_host)
+
+
+def test_forms_page_works_without_javascript(tmp_path, monkeypatch):
+    monkeypatch.setenv("BRIDGESCOPE_STATE_DIR", str(tmp_path))
+    app = create_app({"SOURCE": StaticSource(sample_snapshot()), "NO_AUTH": True})
+    client = app.test_client()
+    csrf = app.extensions["bridgescope_access"].csrf
+    page = client.get("/forms/", base_url=BASE).get_data(as_text=True)
+    for label in ("Container", "Host port", "Container port", "Protocol", "Host IP"):
+        assert re.search(rf'<label for="g-forward-[a-z_]+">{label}</label>', page), label
+    assert ">Add port forward</button>" in page
+    resp = client.post("/forms/forward", base_url=BASE, data={"csrf_token": csrf, "container": "",
+                                                               "host_port": "1", "container_port": "1"})
+    html = resp.get_data(as_text=True)
+    assert resp.status_code == 422 and "<html" in html  # a whole page, errors in place
+    assert "Container is required" in error_next_to(html, "g-forward", "container")
