@@ -1,0 +1,93 @@
+"""The JSON API: snapshot, graph, session, audit, and the mutating endpoints."""
+from __future__ import annotations
+
+import pytest
+
+from bridgescope.webui.app import create_app
+from webui_sources import StaticSource, sample_snapshot
+
+BASE = "http://127.0.0.1:8470"
+
+
+@pytest.fixture
+def api(tmp_path, monkeypatch):
+    monkeypatch.setenv("BRIDGESCOPE_STATE_DIR", str(tmp_path / "state"))
+
+    def make(**config):
+        app = create_app({"SOURCE": StaticSource(sample_snapshot()), "NO_AUTH": True,
+                          "AUDIT_LOG": str(tmp_path / "audit.jsonl"), **config})
+        client = app.test_client()
+        csrf = client.get("/api/session", base_url=BASE).get_json()["csrf_token"]
+
+        def call(method, url, **kw):
+            return client.open(url, method=method, base_url=BASE, headers={"X-CSRF-Token": csrf}, **kw)
+        return client, call
+    return make
+
+
+def test_topology_is_the_snapshot_json(api):
+    client, _ = api()
+    data = client.get("/api/topology", base_url=BASE).get_json()
+    assert {"namespaces", "interfaces", "routes", "rules", "port_forwards", "masquerades", "warnings"} <= set(data)
+    pf = data["port_forwards"][0]
+    assert (pf["proto"], pf["host_port"], pf["to_ip"], pf["to_port"], pf["owner"]) == ("tcp", 8080, "172.17.0.2", 80, "docker")
+    download = client.get("/api/topology?download=1", base_url=BASE)
+    assert "attachment" in download.headers["Content-Disposition"]
+
+
+def test_graph_elements_with_positions_and_loopback_on_request(api):
+    client, _ = api()
+    resp = client.get("/api/graph", base_url=BASE)
+    assert resp.headers["X-Topology-Version"] == "1"
+    elements = resp.get_json()
+    nodes = [e for e in elements if e["group"] == "nodes"]
+    assert all("x" in n["position"] and "y" in n["position"] for n in nodes)
+    assert not any(n["data"]["kind"] == "loopback" for n in nodes)
+    with_lo = client.get("/api/graph?loopback=1", base_url=BASE).get_json()
+    assert sum(e["data"]["kind"] == "loopback" for e in with_lo) == 2
+
+
+def test_session_tells_scripts_the_csrf_token_and_mode(api):
+    client, _ = api(READ_ONLY=True)
+    body = client.get("/api/session", base_url=BASE).get_json()
+    assert body["read_only"] is True and len(body["csrf_token"]) >= 24
+
+
+@pytest.mark.parametrize("method,url,body,field", [
+    ("POST", "/api/networks", {"subnet": "10.1.0.0/24"}, "name"),
+    ("POST", "/api/networks", {"name": "n"}, "subnet"),
+    ("POST", "/api/containers", {"name": "c"}, "network"),
+    ("POST", "/api/containers", {"name": "c", "network": "n", "ports": "8080:80"}, "ports"),
+    ("POST", "/api/containers", {"name": "c", "network": "n", "ports": [8080]}, "ports"),
+    ("POST", "/api/forwards", {"container": "c"}, "spec"),
+    ("DELETE", "/api/forwards", {"spec": "8080:80"}, "container"),
+])
+def test_missing_or_malformed_json_fields_are_named(api, method, url, body, field):
+    _, call = api()
+    resp = call(method, url, json=body)
+    assert resp.status_code == 422 and resp.get_json()["field"] == field
+
+
+def test_a_body_that_is_not_json_is_refused(api):
+    _, call = api()
+    resp = call("POST", "/api/networks", data="name=x", content_type="application/json")
+    assert resp.status_code == 400 and "JSON object" in resp.get_json()["error"]
+
+
+@pytest.mark.kernel
+def test_json_mutations_against_a_throwaway_host(api, netns, tmp_path):
+    host = netns("host")
+    client, call = api(HOST=host)
+    dry = call("POST", "/api/networks", json={"name": "bsapi0", "subnet": "10.236.0.0/24", "dry_run": True})
+    assert dry.status_code == 200 and dry.get_json()["dry_run"] is True
+    assert any("bsapi0" in c for c in dry.get_json()["commands"])
+    bad = call("POST", "/api/networks", json={"name": "bsapi0", "subnet": "10.236.0.0/40"})
+    assert bad.status_code == 422 and bad.get_json()["field"] == "subnet"
+    made = call("POST", "/api/networks", json={"name": "bsapi0", "subnet": "10.236.0.0/24"})
+    assert made.status_code == 200 and made.get_json()["dry_run"] is False
+    assert call("DELETE", "/api/networks/nosuch").get_json()["field"] == "name"
+    assert call("DELETE", "/api/networks/bsapi0").status_code == 200
+    audit = client.get("/api/audit", base_url=BASE).get_json()
+    assert [a["request"]["action"] for a in audit][:2] == ["remove_network", "remove_network"]
+    assert audit[0]["ok"] is True and audit[1]["ok"] is False and audit[2]["ok"] is True
+    assert set(audit[0]) == {"time", "client", "request", "commands", "result", "ok"}
