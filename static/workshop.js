@@ -1,0 +1,181 @@
+// bridgescope workshop: doctor badges on the live graph, the walk's buttons, the packet path,
+// the projector view and the attendees' follow view. Plain JS, no inline script (strict CSP).
+// The graph itself is app.js's (window.cy); this file only decorates it.
+
+const byId = (id) => document.getElementById(id);
+const csrf = document.querySelector('meta[name="csrf-token"]').content;
+const walkSide = byId("ws-walk");
+const SEVERITIES = ["error", "warning", "info"];
+let lastPath = [];
+
+function whenCy(fn) {
+  if (window.cy) { fn(window.cy); return; }
+  const timer = setInterval(() => { if (window.cy) { clearInterval(timer); fn(window.cy); } }, 100);
+}
+
+// ---- graph decoration ----------------------------------------------------------------------
+
+function decorate(cy) {
+  const present = document.body.classList.contains("ws-present");
+  cy.style()
+    .selector(".ws-sev-error").style({ "border-width": 5, "border-color": "#dc2626", "border-style": "double" })
+    .selector(".ws-sev-warning").style({ "border-width": 4, "border-color": "#f59e0b", "border-style": "double" })
+    .selector(".ws-sev-info").style({ "border-width": 3, "border-color": "#2563eb" })
+    .selector("node.ws-path").style({ "overlay-color": "#facc15", "overlay-opacity": 0.35, "overlay-padding": 6 })
+    .selector("edge.ws-path").style({ "line-color": "#eab308", width: 6, "target-arrow-color": "#eab308" })
+    .selector("node").style(present ? { "font-size": 17, "font-weight": "bold" } : {})
+    .update();
+}
+
+async function getJSON(url) {
+  const resp = await fetch(url, { credentials: "same-origin", headers: { Accept: "application/json" } });
+  return resp.json();
+}
+
+async function refreshBadges() {
+  const holder = document.querySelector("[data-findings]");
+  if (!holder) return;
+  const { findings } = await getJSON(holder.dataset.findings);
+  whenCy((cy) => {
+    cy.elements().removeClass(SEVERITIES.map((s) => `ws-sev-${s}`).join(" "));
+    for (const f of findings || []) {
+      for (const id of f.objects) cy.getElementById(id).addClass(`ws-sev-${f.severity}`);
+    }
+    window.bridgescopeFindings = findings;
+  });
+}
+
+function highlightPath(ids) {
+  lastPath = ids;
+  whenCy((cy) => {
+    cy.elements().removeClass("ws-path");
+    const wanted = new Set(ids);
+    // namespaces are compound boxes: lighting them up would light up everything inside
+    const nodes = cy.nodes().filter((n) => wanted.has(n.id()) && n.data("kind") !== "namespace");
+    nodes.addClass("ws-path");
+    cy.edges().filter((e) => wanted.has(e.source().id()) && wanted.has(e.target().id())).addClass("ws-path");
+  });
+}
+
+// ---- the walk ------------------------------------------------------------------------------
+
+async function post(url, body) {
+  return fetch(url, {
+    method: "POST", credentials: "same-origin", body,
+    headers: { "X-CSRF-Token": csrf, Accept: "text/html, application/json" },
+  });
+}
+
+async function runAction(button) {
+  const panel = byId("ws-panel");
+  panel.querySelectorAll("button").forEach((b) => { b.disabled = true; });
+  button.classList.add("busy");
+  const resp = await post(button.dataset.wsPost);
+  panel.innerHTML = await resp.text();
+  document.body.dataset.wsVersion = String(Number(document.body.dataset.wsVersion || 0) + 1);
+  await refreshBadges();
+  const current = panel.querySelector(".st-wrong, .ws-current, #ws-done");
+  if (current) walkSide.scrollTo({ top: current.offsetTop - 80, behavior: "smooth" });
+}
+
+function wireWalk() {
+  if (!walkSide) return;
+  walkSide.addEventListener("click", (evt) => {
+    const button = evt.target.closest("[data-ws-post]");
+    if (button && !button.disabled) { evt.preventDefault(); runAction(button); }
+  });
+  const form = byId("ws-path-form");
+  if (form) form.addEventListener("submit", (evt) => { evt.preventDefault(); tracePath(form); });
+  if (walkSide.dataset.follow) follow();
+}
+
+// The attendees' view: poll the instructor's progress, re-render when it changed.
+function follow() {
+  let seen = null;
+  setInterval(async () => {
+    const state = await getJSON(walkSide.dataset.state);
+    const key = JSON.stringify([state.up, state.progress, state.findings.map((f) => f.id)]);
+    if (key === seen) return;
+    seen = key;
+    const resp = await fetch(walkSide.dataset.panel, { credentials: "same-origin" });
+    byId("ws-panel").innerHTML = await resp.text();
+    refreshBadges();
+  }, 1500);
+}
+
+// ---- packet path ---------------------------------------------------------------------------
+
+function el(tag, cls, text) {
+  const node = document.createElement(tag);
+  if (cls) node.className = cls;
+  if (text !== undefined) node.textContent = text;
+  return node;
+}
+
+async function tracePath(form) {
+  const out = byId("ws-path-result");
+  out.replaceChildren(el("p", "muted", "tracing…"));
+  const resp = await post(form.action, new FormData(form));
+  const body = await resp.json();
+  out.replaceChildren();
+  if (body.error) { out.append(el("p", "ws-error", body.error)); return; }
+  const list = el("ol", "ws-path-steps");
+  for (const step of body.steps) {
+    const li = el("li", `ws-hop hop-${step.kind}`);
+    li.append(el("span", "ws-hop-kind", step.kind), " ", el("span", "", step.text));
+    list.append(li);
+  }
+  out.append(list);
+  out.append(el("p", body.delivered ? "ws-ok" : "ws-error",
+    body.delivered ? `Delivered in ${body.delivered_to} as ${body.final.src} → ${body.final.dst}:${body.final.dport}`
+      : "The packet is not delivered."));
+  if (body.probe) {
+    const probe = el("div", "ws-probe");
+    probe.append(el("p", body.probe.connected ? "ws-ok" : "ws-error",
+      body.probe.connected ? `Probe answered: "${body.probe.reply}"` : `Probe failed: ${body.probe.reply}`));
+    const moved = el("ul", "ws-moved");
+    for (const m of body.probe.moved) moved.append(el("li", "", `+${m.packets}  ${m.text}`));
+    if (!body.probe.moved.length) moved.append(el("li", "muted", "no nat counter moved"));
+    probe.append(el("p", "muted", "nat counters that moved:"), moved);
+    out.append(probe);
+  }
+  highlightPath(body.elements);
+}
+
+// ---- presenting ----------------------------------------------------------------------------
+
+function wirePresent() {
+  const toggle = byId("ws-present-toggle");
+  if (!toggle) return;
+  toggle.addEventListener("click", () => {
+    const on = document.body.classList.toggle("ws-present");
+    toggle.setAttribute("aria-pressed", on ? "true" : "false");
+    const url = new URL(window.location.href);
+    if (on) url.searchParams.set("present", "1"); else url.searchParams.delete("present");
+    history.replaceState(null, "", url);
+    whenCy((cy) => { decorate(cy); cy.resize(); cy.fit(cy.elements(":visible"), 30); });
+  });
+}
+
+// Badges follow the live graph: new nodes arrive with deltas, so re-badge then. On the walk
+// page the graph grows from nothing, so it is laid out again (fcose) as it grows.
+function keepBadged() {
+  let version = null;
+  let nodes = 0;
+  setInterval(() => {
+    const v = window.bridgescopeLastDelta ? window.bridgescopeLastDelta.version : null;
+    if (v === version) return;
+    version = v;
+    refreshBadges();
+    if (lastPath.length) highlightPath(lastPath);
+    const count = window.cy ? window.cy.nodes().length : 0;
+    if (walkSide && count !== nodes && byId("tidy")) { nodes = count; byId("tidy").click(); }
+  }, 1000);
+}
+
+whenCy(decorate);
+document.addEventListener("bridgescope:theme", () => whenCy(decorate));
+wireWalk();
+wirePresent();
+refreshBadges();
+keepBadged();

@@ -1,0 +1,178 @@
+"""The workshop in a real browser: the whole guided walk (every step, the blog's wrong turn,
+the doctor's badge, the fix), the packet path with a probe, the projector and attendee views,
+and a reset - against a real `bridgescope serve` and a real walk lab."""
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+
+from bridgescope.plumbing import netns
+from bridgescope.plumbing.walk import steps
+from bridgescope.plumbing.walklab import WalkLab
+
+pytestmark = [pytest.mark.browser, pytest.mark.kernel]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until_served(url: str, proc: subprocess.Popen) -> None:
+    for _ in range(150):  # bounded: 30 s
+        if proc.poll() is not None:
+            raise AssertionError(f"bridgescope serve exited with {proc.returncode}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as resp:
+                if resp.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.2)
+    raise AssertionError(f"{url} was not served within 30 s")
+
+
+@pytest.fixture
+def served_walk(run_prefix, tmp_path):
+    """A walk lab (bare host) and a dashboard serving it, both removed afterwards."""
+    lab = WalkLab(f"{run_prefix}b{secrets.token_hex(1)}")
+    env = {**os.environ, "BRIDGESCOPE_WALK_PREFIX": lab.names.prefix,
+           "BRIDGESCOPE_STATE_DIR": str(tmp_path)}
+    os.environ["BRIDGESCOPE_STATE_DIR"] = str(tmp_path)  # this process reads the same progress
+    proc = None
+    try:
+        lab.up()
+        port = free_port()
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "bridgescope.webui.cli", "serve", "--netns", lab.names.host,
+             "--listen", f"127.0.0.1:{port}", "--no-auth"],
+            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        base = f"http://127.0.0.1:{port}"
+        wait_until_served(base + "/workshop/walk", proc)
+        yield base, lab
+    finally:
+        if proc is not None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+        lab.down()
+        del os.environ["BRIDGESCOPE_STATE_DIR"]
+    assert not [n for n in os.listdir("/run/netns") if n.startswith(lab.names.prefix)]
+
+
+@pytest.fixture
+def browser():
+    from playwright.sync_api import sync_playwright
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path="/usr/bin/chromium", headless=True)
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+def badged(page, severity: str) -> list[str]:
+    return page.evaluate(f"() => window.cy ? window.cy.elements('.ws-sev-{severity}').map(e => e.data('label')) : []")
+
+
+def wait_badge(page, label: str, severity: str = "error") -> None:
+    page.wait_for_function(
+        f"() => window.cy && window.cy.elements('.ws-sev-{severity}').some(e => e.data('label') === '{label}')",
+        timeout=15000)
+
+
+def shoot(page, path) -> None:
+    # clicks may have scrolled the (overflow: hidden) page body; the app never does
+    page.evaluate("() => { document.scrollingElement.scrollTop = 0; document.body.scrollTop = 0; }")
+    page.screenshot(path=str(path))
+
+
+def run_step(page, key: str) -> None:
+    page.click(f"#do-{key}")
+    page.wait_for_selector(f"#step-{key}[data-status=done]", timeout=20000)
+
+
+def test_the_walk_end_to_end(served_walk, browser, artifacts_dir):
+    base, lab = served_walk
+    errors: list[str] = []
+    page = browser.new_page(viewport={"width": 1600, "height": 1000})
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto(base + "/workshop/walk")
+    keys = [s.key for s in steps(lab.names)]
+    assert page.locator(".ws-step").count() == len(keys)
+
+    for key in keys[:keys.index("address")]:
+        run_step(page, key)
+    # the graph grew live: the container's end of the cable is there
+    page.wait_for_function("() => window.cy && window.cy.nodes().some(n => n.data('label') === 'vethweb0')")
+
+    # the blog's wrong turn: the address without prefix; the doctor names it, the graph badges eth0
+    page.click("#wrong-address")
+    page.wait_for_selector("#step-address[data-status=wrong]")
+    assert "addr-no-prefix" in page.inner_text("#ws-doctor")
+    wait_badge(page, "eth0")
+    page.click("#do-route")  # and the next step fails the way the blog's did
+    page.wait_for_selector("#step-route[data-status=failed]")
+    assert "Nexthop has invalid gateway" in page.inner_text(".ws-last")
+    shoot(page, artifacts_dir / "walk-wrong-turn.png")
+
+    doctor = browser.new_page(viewport={"width": 1600, "height": 1000})
+    doctor.goto(base + "/workshop/doctor")
+    doctor.wait_for_selector(".ws-finding")
+    assert "addr-no-prefix" in doctor.inner_text("#ws-findings")
+    wait_badge(doctor, "eth0")
+    shoot(doctor, artifacts_dir / "doctor.png")
+
+    page.click("#fix-address")
+    page.wait_for_selector("#step-address[data-status=done]")
+    for key in keys[keys.index("route"):]:
+        run_step(page, key)
+    page.wait_for_selector("#ws-done")
+    assert "The doctor finds nothing to complain about." in page.inner_text("#ws-doctor")
+    page.wait_for_function("() => window.cy && window.cy.nodes().some(n => (n.data('label') || '').startsWith('tcp 8080'))",
+                           timeout=15000)
+    assert badged(page, "error") == []
+
+    # packet path from the client to the published port, with a real probe
+    page.select_option("#ws-src", "client")
+    page.select_option("#ws-dst", "0")
+    page.check("#ws-probe")
+    page.click("#ws-trace")
+    page.wait_for_selector("#ws-path-result .ws-probe")
+    result = page.inner_text("#ws-path-result")
+    assert "DNAT 192.0.2.2:8080 -> 172.17.0.2:80" in result
+    assert 'Probe answered: "web saw 198.51.100.2"' in result
+    assert "--to-destination 172.17.0.2:80" in page.inner_text(".ws-moved")
+    highlighted = page.evaluate("() => window.cy.nodes('.ws-path').map(n => n.data('label'))")
+    assert {"uplink", "docker0", "vethweb0", "eth0"} <= set(highlighted)
+    assert lab.names.host not in highlighted  # namespaces are not lit up whole
+    shoot(page, artifacts_dir / "walk-done-packet-path.png")
+
+    # the projector view, and the attendees' read-only follow view
+    page.click("#ws-present-toggle")
+    assert "ws-present" in page.get_attribute("body", "class")
+    assert "present=1" in page.url
+    shoot(page, artifacts_dir / "walk-present.png")
+    attendee = browser.new_page(viewport={"width": 1280, "height": 800})
+    attendee.goto(base + "/workshop/walk?follow=1")
+    assert attendee.locator("[data-ws-post]").count() == 0
+    assert attendee.locator(".ws-step[data-status=done]").count() == len(keys)
+
+    # reset at the end: the instructor's page and the attendee's both start over
+    page.click("#ws-reset")
+    page.wait_for_selector("#do-bridge")
+    attendee.wait_for_selector(".ws-step.ws-current#step-bridge", timeout=10000)
+    page.wait_for_function("() => !window.cy.nodes().some(n => n.data('label') === 'vethweb0')",
+                           timeout=15000)
+    assert not netns.exists(lab.names.container)
+    assert errors == []

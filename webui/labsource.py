@@ -1,0 +1,83 @@
+"""A live topology of one lab only, shaped like the Watcher (snapshot/elements/version,
+subscribe/unsubscribe/refresh), so the dashboard's graph script and SSE format serve it.
+
+The walk page must show the walk lab growing, not the hundreds of unrelated namespaces a
+busy machine may hold: this source scans only namespaces whose name starts with the lab's
+prefix, re-reads right after each walk action (refresh) and every `interval` seconds, and
+sends a delta when anything changed.
+"""
+from __future__ import annotations
+
+import queue
+import threading
+
+from bridgescope.collector.errors import BridgescopeError
+from bridgescope.collector.graph import diff_elements, to_elements
+from bridgescope.collector.model import Snapshot
+
+QUEUE_LIMIT = 64
+
+
+class LabSource:
+    def __init__(self, host: str, prefix: str, *, interval: float = 2.0):
+        self.host, self.prefix, self.interval = host, prefix, interval
+        self.snapshot = Snapshot()
+        self.elements: list[dict] = []
+        self.version = 0
+        self._lock = threading.RLock()
+        self._subscribers: list[queue.Queue] = []
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> "LabSource":
+        self.refresh()
+        self._thread = threading.Thread(target=self._run, name="bridgescope-labsource", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        with self._lock:
+            for q in self._subscribers:
+                q.put_nowait(None)  # ends each open stream
+            self._subscribers.clear()
+
+    def subscribe(self) -> queue.Queue:
+        q: queue.Queue = queue.Queue(maxsize=QUEUE_LIMIT)
+        with self._lock:
+            q.put({"type": "graph", "version": self.version, "elements": self.elements})
+            self._subscribers.append(q)
+        return q
+
+    def unsubscribe(self, q: queue.Queue) -> None:
+        with self._lock:
+            if q in self._subscribers:
+                self._subscribers.remove(q)
+
+    def refresh(self, ns_id: str | None = None) -> None:
+        from bridgescope.plumbing.probe import lab_snapshot  # webui may use plumbing
+        try:
+            snap = lab_snapshot(self.host, self.prefix)
+        except BridgescopeError:
+            snap = Snapshot()  # the lab is down (reset in progress): an empty picture
+        with self._lock:
+            old, new = self.elements, to_elements(snap)
+            self.snapshot, self.elements = snap, new
+            delta = diff_elements(old, new)
+            if not (delta["added"] or delta["removed"] or delta["changed"]):
+                return
+            self.version += 1
+            event = {"type": "delta", "version": self.version, **delta}
+            for q in list(self._subscribers):
+                try:
+                    q.put_nowait(event)
+                except queue.Full:  # fell behind: start it over with the whole graph
+                    while not q.empty():
+                        q.get_nowait()
+                    q.put_nowait({"type": "graph", "version": self.version, "elements": self.elements})
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.refresh()

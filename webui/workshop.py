@@ -1,0 +1,233 @@
+"""Workshop mode: the doctor panel, the guided walk through `docker run -p`, the packet path.
+
+/workshop/doctor   findings for the dashboard's host, badged on its live graph
+/workshop/walk     the walk lab growing step by step (one click per step, the blog's wrong
+                   turns and their fixes, reset), its own live graph, doctor and packet path;
+                   ?follow=1 is the attendees' view (no controls, follows the instructor),
+                   ?present=1 the large, high-contrast projector view.
+Progress lives in the walk lab's file, so a second `bridgescope serve --read-only` pointed at
+the same lab serves attendees a view they cannot change.
+"""
+from __future__ import annotations
+
+import os
+import threading
+
+from flask import Blueprint, Response, abort, current_app, jsonify, redirect, render_template, request, url_for
+from jinja2_fragments.flask import render_block
+
+from bridgescope.collector.doctor import diagnose
+from bridgescope.collector.errors import BridgescopeError
+from bridgescope.collector.model import to_plain
+from bridgescope.collector.packetpath import namespace_by_name, trace_live
+from bridgescope.plumbing import walklab
+from bridgescope.plumbing.errors import ValidationError
+from bridgescope.plumbing.walklab import Outcome, WalkLab
+from bridgescope.webui.app import runtime
+from bridgescope.webui.labsource import LabSource
+from bridgescope.webui.stream import SSE_HEADERS, _messages, _once
+
+bp = Blueprint("workshop", __name__, url_prefix="/workshop")
+
+# Where a packet can be sent in the walk lab: (label, address, port).
+DESTINATIONS = (
+    ("the host's published port 8080", walklab.HOST_UPLINK, 8080),
+    ("the fake internet", walklab.INTERNET, 80),
+    ("the container directly", "172.17.0.2", 80),
+)
+
+
+class Workshop:
+    """Per app: the walk lab, its live source, and the last action's outcome."""
+
+    def __init__(self, prefix: str):
+        self.lab = WalkLab(prefix)
+        self.lock = threading.Lock()  # one walk action at a time
+        self.last: Outcome | None = None
+        self._source: LabSource | None = None
+
+    @property
+    def source(self) -> LabSource:
+        with self.lock:
+            if self._source is None:
+                self._source = LabSource(self.lab.names.host, self.lab.names.prefix).start()
+            return self._source
+
+    def findings(self):
+        return diagnose(self.source.snapshot) if self.lab.is_up() else ()
+
+
+_creating = threading.Lock()
+
+
+def workshop() -> Workshop:
+    ext = current_app.extensions
+    with _creating:
+        if "bridgescope_workshop" not in ext:
+            ext["bridgescope_workshop"] = Workshop(os.environ.get("BRIDGESCOPE_WALK_PREFIX",
+                                                                  walklab.DEFAULT_PREFIX))
+    return ext["bridgescope_workshop"]
+
+
+# ---- doctor ------------------------------------------------------------------------------
+
+@bp.get("/")
+def index() -> Response:
+    return redirect(url_for("workshop.walk"))
+
+
+@bp.get("/doctor")
+def doctor() -> str:
+    findings = diagnose(runtime().source.snapshot)
+    return render_template("workshop_doctor.html", findings=findings, present=_present())
+
+
+@bp.get("/doctor.json")
+def doctor_json() -> Response:
+    if request.args.get("lab"):
+        findings = workshop().findings()
+    else:
+        findings = diagnose(runtime().source.snapshot)
+    return jsonify({"findings": to_plain(findings)})
+
+
+# ---- the walk ----------------------------------------------------------------------------
+
+def _present() -> bool:
+    return request.args.get("present") == "1"
+
+
+def _follow() -> bool:
+    return request.args.get("follow") == "1" or bool(current_app.config.get("READ_ONLY"))
+
+
+def _panel_context(error: str | None = None) -> dict:
+    ws = workshop()
+    up = ws.lab.is_up()
+    progress = ws.lab.progress() if up else {s.key: "pending" for s in ws.lab.steps}
+    return dict(steps=ws.lab.steps, progress=progress, next_step=ws.lab.next_step() if up else None,
+                findings=ws.findings(), lab_up=up, last=ws.last, error=error, follow=_follow(),
+                names=ws.lab.names, destinations=DESTINATIONS)
+
+
+@bp.get("/walk")
+def walk() -> str:
+    return render_template("workshop_walk.html", present=_present(), **_panel_context())
+
+
+@bp.get("/walk/panel")
+def walk_panel() -> str:
+    return render_block("workshop_walk.html", "panel", **_panel_context())
+
+
+@bp.get("/walk/state")
+def walk_state() -> Response:
+    ws = workshop()
+    return jsonify({"up": ws.lab.is_up(), "progress": ws.lab.progress(), "next": ws.lab.next_step(),
+                    "version": ws.source.version, "findings": to_plain(ws.findings())})
+
+
+@bp.post("/walk/step/<key>/<action>")
+def walk_action(key: str, action: str) -> tuple[str, int] | str:
+    ws = workshop()
+    run = {"apply": ws.lab.apply, "wrong": ws.lab.wrong_turn, "fix": ws.lab.fix}.get(action)
+    if run is None:
+        abort(404, f"no walk action {action!r}")
+    try:
+        with ws.lock:
+            ws.last = run(key)
+    except BridgescopeError as err:
+        return render_block("workshop_walk.html", "panel",
+                            **_panel_context(getattr(err, "message", str(err)))), 400
+    finally:
+        ws.source.refresh()
+    return render_block("workshop_walk.html", "panel", **_panel_context())
+
+
+@bp.post("/walk/reset")
+def walk_reset() -> str:
+    ws = workshop()
+    try:
+        with ws.lock:
+            ws.lab.reset()
+            ws.last = None
+    finally:
+        ws.source.refresh()
+    return render_block("workshop_walk.html", "panel", **_panel_context())
+
+
+@bp.post("/walk/down")
+def walk_down() -> str:
+    ws = workshop()
+    with ws.lock:
+        ws.lab.down()
+        ws.last = None
+    ws.source.refresh()
+    return render_block("workshop_walk.html", "panel", **_panel_context())
+
+
+@bp.get("/walk/events")
+def walk_events() -> Response:
+    source = workshop().source
+    q = source.subscribe()
+    resp = Response(_messages(q, runtime().settings.heartbeat), mimetype="text/event-stream",
+                    headers=SSE_HEADERS)
+    resp.call_on_close(_once(lambda: source.unsubscribe(q)))
+    return resp
+
+
+@bp.get("/walk/details/<path:element_id>")
+def walk_details(element_id: str) -> str:
+    ws = workshop()
+    snap = ws.source.snapshot
+    element = next((e for e in ws.source.elements if e["data"]["id"] == element_id), None)
+    if element is None:
+        abort(404, f"no element {element_id!r} in the walk lab (it may just have gone)")
+    concerning = [f for f in ws.findings() if element_id in f.objects]
+    iface = snap.interface(element_id)
+    ns = snap.namespace(element_id) or (snap.namespace(iface.netns) if iface else None)
+    return render_template("_workshop_details.html", data=element["data"], iface=iface, ns=ns,
+                           findings=concerning)
+
+
+# ---- packet path -------------------------------------------------------------------------
+
+@bp.post("/walk/path")
+def walk_path() -> tuple[Response, int] | Response:
+    ws = workshop()
+    try:
+        source_name, dst, port, probe = _path_form(ws)
+        snap = ws.source.snapshot
+        src = namespace_by_name(snap, source_name)
+        if src is None:
+            raise ValidationError("source", f"{source_name} does not exist in the lab yet")
+        path = trace_live(snap, src.id, dst, port)
+        body = {"steps": [{"kind": s.kind, "text": s.text, "elements": list(s.elements),
+                           "rules": [r.text for r in s.rules]} for s in path.steps],
+                "elements": list(path.elements), "delivered": path.delivered_to is not None,
+                "delivered_to": (snap.namespace(path.delivered_to).name if path.delivered_to else None),
+                "final": to_plain(path.final)}
+        if probe:
+            from bridgescope.plumbing.probe import send
+            result = send(ws.lab.names.host, src.id, dst, port, prefix=ws.lab.names.prefix)
+            body["probe"] = {"connected": result.connected, "reply": result.reply,
+                             "moved": [{"chain": r.chain, "text": r.text, "packets": d}
+                                       for r, d in result.moved]}
+        return jsonify(body)
+    except ValidationError as err:
+        return jsonify({"error": str(err), "field": err.field}), 400
+    except BridgescopeError as err:
+        return jsonify({"error": str(err)}), 400
+
+
+def _path_form(ws: Workshop) -> tuple[str, str, int, bool]:
+    names = ws.lab.names
+    sources = {"container": names.container, "client": names.client, "host": names.host}
+    source = sources.get(request.form.get("source", ""))
+    if source is None:
+        raise ValidationError("source", "choose the container, the client or the host")
+    choice = request.form.get("destination", "")
+    if not choice.isdigit() or not 0 <= int(choice) < len(DESTINATIONS):
+        raise ValidationError("destination", "choose one of the listed destinations")
+    _, dst, port = DESTINATIONS[int(choice)]
+    return source, dst, port, request.form.get("probe") == "1"
