@@ -261,13 +261,19 @@ class _Locator:
                 self.bridges[interface.netns].append(interface)
 
     def owner(self, ip: str, netns: str) -> Interface | None:
-        """Prefer an interface in another namespace whose veth peer lives in netns."""
-        candidates = self.by_ip.get(ip, [])
-        def rank(i: Interface) -> tuple[int, int]:
-            peer = self.by_id.get(i.peer) if i.peer else None
-            return (0 if peer is not None and peer.netns == netns else 1,
-                    0 if i.netns != netns else 1)
-        return min(candidates, key=rank, default=None)
+        """The interface with ip behind a veth whose peer is in netns, else one in netns.
+
+        Other hosts' namespaces reuse the same private addresses, so an address anywhere
+        else proves nothing.
+        """
+        local = None
+        for interface in self.by_ip.get(ip, []):
+            peer = self.by_id.get(interface.peer) if interface.peer else None
+            if interface.netns != netns and peer is not None and peer.netns == netns:
+                return interface
+            if interface.netns == netns:
+                local = local or interface
+        return local
 
     def bridge_names(self) -> dict[str, frozenset[str]]:
         return {netns: frozenset(b.name for b in found) for netns, found in self.bridges.items()}

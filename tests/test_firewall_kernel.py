@@ -1,0 +1,261 @@
+"""The firewall collector against the real kernel, in throwaway namespaces.
+
+Each reference listing is loaded with the real tool (iptables-nft-restore,
+iptables-legacy-restore, ip6tables-nft-restore, nft -f) into a fresh "host" namespace that
+has a real docker0-like bridge and a real container namespace behind a veth pair; then
+scan() reads it back the way it would on a real host, and interpret() says what it means.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import threading
+from pathlib import Path
+
+import pytest
+
+from bridgescope.collector import firewall
+from bridgescope.collector.firewall.monitor import FirewallWatch
+from bridgescope.collector.model import Interface
+from bridgescope.collector.nat import interpret
+from tests.conftest import sh
+
+pytestmark = pytest.mark.kernel
+DATA = Path(__file__).parent / "data" / "firewall"
+
+
+def path(ns: str) -> str:
+    return f"/run/netns/{ns}"
+
+
+def _links(ns: str) -> dict[str, dict]:
+    links = json.loads(sh("ip", "-j", "addr", "show", ns=ns).stdout)
+    return {link["ifname"]: link for link in links}
+
+
+def _interface(ns: str, link: dict, kind: str, **extra) -> Interface:
+    return Interface(id=f"{ns}/if{link['ifindex']}", netns=ns, name=link["ifname"],
+                     ifindex=link["ifindex"], kind=kind, state="up", mtu=link["mtu"],
+                     mac=link.get("address"),
+                     addresses=tuple(f"{a['local']}/{a['prefixlen']}" for a in link["addr_info"]
+                                     if a.get("scope") != "link"),
+                     **extra)
+
+
+@pytest.fixture
+def host(netns):
+    """A host namespace with bridge `bridge` and one container `ctr` at `address` behind it.
+
+    Returns a function building it: host(bridge, gateway_cidr, container_cidr) ->
+    (host ns, container ns, interfaces read back from the kernel).
+    """
+    def build(bridge: str = "docker0", gateway: str = "172.17.0.1/16",
+              address: str = "172.17.0.2/16"):
+        hns, cns = netns("host"), netns("ctr")
+        sh("ip", "link", "add", bridge, "type", "bridge", ns=hns)
+        sh("ip", "addr", "add", gateway, "dev", bridge, ns=hns)
+        sh("ip", "link", "add", "vethc1", "type", "veth", "peer", "name", "eth0", "netns", cns, ns=hns)
+        sh("ip", "link", "set", "vethc1", "master", bridge, "up", ns=hns)
+        sh("ip", "link", "set", bridge, "up", ns=hns)
+        sh("ip", "addr", "add", address, "dev", "eth0", ns=cns)
+        sh("ip", "link", "set", "eth0", "up", ns=cns)
+        hl, cl = _links(hns), _links(cns)
+        br = _interface(hns, hl[bridge], "bridge")
+        port_id, inner_id = f"{hns}/if{hl['vethc1']['ifindex']}", f"{cns}/if{cl['eth0']['ifindex']}"
+        interfaces = (br, _interface(hns, hl["vethc1"], "veth", master=br.id, peer=inner_id),
+                      _interface(cns, cl["eth0"], "veth", peer=port_id))
+        return hns, cns, interfaces
+    return build
+
+
+def load(ns: str, listing: str, tool: str) -> None:
+    argv = ["nft", "-f", str(DATA / listing)] if tool == "nft" else [tool]
+    sh(*argv, ns=ns, input=None if tool == "nft" else (DATA / listing).read_text())
+
+
+def legacy_tables(ns: str) -> str:
+    return sh("cat", "/proc/self/net/ip_tables_names", ns=ns).stdout.strip()
+
+
+CASES = [  # listing, loader, backend, family, bridge, gateway, container address, owner, host ports
+    ("docker27.rules", "iptables-nft-restore", "nft", 4, "docker0", "172.17.0.1/16", "172.17.0.2/16", "docker", [8080]),
+    ("docker27.rules", "iptables-legacy-restore", "legacy", 4, "docker0", "172.17.0.1/16", "172.17.0.2/16", "docker", [8080]),
+    ("docker28.rules", "iptables-nft-restore", "nft", 4, "docker0", "172.17.0.1/16", "172.17.0.2/16", "docker", [8080]),
+    ("docker29.rules", "iptables-nft-restore", "nft", 4, "docker0", "172.17.0.1/16", "172.17.0.2/16", "docker", [8080]),
+    ("docker29.rules", "iptables-legacy-restore", "legacy", 4, "docker0", "172.17.0.1/16", "172.17.0.2/16", "docker", [8080]),
+    ("docker29-nftables.nft", "nft", "nftables", 4, "docker0", "172.17.0.1/16", "172.17.0.2/16", "docker", [8080]),
+    ("docker29-ipv6.rules", "ip6tables-nft-restore", "nft", 6, "docker0", "fd00:d0c::1/64", "fd00:d0c::2/64", "docker", [8080]),
+    ("cni-portmap.rules", "iptables-nft-restore", "nft", 4, "cni0", "10.22.0.1/16", "10.22.0.5/16", "cni", [8080]),
+    ("cni-portmap-nftables.nft", "nft", "nftables", 4, "cni0", "10.22.0.1/16", "10.22.0.5/16", "cni", [5353, 8080, 8443]),
+    ("netavark-iptables.rules", "iptables-nft-restore", "nft", 4, "podman0", "10.88.0.1/16", "10.88.0.14/16", "podman", [8000, 8080]),
+    ("netavark-nftables.nft", "nft", "nftables", 4, "podman0", "10.88.0.1/16", "10.88.0.14/16", "podman", [8080]),
+]
+
+
+@pytest.mark.parametrize("listing, loader, backend, family, bridge, gateway, address, owner, ports",
+                         CASES, ids=[f"{c[0]}-{c[2]}" for c in CASES])
+def test_listing_read_back_from_the_kernel(host, listing, loader, backend, family, bridge,
+                                           gateway, address, owner, ports):
+    hns, cns, interfaces = host(bridge, gateway, address)
+    load(hns, listing, loader)
+    scan = firewall.scan({hns: path(hns)})
+    assert scan.warnings == ()
+    mine = [r for r in scan.rules if r.backend == backend]
+    assert mine and {r.owner for r in mine} == {owner}
+    assert {r.family for r in mine} <= {family, 0}
+    nat = interpret(scan.rules, scan.chains, interfaces, ())
+    forwards = sorted(nat.port_forwards, key=lambda f: f.host_port)
+    assert [f.host_port for f in forwards] == ports
+    container_ip = address.split("/")[0]
+    for forward in forwards:
+        assert (forward.netns, forward.backend, forward.owner) == (hns, backend, owner)
+        assert forward.to_ip == container_ip and forward.reachable
+        assert forward.container == cns and forward.to_interface == interfaces[2].id
+    if listing != "cni-portmap-nftables.nft":
+        assert all(f.forward_accept is True for f in forwards)
+    assert nat.masquerades and {m.owner for m in nat.masquerades} == {owner}
+    if backend != "legacy":
+        assert legacy_tables(hns) == ""  # reading created no legacy tables
+
+
+def test_variants_udp_bound_ranged_and_orphan_dnat(host):
+    hns, cns, interfaces = host()
+    load(hns, "variants.rules", "iptables-nft-restore")
+    scan = firewall.scan({hns: path(hns)})
+    nat = interpret(scan.rules, scan.chains, interfaces, ())
+    got = {(f.proto, f.host_ip, f.host_port, f.host_port_end, f.to_ip, f.to_port, f.to_port_end,
+            f.reachable, f.from_host) for f in nat.port_forwards}
+    assert got == {
+        ("udp", None, 5353, None, "172.17.0.3", 53, None, True, True),
+        ("tcp", "192.0.2.10", 8443, None, "172.17.0.4", 443, None, True, True),
+        ("tcp", "127.0.0.1", 8443, None, "172.17.0.4", 443, None, True, False),
+        ("tcp", None, 8000, 8009, "172.17.0.6", 80, 89, True, False),
+        ("tcp", None, 9090, None, "172.17.0.5", 90, None, False, False),  # nothing jumps to it
+    }
+
+
+def test_split_brain_between_legacy_and_nft(host):
+    hns, _, _ = host()
+    load(hns, "docker29.rules", "iptables-nft-restore")
+    load(hns, "cni-portmap.rules", "iptables-legacy-restore")
+    scan = firewall.scan({hns: path(hns)})
+    assert {r.backend for r in scan.rules} == {"legacy", "nft"}
+    warning, = [w for w in scan.warnings if "split brain" in w]
+    assert hns in warning and "iptables-legacy" in warning and "iptables-nft" in warning
+
+
+def test_many_namespaces_at_once_and_a_vanished_one(netns):
+    names = [netns(f"n{i}") for i in range(6)]
+    for ns in names:
+        load(ns, "docker29.rules", "iptables-nft-restore")
+    paths = {ns: path(ns) for ns in names}
+    paths["ns-gone"] = path(names[0] + "-never-made")
+    scan = firewall.scan(paths)
+    assert {r.netns for r in scan.rules} == set(names)
+    assert len(scan.rules) == 6 * 15
+    assert any("ns-gone" in w for w in scan.warnings)
+
+
+def test_empty_namespace_has_no_rules_and_stays_clean(netns):
+    ns = netns("empty")
+    scan = firewall.scan({ns: path(ns)})
+    assert scan == firewall.FirewallScan()
+    assert legacy_tables(ns) == "" and sh("nft", "list", "tables", ns=ns).stdout == ""
+
+
+# -- change detection ----------------------------------------------------------------------
+
+class Calls:
+    def __init__(self):
+        self.seen: list[str] = []
+        self.event = threading.Event()
+
+    def __call__(self, ns_id: str) -> None:
+        self.seen.append(ns_id)
+        self.event.set()
+
+    def wait(self) -> bool:
+        got = self.event.wait(timeout=5)
+        self.event.clear()
+        return got
+
+
+@pytest.fixture
+def watch():
+    made = []
+
+    def start(namespaces, on_change):
+        w = FirewallWatch(namespaces, on_change, poll=0.5)
+        made.append(w)
+        w.start()
+        return w
+    yield start
+    for w in made:
+        w.stop()
+
+
+def test_watch_fires_for_an_nft_change_in_that_namespace_only(netns, watch):
+    a, b = netns("wa"), netns("wb")
+    calls = Calls()
+    watch({"A": path(a), "B": path(b)}, calls)
+    sh("nft", "add", "table", "ip", "bsttest", ns=a)  # our own table, in our own namespace
+    for n in range(6):  # the monitor may not listen yet: make new changes until it reports
+        sh("nft", "add", "chain", "ip", "bsttest", f"c{n}", ns=a)
+        if calls.wait():
+            break
+    else:
+        pytest.fail("no change reported for namespace A")
+    assert set(calls.seen) == {"A"}
+
+
+def test_watch_fires_for_iptables_nft_change(netns, watch):
+    ns = netns("wn")
+    calls = Calls()
+    watch({"N": path(ns)}, calls)
+    for n in range(6):
+        sh("iptables-nft", "-t", "nat", "-A", "POSTROUTING", "-s", f"10.9.{n}.0/24", "-j",
+           "MASQUERADE", ns=ns)
+        if calls.wait():
+            break
+    else:
+        pytest.fail("no change reported for an iptables-nft rule")
+    assert calls.seen[0] == "N"
+
+
+def test_watch_polls_legacy_tables(netns, watch):
+    ns = netns("wl")
+    load(ns, "docker29.rules", "iptables-legacy-restore")
+    calls = Calls()
+    w = watch({"L": path(ns)}, calls)
+    calls.wait()  # let the first look settle (it may report the initial state)
+    calls.seen.clear()
+    sh("iptables-legacy", "-t", "nat", "-A", "DOCKER", "-p", "tcp", "--dport", "9999", "-j", "DNAT",
+       "--to-destination", "172.17.0.9:99", ns=ns)
+    assert calls.wait() and calls.seen == ["L"]
+    assert w.errors == []
+
+
+def test_watch_follows_update_and_stops_its_processes(netns, watch):
+    a, b = netns("ua"), netns("ub")
+    calls = Calls()
+    w = watch({"A": path(a)}, calls)
+    w.update({"B": path(b)})
+    for n in range(6):
+        sh("nft", "add", "table", "ip", f"bst{n}", ns=b)
+        if calls.wait() and "B" in calls.seen:
+            break
+    else:
+        pytest.fail("the namespace added by update() is not watched")
+    w.stop()
+    pids = subprocess.run(["ip", "netns", "pids", b], capture_output=True, text=True).stdout.split()
+    ours = [p for p in pids if _parent(p) == os.getpid()]  # other tools may watch it too
+    assert ours == []  # no nft monitor of ours left running in the namespace
+
+
+def _parent(pid: str) -> int | None:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return int(stat.read().rpartition(")")[2].split()[1])
+    except OSError:
+        return None
