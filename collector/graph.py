@@ -27,7 +27,8 @@ def to_elements(snap: Snapshot, *, show_loopback: bool = False) -> list[dict]:
     pf_nodes = _portforward_nodes(snap, by_id)
     masq_nodes = _masquerade_nodes(snap)
     nodes = [_namespace_node(ns) for ns in snap.namespaces]
-    nodes += [_interface_node(i, by_id) for i in visible]
+    ns_owner = {n["data"]["id"]: n["data"]["owner"] for n in nodes}
+    nodes += [_interface_node(i, by_id, snap.host, ns_owner.get(i.netns, "unknown")) for i in visible]
     nodes += [n for n, _ in pf_nodes] + [n for n, _ in masq_nodes]
     positions = layout(snap, nodes, host)
     for node in nodes:
@@ -48,11 +49,12 @@ def _namespace_node(ns: Namespace) -> dict:
     }}
 
 
-def _interface_node(iface: Interface, by_id: dict[str, Interface]) -> dict:
+def _interface_node(iface: Interface, by_id: dict[str, Interface], host: str | None, ns_owner: str) -> dict:
     master = by_id.get(iface.master) if iface.master else None
+    owner = interface_owner(iface, master)
     return {"group": "nodes", "data": {
         "id": iface.id, "kind": iface.kind, "label": iface.name, "parent": iface.netns,
-        "is_host": False, "owner": interface_owner(iface, master), "state": iface.state,
+        "is_host": iface.netns == host, "owner": ns_owner if owner == "unknown" else owner, "state": iface.state,
         "addresses": list(iface.addresses), "mac": iface.mac, "mtu": iface.mtu, "ifindex": iface.ifindex,
         "master": iface.master, "peer": iface.peer, "hairpin": iface.hairpin,
     }}
@@ -63,6 +65,8 @@ def portforward_id(pf: PortForward) -> str:
 
 
 def _portforward_nodes(snap: Snapshot, by_id: dict[str, Interface]) -> list[tuple[dict, dict | None]]:
+    if not snap.port_forwards:
+        return []
     out, seen = [], set()
     for pf in snap.port_forwards:
         node_id = portforward_id(pf)
@@ -272,6 +276,74 @@ def _host_child_key(node: dict, snap: Snapshot, rank: dict[str, int]) -> tuple:
     peer_ns = peer.split("/")[0] if peer else None
     return (KIND_RANK.get(data["kind"], 5), data.get("master") or "", rank.get(peer_ns, -1),
             data.get("ifindex") or 0, data["id"])
+
+
+# ---- incremental rebuild ------------------------------------------------------------------
+
+NAT_KINDS = ("portforward", "masquerade")
+
+
+def patch_elements(old: list[dict], snap: Snapshot, ns_ids: Iterable[str], *,
+                   show_loopback: bool = False) -> tuple[list[dict], dict] | None:
+    """Rebuild only what belongs to `ns_ids` (plus the few NAT nodes), keeping every position.
+
+    Returns (elements, delta), equal to (to_elements(snap), diff_elements(old, that)), or None
+    when those namespaces gained/lost elements or anything the layout depends on changed:
+    then the caller lays everything out again with to_elements.
+    """
+    touched = set(ns_ids)
+    fresh = _fresh_elements(snap, touched, show_loopback)
+    stale = {e["data"]["id"]: e for e in old if _belongs(e, touched)}
+    if stale.keys() != fresh.keys():
+        return None
+    for element_id, element in fresh.items():
+        before = stale[element_id]
+        if element["group"] == "nodes":
+            if _layout_key(element) != _layout_key(before):
+                return None
+            element["position"] = before["position"]
+    changed = [e for i, e in fresh.items() if e != stale[i]]
+    if not changed:
+        return old, {"added": [], "removed": [], "changed": []}
+    replaced = {e["data"]["id"]: e for e in changed}
+    return [replaced.get(e["data"]["id"], e) for e in old], {"added": [], "removed": [], "changed": changed}
+
+
+def _fresh_elements(snap: Snapshot, touched: set[str], show_loopback: bool) -> dict[str, dict]:
+    by_id = {i.id: i for i in snap.interfaces}
+    visible = [i for i in snap.interfaces if i.netns in touched and (show_loopback or i.kind != "loopback")]
+    shown = {i.id for i in snap.interfaces if show_loopback or i.kind != "loopback"}
+    namespaces = [ns for ns in snap.namespaces if ns.id in touched]
+    nodes = [_namespace_node(ns) for ns in namespaces]
+    ns_owner = {n["data"]["id"]: n["data"]["owner"] for n in nodes}
+    nodes += [_interface_node(i, by_id, snap.host, ns_owner[i.netns]) for i in visible]
+    # a veth edge is emitted by its lower-id end, which may sit in an untouched namespace
+    far_ends = [by_id[i.peer] for i in visible if i.peer in by_id and i.peer in shown and by_id[i.peer].netns not in touched]
+    edges = [e for e in _interface_edges(visible + far_ends, shown, by_id)
+             if _interface_ns(e["data"]["source"]) in touched or _interface_ns(e["data"]["target"]) in touched]
+    nat = _portforward_nodes(snap, by_id) + _masquerade_nodes(snap)
+    nodes += [n for n, _ in nat]
+    edges += [e for _, e in nat if e]
+    return {e["data"]["id"]: e for e in nodes + edges}
+
+
+def _belongs(element: dict, touched: set[str]) -> bool:
+    data = element["data"]
+    if data["kind"] in NAT_KINDS:
+        return True
+    if element["group"] == "nodes":
+        return data["id"] in touched if data["kind"] == "namespace" else data["parent"] in touched
+    return _interface_ns(data["source"]) in touched or _interface_ns(data["target"]) in touched
+
+
+def _interface_ns(element_id: str) -> str:
+    return element_id.split("/", 1)[0]
+
+
+def _layout_key(node: dict) -> tuple:
+    data = node["data"]
+    return (data["kind"], data.get("label") if data["kind"] == "namespace" else None,
+            data.get("master"), data.get("peer"), data.get("parent"))
 
 
 # ---- deltas ---------------------------------------------------------------------------------

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import itertools
 import time
+from dataclasses import dataclass
 from typing import Iterable, Mapping
 
 from bridgescope.collector import firewall as firewall_reader
@@ -73,24 +75,40 @@ def vanished_warnings(namespaces: Iterable[Namespace], failures: Mapping[str, OS
     )
 
 
+@dataclass(frozen=True)
+class NamespacePart:
+    """One namespace's share of a snapshot; the watcher rebuilds only the parts that changed."""
+    namespace: Namespace
+    interfaces: tuple[Interface, ...]
+    routes: tuple[Route, ...]
+
+
 def assemble(namespaces: list[Namespace], reads: Mapping[str, NamespaceRead],
              nsid_maps: Mapping[str, Mapping[int, str]], *, taken_at: float,
              warnings: tuple[str, ...] = ()) -> Snapshot:
     """Pure: what was read per namespace -> the model."""
     peers = pair({ns_id: r.dump for ns_id, r in reads.items()}, nsid_maps)
-    interfaces: list[Interface] = []
-    routes: list[Route] = []
-    for ns in namespaces:
-        interfaces += namespace_interfaces(ns.id, reads[ns.id], peers)
-        routes += namespace_routes(ns.id, reads[ns.id])
-    host = next((ns.id for ns in namespaces if ns.is_host), None)
+    parts = [namespace_part(ns, reads[ns.id], peers) for ns in namespaces]
+    return join_parts(parts, taken_at=taken_at, warnings=warnings)
+
+
+def namespace_part(ns: Namespace, read: NamespaceRead, peers: Mapping[IfKey, IfKey]) -> NamespacePart:
+    return NamespacePart(
+        namespace=dataclasses.replace(ns, sysctls=read.sysctls),
+        interfaces=tuple(namespace_interfaces(ns.id, read, peers)),
+        routes=tuple(namespace_routes(ns.id, read)),
+    )
+
+
+def join_parts(parts: Iterable[NamespacePart], *, taken_at: float, warnings: tuple[str, ...] = ()) -> Snapshot:
+    parts = list(parts)
     return Snapshot(
-        namespaces=tuple(dataclasses.replace(ns, sysctls=reads[ns.id].sysctls) for ns in namespaces),
-        interfaces=tuple(interfaces),
-        routes=tuple(routes),
+        namespaces=tuple(p.namespace for p in parts),
+        interfaces=tuple(itertools.chain.from_iterable(p.interfaces for p in parts)),
+        routes=tuple(itertools.chain.from_iterable(p.routes for p in parts)),
         warnings=warnings,
         taken_at=taken_at,
-        host=host,
+        host=next((p.namespace.id for p in parts if p.namespace.is_host), None),
     )
 
 

@@ -8,7 +8,7 @@ final step, `pair`, decides; it is pure.
 """
 from __future__ import annotations
 
-from typing import Mapping, Protocol
+from typing import Iterable, Mapping, Protocol
 
 from bridgescope.collector.netlink import NamespaceDump
 
@@ -56,18 +56,29 @@ def resolve_nsids(ns_id: str, dump: NamespaceDump, sock: NsidSource, fds: Mappin
     return found
 
 
-def pair(dumps: Mapping[str, NamespaceDump], nsid_maps: Mapping[str, Mapping[int, str]]) -> dict[IfKey, IfKey]:
-    """(namespace, ifindex) of each veth -> its peer's, when the peer's namespace is known."""
-    present = {(ns_id, link.ifindex) for ns_id, dump in dumps.items() for link in dump.links}
+def pair(dumps: Mapping[str, NamespaceDump], nsid_maps: Mapping[str, Mapping[int, str]],
+         only: Iterable[str] | None = None) -> dict[IfKey, IfKey]:
+    """(namespace, ifindex) of each veth -> its peer's, when the peer's namespace is known.
+
+    `only` limits the work to those namespaces' veths (the watcher's incremental path).
+    """
+    ifindexes: dict[str, set[int]] = {}
+
+    def present(ns_id: str, ifindex: int) -> bool:
+        if ns_id not in ifindexes:
+            dump = dumps.get(ns_id)
+            ifindexes[ns_id] = {link.ifindex for link in dump.links} if dump else set()
+        return ifindex in ifindexes[ns_id]
+
     peers: dict[IfKey, IfKey] = {}
-    for ns_id, dump in dumps.items():
-        for link in dump.links:
+    for ns_id in (dumps if only is None else [n for n in only if n in dumps]):
+        for link in dumps[ns_id].links:
             if link.kind != "veth" or not link.link:
                 continue
             if link.link_netnsid is None:
                 far_ns = ns_id
             else:
                 far_ns = nsid_maps.get(ns_id, {}).get(link.link_netnsid)
-            if far_ns is not None and (far_ns, link.link) in present:
+            if far_ns is not None and present(far_ns, link.link):
                 peers[(ns_id, link.ifindex)] = (far_ns, link.link)
     return peers

@@ -13,21 +13,23 @@ from __future__ import annotations
 import ctypes
 import dataclasses
 import errno
+import logging
 import os
 import queue
 import select
 import socket
 import threading
 import time
-from typing import Callable
+from typing import Callable, Mapping
 
 from bridgescope.collector.firewall import FirewallScan
-from bridgescope.collector.graph import diff_elements, to_elements
+from bridgescope.collector.graph import diff_elements, patch_elements, to_elements
 from bridgescope.collector.model import Namespace, Snapshot
 from bridgescope.collector.namespaces import NetnsRef, discover, open_path, resolve_netns
 from bridgescope.collector.netlink import NamespaceHandle, NamespaceRead, open_handles, reread
-from bridgescope.collector.snapshot import assemble, merge_firewall, read_firewall, vanished_warnings, with_firewall
-from bridgescope.collector.veth import likely_homes, resolve_nsids, wanted_nsids
+from bridgescope.collector.snapshot import (NamespacePart, join_parts, merge_firewall, namespace_part,
+                                           read_firewall, vanished_warnings, with_firewall)
+from bridgescope.collector.veth import likely_homes, pair, resolve_nsids, wanted_nsids
 
 WATCHED_DIRS = ("/run/netns", "/run/docker/netns")
 IN_CREATE, IN_DELETE, IN_MOVED_FROM, IN_MOVED_TO = 0x100, 0x200, 0x40, 0x80
@@ -35,9 +37,13 @@ IN_NONBLOCK, IN_CLOEXEC = 0o4000, 0o2000000
 SOL_NETLINK, NETLINK_ADD_MEMBERSHIP = 270, 1
 RTNLGRP_IPV4_NETCONF = 24  # ip_forward and friends changing
 SETTLE = 0.002  # after a first event, wait this long for the rest of its burst
+# After a mount/netns-dir change, look again a little later: a process that happened to be
+# inside a just-deleted namespace (another tool scanning it) keeps it alive for a moment.
+RECHECK_AFTER = (0.3, 2.0)
 QUEUE_LIMIT = 1000
 
 _libc = ctypes.CDLL(None, use_errno=True)
+log = logging.getLogger(__name__)
 
 
 def _load_firewall_watch():
@@ -62,6 +68,10 @@ class Watcher:
         self._reads: dict[str, NamespaceRead] = {}
         self._nsids: dict[str, dict[int, str]] = {}
         self._fw: dict[str, FirewallScan] = {}
+        self._fw_merged: FirewallScan | None = None
+        self._parts: dict[str, NamespacePart] = {}
+        self._pointing: dict[str, set[str]] = {}  # namespace -> namespaces whose veths reach it
+        self._dirty: set[str] | None = None  # namespaces to rebuild; None = everything
         self._warnings: tuple[str, ...] = ()
         self._snapshot = Snapshot()
         self._elements: list[dict] = []
@@ -72,6 +82,7 @@ class Watcher:
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._epoll: select.epoll | None = None
         self._fw_watch = None
+        self._rechecks: list[float] = []
         self.on_error: Callable[[BaseException], None] | None = None
 
     # ---- public -----------------------------------------------------------------------------
@@ -156,7 +167,7 @@ class Watcher:
         next_heal = time.monotonic() + self.heal_interval
         try:
             while not self._stop.is_set():
-                timeout = max(0.0, min(next_rescan, next_heal) - time.monotonic())
+                timeout = max(0.0, min([next_rescan, next_heal, *self._rechecks]) - time.monotonic())
                 ready = self._epoll.poll(timeout)
                 if self._stop.is_set():
                     return
@@ -169,10 +180,13 @@ class Watcher:
                     if now >= next_heal:
                         self._heal()
                         next_heal, next_rescan = now + self.heal_interval, now + self.rescan_interval
-                    elif now >= next_rescan:
+                    elif now >= next_rescan or any(now >= t for t in self._rechecks):
+                        self._rechecks = [t for t in self._rechecks if t > now]
                         self._rediscover()
-                        next_rescan = now + self.rescan_interval
+                        if now >= next_rescan:
+                            next_rescan = now + self.rescan_interval
                 except Exception as err:  # noqa: BLE001 - the watcher must outlive one bad read
+                    log.exception("watcher: event handling failed; the next heal re-reads everything")
                     if self.on_error is not None:
                         self.on_error(err)
         finally:
@@ -209,6 +223,8 @@ class Watcher:
             return
         if rediscover:
             self._rediscover(publish=False)
+            now = time.monotonic()
+            self._rechecks = sorted(set(self._rechecks) | {now + delay for delay in RECHECK_AFTER})
         if dirty or rediscover:
             self._reread([ns for ns in dirty if ns in self._handles])
             self._publish()
@@ -218,6 +234,7 @@ class Watcher:
         with self._lock:
             self._sync_namespaces(discover(self._host))
             self._nsids.clear()
+            self._dirty = None
             self._reread(list(self._handles))
             if self.firewall and self._fw_watch is None:
                 self._rescan_firewall(list(self._handles))
@@ -249,14 +266,25 @@ class Watcher:
             self._reads[ns_id] = reads[ns_id]
             self._epoll.register(handle.events.fileno(), select.EPOLLIN)
             _join_group(handle.events, RTNLGRP_IPV4_NETCONF)
-        self._namespaces = {ns_id: ns for ns_id, ns in current.items() if ns_id in self._handles}
+        kept = {ns_id: ns for ns_id, ns in current.items() if ns_id in self._handles}
+        if kept.keys() != self._namespaces.keys():
+            self._dirty = None  # the layout changes: rebuild everything
+        else:
+            self._mark(ns_id for ns_id, ns in kept.items() if ns != self._namespaces[ns_id])
+        self._namespaces = kept
         self._warnings = vanished_warnings(new.values(), failures)
         if self.firewall and handles:
             self._rescan_firewall(list(handles))
         if self._fw_watch is not None:
             self._fw_watch.update(self._fw_paths())
 
+    def _mark(self, ns_ids) -> None:
+        if self._dirty is not None:
+            self._dirty.update(ns_ids)
+
     def _forget(self, ns_id: str) -> None:
+        self._dirty = None
+        self._parts.pop(ns_id, None)
         handle = self._handles.pop(ns_id)
         if handle.events is not None:
             self._epoll.unregister(handle.events.fileno())
@@ -272,10 +300,13 @@ class Watcher:
         results = reread([self._handles[n] for n in ns_ids])
         for ns_id, result in results.items():
             if isinstance(result, NamespaceRead):
-                self._reads[ns_id] = result
-                self._nsids.pop(ns_id, None)  # its veths may point somewhere new
+                if result != self._reads.get(ns_id):
+                    self._reads[ns_id] = result
+                    self._nsids.pop(ns_id, None)  # its veths may point somewhere new
+                    self._mark([ns_id])
 
     def _rescan_firewall(self, ns_ids: list[str]) -> None:
+        self._fw_merged = None
         scanned = read_firewall({n: self._handles[n].proc_path for n in ns_ids if n in self._handles})
         for ns_id in ns_ids:
             self._fw[ns_id] = FirewallScan(
@@ -288,34 +319,58 @@ class Watcher:
             first = self._fw.get(ns_ids[0], FirewallScan())
             self._fw[ns_ids[0]] = dataclasses.replace(first, warnings=first.warnings + scanned.warnings)
 
-    def _resolve_missing_nsids(self) -> None:
-        dumps = {ns_id: r.dump for ns_id, r in self._reads.items()}
+    def _resolve_missing_nsids(self, ns_ids) -> None:
         homes = None
-        fds = {ns_id: h.fd for ns_id, h in self._handles.items()}
-        for ns_id, dump in dumps.items():
+        fds = {}
+        for ns_id in ns_ids:
+            dump = self._reads[ns_id].dump
             known = self._nsids.get(ns_id)
             if known is not None and wanted_nsids(dump) <= set(known):
                 continue
-            homes = homes if homes is not None else likely_homes(dumps)
+            if homes is None:  # built once, only when some nsid is new
+                homes = likely_homes({n: r.dump for n, r in self._reads.items()})
+                fds = {n: h.fd for n, h in self._handles.items()}
             try:
                 self._nsids[ns_id] = resolve_nsids(ns_id, dump, self._handles[ns_id].rtnl, fds, homes)
             except OSError:
                 self._nsids[ns_id] = {}
 
-    def _rebuild(self) -> None:
-        self._resolve_missing_nsids()
-        order = [ns for ns in self._namespaces.values()]
-        order.sort(key=lambda ns: (not ns.is_host, ns.inode))
-        snap = assemble(order, self._reads, self._nsids, taken_at=time.time(), warnings=self._warnings)
+    def _rebuild(self) -> dict:
+        """Bring snapshot and elements up to date; returns the delta."""
+        dirty, self._dirty = self._dirty, set()
+        if dirty is None or not self._parts:
+            affected = set(self._namespaces)
+        else:
+            affected = set(dirty)
+            for ns_id in dirty:
+                affected |= self._pointing.get(ns_id, set())
+            affected &= self._namespaces.keys()
+        self._resolve_missing_nsids(affected)
+        dumps = {n: r.dump for n, r in self._reads.items()} if dirty is None else _DumpView(self._reads)
+        peers = pair(dumps, self._nsids, only=affected)
+        for ns_id in affected:
+            part = namespace_part(self._namespaces[ns_id], self._reads[ns_id], peers)
+            self._parts[ns_id] = part
+            for iface in part.interfaces:
+                if iface.peer is not None:
+                    self._pointing.setdefault(iface.peer.split("/", 1)[0], set()).add(ns_id)
+        order = sorted(self._namespaces.values(), key=lambda ns: (not ns.is_host, ns.inode))
+        snap = join_parts((self._parts[ns.id] for ns in order), taken_at=time.time(), warnings=self._warnings)
         if self.firewall:
-            snap = with_firewall(snap, merge_firewall(self._fw[n] for n in self._namespaces if n in self._fw))
+            if self._fw_merged is None:
+                self._fw_merged = merge_firewall(self._fw[n] for n in self._namespaces if n in self._fw)
+            snap = with_firewall(snap, self._fw_merged)
+        old = self._elements
         self._snapshot = snap
-        self._elements = to_elements(snap)
+        patched = patch_elements(old, snap, affected) if dirty is not None and old else None
+        if patched is None:
+            self._elements = to_elements(snap)
+            return diff_elements(old, self._elements)
+        self._elements, delta = patched
+        return delta
 
     def _publish(self) -> None:
-        old = self._elements
-        self._rebuild()
-        delta = diff_elements(old, self._elements)
+        delta = self._rebuild()
         if not (delta["added"] or delta["removed"] or delta["changed"]):
             return
         self._version += 1
@@ -350,6 +405,22 @@ class Watcher:
             _libc.inotify_add_watch(fd, directory.encode(), IN_CREATE | IN_DELETE | IN_MOVED_FROM | IN_MOVED_TO)
         self._epoll.register(fd, select.EPOLLIN)
         return fd
+
+
+class _DumpView(Mapping):
+    """{namespace id: NamespaceDump} over the cached reads, without copying them all."""
+
+    def __init__(self, reads: Mapping[str, NamespaceRead]):
+        self._reads = reads
+
+    def __getitem__(self, ns_id: str):
+        return self._reads[ns_id].dump
+
+    def __iter__(self):
+        return iter(self._reads)
+
+    def __len__(self) -> int:
+        return len(self._reads)
 
 
 def _join_group(sock: socket.socket, group: int) -> None:

@@ -119,3 +119,51 @@ def test_diff_elements_removed_ids():
 def test_diff_of_identical_lists_is_empty():
     els = to_elements(topology())
     assert diff_elements(els, [dict(e) for e in els]) == {"added": [], "removed": [], "changed": []}
+
+
+def _with_interface(snap: Snapshot, if_id: str, **changes) -> Snapshot:
+    return dataclasses.replace(snap, interfaces=tuple(
+        dataclasses.replace(i, **changes) if i.id == if_id else i for i in snap.interfaces))
+
+
+def test_patch_equals_a_full_rebuild_for_an_address_change():
+    from bridgescope.collector.graph import patch_elements
+    old_snap = topology(20)
+    old = to_elements(old_snap)
+    new_snap = _with_interface(old_snap, "ns-17/if2", addresses=("172.17.0.77/16",), state="down")
+    patched = patch_elements(old, new_snap, {"ns-17"})
+    assert patched is not None
+    elements, delta = patched
+    assert elements == to_elements(new_snap)
+    assert delta == diff_elements(old, elements)
+    assert [e["data"]["id"] for e in delta["changed"]] == ["ns-17/if2"]
+
+
+def test_patch_of_an_unchanged_namespace_is_an_empty_delta():
+    from bridgescope.collector.graph import patch_elements
+    snap = topology(5)
+    old = to_elements(snap)
+    elements, delta = patch_elements(old, snap, {"ns-12", "ns-1"})
+    assert elements is old and delta == {"added": [], "removed": [], "changed": []}
+
+
+def test_patch_gives_up_when_the_layout_must_change():
+    from bridgescope.collector.graph import patch_elements
+    snap = topology(5)
+    old = to_elements(snap)
+    moved = _with_interface(snap, "ns-1/if3", master=None)  # a port leaves the bridge
+    assert patch_elements(old, moved, {"ns-1"}) is None
+    extra = Interface("ns-12/if3", "ns-12", "eth1", 3, "veth", "up", 1500, None)
+    grown = dataclasses.replace(snap, interfaces=snap.interfaces + (extra,))
+    assert patch_elements(old, grown, {"ns-12"}) is None
+
+
+def test_veth_edge_emitted_by_the_untouched_end_is_kept():
+    from bridgescope.collector.graph import patch_elements
+    snap = topology(3)
+    old = to_elements(snap)
+    # the edge "veth:ns-1/if3--ns-10/if2" is emitted from the host side; patch only the container
+    new = _with_interface(snap, "ns-10/if2", mtu=9000)
+    elements, delta = patch_elements(old, new, {"ns-10"})
+    assert elements == to_elements(new)
+    assert any(e["data"]["id"] == "veth:ns-1/if3--ns-10/if2" for e in elements)

@@ -144,7 +144,7 @@ def test_engine_names_namespaces_by_sandbox_key_and_pid(fake_engine, tmp_path):
             proc.kill()
             proc.wait()
         if mounted:
-            subprocess.run(["umount", str(sandbox)], check=False)
+            subprocess.run(["umount", "--lazy", str(sandbox)], check=False)  # busy while a watcher holds it
 
 
 def test_engine_that_answers_garbage_or_nothing_gives_no_names(fake_engine, tmp_path):
