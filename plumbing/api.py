@@ -7,10 +7,11 @@ state. `dry_run=True` returns the commands and changes nothing. Every function t
 """
 from __future__ import annotations
 
+import functools
 import ipaddress
 import subprocess
 from dataclasses import dataclass
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Iterable, Sequence, TypeVar
 
 from bridgescope.collector.model import Snapshot
 from bridgescope.plumbing import (backends, conflicts, ipam, links, netns, rules, state, steps,
@@ -21,6 +22,16 @@ from bridgescope.plumbing.state import Container, Forward, Network, State
 from bridgescope.plumbing.steps import Step
 
 IP_FORWARD = "net.ipv4.ip_forward"
+R = TypeVar("R")
+
+
+def _in_session(fn: Callable[..., R]) -> Callable[..., R]:
+    """Each public call keeps one parked thread + netlink socket per namespace it touches."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        with netns.session():
+            return fn(*args, **kwargs)
+    return wrapper
 
 
 @dataclass(frozen=True)
@@ -47,6 +58,7 @@ def load_state(host: str | None = None) -> State:
     return state.load(netns.resolve(host).key)
 
 
+@_in_session
 def create_network(name: str, subnet: str, *, gateway: str | None = None, masquerade: bool = True,
                    mtu: int = 1500, host: str | None = None, firewall: str = "auto",
                    dry_run: bool = False) -> Result:
@@ -71,6 +83,7 @@ def create_network(name: str, subnet: str, *, gateway: str | None = None, masque
                         f"network {name} {net} (gateway {gw}) on {ctx.backend}")
 
 
+@_in_session
 def remove_network(name: str, *, force: bool = False, host: str | None = None,
                    firewall: str = "auto", dry_run: bool = False) -> Result:
     validate.name(name)
@@ -95,6 +108,7 @@ def remove_network(name: str, *, force: bool = False, host: str | None = None,
         return _execute(ctx, plan + more, after, dry_run, f"removed network {name}")
 
 
+@_in_session
 def create_container(name: str, network: str, *, ip: str | None = None, ports: Sequence[str] = (),
                      host: str | None = None, firewall: str = "auto", dry_run: bool = False,
                      snapshot: Snapshot | None = None) -> Result:
@@ -127,15 +141,15 @@ def create_container(name: str, network: str, *, ip: str | None = None, ports: S
         addr = _allocate(ctx, st, net, ip, snapshot)
         veth = netns.with_netlink(ns.path, links.new_veth_name)
         ctr = Container(name, network, str(addr), ctr_ns, veth)
-        plan, after = _plan_container_create(ctx, st, ctr, net)
-        more, after = _plan_forwards_add(ctx, after, ctr, mappings)
+        plan, after = _plan_container_create(ctx, st, ctr, net, mappings)
         # Docker sets the host end up last, once the firewall is ready for the container.
         up = _step_link_up(ctx, ctr)
-        return _execute(ctx, plan + more + [up], after, dry_run,
+        return _execute(ctx, plan + [up], after, dry_run,
                         f"container {name} {addr}/{ipaddress.IPv4Network(net.subnet).prefixlen} "
                         f"on {network}" + "".join(f", {m.spec()}" for m in mappings))
 
 
+@_in_session
 def remove_container(name: str, *, host: str | None = None, firewall: str = "auto",
                      dry_run: bool = False) -> Result:
     validate.name(name, "container")
@@ -148,6 +162,7 @@ def remove_container(name: str, *, host: str | None = None, firewall: str = "aut
         return _execute(ctx, plan, after, dry_run, f"removed container {name}")
 
 
+@_in_session
 def add_forward(container: str, spec: str, *, host: str | None = None, firewall: str = "auto",
                 dry_run: bool = False) -> Result:
     validate.name(container, "container")
@@ -163,6 +178,7 @@ def add_forward(container: str, spec: str, *, host: str | None = None, firewall:
                         f"forward {', '.join(m.spec() for m in mappings)} -> {container} ({ctr.ip})")
 
 
+@_in_session
 def remove_forward(container: str, spec: str, *, host: str | None = None, firewall: str = "auto",
                    dry_run: bool = False) -> Result:
     validate.name(container, "container")
@@ -198,6 +214,7 @@ def container_netns_path(name: str, *, host: str | None = None) -> str:
     return f"{netns.NETNS_DIR}/{_require_container(load_state(host), name).netns}"
 
 
+@_in_session
 def restore(*, host: str | None = None, firewall: str = "auto", dry_run: bool = False) -> Result:
     """Make the kernel match the saved desired state (after a reboot, a crash or a flush):
     remove tagged leftovers, re-create what is missing, rewrite our chains."""
@@ -259,7 +276,7 @@ def _check_subnet_free(ns: netns.HostNs, st: State, name: str, net: ipaddress.IP
 def _check_ports(ctx: Ctx, st: State, mappings: Sequence[validate.PortMapping]) -> None:
     if not mappings:
         return
-    foreign = conflicts.foreign_forwards(f"host:{ctx.ns.key}", ctx.ns.path)
+    foreign = conflicts.foreign_forwards(ctx.ns.key, ctx.ns.path)
     listening = conflicts.listeners(ctx.ns.path)
     for m in mappings:
         problem = conflicts.find_conflict(m, st.forwards, foreign, listening)
@@ -311,11 +328,17 @@ def _bridge_port_aliases(ipr, bridge: str) -> list[str]:
 # --- plans: lists of steps ---------------------------------------------------------------
 
 def _firewall_step(ctx: Ctx, what: str, change: Change, before: State, after: State) -> Step:
-    path, backend = ctx.ns.path, ctx.backend
+    path, backend, key = ctx.ns.path, ctx.backend, ctx.ns.key
+
+    def do() -> None:
+        conflicts.track_own_change(key, path, lambda: backends.apply(
+            backend, path, change, lambda: rules.desired(after)))
+
+    def undo() -> None:
+        conflicts.track_own_change(key, path, lambda: backends.apply(
+            backend, path, change.inverse(), lambda: rules.desired(before)))
     return Step(
-        what=what,
-        do=lambda: backends.apply(backend, path, change, lambda: rules.desired(after)),
-        undo=lambda: backends.apply(backend, path, change.inverse(), lambda: rules.desired(before)),
+        what=what, do=do, undo=undo,
         commands=tuple(ctx.sh(c) for c in backends.commands(backend, change,
                                                             lambda: rules.desired(after))),
     )
@@ -384,12 +407,17 @@ def _plan_network_remove(ctx: Ctx, st: State, net: Network) -> tuple[list[Step],
     return plan, after
 
 
-def _plan_container_create(ctx: Ctx, st: State, ctr: Container, net: Network
+def _plan_container_create(ctx: Ctx, st: State, ctr: Container, net: Network,
+                           mappings: Sequence[validate.PortMapping] = ()
                            ) -> tuple[list[Step], State]:
     host_path = ctx.ns.path
     ctr_path = f"{netns.NETNS_DIR}/{ctr.netns}"
     prefix = ipaddress.IPv4Network(net.subnet).prefixlen
-    after = st.with_(containers=st.containers + (ctr,))
+    fwds = _forwards(ctr, mappings)
+    after = st.with_(containers=st.containers + (ctr,), forwards=st.forwards + fwds)
+    # The container's own rules and those of its published ports: one transaction.
+    change = Change(add=rules.container_rules(ctr, net)
+                    + tuple(r for f in fwds for r in rules.forward_rules(f, ctr, net)))
     in_ctr = f"ip netns exec {ctr.netns}"
     plan = [
         Step(f"create network namespace {ctr.netns}",
@@ -413,10 +441,15 @@ def _plan_container_create(ctx: Ctx, st: State, ctr: Container, net: Network
              (f"{in_ctr} ip addr add {ctr.ip}/{prefix} dev eth0",
               f"{in_ctr} ip link set eth0 up",
               f"{in_ctr} ip route add default via {net.gateway}")),
-        _firewall_step(ctx, f"add the firewall rules of container {ctr.name}",
-                       Change(add=rules.container_rules(ctr, net)), st, after),
+        _firewall_step(ctx, f"add the firewall rules of container {ctr.name}", change, st, after),
     ]
+    plan += [_conntrack_step(ctx, f) for f in fwds if f.proto == "udp"]
     return plan, after
+
+
+def _forwards(ctr: Container, mappings: Sequence[validate.PortMapping]) -> tuple[Forward, ...]:
+    return tuple(Forward(ctr.name, m.proto, m.host_port, m.container_port, m.host_ip)
+                 for m in mappings)
 
 
 def _step_link_up(ctx: Ctx, ctr: Container) -> Step:
@@ -451,8 +484,7 @@ def _plan_forwards_add(ctx: Ctx, st: State, ctr: Container,
     if not mappings:
         return [], st
     net = st.network(ctr.network)
-    new = tuple(Forward(ctr.name, m.proto, m.host_port, m.container_port, m.host_ip)
-                for m in mappings)
+    new = _forwards(ctr, mappings)
     after = st.with_(forwards=st.forwards + new)
     change = Change(add=tuple(r for f in new for r in rules.forward_rules(f, ctr, net)))
     plan = [_firewall_step(ctx, f"add the port forward rules for {ctr.name}", change, st, after)]
@@ -476,7 +508,7 @@ def _conntrack_step(ctx: Ctx, fwd: Forward) -> Step:
     path = ctx.ns.path
 
     def flush() -> None:
-        res = subprocess.run(netns.nsenter(path, argv), capture_output=True, text=True, timeout=30)
+        res = netns.run_command(path, argv, timeout=30)
         if res.returncode not in (0, 1):  # 1: nothing matched
             raise PlumbingError(f"flush UDP conntrack entries for port {fwd.host_port}",
                                 res.stderr.strip() or f"exit status {res.returncode}")
@@ -536,7 +568,7 @@ def _plan_recreate(ctx: Ctx, st: State) -> list[Step]:
             plan.append(Step(f"clear what is left of container {ctr.name}",
                              lambda c=ctr: _clear_container(path, c), None, ()))
             plan += [s for s in _plan_container_create(ctx, st, ctr, net)[0]
-                     if not s.what.startswith("add the firewall")]
+                     if not s.what.startswith("add the firewall")]  # the rewrite below has them
             plan.append(_step_link_up(ctx, ctr))
     if st.networks:
         change = Change(add=rules.desired(st), flush_chains=rules.CHAINS, add_jumps=rules.jumps())

@@ -33,8 +33,7 @@ class Probe:
 
 
 def _run(path: str, argv: list[str], stdin: str | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(netns.nsenter(path, argv), input=stdin, capture_output=True, text=True,
-                          timeout=60)
+    return netns.run_command(path, argv, stdin)
 
 
 def probe(path: str) -> Probe:
@@ -137,21 +136,23 @@ def housekeeping(change: Change) -> bool:
 
 
 def apply(backend: str, path: str, change: Change,
-          desired_after: Callable[[], Sequence[FwRule]]) -> None:
+          desired_after: Callable[[], Sequence[FwRule]]) -> int:
+    """Apply one change; returns how many nf_tables transactions it committed."""
     if backend == "nftables":
         _nft_file(path, nft_text(desired_after()))
-        return
+        return 1
     if backend == "legacy":
         legacy.apply(path, change)
-        return
+        return 0
     if housekeeping(change):
         change = settle(change, _run(path, ["iptables-nft-save"]).stdout)
     text = restore_text(change)
     if not text:
-        return
+        return 0
     res = _run(path, ["iptables-nft-restore", "-w", "5", "--noflush"], text)
     if res.returncode != 0:
         raise PlumbingError("apply the iptables-nft rules in one transaction", _first_line(res))
+    return text.count("\nCOMMIT")  # iptables-nft-restore commits each table on its own
 
 
 def _nft_file(path: str, text: str) -> None:

@@ -5,13 +5,20 @@ The reads are at the edge (the host's firewall through the collector's scan/inte
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Iterable
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+from pyroute2.netlink import NLM_F_REQUEST
+from pyroute2.netlink.nfnetlink.nftsocket import NFT_MSG_GETGEN, NFTSocket, nft_gen_msg
 
 from bridgescope.collector import firewall as firewall_reader
 from bridgescope.collector import nat
+from bridgescope.collector.firewall.savefmt import parse_save
 from bridgescope.collector.model import PortForward
-from bridgescope.plumbing import netns
+from bridgescope.plumbing import netns, state
 from bridgescope.plumbing.state import Forward
 from bridgescope.plumbing.validate import PortMapping
 
@@ -73,18 +80,87 @@ def parse_sockets(text: str, proto: str) -> list[Listener]:
 
 
 def listeners(path: str) -> list[Listener]:
-    out = []
-    for proto in ("tcp", "udp"):
-        for leaf in (proto, proto + "6"):
-            try:
-                out += parse_sockets(netns.thread_proc_net(path, leaf), proto)
-            except FileNotFoundError:
-                continue
-    return out
+    def read() -> list[Listener]:
+        out = []
+        for proto in ("tcp", "udp"):
+            for leaf in (proto, proto + "6"):
+                try:
+                    with open(f"/proc/thread-self/net/{leaf}", encoding="ascii") as fh:
+                        out += parse_sockets(fh.read(), proto)
+                except FileNotFoundError:
+                    continue  # no IPv6 in this kernel
+        return out
+    return netns.run_in(path, read)
 
 
-def foreign_forwards(ns_id: str, path: str) -> tuple[PortForward, ...]:
-    """Port forwards in the host namespace's firewall that some other tool made."""
-    fw = firewall_reader.scan({ns_id: path})
-    view = nat.interpret(fw.rules, fw.chains, (), ())
-    return tuple(pf for pf in view.port_forwards if pf.owner != "bridgescope")
+def nft_generation(path: str) -> int:
+    """The namespace's nf_tables generation: +1 for every committed nft transaction."""
+    def read() -> int:
+        with NFTSocket() as sock:
+            reply = list(sock.request_get(nft_gen_msg(), NFT_MSG_GETGEN, msg_flags=NLM_F_REQUEST))
+            return int(reply[0].get_attr("NFTA_GEN_ID"))
+    return netns.run_in(path, read)
+
+
+def _cache_path(key: str) -> Path:
+    return state.state_dir() / f".{key}.foreign.json"
+
+
+def _read_cache(key: str) -> tuple[int | None, tuple[PortForward, ...]]:
+    try:
+        data = json.loads(_cache_path(key).read_text(encoding="utf-8"))
+        return data["generation"], tuple(PortForward(**pf) for pf in data["forwards"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None, ()
+
+
+def _write_cache(key: str, generation: int, forwards: Sequence[PortForward]) -> None:
+    path = _cache_path(key)
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"generation": generation, "forwards": [asdict(f) for f in forwards]}),
+                   encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _not_ours(forwards: Iterable[PortForward]) -> tuple[PortForward, ...]:
+    return tuple(pf for pf in forwards if pf.owner != "bridgescope")
+
+
+def foreign_forwards(key: str, path: str) -> tuple[PortForward, ...]:
+    """Port forwards that some other tool made in the host namespace's firewall.
+
+    The nf_tables part is read through the collector's firewall scan and remembered with the
+    nft generation it was read at: while the generation only moved by our own transactions
+    (see track_own_change), nobody else can have changed it, so a forward add does not re-read
+    a ruleset that grows with every forward. Legacy tables have no generation and are read
+    each time (only their nat table, which libiptc hands over fast)."""
+    generation = nft_generation(path)
+    cached_gen, cached = _read_cache(key)
+    if cached_gen == generation:
+        nft_part = cached
+    else:
+        fw = firewall_reader.scan({key: path})
+        view = nat.interpret(fw.rules, fw.chains, (), ())
+        nft_part = tuple(pf for pf in _not_ours(view.port_forwards) if pf.backend != "legacy")
+        _write_cache(key, generation, nft_part)
+    return nft_part + _legacy_forwards(key, path)
+
+
+def _legacy_forwards(key: str, path: str) -> tuple[PortForward, ...]:
+    if not netns.thread_proc_net(path, "ip_tables_names").strip():
+        return ()  # no legacy table exists (and reading must not create one)
+    text = netns.run_command(path, ["iptables-legacy-save", "-t", "nat"]).stdout
+    foreign = "\n".join(l for l in text.splitlines() if state.TAG not in l)
+    rules, chains = parse_save(foreign, netns=key, backend="legacy", family=4)
+    return _not_ours(nat.interpret(rules, chains, (), ()).port_forwards)
+
+
+def track_own_change(key: str, path: str, apply: Callable[[], int]) -> None:
+    """Run one of our firewall changes (apply returns how many nft commits it made) and, if
+    the generation moved by exactly that much, carry the cached foreign view forward."""
+    before = nft_generation(path)
+    commits = apply()
+    cached_gen, cached = _read_cache(key)
+    if cached_gen == before and nft_generation(path) == before + commits:
+        _write_cache(key, before + commits, cached)

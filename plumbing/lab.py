@@ -78,8 +78,7 @@ def lab_down(prefix: str = DEFAULT_PREFIX) -> None:
         netns.destroy(ns)
     for ns in (client, inet, host):
         netns.destroy(ns)
-    for leftover in (state.path_for(host), state.state_dir() / f".{host}.lock"):
-        leftover.unlink(missing_ok=True)
+    state.forget(host, lock=True)
 
 
 def _wire(host: str, inet: str, client: str) -> None:

@@ -9,10 +9,14 @@ from __future__ import annotations
 import ctypes
 import os
 import signal
+import subprocess
 import threading
+from concurrent.futures import BrokenExecutor, ThreadPoolExecutor
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, TypeVar
+from typing import Callable, Iterator, TypeVar
 
 from pyroute2 import IPRoute
 from pyroute2 import netns as pr2_netns
@@ -20,6 +24,7 @@ from pyroute2 import netns as pr2_netns
 from bridgescope.collector.errors import NamespaceNotFound
 
 CLONE_NEWNET = 0x40000000
+MS_BIND = 4096
 NETNS_DIR = Path("/run/netns")
 _libc = ctypes.CDLL("libc.so.6", use_errno=True)
 T = TypeVar("T")
@@ -82,8 +87,73 @@ def _enter(path: str) -> None:
         raise OSError(f"entering {path} did not take effect")
 
 
-def run_in(path: str, fn: Callable[[], T]) -> T:
-    """Run fn in a thread that has joined the namespace at path; re-raise what it raises."""
+class _Worker:
+    """One thread parked inside a namespace for the length of a session, with its own
+    netlink socket, so a command pays for entering and for the socket once."""
+
+    def __init__(self, path: str):
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="bridgescope-netns",
+                                        initializer=_enter, initargs=(path,))
+        self._local = threading.local()
+        self.path = path
+
+    def call(self, fn: Callable[[], T]) -> T:
+        try:
+            return self._pool.submit(fn).result()
+        except BrokenExecutor:
+            raise OSError(f"cannot enter network namespace {self.path}") from None
+
+    def netlink(self, fn: Callable[[IPRoute], T]) -> T:
+        def inner() -> T:
+            ipr = getattr(self._local, "ipr", None)
+            if ipr is None:
+                ipr = self._local.ipr = IPRoute()
+            return fn(ipr)
+        return self.call(inner)
+
+    def close(self) -> None:
+        def close_socket() -> None:
+            ipr = getattr(self._local, "ipr", None)
+            if ipr is not None:
+                ipr.close()
+        try:
+            self._pool.submit(close_socket).result()
+        except BrokenExecutor:
+            pass
+        self._pool.shutdown(wait=True)
+
+
+_session: ContextVar[dict[str, _Worker] | None] = ContextVar("bridgescope_netns_session",
+                                                            default=None)
+
+
+@contextmanager
+def session() -> Iterator[None]:
+    """Within it, work for one namespace reuses one parked thread and one netlink socket.
+    Leaving ends the threads, so none keeps a removed namespace alive."""
+    if _session.get() is not None:
+        yield
+        return
+    workers: dict[str, _Worker] = {}
+    token = _session.set(workers)
+    try:
+        yield
+    finally:
+        _session.reset(token)
+        for worker in workers.values():
+            worker.close()
+
+
+def _worker(path: str) -> _Worker | None:
+    workers = _session.get()
+    if workers is None:
+        return None
+    if path not in workers:
+        workers[path] = _Worker(path)
+    return workers[path]
+
+
+def _one_shot(path: str, fn: Callable[[], T]) -> T:
     box: dict[str, object] = {}
 
     def target() -> None:
@@ -101,12 +171,30 @@ def run_in(path: str, fn: Callable[[], T]) -> T:
     return box.get("result")  # type: ignore[return-value]
 
 
+def run_in(path: str, fn: Callable[[], T]) -> T:
+    """Run fn in a thread that has joined the namespace at path; re-raise what it raises.
+    Processes started by fn (fork copies the calling thread's namespaces) run there too."""
+    worker = _worker(path)
+    return worker.call(fn) if worker else _one_shot(path, fn)
+
+
 def with_netlink(path: str, fn: Callable[[IPRoute], T]) -> T:
     """fn(ipr) with a netlink socket opened (lazily, so: in that thread) inside the namespace."""
+    worker = _worker(path)
+    if worker:
+        return worker.netlink(fn)
+
     def inner() -> T:
         with IPRoute() as ipr:
             return fn(ipr)
-    return run_in(path, inner)
+    return _one_shot(path, inner)
+
+
+def run_command(path: str, argv: list[str], stdin: str | None = None,
+                timeout: float = 60) -> subprocess.CompletedProcess:
+    """argv inside the namespace, started from a thread already there (no nsenter exec)."""
+    return run_in(path, lambda: subprocess.run(argv, input=stdin, capture_output=True, text=True,
+                                               timeout=timeout))
 
 
 def sysctl_path(key: str) -> str:
@@ -151,11 +239,50 @@ def exists(name: str) -> bool:
     return (NETNS_DIR / name).exists()
 
 
+def _netns_dir_shared() -> bool:
+    """/run/netns is a shared mount point (as `ip netns` leaves it), so our bind mounts of
+    new namespaces are visible to everyone."""
+    try:
+        with open("/proc/self/mountinfo", encoding="utf-8") as fh:
+            return any(f" {NETNS_DIR} " in line and "shared:" in line for line in fh)
+    except OSError:
+        return False
+
+
+def _create_here(target: str) -> None:
+    """In a fresh thread: a new namespace for this thread, pinned by a bind mount at target."""
+    if _libc.unshare(CLONE_NEWNET) != 0 or \
+            _libc.mount(b"/proc/thread-self/ns/net", target.encode(), None, MS_BIND, None) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"cannot create network namespace {target}: {os.strerror(err)}")
+    with IPRoute() as ipr:
+        ipr.link("set", index=1, state="up")
+
+
 def create(name: str) -> str:
     """A named namespace (bind-mounted under /run/netns, like `ip netns add`), lo up."""
-    pr2_netns.create(name)
     path = str(NETNS_DIR / name)
-    with_netlink(path, lambda ipr: ipr.link("set", index=1, state="up"))
+    if not _netns_dir_shared():
+        pr2_netns.create(name)  # sets /run/netns up the way ip-netns does
+        with_netlink(path, lambda ipr: ipr.link("set", index=1, state="up"))
+        return path
+    os.close(os.open(path, os.O_RDONLY | os.O_CREAT | os.O_EXCL, 0))
+    box: dict[str, BaseException] = {}
+
+    def target() -> None:
+        try:
+            _create_here(path)
+        except BaseException as err:  # noqa: BLE001 - handed back below
+            box["error"] = err
+    thread = threading.Thread(target=target, name="bridgescope-netns-create")
+    thread.start()
+    thread.join()
+    if "error" in box:
+        if os.path.ismount(path):
+            pr2_netns.remove(name)
+        else:
+            os.unlink(path)
+        raise box["error"]
     return path
 
 

@@ -11,7 +11,7 @@ import json
 import os
 import tempfile
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Iterator
 
@@ -102,7 +102,15 @@ class State:
 
 
 def to_dict(state: State) -> dict:
-    return asdict(state)
+    """Plain data for JSON (by hand: dataclasses.asdict deep-copies and is slow at 5,000 forwards)."""
+    return {
+        "host": state.host,
+        "backend": state.backend,
+        "networks": [vars(n) for n in state.networks],
+        "containers": [vars(c) for c in state.containers],
+        "forwards": [vars(f) for f in state.forwards],
+        "sysctls_before": [list(kv) for kv in state.sysctls_before],
+    }
 
 
 def from_dict(data: dict) -> State:
@@ -134,18 +142,27 @@ def save(state: State) -> None:
     directory.mkdir(parents=True, exist_ok=True, mode=0o700)
     target = path_for(state.host)
     if not (state.networks or state.containers or state.forwards):
-        target.unlink(missing_ok=True)
+        forget(state.host)
         return
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{state.host}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(to_dict(state), fh, separators=(",", ":"))
+            fh.write(json.dumps(to_dict(state), separators=(",", ":")))  # C encoder, one write
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, target)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def forget(host: str, *, lock: bool = False) -> None:
+    """Nothing managed any more: remove the state and every cache kept beside it."""
+    directory = state_dir()
+    path_for(host).unlink(missing_ok=True)
+    for extra in directory.glob(f".{host}.*") if directory.is_dir() else ():
+        if lock or not extra.name.endswith(".lock"):
+            extra.unlink(missing_ok=True)
 
 
 @contextmanager

@@ -170,7 +170,7 @@ def _build_everything(host: str, firewall: str) -> None:
 
 
 @pytest.mark.parametrize("firewall", BACKENDS)
-def test_rm_of_everything_puts_the_host_back_exactly(host, firewall):
+def test_rm_of_everything_puts_the_host_back_exactly(host, firewall, state_dir):
     before = picture(host)
     _build_everything(host, firewall)
     built = picture(host)
@@ -183,6 +183,7 @@ def test_rm_of_everything_puts_the_host_back_exactly(host, firewall):
     api.remove_network("br0", host=host)
     assert_same(picture(host), before)
     assert api.load_state(host).networks == ()
+    assert [p.name for p in state_dir.iterdir() if not p.name.endswith(".lock")] == []
 
 
 def test_container_is_wired_like_docker(host):
@@ -224,7 +225,7 @@ def test_create_is_idempotent(host):
     "create veth",
     "configure eth0",
     "add the firewall rules of container",
-    "add the port forward rules",
+    "flush UDP conntrack",  # after the firewall transaction: its undo must run
     "set veth",  # the very last step: host end up
 ])
 def test_failure_mid_create_leaves_nothing(host, monkeypatch, firewall, step):
