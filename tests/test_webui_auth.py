@@ -191,7 +191,7 @@ def test_bad_listen_addresses_are_refused(listen):
 
 def _args(**kw):
     base = dict(listen="127.0.0.1:8470", read_only=False, netns=None, token_file=None, no_auth=False,
-                allow_host=[], audit_log=None, firewall="auto", threads=64)
+                allow_host=[], audit_log=None, firewall="auto", threads=96)
     return argparse.Namespace(**{**base, **kw})
 
 

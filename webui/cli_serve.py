@@ -32,7 +32,8 @@ def register(sub: "argparse._SubParsersAction") -> None:
                    help="JSON-lines audit log (default: audit.jsonl in the bridgescope state dir)")
     p.add_argument("--firewall", default="auto", choices=("auto", "nft", "legacy", "nftables"),
                    help="firewall backend for changes (default: the one the host uses)")
-    p.add_argument("--threads", type=int, default=64, help="server threads (at least 64; one per open tab)")
+    p.add_argument("--threads", type=int, default=96,
+                   help="server threads (at least 64); each open tab holds one, 16 stay for pages")
     p.set_defaults(func=run)
 
 
