@@ -297,8 +297,9 @@ def _allocate(ctx: Ctx, st: State, net: Network, requested: str | None,
     used = {ipaddress.IPv4Address(c.ip) for c in st.containers}
 
     def read(ipr):
-        foreign_ports = any(not alias.startswith("ctr/") for alias in
-                            _bridge_port_aliases(ipr, net.name))
+        idx = links.require(ipr, net.name)
+        ports = links.port_aliases(idx)  # same thread: same namespace
+        foreign_ports = any(not alias.startswith(state.TAG + "ctr/") for alias in ports.values())
         return links.local_addresses(ipr) | links.neighbours_on(ipr, net.name), foreign_ports
     seen, foreign_ports = netns.with_netlink(ctx.ns.path, read)
     used |= seen
@@ -311,18 +312,6 @@ def _allocate(ctx: Ctx, st: State, net: Network, requested: str | None,
     if requested:
         return ipam.check_requested(subnet, gateway, requested, used)
     return ipam.next_free(subnet, gateway, used)
-
-
-def _bridge_port_aliases(ipr, bridge: str) -> list[str]:
-    idx = links.index_of(ipr, bridge)
-    if idx is None:
-        return []
-    out = []
-    for link in ipr.get_links():
-        if link.get("IFLA_MASTER") == idx:
-            alias = link.get("IFLA_IFALIAS") or ""
-            out.append(alias[len(state.TAG):] if alias.startswith(state.TAG) else "")
-    return out
 
 
 # --- plans: lists of steps ---------------------------------------------------------------
@@ -423,17 +412,15 @@ def _plan_container_create(ctx: Ctx, st: State, ctr: Container, net: Network,
         Step(f"create network namespace {ctr.netns}",
              lambda: netns.create(ctr.netns), lambda: netns.destroy(ctr.netns),
              (f"ip netns add {ctr.netns}", f"{in_ctr} ip link set lo up")),
-        Step(f"create veth {ctr.veth} with its peer eth0 inside {ctr.netns} and attach it to "
-             f"{net.name}",
+        Step(f"create veth {ctr.veth} with its peer eth0 inside {ctr.netns}, attach it to "
+             f"{net.name} in hairpin mode",
              lambda: netns.with_netlink(host_path, lambda ipr: links.create_veth(
                  ipr, ctr.veth, ctr_path, net.name, net.mtu, ctr.tag)),
              lambda: netns.with_netlink(host_path, lambda ipr: links.delete_link(ipr, ctr.veth)),
-             (ctx.sh(f"ip link add {ctr.veth} mtu {net.mtu} type veth peer name eth0 "
-                     f"netns {ctr.netns}"),
-              ctx.sh(f"ip link set {ctr.veth} master {net.name} alias {state.TAG}{ctr.tag}"))),
-        Step(f"turn on hairpin mode on {ctr.veth}",
-             lambda: netns.with_netlink(host_path, lambda ipr: links.set_hairpin(ipr, ctr.veth)),
-             None, (ctx.sh(f"ip link set {ctr.veth} type bridge_slave hairpin on"),)),
+             (ctx.sh(f"ip link add {ctr.veth} mtu {net.mtu} master {net.name} type veth "
+                     f"peer name eth0 netns {ctr.netns}"),
+              ctx.sh(f"ip link set {ctr.veth} alias {state.TAG}{ctr.tag}"),
+              ctx.sh(f"ip link set {ctr.veth} type bridge_slave hairpin on"))),
         Step(f"configure eth0 in {ctr.netns} ({ctr.ip}/{prefix}, default via {net.gateway})",
              lambda: netns.with_netlink(ctr_path, lambda ipr: links.configure_container_side(
                  ipr, ctr.ip, prefix, net.gateway, ctr.tag)),

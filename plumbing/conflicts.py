@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
+from pyroute2 import DiagSocket
 from pyroute2.netlink import NLM_F_REQUEST
 from pyroute2.netlink.nfnetlink.nftsocket import NFT_MSG_GETGEN, NFTSocket, nft_gen_msg
 
@@ -23,6 +25,7 @@ from bridgescope.plumbing.state import Forward
 from bridgescope.plumbing.validate import PortMapping
 
 TCP_LISTEN = "0A"
+TCP_LISTEN_STATE = 10
 UDP_UNCONNECTED = "07"
 
 
@@ -80,15 +83,22 @@ def parse_sockets(text: str, proto: str) -> list[Listener]:
 
 
 def listeners(path: str) -> list[Listener]:
+    """Sockets holding a port in the namespace. TCP through sock_diag (which walks only the
+    listening sockets; /proc/net/tcp walks the whole machine's connection table, ~3.5 ms),
+    UDP through /proc (its table is small)."""
     def read() -> list[Listener]:
         out = []
-        for proto in ("tcp", "udp"):
-            for leaf in (proto, proto + "6"):
-                try:
-                    with open(f"/proc/thread-self/net/{leaf}", encoding="ascii") as fh:
-                        out += parse_sockets(fh.read(), proto)
-                except FileNotFoundError:
-                    continue  # no IPv6 in this kernel
+        with DiagSocket() as diag:
+            diag.bind()
+            for family in (socket.AF_INET, socket.AF_INET6):
+                out += [Listener("tcp", m["idiag_src"], m["idiag_sport"])
+                        for m in diag.get_sock_stats(family=family, states=1 << TCP_LISTEN_STATE)]
+        for leaf in ("udp", "udp6"):
+            try:
+                with open(f"/proc/thread-self/net/{leaf}", encoding="ascii") as fh:
+                    out += parse_sockets(fh.read(), "udp")
+            except FileNotFoundError:
+                continue  # no IPv6 in this kernel
         return out
     return netns.run_in(path, read)
 

@@ -7,8 +7,11 @@ so nothing can land in the namespace this process happens to run in.
 from __future__ import annotations
 
 import ctypes
+import fcntl
 import os
 import signal
+import socket
+import struct
 import subprocess
 import threading
 from concurrent.futures import BrokenExecutor, ThreadPoolExecutor
@@ -25,6 +28,7 @@ from bridgescope.collector.errors import NamespaceNotFound
 
 CLONE_NEWNET = 0x40000000
 MS_BIND = 4096
+SIOCSIFFLAGS, IFF_UP, IFF_LOOPBACK, IFF_RUNNING = 0x8914, 0x1, 0x8, 0x40
 NETNS_DIR = Path("/run/netns")
 _libc = ctypes.CDLL("libc.so.6", use_errno=True)
 T = TypeVar("T")
@@ -255,8 +259,14 @@ def _create_here(target: str) -> None:
             _libc.mount(b"/proc/thread-self/ns/net", target.encode(), None, MS_BIND, None) != 0:
         err = ctypes.get_errno()
         raise OSError(err, f"cannot create network namespace {target}: {os.strerror(err)}")
-    with IPRoute() as ipr:
-        ipr.link("set", index=1, state="up")
+    _loopback_up()
+
+
+def _loopback_up() -> None:
+    """`ip link set lo up` in the calling thread's namespace, with one ioctl."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        ifreq = struct.pack("16sH22x", b"lo", IFF_UP | IFF_LOOPBACK | IFF_RUNNING)
+        fcntl.ioctl(sock, SIOCSIFFLAGS, ifreq)
 
 
 def create(name: str) -> str:
