@@ -18,7 +18,8 @@ from __future__ import annotations
 import ipaddress
 from collections import defaultdict
 from dataclasses import dataclass, replace
-from typing import Iterator
+from functools import lru_cache
+from typing import Callable, Iterator
 
 from bridgescope.collector.model import Chain, Interface, Masquerade, Namespace, PortForward, Rule
 
@@ -46,12 +47,12 @@ def interpret(rules: tuple[Rule, ...], chains: tuple[Chain, ...],
     filters = _ForwardFilter(tables, where.bridge_names())
     forwards: list[PortForward] = []
     warnings: list[str] = []
-    for rule, reach in _dnat_rules(tables).items():
+    for rule, reach in _dnat_rules(tables):
         made, problem = forwards_of(rule, reach)
         if problem:
             warnings.append(problem)
-        forwards.extend(_resolve(f, rule, where, filters) for f in made)
-    forwards.extend(_resolve(p, None, where, None) for p in proxies)
+        forwards.extend(PortForward(**_resolve(f, rule, where, filters)) for f in made)
+    forwards.extend(replace(p, **_resolve(vars(p), None, where, None)) for p in proxies)
     masquerades, unreached = _masquerades(tables)
     warnings.extend(f"{r.backend} rule `{r.text}` in {r.netns} ({r.table}/{r.chain}) is never "
                     f"reached from POSTROUTING, so it masquerades nothing" for r in unreached)
@@ -69,12 +70,12 @@ class _Tables:
         for rule in rules:
             self.rules[(rule.netns, rule.backend, rule.family, rule.table)][rule.chain].append(rule)
         self.declared: dict[GroupKey, set[str]] = defaultdict(set)
-        self.bases: list[tuple[GroupKey, Chain]] = []
+        self.by_hook: dict[tuple[str, str | None], list[tuple[GroupKey, Chain]]] = defaultdict(list)
         for chain in chains:
             key = (chain.netns, chain.backend, chain.family, chain.table)
             self.declared[key].add(chain.name)
             if chain.hook:
-                self.bases.append((key, chain))
+                self.by_hook[(chain.hook, chain.hook_type)].append((key, chain))
 
     def chain(self, key: GroupKey, name: str) -> list[Rule]:
         return self.rules.get(key, {}).get(name, [])
@@ -82,8 +83,8 @@ class _Tables:
     def is_chain(self, key: GroupKey, name: str | None) -> bool:
         return bool(name) and name not in _NOT_CHAINS and name in self.declared.get(key, ())
 
-    def entries(self, hook: str, hook_type: str) -> Iterator[tuple[GroupKey, Chain]]:
-        return ((k, c) for k, c in self.bases if c.hook == hook and c.hook_type == hook_type)
+    def entries(self, hook: str, hook_type: str) -> list[tuple[GroupKey, Chain]]:
+        return self.by_hook.get((hook, hook_type), [])
 
     def walk(self, key: GroupKey, chain: str, path: tuple[Match, ...] = (),
              seen: frozenset[str] = frozenset()) -> Iterator[tuple[Rule, tuple[Match, ...]]]:
@@ -125,25 +126,25 @@ class _Reach:
     output: tuple[Match, ...] | None = None
 
 
-def _dnat_rules(tables: _Tables) -> dict[Rule, _Reach]:
-    found: dict[Rule, _Reach] = {}
+def _dnat_rules(tables: _Tables) -> list[tuple[Rule, _Reach]]:
+    found: dict[int, tuple[Rule, dict[str, tuple[Match, ...]]]] = {}  # by id: Rule hashes slowly
     for hook in ("prerouting", "output"):
         for key, base in tables.entries(hook, "nat"):
             for rule, path in tables.walk(key, base.name):
                 if rule.target == "DNAT":
-                    reach = found.get(rule, _Reach())
-                    if getattr(reach, hook) is None:
-                        found[rule] = replace(reach, **{hook: path})
+                    found.setdefault(id(rule), (rule, {}))[1].setdefault(hook, path)
     for by_chain in tables.rules.values():  # DNATs no base chain leads to
         for chain_rules in by_chain.values():
             for rule in chain_rules:
-                if rule.target == "DNAT" and rule not in found:
-                    found[rule] = _Reach()
-    return found
+                if rule.target == "DNAT":
+                    found.setdefault(id(rule), (rule, {}))
+    return [(rule, _Reach(paths.get("prerouting"), paths.get("output")))
+            for rule, paths in found.values()]
 
 
-def forwards_of(rule: Rule, reach: _Reach) -> tuple[list[PortForward], str | None]:
-    """One DNAT rule (and how it is reached) -> its forwards, or a problem in words."""
+def forwards_of(rule: Rule, reach: _Reach) -> tuple[list[dict], str | None]:
+    """One DNAT rule (and how it is reached) -> its forwards (PortForward fields), or a
+    problem in words."""
     path = reach.prerouting if reach.prerouting is not None else (
         reach.output if reach.output is not None else rule.matches)
     dest = dict(rule.target_args).get("--to-destination", "")
@@ -156,7 +157,7 @@ def forwards_of(rule: Rule, reach: _Reach) -> tuple[list[PortForward], str | Non
     host_ip = _host_ip(path)
     forwards = []
     for host_lo, host_hi in _ports(rule.matches) or _ports(path) or [(0, None)]:
-        forwards.append(PortForward(
+        forwards.append(dict(
             netns=rule.netns, proto=proto, host_ip=host_ip, host_port=host_lo,
             host_port_end=host_hi, to_ip=to_ip, to_port=to_lo if to_lo is not None else host_lo,
             to_port_end=to_hi if to_lo is not None else host_hi, owner=rule.owner,
@@ -166,6 +167,7 @@ def forwards_of(rule: Rule, reach: _Reach) -> tuple[list[PortForward], str | Non
     return forwards, None
 
 
+@lru_cache(maxsize=65536)
 def parse_destination(text: str) -> tuple[str, int | None, int | None] | None:
     """`IP[:PORT[-PORT][/BASE]]`, `[IPv6]:PORT`, `IP-IP:PORT` -> (ip, first port, last port)."""
     if text.startswith("["):
@@ -177,7 +179,7 @@ def parse_destination(text: str) -> tuple[str, int | None, int | None] | None:
         address, _, ports = text.partition(":")
     address = address.split("-")[0]
     try:
-        address = str(ipaddress.ip_address(address))
+        address = str(_address(address))
         if not ports:
             return address, None, None
         lo, _, hi = ports.split("/")[0].partition("-")
@@ -213,12 +215,19 @@ def _port_range(text: str) -> tuple[int, int | None]:
 def _host_ip(path: tuple[Match, ...]) -> str | None:
     for opt, args, negated in reversed(path):
         if opt in ("-d", "--destination") and args and not negated:
-            net = _network(args[0])
-            if net is None or net.prefixlen == 0:
-                continue
-            full = net.prefixlen == net.max_prefixlen
-            return str(net.network_address) if full else str(net)
+            host = _host_text(args[0])
+            if host is not None:
+                return host
     return None
+
+
+@lru_cache(maxsize=65536)
+def _host_text(cidr: str) -> str | None:
+    """`192.0.2.10/32` -> `192.0.2.10`; a wider prefix stays a CIDR; 0/0 and junk -> None."""
+    net = _network(cidr)
+    if net is None or net.prefixlen == 0:
+        return None
+    return str(net.network_address) if net.prefixlen == net.max_prefixlen else str(net)
 
 
 def _admits(path: tuple[Match, ...], host_ip: str | None) -> bool:
@@ -237,6 +246,12 @@ def _admits(path: tuple[Match, ...], host_ip: str | None) -> bool:
     return True
 
 
+@lru_cache(maxsize=65536)
+def _address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    return ipaddress.ip_address(text)
+
+
+@lru_cache(maxsize=65536)
 def _network(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network | None:
     try:
         return ipaddress.ip_network(text, strict=False)
@@ -293,16 +308,16 @@ class _Locator:
         return None
 
 
-def _resolve(forward: PortForward, rule: Rule | None, where: _Locator,
-             filters: _ForwardFilter | None) -> PortForward:
-    target = where.owner(forward.to_ip, forward.netns)
-    container = target.netns if target is not None and target.netns != forward.netns else None
+def _resolve(forward: dict, rule: Rule | None, where: _Locator,
+             filters: _ForwardFilter | None) -> dict:
+    """Add where a forward lands (container, interface) and the FORWARD verdict."""
+    netns, to_ip = forward["netns"], forward["to_ip"]
+    target = where.owner(to_ip, netns)
     accept = None
     if filters is not None and rule is not None:
-        bridge = where.bridge_to(forward.to_ip, forward.netns, target)
-        accept = filters.accepts(forward, rule, bridge)
-    return replace(forward, container=container, to_interface=target.id if target else None,
-                   forward_accept=accept)
+        accept = filters.accepts(forward, rule, lambda: where.bridge_to(to_ip, netns, target))
+    return {**forward, "container": target.netns if target and target.netns != netns else None,
+            "to_interface": target.id if target else None, "forward_accept": accept}
 
 
 # -- FORWARD verdicts ----------------------------------------------------------------------
@@ -324,16 +339,25 @@ class _ForwardFilter:
         self.tables = tables
         self.bridges = bridges  # netns -> bridge names
         self.cache: dict[tuple, bool | None] = {}
+        self.filtered: dict[str, bool] = {}
 
-    def accepts(self, forward: PortForward, rule: Rule, bridge: str | None) -> bool | None:
+    def accepts(self, forward: dict, rule: Rule, bridge: Callable[[], str | None]) -> bool | None:
         """True/False when every forward-hook filter chain accepts/one drops; None: unsure."""
-        dst = ipaddress.ip_address(forward.to_ip)
-        packet = _Packet(dst.version, forward.proto, dst, forward.to_port, bridge, _ctmark(rule),
-                         self.bridges.get(forward.netns, frozenset()))
-        key = (forward.netns, packet)
+        netns = forward["netns"]
+        if not self._filtered(netns):
+            return True  # nothing filters forwarded traffic here
+        dst = _address(forward["to_ip"])
+        packet = _Packet(dst.version, forward["proto"], dst, forward["to_port"], bridge(),
+                         _ctmark(rule), self.bridges.get(netns, frozenset()))
+        key = (netns, packet)
         if key not in self.cache:
-            self.cache[key] = self._decide(forward.netns, packet)
+            self.cache[key] = self._decide(netns, packet)
         return self.cache[key]
+
+    def _filtered(self, netns: str) -> bool:
+        if netns not in self.filtered:
+            self.filtered[netns] = any(key[0] == netns for key, _ in self.tables.entries("forward", "filter"))
+        return self.filtered[netns]
 
     def _decide(self, netns: str, packet: _Packet) -> bool | None:
         verdicts = [self._run(key, base.name, packet, base.policy or "ACCEPT", 0)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 from collections import Counter, defaultdict
 from dataclasses import replace
+from functools import lru_cache
 from typing import Iterable
 
 from bridgescope.collector.model import Owner, Rule
@@ -39,6 +40,7 @@ _DOCKER_BRIDGE = re.compile(r"docker0$|br-[0-9a-f]{12}$")
 _INTERFACE_OPTIONS = ("-i", "-o", "--in-interface", "--out-interface")
 
 
+@lru_cache(maxsize=4096)
 def chain_owner(backend: str, table: str, chain: str) -> Owner | None:
     """The owner implied by where a rule lives (nft table or iptables chain), if any."""
     patterns = _NFT_TABLE_OWNERS if backend == "nftables" else _CHAIN_OWNERS
@@ -50,7 +52,11 @@ def attribute(rules: Iterable[Rule]) -> tuple[Rule, ...]:
     """Return the rules with `owner` filled in (same order)."""
     rules = tuple(rules)
     docker = _DockerTraits.of(rules)
-    return tuple(replace(rule, owner=owner_of(rule, docker)) for rule in rules)
+    return tuple(_with_owner(rule, owner_of(rule, docker)) for rule in rules)
+
+
+def _with_owner(rule: Rule, owner: Owner) -> Rule:
+    return rule if rule.owner == owner else replace(rule, owner=owner)
 
 
 def owner_of(rule: Rule, docker: "_DockerTraits") -> Owner:

@@ -34,15 +34,12 @@ class FirewallScan:
 def scan(namespaces: Mapping[str, str]) -> FirewallScan:
     """Read every backend in each namespace ({namespace id: nsfs path}) into one model."""
     items = sorted(namespaces.items())
-    if len(items) <= 1:
-        dumps = [readers.dump_namespace(ns_id, path) for ns_id, path in items]
-    else:
-        with ThreadPoolExecutor(max_workers=min(WORKERS, len(items)),
-                                thread_name_prefix="bridgescope-fw") as pool:
-            dumps = list(pool.map(lambda item: readers.dump_namespace(*item), items))
-    result = assemble(dumps)
-    proxies = proxy.listeners(namespaces)
-    return FirewallScan(result.rules, result.chains, result.warnings, proxies)
+    with ThreadPoolExecutor(max_workers=max(1, min(WORKERS, len(items))) + 1,
+                            thread_name_prefix="bridgescope-fw") as pool:
+        proxies = pool.submit(proxy.listeners, namespaces)  # /proc walk, meanwhile
+        dumps = list(pool.map(lambda item: readers.dump_namespace(*item), items))
+        result = assemble(dumps)
+        return FirewallScan(result.rules, result.chains, result.warnings, proxies.result())
 
 
 def assemble(dumps: Iterable[NamespaceDump]) -> FirewallScan:
