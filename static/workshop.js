@@ -32,10 +32,34 @@ async function getJSON(url) {
   return resp.json();
 }
 
+// The doctor page's list follows the live host: rebuilt when the set of findings changes.
+let shownFindings = null;
+
+function renderFindings(findings) {
+  const box = byId("ws-findings");
+  const key = JSON.stringify(findings.map((f) => [f.id, f.objects]));
+  if (!box || key === shownFindings) return;
+  if (shownFindings === null) { shownFindings = key; return; } // the server rendered these
+  shownFindings = key;
+  if (!findings.length) { box.replaceChildren(el("p", "ws-ok", "No problems found: every check passes.")); return; }
+  const list = el("ul", "ws-findings");
+  for (const f of findings) {
+    const li = el("li", `ws-finding sev-${f.severity}`);
+    const head = el("div", "ws-finding-head");
+    head.append(el("span", "ws-sev", f.severity), " ", el("code", "ws-id", f.id), " ", f.title);
+    const fix = el("pre", "ws-cmd");
+    fix.append(el("code", "", f.fix.join("\n")));
+    li.append(head, el("p", "", f.explanation), el("div", "ws-fix-label", "Fix:"), fix);
+    list.append(li);
+  }
+  box.replaceChildren(list);
+}
+
 async function refreshBadges() {
   const holder = document.querySelector("[data-findings]");
   if (!holder) return;
   const { findings } = await getJSON(holder.dataset.findings);
+  if (holder.dataset.live) renderFindings(findings || []);
   whenCy((cy) => {
     cy.elements().removeClass(SEVERITIES.map((s) => `ws-sev-${s}`).join(" "));
     for (const f of findings || []) {
@@ -140,6 +164,7 @@ async function tracePath(form) {
     out.append(probe);
   }
   highlightPath(body.elements);
+  if (walkSide) walkSide.scrollTo({ top: out.offsetTop - 120, behavior: "smooth" });
 }
 
 // ---- presenting ----------------------------------------------------------------------------
@@ -162,9 +187,12 @@ function wirePresent() {
 function keepBadged() {
   let version = null;
   let nodes = 0;
+  let ticks = 0;
   setInterval(() => {
     const v = window.bridgescopeLastDelta ? window.bridgescopeLastDelta.version : null;
-    if (v === version) return;
+    ticks += 1;
+    if (v === version && ticks % 5) return; // sysctls and rules change without a graph delta
+    if (v === version) { refreshBadges(); return; }
     version = v;
     refreshBadges();
     if (lastPath.length) highlightPath(lastPath);

@@ -127,7 +127,7 @@ def test_the_walk_end_to_end(served_walk, browser, artifacts_dir):
     shoot(page, artifacts_dir / "walk-wrong-turn.png")
 
     doctor = browser.new_page(viewport={"width": 1600, "height": 1000})
-    doctor.goto(base + "/workshop/doctor")
+    doctor.goto(base + "/workshop/doctor?lab=1")
     doctor.wait_for_selector(".ws-finding")
     assert "addr-no-prefix" in doctor.inner_text("#ws-findings")
     wait_badge(doctor, "eth0")
@@ -135,6 +135,9 @@ def test_the_walk_end_to_end(served_walk, browser, artifacts_dir):
 
     page.click("#fix-address")
     page.wait_for_selector("#step-address[data-status=done]")
+    # the doctor page follows by itself: the finding goes without a reload
+    doctor.wait_for_function("() => !document.getElementById('ws-findings').innerText.includes('addr-no-prefix')",
+                             timeout=15000)
     for key in keys[keys.index("route"):]:
         run_step(page, key)
     page.wait_for_selector("#ws-done")

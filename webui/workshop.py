@@ -78,8 +78,18 @@ def index() -> Response:
 
 @bp.get("/doctor")
 def doctor() -> str:
-    findings = diagnose(runtime().source.snapshot)
-    return render_template("workshop_doctor.html", findings=findings, present=_present())
+    """?lab=1: the walk lab instead of the dashboard's host (the room's shared example)."""
+    lab = request.args.get("lab") == "1"
+    if lab:
+        findings = workshop().findings()
+        urls = dict(events=url_for("workshop.walk_events"), findings_url=url_for("workshop.doctor_json", lab=1),
+                    details=url_for("workshop.walk_details", element_id=""))
+    else:
+        findings = diagnose(runtime().source.snapshot)
+        urls = dict(events=url_for("stream.events"), findings_url=url_for("workshop.doctor_json"),
+                    details=url_for("details.panel", element_id=""))
+    return render_template("workshop_doctor.html", findings=findings, present=_present(), lab=lab,
+                           **urls)
 
 
 @bp.get("/doctor.json")
