@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -259,3 +260,63 @@ def _parent(pid: str) -> int | None:
             return int(stat.read().rpartition(")")[2].split()[1])
     except OSError:
         return None
+
+
+# -- the interpretation checked against real packets ------------------------------------------
+
+LISTEN = ("import socket\ns = socket.socket()\ns.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n"
+          "s.bind(('0.0.0.0', 80))\ns.listen()\nprint('ready', flush=True)\n"
+          "while True:\n    s.accept()[0].close()\n")
+CONNECT = "import socket, sys\nsocket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=2)\n"
+
+
+@pytest.fixture
+def lab(host, netns):
+    """host() plus a client namespace on an uplink (192.0.2.0/24) and a listener on :80."""
+    hns, cns, interfaces = host()
+    client = netns("client")
+    sh("ip", "link", "add", "uplink0", "type", "veth", "peer", "name", "eth0", "netns", client, ns=hns)
+    sh("ip", "addr", "add", "192.0.2.1/24", "dev", "uplink0", ns=hns)
+    sh("ip", "link", "set", "uplink0", "up", ns=hns)
+    sh("ip", "addr", "add", "192.0.2.2/24", "dev", "eth0", ns=client)
+    sh("ip", "link", "set", "eth0", "up", ns=client)
+    sh("ip", "route", "add", "default", "via", "192.0.2.1", ns=client)
+    sh("ip", "route", "add", "default", "via", "172.17.0.1", ns=cns)
+    sh("sysctl", "-qw", "net.ipv4.ip_forward=1", ns=hns)  # the throwaway host's, not ours
+    server = subprocess.Popen(["ip", "netns", "exec", cns, sys.executable, "-c", LISTEN],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert server.stdout.readline().strip() == "ready"
+        yield hns, client, interfaces
+    finally:
+        server.kill()
+        server.wait()
+
+
+def connects(client: str, port: int) -> bool:
+    return sh(sys.executable, "-c", CONNECT, "192.0.2.1", str(port), ns=client, check=False).returncode == 0
+
+
+DROP_ACCEPT = "-A DOCKER -d 172.17.0.2/32 ! -i docker0 -o docker0 -p tcp -m tcp --dport 80 -j ACCEPT\n"
+
+
+@pytest.mark.parametrize("listing, edit, port, works", [
+    ("docker29.rules", None, 8080, True),  # FORWARD policy ACCEPT
+    ("docker28.rules", None, 8080, True),  # policy DROP, per-port ACCEPT in DOCKER
+    ("docker28.rules", DROP_ACCEPT, 8080, False),  # policy DROP, the ACCEPT missing
+    ("docker29.rules", ("--dport 8080 -j DNAT", "--dport 8080 -j RETURN\n-A ORPHAN -p tcp -m tcp --dport 8080 -j DNAT"), 8080, False),
+])
+def test_verdicts_match_what_packets_do(lab, listing, edit, port, works):
+    hns, client, interfaces = lab
+    text = (DATA / listing).read_text()
+    if isinstance(edit, tuple):  # move the DNAT into a chain nothing jumps to
+        text = text.replace(*edit).replace(":DOCKER - [0:0]\n-A PREROUTING",
+                                           ":DOCKER - [0:0]\n:ORPHAN - [0:0]\n-A PREROUTING", 1)
+    elif edit:
+        text = text.replace(edit, "")
+    sh("iptables-nft-restore", ns=hns, input=text)
+    scan = firewall.scan({hns: path(hns)})
+    nat = interpret(scan.rules, scan.chains, interfaces, ())
+    forward = next(f for f in nat.port_forwards if f.host_port == port)
+    predicted = forward.reachable and forward.forward_accept is True
+    assert predicted == works == connects(client, port)
