@@ -320,3 +320,48 @@ def test_verdicts_match_what_packets_do(lab, listing, edit, port, works):
     forward = next(f for f in nat.port_forwards if f.host_port == port)
     predicted = forward.reachable and forward.forward_accept is True
     assert predicted == works == connects(client, port)
+
+
+@pytest.mark.slow
+def test_snapshot_lists_the_published_port_with_owner_backend_and_container(host):
+    """End to end through the collector core: what `bridgescope snapshot` shows."""
+    from bridgescope.collector.model import namespace_id
+    from bridgescope.collector.snapshot import collect
+
+    hns, cns, _ = host()
+    load(hns, "docker29.rules", "iptables-legacy-restore")
+    load(hns, "netavark-nftables.nft", "nft")
+    snap = collect(hns)
+    host_id, ctr_id = (namespace_id(os.stat(path(n)).st_ino) for n in (hns, cns))
+    mine = {(f.owner, f.backend, f.to_ip, f.container) for f in snap.port_forwards
+            if f.netns == host_id and f.host_port == 8080}
+    assert mine == {("docker", "legacy", "172.17.0.2", ctr_id), ("podman", "nftables", "10.88.0.14", None)}
+    assert any(r.netns == host_id and r.owner == "docker" and r.backend == "legacy" for r in snap.rules)
+    assert any(m.netns == host_id and m.source == "172.17.0.0/16" and m.out_not == "docker0"
+               for m in snap.masquerades)
+    assert any(host_id in w and "split brain" in w for w in snap.warnings)
+
+
+def test_docker_proxy_process_is_reported_as_a_forward(netns):
+    """A process whose command line is docker-proxy's (bash renamed by exec -a)."""
+    ns = netns("proxy")
+    argv = ["-proto", "udp", "-host-ip", "127.0.0.1", "-host-port", "5353",
+            "-container-ip", "172.17.0.3", "-container-port", "53"]
+    fake = subprocess.Popen(["ip", "netns", "exec", ns, "bash", "-c",
+                             'exec -a docker-proxy bash -c "read -r _" "$@"', "_", *argv],
+                            stdin=subprocess.PIPE)
+    try:
+        for _ in range(50):  # until the exec has happened
+            scan = firewall.scan({ns: path(ns)})
+            if scan.proxies:
+                break
+            threading.Event().wait(0.1)
+        proxy, = scan.proxies
+        assert (proxy.netns, proxy.proto, proxy.host_ip, proxy.host_port, proxy.to_ip,
+                proxy.to_port, proxy.via, proxy.owner) == (
+            ns, "udp", "127.0.0.1", 5353, "172.17.0.3", 53, "proxy", "docker")
+        other = netns("other")
+        assert firewall.scan({other: path(other)}).proxies == ()  # not in that namespace
+    finally:
+        fake.kill()
+        fake.wait()
