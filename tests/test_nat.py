@@ -247,6 +247,14 @@ def test_bad_destination_and_unreached_masquerade_are_warnings():
     assert "nonsense:80" in nat.warnings[0] and "never reached" in nat.warnings[1]
 
 
+def test_unreadable_port_is_a_warning():
+    text = "\n".join(["*nat", ":PREROUTING ACCEPT [0:0]",
+                      "-A PREROUTING -p tcp -m tcp --dport http -j DNAT --to-destination 10.0.0.1:80",
+                      "COMMIT", ""])
+    nat = view(assemble([NamespaceDump(HOST, (SaveText("nft", 4, text),))]))
+    assert nat.port_forwards == () and "--dport http" in only(nat.warnings)
+
+
 def test_broken_save_output_becomes_a_warning_not_a_crash():
     scan = assemble([NamespaceDump(HOST, (SaveText("nft", 4, "*nat\n-A X -j Y\n"),), "{not json")])
     assert scan.rules == () and len(scan.warnings) == 2
@@ -269,7 +277,8 @@ def test_docker_proxy_listener_is_a_forward_to_the_container():
     ("10.0.0.1-10.0.0.9:443", ("10.0.0.1", 443, None)),
     ("[fd00::2]:80", ("fd00::2", 80, None)),
     ("fd00::2", ("fd00::2", None, None)),
-    ("", None), ("host:80", None), ("10.0.0.1:http", None),
+    ("", None), ("host:80", None), ("10.0.0.1:http", None), ("010.0.0.1:80", None),
+    ("10.0.0.256:80", None), ("10.0.0.1:80-x", None), ("1.2.3:80", None),
 ])
 def test_parse_destination(text, expected):
     assert parse_destination(text) == expected
