@@ -286,3 +286,82 @@ def test_parse_destination(text, expected):
 
 def test_empty_input():
     assert interpret((), (), (), ()) == type(interpret((), (), (), ()))()
+
+
+# -- property tests: no input makes the decoders or the interpreter raise ----------------------
+
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+from bridgescope.collector.firewall.nftjson import NftJsonError, parse_ruleset  # noqa: E402
+from bridgescope.collector.firewall.savefmt import ParseError, parse_save  # noqa: E402
+
+OPTIONS = st.sampled_from([
+    "-p tcp", "-p udp", "-p all", "-m tcp --dport 80", "--dport 8000:8009", "--dport x",
+    "-m multiport --dports 80,443", "--dports 1,,2", "-d 10.0.0.1/32", "-d nonsense", "! -d 127.0.0.0/8",
+    "-s 0.0.0.0/0", "-s fe80::/10", "-i docker0", "! -i docker0", "-o br+", "-m addrtype --dst-type LOCAL",
+    "-m conntrack --ctstate NEW", "-m mark --mark 0x2000/0x2000", "-m connmark --ctmark zz",
+    "-m set --match-set docker-ext-bridges-v4 dst"])
+TARGETS = st.sampled_from([
+    "-j DNAT --to-destination 10.0.0.2:80", "-j DNAT --to-destination [fd00::2]:80",
+    "-j DNAT --to-destination bad", "-j DNAT", "-j MASQUERADE", "-j SNAT --to-source 1.2.3.4",
+    "-j ACCEPT", "-j DROP", "-j RETURN", "-j A", "-j B", "-g A", "-j VMAP", ""])
+CHAINS = st.sampled_from(["PREROUTING", "OUTPUT", "POSTROUTING", "FORWARD", "A", "B"])
+RULES = st.lists(st.tuples(CHAINS, st.lists(OPTIONS, max_size=4), TARGETS), max_size=12)
+
+
+@settings(max_examples=300, deadline=None)
+@given(RULES, st.sampled_from(["nat", "filter"]), st.booleans())
+def test_interpret_never_raises_on_odd_rule_sets(rules, table, loops):
+    lines = ["*" + table] + [f":{c} {'ACCEPT' if c.isupper() and len(c) > 1 else '-'} [0:0]"
+                             for c in ("PREROUTING", "OUTPUT", "POSTROUTING", "FORWARD", "A", "B")]
+    lines += [f"-A {chain} {' '.join(opts)} {target}".rstrip() for chain, opts, target in rules]
+    if loops:
+        lines += ["-A A -j B", "-A B -j A"]
+    try:
+        scan = assemble([NamespaceDump(HOST, (SaveText("nft", 4, "\n".join(lines + ["COMMIT", ""])),))])
+    except ParseError:
+        return
+    nat = interpret(scan.rules, scan.chains, INTERFACES, ())
+    assert all(isinstance(w, str) and "\n" not in w for w in nat.warnings)
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(
+        st.sampled_from(["family", "table", "name", "chain", "expr", "match", "left", "right", "op",
+                         "payload", "protocol", "field", "meta", "key", "dnat", "addr", "port",
+                         "jump", "target", "vmap", "data", "map", "elem", "rule", "hook", "type",
+                         "set", "prefix", "len", "range", "&", "counter", "policy"]),
+        inner, max_size=4),
+    max_leaves=30)
+
+
+well_formed_rules = st.builds(
+    lambda chain, expr: {"rule": {"family": "ip", "table": "t", "chain": chain, "expr": expr}},
+    st.sampled_from(["pre", "fwd", "x"]),
+    st.lists(json_values | st.sampled_from([
+        {"jump": {"target": "x"}}, {"vmap": {"key": {"meta": {"key": "oifname"}}, "data": "@m"}},
+        {"dnat": {"addr": "10.0.0.2", "port": {"range": [80, 89]}}}, {"masquerade": None},
+        {"match": {"op": "!=", "left": {"payload": {"protocol": "tcp", "field": "dport"}},
+                   "right": {"set": [80, {"range": [1, 2]}]}}}]), max_size=5))
+base_chains = st.just([{"chain": {"family": "ip", "table": "t", "name": "pre", "type": "nat",
+                                  "hook": "prerouting", "policy": "accept"}},
+                       {"chain": {"family": "ip", "table": "t", "name": "fwd", "type": "filter",
+                                  "hook": "forward", "policy": "drop"}},
+                       {"chain": {"family": "ip", "table": "t", "name": "x"}},
+                       {"map": {"family": "ip", "table": "t", "name": "m",
+                                "elem": [["docker0", {"jump": {"target": "x"}}]]}}])
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.dictionaries(st.sampled_from(["rule", "chain", "map", "table"]), json_values,
+                                min_size=1, max_size=1) | well_formed_rules, max_size=5),
+       base_chains)
+def test_nft_json_decoder_gives_rules_or_one_clear_error(objects, chains):
+    objects = chains + objects
+    try:
+        rules, chains = parse_ruleset(json.dumps({"nftables": objects}), netns=HOST)
+    except NftJsonError as err:
+        assert "\n" not in str(err)
+        return
+    interpret(rules, chains, INTERFACES, ())

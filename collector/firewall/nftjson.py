@@ -36,8 +36,13 @@ def parse_ruleset(text: str, *, netns: str) -> tuple[tuple[Rule, ...], tuple[Cha
     """Decode `nft -j list ruleset`; compat tables are left to iptables-nft-save."""
     try:
         objects = json.loads(text)["nftables"]
-    except (ValueError, KeyError, TypeError) as err:
-        raise NftJsonError(f"cannot read the nftables ruleset of {netns}: {err}") from None
+        return _decode(objects, netns)
+    except (ValueError, LookupError, TypeError, AttributeError) as err:
+        raise NftJsonError(f"cannot read the nftables ruleset of {netns}: "
+                           f"{type(err).__name__} {err}") from None
+
+
+def _decode(objects: list, netns: str) -> tuple[tuple[Rule, ...], tuple[Chain, ...]]:
     maps = {(o["map"]["family"], o["map"]["table"], o["map"]["name"]): o["map"].get("elem", [])
             for o in objects if isinstance(o, dict) and "map" in o}
     rules: list[Rule] = []
