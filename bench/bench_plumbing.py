@@ -28,7 +28,7 @@ from typing import Iterator
 
 from bridgescope.plumbing import api, backends, netns, rules, state
 from bridgescope.plumbing.rules import Change
-from bridgescope.plumbing.state import Container, Forward, Network
+from bridgescope.plumbing.state import Forward
 
 CNI_BIN = "/usr/lib/cni"
 

