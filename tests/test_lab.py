@@ -127,3 +127,49 @@ def test_lab_cli(lab_prefix):
                            lab_prefix], capture_output=True, text=True, env=env, timeout=120)
     assert down.returncode == 0, down.stderr
     assert _lab_names(lab_prefix) == []
+
+
+UDP_FROM_PORT = ("import socket,sys\n"
+                 "s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(3)\n"
+                 "s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n"
+                 "s.bind(('0.0.0.0', 40000))\n"
+                 "s.sendto(b'hi', (sys.argv[1], int(sys.argv[2])))\n"
+                 "print(s.recvfrom(100)[0].decode().strip())\n")
+
+
+def _udp_server(ns: str, name: str) -> subprocess.Popen:
+    proc = subprocess.Popen(nsops.nsenter(f"/run/netns/{ns}", [
+        sys.executable, "-m", "bridgescope.plumbing.echo_server", name, "53", "--udp"]))
+    _wait_udp(ns, 53)
+    return proc
+
+
+def test_udp_forward_moved_to_another_container_follows_at_once(lab_prefix):
+    """Without the conntrack flush, the client's flow (same source port) would keep going to
+    the old container until it has been quiet for the UDP timeout."""
+    info = lab.lab_up(lab_prefix)
+    servers = [_udp_server(f"{info.host}-c1", "c1-udp"), _udp_server(f"{info.host}-c2", "c2-udp")]
+    try:
+        api.add_forward("c1", "5353:53/udp", host=info.host)
+        ask = [sys.executable, "-c", UDP_FROM_PORT, info.host_ip, "5353"]
+        assert sh(*ask, ns=info.client).stdout.strip() == f"c1-udp saw {info.client_ip}"
+        api.remove_forward("c1", "5353:53/udp", host=info.host)
+        api.add_forward("c2", "5353:53/udp", host=info.host)
+        assert sh(*ask, ns=info.client).stdout.strip() == f"c2-udp saw {info.client_ip}"
+    finally:
+        for proc in servers:
+            proc.kill()
+            proc.wait()
+
+
+def test_forward_bound_to_a_host_address(lab_prefix):
+    info = lab.lab_up(lab_prefix)
+    api.add_forward("c2", "127.0.0.1:9000:80", host=info.host)
+    api.add_forward("c2", f"{info.host_ip}:9001:80", host=info.host)
+    assert http(info.host, "http://127.0.0.1:9000/") == "c2 saw 172.17.0.1"
+    # bound to loopback: not reachable from outside, not even by naming the uplink address
+    assert sh("curl", "-s", "-m", "2", f"http://{info.host_ip}:9000/", ns=info.client,
+              check=False).returncode != 0
+    assert http(info.client, f"http://{info.host_ip}:9001/") == f"c2 saw {info.client_ip}"
+    assert sh("curl", "-s", "-m", "2", "http://127.0.0.1:9001/", ns=info.host,
+              check=False).returncode != 0
