@@ -389,3 +389,18 @@ def test_exec_runs_inside_the_container(host):
     res = cli("container", "exec", "web", "--netns", host, "--", "ip", "-br", "addr", "show", "eth0")
     assert res.returncode == 0 and "172.30.0.2/16" in res.stdout
     assert cli("container", "exec", "web", "--netns", host, "--", "false").returncode == 1
+
+
+def test_ipam_skips_an_address_used_by_something_we_did_not_make(host, netns):
+    """A silent foreign container on our bridge (never ARPed): its address comes from a
+    snapshot of the machine, taken because the bridge has a port that is not ours."""
+    api.create_network("br0", "172.30.0.0/16", host=host)
+    other = netns("other")
+    sh("ip", "-n", host, "link", "add", "foreign0", "type", "veth", "peer", "name", "eth0",
+       "netns", other)
+    sh("ip", "-n", host, "link", "set", "foreign0", "master", "br0", "up")
+    sh("ip", "-n", other, "addr", "add", "172.30.0.2/16", "dev", "eth0")
+    with pytest.raises(ValidationError, match="172.30.0.2 is already in use"):
+        api.create_container("web", "br0", ip="172.30.0.2", host=host)
+    api.create_container("web", "br0", host=host)
+    assert api.load_state(host).container("web").ip == "172.30.0.3"
