@@ -198,6 +198,15 @@ function changeElement(cy, ele) {
   const existing = cy.getElementById(ele.data.id);
   if (existing.empty()) return addElements(cy, [ele]);
   const next = prepared(ele).data;
+  if (existing.isEdge()) {
+    // Cytoscape cannot re-point an edge through data(): replace it.
+    if (existing.data("source") !== next.source || existing.data("target") !== next.target) {
+      existing.remove();
+      return addElements(cy, [ele]);
+    }
+    existing.data(next);
+    return existing;
+  }
   if (existing.isNode() && (existing.data("parent") || null) !== (next.parent || null)
       && (!next.parent || cy.getElementById(next.parent).nonempty())) {
     existing.move({ parent: next.parent || null });

@@ -117,3 +117,15 @@ def test_a_kernel_change_reaches_the_stream_from_the_real_watcher(netns):
         resp.close()
     finally:
         runtime.stop()
+
+
+def test_shutdown_ends_open_streams():
+    src = StaticSource(sample_snapshot())
+    app = app_with(src, HEARTBEAT=30)
+    resp, chunks = open_stream(app)
+    next_event(chunks), next_event(chunks)
+    app.extensions["bridgescope"].closing.set()
+    with pytest.raises(StopIteration):
+        next(chunks)  # within a second, not after the 30 s heartbeat
+    resp.close()
+    assert src.subscribers == 0

@@ -68,6 +68,7 @@ class Runtime:
     audit: AuditLog
     source_override: TopologySource | None = None
     change_lock: threading.Lock = field(default_factory=threading.Lock)
+    closing: threading.Event = field(default_factory=threading.Event)  # ends every open stream
     _source: TopologySource | None = None
     _source_lock: threading.Lock = field(default_factory=threading.Lock)
     _streams: threading.BoundedSemaphore | None = None
@@ -88,6 +89,7 @@ class Runtime:
             return self._source
 
     def stop(self) -> None:
+        self.closing.set()
         with self._source_lock:
             if self._source is not None and self._source is not self.source_override:
                 self._source.stop()

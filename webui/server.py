@@ -8,6 +8,10 @@ after forking (no preload), so no thread or socket is lost to a fork.
 """
 from __future__ import annotations
 
+import ctypes
+import os
+import signal
+import time
 from typing import Any, Callable
 
 from gunicorn.app.base import BaseApplication
@@ -28,7 +32,7 @@ class DashboardServer(BaseApplication):
             "threads": max(threads, MIN_THREADS),
             "preload_app": False,
             "timeout": 60,  # worker heartbeat, not a request limit: streams stay open
-            "graceful_timeout": 3,  # open event streams never finish by themselves
+            "graceful_timeout": 30,  # streams end within a second of SIGTERM (see below)
             "keepalive": 5,
             "accesslog": None,
             "errorlog": "-",
@@ -36,6 +40,8 @@ class DashboardServer(BaseApplication):
             "proc_name": "bridgescope",
             "when_ready": (lambda _server: when_ready()) if when_ready else (lambda _server: None),
             "worker_exit": lambda _server, worker: _stop(worker),
+            "on_starting": lambda _server: _adopt_orphans(),
+            "on_exit": lambda _server: _end_descendants(),
         }
         super().__init__()
 
@@ -45,8 +51,66 @@ class DashboardServer(BaseApplication):
 
     def load(self):
         app = create_app(self.app_config)
-        runtime(app).source  # start the Watcher now, in the serving process
+        rt = runtime(app)
+        rt.source  # start the Watcher now, in the serving process
+        _end_streams_on_shutdown(rt)
         return app
+
+
+def _end_streams_on_shutdown(rt) -> None:
+    """Open event streams never finish by themselves; on SIGTERM/SIGINT/SIGQUIT end them first,
+    so the worker exits within a second and worker_exit stops the Watcher (and its monitors)."""
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
+        previous = signal.getsignal(sig)
+
+        def handler(signum, frame, previous=previous):
+            rt.closing.set()
+            if callable(previous):
+                previous(signum, frame)
+        signal.signal(sig, handler)
+
+
+PR_SET_CHILD_SUBREAPER = 36
+
+
+def _adopt_orphans() -> None:
+    """Make the arbiter the subreaper of everything the worker starts (the Watcher's firewall
+    monitors), so a worker killed before it could stop them leaves no orphan behind."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+
+
+def _children() -> list[int]:
+    me, out = os.getpid(), []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as fh:
+                    ppid = int(fh.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            if ppid == me:
+                out.append(int(entry))
+    return out
+
+
+def _end_descendants() -> None:
+    """On exit, end the processes the worker left to us (our own descendants, by pid)."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        pids = _children()
+        for pid in pids:
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + 3
+        while pids and time.monotonic() < deadline:
+            try:
+                os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                break
+            pids = _children()
+            time.sleep(0.05)
 
 
 def _stop(worker) -> None:

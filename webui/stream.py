@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import queue
+import threading
+import time
 from typing import Callable, Iterator
 
 from flask import Blueprint, Response, jsonify
@@ -32,17 +34,21 @@ def format_event(event: dict) -> str:
     return f"{head}event: {event.get('type', 'message')}\ndata: {data}\n\n"
 
 
-def _messages(q: "queue.Queue", heartbeat: float) -> Iterator[str]:
+def _messages(q: "queue.Queue", heartbeat: float, closing: threading.Event) -> Iterator[str]:
     # The first bytes go out at once so the client sees the headers (and "live") immediately.
     yield ": hello\n\n"
-    while True:
+    quiet_since = time.monotonic()
+    while not closing.is_set():  # checked at least every second: shutdown must not wait on tabs
         try:
-            event = q.get(timeout=heartbeat)
+            event = q.get(timeout=min(heartbeat, 1.0))
         except queue.Empty:
-            yield ": keepalive\n\n"
+            if time.monotonic() - quiet_since >= heartbeat:
+                quiet_since = time.monotonic()
+                yield ": keepalive\n\n"
             continue
         if event is None:  # the source is shutting down
             return
+        quiet_since = time.monotonic()
         yield format_event(event)
 
 
@@ -75,7 +81,7 @@ def events() -> Response:
         source.unsubscribe(q)
         rt.close_stream()
 
-    resp = Response(_messages(q, rt.settings.heartbeat), mimetype="text/event-stream",
+    resp = Response(_messages(q, rt.settings.heartbeat, rt.closing), mimetype="text/event-stream",
                     headers=SSE_HEADERS)
     # call_on_close runs even when the generator never started (a client that left at once).
     resp.call_on_close(_once(cleanup))

@@ -1,0 +1,337 @@
+"""Dashboard benchmark: kernel change -> stream -> browser, first render, streams vs requests.
+
+Builds a throwaway host namespace with a bridge and N "container" namespaces (veth to the
+bridge), serves it with `bridgescope serve`, and measures with Debian's Chromium:
+
+  * kernel change (a bridge added in the host namespace) -> delta on an SSE stream and ->
+    node in window.cy, p50/p95, at 5 and 500 namespaces; baseline: the same change seen by
+    `ip monitor link` (raw netlink), so the ratio is what bridgescope adds;
+  * first render (navigation start -> graph drawn, two animation frames later) at 50, 200,
+    500 namespaces; baseline: bare Cytoscape drawing the same /api/graph elements;
+  * 50 open streams: latency of GET /, /api/graph, /api/topology with and without them.
+
+Everything lives in namespaces named bsdbench<hex>-*, removed at the end even on failure.
+Run as root: .venv/bin/python bench/bench_webui.py [--sizes 5,50,200,500] [--changes 20]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import secrets
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import requests
+
+PREFIX = "bsdbench" + secrets.token_hex(2)
+HOST = f"{PREFIX}-host"
+TOKEN = "bench-" + secrets.token_hex(8)
+BIN = Path(sys.executable).parent
+
+
+def ip(*argv: str, ns: str | None = None, stdin: str | None = None) -> None:
+    cmd = ["ip"] + (["-n", ns] if ns else []) + list(argv)
+    subprocess.run(cmd, input=stdin, text=True, check=True, capture_output=True)
+
+
+def pct(values: list[float], p: float) -> float:
+    values = sorted(values)
+    return values[min(len(values) - 1, int(round(p / 100 * (len(values) - 1))))]
+
+
+# ---- the topology under test -----------------------------------------------------------------
+
+def make_host() -> None:
+    ip("netns", "add", HOST)
+    ip("-batch", "-", ns=HOST, stdin="link set lo up\nlink add br0 type bridge\n"
+       "addr add 10.77.0.1/16 dev br0\nlink set br0 up\n")
+
+
+def grow_to(have: int, want: int) -> int:
+    for i in range(have, want):
+        ns = f"{PREFIX}-c{i}"
+        ip("netns", "add", ns)
+        ip("-batch", "-", ns=HOST, stdin=f"link add vb{i} type veth peer name eth0 netns {ns}\n"
+           f"link set vb{i} master br0 up\n")
+        ip("-batch", "-", ns=ns, stdin=f"link set lo up\nlink set eth0 up\n"
+           f"addr add 10.77.{1 + i // 250}.{1 + i % 250}/16 dev eth0\n")
+    return want
+
+
+def teardown() -> None:
+    for entry in os.listdir("/run/netns"):
+        if entry.startswith(PREFIX + "-"):
+            subprocess.run(["ip", "netns", "del", entry], capture_output=True)
+
+
+# ---- the server and its streams --------------------------------------------------------------
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(port: int, state: str) -> subprocess.Popen:
+    env = {**os.environ, "BRIDGESCOPE_TOKEN": TOKEN, "BRIDGESCOPE_STATE_DIR": state}
+    proc = subprocess.Popen([str(BIN / "bridgescope"), "serve", "--netns", HOST, "--listen",
+                             f"127.0.0.1:{port}", "--audit-log", f"{state}/audit.jsonl"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env=env, start_new_session=True)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        try:
+            if requests.get(f"http://127.0.0.1:{port}/api/graph", timeout=300,
+                            headers={"Authorization": f"Bearer {TOKEN}"}).ok:
+                return proc
+        except (requests.ConnectionError, requests.Timeout):
+            time.sleep(0.2)
+    stop_server(proc)
+    raise SystemExit("bridgescope serve did not come up")
+
+
+def stop_server(proc: subprocess.Popen) -> None:
+    """SIGTERM to the arbiter (graceful: the Watcher ends its monitors), then SIGKILL our group."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        pass
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait()
+
+
+class StreamClient(threading.Thread):
+    """One SSE connection; remembers when each added node label first arrived."""
+
+    def __init__(self, url: str, record: bool = True):
+        super().__init__(daemon=True)
+        self.url, self.record = url, record
+        self.seen: dict[str, float] = {}
+        self.version = 0
+        self.ready = threading.Event()
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        headers = {"Authorization": f"Bearer {TOKEN}"}
+        with requests.get(self.url, headers=headers, stream=True, timeout=(10, 120)) as resp:
+            event = None
+            for line in resp.iter_lines(decode_unicode=True):
+                if self.stop.is_set():
+                    return
+                if line.startswith("event: "):
+                    event = line[7:]
+                elif line.startswith("data: "):
+                    data = json.loads(line[6:])
+                    now = time.time()
+                    self.version = data.get("version", self.version)
+                    if self.record:
+                        for el in data.get("added", data.get("elements", [])):
+                            self.seen.setdefault(el["data"].get("label", ""), now)
+                    if event == "graph":
+                        self.ready.set()
+
+
+class NetlinkMonitor(threading.Thread):
+    """Baseline: `ip monitor link` in the host namespace, time each new link's first line."""
+
+    def __init__(self):
+        super().__init__(daemon=True)
+        self.proc = subprocess.Popen(["ip", "-n", HOST, "-o", "monitor", "link"], stdout=subprocess.PIPE, text=True)
+        self.seen: dict[str, float] = {}
+
+    def run(self) -> None:
+        for line in self.proc.stdout:
+            now = time.time()
+            parts = line.split(":")
+            if len(parts) > 1:
+                self.seen.setdefault(parts[1].strip().split("@")[0], now)
+
+    def close(self) -> None:
+        self.proc.kill()
+        self.proc.wait()
+
+
+# ---- browser -------------------------------------------------------------------------------------
+
+def wait_js(page, expr: str, timeout: float = 60.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = page.evaluate(expr)
+        if value:
+            return value
+        time.sleep(0.02)
+    raise TimeoutError(expr)
+
+
+TWO_FRAMES = "() => new Promise(r => requestAnimationFrame(() => requestAnimationFrame(() => r(performance.now()))))"
+
+
+def first_render(browser, base: str) -> float:
+    ctx = browser.new_context(viewport={"width": 1500, "height": 950})
+    page = ctx.new_page()
+    page.goto(f"{base}/?token={TOKEN}")
+    wait_js(page, "window.bridgescopeFirstRender !== undefined", 120)
+    ms = page.evaluate(TWO_FRAMES)
+    ctx.close()
+    return ms
+
+
+BARE = """async () => {
+  const t0 = performance.now();
+  const els = await (await fetch('/api/graph')).json();
+  const div = document.createElement('div'); div.className = 'bare';
+  div.style.width = '1500px'; div.style.height = '900px';
+  document.body.appendChild(div);
+  window.bare = cytoscape({container: div, elements: els, layout: {name: 'preset'}});
+  await new Promise(r => requestAnimationFrame(() => requestAnimationFrame(r)));
+  return performance.now() - t0;
+}"""
+
+
+def bare_render(browser, base: str) -> float:
+    """Baseline: the same elements, plain Cytoscape, no app (script already cached and parsed)."""
+    ctx = browser.new_context(viewport={"width": 1500, "height": 950})
+    page = ctx.new_page()
+    page.goto(f"{base}/audit?token={TOKEN}")  # a page of ours without the app's script
+    page.add_script_tag(url=f"{base}/static/vendor/cytoscape/cytoscape.min.js")
+    wait_js(page, "typeof cytoscape === 'function'")
+    ms = page.evaluate(BARE)
+    ctx.close()
+    return ms
+
+
+def measure_changes(browser, base: str, count: int, tag: str) -> dict:
+    stream = StreamClient(f"{base}/api/events")
+    stream.start()
+    stream.ready.wait(120)
+    monitor = NetlinkMonitor()
+    monitor.start()
+    ctx = browser.new_context(viewport={"width": 1500, "height": 950})
+    page = ctx.new_page()
+    page.goto(f"{base}/?token={TOKEN}")
+    wait_js(page, "!!(window.cy && window.cy.nodes && window.cy.nodes().length > 0)", 120)
+    page.evaluate("() => { window.__seen = {}; cy.on('add', 'node', e => { "
+                  "const l = e.target.data('label'); if (!(l in window.__seen)) window.__seen[l] = Date.now(); }); }")
+    time.sleep(1.0)
+    to_stream, to_browser, to_netlink = [], [], []
+    for k in range(count):
+        name = f"bq{tag}{k}"
+        t0 = time.time()
+        ip("link", "add", name, "type", "bridge", ns=HOST)
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and not (name in stream.seen and
+                                                   page.evaluate(f"window.__seen[{name!r}] || 0")):
+            time.sleep(0.005)
+        b = page.evaluate(f"window.__seen[{name!r}] || 0") / 1000.0
+        if name in stream.seen and b:
+            to_stream.append((stream.seen[name] - t0) * 1000)
+            to_browser.append((b - t0) * 1000)
+        if name in monitor.seen:
+            to_netlink.append((monitor.seen[name] - t0) * 1000)
+        ip("link", "del", name, ns=HOST)
+        time.sleep(0.3)
+    stream.stop.set()
+    monitor.close()
+    ctx.close()
+    return {"stream": to_stream, "browser": to_browser, "netlink": to_netlink, "missed": count - len(to_browser)}
+
+
+def request_latency(base: str, rounds: int) -> dict[str, float]:
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    out = {}
+    with requests.Session() as s:
+        for path in ("/", "/api/graph", "/api/topology"):
+            times = []
+            for _ in range(rounds):
+                t0 = time.perf_counter()
+                s.get(base + path, headers=headers, timeout=60).raise_for_status()
+                times.append((time.perf_counter() - t0) * 1000)
+            out[path] = statistics.median(times)
+    return out
+
+
+def streams_vs_requests(base: str, streams: int, rounds: int) -> tuple[dict, dict, int]:
+    before = request_latency(base, rounds)
+    clients = [StreamClient(f"{base}/api/events", record=False) for _ in range(streams)]
+    for c in clients:
+        c.start()
+    opened = sum(c.ready.wait(120) for c in clients)
+    during = request_latency(base, rounds)
+    for c in clients:
+        c.stop.set()
+    return before, during, opened
+
+
+# ---- main ------------------------------------------------------------------------------------------
+
+def report_changes(n: int, r: dict) -> None:
+    def line(name, vals):
+        if not vals:
+            return f"    {name:28s} no samples"
+        return f"    {name:28s} p50 {pct(vals, 50):7.1f} ms   p95 {pct(vals, 95):7.1f} ms   (n={len(vals)})"
+    print(f"  {n} namespaces: kernel change ->")
+    print(line("netlink (ip monitor, base)", r["netlink"]))
+    print(line("SSE delta", r["stream"]))
+    print(line("node in window.cy", r["browser"]))
+    if r["netlink"] and r["browser"]:
+        print(f"    ratio browser/netlink p50 {pct(r['browser'], 50) / max(pct(r['netlink'], 50), 0.01):.1f}x"
+              f"; missed {r['missed']}")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--sizes", default="5,50,200,500")
+    ap.add_argument("--changes", type=int, default=20)
+    ap.add_argument("--streams", type=int, default=50)
+    ap.add_argument("--rounds", type=int, default=15)
+    args = ap.parse_args()
+    sizes = [int(s) for s in args.sizes.split(",")]
+    from playwright.sync_api import sync_playwright
+
+    state = tempfile.mkdtemp(prefix="bsdbench-state-")
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    proc = None
+    print(f"bench_webui: prefix {PREFIX}, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
+    try:
+        make_host()
+        have = grow_to(0, sizes[0])
+        proc = start_server(port, state)
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path="/usr/bin/chromium", headless=True)
+            for n in sizes:
+                have = grow_to(have, n)
+                time.sleep(3)  # let the watcher take in the new namespaces
+                ours = statistics.median(first_render(browser, base) for _ in range(3))
+                bare = statistics.median(bare_render(browser, base) for _ in range(3))
+                print(f"  {n} namespaces: first render {ours:7.0f} ms  (bare Cytoscape, same elements "
+                      f"{bare:6.0f} ms; ratio {ours / bare:.1f}x)")
+                if n in (5, 500) or n == sizes[-1]:
+                    report_changes(n, measure_changes(browser, base, args.changes, str(n)))
+            before, during, opened = streams_vs_requests(base, args.streams, args.rounds)
+            print(f"  {have} namespaces, {opened}/{args.streams} streams open: median request latency")
+            for path in before:
+                print(f"    GET {path:14s} without {before[path]:7.1f} ms   with {during[path]:7.1f} ms"
+                      f"   ratio {during[path] / before[path]:.2f}x")
+            browser.close()
+    finally:
+        if proc is not None:
+            stop_server(proc)
+        teardown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,257 @@
+"""The dashboard in Debian's Chromium, against the sandbox lab and a real `bridgescope serve`.
+
+One lab (unique prefix from this run) and one server for the module; the lab goes away in a
+finalizer even when a test fails. Waiting is done by polling page state from Python: the page's
+CSP forbids eval, which Playwright's wait_for_function needs.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import RUN_PREFIX, sh
+
+pytestmark = [pytest.mark.browser, pytest.mark.kernel]
+
+TOKEN = "browser-test-token"
+VENV_BIN = Path(sys.executable).parent
+
+
+def wait_js(page, expr: str, timeout: float = 30.0):
+    """Poll a JS expression until truthy (bounded; a failure names what never happened)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = page.evaluate(expr)
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"never became true: {expr}")
+        time.sleep(0.05)
+
+
+def _answers(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1) as conn:
+            conn.settimeout(600)
+            conn.sendall(f"GET /api/session HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\n"
+                         f"Authorization: Bearer {TOKEN}\r\n\r\n".encode())
+            return conn.recv(12).startswith(b"HTTP/1.1 200") or False
+    except OSError:
+        time.sleep(0.2)
+        return False
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def state_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("bs-state")
+
+
+@pytest.fixture(scope="module")
+def lab(state_dir):
+    from bridgescope.plumbing import lab as lab_mod
+
+    prefix = f"{RUN_PREFIX}ui"
+    old = os.environ.get("BRIDGESCOPE_STATE_DIR")
+    os.environ["BRIDGESCOPE_STATE_DIR"] = str(state_dir)
+    try:
+        info = lab_mod.lab_up(prefix)
+        yield info
+    finally:
+        lab_mod.lab_down(prefix)
+        if old is None:
+            os.environ.pop("BRIDGESCOPE_STATE_DIR", None)
+        else:
+            os.environ["BRIDGESCOPE_STATE_DIR"] = old
+
+
+@pytest.fixture(scope="module")
+def server(lab, state_dir, tmp_path_factory):
+    port = free_port()
+    log = tmp_path_factory.mktemp("bs-serve") / "serve.log"
+    env = {**os.environ, "BRIDGESCOPE_TOKEN": TOKEN, "BRIDGESCOPE_STATE_DIR": str(state_dir)}
+    with log.open("w") as out:
+        proc = subprocess.Popen(
+            [str(VENV_BIN / "bridgescope"), "serve", "--netns", lab.host, "--listen", f"127.0.0.1:{port}",
+             "--audit-log", str(state_dir / "audit.jsonl")],
+            stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    try:
+        # The banner comes before the worker has read every namespace; wait for real answers.
+        deadline = time.monotonic() + 600  # the Watcher reads every namespace of a busy machine
+        while not _answers(port):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"bridgescope serve did not start:\n{log.read_text()}")
+            time.sleep(0.1)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        stop_server(proc)
+
+
+def stop_server(proc: subprocess.Popen) -> None:
+    """SIGTERM to gunicorn's arbiter only (a graceful stop lets the Watcher end its firewall
+    monitors), then SIGKILL whatever is left in the server's own process group."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        pass
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path="/usr/bin/chromium", headless=True)
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def page(browser, server, request, artifacts_dir):
+    context = browser.new_context(viewport={"width": 1500, "height": 950})
+    pg = context.new_page()
+    errors: list[str] = []
+    pg.on("pageerror", lambda e: errors.append(str(e)))
+    pg.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    pg.goto(f"{server}/?token={TOKEN}")
+    assert "token=" not in pg.url  # traded for the cookie
+    wait_js(pg, "!!(window.cy && window.cy.nodes && window.cy.nodes().length > 0)", 120)
+    yield pg
+    pg.screenshot(path=str(artifacts_dir / f"dashboard-{request.node.name}.png"))
+    context.close()
+    assert not errors, errors  # no CSP violation, no script error, no failed request
+
+
+def ns_id(page, label: str) -> str:
+    return wait_js(page, f"""(() => {{ const n = cy.nodes('[kind = "namespace"]').filter(
+        n => n.data('label') === {label!r}); return n.nonempty() && n.id(); }})()""")
+
+
+def click_namespace(page, label: str) -> None:
+    """A real mouse click on the namespace box, at a point where nothing else lies on top."""
+    point = page.evaluate(f"""(() => {{
+        const n = cy.nodes('[kind = "namespace"]').filter(x => x.data('label') === {label!r})[0];
+        const r = document.getElementById('topology').getBoundingClientRect();
+        const bb = n.renderedBoundingBox({{includeLabels: true}});
+        for (let fy = 0.02; fy < 1; fy += 0.06) for (let fx = 0.1; fx < 1; fx += 0.1) {{
+            const x = bb.x1 + fx * (bb.x2 - bb.x1), y = bb.y1 + fy * (bb.y2 - bb.y1);
+            const hit = cy.renderer().findNearestElement(x, y, true, false);
+            if (hit && hit.id() === n.id()) return [r.left + x, r.top + y];
+        }}
+        return null; }})()""")
+    assert point, f"no free spot to click on {label}"
+    page.mouse.click(*point)
+
+
+def forward_node(port: int) -> str:
+    return f"cy.nodes('[kind = \"portforward\"][host_port = {port}]')"
+
+
+def curl_from_client(lab, port: int, attempts: int = 20) -> subprocess.CompletedProcess:
+    """HTTP through the forward from outside the host; retried a bounded number of times."""
+    res = None
+    for _ in range(attempts):
+        res = sh("curl", "-s", "-m", "2", f"http://{lab.host_ip}:{port}/", ns=lab.client, check=False)
+        if res.returncode == 0:
+            break
+        time.sleep(0.25)
+    return res
+
+
+def test_the_page_shows_the_lab_containers_and_forward_live(page, lab, artifacts_dir):
+    for name in ("c1", "c2"):
+        ns_id(page, f"{lab.host}-{name}")
+    wait_js(page, forward_node(8080) + ".length === 1")
+    c1_eth0 = page.evaluate(f"""{forward_node(8080)}.connectedEdges()[0].target().parent().data('label')""")
+    assert c1_eth0 == f"{lab.host}-c1"
+    assert page.inner_text("#live") == "live"
+    assert "Add port forward" in page.inner_text("#forward-section")
+    page.screenshot(path=str(artifacts_dir / "dashboard-lab.png"))
+
+
+def test_clicking_a_container_opens_its_panel(page, lab):
+    click_namespace(page, f"{lab.host}-c1")
+    page.wait_for_selector("#details .details-head h2")
+    assert page.inner_text("#details .details-head h2") == f"{lab.host}-c1"
+    panel = page.locator("#p-forward-form")
+    assert panel.get_by_label("Container", exact=True).input_value() == "c1"
+    assert "8080:80/tcp" in page.inner_text("#details .panel-forms")
+    assert "172.17.0.2" in page.inner_text("#details .facts")
+
+
+def test_adding_and_removing_a_forward_through_the_form(page, lab):
+    form = page.locator("#g-forward-form")
+    form.get_by_label("Container", exact=True).select_option("c2")
+    form.get_by_label("Host port").fill("9091")
+    form.get_by_label("Container port").fill("80")
+    form.get_by_label("Protocol").select_option("tcp")
+    form.get_by_label("Host IP").fill("")
+    form.get_by_role("button", name="Preview commands").click()
+    page.wait_for_selector("#g-forward-form .outcome pre.commands")
+    assert "--dport 9091" in page.inner_text("#g-forward-form pre.commands")
+    assert page.evaluate(forward_node(9091) + ".length") == 0  # a preview changes nothing
+
+    page.locator("#g-forward-form").get_by_role("button", name="Add port forward").click()
+    wait_js(page, forward_node(9091) + ".length === 1")
+    target = page.evaluate(forward_node(9091) + ".connectedEdges()[0].target().parent().data('label')")
+    assert target == f"{lab.host}-c2"
+    page.wait_for_selector("#g-forward-form .outcome.applied")
+    res = curl_from_client(lab, 9091)
+    assert res.returncode == 0 and res.stdout.startswith("c2 saw"), res
+    wait_js(page, "document.querySelector('#audit-box').innerText.includes('add_forward')")
+
+    page.locator("#g-forward-form").get_by_role("button", name="Remove port forward").click()
+    page.locator("#g-forward-form").get_by_role("button", name="Confirm removal").click()
+    wait_js(page, forward_node(9091) + ".length === 0")
+    assert sh("curl", "-s", "-m", "2", f"http://{lab.host_ip}:9091/", ns=lab.client, check=False).returncode != 0
+
+
+def test_a_validation_error_shows_next_to_the_field(page):
+    form = page.locator("#g-forward-form")
+    form.get_by_label("Container", exact=True).select_option("c1")
+    form.get_by_label("Host port").fill("99999")
+    form.get_by_label("Container port").fill("80")
+    form.get_by_role("button", name="Add port forward").click()
+    page.wait_for_selector("#g-forward-host_port-error")
+    assert "1 to 65535" in page.inner_text("#g-forward-host_port-error")
+    assert page.get_attribute("#g-forward-host_port", "aria-invalid") == "true"
+
+
+def test_a_kernel_change_made_outside_the_ui_shows_up_live(page, lab):
+    name = "bstuibr0"
+    sh("ip", "-n", lab.host, "link", "add", name, "type", "bridge")
+    try:
+        wait_js(page, f"cy.nodes('[label = \"{name}\"]').length === 1")
+        parent = page.evaluate(f"cy.nodes('[label = \"{name}\"]').parent().data('label')")
+        assert parent == lab.host
+    finally:
+        sh("ip", "-n", lab.host, "link", "del", name, check=False)
+    wait_js(page, f"cy.nodes('[label = \"{name}\"]').length === 0")
+
+
+def test_search_export_and_reconnect_indicator(page, lab):
+    page.fill("#graph-search", "172.17.0.3")
+    wait_js(page, "document.getElementById('search-count').textContent.startsWith('1 found')")
+    assert page.evaluate("cy.$('.match').map(e => e.parent().data('label'))") == [f"{lab.host}-c2"]
+    with page.expect_download() as dl:
+        page.click("#export-png")
+    assert dl.value.suggested_filename == "bridgescope-topology.png"
+    page.fill("#graph-search", "")
