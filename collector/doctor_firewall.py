@@ -33,8 +33,7 @@ def host_forwards(view: HostView) -> tuple[PortForward, ...]:
 
 def rule_of(view: HostView, netns: str, chain: str | None, text: str | None) -> Rule | None:
     """The parsed rule behind an interpreted forward or masquerade."""
-    return next((r for r in view.snap.rules
-                 if r.netns == netns and r.text == text and (chain is None or r.chain == chain)), None)
+    return view.rule(netns, chain, text)
 
 
 def pf_objects(view: HostView, pf: PortForward) -> tuple[str, ...]:
@@ -46,8 +45,7 @@ def pf_objects(view: HostView, pf: PortForward) -> tuple[str, ...]:
 
 
 def attachment_with(view: HostView, addr: IPv4Address) -> Attachment | None:
-    return next((a for a in view.attachments()
-                 if any(x.ip == addr for x in ipv4_addresses(a.inner))), None)
+    return view.attachment_with(addr)
 
 
 def _is_v4(text: str) -> bool:
@@ -306,12 +304,17 @@ def _own_port_masquerade(rule: Rule, members: set[IPv4Address]) -> bool:
 # --- rule hygiene ------------------------------------------------------------------------
 
 def split_brain(view: HostView) -> tuple[Finding, ...]:
+    backends: dict[str, set[str]] = {}
+    legacy_tables: dict[str, set[str]] = {}
+    for r in view.snap.rules:
+        if r.family == 4:
+            backends.setdefault(r.netns, set()).add(r.backend)
+            if r.backend == "legacy":
+                legacy_tables.setdefault(r.netns, set()).add(r.table)
     out = []
     for ns in ((view.host,) if view.host else ()) + view.containers():
-        backends = {r.backend for r in view.snap.rules if r.netns == ns.id and r.family == 4}
-        if {"legacy", "nft"} <= backends:
-            tables = sorted({r.table for r in view.snap.rules
-                             if r.netns == ns.id and r.backend == "legacy"})
+        if {"legacy", "nft"} <= backends.get(ns.id, set()):
+            tables = sorted(legacy_tables[ns.id])
             out.append(Finding(
                 "split-brain", "error", (ns.id,),
                 f"{ns.name} has rules in both iptables-legacy and iptables-nft",

@@ -10,7 +10,7 @@ from ipaddress import IPv4Interface
 
 from bridgescope.collector.finding import Finding
 from bridgescope.collector.hostview import (
-    Attachment, HostView, in_ns, ipv4_addresses, ipv4_routes, is_default,
+    Attachment, HostView, in_ns, ipv4_addresses, is_default,
 )
 from bridgescope.collector.model import Interface, Namespace
 
@@ -49,7 +49,7 @@ def link_down(view: HostView) -> tuple[Finding, ...]:
                                  "The container's interface is down: it has no link, and the "
                                  "kernel removed the routes through it."))
     for ns in view.containers():
-        lo = next((i for i in view.snap.interfaces_in(ns.id) if i.kind == "loopback"), None)
+        lo = next((i for i in view.interfaces_in(ns.id) if i.kind == "loopback"), None)
         if lo is not None and not is_up(lo):
             out.append(_down(ns, lo, f"lo in {ns.name} is down",
                              "The container's loopback is down: programs inside cannot talk to "
@@ -70,7 +70,7 @@ def is_up(iface: Interface) -> bool:
 
 def offlink_addresses(view: HostView, att: Attachment) -> tuple[tuple[IPv4Interface, IPv4Interface], ...]:
     """(container address, bridge gateway) pairs where a /32 leaves the gateway off-link."""
-    routes = ipv4_routes(view.snap, att.namespace.id)
+    routes = view.routes4(att.namespace.id)
     out = []
     for addr in ipv4_addresses(att.inner):
         gateway = att_gateway(view, att, addr)
@@ -122,7 +122,7 @@ def no_default_route(view: HostView) -> tuple[Finding, ...]:
         atts = view.attachment_of(ns.id)
         if any(not is_up(a.inner) or offlink_addresses(view, a) for a in atts):
             continue  # explained by link-down / addr-no-prefix
-        if any(is_default(r) for r in ipv4_routes(view.snap, ns.id)):
+        if any(is_default(r) for r in view.routes4(ns.id)):
             continue
         gateway = next((g for a in atts for addr in ipv4_addresses(a.inner)
                         if (g := att_gateway(view, a, addr)) is not None), None)
@@ -142,8 +142,8 @@ def mtu_mismatch(view: HostView) -> tuple[Finding, ...]:
     host = view.host
     if host is None:
         return ()
-    uplink_name = next((r.dev for r in ipv4_routes(view.snap, host.id) if is_default(r)), None)
-    uplink = next((i for i in view.snap.interfaces_in(host.id) if i.name == uplink_name), None)
+    uplink_name = next((r.dev for r in view.routes4(host.id) if is_default(r)), None)
+    uplink = next((i for i in view.interfaces_in(host.id) if i.name == uplink_name), None)
     if uplink is None:
         return ()
     out = []

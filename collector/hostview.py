@@ -11,9 +11,10 @@ from __future__ import annotations
 import ipaddress
 import shlex
 from dataclasses import dataclass
+from functools import cached_property, lru_cache
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 
-from bridgescope.collector.model import Interface, Namespace, Route, Snapshot
+from bridgescope.collector.model import Interface, Namespace, Route, Rule, Snapshot
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,36 @@ class HostView:
     host: Namespace | None
     bridges: tuple[BridgeNet, ...]
 
+    # Indexes, built once per view: the checks ask them once per forward or rule.
+    @cached_property
+    def _owners(self) -> dict[IPv4Address, Interface]:
+        out: dict[IPv4Address, Interface] = {}
+        for iface in self.snap.interfaces:
+            for addr in ipv4_addresses(iface):
+                out.setdefault(addr.ip, iface)
+        return out
+
+    @cached_property
+    def _attached(self) -> dict[IPv4Address, Attachment]:
+        return {a.ip: att for att in self.attachments() for a in ipv4_addresses(att.inner)}
+
+    @cached_property
+    def _rules(self) -> dict[tuple[str, str, str], Rule]:
+        out: dict[tuple[str, str, str], Rule] = {}
+        for r in self.snap.rules:
+            out.setdefault((r.netns, r.chain, r.text), r)
+        return out
+
+    def rule(self, netns: str, chain: str | None, text: str | None) -> Rule | None:
+        """The parsed rule behind an interpreted forward or masquerade."""
+        if chain is not None:
+            return self._rules.get((netns, chain, text or ""))
+        return next((r for r in self.snap.rules if r.netns == netns and r.text == text), None)
+
+    def attachment_with(self, addr: IPv4Address) -> Attachment | None:
+        """The container attachment whose inner interface has addr."""
+        return self._attached.get(addr)
+
     def containers(self) -> tuple[Namespace, ...]:
         seen: dict[str, Namespace] = {}
         for net in self.bridges:
@@ -51,26 +82,52 @@ class HostView:
                 seen.setdefault(att.namespace.id, att.namespace)
         return tuple(seen.values())
 
-    def attachments(self) -> tuple[Attachment, ...]:
+    @cached_property
+    def _all_attachments(self) -> tuple[Attachment, ...]:
         return tuple(a for net in self.bridges for a in net.attachments)
 
+    def attachments(self) -> tuple[Attachment, ...]:
+        return self._all_attachments
+
+    @cached_property
+    def _by_namespace(self) -> dict[str, tuple[list[Attachment], list[Interface], list[Route]]]:
+        out: dict[str, tuple[list, list, list]] = {}
+        for att in self.attachments():
+            out.setdefault(att.namespace.id, ([], [], []))[0].append(att)
+        for iface in self.snap.interfaces:
+            out.setdefault(iface.netns, ([], [], []))[1].append(iface)
+        for route in self.snap.routes:
+            if route.family == 4:
+                out.setdefault(route.netns, ([], [], []))[2].append(route)
+        return out
+
     def attachment_of(self, ns_id: str) -> tuple[Attachment, ...]:
-        return tuple(a for a in self.attachments() if a.namespace.id == ns_id)
+        return tuple(self._by_namespace.get(ns_id, ((), (), ()))[0])
+
+    def interfaces_in(self, ns_id: str) -> tuple[Interface, ...]:
+        return tuple(self._by_namespace.get(ns_id, ((), (), ()))[1])
+
+    def routes4(self, ns_id: str) -> tuple[Route, ...]:
+        """The namespace's IPv4 routes."""
+        return tuple(self._by_namespace.get(ns_id, ((), (), ()))[2])
 
     def bridge_of_address(self, addr: IPv4Address) -> BridgeNet | None:
         return next((n for n in self.bridges if any(addr in net for net in n.networks())), None)
 
     def owner_of_address(self, addr: IPv4Address) -> Interface | None:
         """The interface (any namespace) that has addr assigned."""
-        for iface in self.snap.interfaces:
-            if any(a.ip == addr for a in ipv4_addresses(iface)):
-                return iface
-        return None
+        return self._owners.get(addr)
 
 
 def ipv4_addresses(iface: Interface) -> tuple[IPv4Interface, ...]:
+    return _parse_v4(iface.addresses)
+
+
+@lru_cache(maxsize=65536)
+def _parse_v4(addresses: tuple[str, ...]) -> tuple[IPv4Interface, ...]:
+    """Parsing is the doctor's hot spot on big hosts; snapshots repeat the same strings."""
     out = []
-    for text in iface.addresses:
+    for text in addresses:
         try:
             addr = ipaddress.ip_interface(text)
         except ValueError:
@@ -93,16 +150,18 @@ def host_view(snap: Snapshot) -> HostView:
     if host is None:
         return HostView(snap, None, ())
     by_id = {i.id: i for i in snap.interfaces}
+    namespaces = {n.id: n for n in snap.namespaces}
+    mine = snap.interfaces_in(host.id)
     nets = []
-    for bridge in snap.interfaces_in(host.id):
+    for bridge in mine:
         if bridge.kind != "bridge":
             continue
         atts = []
-        for port in snap.interfaces_in(host.id):
+        for port in mine:
             inner = by_id.get(port.peer or "")
             if port.master != bridge.id or inner is None or inner.netns == host.id:
                 continue
-            ns = snap.namespace(inner.netns)
+            ns = namespaces.get(inner.netns)
             if ns is not None:
                 atts.append(Attachment(bridge, port, inner, ns))
         nets.append(BridgeNet(bridge, ipv4_addresses(bridge), tuple(atts)))
