@@ -84,6 +84,7 @@ def full_read(ns: str) -> int:
 def cold(ns: str):
     def read():
         parse_body.cache_clear()
+        firewall.assemble_namespace.cache_clear()
         return full_read(ns)
     return read
 
@@ -155,6 +156,7 @@ def bench_many(count: int) -> None:
 
     def scan_all():
         parse_body.cache_clear()
+        firewall.assemble_namespace.cache_clear()
         scan = firewall.scan(paths)
         assert len(scan.rules) == 15 * count, len(scan.rules)
         interpret(scan.rules, scan.chains, (), ())

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -342,14 +343,15 @@ def test_snapshot_lists_the_published_port_with_owner_backend_and_container(host
     assert any(host_id in w and "split brain" in w for w in snap.warnings)
 
 
-def test_docker_proxy_process_is_reported_as_a_forward(netns):
-    """A process whose command line is docker-proxy's (bash renamed by exec -a)."""
+def test_docker_proxy_process_is_reported_as_a_forward(netns, tmp_path):
+    """A process with docker-proxy's name and command line (bash behind a symlink)."""
     ns = netns("proxy")
+    fake_binary = tmp_path / "docker-proxy"
+    fake_binary.symlink_to(shutil.which("bash"))
     argv = ["-proto", "udp", "-host-ip", "127.0.0.1", "-host-port", "5353",
             "-container-ip", "172.17.0.3", "-container-port", "53"]
-    fake = subprocess.Popen(["ip", "netns", "exec", ns, "bash", "-c",
-                             'exec -a docker-proxy bash -c "read -r _" "$@"', "_", *argv],
-                            stdin=subprocess.PIPE)
+    fake = subprocess.Popen(["ip", "netns", "exec", ns, str(fake_binary), "-c", "read -r _",
+                             *argv], stdin=subprocess.PIPE)
     try:
         for _ in range(50):  # until the exec has happened
             scan = firewall.scan({ns: path(ns)})

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Iterable, Mapping
 
 from bridgescope.collector import owners
@@ -48,24 +49,40 @@ def assemble(dumps: Iterable[NamespaceDump]) -> FirewallScan:
     chains: list[Chain] = []
     warnings: list[str] = []
     for dump in dumps:
-        warnings.extend(dump.problems)
-        for save in dump.saves:
-            try:
-                got_rules, got_chains = savefmt.parse_save(save.text, netns=dump.netns,
-                                                           backend=save.backend, family=save.family)
-            except BridgescopeError as err:
-                warnings.append(str(err))
-                continue
+        one = assemble_namespace(dump)
+        rules.extend(one.rules)
+        chains.extend(one.chains)
+        warnings.extend(one.warnings)
+    return FirewallScan(tuple(rules), tuple(chains), tuple(warnings))
+
+
+@lru_cache(maxsize=512)
+def assemble_namespace(dump: NamespaceDump) -> FirewallScan:
+    """One namespace (owners and split brains never span namespaces).
+
+    Cached on the exact tool output: the watcher re-reads namespaces whose rules (and
+    counters) did not change, and then this costs one string comparison.
+    """
+    rules: list[Rule] = []
+    chains: list[Chain] = []
+    warnings: list[str] = list(dump.problems)
+    for save in dump.saves:
+        try:
+            got_rules, got_chains = savefmt.parse_save(save.text, netns=dump.netns,
+                                                       backend=save.backend, family=save.family)
+        except BridgescopeError as err:
+            warnings.append(str(err))
+            continue
+        rules.extend(got_rules)
+        chains.extend(got_chains)
+    if dump.nft_json is not None:
+        try:
+            got_rules, got_chains = nftjson.parse_ruleset(dump.nft_json, netns=dump.netns)
+        except BridgescopeError as err:
+            warnings.append(str(err))
+        else:
             rules.extend(got_rules)
             chains.extend(got_chains)
-        if dump.nft_json is not None:
-            try:
-                got_rules, got_chains = nftjson.parse_ruleset(dump.nft_json, netns=dump.netns)
-            except BridgescopeError as err:
-                warnings.append(str(err))
-            else:
-                rules.extend(got_rules)
-                chains.extend(got_chains)
     attributed = owners.attribute(rules)
     warnings.extend(owners.split_brain_warnings(attributed))
     return FirewallScan(attributed, tuple(chains), tuple(warnings))

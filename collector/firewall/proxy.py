@@ -2,8 +2,8 @@
 
 Docker runs one per binding (`docker-proxy -proto tcp -host-ip H -host-port P
 -container-ip C -container-port Q`); it serves what the DNAT rules skip, such as
-127.0.0.1:P from the host itself. Read from /proc/*/cmdline; the namespace is that of the
-process (normally the host).
+127.0.0.1:P from the host itself. Read from /proc/*/comm and cmdline; the namespace is
+that of the process (normally the host).
 """
 from __future__ import annotations
 
@@ -21,6 +21,10 @@ def listeners(namespaces: Mapping[str, str]) -> tuple[PortForward, ...]:
     by_inode = _inodes(namespaces)
     found = []
     for pid in (p for p in os.listdir("/proc") if p.isdigit()):
+        # comm first: it lives in the task, while reading cmdline touches the process's
+        # memory and can wait on a busy process; docker-proxy's comm is its file name.
+        if _comm(pid) != "docker-proxy":
+            continue
         argv = _cmdline(pid)
         if not argv or os.path.basename(argv[0]) != "docker-proxy":
             continue
@@ -57,6 +61,14 @@ def _inodes(namespaces: Mapping[str, str]) -> dict[int, str]:
         except OSError:
             continue
     return out
+
+
+def _comm(pid: str) -> str:
+    try:
+        with open(f"/proc/{pid}/comm", "rb") as f:
+            return f.read().decode(errors="replace").strip()
+    except OSError:
+        return ""
 
 
 def _cmdline(pid: str) -> list[str]:
