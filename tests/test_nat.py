@@ -213,6 +213,37 @@ def test_ipv6_forward():
     assert forward.forward_accept is True
 
 
+def test_docker_dns_rules_inside_a_container():
+    """Docker's embedded DNS: nat rules in the container's own namespace, OUTPUT only."""
+    text = "\n".join([
+        "*nat", ":PREROUTING ACCEPT [0:0]", ":INPUT ACCEPT [0:0]", ":OUTPUT ACCEPT [0:0]",
+        ":POSTROUTING ACCEPT [0:0]", ":DOCKER_OUTPUT - [0:0]", ":DOCKER_POSTROUTING - [0:0]",
+        "-A OUTPUT -d 127.0.0.11/32 -j DOCKER_OUTPUT",
+        "-A POSTROUTING -d 127.0.0.11/32 -j DOCKER_POSTROUTING",
+        "-A DOCKER_OUTPUT -d 127.0.0.11/32 -p udp -m udp --dport 53 -j DNAT --to-destination 127.0.0.11:41234",
+        "-A DOCKER_POSTROUTING -s 127.0.0.11/32 -p udp -m udp --sport 41234 -j SNAT --to-source :53",
+        "COMMIT", ""])
+    scan = assemble([NamespaceDump("ns-docker", (SaveText("nft", 4, text),))])
+    assert {r.owner for r in scan.rules} == {"docker"}
+    nat = view(scan)
+    dns = only(nat.port_forwards)
+    assert (dns.host_ip, dns.host_port, dns.to_ip, dns.to_port, dns.proto) == (
+        "127.0.0.11", 53, "127.0.0.11", 41234, "udp")
+    assert dns.from_host and not dns.reachable  # the container's own resolver, not published
+    snat = only(nat.masquerades)
+    assert (snat.source, snat.to_source, snat.destination) == ("127.0.0.11/32", ":53", "127.0.0.11/32")
+
+
+def test_unchanged_dump_is_not_parsed_again():
+    dump = NamespaceDump(HOST, (SaveText("nft", 4, (DATA / "docker29.rules").read_text()),))
+    first = assemble([dump])
+    again = assemble([NamespaceDump(HOST, (SaveText("nft", 4, (DATA / "docker29.rules").read_text()),))])
+    assert again == first and again.rules[0] is first.rules[0]
+    changed = (DATA / "docker29.rules").read_text().replace("8080", "8081")
+    other = assemble([NamespaceDump(HOST, (SaveText("nft", 4, changed),))])
+    assert only(view(other).port_forwards).host_port == 8081
+
+
 def test_split_brain_names_both_backends():
     dumps = [NamespaceDump(HOST, (SaveText("nft", 4, (DATA / "docker29.rules").read_text()),
                                   SaveText("legacy", 4, (DATA / "cni-portmap.rules").read_text())))]
