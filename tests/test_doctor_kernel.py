@@ -3,6 +3,7 @@ with the real ip/iptables/nft tools, healthy in each runtime's layout - then bro
 one way per finding id. Each breakage must yield that finding and no other."""
 from __future__ import annotations
 
+import os
 import secrets
 from dataclasses import dataclass
 
@@ -232,3 +233,35 @@ def test_lab_with_the_blogs_masquerade_instead_of_ours(lab):
     found = diagnose(snapshot(lab.host))
     # c1 and c2 (.2, .3) still fit in 172.17.0.0/24: a warning, not yet an outage
     assert [(f.id, f.severity) for f in found] == [("masquerade-mask-mismatch", "warning")]
+
+
+def run_cli(*argv: str):
+    import subprocess
+    import sys
+    return subprocess.run([sys.executable, "-m", "bridgescope.webui.cli", "doctor", *argv],
+                          capture_output=True, text=True, timeout=600)
+
+
+def test_cli_exit_status_text_and_json(netns):
+    import json
+    site = build(netns, DOCKER_29)
+    healthy = run_cli("--netns", site.host)
+    assert healthy.returncode == 0 and healthy.stdout == "No problems found.\n"
+    sh("sysctl", "-qw", "net.ipv4.ip_forward=0", ns=site.host)
+    site.ip(site.ctr, "link", "set", "lo", "down")
+    broken = run_cli("--netns", site.host)
+    assert broken.returncode == 2
+    assert broken.stdout.startswith("ERROR [ip-forward-off]")
+    assert "WARNING [link-down] lo in" in broken.stdout and broken.stdout.endswith("1 error, 1 warning\n")
+    as_json = json.loads(run_cli("--json", "--netns", site.host).stdout)
+    assert [(f["id"], f["severity"]) for f in as_json["findings"]] == [
+        ("ip-forward-off", "error"), ("link-down", "warning")]
+    assert set(as_json["findings"][0]) == {"id", "severity", "objects", "title", "explanation", "fix"}
+
+
+def test_cli_missing_namespace_is_one_line_and_creates_nothing(run_prefix):
+    missing = f"{run_prefix}-no-such-ns"
+    res = run_cli("--netns", missing)
+    assert res.returncode == 1 and res.stdout == ""
+    assert res.stderr.count("\n") == 1 and "does not exist" in res.stderr
+    assert not os.path.exists(f"/run/netns/{missing}")

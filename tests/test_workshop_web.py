@@ -1,0 +1,123 @@
+"""The workshop's HTTP side against a real walk lab: pages, the attendee view, and bad input
+(unknown steps and actions, steps out of order, bad packet-path choices) answered with one
+clear message and no change."""
+from __future__ import annotations
+
+import re
+import secrets
+
+import pytest
+
+from bridgescope.collector.model import Snapshot
+from bridgescope.plumbing.walklab import WalkLab
+from bridgescope.webui.app import create_app
+
+pytestmark = pytest.mark.kernel
+BASE = "http://127.0.0.1:8470"
+
+
+class NoHost:
+    """The dashboard's own topology source is not what these tests are about."""
+    snapshot, elements, version = Snapshot(), [], 0
+
+    def subscribe(self):
+        return None
+
+    def unsubscribe(self, q) -> None:
+        pass
+
+    def refresh(self, ns_id=None) -> None:
+        pass
+
+
+@pytest.fixture
+def client(run_prefix, tmp_path, monkeypatch):
+    prefix = f"{run_prefix}h{secrets.token_hex(1)}"
+    monkeypatch.setenv("BRIDGESCOPE_WALK_PREFIX", prefix)
+    monkeypatch.setenv("BRIDGESCOPE_STATE_DIR", str(tmp_path))
+    app = create_app({"NO_AUTH": True, "SOURCE": NoHost(), "TESTING": True})
+    lab = WalkLab(prefix)
+    try:
+        lab.up()
+        c = app.test_client()
+        page = c.get("/workshop/walk", base_url=BASE)
+        csrf = re.search(r'name="csrf-token" content="([^"]+)"', page.get_data(as_text=True)).group(1)
+        yield c, {"X-CSRF-Token": csrf}, lab
+    finally:
+        ws = app.extensions.get("bridgescope_workshop")
+        if ws is not None and ws._source is not None:
+            ws._source.stop()
+        lab.down()
+
+
+def post(c, headers, url, **kw):
+    return c.post(url, headers=headers, base_url=BASE, **kw)
+
+
+def error_text(resp) -> str:
+    return re.search(r'class="ws-error"[^>]*>([^<]*)<', resp.get_data(as_text=True)).group(1)
+
+
+def test_walk_page_and_the_attendee_view(client):
+    c, _, lab = client
+    page = c.get("/workshop/walk", base_url=BASE).get_data(as_text=True)
+    assert page.count('class="ws-step ') == len(lab.steps)
+    assert 'id="do-bridge"' in page and "ip link add docker0 type bridge" in page
+    follow = c.get("/workshop/walk?follow=1", base_url=BASE).get_data(as_text=True)
+    assert "data-ws-post" not in follow and 'id="ws-path-form"' not in follow
+    assert "<script>" not in page and " style=" not in page  # the CSP allows neither
+
+
+def test_steps_through_http_and_the_state(client):
+    c, h, lab = client
+    assert post(c, h, "/workshop/walk/step/bridge/apply").status_code == 200
+    resp = post(c, h, "/workshop/walk/step/gateway/apply")
+    assert 'id="step-gateway" data-status="done"' in resp.get_data(as_text=True)
+    state = c.get("/workshop/walk/state", base_url=BASE).get_json()
+    assert state["progress"]["gateway"] == "done" and state["next"] == "bridge-up"
+    assert [f["id"] for f in state["findings"]] == ["link-down"]
+    lab_doctor = c.get("/workshop/doctor.json?lab=1", base_url=BASE).get_json()
+    assert [f["id"] for f in lab_doctor["findings"]] == ["link-down"]
+
+
+@pytest.mark.parametrize("url,status,message", [
+    ("/workshop/walk/step/route/apply", 400, "do step &#39;Create the bridge&#39; first"),
+    ("/workshop/walk/step/nonsense/apply", 400, "there is no walk step called &#39;nonsense&#39;"),
+    ("/workshop/walk/step/bridge/fix", 400, "that action needs it to be wrong"),
+])
+def test_bad_walk_actions_change_nothing(client, url, status, message):
+    c, h, lab = client
+    resp = post(c, h, url)
+    assert resp.status_code == status
+    assert message in error_text(resp)
+    assert set(lab.progress().values()) == {"pending"}
+
+
+def test_unknown_action_is_404(client):
+    c, h, _ = client
+    assert post(c, h, "/workshop/walk/step/bridge/explode").status_code == 404
+
+
+@pytest.mark.parametrize("form,field", [
+    ({"source": "mars", "destination": "0"}, "source"),
+    ({"source": "client", "destination": "9"}, "destination"),
+    ({"source": "client", "destination": "-1"}, "destination"),
+    ({"source": "container", "destination": "1"}, "source"),  # no container before the walk
+])
+def test_bad_packet_path_choices(client, form, field):
+    c, h, _ = client
+    resp = post(c, h, "/workshop/walk/path", data=form)
+    assert resp.status_code == 400 and resp.get_json()["field"] == field
+
+
+def test_packet_path_from_the_client_before_any_step(client):
+    c, h, _ = client
+    body = post(c, h, "/workshop/walk/path", data={"source": "client", "destination": "0"}).get_json()
+    # nothing is published yet: the host itself is where the packet ends
+    assert body["delivered_to"].endswith("-host")
+    assert not any(s["kind"] == "nat" for s in body["steps"])
+
+
+def test_details_of_a_missing_element_is_404(client):
+    c, _, _ = client
+    assert c.get("/workshop/walk/details/ns-0/if99", base_url=BASE).status_code == 404
