@@ -157,6 +157,13 @@ def _next(snap: Snapshot, oif: Interface, next_hop: IPv4Address, steps: list[Ste
         peer = snap.interface(port.peer or "")
         text = f"{oif.name} switches the frame to port {port.name}"
         if in_port is not None and in_port.id == port.id:
+            if port.hairpin is False and _bridge_netfilter(snap, oif.netns):
+                # with bridge netfilter the DNAT happened on the bridge, which now must send
+                # the frame back where it came from: it refuses unless hairpin mode is on
+                steps.append(Step("drop", oif.netns, f"{oif.name} will not send the frame back out "
+                                  f"of {port.name}, the port it came in on: hairpin mode is off",
+                                  (oif.id, port.id)))
+                return None
             mode = {True: "on", False: "off"}.get(port.hairpin, "unknown")
             text += f" - back out of the port it came in on (hairpin mode {mode})"
         steps.append(Step("bridge", oif.netns, text, (oif.id, port.id)))
@@ -181,6 +188,11 @@ def _next(snap: Snapshot, oif: Interface, next_hop: IPv4Address, steps: list[Ste
     steps.append(Step("veth", peer.netns, f"veth {oif.name} -> {peer.name} in "
                       f"{_ns_name(snap, peer.netns)}", (oif.id, peer.id, peer.netns)))
     return peer.netns, peer, None
+
+
+def _bridge_netfilter(snap: Snapshot, ns_id: str) -> bool:
+    ns = snap.namespace(ns_id)
+    return ns is not None and ns.sysctl("net.bridge.bridge-nf-call-iptables") == "1"
 
 
 def _bridge_port_towards(snap: Snapshot, bridge: Interface, addr: IPv4Address) -> Interface | None:

@@ -172,3 +172,27 @@ def test_probe_source_must_be_in_the_lab(lab):
     with pytest.raises(ValidationError) as err:
         send(lab.host, outsider.id, lab.internet_ip, 80, prefix=lab.prefix)
     assert err.value.field == "source"
+
+
+@pytest.mark.kernel
+def test_hairpin_off_the_path_stops_at_the_bridge_and_the_doctor_says_so(run_prefix):
+    from bridgescope.collector.doctor import diagnose
+    from bridgescope.plumbing.lab import lab_down, lab_up
+    from bridgescope.plumbing.probe import send
+    prefix = f"{run_prefix}{secrets.token_hex(2)}"
+    try:
+        lab = lab_up(prefix)
+        snap = lab_snapshot(lab)
+        c1 = f"{lab.host}-c1"
+        port = next(i for i in snap.interfaces_in(ns_id(snap, lab.host))
+                    if i.peer == iface_id(snap, c1, "eth0"))
+        sh("ip", "-n", lab.host, "link", "set", port.name, "type", "bridge_slave", "hairpin", "off")
+        snap = lab_snapshot(lab)
+        assert [f.id for f in diagnose(snap)] == ["hairpin-off"]
+        path = trace_live(snap, ns_id(snap, c1), lab.host_ip, 8080)
+        assert path.delivered_to is None and path.steps[-1].kind == "drop"
+        assert "hairpin mode is off" in path.steps[-1].text
+        result = send(lab.host, ns_id(snap, c1), lab.host_ip, 8080, prefix=lab.prefix)
+        assert not result.connected  # the kernel agrees: the connection never completes
+    finally:
+        lab_down(prefix)
