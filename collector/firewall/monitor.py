@@ -1,21 +1,24 @@
 """Tell the watcher which namespaces' firewall rules changed.
 
-nf_tables has change events: one `nft monitor` per namespace reports every rule, chain and
-table change, whether nft, iptables-nft, Docker or firewalld made it (xtables-monitor -e
-stands in when nft is not installed). Its output is only a trigger: we debounce a burst
-(Docker adds a dozen rules per container) and then say "namespace X changed"; the caller
-re-reads that namespace. Legacy x_tables have no events (xtables-legacy(8)), so namespaces
-that have legacy tables are polled: a hash of `iptables-legacy-save` without counters.
+nf_tables announces every change (rule, chain, set, table; whether nft, iptables-nft,
+Docker or firewalld made it) to the netlink group NFNLGRP_NFTABLES - what `nft monitor`
+and `xtables-monitor` print. We listen to that group directly: one netlink socket per
+namespace, opened from a thread that joined the namespace for the moment (a socket stays
+in the namespace it was created in), all multiplexed by one thread. That is an fd per
+namespace instead of an `nft monitor` process (3.7 MB each, and orphaned for good when the
+watching process is killed). Messages are only a trigger: a burst (Docker adds a dozen
+rules per container) is debounced, then on_change(ns_id) and the caller re-reads.
 
-One thread does all of it: it multiplexes the monitors' pipes, fires due callbacks, polls,
-and reconciles the monitor processes with the namespaces `update` asked for.
+Legacy x_tables have no events (xtables-legacy(8)), so namespaces that have legacy tables
+are polled: a hash of `iptables-legacy-save` without counters.
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import selectors
-import shutil
+import socket
 import subprocess
 import threading
 import time
@@ -24,14 +27,26 @@ from typing import Callable, Mapping
 from bridgescope.collector.firewall import readers
 
 DEBOUNCE = 0.2  # seconds of quiet after the last event before re-reading
-POLL = 2.0  # legacy hash polling period; also how soon a dead monitor is restarted
+POLL = 2.0  # legacy hash polling period; also how soon a lost subscription is retried
 TICK = 0.05
+NETLINK_NETFILTER = 12
+NFNLGRP_NFTABLES = 7
+SOL_NETLINK, NETLINK_ADD_MEMBERSHIP = 270, 1
 
 
-def monitor_argv() -> list[str]:
-    if shutil.which("nft"):
-        return ["stdbuf", "-oL", "nft", "monitor"]
-    return ["stdbuf", "-oL", "xtables-monitor", "-e"]
+def subscribe(path: str) -> socket.socket:
+    """A netlink socket in the namespace at path, receiving its nf_tables change events."""
+    with readers.inside(path):
+        sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC,
+                             NETLINK_NETFILTER)
+    try:
+        sock.bind((0, 0))
+        sock.setsockopt(SOL_NETLINK, NETLINK_ADD_MEMBERSHIP, NFNLGRP_NFTABLES)
+        sock.setblocking(False)
+    except OSError:
+        sock.close()
+        raise
+    return sock
 
 
 class FirewallWatch:
@@ -46,11 +61,11 @@ class FirewallWatch:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._selector = selectors.DefaultSelector()
-        self._monitors: dict[str, tuple[str, subprocess.Popen]] = {}  # ns -> (path, process)
+        self._sockets: dict[str, tuple[str, socket.socket]] = {}  # ns -> (path, socket)
         self._due: dict[str, float] = {}  # ns -> monotonic time to report it
         self._legacy: dict[str, str] = {}  # ns -> hash of its legacy rules ("" = none)
         self._next_poll = 0.0
-        self.errors: list[str] = []  # what went wrong in callbacks or tools, newest last
+        self.errors: list[str] = []  # what went wrong in callbacks or subscriptions, newest last
 
     def update(self, namespaces: Mapping[str, str]) -> None:
         with self._lock:
@@ -67,80 +82,71 @@ class FirewallWatch:
         if self._thread is not None:
             self._thread.join(timeout=10)
             self._thread = None
-        for ns_id in list(self._monitors):
-            self._end_monitor(ns_id)
+        for ns_id in list(self._sockets):
+            self._unsubscribe(ns_id)
         self._selector.close()
 
     # -- the loop ------------------------------------------------------------------------
     def _run(self) -> None:
         while not self._stop.is_set():
-            self._reconcile()
-            for key, _ in self._selector.select(timeout=TICK):
-                self._read(key)
             now = time.monotonic()
-            if now >= self._next_poll:
+            poll_due = now >= self._next_poll
+            if poll_due:
                 self._next_poll = now + self._poll
+            self._reconcile(retry=poll_due)
+            if poll_due:
                 self._poll_legacy()
+            for key, _ in self._selector.select(timeout=TICK) if self._sockets else ():
+                self._read(key)
+            if not self._sockets:
+                self._stop.wait(TICK)
+            now = time.monotonic()
             for ns_id in [n for n, when in self._due.items() if when <= now]:
                 del self._due[ns_id]
                 self._fire(ns_id)
 
-    def _reconcile(self) -> None:
+    def _reconcile(self, retry: bool) -> None:
         with self._lock:
             wanted = dict(self._wanted)
-        for ns_id, (path, _) in list(self._monitors.items()):
+        for ns_id, (path, _) in list(self._sockets.items()):
             if wanted.get(ns_id) != path:
-                self._end_monitor(ns_id)
-        for ns_id in set(self._legacy) - set(wanted):
-            del self._legacy[ns_id]
-        for ns_id in set(self._due) - set(wanted):
-            del self._due[ns_id]
-        restart_due = time.monotonic() >= self._next_poll
+                self._unsubscribe(ns_id)
+        for gone in (set(self._legacy) | set(self._due)) - set(wanted):
+            self._legacy.pop(gone, None)
+            self._due.pop(gone, None)
         for ns_id, path in wanted.items():
-            if ns_id not in self._monitors and (ns_id not in self._legacy or restart_due):
-                self._start_monitor(ns_id, path)
+            if ns_id not in self._legacy:  # new: subscribe now, hash its legacy rules
+                self._legacy[ns_id] = self._legacy_hash(path)
+                self._subscribe(ns_id, path)
+            elif ns_id not in self._sockets and retry:
+                self._subscribe(ns_id, path)
 
-    def _start_monitor(self, ns_id: str, path: str) -> None:
-        if not os.path.exists(path):
-            return
+    def _subscribe(self, ns_id: str, path: str) -> None:
         try:
-            process = subprocess.Popen(["nsenter", f"--net={path}", "--", *monitor_argv()],
-                                       stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                       stderr=subprocess.DEVNULL)
+            sock = subscribe(path)
         except OSError as err:
-            self.errors.append(f"cannot watch the firewall of {ns_id}: {err.strerror}")
+            self._note(f"cannot watch the nf_tables rules of {ns_id}: {err.strerror}")
             return
-        os.set_blocking(process.stdout.fileno(), False)
-        self._selector.register(process.stdout, selectors.EVENT_READ, ns_id)
-        self._monitors[ns_id] = (path, process)
-        if ns_id not in self._legacy:
-            self._legacy[ns_id] = self._legacy_hash(path)
+        self._selector.register(sock, selectors.EVENT_READ, ns_id)
+        self._sockets[ns_id] = (path, sock)
 
-    def _end_monitor(self, ns_id: str) -> None:
-        _, process = self._monitors.pop(ns_id)
-        try:
-            self._selector.unregister(process.stdout)
-        except (KeyError, ValueError):
-            pass
-        if process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(timeout=2)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-        process.stdout.close()
+    def _unsubscribe(self, ns_id: str) -> None:
+        _, sock = self._sockets.pop(ns_id)
+        self._selector.unregister(sock)
+        sock.close()
 
     def _read(self, key: selectors.SelectorKey) -> None:
         ns_id = key.data
         try:
-            chunk = os.read(key.fd, 65536)
+            while key.fileobj.recv(65536):  # drain: any message means "changed"
+                pass
         except BlockingIOError:
-            return
-        if chunk:
-            self._due[ns_id] = time.monotonic() + self._debounce
-        else:  # the monitor ended (namespace gone, or killed): restart it on a later poll
-            self._end_monitor(ns_id)
+            pass
+        except OSError as err:
+            if err.errno != errno.ENOBUFS:  # ENOBUFS: so many changes we lost some: changed
+                self._unsubscribe(ns_id)  # retried on a later poll
+                return
+        self._due[ns_id] = time.monotonic() + self._debounce
 
     def _poll_legacy(self) -> None:
         with self._lock:
@@ -162,9 +168,13 @@ class FirewallWatch:
         digest = hashlib.sha256()
         for family in sorted(families):
             tool = readers.SAVE_TOOLS[("legacy", family)]
-            done = subprocess.run(["nsenter", f"--net={path}", "--", tool], capture_output=True,
-                                  timeout=readers.TIMEOUT)
-            # The first line says when the dump was taken: leave it out.
+            try:
+                done = subprocess.run(["nsenter", f"--net={path}", "--", tool], capture_output=True,
+                                      timeout=readers.TIMEOUT)
+            except (OSError, subprocess.TimeoutExpired) as err:
+                self._note(f"cannot poll the legacy rules at {path}: {err}")
+                continue
+            # The first line says when the dump was taken: leave comments out.
             digest.update(b"\n".join(l for l in done.stdout.splitlines() if not l.startswith(b"#")))
         return digest.hexdigest() if families else ""
 
@@ -172,5 +182,8 @@ class FirewallWatch:
         try:
             self._on_change(ns_id)
         except Exception as err:  # noqa: BLE001 - one failed re-read must not end the watch
-            self.errors.append(f"re-reading {ns_id} after a firewall change failed: {err}")
-            del self.errors[:-20]
+            self._note(f"re-reading {ns_id} after a firewall change failed: {err}")
+
+    def _note(self, problem: str) -> None:
+        self.errors.append(problem)
+        del self.errors[:-20]
