@@ -28,6 +28,7 @@ CHECKS: tuple[Check, ...] = (
     links.mtu_mismatch,
     fw.split_brain,
     fw.masquerade,
+    fw.masquerade_bridge_traffic,
     fw.dnat_unreachable,
     fw.forward_blocked,
     fw.hairpin_off,

@@ -136,6 +136,52 @@ def _masquerade_for(view: HostView, net: BridgeNet, subnet: IPv4Network,
         (right,))]
 
 
+def masquerade_bridge_traffic(view: HostView) -> tuple[Finding, ...]:
+    """A MASQUERADE without `! -o bridge` also rewrites container-to-container traffic - which
+    only meets iptables when bridge netfilter is on (reference 4.6)."""
+    host = view.host
+    if host is None or host.sysctl("net.bridge.bridge-nf-call-iptables") != "1":
+        return ()
+    out = []
+    for net in view.bridges:
+        if not net.attachments:
+            continue
+        for m in view.snap.masquerades:
+            if m.netns != host.id or not _catches_bridge(view, m, net):
+                continue
+            rule = rule_of(view, m.netns, m.chain, m.rule_text)
+            fixed = iptables(host, "-t", "nat", "-A", "POSTROUTING", "-s", m.source or "0.0.0.0/0",
+                             "!", "-o", net.bridge.name, "-j", "MASQUERADE")
+            out.append(Finding(
+                "masquerade-bridge-traffic", "warning", (net.bridge.id,),
+                f"MASQUERADE for {m.source or 'any source'} also rewrites traffic inside {net.bridge.name}",
+                f"The rule has no '! -o {net.bridge.name}', and bridge netfilter passes traffic "
+                f"between containers on {net.bridge.name} through iptables: a container sees its "
+                f"neighbours' connections coming from the gateway instead of their own addresses. "
+                f"Docker writes -s SUBNET ! -o {net.bridge.name}.",
+                ((delete_command(host, rule),) if rule else ()) + (fixed,)))
+    return tuple(out)
+
+
+def _catches_bridge(view: HostView, m: Masquerade, net: BridgeNet) -> bool:
+    if m.out_not or m.out or (m.destination and not m.dest_not) or m.to_source:
+        return False
+    src = _source(m)
+    # a source that only partly covers the subnet is masquerade-mask-mismatch, whose fix
+    # (Docker's rule) also adds the missing `! -o`: one cause, one finding
+    if src is None or not any(n.subnet_of(src) for n in net.networks()):
+        return False
+    rule = rule_of(view, m.netns, m.chain, m.rule_text)
+    if rule is None or not _outbound(view, m, net):
+        return False
+    # CNI and Podman return early for destinations inside the subnet (-d SUBNET -j ACCEPT)
+    return not any(r.position < rule.position and (r.target or "").upper() in ("ACCEPT", "RETURN")
+                   and (d := rulematch.network(r, "-d")) and not d[1]
+                   and any(n.subnet_of(d[0]) for n in net.networks())
+                   for r in view.snap.rules
+                   if r.netns == rule.netns and r.table == rule.table and r.chain == rule.chain)
+
+
 # --- DNAT port forwards ------------------------------------------------------------------
 
 def dnat_unreachable(view: HostView) -> tuple[Finding, ...]:

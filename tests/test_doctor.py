@@ -313,3 +313,25 @@ def test_findings_are_sorted_errors_first():
 
 def test_empty_snapshot():
     assert diagnose(Snapshot()) == ()
+
+
+def test_masquerade_without_out_interface_catches_bridge_traffic_with_br_netfilter():
+    bare = rule("POSTROUTING", "-s 172.17.0.0/16 -j MASQUERADE", target="MASQUERADE", s="172.17.0.0/16")
+    masq = Masquerade(HOST, "172.17.0.0/16", None, "unknown", "nft", chain="POSTROUTING", rule_text=bare.text)
+    snap = replace(healthy(), masquerades=(masq,), rules=(bare,) + healthy().rules[2:])
+    found = diagnose(snap)
+    assert [(f.id, f.severity) for f in found] == [("masquerade-bridge-traffic", "warning")]
+    assert found[0].fix[-1].endswith("-s 172.17.0.0/16 '!' -o docker0 -j MASQUERADE")
+    host = replace(snap.namespaces[0], sysctls=(("net.ipv4.ip_forward", "1"),
+                                                ("net.bridge.bridge-nf-call-iptables", "0")))
+    assert diagnose(replace(snap, namespaces=(host, snap.namespaces[1]))) == ()
+
+
+def test_masquerade_after_an_accept_for_the_subnet_like_cni_is_fine():
+    accept = replace(rule("CNI-1", "-d 172.17.0.0/16 -j ACCEPT", target="ACCEPT", d="172.17.0.0/16"), position=1)
+    bare = replace(rule("CNI-1", "! -d 224.0.0.0/4 -j MASQUERADE", target="MASQUERADE",
+                        not_d="224.0.0.0/4"), position=2)
+    masq = Masquerade(HOST, "172.17.0.0/16", None, "cni", "nft", destination="224.0.0.0/4",
+                      dest_not=True, chain="CNI-1", rule_text=bare.text)
+    snap = replace(healthy(), masquerades=(masq,), rules=(accept, bare) + healthy().rules[2:])
+    assert diagnose(snap) == ()

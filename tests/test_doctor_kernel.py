@@ -139,6 +139,12 @@ def test_masquerade_with_the_blogs_mask(netns):
     assert finding_ids(site) == ["masquerade-mask-mismatch"]
 
 
+def test_masquerade_without_out_interface(netns):
+    site = build(netns, DOCKER_29_NOPROXY)  # br_netfilter on
+    site.iptables("-t", "nat", "-R", "POSTROUTING", "2", "-s", "172.17.0.0/16", "-j", "MASQUERADE")
+    assert finding_ids(site) == ["masquerade-bridge-traffic"]
+
+
 def test_dnat_without_a_jump(netns):
     site = build(netns, DOCKER_29)
     site.iptables("-t", "nat", "-D", "PREROUTING", "-m", "addrtype", "--dst-type", "LOCAL", "-j", "DOCKER")
