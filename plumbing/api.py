@@ -276,8 +276,7 @@ def _check_subnet_free(ns: netns.HostNs, st: State, name: str, net: ipaddress.IP
 def _check_ports(ctx: Ctx, st: State, mappings: Sequence[validate.PortMapping]) -> None:
     if not mappings:
         return
-    foreign = conflicts.foreign_forwards(ctx.ns.key, ctx.ns.path)
-    listening = conflicts.listeners(ctx.ns.path)
+    foreign, listening = conflicts.port_users(ctx.ns.key, ctx.ns.path)
     for m in mappings:
         problem = conflicts.find_conflict(m, st.forwards, foreign, listening)
         if problem:

@@ -6,7 +6,6 @@ The reads are at the edge (the host's firewall through the collector's scan/inte
 from __future__ import annotations
 
 import json
-import os
 import socket
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -83,24 +82,25 @@ def parse_sockets(text: str, proto: str) -> list[Listener]:
 
 
 def listeners(path: str) -> list[Listener]:
-    """Sockets holding a port in the namespace. TCP through sock_diag (which walks only the
-    listening sockets; /proc/net/tcp walks the whole machine's connection table, ~3.5 ms),
-    UDP through /proc (its table is small)."""
-    def read() -> list[Listener]:
-        out = []
-        with DiagSocket() as diag:
-            diag.bind()
-            for family in (socket.AF_INET, socket.AF_INET6):
-                out += [Listener("tcp", m["idiag_src"], m["idiag_sport"])
-                        for m in diag.get_sock_stats(family=family, states=1 << TCP_LISTEN_STATE)]
-        for leaf in ("udp", "udp6"):
-            try:
-                with open(f"/proc/thread-self/net/{leaf}", encoding="ascii") as fh:
-                    out += parse_sockets(fh.read(), "udp")
-            except FileNotFoundError:
-                continue  # no IPv6 in this kernel
-        return out
-    return netns.run_in(path, read)
+    return netns.run_in(path, _listeners_here)
+
+
+def _listeners_here() -> list[Listener]:
+    """Sockets holding a port in this thread's namespace. TCP through sock_diag (which walks
+    only the listening sockets; /proc/net/tcp walks the whole machine's connection table,
+    ~3.5 ms), UDP through /proc (its table is small)."""
+    out = []
+    with DiagSocket() as diag:
+        diag.bind()
+        for family in (socket.AF_INET, socket.AF_INET6):
+            out += [Listener("tcp", m["idiag_src"], m["idiag_sport"])
+                    for m in diag.get_sock_stats(family=family, states=1 << TCP_LISTEN_STATE)]
+    for leaf in ("udp", "udp6"):
+        try:
+            out += parse_sockets(_proc_net_here(leaf), "udp")
+        except FileNotFoundError:
+            continue  # no IPv6 in this kernel
+    return out
 
 
 def _generation_here() -> int:
@@ -127,19 +127,31 @@ def _read_cache(key: str) -> tuple[int | None, tuple[PortForward, ...]]:
 
 
 def _write_cache(key: str, generation: int, forwards: Sequence[PortForward]) -> None:
+    # Written in place, not renamed: a torn read only means a cache miss (a full re-read),
+    # and skipping the rename saves a journal commit on every forward change.
     path = _cache_path(key)
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"generation": generation, "forwards": [asdict(f) for f in forwards]}),
-                   encoding="utf-8")
-    os.replace(tmp, path)
+    path.write_text(json.dumps({"generation": generation, "forwards": [asdict(f) for f in forwards]}),
+                    encoding="utf-8")
 
 
 def _not_ours(forwards: Iterable[PortForward]) -> tuple[PortForward, ...]:
     return tuple(pf for pf in forwards if pf.owner != "bridgescope")
 
 
+def port_users(key: str, path: str) -> tuple[tuple[PortForward, ...], list[Listener]]:
+    """(foreign forwards, listeners) of the host namespace, read in one trip to its thread."""
+    generation, legacy_present, socks = netns.run_in(path, lambda: (
+        _generation_here(), bool(_proc_net_here("ip_tables_names").strip()), _listeners_here()))
+    return _foreign(key, path, generation, legacy_present), socks
+
+
 def foreign_forwards(key: str, path: str) -> tuple[PortForward, ...]:
+    return port_users(key, path)[0]
+
+
+def _foreign(key: str, path: str, generation: int, legacy_present: bool
+             ) -> tuple[PortForward, ...]:
     """Port forwards that some other tool made in the host namespace's firewall.
 
     The nf_tables part is read through the collector's firewall scan and remembered with the
@@ -147,8 +159,6 @@ def foreign_forwards(key: str, path: str) -> tuple[PortForward, ...]:
     (see track_own_change), nobody else can have changed it, so a forward add does not re-read
     a ruleset that grows with every forward. Legacy tables have no generation and are read
     each time (only their nat table, which libiptc hands over fast)."""
-    generation, legacy_present = netns.run_in(path, lambda: (
-        _generation_here(), bool(_proc_net_here("ip_tables_names").strip())))
     cached_gen, cached = _read_cache(key)
     if cached_gen == generation:
         nft_part = cached
