@@ -69,6 +69,7 @@ def create_network(name: str, subnet: str, *, gateway: str | None = None, masque
     ns = netns.resolve(host)
     with state.locked(ns.key):
         st = state.load(ns.key)
+        _check_firewall(st, firewall)
         existing = st.network(name)
         if existing == want:
             return Result((), f"network {name} already exists")
@@ -118,6 +119,7 @@ def create_container(name: str, network: str, *, ip: str | None = None, ports: S
     ns = netns.resolve(host)
     with state.locked(ns.key):
         st = state.load(ns.key)
+        _check_firewall(st, firewall)
         net = st.network(network)
         if net is None:
             raise ValidationError("network", f"no network named {network}; create it first")
@@ -281,6 +283,12 @@ def _check_ports(ctx: Ctx, st: State, mappings: Sequence[validate.PortMapping]) 
         problem = conflicts.find_conflict(m, st.forwards, foreign, listening)
         if problem:
             raise ValidationError("host_port", problem)
+
+
+def _check_firewall(st: State, requested: str) -> None:
+    """Asking for another backend than the one holding our rules is an error, even when the
+    object already exists (a silent no-op would hide that the request was not honoured)."""
+    backends.check_request(requested, st.backend)
 
 
 def _backend(ns: netns.HostNs, st: State, requested: str) -> str:

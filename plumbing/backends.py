@@ -58,13 +58,18 @@ def _native_tables(p: Probe) -> tuple[str, ...]:
     return tuple(t for t in p.nft_tables if t.split()[-1] not in compat)
 
 
-def choose(requested: str, p: Probe, current: str | None) -> str:
-    """Pure: the backend to write with, or a ValidationError saying why not."""
+def check_request(requested: str, current: str | None) -> None:
+    """A known backend, and the one our rules already live in (if any)."""
     if requested not in CHOICES:
         raise ValidationError("firewall", f"{requested!r} is not one of {', '.join(CHOICES)}")
     if current and requested not in ("auto", current):
         raise ValidationError("firewall", f"this host's bridgescope rules live in {current}; "
                                           f"remove its networks before switching to {requested}")
+
+
+def choose(requested: str, p: Probe, current: str | None) -> str:
+    """Pure: the backend to write with, or a ValidationError saying why not."""
+    check_request(requested, current)
     chosen = current or (_auto(p) if requested == "auto" else requested)
     nft_used = _has_rules(p.nft_save) or any(t != f"ip {NFT_TABLE}" for t in _native_tables(p))
     if chosen == "legacy" and nft_used:

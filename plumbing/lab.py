@@ -52,6 +52,7 @@ def names(prefix: str) -> tuple[str, str, str]:
 def lab_up(prefix: str = DEFAULT_PREFIX, *, firewall: str = "auto") -> LabInfo:
     """Build the lab; running it again completes whatever is missing."""
     host, inet, client = names(prefix)
+    fresh = not netns.exists(host)
     try:
         _wire(host, inet, client)
         api.create_network(BRIDGE, SUBNET, host=host, firewall=firewall)
@@ -62,7 +63,8 @@ def lab_up(prefix: str = DEFAULT_PREFIX, *, firewall: str = "auto") -> LabInfo:
             _serve(f"{netns.NETNS_DIR}/{ctr.netns}", ctr.name, 80)
         _serve(f"{netns.NETNS_DIR}/{inet}", "internet", 80)
     except BaseException:
-        lab_down(prefix)
+        if fresh:  # never tear down a working lab because completing it failed
+            lab_down(prefix)
         raise
     return LabInfo(prefix, host, inet, client,
                    containers=tuple((c.name, c.ip) for c in st.containers))

@@ -173,3 +173,11 @@ def test_forward_bound_to_a_host_address(lab_prefix):
     assert http(info.client, f"http://{info.host_ip}:9001/") == f"c2 saw {info.client_ip}"
     assert sh("curl", "-s", "-m", "2", "http://127.0.0.1:9001/", ns=info.host,
               check=False).returncode != 0
+
+
+def test_lab_up_with_another_firewall_is_refused_and_keeps_the_lab(lab_prefix):
+    info = lab.lab_up(lab_prefix, firewall="nft")
+    from bridgescope.plumbing.errors import ValidationError
+    with pytest.raises(ValidationError, match="live in nft"):
+        lab.lab_up(lab_prefix, firewall="legacy")
+    assert http(info.client, f"http://{info.host_ip}:8080/") == f"c1 saw {info.client_ip}"
