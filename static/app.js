@@ -64,7 +64,7 @@ function styleSheet(p) {
       "shape": "round-rectangle", "background-color": p.ns, "border-color": p.nsBorder,
       "border-width": 1.5, "color": p.muted,
     } },
-    { selector: "node[?is_host]", style: {
+    { selector: 'node[kind = "namespace"][?is_host]', style: {
       "border-color": p.host, "border-width": 2.5, "background-opacity": 0.25, "color": p.host,
       "font-size": 13,
     } },
@@ -118,7 +118,7 @@ function styleSheet(p) {
 function displayLabel(d, group) {
   if (group === "edges") return d.label || "";
   const label = d.label || d.name || d.id;
-  if (d.kind === "namespace" || d.is_host) {
+  if (d.kind === "namespace") {
     return d.owner && d.owner !== "unknown" && !d.is_host ? `${label} · ${d.owner}` : label;
   }
   const addrs = Array.isArray(d.addresses) ? d.addresses.filter((a) => !a.includes(":")) : [];

@@ -46,6 +46,7 @@ def test_namespace_and_forward_details(snap):
     ns = details_for(snap, StaticSource(snap).elements, "ns-2002", {"web": "web"})
     assert ns.container == "web" and [i.name for i in ns.interfaces] == ["lo", "eth0"]
     assert dict(ns.facts)["paths"] == "/run/netns/web"
+    assert "iptables-nft-save" in ns.commands  # the DNAT lives in the host, listed there
     pf = details_for(snap, [], "pf:ns-1001:tcp:*:8080", {})
     assert pf.title == "tcp *:8080 → 172.17.0.2:80"
     assert dict(pf.facts)["container"] == "web" and pf.rules[0].packets == 7

@@ -6,7 +6,6 @@ namespace and check what the kernel then holds (and that a refused change left n
 from __future__ import annotations
 
 import re
-import subprocess
 from pathlib import Path
 
 import pytest

@@ -34,7 +34,8 @@ def graph() -> Response:
 
     source = runtime().source
     show_lo = request.args.get("loopback") in ("1", "true", "yes")
-    resp = jsonify(to_elements(source.snapshot, show_loopback=show_lo))
+    # The live elements are already built; only the loopback view is computed on demand.
+    resp = jsonify(to_elements(source.snapshot, show_loopback=True) if show_lo else source.elements)
     resp.headers["X-Topology-Version"] = str(source.version)
     return resp
 

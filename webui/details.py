@@ -82,9 +82,10 @@ def forward_label(pf: PortForward) -> str:
     return f"{pf.proto} {pf.host_ip or '*'}:{pf.host_port} → {pf.to_ip}:{pf.to_port}"
 
 
-def _save_commands(ns: Namespace | None, rules: Iterable[Rule]) -> list[str]:
-    backends = sorted({r.backend for r in rules})
-    return [in_ns(ns, *SAVE_COMMAND[b]) for b in backends if b in SAVE_COMMAND]
+def _save_commands(snap: Snapshot, rules: Iterable[Rule]) -> list[str]:
+    """One listing command per (namespace, backend) the rules live in."""
+    where = sorted({(r.netns, r.backend) for r in rules if r.backend in SAVE_COMMAND})
+    return [in_ns(snap.namespace(ns_id), *SAVE_COMMAND[backend]) for ns_id, backend in where]
 
 
 # ---- pure: one Details per element kind --------------------------------------------------------
@@ -115,7 +116,7 @@ def interface_details(snap: Snapshot, iface: Interface, owner: str | None) -> De
                 in_ns(ns, "ip", "route", "show", "dev", iface.name)]
     if iface.kind == "bridge":
         commands.append(in_ns(ns, "bridge", "link", "show", "master", iface.name))
-    commands += _save_commands(snap.namespace(host_id(snap) or iface.netns), rules)
+    commands += _save_commands(snap, rules)
     related = tuple((i.id, f"{i.name} ({ns_label(snap, i.netns)})") for i in (peer, master) if i)
     return Details(iface.id, iface.kind, iface.name, tuple(facts), routes=routes, rules=rules,
                    forwards=forwards, commands=tuple(commands), related=related)
@@ -138,7 +139,7 @@ def namespace_details(snap: Snapshot, ns: Namespace, owner: str | None, containe
     rule_ns = {ns.id} if ns.is_host else {ns.id, host_id(snap) or ns.id}
     rules = rules_mentioning(snap.rules, rule_ns, ips) if ips and not ns.is_host else \
         tuple(r for r in snap.rules if r.netns == ns.id and r.table == "nat")
-    commands = [in_ns(ns, "ip", "addr"), in_ns(ns, "ip", "route"), *_save_commands(ns, rules)]
+    commands = [in_ns(ns, "ip", "addr"), in_ns(ns, "ip", "route"), *_save_commands(snap, rules)]
     if netns_name(ns):
         commands.append(f"ip netns pids {netns_name(ns)}")
     return Details(ns.id, "namespace", ns.name, tuple(facts), interfaces=ifaces, routes=routes,
@@ -158,7 +159,7 @@ def forward_details(snap: Snapshot, pf: PortForward, element_id: str) -> Details
     rules = tuple(r for r in snap.rules if r.netns == pf.netns and
                   (r.text == pf.rule_text or _word(f"{pf.to_ip}:{pf.to_port}").search(r.text)))
     ns = snap.namespace(pf.netns)
-    commands = [*_save_commands(ns, rules or [Rule(pf.netns, pf.backend, 4, "nat", "", "")]),
+    commands = [*_save_commands(snap, rules or [Rule(pf.netns, pf.backend, 4, "nat", "", "")]),
                 in_ns(ns, "conntrack", "-L", "-p", pf.proto, "--dport", str(pf.host_port))]
     related = ((pf.container, ns_label(snap, pf.container)),) if pf.container else ()
     return Details(element_id, "portforward", forward_label(pf), tuple(facts), rules=rules,

@@ -12,7 +12,7 @@ import ipaddress
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from flask import Blueprint, Response, make_response, render_template, request, url_for
+from flask import Blueprint, Response, make_response, render_template, request
 from jinja2_fragments.flask import render_block
 
 from bridgescope.collector.errors import BridgescopeError
@@ -299,12 +299,6 @@ def remove_container() -> Response:
 @bp.post("/remove-network")
 def remove_network() -> Response:
     return _submit("remove-network")
-
-
-def form_url(kind: str) -> str:
-    return url_for({"forward": "forms.forward", "network": "forms.network",
-                    "container": "forms.container", "remove-container": "forms.remove_container",
-                    "remove-network": "forms.remove_network"}[kind])
 
 
 @bp.app_context_processor

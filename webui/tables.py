@@ -11,7 +11,7 @@ from typing import Iterable
 
 from flask import Blueprint, request
 
-from bridgescope.collector.model import PortForward, Rule, Snapshot
+from bridgescope.collector.model import PortForward, Snapshot
 from bridgescope.webui.app import runtime
 from bridgescope.webui.pages import page_or_fragment
 
