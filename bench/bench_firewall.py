@@ -9,7 +9,8 @@ on failure. Figures:
   2. python-iptables reading the same legacy table, in a child process that setns's into the
      namespace before `import iptc` (it must never run in the real host namespace).
   3. 200 namespaces with Docker 29's 15 rules each: total scan time, against running the
-     same save commands one after another.
+     same save commands one after another; and the cost of watching them (FirewallWatch's
+     netlink subscriptions against one `nft monitor` process per namespace).
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ import time
 from pathlib import Path
 
 from bridgescope.collector import firewall
+from bridgescope.collector.firewall.monitor import FirewallWatch
 from bridgescope.collector.firewall.savefmt import parse_body
 from bridgescope.collector.nat import interpret
 
@@ -161,12 +163,44 @@ def bench_many(count: int) -> None:
         assert len(scan.rules) == 15 * count, len(scan.rules)
         interpret(scan.rules, scan.chains, (), ())
 
+    bench_watch(paths)
     base, base_cpu = timed(serial_saves, 3)
     total, total_cpu = timed(scan_all, 3)
     print(f"  {count} namespaces x 15 rules: scan+interpret wall {total:.2f} s "
           f"({total / count * 1000:.1f} ms/namespace), cpu {total_cpu:.2f} s | the same tools "
           f"run one after another: wall {base:.2f} s, cpu {base_cpu:.2f} s | wall ratio "
           f"{total / base:.2f}x")
+
+
+def bench_watch(paths: dict[str, str]) -> None:
+    """FirewallWatch's netlink subscriptions vs one `nft monitor` process per namespace."""
+    start = time.perf_counter()
+    watch = FirewallWatch(paths, lambda ns_id: None)
+    watch.start()
+    while len(watch._sockets) + len(watch.errors) < len(paths):  # noqa: SLF001 - a benchmark peeks
+        time.sleep(0.01)
+    subscribed = time.perf_counter() - start
+    watch.stop()
+    start = time.perf_counter()
+    monitors = [subprocess.Popen(["nsenter", f"--net={p}", "--", "nft", "monitor"],
+                                 stdout=subprocess.DEVNULL) for p in paths.values()]
+    spawned = time.perf_counter() - start
+    time.sleep(1)  # let them initialise before reading their memory
+    rss = sum(_rss_kb(m.pid) for m in monitors)
+    for monitor in monitors:
+        monitor.kill()
+        monitor.wait()
+    print(f"  watching {len(paths)} namespaces: netlink subscriptions {subscribed:.2f} s, "
+          f"no processes | `nft monitor` per namespace: {spawned:.2f} s to start, "
+          f"{rss / 1024:.0f} MB resident")
+
+
+def _rss_kb(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            return next(int(line.split()[1]) for line in status if line.startswith("VmRSS:"))
+    except (OSError, StopIteration):
+        return 0
 
 
 def cleanup() -> None:

@@ -58,7 +58,7 @@ def dump_namespace(ns_id: str, path: str) -> NamespaceDump:
         if problem:
             problems.append(problem)
         elif out.strip():
-            saves.append(SaveText(backend, family, out))
+            saves.append(SaveText(backend, family, _without_comments(out)))
     nft_json = None
     tables, problem = _finish(tables_job, "nft list tables", ns_id)
     if problem:
@@ -69,6 +69,12 @@ def dump_namespace(ns_id: str, path: str) -> NamespaceDump:
         if problem:
             problems.append(problem)
     return NamespaceDump(ns_id, tuple(saves), nft_json, tuple(problems))
+
+
+def _without_comments(save: str) -> str:
+    """Drop the `# Generated ... on <date>` lines: they carry no rules, and without them
+    an unchanged rule set gives identical text (which the parse cache relies on)."""
+    return "\n".join(line for line in save.split("\n") if not line.startswith("#"))
 
 
 def native_tables(listing: str) -> list[tuple[str, str]]:
