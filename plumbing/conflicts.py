@@ -16,10 +16,11 @@ from pyroute2.netlink import NLM_F_REQUEST
 from pyroute2.netlink.nfnetlink.nftsocket import NFT_MSG_GETGEN, NFTSocket, nft_gen_msg
 
 from bridgescope.collector import firewall as firewall_reader
-from bridgescope.collector import nat
+from bridgescope.collector import nat, owners
 from bridgescope.collector.firewall.savefmt import parse_save
 from bridgescope.collector.model import PortForward
 from bridgescope.plumbing import netns, state
+from bridgescope.plumbing.rules import NFT_TABLE
 from bridgescope.plumbing.state import Forward
 from bridgescope.plumbing.validate import PortMapping
 
@@ -163,12 +164,34 @@ def _foreign(key: str, path: str, generation: int, legacy_present: bool
     if cached_gen == generation:
         nft_part = cached
     else:
-        fw = firewall_reader.scan({key: path})
-        view = nat.interpret(fw.rules, fw.chains, (), ())
-        nft_part = tuple(pf for pf in _not_ours(view.port_forwards) if pf.backend != "legacy")
+        nft_part = _nft_forwards(key, path)
         _write_cache(key, generation, nft_part)
     # Legacy tables only where one exists (reading must not create one).
     return nft_part + (_legacy_forwards(key, path) if legacy_present else ())
+
+
+COMPAT_TABLES = {"filter", "nat", "mangle", "raw", "security"}
+
+
+def _nft_forwards(key: str, path: str) -> tuple[PortForward, ...]:
+    """Foreign forwards in nf_tables. Usually only iptables-nft's nat table can hold them: read
+    just that, without our own thousands of lines. Native tables (Docker 29's nftables backend,
+    netavark, CNI's nft portmap) need the collector's full scan."""
+    tables = netns.run_command(path, ["nft", "list", "tables"]).stdout.split("\n")
+    native = [t for t in tables if t.startswith("table ")
+              and t.split()[-1] not in COMPAT_TABLES and t.split()[-1] != NFT_TABLE]
+    if native:
+        fw = firewall_reader.scan({key: path})
+        view = nat.interpret(fw.rules, fw.chains, (), ())
+        return tuple(pf for pf in _not_ours(view.port_forwards) if pf.backend != "legacy")
+    text = netns.run_command(path, ["iptables-nft-save", "-t", "nat"]).stdout
+    return _interpret_foreign(text, key, "nft")
+
+
+def _interpret_foreign(save: str, key: str, backend: str) -> tuple[PortForward, ...]:
+    foreign = "\n".join(l for l in save.splitlines() if state.TAG not in l)
+    rules, chains = parse_save(foreign, netns=key, backend=backend, family=4)
+    return _not_ours(nat.interpret(owners.attribute(rules), chains, (), ()).port_forwards)
 
 
 def _proc_net_here(leaf: str) -> str:
@@ -178,9 +201,7 @@ def _proc_net_here(leaf: str) -> str:
 
 def _legacy_forwards(key: str, path: str) -> tuple[PortForward, ...]:
     text = netns.run_command(path, ["iptables-legacy-save", "-t", "nat"]).stdout
-    foreign = "\n".join(l for l in text.splitlines() if state.TAG not in l)
-    rules, chains = parse_save(foreign, netns=key, backend="legacy", family=4)
-    return _not_ours(nat.interpret(rules, chains, (), ()).port_forwards)
+    return _interpret_foreign(text, key, "legacy")
 
 
 def track_own_change(key: str, path: str, apply: Callable[[], int]) -> None:

@@ -404,3 +404,19 @@ def test_ipam_skips_an_address_used_by_something_we_did_not_make(host, netns):
         api.create_container("web", "br0", ip="172.30.0.2", host=host)
     api.create_container("web", "br0", host=host)
     assert api.load_state(host).container("web").ip == "172.30.0.3"
+
+
+def test_on_a_legacy_docker_host_we_write_legacy_and_see_dockers_forwards(host):
+    sh("iptables-legacy-restore", ns=host, input=DOCKER_29)
+    docker_before = _save_lines(sh("iptables-legacy-save", ns=host).stdout)
+    api.create_network("br0", "172.30.0.0/16", host=host)
+    api.create_container("web", "br0", host=host)
+    assert api.load_state(host).backend == "legacy"
+    with pytest.raises(ValidationError, match="8080/tcp is already forwarded .* by docker"):
+        api.add_forward("web", "8080:80", host=host)
+    api.add_forward("web", "8081:80", host=host)
+    during = _save_lines(sh("iptables-legacy-save", ns=host).stdout)
+    assert [l for l in during if "BRIDGESCOPE" not in l] == docker_before
+    assert _save_lines(sh("iptables-nft-save", ns=host).stdout) == []  # no split brain
+    api.remove_network("br0", force=True, host=host)
+    assert _save_lines(sh("iptables-legacy-save", ns=host).stdout) == docker_before
