@@ -244,6 +244,23 @@ def test_unchanged_dump_is_not_parsed_again():
     assert only(view(other).port_forwards).host_port == 8081
 
 
+def test_compat_tables_skipped_and_xt_expressions_opaque():
+    """iptables-nft's own tables are read by iptables-nft-save; xt elsewhere stays opaque."""
+    ruleset = {"nftables": [
+        {"chain": {"family": "ip", "table": "nat", "name": "PREROUTING", "type": "nat",
+                   "hook": "prerouting", "policy": "accept"}},
+        {"rule": {"family": "ip", "table": "nat", "chain": "PREROUTING",
+                  "expr": [{"xt": {"type": "target", "name": "DNAT"}}]}},
+        {"chain": {"family": "ip", "table": "firewalld", "name": "pre"}},
+        {"rule": {"family": "ip", "table": "firewalld", "chain": "pre", "handle": 7,
+                  "expr": [{"xt": {"type": "match", "name": "comment"}}, {"accept": None}]}}]}
+    scan = nft("", json.dumps(ruleset))
+    rule = only(scan.rules)
+    assert (rule.table, rule.backend, rule.target, rule.handle) == ("firewalld", "nftables", "ACCEPT", 7)
+    assert rule.matches == (("xt", ("xt match comment",), False),)
+    assert "iptables-nft compat" in rule.text and rule.owner == "unknown"
+
+
 def test_split_brain_names_both_backends():
     dumps = [NamespaceDump(HOST, (SaveText("nft", 4, (DATA / "docker29.rules").read_text()),
                                   SaveText("legacy", 4, (DATA / "cni-portmap.rules").read_text())))]
