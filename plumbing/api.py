@@ -373,7 +373,7 @@ def _plan_network_create(ctx: Ctx, net: Network, after: State) -> tuple[list[Ste
         before_fwd = netns.read_sysctl(path, IP_FORWARD)
         after = after.with_(sysctls_before=((IP_FORWARD, before_fwd),))
         plan.append(_sysctl_step(ctx, IP_FORWARD, "1", before_fwd))
-    change = Change(add=rules.network_rules(net),
+    change = Change(add=(rules.structure() if first else ()) + rules.network_rules(net),
                     new_chains=rules.CHAINS if first else (),
                     add_jumps=rules.jumps() if first else ())
     plan.append(_firewall_step(ctx, f"add the firewall rules of network {net.name}", change,
@@ -387,7 +387,7 @@ def _plan_network_remove(ctx: Ctx, st: State, net: Network) -> tuple[list[Step],
     last = not after.networks
     if last:
         after = after.with_(backend=None, sysctls_before=())
-    change = Change(delete=rules.network_rules(net),
+    change = Change(delete=rules.network_rules(net) + (rules.structure() if last else ()),
                     del_jumps=rules.jumps() if last else (),
                     drop_chains=rules.CHAINS if last else ())
     subnet = ipaddress.IPv4Network(net.subnet)

@@ -6,7 +6,8 @@ deletes exactly the rules of one object and never touches anyone else's.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import zlib
+from dataclasses import dataclass, replace
 from typing import Iterable, Sequence
 
 from bridgescope.plumbing.state import Container, Forward, Network, State, TAG
@@ -17,7 +18,21 @@ POST_CHAIN = "BRIDGESCOPE-POSTROUTING"
 FORWARD_CHAIN = "BRIDGESCOPE-FORWARD"
 RAW_CHAIN = "BRIDGESCOPE-PREROUTING"
 TABLES = ("raw", "nat", "filter")
-CHAINS = (("raw", RAW_CHAIN), ("nat", DNAT_CHAIN), ("nat", POST_CHAIN), ("filter", FORWARD_CHAIN))
+BASE_CHAINS = (("raw", RAW_CHAIN), ("nat", DNAT_CHAIN), ("nat", POST_CHAIN),
+               ("filter", FORWARD_CHAIN))
+# Per-container and per-port rules live in shard chains (`BRIDGESCOPE-DNAT-0a`), chosen by a
+# hash of the object id: iptables-nft deletes a rule by comparing it with every rule of its
+# chain, so with thousands of forwards in one chain each removal costs ~40 ms of CPU per
+# table; in a shard it costs what a short chain costs.
+SHARDS = 16
+SHARD_TAG = "shard"
+
+
+def shard_chain(base: str, tag: str) -> str:
+    return f"{base}-{zlib.crc32(tag.encode()) % SHARDS:02x}"
+
+
+CHAINS = BASE_CHAINS + tuple((t, f"{c}-{i:02x}") for t, c in BASE_CHAINS for i in range(SHARDS))
 JUMP_TAG = "jump"
 NFT_TABLE = "bridgescope"
 
@@ -65,6 +80,16 @@ def jumps() -> tuple[FwRule, ...]:
     )
 
 
+def structure() -> tuple[FwRule, ...]:
+    """Each base chain of ours hands over to its shards."""
+    return tuple(FwRule(t, c, f"{c}-{i:02x}", SHARD_TAG)
+                 for t, c in BASE_CHAINS for i in range(SHARDS))
+
+
+def _sharded(rules: Iterable[FwRule]) -> tuple[FwRule, ...]:
+    return tuple(replace(r, chain=shard_chain(r.chain, r.tag)) for r in rules)
+
+
 def network_rules(net: Network) -> tuple[FwRule, ...]:
     br, tag = net.name, net.tag
     masq = (FwRule("nat", POST_CHAIN, "MASQUERADE", tag, src=net.subnet, out_if=br, out_not=True),
@@ -80,8 +105,8 @@ def network_rules(net: Network) -> tuple[FwRule, ...]:
 
 def container_rules(ctr: Container, net: Network) -> tuple[FwRule, ...]:
     # Docker 28+: nobody but the bridge reaches a container directly, only through published ports.
-    return (FwRule("raw", RAW_CHAIN, "DROP", ctr.tag, dst=f"{ctr.ip}/32", in_if=net.name,
-                   in_not=True),)
+    return _sharded((FwRule("raw", RAW_CHAIN, "DROP", ctr.tag, dst=f"{ctr.ip}/32", in_if=net.name,
+                            in_not=True),))
 
 
 def forward_rules(fwd: Forward, ctr: Container, net: Network) -> tuple[FwRule, ...]:
@@ -100,14 +125,14 @@ def forward_rules(fwd: Forward, ctr: Container, net: Network) -> tuple[FwRule, .
         # route_localnet=1 would otherwise let a LAN neighbour reach 127.0.0.1:PORT (moby#45610).
         rules.append(FwRule("raw", RAW_CHAIN, "DROP", tag, dst="127.0.0.1/32", in_if="lo",
                             in_not=True, proto=fwd.proto, dport=fwd.host_port))
-    return tuple(rules)
+    return _sharded(rules)
 
 
 def desired(state: State) -> tuple[FwRule, ...]:
     """Every rule of the state, in a stable order."""
     nets = {n.name: n for n in state.networks}
     ctrs = {c.name: c for c in state.containers}
-    out: list[FwRule] = []
+    out: list[FwRule] = list(structure()) if state.networks else []
     for net in state.networks:
         out.extend(network_rules(net))
     for ctr in state.containers:
@@ -266,18 +291,10 @@ def nft_text(rules: Sequence[FwRule]) -> str:
         stmts = [nft_statement(j) for j in jumps() if (j.table, j.chain) == (table, chain)]
         body.append(f"  chain {name} {{\n    type {kind} hook {hook} priority {prio}; policy accept;\n"
                     + "".join(f"    {s}\n" for s in stmts) + "  }")
-    for table, chain in CHAINS:
-        stmts = [nft_statement(r) for r in rules if (r.table, r.chain) == (table, chain)]
-        body.append(f"  chain {chain} {{\n" + "".join(f"    {s}\n" for s in stmts) + "  }")
-    return head + f"table ip {NFT_TABLE} {{\n" + "\n".join(body) + "\n}\n"
-
-
-def owned_chain(name: str) -> bool:
-    return name.startswith(PREFIX + "-")
-
-
-def rules_by_tag(rules: Iterable[FwRule]) -> dict[str, list[FwRule]]:
-    out: dict[str, list[FwRule]] = {}
+    by_chain: dict[str, list[str]] = {}
     for r in rules:
-        out.setdefault(r.tag, []).append(r)
-    return out
+        by_chain.setdefault(r.chain, []).append(nft_statement(r))
+    for _, chain in CHAINS:
+        body.append(f"  chain {chain} {{\n" + "".join(f"    {s}\n" for s in by_chain.get(chain, ()))
+                    + "  }")
+    return head + f"table ip {NFT_TABLE} {{\n" + "\n".join(body) + "\n}\n"

@@ -33,11 +33,12 @@ def test_no_masquerade_network_has_no_subnet_masquerade():
 
 def test_forward_is_dnat_plus_accept_plus_hairpin_plus_localhost_guard():
     found = rules.forward_rules(FWD, C1, NET)
+    shard = rules.shard_chain("X", FWD.tag)[-3:]  # all rules of one object share a shard
     by_table = {(r.table, r.chain, r.target) for r in found}
-    assert by_table == {("nat", "BRIDGESCOPE-DNAT", "DNAT"),
-                        ("nat", "BRIDGESCOPE-POSTROUTING", "MASQUERADE"),
-                        ("filter", "BRIDGESCOPE-FORWARD", "ACCEPT"),
-                        ("raw", "BRIDGESCOPE-PREROUTING", "DROP")}
+    assert by_table == {("nat", "BRIDGESCOPE-DNAT" + shard, "DNAT"),
+                        ("nat", "BRIDGESCOPE-POSTROUTING" + shard, "MASQUERADE"),
+                        ("filter", "BRIDGESCOPE-FORWARD" + shard, "ACCEPT"),
+                        ("raw", "BRIDGESCOPE-PREROUTING" + shard, "DROP")}
     text = _lines(found)
     # No "! -i docker0" on the DNAT: proxy-less, so containers and the host are DNATed too.
     assert "-p tcp -m tcp --dport 8080 -m comment --comment bridgescope:fwd/c1/tcp/*/8080 -j DNAT --to-destination 172.17.0.2:80" in text
@@ -64,6 +65,17 @@ def test_jumps_enter_from_builtin_chains_with_addrtype_local():
     assert text[("nat", "OUTPUT")] == text[("nat", "PREROUTING")]  # 127.0.0.1 too: no proxy
     assert set(text) == {("raw", "PREROUTING"), ("nat", "PREROUTING"), ("nat", "OUTPUT"),
                          ("nat", "POSTROUTING"), ("filter", "FORWARD")}
+
+
+def test_objects_spread_over_shards_every_shard_is_entered_and_names_fit_iptables():
+    shards = {rules.shard_chain("BRIDGESCOPE-DNAT", f"fwd/c{i}/tcp/*/{8000 + i}") for i in range(200)}
+    assert len(shards) == rules.SHARDS
+    entered = {(r.table, r.target) for r in rules.structure()}
+    base = {c for _, c in rules.BASE_CHAINS}
+    assert {(t, c) for t, c in rules.CHAINS if c not in base} == entered
+    assert max(len(c) for _, c in rules.CHAINS) <= 28  # iptables' chain name limit
+    # network rules stay in the base chains: few, and what a workshop reads first
+    assert {r.chain for r in rules.network_rules(NET)} <= {c for _, c in rules.BASE_CHAINS}
 
 
 def test_every_rule_is_tagged_and_in_our_chains():
@@ -110,7 +122,8 @@ def test_inverse_undoes_housekeeping():
 
 def test_teaching_commands_are_plain_iptables():
     cmds = rules.teaching_commands(Change(add=rules.forward_rules(FWD, C1, NET)))
-    assert "iptables -t nat -A BRIDGESCOPE-DNAT -p tcp -m tcp --dport 8080 -m comment --comment " \
+    chain = rules.shard_chain("BRIDGESCOPE-DNAT", FWD.tag)
+    assert f"iptables -t nat -A {chain} -p tcp -m tcp --dport 8080 -m comment --comment " \
            "bridgescope:fwd/c1/tcp/*/8080 -j DNAT --to-destination 172.17.0.2:80" in cmds
 
 
