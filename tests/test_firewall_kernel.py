@@ -137,6 +137,22 @@ def test_variants_udp_bound_ranged_and_orphan_dnat(host):
     }
 
 
+def test_compat_and_several_native_tables_in_one_namespace(host):
+    hns, cns, interfaces = host()
+    load(hns, "docker29.rules", "iptables-nft-restore")
+    load(hns, "docker29-nftables.nft", "nft")
+    load(hns, "cni-portmap-nftables.nft", "nft")
+    scan = firewall.scan({hns: path(hns)})
+    assert {(r.backend, r.table) for r in scan.rules if r.backend == "nftables"} == {
+        ("nftables", "docker-bridges"), ("nftables", "cni_hostport")}
+    assert not any(r.backend == "nftables" and r.table in ("nat", "filter", "raw") for r in scan.rules)
+    got = sorted((f.backend, f.owner, f.host_port) for f in
+                 interpret(scan.rules, scan.chains, interfaces, ()).port_forwards)
+    assert got == [("nft", "docker", 8080), ("nftables", "cni", 5353), ("nftables", "cni", 8080),
+                   ("nftables", "cni", 8443), ("nftables", "docker", 8080)]
+    assert scan.warnings == ()  # nft and native nftables together are no split brain
+
+
 def test_split_brain_between_legacy_and_nft(host):
     hns, _, _ = host()
     load(hns, "docker29.rules", "iptables-nft-restore")

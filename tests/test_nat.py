@@ -45,7 +45,7 @@ def saves(name: str, backend: str = "nft", family: int = 4):
 
 
 def nft(name: str, text: str | None = None):
-    return assemble([NamespaceDump(HOST, (), text or (DATA / name).read_text())])
+    return assemble([NamespaceDump(HOST, (), (text or (DATA / name).read_text(),))])
 
 
 def view(scan, interfaces=INTERFACES):
@@ -304,7 +304,7 @@ def test_unreadable_port_is_a_warning():
 
 
 def test_broken_save_output_becomes_a_warning_not_a_crash():
-    scan = assemble([NamespaceDump(HOST, (SaveText("nft", 4, "*nat\n-A X -j Y\n"),), "{not json")])
+    scan = assemble([NamespaceDump(HOST, (SaveText("nft", 4, "*nat\n-A X -j Y\n"),), ("{not json",))])
     assert scan.rules == () and len(scan.warnings) == 2
 
 

@@ -75,9 +75,9 @@ def assemble_namespace(dump: NamespaceDump) -> FirewallScan:
             continue
         rules.extend(got_rules)
         chains.extend(got_chains)
-    if dump.nft_json is not None:
+    for table_json in dump.nft_json:
         try:
-            got_rules, got_chains = nftjson.parse_ruleset(dump.nft_json, netns=dump.netns)
+            got_rules, got_chains = nftjson.parse_ruleset(table_json, netns=dump.netns)
         except BridgescopeError as err:
             warnings.append(str(err))
         else:

@@ -1,4 +1,4 @@
-"""Native nftables (`nft -j list ruleset`) -> the same Rule/Chain model as iptables-save.
+"""Native nftables (`nft -j list table|ruleset`) -> the same Rule/Chain model as iptables-save.
 
 Expressions we understand are translated into their iptables spelling (`ip daddr X` ->
 `-d X`, `fib daddr type local` -> `--dst-type LOCAL`, `dnat to A:P` -> DNAT
@@ -33,7 +33,8 @@ class NftJsonError(BridgescopeError):
 
 
 def parse_ruleset(text: str, *, netns: str) -> tuple[tuple[Rule, ...], tuple[Chain, ...]]:
-    """Decode `nft -j list ruleset`; compat tables are left to iptables-nft-save."""
+    """Decode `nft -j list ruleset` (or `list table`); compat tables are left to
+    iptables-nft-save."""
     try:
         objects = json.loads(text)["nftables"]
         return _decode(objects, netns)

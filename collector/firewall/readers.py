@@ -4,7 +4,7 @@ Each namespace costs a handful of short processes, started together and read as 
 finish. Nothing here may create firewall state: legacy tables are only dumped when the
 namespace already has some (reading /proc/thread-self/net/ip_tables_names from a thread
 that joined the namespace creates nothing, unlike `iptables-legacy -L` or python-iptables),
-and `nft -j list ruleset` runs only when there are native tables worth decoding.
+and `nft -j list table` runs only for native tables (iptables-nft-save shows the others).
 """
 from __future__ import annotations
 
@@ -38,7 +38,7 @@ class NamespaceDump:
     """Everything the tools printed for one namespace; parsing happens elsewhere."""
     netns: str
     saves: tuple[SaveText, ...] = ()
-    nft_json: str | None = None
+    nft_json: tuple[str, ...] = ()  # `nft -j list table F T` per native table
     problems: tuple[str, ...] = ()
 
 
@@ -59,16 +59,21 @@ def dump_namespace(ns_id: str, path: str) -> NamespaceDump:
             problems.append(problem)
         elif out.strip():
             saves.append(SaveText(backend, family, _without_comments(out)))
-    nft_json = None
+    nft_json = []
     tables, problem = _finish(tables_job, "nft list tables", ns_id)
     if problem:
         problems.append(problem)
-    elif native_tables(tables):
-        nft_json, problem = _finish(_start(path, ["nft", "-j", "list", "ruleset"]),
-                                    "nft -j list ruleset", ns_id)
+    # Per table rather than `list ruleset`: that would also print every iptables-nft rule,
+    # as JSON we would throw away (0.5 s for 5,000 rules).
+    table_jobs = {table: _start(path, ["nft", "-j", "list", "table", *table])
+                  for table in native_tables(tables)}
+    for (family, name), job in table_jobs.items():
+        out, problem = _finish(job, f"nft -j list table {family} {name}", ns_id)
         if problem:
             problems.append(problem)
-    return NamespaceDump(ns_id, tuple(saves), nft_json, tuple(problems))
+        else:
+            nft_json.append(out)
+    return NamespaceDump(ns_id, tuple(saves), tuple(nft_json), tuple(problems))
 
 
 def _without_comments(save: str) -> str:
