@@ -11,7 +11,7 @@ import subprocess
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
-from bridgescope.plumbing import legacy, netns
+from bridgescope.plumbing import legacy, netns, nftinfo
 from bridgescope.plumbing.errors import PlumbingError, ValidationError
 from bridgescope.plumbing.rules import (CHAINS, NFT_TABLE, Change, FwRule, nft_text, restore_text,
                                         teaching_commands)
@@ -41,9 +41,7 @@ def probe(path: str) -> Probe:
     legacy_save = ""
     if netns.thread_proc_net(path, "ip_tables_names").strip():
         legacy_save = _run(path, ["iptables-legacy-save"]).stdout
-    tables = _run(path, ["nft", "list", "tables"]).stdout
-    names = tuple(line.split(None, 1)[1] for line in tables.splitlines()
-                  if line.startswith("table "))
+    names = tuple(netns.run_in(path, nftinfo.tables_here))
     version = subprocess.run(["iptables", "-V"], capture_output=True, text=True).stdout
     return Probe(nft_save, legacy_save, names, version.strip())
 

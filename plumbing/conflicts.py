@@ -12,14 +12,12 @@ from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
 from pyroute2 import DiagSocket
-from pyroute2.netlink import NLM_F_REQUEST
-from pyroute2.netlink.nfnetlink.nftsocket import NFT_MSG_GETGEN, NFTSocket, nft_gen_msg
 
 from bridgescope.collector import firewall as firewall_reader
 from bridgescope.collector import nat, owners
 from bridgescope.collector.firewall.savefmt import parse_save
 from bridgescope.collector.model import PortForward
-from bridgescope.plumbing import netns, state
+from bridgescope.plumbing import netns, nftinfo, state
 from bridgescope.plumbing.rules import NFT_TABLE
 from bridgescope.plumbing.state import Forward
 from bridgescope.plumbing.validate import PortMapping
@@ -104,15 +102,9 @@ def _listeners_here() -> list[Listener]:
     return out
 
 
-def _generation_here() -> int:
-    with NFTSocket() as sock:
-        reply = list(sock.request_get(nft_gen_msg(), NFT_MSG_GETGEN, msg_flags=NLM_F_REQUEST))
-        return int(reply[0].get_attr("NFTA_GEN_ID"))
-
-
 def nft_generation(path: str) -> int:
     """The namespace's nf_tables generation: +1 for every committed nft transaction."""
-    return netns.run_in(path, _generation_here)
+    return netns.run_in(path, nftinfo.generation_here)
 
 
 def _cache_path(key: str) -> Path:
@@ -143,7 +135,7 @@ def _not_ours(forwards: Iterable[PortForward]) -> tuple[PortForward, ...]:
 def port_users(key: str, path: str) -> tuple[tuple[PortForward, ...], list[Listener]]:
     """(foreign forwards, listeners) of the host namespace, read in one trip to its thread."""
     generation, legacy_present, socks = netns.run_in(path, lambda: (
-        _generation_here(), bool(_proc_net_here("ip_tables_names").strip()), _listeners_here()))
+        nftinfo.generation_here(), bool(_proc_net_here("ip_tables_names").strip()), _listeners_here()))
     return _foreign(key, path, generation, legacy_present), socks
 
 
@@ -177,9 +169,8 @@ def _nft_forwards(key: str, path: str) -> tuple[PortForward, ...]:
     """Foreign forwards in nf_tables. Usually only iptables-nft's nat table can hold them: read
     just that, without our own thousands of lines. Native tables (Docker 29's nftables backend,
     netavark, CNI's nft portmap) need the collector's full scan."""
-    tables = netns.run_command(path, ["nft", "list", "tables"]).stdout.split("\n")
-    native = [t for t in tables if t.startswith("table ")
-              and t.split()[-1] not in COMPAT_TABLES and t.split()[-1] != NFT_TABLE]
+    native = [t for t in netns.run_in(path, nftinfo.tables_here)
+              if t.split()[-1] not in COMPAT_TABLES and t != f"ip {NFT_TABLE}"]
     if native:
         fw = firewall_reader.scan({key: path})
         view = nat.interpret(fw.rules, fw.chains, (), ())
@@ -208,9 +199,9 @@ def track_own_change(key: str, path: str, apply: Callable[[], int]) -> None:
     """Run one of our firewall changes (apply returns how many nft commits it made) and, if
     the generation moved by exactly that much, carry the cached foreign view forward."""
     def inside() -> tuple[int, int, int]:  # one trip to the namespace's thread
-        before = _generation_here()
+        before = nftinfo.generation_here()
         commits = apply()
-        return before, commits, _generation_here()
+        return before, commits, nftinfo.generation_here()
     before, commits, after = netns.run_in(path, inside)
     cached_gen, cached = _read_cache(key)
     if cached_gen == before and after == before + commits:
