@@ -135,7 +135,8 @@ def _not_ours(forwards: Iterable[PortForward]) -> tuple[PortForward, ...]:
 def port_users(key: str, path: str) -> tuple[tuple[PortForward, ...], list[Listener]]:
     """(foreign forwards, listeners) of the host namespace, read in one trip to its thread."""
     generation, legacy_present, socks = netns.run_in(path, lambda: (
-        nftinfo.generation_here(), bool(_proc_net_here("ip_tables_names").strip()), _listeners_here()))
+        nftinfo.generation_here(), bool(_proc_net_here("ip_tables_names").strip()),
+        _listeners_here()))
     return _foreign(key, path, generation, legacy_present), socks
 
 
