@@ -27,6 +27,7 @@ Match = tuple[str, tuple[str, ...], bool]
 GroupKey = tuple[str, str, int, str]  # netns, backend, family, table
 MAX_DEPTH = 32  # jump nesting; real rule sets stay below 6, loops are cut by `seen` anyway
 TERMINAL = frozenset({"ACCEPT", "DROP", "REJECT"})
+_NEXT, _LEAVE, _FELL_OFF = "next rule", "leave chain", "fell off a user chain"  # not verdicts
 _NOT_CHAINS = frozenset({"ACCEPT", "DROP", "REJECT", "RETURN", "DNAT", "SNAT", "MASQUERADE",
                          "REDIRECT", "MARK", "CONNMARK", "LOG", "VMAP", "CONTINUE"})
 
@@ -402,8 +403,10 @@ class _ForwardFilter:
             if matched is False:
                 continue
             outcome = self._effect(key, rule, packet, depth)
-            if outcome == "CONTINUE":
+            if outcome == _NEXT:
                 continue
+            if outcome == _LEAVE:  # RETURN: a base chain's policy decides, a user chain ends
+                outcome = end
             if matched is None:
                 if depth > MAX_DEPTH:
                     return None
@@ -413,19 +416,26 @@ class _ForwardFilter:
         return end
 
     def _effect(self, key: GroupKey, rule: Rule, packet: _Packet, depth: int) -> str | None:
+        """ACCEPT, DROP, _NEXT (go on with the next rule), _LEAVE (leave this chain), None."""
         target = rule.target
+        if target == "VMAP":
+            return self._vmap(key, rule, packet, depth)
+        return self._verdict(key, "goto" if rule.goto else "jump", target, packet, depth)
+
+    def _verdict(self, key: GroupKey, how: str, target: str | None, packet: _Packet,
+                 depth: int) -> str | None:
         if target in TERMINAL:
             return "DROP" if target == "REJECT" else target
         if target == "RETURN":
-            return None if depth == 0 else "RETURN_"
-        if target == "VMAP":
-            return self._vmap(key, rule, packet, depth)
-        if self.tables.is_chain(key, target) and depth < MAX_DEPTH:
-            sub = self._run(key, target, packet, "RETURN_", depth + 1)
-            if sub == "RETURN_":
-                return "RETURN_" if rule.goto else "CONTINUE"
+            return _LEAVE
+        if self.tables.is_chain(key, target):
+            if depth >= MAX_DEPTH:
+                return None
+            sub = self._run(key, target, packet, _FELL_OFF, depth + 1)
+            if sub == _FELL_OFF:
+                return _LEAVE if how == "goto" else _NEXT
             return sub
-        return "CONTINUE"  # LOG, MARK, ...: not a verdict
+        return _NEXT  # LOG, MARK, CONTINUE, ...: not a verdict
 
     def _vmap(self, key: GroupKey, rule: Rule, packet: _Packet, depth: int) -> str | None:
         option = next((args[0] for opt, args, _ in rule.matches if opt == "vmap" and args), "")
@@ -433,14 +443,11 @@ class _ForwardFilter:
             hit = _interface_match(option, element, packet)
             if hit is False:
                 continue
-            word, _, target = verdict.partition(" ")
             if hit is None:
                 return None
-            if word.upper() in TERMINAL:
-                return word.upper()
-            sub = self._run(key, target, packet, "RETURN_", depth + 1)
-            return "CONTINUE" if sub == "RETURN_" else sub
-        return "CONTINUE"
+            word, _, target = verdict.partition(" ")
+            return self._verdict(key, word, target if target else word.upper(), packet, depth)
+        return _NEXT
 
 
 def _ctmark(rule: Rule) -> int:

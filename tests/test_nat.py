@@ -92,6 +92,21 @@ def test_forward_policy_drop_without_accept_rule_blocks_the_forward():
     assert only(view(scan).port_forwards).forward_accept is False
 
 
+@pytest.mark.parametrize("forward_rules, accepted", [
+    (["-A FORWARD -o docker0 -j RETURN", "-A FORWARD -j ACCEPT"], False),  # RETURN: policy DROP
+    (["-A FORWARD -g X", "-A FORWARD -j ACCEPT"], False),  # goto X falls off: policy
+    (["-A FORWARD -j X", "-A FORWARD -j ACCEPT"], True),  # jump X falls off: next rule
+    (["-A FORWARD -j X", "-A X -p tcp -j RETURN", "-A X -j DROP", "-A FORWARD -j ACCEPT"], True),
+    (["-A FORWARD -p tcp -m tcp --dport 80 -j REJECT", "-A FORWARD -j ACCEPT"], False),
+])
+def test_forward_chain_flow_control(forward_rules, accepted):
+    nat_rules = (DATA / "docker29.rules").read_text().split("*nat", 1)[1]
+    text = "\n".join(["*filter", ":FORWARD DROP [0:0]", ":X - [0:0]", *forward_rules,
+                      "-A X -p udp -j ACCEPT", "COMMIT", "*nat" + nat_rules])
+    scan = assemble([NamespaceDump(HOST, (SaveText("nft", 4, text),))])
+    assert only(view(scan).port_forwards).forward_accept is accepted
+
+
 def test_forward_verdict_unknown_when_it_depends_on_the_uplink():
     text = (DATA / "docker28.rules").read_text().replace(
         "-A FORWARD -j DOCKER-USER\n", "-A FORWARD -j DOCKER-USER\n-A FORWARD -i eth7 -j DROP\n")
