@@ -22,6 +22,9 @@ BUILTIN_CHAINS = frozenset({"PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROU
 _TARGET_OPTIONS = {"-j": False, "--jump": False, "-g": True, "--goto": True}
 
 Match = tuple[str, tuple[str, ...], bool]
+# matches, target, target_args, goto, counters from `-c P B`, comment
+ParsedBody = tuple[tuple[Match, ...], str | None, tuple[tuple[str, str], ...], bool,
+                   tuple[int, int] | None, str | None]
 
 
 class ParseError(BridgescopeError):
@@ -125,7 +128,7 @@ def _split_append(line: str) -> tuple[str, str]:
 
 
 @lru_cache(maxsize=65536)
-def parse_body(body: str):
+def parse_body(body: str) -> ParsedBody:
     """The options after `-A CHAIN` -> (matches, target, target_args, goto, counters, comment).
 
     Cached: the watcher re-reads unchanged rules again and again, and the counters (which
@@ -201,7 +204,7 @@ def _group(tokens: list[str], quoted: tuple[int, ...]) -> list[tuple[bool, str, 
     return groups
 
 
-def _assemble(groups: list[tuple[bool, str, list[str]]]):
+def _assemble(groups: list[tuple[bool, str, list[str]]]) -> ParsedBody:
     matches: list[Match] = []
     target_args: list[tuple[str, str]] = []
     target: str | None = None
