@@ -114,7 +114,8 @@ def test_the_walk_end_to_end(served_walk, browser, artifacts_dir):
     for key in keys[:keys.index("address")]:
         run_step(page, key)
     # the graph grew live: the container's end of the cable is there
-    page.wait_for_function("() => window.cy && window.cy.nodes().some(n => n.data('label') === 'vethweb0')")
+    page.wait_for_function("() => window.cy && window.cy.nodes().some(n => n.data('label') === 'vethweb0')",
+                           timeout=60000)
 
     # the blog's wrong turn: the address without prefix; the doctor names it, the graph badges eth0
     page.click("#wrong-address")

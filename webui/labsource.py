@@ -11,7 +11,7 @@ from __future__ import annotations
 import queue
 import threading
 
-from bridgescope.collector.errors import BridgescopeError
+from bridgescope.collector.errors import BridgescopeError, NamespaceNotFound
 from bridgescope.collector.graph import diff_elements, to_elements
 from bridgescope.collector.model import Snapshot
 
@@ -25,6 +25,9 @@ class LabSource:
         self.elements: list[dict] = []
         self.version = 0
         self._lock = threading.RLock()
+        # one scan-and-publish at a time: a slow scan finishing after a newer one would
+        # otherwise publish the older picture last
+        self._scan = threading.Lock()
         self._subscribers: list[queue.Queue] = []
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -57,11 +60,21 @@ class LabSource:
                 self._subscribers.remove(q)
 
     def refresh(self, ns_id: str | None = None) -> None:
+        with self._scan:
+            snap = self._read()
+            if snap is not None:
+                self._publish(snap)
+
+    def _read(self) -> Snapshot | None:
         from bridgescope.plumbing.probe import lab_snapshot  # webui may use plumbing
         try:
-            snap = lab_snapshot(self.host, self.prefix)
-        except BridgescopeError:
-            snap = Snapshot()  # the lab is down (reset in progress): an empty picture
+            return lab_snapshot(self.host, self.prefix)
+        except NamespaceNotFound:
+            return Snapshot()  # the lab is down: an empty picture
+        except (BridgescopeError, OSError):
+            return None  # a namespace went away mid-scan: keep the picture, rescan soon
+
+    def _publish(self, snap: Snapshot) -> None:
         with self._lock:
             old, new = self.elements, to_elements(snap)
             self.snapshot, self.elements = snap, new
@@ -80,4 +93,7 @@ class LabSource:
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
-            self.refresh()
+            try:
+                self.refresh()
+            except Exception:  # noqa: BLE001 - the poller must outlive one bad scan
+                continue

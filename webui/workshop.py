@@ -11,7 +11,9 @@ the same lab serves attendees a view they cannot change.
 from __future__ import annotations
 
 import os
+import queue
 import threading
+from typing import Iterator
 
 from flask import Blueprint, Response, abort, current_app, jsonify, redirect, render_template, request, url_for
 from jinja2_fragments.flask import render_block
@@ -25,7 +27,7 @@ from bridgescope.plumbing.errors import ValidationError
 from bridgescope.plumbing.walklab import Outcome, WalkLab
 from bridgescope.webui.app import runtime
 from bridgescope.webui.labsource import LabSource
-from bridgescope.webui.stream import SSE_HEADERS, _messages, _once
+from bridgescope.webui.stream import SSE_HEADERS, format_event
 
 bp = Blueprint("workshop", __name__, url_prefix="/workshop")
 
@@ -177,13 +179,43 @@ def walk_down() -> str:
 
 
 @bp.get("/walk/events")
-def walk_events() -> Response:
+def walk_events() -> Response | tuple[Response, int]:
+    """The walk lab's graph as Server-Sent Events, in the dashboard stream's format."""
+    rt = runtime()
+    if not rt.try_open_stream():  # the same cap as the dashboard's own streams
+        return jsonify({"error": "too many open live views; close a tab and reload"}), 503
     source = workshop().source
     q = source.subscribe()
-    resp = Response(_messages(q, runtime().settings.heartbeat), mimetype="text/event-stream",
+    done = threading.Event()
+
+    def cleanup() -> None:
+        if not done.is_set():
+            done.set()
+            source.unsubscribe(q)
+            rt.close_stream()
+
+    resp = Response(_lab_messages(q, rt.settings.heartbeat, rt.closing), mimetype="text/event-stream",
                     headers=SSE_HEADERS)
-    resp.call_on_close(_once(lambda: source.unsubscribe(q)))
+    resp.call_on_close(cleanup)  # runs even when the generator never started
     return resp
+
+
+def _lab_messages(q: queue.Queue, heartbeat: float, closing: threading.Event) -> Iterator[str]:
+    yield ": hello\n\n"  # headers out at once: the page shows "live"
+    quiet = 0.0
+    while not closing.is_set():  # looked at every second: a shutdown never waits on a tab
+        try:
+            event = q.get(timeout=1.0)
+        except queue.Empty:
+            quiet += 1.0
+            if quiet >= heartbeat:
+                quiet = 0.0
+                yield ": keepalive\n\n"
+            continue
+        if event is None:  # the source stopped
+            return
+        quiet = 0.0
+        yield format_event(event)
 
 
 @bp.get("/walk/details/<path:element_id>")
