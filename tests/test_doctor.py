@@ -335,3 +335,15 @@ def test_masquerade_after_an_accept_for_the_subnet_like_cni_is_fine():
                       dest_not=True, chain="CNI-1", rule_text=bare.text)
     snap = replace(healthy(), masquerades=(masq,), rules=(accept, bare) + healthy().rules[2:])
     assert diagnose(snap) == ()
+
+
+def test_fix_commands_address_each_kind_of_namespace():
+    """Root host: plain commands; ip-netns names: ip -n; Docker's netns files: nsenter."""
+    snap = healthy()
+    root = replace(snap.namespaces[0], paths=(), name="host")
+    docker = replace(snap.namespaces[1], paths=("/run/docker/netns/4cca5961632c",), name="web")
+    snap = replace(snap, namespaces=(root, docker))
+    snap = with_iface(with_iface(snap, f"{HOST}/if3", state="down"), f"{CTR}/if1", state="down")
+    assert [f.fix for f in diagnose(snap)] == [
+        ("ip link set docker0 up",),
+        ("nsenter --net=/run/docker/netns/4cca5961632c ip link set lo up",)]
