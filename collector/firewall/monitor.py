@@ -109,8 +109,9 @@ class FirewallWatch:
         with self._lock:
             wanted = dict(self._wanted)
         for ns_id, (path, _) in list(self._sockets.items()):
-            if wanted.get(ns_id) != path:
+            if wanted.get(ns_id) != path:  # gone, or now reached by another path
                 self._unsubscribe(ns_id)
+                self._legacy.pop(ns_id, None)
         for gone in (set(self._legacy) | set(self._due)) - set(wanted):
             self._legacy.pop(gone, None)
             self._due.pop(gone, None)
