@@ -41,12 +41,12 @@ def wait_until_served(url: str, proc: subprocess.Popen) -> None:
 
 
 @pytest.fixture
-def served_walk(run_prefix, tmp_path):
+def served_walk(run_prefix, tmp_path, monkeypatch):
     """A walk lab (bare host) and a dashboard serving it, both removed afterwards."""
     lab = WalkLab(f"{run_prefix}b{secrets.token_hex(1)}")
     env = {**os.environ, "BRIDGESCOPE_WALK_PREFIX": lab.names.prefix,
            "BRIDGESCOPE_STATE_DIR": str(tmp_path)}
-    os.environ["BRIDGESCOPE_STATE_DIR"] = str(tmp_path)  # this process reads the same progress
+    monkeypatch.setenv("BRIDGESCOPE_STATE_DIR", str(tmp_path))  # this process reads the same progress
     proc = None
     try:
         lab.up()
@@ -66,7 +66,6 @@ def served_walk(run_prefix, tmp_path):
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
         lab.down()
-        del os.environ["BRIDGESCOPE_STATE_DIR"]
     assert not [n for n in os.listdir("/run/netns") if n.startswith(lab.names.prefix)]
 
 
