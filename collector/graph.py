@@ -68,6 +68,7 @@ def _portforward_nodes(snap: Snapshot, by_id: dict[str, Interface]) -> list[tupl
     if not snap.port_forwards:
         return []
     out, seen = [], set()
+    owner_of_ip = _ip_index(snap.interfaces)
     for pf in snap.port_forwards:
         node_id = portforward_id(pf)
         if node_id in seen:
@@ -80,7 +81,7 @@ def _portforward_nodes(snap: Snapshot, by_id: dict[str, Interface]) -> list[tupl
             "host_ip": pf.host_ip, "host_port": pf.host_port, "to_ip": pf.to_ip, "to_port": pf.to_port,
             "container": pf.container, "backend": pf.backend, "reachable": pf.reachable,
         }}
-        target = pf.to_interface or _owner_of_ip(pf.to_ip, snap.interfaces)
+        target = pf.to_interface or owner_of_ip.get(pf.to_ip)
         edge = _edge(f"edge:{node_id}", node_id, target, "portforward", pf.owner) if target in by_id else None
         out.append((node, edge))
     return out
@@ -122,11 +123,14 @@ def _bridge_for_masquerade(m: Masquerade, interfaces: Iterable[Interface]) -> In
     return None
 
 
-def _owner_of_ip(ip: str, interfaces: Iterable[Interface]) -> str | None:
+def _ip_index(interfaces: Iterable[Interface]) -> dict[str, str]:
+    """address -> id of the first interface holding it (loopback addresses are everywhere)."""
+    index: dict[str, str] = {}
     for iface in interfaces:
-        if any(addr.split("/")[0] == ip for addr in iface.addresses):
-            return iface.id
-    return None
+        if iface.kind != "loopback":
+            for cidr in iface.addresses:
+                index.setdefault(cidr.split("/", 1)[0], iface.id)
+    return index
 
 
 def _in_subnet(cidr: str, subnet: str) -> bool:

@@ -168,15 +168,26 @@ def merge_firewall(scans: Iterable[firewall_reader.FirewallScan]) -> firewall_re
 
 def with_firewall(snap: Snapshot, fw: firewall_reader.FirewallScan) -> Snapshot:
     """Pure: add rules and chains, and the forwards/masquerades they amount to."""
+    return with_nat(snap, fw, [nat_view(fw, snap)])
+
+
+def nat_view(fw: firewall_reader.FirewallScan, snap: Snapshot) -> nat.NatView:
+    """Forwards and masquerades the rules amount to, resolved against the snapshot's interfaces."""
+    if not fw.rules and not getattr(fw, "proxies", ()):
+        return nat.NatView()
     extra = {"proxies": fw.proxies} if _INTERPRET_TAKES_PROXIES and _HAS_PROXIES else {}
-    view = nat.interpret(fw.rules, fw.chains, snap.interfaces, snap.namespaces, **extra)
+    return nat.interpret(fw.rules, fw.chains, snap.interfaces, snap.namespaces, **extra)
+
+
+def with_nat(snap: Snapshot, fw: firewall_reader.FirewallScan, views: Iterable[nat.NatView]) -> Snapshot:
+    views = list(views)
     return dataclasses.replace(
         snap,
         rules=fw.rules,
         chains=fw.chains,
-        port_forwards=view.port_forwards,
-        masquerades=view.masquerades,
-        warnings=snap.warnings + fw.warnings + view.warnings,
+        port_forwards=tuple(p for v in views for p in v.port_forwards),
+        masquerades=tuple(m for v in views for m in v.masquerades),
+        warnings=snap.warnings + fw.warnings + tuple(w for v in views for w in v.warnings),
     )
 
 

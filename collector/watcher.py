@@ -10,6 +10,7 @@ only a process holds.
 """
 from __future__ import annotations
 
+import atexit
 import ctypes
 import dataclasses
 import errno
@@ -23,12 +24,13 @@ import time
 from typing import Callable, Mapping
 
 from bridgescope.collector.firewall import FirewallScan
+from bridgescope.collector.nat import NatView
 from bridgescope.collector.graph import diff_elements, patch_elements, to_elements
 from bridgescope.collector.model import Namespace, Snapshot
 from bridgescope.collector.namespaces import NetnsRef, discover, open_path, resolve_netns
 from bridgescope.collector.netlink import NamespaceHandle, NamespaceRead, open_handles, reread
 from bridgescope.collector.snapshot import (NamespacePart, join_parts, merge_firewall, namespace_part,
-                                           read_firewall, vanished_warnings, with_firewall)
+                                           nat_view, read_firewall, vanished_warnings, with_nat)
 from bridgescope.collector.veth import likely_homes, pair, resolve_nsids, wanted_nsids
 
 WATCHED_DIRS = ("/run/netns", "/run/docker/netns")
@@ -69,9 +71,13 @@ class Watcher:
         self._nsids: dict[str, dict[int, str]] = {}
         self._fw: dict[str, FirewallScan] = {}
         self._fw_merged: FirewallScan | None = None
+        self._fw_dirty: set[str] = set()  # namespaces whose rules were re-read since the last build
+        self._nat: dict[str, NatView] = {}  # per namespace: NAT is interpreted where its rules live
         self._parts: dict[str, NamespacePart] = {}
         self._pointing: dict[str, set[str]] = {}  # namespace -> namespaces whose veths reach it
         self._dirty: set[str] | None = None  # namespaces to rebuild; None = everything
+        self._relayout = True  # the set of namespaces changed: positions must be recomputed
+        self._gone: set[str] = set()  # namespaces forgotten since the last build
         self._warnings: tuple[str, ...] = ()
         self._snapshot = Snapshot()
         self._elements: list[dict] = []
@@ -107,11 +113,15 @@ class Watcher:
             self._sync_namespaces(discover(self._host))
             self._rebuild()
         self._start_firewall_watch()
+        atexit.register(self.stop)  # an exception in the caller must not orphan rule monitors
         self._thread = threading.Thread(target=self._run, name="bridgescope-watcher", daemon=True)
         self._thread.start()
         return self
 
     def stop(self) -> None:
+        if self._stop.is_set():
+            return
+        atexit.unregister(self.stop)
         self._stop.set()
         os.write(self._wake_w, b"x")
         if self._thread is not None:
@@ -268,9 +278,8 @@ class Watcher:
             _join_group(handle.events, RTNLGRP_IPV4_NETCONF)
         kept = {ns_id: ns for ns_id, ns in current.items() if ns_id in self._handles}
         if kept.keys() != self._namespaces.keys():
-            self._dirty = None  # the layout changes: rebuild everything
-        else:
-            self._mark(ns_id for ns_id, ns in kept.items() if ns != self._namespaces[ns_id])
+            self._relayout = True
+        self._mark(ns_id for ns_id, ns in kept.items() if ns != self._namespaces.get(ns_id))
         self._namespaces = kept
         self._warnings = vanished_warnings(new.values(), failures)
         if self.firewall and handles:
@@ -283,7 +292,9 @@ class Watcher:
             self._dirty.update(ns_ids)
 
     def _forget(self, ns_id: str) -> None:
-        self._dirty = None
+        self._relayout = True
+        self._gone.add(ns_id)
+        self._mark(self._pointing.pop(ns_id, set()))  # their veths lost a peer
         self._parts.pop(ns_id, None)
         handle = self._handles.pop(ns_id)
         if handle.events is not None:
@@ -292,6 +303,8 @@ class Watcher:
         self._reads.pop(ns_id, None)
         self._nsids.pop(ns_id, None)
         self._fw.pop(ns_id, None)
+        self._nat.pop(ns_id, None)
+        self._fw_merged = None
         for mapping in self._nsids.values():
             for nsid in [k for k, v in mapping.items() if v == ns_id]:
                 del mapping[nsid]
@@ -307,6 +320,7 @@ class Watcher:
 
     def _rescan_firewall(self, ns_ids: list[str]) -> None:
         self._fw_merged = None
+        self._fw_dirty.update(ns_ids)
         scanned = read_firewall({n: self._handles[n].proc_path for n in ns_ids if n in self._handles})
         for ns_id in ns_ids:
             self._fw[ns_id] = FirewallScan(
@@ -338,36 +352,54 @@ class Watcher:
     def _rebuild(self) -> dict:
         """Bring snapshot and elements up to date; returns the delta."""
         dirty, self._dirty = self._dirty, set()
-        if dirty is None or not self._parts:
+        relayout, self._relayout = self._relayout or dirty is None, False
+        gone, self._gone = self._gone, set()
+        if dirty is None:
             affected = set(self._namespaces)
         else:
-            affected = set(dirty)
+            affected = set(dirty) | (self._namespaces.keys() - self._parts.keys())
             for ns_id in dirty:
                 affected |= self._pointing.get(ns_id, set())
             affected &= self._namespaces.keys()
         self._resolve_missing_nsids(affected)
         dumps = {n: r.dump for n, r in self._reads.items()} if dirty is None else _DumpView(self._reads)
         peers = pair(dumps, self._nsids, only=affected)
+        moved_ips: set[str] = set()
         for ns_id in affected:
+            before = self._parts.get(ns_id)
             part = namespace_part(self._namespaces[ns_id], self._reads[ns_id], peers)
             self._parts[ns_id] = part
+            moved_ips |= _ips(before) ^ _ips(part)
             for iface in part.interfaces:
                 if iface.peer is not None:
                     self._pointing.setdefault(iface.peer.split("/", 1)[0], set()).add(ns_id)
         order = sorted(self._namespaces.values(), key=lambda ns: (not ns.is_host, ns.inode))
         snap = join_parts((self._parts[ns.id] for ns in order), taken_at=time.time(), warnings=self._warnings)
         if self.firewall:
-            if self._fw_merged is None:
-                self._fw_merged = merge_firewall(self._fw[n] for n in self._namespaces if n in self._fw)
-            snap = with_firewall(snap, self._fw_merged)
+            snap = self._with_nat(snap, order, everything=dirty is None, moved_ips=moved_ips, gone=gone)
         old = self._elements
         self._snapshot = snap
-        patched = patch_elements(old, snap, affected) if dirty is not None and old else None
+        patched = None if relayout or not old else patch_elements(old, snap, affected)
         if patched is None:
             self._elements = to_elements(snap)
             return diff_elements(old, self._elements)
         self._elements, delta = patched
         return delta
+
+    def _with_nat(self, snap: Snapshot, order: list[Namespace], *, everything: bool,
+                  moved_ips: set[str], gone: set[str]) -> Snapshot:
+        """Re-interpret NAT only where rules changed, or where a forward's target address
+        moved or its container went away; at N namespaces most hold no rules at all."""
+        if self._fw_merged is None:
+            self._fw_merged = merge_firewall(self._fw[ns.id] for ns in order if ns.id in self._fw)
+        redo = set(self._fw) if everything else set(self._fw_dirty)
+        if moved_ips or gone:
+            redo |= {n for n, v in self._nat.items()
+                     if any(p.to_ip in moved_ips or p.container in gone for p in v.port_forwards)}
+        self._fw_dirty = set()
+        for ns_id in redo & self._fw.keys():
+            self._nat[ns_id] = nat_view(self._fw[ns_id], snap)
+        return with_nat(snap, self._fw_merged, (self._nat[ns.id] for ns in order if ns.id in self._nat))
 
     def _publish(self) -> None:
         delta = self._rebuild()
@@ -405,6 +437,12 @@ class Watcher:
             _libc.inotify_add_watch(fd, directory.encode(), IN_CREATE | IN_DELETE | IN_MOVED_FROM | IN_MOVED_TO)
         self._epoll.register(fd, select.EPOLLIN)
         return fd
+
+
+def _ips(part: NamespacePart | None) -> set[str]:
+    if part is None:
+        return set()
+    return {cidr.split("/", 1)[0] for iface in part.interfaces for cidr in iface.addresses}
 
 
 class _DumpView(Mapping):
