@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import resource
 import socket
 import threading
 from dataclasses import dataclass
@@ -214,6 +215,7 @@ def open_handles(paths: Mapping[str, str], *, events: bool = False
     """
     failures: dict[str, OSError] = {}
     fds: list[tuple[int, str]] = []
+    ensure_fd_budget(len(paths) * (3 if events else 2))
     for ns_id, path in paths.items():
         try:
             fds.append((os.open(path, os.O_RDONLY | os.O_CLOEXEC), ns_id))
@@ -241,6 +243,17 @@ def open_handles(paths: Mapping[str, str], *, events: bool = False
             os.close(fd)
             failures[ns_id] = result if isinstance(result, OSError) else OSError(str(result))
     return handles, reads, failures
+
+
+def ensure_fd_budget(needed: int) -> None:
+    """Raise the soft open-files limit (often 1024) toward the hard one: every namespace
+    costs two or three descriptors, and a busy host has hundreds of namespaces."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = needed + 256
+    if soft != resource.RLIM_INFINITY and soft < want:
+        new = want if hard == resource.RLIM_INFINITY else min(hard, max(want, soft))
+        if new > soft:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
 
 
 def reread(handles: Iterable[NamespaceHandle]) -> dict[str, NamespaceRead | Exception]:

@@ -337,3 +337,14 @@ def test_firewall_forwards_and_masquerade_reach_json_and_graph(netns):
     assert els[f"edge:{pf_id}"]["data"]["target"] == iface(doc, names["c1"], "eth0")["id"]
     masq_id = f"masq:{host_id}:172.17.0.0/16:br0"
     assert els[f"edge:{masq_id}"]["data"]["source"] == iface(doc, names["host"], "br0")["id"]
+
+
+def test_fd_budget_raises_a_low_soft_limit():
+    code = ("import resource\n"
+            "soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)\n"
+            "resource.setrlimit(resource.RLIMIT_NOFILE, (64, hard))\n"
+            "from bridgescope.collector.netlink import ensure_fd_budget\n"
+            "ensure_fd_budget(500)\n"
+            "print(resource.getrlimit(resource.RLIMIT_NOFILE)[0])\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert int(out) >= 500
