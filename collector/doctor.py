@@ -30,6 +30,7 @@ CHECKS: tuple[Check, ...] = (
     fw.masquerade,
     fw.masquerade_bridge_traffic,
     fw.dnat_unreachable,
+    fw.loopback_port_exposed,
     fw.forward_blocked,
     fw.hairpin_off,
     fw.br_netfilter_off,

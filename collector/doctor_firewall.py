@@ -202,7 +202,9 @@ def dnat_unreachable(view: HostView) -> tuple[Finding, ...]:
                           "--dst-type", "LOCAL", "-j", chain),
                  iptables(host, "-t", "nat", "-A", "OUTPUT", "!", "-d", "127.0.0.0/8",
                           "-m", "addrtype", "--dst-type", "LOCAL", "-j", chain))))
-        elif not pf.from_host and chain not in ("PREROUTING",):
+        elif not pf.from_host and chain not in ("PREROUTING",) and not _loopback(pf.host_ip):
+            # (a forward bound to 127.0.0.1 is for the host itself; Docker serves it with
+            # docker-proxy, since its OUTPUT jump skips 127.0.0.0/8 on purpose)
             out.append(Finding(
                 "dnat-not-from-host", "warning", pf_objects(view, pf),
                 f"port {pf.host_port} is forwarded for other machines, not for the host itself",
@@ -211,6 +213,39 @@ def dnat_unreachable(view: HostView) -> tuple[Finding, ...]:
                 (iptables(host, "-t", "nat", "-A", "OUTPUT", "!", "-d", "127.0.0.0/8",
                           "-m", "addrtype", "--dst-type", "LOCAL", "-j", chain),)))
     return tuple(out)
+
+
+def _loopback(addr: str | None) -> bool:
+    return bool(addr) and _is_v4(addr) and IPv4Address(addr).is_loopback
+
+
+def loopback_port_exposed(view: HostView) -> tuple[Finding, ...]:
+    """A port published on 127.0.0.1 that the LAN can reach (reference 4.19): the DNAT
+    rewrites before routing, so nothing stops a neighbour sending to 127.0.0.1 via this
+    host - unless a raw PREROUTING rule drops such packets that did not come in on lo."""
+    host = view.host
+    out = []
+    raw = [r for r in host_rules(view) if r.table == "raw" and (r.target or "").upper() == "DROP"]
+    for pf in host_forwards(view):
+        if pf.via != "dnat" or not _loopback(pf.host_ip) or any(_guards(r, pf) for r in raw):
+            continue
+        out.append(Finding(
+            "loopback-port-exposed", "warning", pf_objects(view, pf),
+            f"port {pf.host_port} published on {pf.host_ip} is reachable from the network",
+            f"The DNAT for {pf.host_ip}:{pf.host_port} also rewrites packets that a neighbour "
+            f"sends to {pf.host_ip} through this host's network interface, so the container's "
+            "port is open to the LAN although it looks bound to localhost (Docker before 28.0, "
+            "moby#45610). Docker 28 adds a raw-table DROP for it.",
+            (iptables(host, "-t", "raw", "-A", "PREROUTING", "-d", f"{pf.host_ip}/32", "!", "-i", "lo",
+                      "-p", pf.proto, "-m", pf.proto, "--dport", str(pf.host_port), "-j", "DROP"),)))
+    return tuple(out)
+
+
+def _guards(rule: Rule, pf: PortForward) -> bool:
+    dst, iif = rulematch.network(rule, "-d"), rulematch.interface(rule, "-i")
+    port = rulematch.option(rule, "--dport")
+    return (dst is not None and not dst[1] and IPv4Address(pf.host_ip) in dst[0]
+            and iif == ("lo", True) and (port is None or port[0] == (str(pf.host_port),)))
 
 
 def _forward_policy_drop(view: HostView) -> bool:
