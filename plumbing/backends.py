@@ -154,8 +154,30 @@ def apply(backend: str, path: str, change: Change,
         return 0
     res = _run(path, ["iptables-nft-restore", "-w", "5", "--noflush"], text)
     if res.returncode != 0:
-        raise PlumbingError("apply the iptables-nft rules in one transaction", _first_line(res))
-    return text.count("\nCOMMIT")  # iptables-nft-restore commits each table on its own
+        # iptables-nft-restore commits each table on its own: the tables before the failing
+        # line are already in the kernel, so take them back out before reporting.
+        done = committed_tables(text, res.stderr)
+        if done:
+            _run(path, ["iptables-nft-restore", "-w", "5", "--noflush"],
+                 restore_text(change.inverse().only(done)))
+        raise PlumbingError("apply the iptables-nft rules", _first_line(res))
+    return text.count("\nCOMMIT")
+
+
+def committed_tables(text: str, stderr: str) -> tuple[str, ...]:
+    """Pure: the tables of a restore payload that were committed before `line N failed`."""
+    found = re.search(r"line (\d+) failed", stderr)
+    if not found:
+        return ()
+    failed_at, done, table = int(found.group(1)), [], None
+    for number, line in enumerate(text.splitlines(), 1):
+        if number >= failed_at:
+            break
+        if line.startswith("*"):
+            table = line[1:]
+        elif line == "COMMIT" and table:
+            done.append(table)
+    return tuple(done)
 
 
 def _nft_file(path: str, text: str) -> None:

@@ -203,6 +203,19 @@ class Change:
         return not (self.add or self.delete or self.new_chains or self.add_jumps
                     or self.del_jumps or self.drop_chains or self.flush_chains)
 
+    def only(self, tables: Iterable[str]) -> "Change":
+        """The part of this change that lives in the given tables."""
+        keep = set(tables)
+
+        def rules_in(rs: tuple[FwRule, ...]) -> tuple[FwRule, ...]:
+            return tuple(r for r in rs if r.table in keep)
+
+        def chains_in(cs: tuple[tuple[str, str], ...]) -> tuple[tuple[str, str], ...]:
+            return tuple(c for c in cs if c[0] in keep)
+        return Change(rules_in(self.add), rules_in(self.delete), chains_in(self.new_chains),
+                      rules_in(self.add_jumps), rules_in(self.del_jumps),
+                      chains_in(self.drop_chains), chains_in(self.flush_chains))
+
     def inverse(self) -> "Change":
         """The undo of this change (a flush cannot be undone and is left out)."""
         return Change(add=self.delete, delete=self.add, new_chains=self.drop_chains,

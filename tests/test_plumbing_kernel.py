@@ -420,3 +420,18 @@ def test_on_a_legacy_docker_host_we_write_legacy_and_see_dockers_forwards(host):
     assert _save_lines(sh("iptables-nft-save", ns=host).stdout) == []  # no split brain
     api.remove_network("br0", force=True, host=host)
     assert _save_lines(sh("iptables-legacy-save", ns=host).stdout) == docker_before
+
+
+def test_a_restore_failing_in_a_later_table_takes_back_the_earlier_ones(host):
+    """iptables-nft-restore commits table by table; a failure in filter must not leave the
+    nat part of the same change behind."""
+    from bridgescope.plumbing import backends
+    from bridgescope.plumbing.rules import Change, FwRule
+    api.create_network("br0", "172.30.0.0/16", host=host)
+    before = picture(host)
+    good = FwRule("nat", "BRIDGESCOPE-DNAT", "DNAT", "test", proto="tcp", dport=7777,
+                  to_destination="172.30.0.9:80")
+    bad = FwRule("filter", "NO-SUCH-CHAIN", "ACCEPT", "test")
+    with pytest.raises(PlumbingError, match="apply the iptables-nft rules failed"):
+        backends.apply("nft", f"/run/netns/{host}", Change(add=(good, bad)), lambda: ())
+    assert_same(picture(host), before)

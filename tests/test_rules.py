@@ -177,3 +177,17 @@ def test_settle_skips_chains_and_jumps_that_exist():
     assert ("filter", "BRIDGESCOPE-FORWARD") in settled.new_chains
     assert [(j.table, j.chain) for j in settled.add_jumps] == [
         ("raw", "PREROUTING"), ("nat", "OUTPUT"), ("nat", "POSTROUTING"), ("filter", "FORWARD")]
+
+
+def test_committed_tables_are_those_before_the_failing_line():
+    text = "*raw\n-A X -j DROP\nCOMMIT\n*nat\n-A Y -j RETURN\nCOMMIT\n*filter\n-A Z -j ACCEPT\nCOMMIT\n"
+    assert backends.committed_tables(text, "iptables-nft-restore: line 8 failed: No chain") == \
+        ("raw", "nat")
+    assert backends.committed_tables(text, "iptables-nft-restore: line 2 failed: x") == ()
+    assert backends.committed_tables(text, "something else") == ()
+
+
+def test_change_only_keeps_the_given_tables():
+    change = Change(add=rules.forward_rules(FWD, C1, NET), new_chains=rules.BASE_CHAINS)
+    nat = change.only(["nat"])
+    assert {r.table for r in nat.add} == {"nat"} and {t for t, _ in nat.new_chains} == {"nat"}
