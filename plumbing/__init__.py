@@ -1,1 +1,16 @@
-"""Write side: bridges, containers, NAT and port forwards, done as Docker does."""
+"""Write side: bridges, containers, NAT and port forwards, done as Docker does.
+
+api        the functions the CLI and the web forms call (validate -> plan steps -> run -> save)
+validate   names, CIDRs, addresses, ports, Docker `-p` specs (pure)
+ipam       next free address on a subnet (pure)
+rules      desired state -> tagged BRIDGESCOPE-* rules -> iptables-restore / nft text (pure)
+steps      all-or-nothing runner: steps with undo, rollback, one plain-words error
+state      desired state per managed host namespace, persisted atomically
+netns      entering, creating and removing namespaces safely (threads, never the caller)
+links      netlink (pyroute2) operations: bridge, veth, addresses, routes
+backends   firewall backend choice and apply (iptables-nft-restore, nft -f)
+legacy     python-iptables worker process for legacy-only hosts
+nftinfo    nf_tables generation and table names over netlink
+conflicts  who already uses a host port (foreign forwards, listeners)
+lab        the sandbox lab; echo_server is the lab's tiny HTTP/UDP server
+"""
