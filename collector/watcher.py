@@ -313,10 +313,13 @@ class Watcher:
         results = reread([self._handles[n] for n in ns_ids])
         for ns_id, result in results.items():
             if isinstance(result, NamespaceRead):
-                if result != self._reads.get(ns_id):
+                before = self._reads.get(ns_id)
+                if result != before:
                     self._reads[ns_id] = result
-                    self._nsids.pop(ns_id, None)  # its veths may point somewhere new
                     self._mark([ns_id])
+                    if before is None or _ifindexes(before) != _ifindexes(result):
+                        # links came or went: veths elsewhere that point here must re-pair
+                        self._mark(self._pointing.get(ns_id, set()))
 
     def _rescan_firewall(self, ns_ids: list[str]) -> None:
         self._fw_merged = None
@@ -357,10 +360,7 @@ class Watcher:
         if dirty is None:
             affected = set(self._namespaces)
         else:
-            affected = set(dirty) | (self._namespaces.keys() - self._parts.keys())
-            for ns_id in dirty:
-                affected |= self._pointing.get(ns_id, set())
-            affected &= self._namespaces.keys()
+            affected = (set(dirty) | (self._namespaces.keys() - self._parts.keys())) & self._namespaces.keys()
         self._resolve_missing_nsids(affected)
         dumps = {n: r.dump for n, r in self._reads.items()} if dirty is None else _DumpView(self._reads)
         peers = pair(dumps, self._nsids, only=affected)
@@ -437,6 +437,10 @@ class Watcher:
             _libc.inotify_add_watch(fd, directory.encode(), IN_CREATE | IN_DELETE | IN_MOVED_FROM | IN_MOVED_TO)
         self._epoll.register(fd, select.EPOLLIN)
         return fd
+
+
+def _ifindexes(read: NamespaceRead) -> set[int]:
+    return {link.ifindex for link in read.dump.links}
 
 
 def _ips(part: NamespacePart | None) -> set[str]:
