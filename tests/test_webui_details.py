@@ -53,6 +53,12 @@ def test_namespace_and_forward_details(snap):
     assert details_for(snap, [], "edge:pf:ns-1001:tcp:*:8080", {}).title == pf.title
 
 
+def test_a_forward_held_twice_by_the_firewall_is_listed_once(snap):
+    from dataclasses import replace
+    doubled = replace(snap, port_forwards=snap.port_forwards * 2)
+    assert len(details_for(doubled, [], "ns-2002", {}).forwards) == 1
+
+
 def test_lookups_that_find_nothing(snap):
     assert details_for(snap, [], "ns-999/if1", {}) is None
     assert forward_for_id(snap, "pf:ns-1001:udp:*:8080") is None

@@ -68,6 +68,14 @@ def subnets(iface: Interface) -> list[str]:
     return out
 
 
+def unique_forwards(forwards: Iterable[PortForward]) -> tuple[PortForward, ...]:
+    """One entry per forward as a user sees it (the firewall may hold it per path/family)."""
+    seen: dict[tuple, PortForward] = {}
+    for pf in forwards:
+        seen.setdefault((pf.netns, pf.proto, pf.host_ip, pf.host_port, pf.to_ip, pf.to_port), pf)
+    return tuple(seen.values())
+
+
 def host_id(snap: Snapshot) -> str | None:
     host = snap.namespace(snap.host) if snap.host else snap.host_namespace()
     return host.id if host else None
@@ -110,7 +118,7 @@ def interface_details(snap: Snapshot, iface: Interface, owner: str | None) -> De
     rule_ns = {iface.netns, host_id(snap) or iface.netns}
     rules = rules_mentioning(snap.rules, rule_ns, needles)
     ips = set(bare_ips(iface))
-    forwards = tuple(p for p in snap.port_forwards if p.to_interface == iface.id or p.to_ip in ips)
+    forwards = unique_forwards(p for p in snap.port_forwards if p.to_interface == iface.id or p.to_ip in ips)
     commands = [in_ns(ns, "ip", "-d", "link", "show", "dev", iface.name),
                 in_ns(ns, "ip", "addr", "show", "dev", iface.name),
                 in_ns(ns, "ip", "route", "show", "dev", iface.name)]
@@ -134,8 +142,8 @@ def namespace_details(snap: Snapshot, ns: Namespace, owner: str | None, containe
     if ns.sysctl("net.ipv4.ip_forward") is not None:
         facts.append(("ip_forward", ns.sysctl("net.ipv4.ip_forward")))
     routes = tuple(r for r in snap.routes if r.netns == ns.id)
-    forwards = tuple(p for p in snap.port_forwards if p.container == ns.id or p.to_ip in ips
-                     or (ns.is_host and p.netns == ns.id))
+    forwards = unique_forwards(p for p in snap.port_forwards if p.container == ns.id or p.to_ip in ips
+                               or (ns.is_host and p.netns == ns.id))
     rule_ns = {ns.id} if ns.is_host else {ns.id, host_id(snap) or ns.id}
     rules = rules_mentioning(snap.rules, rule_ns, ips) if ips and not ns.is_host else \
         tuple(r for r in snap.rules if r.netns == ns.id and r.table == "nat")
