@@ -32,7 +32,7 @@ def collect(host: str | None = None, *, firewall: bool = True) -> Snapshot:
 def scan(namespaces: list[Namespace], *, firewall: bool = True, taken_at: float | None = None) -> Snapshot:
     """Read the given (already discovered) namespaces; ones that vanished become warnings."""
     taken_at = time.time() if taken_at is None else taken_at
-    handles, reads, failures = open_handles({ns.id: open_path_or_none(ns) for ns in namespaces})
+    handles, reads, failures = open_handles({ns.id: path_or_blank(ns) for ns in namespaces})
     try:
         nsid_maps = resolve_all_nsids(handles, reads)
         present = [ns for ns in namespaces if ns.id in reads]
@@ -46,7 +46,8 @@ def scan(namespaces: list[Namespace], *, firewall: bool = True, taken_at: float 
             handle.close()
 
 
-def open_path_or_none(ns: Namespace) -> str:
+def path_or_blank(ns: Namespace) -> str:
+    """Where to open ns; "" when nothing holds it any more (the open then fails as vanished)."""
     try:
         return open_path(ns)
     except BridgescopeError:

@@ -27,10 +27,10 @@ from bridgescope.collector.firewall import FirewallScan
 from bridgescope.collector.nat import NatView
 from bridgescope.collector.graph import diff_elements, patch_elements, to_elements
 from bridgescope.collector.model import Namespace, Snapshot
-from bridgescope.collector.namespaces import NetnsRef, discover, open_path, resolve_netns
+from bridgescope.collector.namespaces import NetnsRef, discover, resolve_netns
 from bridgescope.collector.netlink import NamespaceHandle, NamespaceRead, open_handles, reread
 from bridgescope.collector.snapshot import (NamespacePart, join_parts, merge_firewall, namespace_part,
-                                           nat_view, read_firewall, vanished_warnings, with_nat)
+                                           nat_view, path_or_blank, read_firewall, vanished_warnings, with_nat)
 from bridgescope.collector.veth import likely_homes, pair, resolve_nsids, wanted_nsids
 
 WATCHED_DIRS = ("/run/netns", "/run/docker/netns")
@@ -264,13 +264,7 @@ class Watcher:
         for ns_id in [n for n in self._handles if n not in current]:
             self._forget(ns_id)
         new = {ns.id: ns for ns in found if ns.id not in self._handles}
-        paths = {}
-        for ns in new.values():
-            try:
-                paths[ns.id] = open_path(ns)
-            except Exception:  # noqa: BLE001 - vanished between discovery and now
-                paths[ns.id] = ""
-        handles, reads, failures = open_handles(paths, events=True)
+        handles, reads, failures = open_handles({ns.id: path_or_blank(ns) for ns in new.values()}, events=True)
         for ns_id, handle in handles.items():
             self._handles[ns_id] = handle
             self._reads[ns_id] = reads[ns_id]

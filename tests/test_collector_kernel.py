@@ -6,7 +6,6 @@ assertions pick out the objects these tests made and never count globally.
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 
@@ -17,7 +16,6 @@ from bridgescope.collector.errors import NamespaceNotFound
 from bridgescope.collector.export import to_json
 from bridgescope.collector.namespaces import discover, resolve_netns
 from bridgescope.collector.netlink import NetnsSocket, hop_each, new_route_socket
-from bridgescope.collector import rtnl
 from bridgescope.collector.snapshot import collect, scan
 
 pytestmark = pytest.mark.kernel
@@ -281,7 +279,7 @@ def test_cli_snapshot_formats(netns):
     names = blog_topology(netns)
     base = [sys.executable, "-m", "bridgescope.webui.cli", "snapshot", "--netns", names["host"], "--no-firewall"]
     tree = subprocess.run(base, capture_output=True, text=True, check=True).stdout
-    assert f"veth1 veth up" in tree and f"eth0@{names['c1']} 172.17.0.2/16" in tree
+    assert "veth1 veth up" in tree and f"eth0@{names['c1']} 172.17.0.2/16" in tree
     dot = subprocess.run(base + ["--dot"], capture_output=True, text=True, check=True).stdout
     assert dot.startswith("graph bridgescope {") and dot.count("subgraph cluster_") >= 3
     import json
