@@ -48,7 +48,7 @@ test: deps venv
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 bench: deps venv
-	$(BIN)/python bench/run_all.py
+	@for script in bench/bench_*.py; do echo "== $$script"; $(BIN)/python $$script || exit 1; done
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache test-artifacts
