@@ -268,8 +268,11 @@ function applyDelta(delta) {
     for (const e of delta.changed || []) touched = touched.union(changeElement(cy, e));
   });
   state.version = delta.version;
-  state.unrelatedCount = markUnrelated(cy);
-  if (state.collapsed) rebuildCollapse(cy);
+  const structural = (delta.added || []).length || (delta.removed || []).length;
+  if (structural) {  // data-only changes cannot change what is related or folded
+    state.unrelatedCount = markUnrelated(cy);
+    if (state.collapsed) rebuildCollapse(cy);
+  }
   flash(touched);
   applySearch();
   window.bridgescopeLastDelta = { version: delta.version, at: performance.now() };
@@ -358,19 +361,21 @@ function applySearch() {
 function markUnrelated(cy) {
   const host = cy.nodes('[kind = "namespace"][?is_host]');
   if (host.empty()) return 0;
-  const seen = new Set();
-  let frontier = host.union(host.descendants());
-  while (frontier.nonempty()) {
-    const next = cy.collection();
-    frontier.forEach((n) => {
-      if (seen.has(n.id())) return;
-      seen.add(n.id());
-      const ns = n.isParent() ? n : n.parent();
-      // Only wires count: a DNAT to an address that some other namespace also has does not.
-      const wired = n.connectedEdges('[kind = "veth"], [kind = "member"]').connectedNodes();
-      next.merge(ns.union(ns.descendants()).union(wired).filter((m) => !seen.has(m.id())));
+  // Walk namespace to namespace over veth/bridge-port wires; each namespace is expanded once,
+  // so this stays linear in nodes + edges (it runs after every delta).
+  const seen = new Set([host.id()]);
+  const todo = [host[0]];
+  while (todo.length) {
+    todo.pop().children().forEach((child) => {
+      child.connectedEdges('[kind = "veth"], [kind = "member"]').forEach((e) => {
+        const other = e.source().id() === child.id() ? e.target() : e.source();
+        const ns = other.parent();
+        if (ns.nonempty() && !seen.has(ns.id())) {
+          seen.add(ns.id());
+          todo.push(ns[0]);
+        }
+      });
     });
-    frontier = next;
   }
   const unrelated = cy.nodes('[kind = "namespace"]').filter((n) => !seen.has(n.id()));
   cy.batch(() => {
