@@ -262,6 +262,7 @@ function applyDelta(delta) {
     return;
   }
   let touched = cy.collection();
+  const refold = state.collapsed && touchesFolded(cy, delta);
   cy.batch(() => {
     for (const id of delta.removed || []) cy.getElementById(id).remove();
     touched = touched.union(addElements(cy, delta.added || []));
@@ -271,7 +272,7 @@ function applyDelta(delta) {
   const structural = (delta.added || []).length || (delta.removed || []).length;
   if (structural) {  // data-only changes cannot change what is related or folded
     state.unrelatedCount = markUnrelated(cy);
-    if (state.collapsed) rebuildCollapse(cy);
+    if (refold || (state.collapsed && touchesFolded(cy, delta))) rebuildCollapse(cy);
   }
   flash(touched);
   applySearch();
@@ -342,7 +343,7 @@ function applySearch() {
   const cy = window.cy;
   if (!cy) return;
   const q = state.query.trim().toLowerCase();
-  cy.elements().removeClass("faded match");
+  cy.elements(".faded, .match").removeClass("faded match");
   const count = byId("search-count");
   if (!q) { count.textContent = ""; return; }
   const words = q.split(/\s+/);
@@ -378,9 +379,12 @@ function markUnrelated(cy) {
     });
   }
   const unrelated = cy.nodes('[kind = "namespace"]').filter((n) => !seen.has(n.id()));
+  // Touch only elements whose status changes: a class change restyles and redraws.
+  const want = state.showUnrelated ? cy.collection() : unrelated.union(unrelated.descendants());
+  const have = cy.elements(".unrelated");
   cy.batch(() => {
-    cy.elements(".unrelated").removeClass("unrelated");
-    if (!state.showUnrelated) unrelated.union(unrelated.descendants()).addClass("unrelated");
+    have.difference(want).removeClass("unrelated");
+    want.difference(have).addClass("unrelated");
   });
   return unrelated.length;
 }
@@ -425,6 +429,19 @@ function collapseNow(cy) {
       seen.add(key);
       cy.add({ group: "edges", data: { id: `collapsed:${key}`, source: s, target: t, kind: e.data("kind"), display: e.data("display") || "" }, classes: "collapsed-edge" });
     });
+}
+
+// Does a delta add or remove anything inside (or wired to) a folded namespace? Only then do the
+// proxy edges need rebuilding; a new bridge on the host, say, leaves them as they are.
+function touchesFolded(cy, delta) {
+  const folded = (id) => {
+    const e = cy.getElementById(id);
+    return e.nonempty() && (e.hasClass("collapse-hidden") || e.hasClass("collapsed"));
+  };
+  const parentFolded = (d) => d.parent && (folded(d.parent) || cy.getElementById(d.parent).empty());
+  return (delta.removed || []).some(folded) || (delta.added || []).some((e) =>
+    e.group === "nodes" ? (e.data.kind === "namespace" || parentFolded(e.data))
+      : folded(e.data.source) || folded(e.data.target));
 }
 
 function setCollapsed(on) {
