@@ -146,18 +146,29 @@ def ns_id(page, label: str) -> str:
 
 def click_namespace(page, label: str) -> None:
     """A real mouse click on the namespace box, at a point where nothing else lies on top."""
+    box = f"JSON.stringify(cy.nodes('[kind = \"namespace\"]').filter(x => x.data('label') === {label!r}).renderedBoundingBox())"
+    before, deadline = None, time.monotonic() + 15
+    while time.monotonic() < deadline:  # the first layout may still be settling
+        now = page.evaluate(box)
+        if now == before:
+            break
+        before = now
+        time.sleep(0.3)
     point = page.evaluate(f"""(() => {{
         const n = cy.nodes('[kind = "namespace"]').filter(x => x.data('label') === {label!r})[0];
         const r = document.getElementById('topology').getBoundingClientRect();
-        const bb = n.renderedBoundingBox({{includeLabels: true}});
+        const bb = n.renderedBoundingBox({{includeLabels: false}});
         for (let fy = 0.02; fy < 1; fy += 0.06) for (let fx = 0.1; fx < 1; fx += 0.1) {{
             const x = bb.x1 + fx * (bb.x2 - bb.x1), y = bb.y1 + fy * (bb.y2 - bb.y1);
+            if (x < 5 || y < 5 || x > r.width - 5 || y > r.height - 30) continue;  // on screen only
             const pan = cy.pan(), z = cy.zoom();  // the hit test wants model coordinates
             const hit = cy.renderer().findNearestElement((x - pan.x) / z, (y - pan.y) / z, true, false);
-            if (hit && hit.id() === n.id()) return [r.left + x, r.top + y];
+            const under = document.elementFromPoint(r.left + x, r.top + y);
+            if (hit && hit.id() === n.id() && under && under.closest('#topology')) return [r.left + x, r.top + y];
         }}
         return null; }})()""")
     assert point, f"no free spot to click on {label}"
+    page.evaluate("() => { window.__taps = []; cy.on('tap', e => window.__taps.push(e.target === cy ? 'bg' : e.target.id())); }")
     page.mouse.click(*point)
 
 
@@ -194,7 +205,10 @@ def test_the_page_shows_the_lab_containers_and_forward_live(page, lab, artifacts
 
 def test_clicking_a_container_opens_its_panel(page, lab):
     click_namespace(page, f"{lab.host}-c1")
-    page.wait_for_selector("#details .details-head h2")
+    try:
+        page.wait_for_selector("#details .details-head h2", timeout=10000)
+    except Exception:
+        raise AssertionError(f"taps {page.evaluate('window.__taps')}, details {page.inner_html('#details')[:300]}")
     assert page.inner_text("#details .details-head h2") == f"{lab.host}-c1"
     panel = page.locator("#p-forward-form")
     assert panel.get_by_label("Container", exact=True).input_value() == "c1"
