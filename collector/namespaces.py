@@ -15,13 +15,13 @@ import threading
 from dataclasses import dataclass
 from typing import Iterable, Mapping
 
+from bridgescope.collector.setns import CLONE_NEWNET
 from bridgescope.collector.containers import ENGINE_SOCKETS, engine_container_names
 from bridgescope.collector.errors import NamespaceNotFound
 from bridgescope.collector.model import Namespace, namespace_id
 
 NETNS_DIRS = ("/run/netns", "/var/run/netns")
 NS_GET_NSTYPE = 0xB703
-CLONE_NEWNET = 0x40000000
 _SKIP = (errno.EACCES, errno.ENOENT, errno.ESRCH, errno.EPERM)
 
 NsKey = tuple[int, int]  # (st_dev, st_ino)

@@ -13,7 +13,6 @@ to open, 11 ms of I/O.
 """
 from __future__ import annotations
 
-import ctypes
 import os
 import resource
 import socket
@@ -22,9 +21,9 @@ from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator, Mapping, TypeVar
 
 from bridgescope.collector import rtnl
+from bridgescope.collector.setns import setns
 from bridgescope.collector.rtnl import AddressFacts, LinkFacts, Message, RouteFacts
 
-CLONE_NEWNET = 0x40000000
 NETLINK_ROUTE = 0
 SOL_NETLINK = 270
 NETLINK_GET_STRICT_CHK = 12
@@ -32,7 +31,6 @@ RECV_SIZE = 1 << 16
 # Groups a watcher needs: links, IPv4/IPv6 addresses and routes.
 RTMGRP_TOPOLOGY = 0x1 | 0x10 | 0x40 | 0x100 | 0x400
 
-_libc = ctypes.CDLL(None, use_errno=True)
 T = TypeVar("T")
 
 
@@ -41,13 +39,6 @@ class NamespaceDump:
     links: tuple[LinkFacts, ...]
     addresses: tuple[AddressFacts, ...]
     routes: tuple[RouteFacts, ...]
-
-
-def setns(fd: int) -> None:
-    """Move the calling thread (only) into the network namespace behind fd."""
-    if _libc.setns(fd, CLONE_NEWNET) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err))
 
 
 def hop_each(items: Iterable[tuple[int, T]], fn: Callable[[T], object]) -> list[object]:

@@ -7,20 +7,18 @@ it), applies the whole batch with autocommit off and commits each table once.
 """
 from __future__ import annotations
 
-import ctypes
 import fcntl
 import json
-import os
 import subprocess
 import sys
 from dataclasses import asdict
 from typing import Any
 
+from bridgescope.collector.setns import enter
 from bridgescope.plumbing.errors import PlumbingError
 from bridgescope.plumbing.rules import TABLES, Change, FwRule
 
 XTABLES_LOCK = "/run/xtables.lock"
-CLONE_NEWNET = 0x40000000
 
 
 def operations(change: Change) -> list[dict[str, Any]]:
@@ -50,14 +48,6 @@ def apply(netns_path: str, change: Change) -> None:
 
 # --- the worker side (runs in its own process) ---------------------------------------------
 
-def _enter(path: str) -> None:
-    libc = ctypes.CDLL("libc.so.6", use_errno=True)
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        if libc.setns(fd, CLONE_NEWNET) != 0:
-            raise OSError(ctypes.get_errno(), f"cannot enter {path}")
-    finally:
-        os.close(fd)
 
 
 def _iptc_rule(iptc: Any, r: FwRule) -> Any:
@@ -140,7 +130,7 @@ def _run(ops: list[dict[str, Any]]) -> None:
 
 
 def main(argv: list[str]) -> int:
-    _enter(argv[1])
+    enter(argv[1])
     ops = json.load(sys.stdin)
     with open(XTABLES_LOCK, "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)

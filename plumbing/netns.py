@@ -24,9 +24,9 @@ from typing import Callable, Iterator, TypeVar
 from pyroute2 import IPRoute
 from pyroute2 import netns as pr2_netns
 
-from bridgescope.collector.errors import NamespaceNotFound
+from bridgescope.collector.namespaces import resolve_netns
+from bridgescope.collector.setns import CLONE_NEWNET, enter
 
-CLONE_NEWNET = 0x40000000
 MS_BIND = 4096
 SIOCSIFFLAGS, IFF_UP, IFF_LOOPBACK, IFF_RUNNING = 0x8914, 0x1, 0x8, 0x40
 NETNS_DIR = Path("/run/netns")
@@ -72,21 +72,13 @@ def resolve(host: str | None) -> HostNs:
             return HostNs(key=name, name=name, path=str(NETNS_DIR / name))
         return HostNs(key="host", name=None,
                       path=f"/proc/{os.getpid()}/task/{threading.get_native_id()}/ns/net")
-    path = host if "/" in host else str(NETNS_DIR / host)
-    if not os.path.exists(path):
-        raise NamespaceNotFound(host)
+    path = resolve_netns(host).path  # validates the name; never creates anything
     name = Path(path).name if Path(path).parent == NETNS_DIR else None
     return HostNs(key=name or f"ns-{_inode(path)}", name=name, path=path)
 
 
 def _enter(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        if _libc.setns(fd, CLONE_NEWNET) != 0:
-            err = ctypes.get_errno()
-            raise OSError(err, f"cannot enter network namespace {path}: {os.strerror(err)}")
-    finally:
-        os.close(fd)
+    enter(path)
     if _inode("/proc/thread-self/ns/net") != _inode(path):
         raise OSError(f"entering {path} did not take effect")
     _here.path = path

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import errno
 import hashlib
-import os
 import selectors
 import socket
 import subprocess
@@ -24,6 +23,7 @@ import threading
 import time
 from typing import Callable, Mapping
 
+from bridgescope.collector.setns import inside
 from bridgescope.collector.firewall import readers
 
 DEBOUNCE = 0.2  # seconds of quiet after the last event before re-reading
@@ -36,7 +36,7 @@ SOL_NETLINK, NETLINK_ADD_MEMBERSHIP = 270, 1
 
 def subscribe(path: str) -> socket.socket:
     """A netlink socket in the namespace at path, receiving its nf_tables change events."""
-    with readers.inside(path):
+    with inside(path):
         sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC,
                              NETLINK_NETFILTER)
     try:

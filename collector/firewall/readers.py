@@ -8,22 +8,17 @@ and `nft -j list table` runs only for native tables (iptables-nft-save shows the
 """
 from __future__ import annotations
 
-import ctypes
-import os
 import subprocess
-from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterator
 
 from bridgescope.collector.firewall.nftjson import COMPAT_TABLES
+from bridgescope.collector.setns import inside
 
-CLONE_NEWNET = 0x40000000
 TIMEOUT = 20.0
 LEGACY_NAMES = {4: "ip_tables_names", 6: "ip6_tables_names"}
 SAVE_TOOLS = {("nft", 4): "iptables-nft-save", ("nft", 6): "ip6tables-nft-save",
               ("legacy", 4): "iptables-legacy-save", ("legacy", 6): "ip6tables-legacy-save"}
 
-_libc = ctypes.CDLL(None, use_errno=True)
 
 
 @dataclass(frozen=True)
@@ -105,30 +100,6 @@ def _read_names(proc_file: str) -> str:
             return names.read().strip()
     except FileNotFoundError:  # x_tables not loaded at all: certainly no legacy tables
         return ""
-
-
-@contextmanager
-def inside(path: str) -> Iterator[None]:
-    """Move the calling thread (only) into the namespace at path, and back afterwards."""
-    home = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        target = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            _setns(target)
-        finally:
-            os.close(target)
-        try:
-            yield
-        finally:
-            _setns(home)  # a thread left in a foreign namespace would poison every later read
-    finally:
-        os.close(home)
-
-
-def _setns(fd: int) -> None:
-    if _libc.setns(fd, CLONE_NEWNET) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err))
 
 
 def _start(path: str, argv: list[str]) -> subprocess.Popen | OSError:
