@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from bridgescope.plumbing import api, lab
+from bridgescope.plumbing import api, lab, netns, walklab
 from bridgescope.plumbing.backends import CHOICES
 
 
@@ -118,9 +118,21 @@ def _register_lab(sub: "argparse._SubParsersAction") -> None:
     p.add_argument("--prefix", default=lab.DEFAULT_PREFIX)
     p.add_argument("--firewall", choices=CHOICES, default="auto")
     p.set_defaults(func=_lab_up)
-    p = labp.add_parser("down", help="remove the lab completely")
+    p = labp.add_parser("down", help="remove the lab completely (and the guided walk's lab)")
     p.add_argument("--prefix", default=lab.DEFAULT_PREFIX)
-    p.set_defaults(func=lambda a: (lab.lab_down(a.prefix), print(f"lab {a.prefix} removed"))[0] or 0)
+    p.add_argument("--walk-prefix", default=walklab.DEFAULT_PREFIX,
+                   help="prefix of the guided walk's lab, removed too if it is up (default %(default)s)")
+    p.set_defaults(func=_lab_down)
+
+
+def _lab_down(args: argparse.Namespace) -> int:
+    lab.lab_down(args.prefix)
+    print(f"lab {args.prefix} removed")
+    walk = walklab.WalkLab(args.walk_prefix)
+    if any(netns.exists(name) for name in walk.names.all()):
+        walk.down()
+        print(f"walk lab {args.walk_prefix} removed")
+    return 0
 
 
 def _lab_up(args: argparse.Namespace) -> int:
