@@ -368,7 +368,9 @@ function markUnrelated(cy) {
   const todo = [host[0]];
   while (todo.length) {
     todo.pop().children().forEach((child) => {
-      child.connectedEdges('[kind = "veth"], [kind = "member"]').forEach((e) => {
+      child.connectedEdges().forEach((e) => {
+        const kind = e.data("kind");  // plain test: a selector here would be parsed per child
+        if (kind !== "veth" && kind !== "member") return;
         const other = e.source().id() === child.id() ? e.target() : e.source();
         const ns = other.parent();
         if (ns.nonempty() && !seen.has(ns.id())) {
