@@ -107,8 +107,8 @@ function styleSheet(p) {
     { selector: ".faded", style: { "opacity": 0.18 } },
     { selector: ".match", style: { "border-color": p.match, "border-width": 4, "line-color": p.match } },
     { selector: ".flash", style: {
+      // No style transition: animating it would redraw the whole graph for every frame.
       "border-color": p.flash, "border-width": 5, "line-color": p.flash, "target-arrow-color": p.flash,
-      "transition-property": "border-width, border-color, line-color", "transition-duration": "0.4s",
     } },
     { selector: ":selected", style: { "border-color": p.match, "border-width": 4, "line-color": p.match, "overlay-opacity": 0 } },
   ];
