@@ -10,7 +10,6 @@ netns      entering, creating and removing namespaces safely (threads, never the
 links      netlink (pyroute2) operations: bridge, veth, addresses, routes
 backends   firewall backend choice and apply (iptables-nft-restore, nft -f)
 legacy     python-iptables worker process for legacy-only hosts
-nftinfo    nf_tables generation and table names over netlink
 conflicts  who already uses a host port (foreign forwards, listeners)
 lab        the sandbox lab; echo_server is the lab's tiny HTTP/UDP server
 """

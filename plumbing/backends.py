@@ -11,7 +11,8 @@ import subprocess
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
-from bridgescope.plumbing import legacy, netns, nftinfo
+from bridgescope.collector.firewall import nftinfo
+from bridgescope.plumbing import legacy, netns
 from bridgescope.plumbing.errors import PlumbingError, ValidationError
 from bridgescope.plumbing.rules import (CHAINS, NFT_TABLE, Change, FwRule, nft_text, restore_text,
                                         teaching_commands)

@@ -17,7 +17,8 @@ from bridgescope.collector import firewall as firewall_reader
 from bridgescope.collector import nat, owners
 from bridgescope.collector.firewall.savefmt import parse_save
 from bridgescope.collector.model import PortForward
-from bridgescope.plumbing import netns, nftinfo, state
+from bridgescope.collector.firewall import nftinfo
+from bridgescope.plumbing import netns, state
 from bridgescope.plumbing.rules import NFT_TABLE
 from bridgescope.plumbing.state import Forward
 from bridgescope.plumbing.validate import PortMapping

@@ -11,7 +11,8 @@ from __future__ import annotations
 import subprocess
 from dataclasses import dataclass
 
-from bridgescope.collector.firewall.nftjson import COMPAT_TABLES
+from bridgescope.collector.firewall import nftinfo
+from bridgescope.collector.firewall.nftjson import COMPAT_TABLES, FAMILIES
 from bridgescope.collector.setns import inside
 
 TIMEOUT = 20.0
@@ -38,30 +39,31 @@ class NamespaceDump:
 
 
 def dump_namespace(ns_id: str, path: str) -> NamespaceDump:
-    """Run the save tools for one namespace ({id}: nsfs path); never raises for tool trouble."""
+    """Run the save tools for one namespace ({id}: nsfs path); never raises for tool trouble.
+
+    One trip into the namespace asks the kernel which tables exist (legacy x_tables names,
+    nf_tables tables over netlink); only the tools with something to show are started, so a
+    container namespace without rules costs no process at all.
+    """
     try:
-        legacy = legacy_families(path)
+        legacy, tables = probe_tables(path)
     except OSError as err:
         return NamespaceDump(ns_id, problems=(f"namespace {ns_id} vanished during the firewall "
                                               f"scan ({err.strerror})",))
+    compat = {FAMILIES[fam] for fam, name in tables if (fam, name) in COMPAT_TABLES and fam in FAMILIES}
     jobs = {key: _start(path, [tool, "-c"]) for key, tool in SAVE_TOOLS.items()
-            if key[0] == "nft" or key[1] in legacy}
-    tables_job = _start(path, ["nft", "list", "tables"])
-    saves, problems = [], []
+            if key[1] in (compat if key[0] == "nft" else legacy)}
+    # Per table rather than `list ruleset`: that would also print every iptables-nft rule,
+    # as JSON we would throw away (0.5 s for 5,000 rules).
+    table_jobs = {table: _start(path, ["nft", "-j", "list", "table", *table])
+                  for table in tables if table not in COMPAT_TABLES}
+    saves, problems, nft_json = [], [], []
     for (backend, family), job in jobs.items():
         out, problem = _finish(job, SAVE_TOOLS[(backend, family)], ns_id)
         if problem:
             problems.append(problem)
         elif out.strip():
             saves.append(SaveText(backend, family, _without_comments(out)))
-    nft_json = []
-    tables, problem = _finish(tables_job, "nft list tables", ns_id)
-    if problem:
-        problems.append(problem)
-    # Per table rather than `list ruleset`: that would also print every iptables-nft rule,
-    # as JSON we would throw away (0.5 s for 5,000 rules).
-    table_jobs = {table: _start(path, ["nft", "-j", "list", "table", *table])
-                  for table in native_tables(tables)}
     for (family, name), job in table_jobs.items():
         out, problem = _finish(job, f"nft -j list table {family} {name}", ns_id)
         if problem:
@@ -71,27 +73,27 @@ def dump_namespace(ns_id: str, path: str) -> NamespaceDump:
     return NamespaceDump(ns_id, tuple(saves), tuple(nft_json), tuple(problems))
 
 
+def probe_tables(path: str) -> tuple[set[int], list[tuple[str, str]]]:
+    """(legacy families, nf_tables (family, name) pairs) of the namespace at path; creates nothing."""
+    with inside(path):
+        return _legacy_here(), [tuple(t.split(" ", 1)) for t in nftinfo.tables_here()]
+
+
 def _without_comments(save: str) -> str:
     """Drop the `# Generated ... on <date>` lines: they carry no rules, and without them
     an unchanged rule set gives identical text (which the parse cache relies on)."""
     return "\n".join(line for line in save.split("\n") if not line.startswith("#"))
 
 
-def native_tables(listing: str) -> list[tuple[str, str]]:
-    """`nft list tables` output -> the (family, name) pairs iptables-nft-save does not show."""
-    found = []
-    for line in listing.splitlines():
-        parts = line.split()
-        if len(parts) == 3 and parts[0] == "table" and (parts[1], parts[2]) not in COMPAT_TABLES:
-            found.append((parts[1], parts[2]))
-    return found
-
-
 def legacy_families(path: str) -> set[int]:
     """Families (4, 6) for which the namespace at path already has legacy x_tables."""
     with inside(path):
-        return {family for family, name in LEGACY_NAMES.items()
-                if _read_names(f"/proc/thread-self/net/{name}")}
+        return _legacy_here()
+
+
+def _legacy_here() -> set[int]:
+    return {family for family, name in LEGACY_NAMES.items()
+            if _read_names(f"/proc/thread-self/net/{name}")}
 
 
 def _read_names(proc_file: str) -> str:
