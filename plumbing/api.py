@@ -49,7 +49,9 @@ class Ctx:
 
     def sh(self, argv: str) -> str:
         """A teaching command as typed on this host (inside `ip netns exec` for a lab host)."""
-        return f"ip netns exec {self.ns.name} {argv}" if self.ns.name else argv
+        if argv.startswith("#") or not self.ns.name:  # comments stay comments
+            return argv
+        return f"ip netns exec {self.ns.name} {argv}"
 
 
 # --- public API --------------------------------------------------------------------------

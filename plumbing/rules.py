@@ -33,6 +33,7 @@ def shard_chain(base: str, tag: str) -> str:
 
 
 CHAINS = BASE_CHAINS + tuple((t, f"{c}-{i:02x}") for t, c in BASE_CHAINS for i in range(SHARDS))
+SHARD_CHAINS = frozenset(c for _, c in CHAINS[len(BASE_CHAINS):])
 JUMP_TAG = "jump"
 NFT_TABLE = "bridgescope"
 
@@ -244,14 +245,30 @@ def restore_text(change: Change) -> str:
 
 
 def teaching_commands(change: Change) -> tuple[str, ...]:
-    """The same transaction as the iptables commands a person would type, in order."""
-    out = [f"iptables -t {t} -N {c}" for t, c in change.new_chains]
+    """The same transaction as the iptables commands a person would type, in order.
+
+    The shard scaffolding (16 chains per hook and the jumps into them) is a speed measure,
+    not something to learn from; it is summarised in one comment line each way.
+    """
+    def plain(chains: tuple[tuple[str, str], ...]) -> list[tuple[str, str]]:
+        return [(t, c) for t, c in chains if c not in SHARD_CHAINS]
+
+    new_shards = len(change.new_chains) - len(plain(change.new_chains))
+    old_shards = len(change.drop_chains) - len(plain(change.drop_chains))
+    out = [f"iptables -t {t} -N {c}" for t, c in plain(change.new_chains)]
+    if new_shards:
+        out.append(f"# + {new_shards} shard chains ({SHARDS} per chain above, e.g. "
+                   f"{BASE_CHAINS[1][1]}-00), each jumped to from its chain: per-container "
+                   "rules are spread over them so that removing one stays fast")
     out += [f"iptables -t {t} -F {c}" for t, c in change.flush_chains]
     out += [command("-D", r) for r in change.del_jumps]
-    out += [command("-D", r) for r in change.delete]
-    out += [command("-A", r) for r in change.add]
+    out += [command("-D", r) for r in change.delete if r.tag != SHARD_TAG]
+    out += [command("-A", r) for r in change.add if r.tag != SHARD_TAG]
     out += [command("-I", r, 1) for r in change.add_jumps]
-    out += [f"iptables -t {t} -F {c} && iptables -t {t} -X {c}" for t, c in change.drop_chains]
+    for t, c in plain(change.drop_chains):
+        out += [f"iptables -t {t} -F {c}", f"iptables -t {t} -X {c}"]
+    if old_shards:
+        out.append(f"# + flush and remove the {old_shards} shard chains")
     return tuple(out)
 
 

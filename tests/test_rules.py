@@ -127,6 +127,21 @@ def test_teaching_commands_are_plain_iptables():
            "bridgescope:fwd/c1/tcp/*/8080 -j DNAT --to-destination 172.17.0.2:80" in cmds
 
 
+def test_teaching_commands_summarise_the_shard_scaffolding_both_ways():
+    # The first network on a host creates every chain of ours plus the jumps into the shards;
+    # the explanation names the four chains a person would create and sums up the rest.
+    setup = Change(add=rules.structure() + rules.network_rules(NET), new_chains=rules.CHAINS,
+                   add_jumps=rules.jumps())
+    cmds = rules.teaching_commands(setup)
+    assert [c for c in cmds if " -N " in c] == [f"iptables -t {t} -N {c}" for t, c in rules.BASE_CHAINS]
+    assert sum(c.startswith("#") for c in cmds) == 1
+    assert not any(rules.SHARD_TAG in c and not c.startswith("#") for c in cmds)
+    assert any("-j MASQUERADE" in c for c in cmds)
+    teardown = rules.teaching_commands(setup.inverse())
+    assert [c for c in teardown if " -X " in c] == [f"iptables -t {t} -X {c}" for t, c in rules.BASE_CHAINS]
+    assert not any("&&" in c for c in teardown) and sum(c.startswith("#") for c in teardown) == 1
+
+
 def test_nft_text_replaces_our_table_atomically():
     text = rules.nft_text(rules.desired(STATE))
     assert text.startswith("table ip bridgescope {}\ndelete table ip bridgescope\n")
