@@ -41,6 +41,18 @@ def test_sse_message_format():
         'id: 7\nevent: delta\ndata: {"type":"delta","version":7,"added":[]}\n\n'
 
 
+def test_an_event_shared_by_many_streams_is_encoded_once(monkeypatch):
+    from bridgescope.webui import stream
+    calls = []
+    monkeypatch.setattr(stream, "format_event", lambda e: calls.append(e) or f"data: {e['version']}\n\n")
+    cache = stream.EncodedEvents(keep=2)
+    event = {"type": "delta", "version": 3}
+    assert [cache.text(event) for _ in range(50)] == ["data: 3\n\n"] * 50 and len(calls) == 1
+    other = {"type": "delta", "version": 3}  # equal but not the same object: encoded anew
+    cache.text(other), cache.text({"type": "delta", "version": 4}), cache.text(event)
+    assert len(calls) == 4  # the first one was evicted (keep=2)
+
+
 def test_stream_sends_the_graph_then_deltas_then_cleans_up():
     src = StaticSource(sample_snapshot())
     resp, chunks = open_stream(app_with(src))

@@ -34,6 +34,32 @@ def format_event(event: dict) -> str:
     return f"{head}event: {event.get('type', 'message')}\ndata: {data}\n\n"
 
 
+class EncodedEvents:
+    """The Watcher puts the same event object in every subscriber's queue: encode it once, not
+    once per open tab (50 tabs x a 500-namespace graph would otherwise hold the GIL for long)."""
+
+    def __init__(self, keep: int = 64):
+        self._keep = keep
+        self._cache: dict[tuple, tuple[dict, str]] = {}
+        self._lock = threading.Lock()
+
+    def text(self, event: dict) -> str:
+        key = (id(event), event.get("type"), event.get("version"))
+        with self._lock:
+            hit = self._cache.get(key)
+            if hit is not None and hit[0] is event:
+                return hit[1]
+        text = format_event(event)
+        with self._lock:
+            if len(self._cache) >= self._keep:
+                self._cache.pop(next(iter(self._cache)))
+            self._cache[key] = (event, text)
+        return text
+
+
+ENCODED = EncodedEvents()
+
+
 def _messages(q: "queue.Queue", heartbeat: float, closing: threading.Event) -> Iterator[str]:
     # The first bytes go out at once so the client sees the headers (and "live") immediately.
     yield ": hello\n\n"
@@ -49,7 +75,7 @@ def _messages(q: "queue.Queue", heartbeat: float, closing: threading.Event) -> I
         if event is None:  # the source is shutting down
             return
         quiet_since = time.monotonic()
-        yield format_event(event)
+        yield ENCODED.text(event)
 
 
 def _once(fn: Callable[[], None]) -> Callable[[], None]:
