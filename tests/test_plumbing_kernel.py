@@ -18,51 +18,14 @@ import pytest
 from bridgescope.plumbing import api, netns as nsops
 from bridgescope.plumbing.errors import PlumbingError, ValidationError
 from bridgescope.plumbing.steps import FAIL_AT_ENV
+import reference_layouts
 from conftest import sh
 
 pytestmark = pytest.mark.kernel
 BACKENDS = ("nft", "legacy", "nftables")
 
 # Docker 29 after `docker run -p 8080:80` (reference 1.2), as iptables-nft-restore input.
-DOCKER_29 = """\
-*raw
-:PREROUTING ACCEPT [0:0]
-:OUTPUT ACCEPT [0:0]
--A PREROUTING -d 172.17.0.2/32 ! -i docker0 -j DROP
-COMMIT
-*filter
-:INPUT ACCEPT [0:0]
-:FORWARD DROP [0:0]
-:OUTPUT ACCEPT [0:0]
-:DOCKER - [0:0]
-:DOCKER-BRIDGE - [0:0]
-:DOCKER-CT - [0:0]
-:DOCKER-FORWARD - [0:0]
-:DOCKER-INTERNAL - [0:0]
-:DOCKER-USER - [0:0]
--A FORWARD -j DOCKER-USER
--A FORWARD -j DOCKER-FORWARD
--A DOCKER -d 172.17.0.2/32 ! -i docker0 -o docker0 -p tcp -m tcp --dport 80 -j ACCEPT
--A DOCKER ! -i docker0 -o docker0 -j DROP
--A DOCKER-BRIDGE -o docker0 -j DOCKER
--A DOCKER-CT -o docker0 -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT
--A DOCKER-FORWARD -j DOCKER-CT
--A DOCKER-FORWARD -j DOCKER-INTERNAL
--A DOCKER-FORWARD -j DOCKER-BRIDGE
--A DOCKER-FORWARD -i docker0 -j ACCEPT
-COMMIT
-*nat
-:PREROUTING ACCEPT [0:0]
-:INPUT ACCEPT [0:0]
-:OUTPUT ACCEPT [0:0]
-:POSTROUTING ACCEPT [0:0]
-:DOCKER - [0:0]
--A PREROUTING -m addrtype --dst-type LOCAL -j DOCKER
--A OUTPUT ! -d 127.0.0.0/8 -m addrtype --dst-type LOCAL -j DOCKER
--A POSTROUTING -s 172.17.0.0/16 ! -o docker0 -j MASQUERADE
--A DOCKER ! -i docker0 -p tcp -m tcp --dport 8080 -j DNAT --to-destination 172.17.0.2:80
-COMMIT
-"""
+DOCKER_29 = reference_layouts.DOCKER_29.iptables
 
 
 @pytest.fixture(autouse=True)
