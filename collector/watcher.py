@@ -23,6 +23,7 @@ import threading
 import time
 from typing import Callable, Mapping
 
+from bridgescope.collector.fanout import GraphFanout
 from bridgescope.collector.firewall import FirewallScan
 from bridgescope.collector.nat import NatView
 from bridgescope.collector.graph import diff_elements, patch_elements, to_elements
@@ -82,7 +83,7 @@ class Watcher:
         self._snapshot = Snapshot()
         self._elements: list[dict] = []
         self._version = 0
-        self._subscribers: list[queue.Queue] = []
+        self._fanout = GraphFanout(QUEUE_LIMIT)
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
@@ -139,16 +140,11 @@ class Watcher:
 
     def subscribe(self) -> queue.Queue:
         """A queue that first gets the whole graph, then every delta."""
-        q: queue.Queue = queue.Queue(maxsize=QUEUE_LIMIT)
-        with self._lock:
-            q.put({"type": "graph", "version": self._version, "elements": self._elements})
-            self._subscribers.append(q)
-        return q
+        with self._lock:  # the graph and the deltas after it must not interleave
+            return self._fanout.subscribe(self._version, self._elements)
 
     def unsubscribe(self, q: queue.Queue) -> None:
-        with self._lock:
-            if q in self._subscribers:
-                self._subscribers.remove(q)
+        self._fanout.unsubscribe(q)
 
     def refresh(self, ns_id: str | None = None) -> None:
         """Re-read now: one namespace's links and firewall, or (None) everything incl. discovery.
@@ -400,13 +396,7 @@ class Watcher:
         if not (delta["added"] or delta["removed"] or delta["changed"]):
             return
         self._version += 1
-        event = {"type": "delta", "version": self._version, **delta}
-        for q in list(self._subscribers):
-            try:
-                q.put_nowait(event)
-            except queue.Full:  # a subscriber fell behind: start it over with the whole graph
-                _empty(q)
-                q.put_nowait({"type": "graph", "version": self._version, "elements": self._elements})
+        self._fanout.publish({"type": "delta", "version": self._version, **delta}, self._elements)
 
     # ---- helpers ----------------------------------------------------------------------------
 
@@ -487,12 +477,3 @@ def _drain_fd(fd: int) -> None:
         pass
 
 
-def _empty(q: queue.Queue) -> None:
-    try:
-        while True:
-            q.get_nowait()
-    except queue.Empty:
-        pass
-
-
-__all__ = ["Watcher"]

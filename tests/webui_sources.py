@@ -8,8 +8,8 @@ deterministically.
 from __future__ import annotations
 
 import queue
-import threading
 
+from bridgescope.collector.fanout import GraphFanout
 from bridgescope.collector.graph import diff_elements, to_elements
 from bridgescope.collector.model import Snapshot
 
@@ -20,25 +20,17 @@ class StaticSource:
         self.elements = to_elements(snapshot)
         self.version = 1
         self.refreshed: list[str | None] = []
-        self._subscribers: list[queue.Queue] = []
-        self._lock = threading.Lock()
+        self._fanout = GraphFanout()
 
     def subscribe(self) -> queue.Queue:
-        q: queue.Queue = queue.Queue()
-        with self._lock:
-            q.put({"type": "graph", "version": self.version, "elements": self.elements})
-            self._subscribers.append(q)
-        return q
+        return self._fanout.subscribe(self.version, self.elements)
 
     def unsubscribe(self, q: queue.Queue) -> None:
-        with self._lock:
-            if q in self._subscribers:
-                self._subscribers.remove(q)
+        self._fanout.unsubscribe(q)
 
     @property
     def subscribers(self) -> int:
-        with self._lock:
-            return len(self._subscribers)
+        return len(self._fanout)
 
     def refresh(self, ns_id: str | None = None) -> None:
         self.refreshed.append(ns_id)
@@ -51,13 +43,11 @@ class StaticSource:
         self.publish(delta)
         return delta
 
-    def publish(self, event: dict | None) -> None:
-        with self._lock:
-            for q in self._subscribers:
-                q.put(event)
+    def publish(self, event: dict) -> None:
+        self._fanout.publish(event, self.elements)
 
     def stop(self) -> None:
-        self.publish(None)
+        self._fanout.close()
 
 
 def sample_snapshot() -> Snapshot:

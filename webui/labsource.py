@@ -12,6 +12,7 @@ import queue
 import threading
 
 from bridgescope.collector.errors import BridgescopeError, NamespaceNotFound
+from bridgescope.collector.fanout import GraphFanout
 from bridgescope.collector.graph import diff_elements, to_elements
 from bridgescope.collector.model import Snapshot
 
@@ -28,7 +29,7 @@ class LabSource:
         # one scan-and-publish at a time: a slow scan finishing after a newer one would
         # otherwise publish the older picture last
         self._scan = threading.Lock()
-        self._subscribers: list[queue.Queue] = []
+        self._fanout = GraphFanout(QUEUE_LIMIT)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -42,22 +43,14 @@ class LabSource:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
-        with self._lock:
-            for q in self._subscribers:
-                q.put_nowait(None)  # ends each open stream
-            self._subscribers.clear()
+        self._fanout.close()
 
     def subscribe(self) -> queue.Queue:
-        q: queue.Queue = queue.Queue(maxsize=QUEUE_LIMIT)
         with self._lock:
-            q.put({"type": "graph", "version": self.version, "elements": self.elements})
-            self._subscribers.append(q)
-        return q
+            return self._fanout.subscribe(self.version, self.elements)
 
     def unsubscribe(self, q: queue.Queue) -> None:
-        with self._lock:
-            if q in self._subscribers:
-                self._subscribers.remove(q)
+        self._fanout.unsubscribe(q)
 
     def refresh(self, ns_id: str | None = None) -> None:
         with self._scan:
@@ -82,14 +75,7 @@ class LabSource:
             if not (delta["added"] or delta["removed"] or delta["changed"]):
                 return
             self.version += 1
-            event = {"type": "delta", "version": self.version, **delta}
-            for q in list(self._subscribers):
-                try:
-                    q.put_nowait(event)
-                except queue.Full:  # fell behind: start it over with the whole graph
-                    while not q.empty():
-                        q.get_nowait()
-                    q.put_nowait({"type": "graph", "version": self.version, "elements": self.elements})
+            self._fanout.publish({"type": "delta", "version": self.version, **delta}, self.elements)
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
