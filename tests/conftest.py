@@ -65,6 +65,19 @@ def sweep(prefix: str) -> list[str]:
     return gone
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _state_dir_outside_the_host(tmp_path_factory) -> Iterator[None]:
+    """No test writes bridgescope state to /var/lib/bridgescope; tests may still point it
+    somewhere else of their own (monkeypatch wins for their duration)."""
+    old = os.environ.get("BRIDGESCOPE_STATE_DIR")
+    os.environ["BRIDGESCOPE_STATE_DIR"] = str(tmp_path_factory.mktemp("bridgescope-state"))
+    yield
+    if old is None:
+        os.environ.pop("BRIDGESCOPE_STATE_DIR", None)
+    else:
+        os.environ["BRIDGESCOPE_STATE_DIR"] = old
+
+
 @pytest.fixture(scope="session")
 def run_prefix() -> str:
     return RUN_PREFIX
