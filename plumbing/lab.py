@@ -1,6 +1,6 @@
 """The sandbox lab: a whole demo host in namespaces, built with the same API users call.
 
-  <P>-client (198.51.100.2) --- <P>-inet (router + "internet" 203.0.113.10) --- <P>-host (192.0.2.2)
+  <P>-client (198.51.100.2) --- <P>-inet (router + "internet" 203.0.113.10) --- <P>-host (198.18.0.2)
                                                                                    docker0 172.17.0.1/16
                                                                                    c1 (:80, published 8080), c2 (:80)
 
@@ -17,7 +17,7 @@ from bridgescope.plumbing import api, conflicts, netns, state
 from bridgescope.plumbing.errors import PlumbingError
 
 DEFAULT_PREFIX = "bslab"
-HOST_UPLINK, INET_TO_HOST = "192.0.2.2", "192.0.2.1"
+HOST_UPLINK, INET_TO_HOST = "198.18.0.2", "198.18.0.1"  # RFC 2544 test range: unused by real networks
 CLIENT_UPLINK, INET_TO_CLIENT = "198.51.100.2", "198.51.100.1"
 INTERNET = "203.0.113.10"
 BRIDGE, SUBNET = "docker0", "172.17.0.0/16"

@@ -1,6 +1,6 @@
 """The walk lab: the guided walk's commands, run for real inside throwaway namespaces.
 
-  <P>-client (198.51.100.2) --- <P>-inet (router, "internet" 203.0.113.10:80) --- <P>-host (192.0.2.2)
+  <P>-client (198.51.100.2) --- <P>-inet (router, "internet" 203.0.113.10:80) --- <P>-host (198.18.0.2)
 
 The host starts with nothing but its uplink; each walk step adds what Docker adds. Progress
 is kept in a small JSON file under the state directory, so a second, read-only dashboard
@@ -23,7 +23,7 @@ from bridgescope.plumbing.state import state_dir
 from bridgescope.plumbing.walk import Command, Step, WalkNames, step_index, steps
 
 DEFAULT_PREFIX = "bswalk"
-HOST_UPLINK, INET_TO_HOST = "192.0.2.2", "192.0.2.1"
+HOST_UPLINK, INET_TO_HOST = "198.18.0.2", "198.18.0.1"  # RFC 2544 test range: unused by real networks
 CLIENT_UPLINK, INET_TO_CLIENT = "198.51.100.2", "198.51.100.1"
 INTERNET = "203.0.113.10"
 TIMEOUT = 15.0

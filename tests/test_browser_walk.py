@@ -14,7 +14,7 @@ import urllib.request
 
 import pytest
 
-from bridgescope.plumbing import netns
+from bridgescope.plumbing import netns, walklab
 from bridgescope.plumbing.walk import steps
 from bridgescope.plumbing.walklab import WalkLab
 
@@ -153,7 +153,7 @@ def test_the_walk_end_to_end(served_walk, browser, artifacts_dir):
     page.click("#ws-trace")
     page.wait_for_selector("#ws-path-result .ws-probe")
     result = page.inner_text("#ws-path-result")
-    assert "DNAT 192.0.2.2:8080 -> 172.17.0.2:80" in result
+    assert f"DNAT {walklab.HOST_UPLINK}:8080 -> 172.17.0.2:80" in result
     assert 'Probe answered: "web saw 198.51.100.2"' in result
     assert "--to-destination 172.17.0.2:80" in page.inner_text(".ws-moved")
     highlighted = page.evaluate("() => window.cy.nodes('.ws-path').map(n => n.data('label'))")

@@ -122,7 +122,7 @@ def test_lab_cli(lab_prefix):
     up = subprocess.run([sys.executable, "-m", "bridgescope.webui.cli", "lab", "up", "--prefix",
                          lab_prefix], capture_output=True, text=True, env=env, timeout=120)
     assert up.returncode == 0, up.stderr
-    assert f"{lab_prefix}-host" in up.stdout and "192.0.2.2" in up.stdout
+    assert f"{lab_prefix}-host" in up.stdout and lab.HOST_UPLINK in up.stdout
     down = subprocess.run([sys.executable, "-m", "bridgescope.webui.cli", "lab", "down", "--prefix",
                            lab_prefix], capture_output=True, text=True, env=env, timeout=120)
     assert down.returncode == 0, down.stderr

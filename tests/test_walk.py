@@ -8,7 +8,7 @@ import secrets
 import pytest
 
 from bridgescope.collector.doctor import diagnose
-from bridgescope.plumbing import netns
+from bridgescope.plumbing import netns, walklab
 from bridgescope.plumbing.errors import ValidationError
 from bridgescope.plumbing.probe import lab_snapshot, send
 from bridgescope.plumbing.walk import WalkNames, steps
@@ -77,12 +77,12 @@ def test_every_step_clears_what_the_doctor_says(walk):
         assert findings(walk) == EXPECTED[step.key], step.key
     assert set(walk.progress().values()) == {"done"}
     assert walk.next_step() is None
-    client = send(walk.names.host, ns_id(walk, walk.names.client), "192.0.2.2", 8080,
+    client = send(walk.names.host, ns_id(walk, walk.names.client), walklab.HOST_UPLINK, 8080,
                   prefix=walk.names.prefix)
     assert client.reply == "web saw 198.51.100.2"
     out = send(walk.names.host, ns_id(walk, walk.names.container), "203.0.113.10", 80,
                prefix=walk.names.prefix)
-    assert out.reply == "internet saw 192.0.2.2"
+    assert out.reply == f"internet saw {walklab.HOST_UPLINK}"
 
 
 def walk_until(lab: WalkLab, key: str) -> None:
@@ -117,11 +117,11 @@ def test_the_blogs_masquerade_and_dnat_without_a_jump(walk):
     walk.wrong_turn("publish")
     assert findings(walk) == ["dnat-unreachable"]
     client = ns_id(walk, walk.names.client)
-    refused = send(walk.names.host, client, "192.0.2.2", 8080, prefix=walk.names.prefix)
+    refused = send(walk.names.host, client, walklab.HOST_UPLINK, 8080, prefix=walk.names.prefix)
     assert not refused.connected and refused.moved == ()
     walk.fix("publish")
     assert findings(walk) == []
-    works = send(walk.names.host, client, "192.0.2.2", 8080, prefix=walk.names.prefix)
+    works = send(walk.names.host, client, walklab.HOST_UPLINK, 8080, prefix=walk.names.prefix)
     assert works.reply == "web saw 198.51.100.2"
 
 
