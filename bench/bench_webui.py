@@ -19,8 +19,6 @@ import argparse
 import json
 import os
 import secrets
-import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -31,10 +29,12 @@ from pathlib import Path
 
 import requests
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+import serve_process  # noqa: E402 - the same server harness the browser tests use
+
 PREFIX = "bsdbench" + secrets.token_hex(2)
 HOST = f"{PREFIX}-host"
 TOKEN = "bench-" + secrets.token_hex(8)
-BIN = Path(sys.executable).parent
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 
 
@@ -75,42 +75,16 @@ def teardown() -> None:
 
 # ---- the server and its streams --------------------------------------------------------------
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def start_server(port: int, state: str) -> subprocess.Popen:
-    env = {**os.environ, "BRIDGESCOPE_TOKEN": TOKEN, "BRIDGESCOPE_STATE_DIR": state}
-    proc = subprocess.Popen([str(BIN / "bridgescope"), "serve", "--netns", HOST, "--listen",
-                             f"127.0.0.1:{port}", "--audit-log", f"{state}/audit.jsonl"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env=env, start_new_session=True)
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        try:
-            if requests.get(f"http://127.0.0.1:{port}/api/graph", timeout=300,
-                            headers={"Authorization": f"Bearer {TOKEN}"}).ok:
-                return proc
-        except (requests.ConnectionError, requests.Timeout):
-            time.sleep(0.2)
-    stop_server(proc)
-    raise SystemExit("bridgescope serve did not come up")
-
-
-def stop_server(proc: subprocess.Popen) -> None:
-    """SIGTERM to the arbiter (graceful: the Watcher ends its monitors), then SIGKILL our group."""
-    proc.terminate()
+    proc = serve_process.start(HOST, port, args=("--audit-log", f"{state}/audit.jsonl"),
+                               env={"BRIDGESCOPE_TOKEN": TOKEN, "BRIDGESCOPE_STATE_DIR": state})
     try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        pass
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    proc.wait()
+        serve_process.wait_until_answering(proc, f"http://127.0.0.1:{port}/api/graph", timeout=300,
+                                           headers={"Authorization": f"Bearer {TOKEN}"})
+    except RuntimeError:
+        serve_process.stop(proc)
+        raise SystemExit("bridgescope serve did not come up")
+    return proc
 
 
 class StreamClient(threading.Thread):
@@ -305,7 +279,7 @@ def main() -> int:
 
     state = tempfile.mkdtemp(prefix="bsdbench-state-")
     ARTIFACTS.mkdir(exist_ok=True)
-    port = free_port()
+    port = serve_process.free_port()
     base = f"http://127.0.0.1:{port}"
     proc = None
     print(f"bench_webui: prefix {PREFIX}, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
@@ -334,7 +308,7 @@ def main() -> int:
             browser.close()
     finally:
         if proc is not None:
-            stop_server(proc)
+            serve_process.stop(proc)
         teardown()
     return 0
 

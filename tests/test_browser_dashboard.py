@@ -7,16 +7,14 @@ CSP forbids eval, which Playwright's wait_for_function needs.
 from __future__ import annotations
 
 import os
-import signal
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
-import requests
 
+import serve_process
 from conftest import RUN_PREFIX, sh
 
 pytestmark = [pytest.mark.browser, pytest.mark.kernel]
@@ -35,21 +33,6 @@ def wait_js(page, expr: str, timeout: float = 30.0):
         if time.monotonic() > deadline:
             raise AssertionError(f"never became true: {expr}")
         time.sleep(0.05)
-
-
-def _answers(port: int) -> bool:
-    try:
-        return requests.get(f"http://127.0.0.1:{port}/api/session", timeout=600,
-                            headers={"Authorization": f"Bearer {TOKEN}"}).ok
-    except requests.ConnectionError:
-        time.sleep(0.2)
-        return False
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -77,39 +60,19 @@ def lab(state_dir):
 
 @pytest.fixture(scope="module")
 def server(lab, state_dir, tmp_path_factory):
-    port = free_port()
+    port = serve_process.free_port()
     log = tmp_path_factory.mktemp("bs-serve") / "serve.log"
-    env = {**os.environ, "BRIDGESCOPE_TOKEN": TOKEN, "BRIDGESCOPE_STATE_DIR": str(state_dir)}
     with log.open("w") as out:
-        proc = subprocess.Popen(
-            [str(VENV_BIN / "bridgescope"), "serve", "--netns", lab.host, "--listen", f"127.0.0.1:{port}",
-             "--audit-log", str(state_dir / "audit.jsonl")],
-            stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        proc = serve_process.start(
+            lab.host, port, args=("--audit-log", str(state_dir / "audit.jsonl")), output=out,
+            env={"BRIDGESCOPE_TOKEN": TOKEN, "BRIDGESCOPE_STATE_DIR": str(state_dir)})
     try:
-        # The banner comes before the worker has read every namespace; wait for real answers.
-        deadline = time.monotonic() + 600  # the Watcher reads every namespace of a busy machine
-        while not _answers(port):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(f"bridgescope serve did not start:\n{log.read_text()}")
-            time.sleep(0.1)
+        # the Watcher reads every namespace of a busy machine before the first answer
+        serve_process.wait_until_answering(proc, f"http://127.0.0.1:{port}/api/session", timeout=600,
+                                           headers={"Authorization": f"Bearer {TOKEN}"}, log=log)
         yield f"http://127.0.0.1:{port}"
     finally:
-        stop_server(proc)
-
-
-def stop_server(proc: subprocess.Popen) -> None:
-    """SIGTERM to gunicorn's arbiter only (a graceful stop lets the Watcher end its firewall
-    monitors), then SIGKILL whatever is left in the server's own process group."""
-    proc.terminate()
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        pass
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    proc.wait()
+        serve_process.stop(proc)
 
 
 @pytest.fixture(scope="module")

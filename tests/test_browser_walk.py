@@ -5,39 +5,15 @@ from __future__ import annotations
 
 import os
 import secrets
-import signal
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 
 import pytest
 
+import serve_process
 from bridgescope.plumbing import netns, walklab
 from bridgescope.plumbing.walk import steps
 from bridgescope.plumbing.walklab import WalkLab
 
 pytestmark = [pytest.mark.browser, pytest.mark.kernel]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_until_served(url: str, proc: subprocess.Popen) -> None:
-    for _ in range(150):  # bounded: 30 s
-        if proc.poll() is not None:
-            raise AssertionError(f"bridgescope serve exited with {proc.returncode}")
-        try:
-            with urllib.request.urlopen(url, timeout=2) as resp:
-                if resp.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.2)
-    raise AssertionError(f"{url} was not served within 30 s")
 
 
 @pytest.fixture
@@ -50,21 +26,14 @@ def served_walk(run_prefix, tmp_path, monkeypatch):
     proc = None
     try:
         lab.up()
-        port = free_port()
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "bridgescope.webui.cli", "serve", "--netns", lab.names.host,
-             "--listen", f"127.0.0.1:{port}", "--no-auth"],
-            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        port = serve_process.free_port()
+        proc = serve_process.start(lab.names.host, port, args=("--no-auth",), env=env)
         base = f"http://127.0.0.1:{port}"
-        wait_until_served(base + "/workshop/walk", proc)
+        serve_process.wait_until_answering(proc, base + "/workshop/walk")
         yield base, lab
     finally:
         if proc is not None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
+            serve_process.stop(proc)
         lab.down()
     assert not [n for n in os.listdir("/run/netns") if n.startswith(lab.names.prefix)]
 

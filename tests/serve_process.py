@@ -1,0 +1,63 @@
+"""`bridgescope serve` as a child process, for the browser tests and the web benchmark.
+
+The server runs in its own session so a stop can reach everything it started: SIGTERM to the
+gunicorn arbiter first (a graceful stop lets the Watcher close its firewall watches), then
+SIGKILL to whatever is left in its process group.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import IO, Sequence
+
+import requests
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start(netns: str, port: int, *, args: Sequence[str] = (), env: dict[str, str] | None = None,
+          output: IO | int = subprocess.DEVNULL) -> subprocess.Popen:
+    argv = [sys.executable, "-m", "bridgescope.webui.cli", "serve", "--netns", netns,
+            "--listen", f"127.0.0.1:{port}", *args]
+    return subprocess.Popen(argv, env={**os.environ, **(env or {})}, stdout=output,
+                            stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def wait_until_answering(proc: subprocess.Popen, url: str, *, headers: dict[str, str] | None = None,
+                         timeout: float = 30.0, log: Path | None = None) -> None:
+    """Poll url until it answers 200 (bounded); a server that exits or never answers fails
+    with its log. The banner comes before the worker has read every namespace."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            break
+        try:
+            if requests.get(url, headers=headers, timeout=timeout).ok:
+                return
+        except (requests.ConnectionError, requests.Timeout):
+            pass
+        time.sleep(0.2)
+    output = log.read_text() if log is not None and log.exists() else ""
+    raise RuntimeError(f"bridgescope serve did not start (exit status {proc.poll()}):\n{output}")
+
+
+def stop(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        pass
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait()
