@@ -11,7 +11,7 @@ import subprocess
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
-from bridgescope.collector.firewall import nftinfo
+from bridgescope.collector.firewall import nftinfo, readers
 from bridgescope.plumbing import legacy, netns
 from bridgescope.plumbing.errors import PlumbingError, ValidationError
 from bridgescope.plumbing.rules import (CHAINS, NFT_TABLE, Change, FwRule, nft_text, restore_text,
@@ -40,7 +40,7 @@ def _run(path: str, argv: list[str], stdin: str | None = None) -> subprocess.Com
 def probe(path: str) -> Probe:
     nft_save = _run(path, ["iptables-nft-save"]).stdout
     legacy_save = ""
-    if netns.thread_proc_net(path, "ip_tables_names").strip():
+    if 4 in netns.run_in(path, readers.legacy_here):
         legacy_save = _run(path, ["iptables-legacy-save"]).stdout
     names = tuple(netns.run_in(path, nftinfo.tables_here))
     version = subprocess.run(["iptables", "-V"], capture_output=True, text=True).stdout

@@ -17,7 +17,7 @@ from bridgescope.collector import firewall as firewall_reader
 from bridgescope.collector import nat, owners
 from bridgescope.collector.firewall.savefmt import parse_save
 from bridgescope.collector.model import PortForward
-from bridgescope.collector.firewall import nftinfo
+from bridgescope.collector.firewall import nftinfo, readers
 from bridgescope.plumbing import netns, state
 from bridgescope.plumbing.rules import NFT_TABLE
 from bridgescope.plumbing.state import Forward
@@ -136,7 +136,7 @@ def _not_ours(forwards: Iterable[PortForward]) -> tuple[PortForward, ...]:
 def port_users(key: str, path: str) -> tuple[tuple[PortForward, ...], list[Listener]]:
     """(foreign forwards, listeners) of the host namespace, read in one trip to its thread."""
     generation, legacy_present, socks = netns.run_in(path, lambda: (
-        nftinfo.generation_here(), bool(_proc_net_here("ip_tables_names").strip()),
+        nftinfo.generation_here(), 4 in readers.legacy_here(),
         _listeners_here()))
     return _foreign(key, path, generation, legacy_present), socks
 

@@ -222,24 +222,11 @@ def write_sysctl(path: str, key: str, value: str) -> None:
     run_in(path, write)
 
 
-def sysctl_key_for_link(ifname: str, leaf: str) -> str:
-    # Interface names may contain '.', which /proc/sys spells as '/'; build the path directly.
-    return f"net.ipv4.conf.{ifname}.{leaf}"
-
-
 def write_link_sysctl(path: str, ifname: str, leaf: str, value: str) -> None:
     def write() -> None:
         with open(f"/proc/sys/net/ipv4/conf/{ifname}/{leaf}", "w", encoding="ascii") as fh:
             fh.write(value)
     run_in(path, write)
-
-
-def thread_proc_net(path: str, leaf: str) -> str:
-    """/proc/thread-self/net/<leaf> as seen inside the namespace (not the process's)."""
-    def read() -> str:
-        with open(f"/proc/thread-self/net/{leaf}", encoding="ascii") as fh:
-            return fh.read()
-    return run_in(path, read)
 
 
 def exists(name: str) -> bool:

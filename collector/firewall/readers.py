@@ -76,7 +76,7 @@ def dump_namespace(ns_id: str, path: str) -> NamespaceDump:
 def probe_tables(path: str) -> tuple[set[int], list[tuple[str, str]]]:
     """(legacy families, nf_tables (family, name) pairs) of the namespace at path; creates nothing."""
     with inside(path):
-        return _legacy_here(), [tuple(t.split(" ", 1)) for t in nftinfo.tables_here()]
+        return legacy_here(), [tuple(t.split(" ", 1)) for t in nftinfo.tables_here()]
 
 
 def _without_comments(save: str) -> str:
@@ -88,10 +88,12 @@ def _without_comments(save: str) -> str:
 def legacy_families(path: str) -> set[int]:
     """Families (4, 6) for which the namespace at path already has legacy x_tables."""
     with inside(path):
-        return _legacy_here()
+        return legacy_here()
 
 
-def _legacy_here() -> set[int]:
+def legacy_here() -> set[int]:
+    """Families with legacy x_tables in the calling thread's namespace; none when the ip_tables
+    modules were never loaded (the /proc files do not exist then)."""
     return {family for family, name in LEGACY_NAMES.items()
             if _read_names(f"/proc/thread-self/net/{name}")}
 
