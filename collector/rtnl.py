@@ -254,10 +254,3 @@ def nsid_of(msg: Message) -> int | None:
     """The nsid in an RTM_NEWNSID answer; None when the namespace has none from here."""
     nsid = _s32(attrs(msg.data, _HDR.size + 4).get(NETNSA_NSID))
     return None if nsid is None or nsid == NSID_NOT_ASSIGNED else nsid
-
-
-def ifindex_of(msg: Message) -> int:
-    """The ifindex a link or address event is about (both bodies start with it at known offsets)."""
-    if msg.type in (RTM_NEWLINK, RTM_DELLINK):
-        return _IFINFO.unpack_from(msg.data, _HDR.size)[2]
-    return _IFADDR.unpack_from(msg.data, _HDR.size)[4]

@@ -7,7 +7,6 @@ read into model objects (`assemble`) is pure.
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import itertools
 import time
 from dataclasses import dataclass
@@ -163,7 +162,7 @@ def merge_firewall(scans: Iterable[firewall_reader.FirewallScan]) -> firewall_re
         rules=tuple(r for s in scans for r in s.rules),
         chains=tuple(c for s in scans for c in s.chains),
         warnings=tuple(w for s in scans for w in s.warnings),
-        **({"proxies": tuple(p for s in scans for p in s.proxies)} if _HAS_PROXIES else {}),
+        proxies=tuple(p for s in scans for p in s.proxies),
     )
 
 
@@ -174,10 +173,9 @@ def with_firewall(snap: Snapshot, fw: firewall_reader.FirewallScan) -> Snapshot:
 
 def nat_view(fw: firewall_reader.FirewallScan, snap: Snapshot) -> nat.NatView:
     """Forwards and masquerades the rules amount to, resolved against the snapshot's interfaces."""
-    if not fw.rules and not getattr(fw, "proxies", ()):
+    if not fw.rules and not fw.proxies:
         return nat.NatView()
-    extra = {"proxies": fw.proxies} if _INTERPRET_TAKES_PROXIES and _HAS_PROXIES else {}
-    return nat.interpret(fw.rules, fw.chains, snap.interfaces, snap.namespaces, **extra)
+    return nat.interpret(fw.rules, fw.chains, snap.interfaces, snap.namespaces, proxies=fw.proxies)
 
 
 def with_nat(snap: Snapshot, fw: firewall_reader.FirewallScan, views: Iterable[nat.NatView]) -> Snapshot:
@@ -191,7 +189,3 @@ def with_nat(snap: Snapshot, fw: firewall_reader.FirewallScan, views: Iterable[n
         warnings=snap.warnings + fw.warnings + tuple(w for v in views for w in v.warnings),
     )
 
-
-# The firewall seam is growing docker-proxy listeners; follow it without breaking either side.
-_HAS_PROXIES = "proxies" in {f.name for f in dataclasses.fields(firewall_reader.FirewallScan)}
-_INTERPRET_TAKES_PROXIES = "proxies" in inspect.signature(nat.interpret).parameters

@@ -24,6 +24,7 @@ import time
 from typing import Callable, Mapping
 
 from bridgescope.collector.fanout import GraphFanout
+from bridgescope.collector.firewall.monitor import FirewallWatch
 from bridgescope.collector.firewall import FirewallScan
 from bridgescope.collector.nat import NatView
 from bridgescope.collector.graph import diff_elements, patch_elements, to_elements
@@ -47,15 +48,6 @@ QUEUE_LIMIT = 1000
 
 _libc = ctypes.CDLL(None, use_errno=True)
 log = logging.getLogger(__name__)
-
-
-def _load_firewall_watch():
-    """Engineer B's rule monitor, when the tree has it (optional seam)."""
-    try:
-        from bridgescope.collector.firewall.monitor import FirewallWatch
-    except ImportError:
-        return None
-    return FirewallWatch
 
 
 class Watcher:
@@ -315,13 +307,12 @@ class Watcher:
         self._fw_merged = None
         self._fw_dirty.update(ns_ids)
         scanned = read_firewall({n: self._handles[n].proc_path for n in ns_ids if n in self._handles})
+        rules, chains, proxies = (_by_netns(items) for items in
+                                  (scanned.rules, scanned.chains, scanned.proxies))
         for ns_id in ns_ids:
-            self._fw[ns_id] = FirewallScan(
-                rules=tuple(r for r in scanned.rules if r.netns == ns_id),
-                chains=tuple(c for c in scanned.chains if c.netns == ns_id),
-                **({"proxies": tuple(p for p in scanned.proxies if p.netns == ns_id)}
-                   if hasattr(scanned, "proxies") else {}),
-            )
+            self._fw[ns_id] = FirewallScan(rules=tuple(rules.get(ns_id, ())),
+                                           chains=tuple(chains.get(ns_id, ())),
+                                           proxies=tuple(proxies.get(ns_id, ())))
         if scanned.warnings and ns_ids:
             first = self._fw.get(ns_ids[0], FirewallScan())
             self._fw[ns_ids[0]] = dataclasses.replace(first, warnings=first.warnings + scanned.warnings)
@@ -404,10 +395,9 @@ class Watcher:
         return {ns_id: h.proc_path for ns_id, h in self._handles.items()}
 
     def _start_firewall_watch(self) -> None:
-        cls = _load_firewall_watch() if self.firewall else None
-        if cls is None:
+        if not self.firewall:
             return
-        self._fw_watch = cls(self._fw_paths(), self.refresh)
+        self._fw_watch = FirewallWatch(self._fw_paths(), self.refresh)
         self._fw_watch.start()
 
     def _inotify(self) -> int | None:
@@ -477,3 +467,9 @@ def _drain_fd(fd: int) -> None:
         pass
 
 
+def _by_netns(items) -> dict[str, list]:
+    """One pass: {namespace id: its items}, in order."""
+    grouped: dict[str, list] = {}
+    for item in items:
+        grouped.setdefault(item.netns, []).append(item)
+    return grouped
