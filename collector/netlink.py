@@ -26,6 +26,7 @@ from bridgescope.collector.rtnl import AddressFacts, LinkFacts, Message, RouteFa
 
 NETLINK_ROUTE = 0
 SOL_NETLINK = 270
+NETLINK_ADD_MEMBERSHIP = 1
 NETLINK_GET_STRICT_CHK = 12
 RECV_SIZE = 1 << 16
 # Groups a watcher needs: links, IPv4/IPv6 addresses and routes.

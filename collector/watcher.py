@@ -30,7 +30,8 @@ from bridgescope.collector.nat import NatView
 from bridgescope.collector.graph import diff_elements, patch_elements, to_elements
 from bridgescope.collector.model import Namespace, Snapshot
 from bridgescope.collector.namespaces import NetnsRef, discover, resolve_netns
-from bridgescope.collector.netlink import NamespaceHandle, NamespaceRead, open_handles, reread
+from bridgescope.collector.netlink import (NETLINK_ADD_MEMBERSHIP, SOL_NETLINK, NamespaceHandle, NamespaceRead,
+                                           open_handles, reread)
 from bridgescope.collector.snapshot import (NamespacePart, join_parts, merge_firewall, namespace_part,
                                            nat_view, path_or_blank, read_firewall, vanished_warnings, with_nat)
 from bridgescope.collector.veth import likely_homes, pair, resolve_nsids, wanted_nsids
@@ -38,7 +39,6 @@ from bridgescope.collector.veth import likely_homes, pair, resolve_nsids, wanted
 WATCHED_DIRS = ("/run/netns", "/run/docker/netns")
 IN_CREATE, IN_DELETE, IN_MOVED_FROM, IN_MOVED_TO = 0x100, 0x200, 0x40, 0x80
 IN_NONBLOCK, IN_CLOEXEC = 0o4000, 0o2000000
-SOL_NETLINK, NETLINK_ADD_MEMBERSHIP = 270, 1
 RTNLGRP_IPV4_NETCONF = 24  # ip_forward and friends changing
 SETTLE = 0.002  # after a first event, wait this long for the rest of its burst
 # After a mount/netns-dir change, look again a little later: a process that happened to be

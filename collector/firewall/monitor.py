@@ -18,20 +18,19 @@ import errno
 import hashlib
 import selectors
 import socket
-import subprocess
 import threading
 import time
 from typing import Callable, Mapping
 
 from bridgescope.collector.setns import inside
 from bridgescope.collector.firewall import readers
+from bridgescope.collector.firewall.nftinfo import NETLINK_NETFILTER
+from bridgescope.collector.netlink import NETLINK_ADD_MEMBERSHIP, SOL_NETLINK
 
 DEBOUNCE = 0.2  # seconds of quiet after the last event before re-reading
 POLL = 2.0  # legacy hash polling period; also how soon a lost subscription is retried
 TICK = 0.05
-NETLINK_NETFILTER = 12
 NFNLGRP_NFTABLES = 7
-SOL_NETLINK, NETLINK_ADD_MEMBERSHIP = 270, 1
 
 
 def subscribe(path: str) -> socket.socket:
@@ -88,6 +87,8 @@ class FirewallWatch:
 
     # -- the loop ------------------------------------------------------------------------
     def _run(self) -> None:
+        # The first pass only subscribes and hashes what is new; polling starts one period later.
+        self._next_poll = time.monotonic() + self._poll
         while not self._stop.is_set():
             now = time.monotonic()
             poll_due = now >= self._next_poll
@@ -169,14 +170,11 @@ class FirewallWatch:
         digest = hashlib.sha256()
         for family in sorted(families):
             tool = readers.SAVE_TOOLS[("legacy", family)]
-            try:
-                done = subprocess.run(["nsenter", f"--net={path}", "--", tool], capture_output=True,
-                                      timeout=readers.TIMEOUT)
-            except (OSError, subprocess.TimeoutExpired) as err:
-                self._note(f"cannot poll the legacy rules at {path}: {err}")
+            out, problem = readers.finish_tool(readers.start_tool(path, [tool]), tool, path)
+            if problem:
+                self._note(f"cannot poll the legacy rules: {problem}")
                 continue
-            # The first line says when the dump was taken: leave comments out.
-            digest.update(b"\n".join(l for l in done.stdout.splitlines() if not l.startswith(b"#")))
+            digest.update(readers.without_comments(out).encode())  # the dump's date is a comment
         return digest.hexdigest() if families else ""
 
     def _fire(self, ns_id: str) -> None:

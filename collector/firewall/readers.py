@@ -51,21 +51,21 @@ def dump_namespace(ns_id: str, path: str) -> NamespaceDump:
         return NamespaceDump(ns_id, problems=(f"namespace {ns_id} vanished during the firewall "
                                               f"scan ({err.strerror})",))
     compat = {FAMILIES[fam] for fam, name in tables if (fam, name) in COMPAT_TABLES and fam in FAMILIES}
-    jobs = {key: _start(path, [tool, "-c"]) for key, tool in SAVE_TOOLS.items()
+    jobs = {key: start_tool(path, [tool, "-c"]) for key, tool in SAVE_TOOLS.items()
             if key[1] in (compat if key[0] == "nft" else legacy)}
     # Per table rather than `list ruleset`: that would also print every iptables-nft rule,
     # as JSON we would throw away (0.5 s for 5,000 rules).
-    table_jobs = {table: _start(path, ["nft", "-j", "list", "table", *table])
+    table_jobs = {table: start_tool(path, ["nft", "-j", "list", "table", *table])
                   for table in tables if table not in COMPAT_TABLES}
     saves, problems, nft_json = [], [], []
     for (backend, family), job in jobs.items():
-        out, problem = _finish(job, SAVE_TOOLS[(backend, family)], ns_id)
+        out, problem = finish_tool(job, SAVE_TOOLS[(backend, family)], ns_id)
         if problem:
             problems.append(problem)
         elif out.strip():
-            saves.append(SaveText(backend, family, _without_comments(out)))
+            saves.append(SaveText(backend, family, without_comments(out)))
     for (family, name), job in table_jobs.items():
-        out, problem = _finish(job, f"nft -j list table {family} {name}", ns_id)
+        out, problem = finish_tool(job, f"nft -j list table {family} {name}", ns_id)
         if problem:
             problems.append(problem)
         else:
@@ -79,7 +79,7 @@ def probe_tables(path: str) -> tuple[set[int], list[tuple[str, str]]]:
         return legacy_here(), [tuple(t.split(" ", 1)) for t in nftinfo.tables_here()]
 
 
-def _without_comments(save: str) -> str:
+def without_comments(save: str) -> str:
     """Drop the `# Generated ... on <date>` lines: they carry no rules, and without them
     an unchanged rule set gives identical text (which the parse cache relies on)."""
     return "\n".join(line for line in save.split("\n") if not line.startswith("#"))
@@ -106,7 +106,7 @@ def _read_names(proc_file: str) -> str:
         return ""
 
 
-def _start(path: str, argv: list[str]) -> subprocess.Popen | OSError:
+def start_tool(path: str, argv: list[str]) -> subprocess.Popen | OSError:
     try:
         return subprocess.Popen(["nsenter", f"--net={path}", "--", *argv], stdin=subprocess.DEVNULL,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -114,7 +114,7 @@ def _start(path: str, argv: list[str]) -> subprocess.Popen | OSError:
         return err
 
 
-def _finish(job: subprocess.Popen | OSError, what: str, ns_id: str) -> tuple[str, str | None]:
+def finish_tool(job: subprocess.Popen | OSError, what: str, ns_id: str) -> tuple[str, str | None]:
     """Wait for a started tool -> (stdout, None) or ("", a one-line problem)."""
     if isinstance(job, OSError):
         return "", f"cannot run {what} in namespace {ns_id}: {job.strerror}"
