@@ -121,3 +121,15 @@ def test_packet_path_from_the_client_before_any_step(client):
 def test_details_of_a_missing_element_is_404(client):
     c, _, _ = client
     assert c.get("/workshop/walk/details/ns-0/if99", base_url=BASE).status_code == 404
+
+
+def test_findings_are_computed_once_per_snapshot_object():
+    from bridgescope.collector.model import Namespace, Snapshot
+    from bridgescope.webui.workshop import findings_of
+
+    host = Namespace("ns-1", "host", 1, is_host=True, sysctls=(("net.ipv4.ip_forward", "0"),))
+    snap = Snapshot(namespaces=(host,), host="ns-1")
+    first = findings_of(snap)
+    assert findings_of(snap) is first
+    again = findings_of(Snapshot(namespaces=(host,), host="ns-1"))  # equal, but a new picture
+    assert again == first and again is not first

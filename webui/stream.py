@@ -90,12 +90,34 @@ def _once(fn: Callable[[], None]) -> Callable[[], None]:
 
 @bp.get("/api/events")
 def events() -> Response:
+    return open_stream(lambda: runtime().source)
+
+
+def open_stream(get_source: Callable[[], "object"]) -> Response:
+    """One SSE response over a live source (the Watcher, or the walk lab's): the whole graph,
+    then deltas; holds one of the server's stream slots until the client goes."""
     rt = runtime()
     if not rt.try_open_stream():
         resp = jsonify({"error": "too many open live views; close a tab and reload"})
         resp.status_code = 503
         resp.headers["Retry-After"] = "5"
         return resp
+    try:
+        source = get_source()
+        q = source.subscribe()
+    except BaseException:
+        rt.close_stream()
+        raise
+
+    def cleanup() -> None:
+        source.unsubscribe(q)
+        rt.close_stream()
+
+    resp = Response(_messages(q, rt.settings.heartbeat, rt.closing), mimetype="text/event-stream",
+                    headers=SSE_HEADERS)
+    # call_on_close runs even when the generator never started (a client that left at once).
+    resp.call_on_close(_once(cleanup))
+    return resp
     try:
         source = rt.source
         q = source.subscribe()

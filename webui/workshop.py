@@ -11,9 +11,7 @@ the same lab serves attendees a view they cannot change.
 from __future__ import annotations
 
 import os
-import queue
 import threading
-from typing import Iterator
 
 from flask import Blueprint, Response, abort, current_app, jsonify, redirect, render_template, request, url_for
 from jinja2_fragments.flask import render_block
@@ -27,7 +25,7 @@ from bridgescope.plumbing.errors import ValidationError
 from bridgescope.plumbing.walklab import Outcome, WalkLab
 from bridgescope.webui.app import runtime
 from bridgescope.webui.labsource import LabSource
-from bridgescope.webui.stream import SSE_HEADERS, format_event
+from bridgescope.webui.stream import open_stream
 
 bp = Blueprint("workshop", __name__, url_prefix="/workshop")
 
@@ -56,7 +54,26 @@ class Workshop:
             return self._source
 
     def findings(self):
-        return diagnose(self.source.snapshot) if self.lab.is_up() else ()
+        return findings_of(self.source.snapshot) if self.lab.is_up() else ()
+
+
+_memo: dict[int, tuple] = {}  # id(snapshot) -> (snapshot, findings); holding it keeps the id valid
+_memo_lock = threading.Lock()
+
+
+def findings_of(snap) -> tuple:
+    """diagnose() once per snapshot: the pages poll the findings while nothing changes, and
+    every source replaces its snapshot object when anything does."""
+    with _memo_lock:
+        hit = _memo.get(id(snap))
+        if hit is not None and hit[0] is snap:
+            return hit[1]
+    found = diagnose(snap)
+    with _memo_lock:
+        while len(_memo) >= 4:  # the dashboard's and the walk lab's, old and new
+            _memo.pop(next(iter(_memo)))
+        _memo[id(snap)] = (snap, found)
+    return found
 
 
 _creating = threading.Lock()
@@ -87,7 +104,7 @@ def doctor() -> str:
         urls = dict(events=url_for("workshop.walk_events"), findings_url=url_for("workshop.doctor_json", lab=1),
                     details=url_for("workshop.walk_details", element_id=""))
     else:
-        findings = diagnose(runtime().source.snapshot)
+        findings = findings_of(runtime().source.snapshot)
         urls = dict(events=url_for("stream.events"), findings_url=url_for("workshop.doctor_json"),
                     details=url_for("details.panel", element_id=""))
     return render_template("workshop_doctor.html", findings=findings, present=_present(), lab=lab,
@@ -99,7 +116,7 @@ def doctor_json() -> Response:
     if request.args.get("lab"):
         findings = workshop().findings()
     else:
-        findings = diagnose(runtime().source.snapshot)
+        findings = findings_of(runtime().source.snapshot)
     return jsonify({"findings": to_plain(findings)})
 
 
@@ -179,43 +196,9 @@ def walk_down() -> str:
 
 
 @bp.get("/walk/events")
-def walk_events() -> Response | tuple[Response, int]:
+def walk_events() -> Response:
     """The walk lab's graph as Server-Sent Events, in the dashboard stream's format."""
-    rt = runtime()
-    if not rt.try_open_stream():  # the same cap as the dashboard's own streams
-        return jsonify({"error": "too many open live views; close a tab and reload"}), 503
-    source = workshop().source
-    q = source.subscribe()
-    done = threading.Event()
-
-    def cleanup() -> None:
-        if not done.is_set():
-            done.set()
-            source.unsubscribe(q)
-            rt.close_stream()
-
-    resp = Response(_lab_messages(q, rt.settings.heartbeat, rt.closing), mimetype="text/event-stream",
-                    headers=SSE_HEADERS)
-    resp.call_on_close(cleanup)  # runs even when the generator never started
-    return resp
-
-
-def _lab_messages(q: queue.Queue, heartbeat: float, closing: threading.Event) -> Iterator[str]:
-    yield ": hello\n\n"  # headers out at once: the page shows "live"
-    quiet = 0.0
-    while not closing.is_set():  # looked at every second: a shutdown never waits on a tab
-        try:
-            event = q.get(timeout=1.0)
-        except queue.Empty:
-            quiet += 1.0
-            if quiet >= heartbeat:
-                quiet = 0.0
-                yield ": keepalive\n\n"
-            continue
-        if event is None:  # the source stopped
-            return
-        quiet = 0.0
-        yield format_event(event)
+    return open_stream(lambda: workshop().source)
 
 
 @bp.get("/walk/details/<path:element_id>")
