@@ -123,13 +123,15 @@ def test_details_of_a_missing_element_is_404(client):
     assert c.get("/workshop/walk/details/ns-0/if99", base_url=BASE).status_code == 404
 
 
-def test_findings_are_computed_once_per_snapshot_object():
+def test_findings_are_computed_once_per_snapshot_object(monkeypatch):
     from bridgescope.collector.model import Namespace, Snapshot
-    from bridgescope.webui.workshop import findings_of
+    from bridgescope.webui import workshop as ws_mod
 
-    host = Namespace("ns-1", "host", 1, is_host=True, sysctls=(("net.ipv4.ip_forward", "0"),))
+    calls = []
+    monkeypatch.setattr(ws_mod, "diagnose", lambda snap: calls.append(snap) or ("finding",))
+    host = Namespace("ns-1", "host", 1, is_host=True)
     snap = Snapshot(namespaces=(host,), host="ns-1")
-    first = findings_of(snap)
-    assert findings_of(snap) is first
-    again = findings_of(Snapshot(namespaces=(host,), host="ns-1"))  # equal, but a new picture
-    assert again == first and again is not first
+    assert ws_mod.findings_of(snap) == ws_mod.findings_of(snap) == ("finding",)
+    assert len(calls) == 1
+    ws_mod.findings_of(Snapshot(namespaces=(host,), host="ns-1"))  # equal, but a new picture
+    assert len(calls) == 2
