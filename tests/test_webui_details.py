@@ -98,3 +98,20 @@ def test_tables_route_filters_and_swaps_only_the_tables(client):
     text = frag.get_data(as_text=True)
     assert "<html" not in text and 'id="rules-table"' in text and "--to-destination" in text
     assert "bogus" not in client.get("/tables/?table=bogus", base_url=BASE).get_data(as_text=True).split("Firewall rules (")[1][:10]
+
+
+def test_listing_commands_follow_each_rules_backend_and_family():
+    from bridgescope.collector.model import Namespace, Rule, Snapshot
+    from bridgescope.webui.details import _save_commands
+
+    host = Namespace("ns-1", "host", 1, is_host=True)
+    snap = Snapshot(namespaces=(host,), host="ns-1")
+    rules = [Rule("ns-1", "nft", 6, "nat", "POSTROUTING", "-A POSTROUTING -j MASQUERADE"),
+             Rule("ns-1", "nft", 6, "nat", "PREROUTING", "-A PREROUTING -j DOCKER"),
+             Rule("ns-1", "legacy", 4, "nat", "POSTROUTING", "-A POSTROUTING -j MASQUERADE"),
+             Rule("ns-1", "nftables", 4, "docker-bridges", "nat-POSTROUTING", "masquerade")]
+    commands = _save_commands(snap, rules)
+    assert len(commands) == 3
+    assert [c for c in commands if "ip6tables-nft-save" in c] and [c for c in commands if "iptables-legacy-save" in c]
+    assert [c for c in commands if c.endswith("nft list ruleset")]
+    assert not [c for c in commands if " iptables-nft-save" in c]  # no IPv4 listing for IPv6 rules

@@ -15,13 +15,14 @@ from flask import Blueprint, abort
 
 from bridgescope.collector.hostview import in_ns, netns_name
 from bridgescope.collector.model import Interface, Namespace, PortForward, Route, Rule, Snapshot
+from bridgescope.collector.firewall.readers import SAVE_TOOLS
+from bridgescope.collector.graph import portforward_id
 from bridgescope.webui.app import runtime
 from bridgescope.webui.pages import page_or_fragment
 
 bp = Blueprint("details", __name__)
 
-SAVE_COMMAND = {"legacy": ("iptables-legacy-save",), "nft": ("iptables-nft-save",),
-                "nftables": ("nft", "list", "ruleset")}
+NFT_LISTING = ("nft", "list", "ruleset")
 
 
 @dataclass(frozen=True)
@@ -91,9 +92,16 @@ def forward_label(pf: PortForward) -> str:
 
 
 def _save_commands(snap: Snapshot, rules: Iterable[Rule]) -> list[str]:
-    """One listing command per (namespace, backend) the rules live in."""
-    where = sorted({(r.netns, r.backend) for r in rules if r.backend in SAVE_COMMAND})
-    return [in_ns(snap.namespace(ns_id), *SAVE_COMMAND[backend]) for ns_id, backend in where]
+    """One listing command per (namespace, backend, family) the rules live in."""
+    def listing(backend: str, family: int) -> tuple[str, ...] | None:
+        if backend == "nftables":
+            return NFT_LISTING
+        tool = SAVE_TOOLS.get((backend, family))
+        return (tool,) if tool else None
+
+    where = sorted({(r.netns, r.backend, r.family) for r in rules if listing(r.backend, r.family)})
+    return list(dict.fromkeys(in_ns(snap.namespace(ns_id), *listing(backend, family))
+                              for ns_id, backend, family in where))
 
 
 # ---- pure: one Details per element kind --------------------------------------------------------
@@ -175,17 +183,7 @@ def forward_details(snap: Snapshot, pf: PortForward, element_id: str) -> Details
 
 
 def forward_for_id(snap: Snapshot, element_id: str) -> PortForward | None:
-    """pf:<netns>:<proto>:<host_ip or *>:<host_port> -> the PortForward (host_ip may hold ':')."""
-    parts = element_id.split(":")
-    if len(parts) < 5 or parts[0] != "pf":
-        return None
-    netns, proto, port = parts[1], parts[2], parts[-1]
-    host_ip = ":".join(parts[3:-1])
-    for pf in snap.port_forwards:
-        if (pf.netns == netns and pf.proto == proto and str(pf.host_port) == port
-                and (pf.host_ip or "*") == host_ip):
-            return pf
-    return None
+    return next((pf for pf in snap.port_forwards if portforward_id(pf) == element_id), None)
 
 
 def generic_details(element: dict) -> Details:
