@@ -14,7 +14,7 @@ from typing import Callable, Sequence
 from bridgescope.collector.firewall import nftinfo, readers
 from bridgescope.plumbing import legacy, netns
 from bridgescope.plumbing.errors import PlumbingError, ValidationError
-from bridgescope.plumbing.rules import (CHAINS, NFT_TABLE, Change, FwRule, nft_text, restore_text,
+from bridgescope.plumbing.rules import (NFT_TABLE, Change, FwRule, nft_text, restore_text,
                                         teaching_commands)
 from bridgescope.plumbing.state import TAG
 
@@ -199,11 +199,3 @@ def commands(backend: str, change: Change, desired_after: Callable[[], Sequence[
         return (f"nft -f - <<'EOF'\n{nft_text(desired_after())}EOF",)
     prefix = "iptables-legacy" if backend == "legacy" else "iptables"
     return tuple(c.replace("iptables", prefix, 1) for c in teaching_commands(change))
-
-
-def our_chains() -> tuple[tuple[str, str], ...]:
-    return CHAINS
-
-
-def tagged_rule_lines(save: str) -> list[str]:
-    return [l for l in save.splitlines() if l.startswith("-A ") and TAG in l]

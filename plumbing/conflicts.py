@@ -103,11 +103,6 @@ def _listeners_here() -> list[Listener]:
     return out
 
 
-def nft_generation(path: str) -> int:
-    """The namespace's nf_tables generation: +1 for every committed nft transaction."""
-    return netns.run_in(path, nftinfo.generation_here)
-
-
 def _cache_path(key: str) -> Path:
     return state.state_dir() / f".{key}.foreign.json"
 
@@ -139,10 +134,6 @@ def port_users(key: str, path: str) -> tuple[tuple[PortForward, ...], list[Liste
         nftinfo.generation_here(), 4 in readers.legacy_here(),
         _listeners_here()))
     return _foreign(key, path, generation, legacy_present), socks
-
-
-def foreign_forwards(key: str, path: str) -> tuple[PortForward, ...]:
-    return port_users(key, path)[0]
 
 
 def _foreign(key: str, path: str, generation: int, legacy_present: bool

@@ -93,10 +93,6 @@ class State:
     def containers_on(self, network: str) -> tuple[Container, ...]:
         return tuple(c for c in self.containers if c.network == network)
 
-    def forward_on(self, proto: str, host_port: int) -> Forward | None:
-        return next((f for f in self.forwards
-                     if f.proto == proto and f.host_port == host_port), None)
-
     def with_(self, **changes) -> "State":
         return replace(self, **changes)
 

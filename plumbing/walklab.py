@@ -27,7 +27,6 @@ HOST_UPLINK, INET_TO_HOST = "198.18.0.2", "198.18.0.1"  # RFC 2544 test range: u
 CLIENT_UPLINK, INET_TO_CLIENT = "198.51.100.2", "198.51.100.1"
 INTERNET = "203.0.113.10"
 TIMEOUT = 15.0
-STATUSES = ("pending", "done", "wrong", "failed")
 
 
 @dataclass(frozen=True)
