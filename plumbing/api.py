@@ -406,8 +406,10 @@ def _plan_network_remove(ctx: Ctx, st: State, net: Network) -> tuple[list[Step],
 
 
 def _plan_container_create(ctx: Ctx, st: State, ctr: Container, net: Network,
-                           mappings: Sequence[validate.PortMapping] = ()
+                           mappings: Sequence[validate.PortMapping] = (), *, firewall: bool = True
                            ) -> tuple[list[Step], State]:
+    """The steps that build one container; firewall=False leaves its rules to the caller
+    (restore rewrites every chain of ours in one transaction)."""
     host_path = ctx.ns.path
     ctr_path = f"{netns.NETNS_DIR}/{ctr.netns}"
     prefix = ipaddress.IPv4Network(net.subnet).prefixlen
@@ -437,8 +439,9 @@ def _plan_container_create(ctx: Ctx, st: State, ctr: Container, net: Network,
              (f"{in_ctr} ip addr add {ctr.ip}/{prefix} dev eth0",
               f"{in_ctr} ip link set eth0 up",
               f"{in_ctr} ip route add default via {net.gateway}")),
-        _firewall_step(ctx, f"add the firewall rules of container {ctr.name}", change, st, after),
     ]
+    if firewall:
+        plan.append(_firewall_step(ctx, f"add the firewall rules of container {ctr.name}", change, st, after))
     plan += [_conntrack_step(ctx, f) for f in fwds if f.proto == "udp"]
     return plan, after
 
@@ -563,8 +566,7 @@ def _plan_recreate(ctx: Ctx, st: State) -> list[Step]:
             net = st.network(ctr.network)
             plan.append(Step(f"clear what is left of container {ctr.name}",
                              lambda c=ctr: _clear_container(path, c), None, ()))
-            plan += [s for s in _plan_container_create(ctx, st, ctr, net)[0]
-                     if not s.what.startswith("add the firewall")]  # the rewrite below has them
+            plan += _plan_container_create(ctx, st, ctr, net, firewall=False)[0]  # rewritten below
             plan.append(_step_link_up(ctx, ctr))
     if st.networks:
         change = Change(add=rules.desired(st), flush_chains=rules.CHAINS, add_jumps=rules.jumps())
