@@ -54,7 +54,7 @@ def lab_up(prefix: str = DEFAULT_PREFIX, *, firewall: str = "auto") -> LabInfo:
     host, inet, client = names(prefix)
     fresh = not netns.exists(host)
     try:
-        _wire(host, inet, client)
+        wire_uplinks(host, inet, client)
         api.create_network(BRIDGE, SUBNET, host=host, firewall=firewall)
         api.create_container("c1", BRIDGE, ports=[PUBLISHED], host=host, firewall=firewall)
         api.create_container("c2", BRIDGE, host=host, firewall=firewall)
@@ -83,7 +83,8 @@ def lab_down(prefix: str = DEFAULT_PREFIX) -> None:
     state.forget(host, lock=True)
 
 
-def _wire(host: str, inet: str, client: str) -> None:
+def wire_uplinks(host: str, inet: str, client: str) -> None:
+    """host --- inet (the fake internet, a router) --- client; idempotent."""
     for ns in (host, inet, client):
         if not netns.exists(ns):
             netns.create(ns)
@@ -128,17 +129,21 @@ def _ensure_default(ipr, gateway: str) -> None:
 
 
 def _serve(path: str, name: str, port: int) -> None:
-    """Start the echo server detached inside the namespace, unless one already listens."""
+    start_listening(path, [sys.executable, "-m", "bridgescope.plumbing.echo_server", name, str(port)],
+                    port, f"start the HTTP server of {name}")
+
+
+def start_listening(path: str, argv: list[str], port: int, what: str) -> None:
+    """Start argv detached inside the namespace at path, unless something already listens on
+    TCP port there; return once it listens (or raise, naming `what`)."""
     def listening() -> bool:
         return any(ls.port == port and ls.proto == "tcp" for ls in conflicts.listeners(path))
     if listening():
         return
-    subprocess.Popen(netns.nsenter(path, [sys.executable, "-m",
-                                          "bridgescope.plumbing.echo_server", name, str(port)]),
-                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+    subprocess.Popen(netns.nsenter(path, argv), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                      stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.monotonic() + 10
     while not listening():
         if time.monotonic() > deadline:
-            raise PlumbingError(f"start the HTTP server of {name}", "it did not listen within 10 s")
+            raise PlumbingError(what, "it did not listen within 10 s")
         time.sleep(0.05)

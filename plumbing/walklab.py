@@ -13,19 +13,17 @@ import json
 import os
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from bridgescope.plumbing import conflicts, netns
+from bridgescope.plumbing import lab, netns
 from bridgescope.plumbing.errors import PlumbingError, ValidationError
 from bridgescope.plumbing.state import state_dir
 from bridgescope.plumbing.walk import Command, Step, WalkNames, step_index, steps
 
 DEFAULT_PREFIX = "bswalk"
-HOST_UPLINK, INET_TO_HOST = "198.18.0.2", "198.18.0.1"  # RFC 2544 test range: unused by real networks
-CLIENT_UPLINK, INET_TO_CLIENT = "198.51.100.2", "198.51.100.1"
-INTERNET = "203.0.113.10"
+# Wired like the sandbox lab, so it has the sandbox lab's addresses.
+HOST_UPLINK, INTERNET = lab.HOST_UPLINK, lab.INTERNET
 TIMEOUT = 15.0
 
 
@@ -85,27 +83,9 @@ class WalkLab:
         self.up()
 
     def _base(self) -> None:
+        """The bare host with its uplink, the fake internet and a client: the sandbox lab's."""
         n = self.names
-        for name in (n.host, n.inet, n.client):
-            netns.create(name)
-        wiring = [
-            (n.host, "link", "add", "uplink", "type", "veth", "peer", "name", "to-host", "netns", n.inet),
-            (n.host, "addr", "add", f"{HOST_UPLINK}/24", "dev", "uplink"),
-            (n.host, "link", "set", "uplink", "up"),
-            (n.inet, "addr", "add", f"{INET_TO_HOST}/24", "dev", "to-host"),
-            (n.inet, "link", "set", "to-host", "up"),
-            (n.client, "link", "add", "uplink", "type", "veth", "peer", "name", "to-client", "netns", n.inet),
-            (n.client, "addr", "add", f"{CLIENT_UPLINK}/24", "dev", "uplink"),
-            (n.client, "link", "set", "uplink", "up"),
-            (n.inet, "addr", "add", f"{INET_TO_CLIENT}/24", "dev", "to-client"),
-            (n.inet, "link", "set", "to-client", "up"),
-            (n.inet, "addr", "add", f"{INTERNET}/32", "dev", "lo"),
-            (n.host, "route", "add", "default", "via", INET_TO_HOST),
-            (n.client, "route", "add", "default", "via", INET_TO_CLIENT),
-        ]
-        for ns, *argv in wiring:
-            _check(["ip", "-n", ns, *argv], "build the walk lab")
-        netns.write_sysctl(str(netns.NETNS_DIR / n.inet), "net.ipv4.ip_forward", "1")
+        lab.wire_uplinks(n.host, n.inet, n.client)
         _start_server(n.inet, [sys.executable, "-m", "bridgescope.plumbing.echo_server",
                                "internet", "80"], 80)
 
@@ -193,26 +173,8 @@ class WalkLab:
         return Ran(command.text, res.returncode == 0, words)
 
 
-def _check(argv: list[str], what: str) -> None:
-    res = subprocess.run(argv, capture_output=True, text=True, timeout=TIMEOUT)
-    if res.returncode != 0:
-        raise PlumbingError(what, f"{' '.join(argv)}: {res.stderr.strip()}")
-
-
 def _start_server(ns: str, argv: list[str], port: int) -> None:
     """A detached server inside namespace ns; returns once it listens (or raises)."""
-    path = str(netns.NETNS_DIR / ns)
     if not netns.exists(ns):
         raise PlumbingError(f"start {argv[-2]}", f"namespace {ns} does not exist")
-
-    def listening() -> bool:
-        return any(ls.port == port and ls.proto == "tcp" for ls in conflicts.listeners(path))
-    if listening():
-        return
-    subprocess.Popen(netns.nsenter(path, argv), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                     stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.monotonic() + 10
-    while not listening():
-        if time.monotonic() > deadline:
-            raise PlumbingError(f"start {argv[-2]}", "it did not listen within 10 s")
-        time.sleep(0.05)
+    lab.start_listening(str(netns.NETNS_DIR / ns), argv, port, f"start {argv[-2]}")
