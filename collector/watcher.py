@@ -145,10 +145,10 @@ class Watcher:
         """
         with self._lock:
             if ns_id is None:
-                self._sync_namespaces(discover(self._host))
-                self._reread(list(self._handles))
+                known = self._known_after_sync()
+                self._reread(known)
                 if self.firewall:
-                    self._rescan_firewall(list(self._handles))
+                    self._rescan_firewall(known)
             elif ns_id in self._handles:
                 self._reread([ns_id])
                 if self.firewall:
@@ -230,13 +230,18 @@ class Watcher:
     def _heal(self) -> None:
         """Full re-dump: after dropped events, and periodically in case anything slipped by."""
         with self._lock:
-            self._sync_namespaces(discover(self._host))
+            known = self._known_after_sync()
             self._nsids.clear()
             self._dirty = None
-            self._reread(list(self._handles))
+            self._reread(known)
             if self.firewall and self._fw_watch is None:
-                self._rescan_firewall(list(self._handles))
+                self._rescan_firewall(known)
             self._publish()
+
+    def _known_after_sync(self) -> list[str]:
+        """Rediscover; the namespaces that were already open (the new ones were just read)."""
+        opened = self._sync_namespaces(discover(self._host))
+        return [ns_id for ns_id in self._handles if ns_id not in opened]
 
     def _rediscover(self, publish: bool = True) -> None:
         with self._lock:
@@ -246,8 +251,9 @@ class Watcher:
 
     # ---- state ------------------------------------------------------------------------------
 
-    def _sync_namespaces(self, found: list[Namespace]) -> None:
-        """Open what is new, close what is gone, keep names/paths current."""
+    def _sync_namespaces(self, found: list[Namespace]) -> set[str]:
+        """Open (and read) what is new, close what is gone, keep names/paths current;
+        returns the ids it opened."""
         current = {ns.id: ns for ns in found}
         for ns_id in [n for n in self._handles if n not in current]:
             self._forget(ns_id)
@@ -268,6 +274,7 @@ class Watcher:
             self._rescan_firewall(list(handles))
         if self._fw_watch is not None:
             self._fw_watch.update(self._fw_paths())
+        return set(handles)
 
     def _mark(self, ns_ids) -> None:
         if self._dirty is not None:
