@@ -115,3 +115,12 @@ def test_listing_commands_follow_each_rules_backend_and_family():
     assert [c for c in commands if "ip6tables-nft-save" in c] and [c for c in commands if "iptables-legacy-save" in c]
     assert [c for c in commands if c.endswith("nft list ruleset")]
     assert not [c for c in commands if " iptables-nft-save" in c]  # no IPv4 listing for IPv6 rules
+
+
+def test_a_ranged_forward_is_labelled_with_its_ranges():
+    from bridgescope.collector.model import PortForward
+    from bridgescope.webui.details import forward_label
+
+    pf = PortForward("ns-1", "tcp", None, 8000, "10.88.0.14", 80, "podman", "nft",
+                     host_port_end=8009, to_port_end=89)
+    assert forward_label(pf) == "tcp *:8000-8009 → 10.88.0.14:80-89"

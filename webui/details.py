@@ -19,6 +19,7 @@ from bridgescope.collector.firewall.readers import SAVE_TOOLS
 from bridgescope.collector.graph import portforward_id
 from bridgescope.webui.app import runtime
 from bridgescope.webui.pages import page_or_fragment
+from bridgescope.webui.tables import container_side, host_side
 
 bp = Blueprint("details", __name__)
 
@@ -88,7 +89,7 @@ def ns_label(snap: Snapshot, ns_id: str | None) -> str:
 
 
 def forward_label(pf: PortForward) -> str:
-    return f"{pf.proto} {pf.host_ip or '*'}:{pf.host_port} → {pf.to_ip}:{pf.to_port}"
+    return f"{pf.proto} {host_side(pf)} → {container_side(pf)}"
 
 
 def _save_commands(snap: Snapshot, rules: Iterable[Rule]) -> list[str]:

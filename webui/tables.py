@@ -62,14 +62,20 @@ def _status(pf: PortForward) -> str:
     return "; ".join(problems) or "ok"
 
 
+def host_side(pf: PortForward) -> str:
+    return f"{pf.host_ip or '*'}:{pf.host_port}" + (f"-{pf.host_port_end}" if pf.host_port_end else "")
+
+
+def container_side(pf: PortForward) -> str:
+    return f"{pf.to_ip}:{pf.to_port}" + (f"-{pf.to_port_end}" if pf.to_port_end else "")
+
+
 def forward_rows(snap: Snapshot) -> list[ForwardRow]:
     names = _names(snap)
     rows = []
     for pf in snap.port_forwards:
-        port = f"{pf.host_port}" + (f"-{pf.host_port_end}" if pf.host_port_end else "")
-        to_port = f"{pf.to_port}" + (f"-{pf.to_port_end}" if pf.to_port_end else "")
-        rows.append(ForwardRow(names.get(pf.netns, pf.netns), pf.proto, f"{pf.host_ip or '*'}:{port}",
-                               f"{pf.to_ip}:{to_port}", names.get(pf.container or "", "—"),
+        rows.append(ForwardRow(names.get(pf.netns, pf.netns), pf.proto, host_side(pf), container_side(pf),
+                               names.get(pf.container or "", "—"),
                                pf.owner, pf.backend, _status(pf)))
     return rows
 
