@@ -44,7 +44,7 @@ def interpret(rules: tuple[Rule, ...], chains: tuple[Chain, ...],
               *, proxies: tuple[PortForward, ...] = ()) -> NatView:
     """Port forwards (DNAT and docker-proxy) and masquerades, each resolved to interfaces."""
     tables = _Tables(rules, chains)
-    where = _Locator(interfaces)
+    where = _locator(interfaces)
     filters = _ForwardFilter(tables, where.bridge_names())
     forwards: list[PortForward] = []
     warnings: list[str] = []
@@ -282,6 +282,21 @@ def _network(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network | None:
 
 
 # -- where a forward lands ------------------------------------------------------------------
+
+_last_locator: tuple[tuple[Interface, ...], "_Locator"] | None = None
+
+
+def _locator(interfaces: tuple[Interface, ...]) -> "_Locator":
+    """The index of these interfaces, reused while the same tuple comes again: the Watcher
+    interprets each namespace's rules against one snapshot (the index is read-only)."""
+    global _last_locator
+    last = _last_locator
+    if last is not None and last[0] is interfaces:
+        return last[1]
+    where = _Locator(interfaces)
+    _last_locator = (interfaces, where)
+    return where
+
 
 class _Locator:
     """Which interface owns an address, and which bridge port leads to it."""
