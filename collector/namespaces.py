@@ -1,6 +1,6 @@
 """Finding every network namespace on the machine and giving each a name a person recognises.
 
-Sources (reference 3.2): nsfs bind mounts listed in /proc/self/mountinfo (ip netns, Docker's
+Sources: nsfs bind mounts listed in /proc/self/mountinfo (ip netns, Docker's
 /run/docker/netns, Podman, CNI) and /proc/<pid>/ns/net for namespaces only a process holds.
 Identity is (st_dev, st_ino) of the nsfs inode. Unreadable entries are skipped: on sandboxed
 hosts /proc/1/ns/net is EACCES, so "the host" is wherever this thread runs, never pid 1.

@@ -5,7 +5,7 @@ thread that touches them (docs/threading.rst). A plain `IPRoute()` opened by a t
 setns'd into namespace X therefore talks to the *caller's* namespace when used from any
 other thread (verified here: it listed the root namespace's links). `IPRoute(netns=...,
 flags=0)` is correct but forks a child per socket and spends ~0.25 ms of event-loop time per
-message (reference 3.5: 1.5 s warm for 201 namespaces). A raw AF_NETLINK socket belongs to
+message (measured: 1.5 s warm for 201 namespaces). A raw AF_NETLINK socket belongs to
 the namespace of the thread that created it for its whole life, whatever thread uses it
 later. So one short-lived thread hops (setns) through the namespaces and opens plain
 sockets; bytes are encoded/decoded by collector/rtnl.py. Measured at 201 namespaces: 3 ms

@@ -1,6 +1,6 @@
 """Our ruleset, as data: desired state -> tagged rules -> iptables-restore / nft text.
 
-Pure. The rules are Docker's proxy-less layout (reference 1.2-1.3), moved into our own
+Pure. The rules are Docker's proxy-less layout (docs/kernel-layouts.md), moved into our own
 BRIDGESCOPE-* chains, each rule tagged with the object that needs it, so a change adds or
 deletes exactly the rules of one object and never touches anyone else's.
 """

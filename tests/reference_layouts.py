@@ -1,4 +1,4 @@
-"""Healthy firewall layouts from shared/reference/plumbing-reference.md (sections 1-3), as the
+"""Healthy firewall layouts of docs/kernel-layouts.md, written out in full as the
 projects leave them after one network, one container and one published port 8080 -> 80.
 
 Each layout names its bridge, gateway and container address so a test can build the matching
@@ -61,7 +61,7 @@ COMMIT
 COMMIT
 """)
 
-# --userland-proxy=false (reference 1.3): Docker sets hairpin on and loads br_netfilter.
+# --userland-proxy=false: Docker sets hairpin on and loads br_netfilter.
 DOCKER_29_NOPROXY = Layout("docker-29-noproxy", "docker0", "172.17.0.1/16", "172.17.0.2/16",
                            hairpin=True, br_netfilter="1", iptables="""\
 *filter
@@ -278,7 +278,7 @@ COMMIT
 COMMIT
 """)
 
-# Podman with netavark's iptables driver (v1.17, reference 3.3); no br_netfilter.
+# Podman with netavark's iptables driver (v1.17); no br_netfilter.
 PODMAN = Layout("podman-netavark", "podman0", "10.88.0.1/16", "10.88.0.14/16", iptables="""\
 *filter
 :INPUT ACCEPT [0:0]

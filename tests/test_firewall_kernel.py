@@ -1,6 +1,6 @@
 """The firewall collector against the real kernel, in throwaway namespaces.
 
-Each reference listing is loaded with the real tool (iptables-nft-restore,
+Each healthy layout (tests/reference_layouts.py, tests/data/firewall) is loaded with the real tool (iptables-nft-restore,
 iptables-legacy-restore, ip6tables-nft-restore, nft -f) into a fresh "host" namespace that
 has a real docker0-like bridge and a real container namespace behind a veth pair; then
 scan() reads it back the way it would on a real host, and interpret() says what it means.
