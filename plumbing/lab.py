@@ -9,10 +9,10 @@ All addresses are documentation ranges that exist only inside these namespaces.
 from __future__ import annotations
 
 import subprocess
-import sys
 import time
 from dataclasses import dataclass
 
+from bridgescope.collector import tools
 from bridgescope.plumbing import api, conflicts, netns, state
 from bridgescope.plumbing.errors import PlumbingError
 
@@ -129,8 +129,12 @@ def _ensure_default(ipr, gateway: str) -> None:
 
 
 def _serve(path: str, name: str, port: int) -> None:
-    start_listening(path, [sys.executable, "-m", "bridgescope.plumbing.echo_server", name, str(port)],
-                    port, f"start the HTTP server of {name}")
+    start_listening(path, echo_server(name, port), port, f"start the HTTP server of {name}")
+
+
+def echo_server(name: str, port: int) -> list[str]:
+    """The lab's tiny HTTP server as a command: this interpreter, isolated from its surroundings."""
+    return tools.python_module("bridgescope.plumbing.echo_server", name, str(port))
 
 
 def start_listening(path: str, argv: list[str], port: int, what: str) -> None:
@@ -141,7 +145,7 @@ def start_listening(path: str, argv: list[str], port: int, what: str) -> None:
     if listening():
         return
     subprocess.Popen(netns.nsenter(path, argv), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                     stderr=subprocess.DEVNULL, start_new_session=True)
+                     stderr=subprocess.DEVNULL, start_new_session=True, env=tools.ENV)
     deadline = time.monotonic() + 10
     while not listening():
         if time.monotonic() > deadline:

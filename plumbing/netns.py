@@ -24,6 +24,7 @@ from typing import Callable, Iterator, TypeVar
 from pyroute2 import IPRoute
 from pyroute2 import netns as pr2_netns
 
+from bridgescope.collector import tools
 from bridgescope.collector.namespaces import resolve_netns
 from bridgescope.collector.setns import CLONE_NEWNET, enter
 
@@ -200,8 +201,8 @@ def with_netlink(path: str, fn: Callable[[IPRoute], T]) -> T:
 def run_command(path: str, argv: list[str], stdin: str | None = None,
                 timeout: float = 60) -> subprocess.CompletedProcess:
     """argv inside the namespace, started from a thread already there (no nsenter exec)."""
-    return run_in(path, lambda: subprocess.run(argv, input=stdin, capture_output=True, text=True,
-                                               timeout=timeout))
+    return run_in(path, lambda: subprocess.run(tools.command(argv), input=stdin, capture_output=True,
+                                               text=True, timeout=timeout, env=tools.ENV))
 
 
 def sysctl_path(key: str) -> str:
@@ -292,7 +293,7 @@ def remove(name: str) -> None:
 
 
 def nsenter(path: str, argv: list[str]) -> list[str]:
-    return ["nsenter", f"--net={path}", "--", *argv]
+    return tools.nsenter(path, argv)
 
 
 def pids_in(path: str) -> list[int]:

@@ -16,6 +16,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from bridgescope.collector import tools
 from bridgescope.plumbing import lab, netns
 from bridgescope.plumbing.errors import PlumbingError, ValidationError
 from bridgescope.plumbing.state import state_dir
@@ -86,8 +87,7 @@ class WalkLab:
         """The bare host with its uplink, the fake internet and a client: the sandbox lab's."""
         n = self.names
         lab.wire_uplinks(n.host, n.inet, n.client)
-        _start_server(n.inet, [sys.executable, "-m", "bridgescope.plumbing.echo_server",
-                               "internet", "80"], 80)
+        _start_server(n.inet, lab.echo_server("internet", 80), 80)
 
     # --- progress -------------------------------------------------------------------------
 
@@ -166,7 +166,8 @@ class WalkLab:
                 return Ran(command.text, False, str(err))
             return Ran(command.text, True, "listening")
         try:
-            res = subprocess.run(argv, capture_output=True, text=True, timeout=TIMEOUT)
+            res = subprocess.run(argv, capture_output=True, text=True, timeout=TIMEOUT,
+                                 env=tools.ENV)
         except subprocess.TimeoutExpired:
             return Ran(command.text, False, f"no answer within {TIMEOUT:.0f} s")
         words = (res.stderr or res.stdout).strip()
