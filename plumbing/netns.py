@@ -312,14 +312,17 @@ def pids_in(path: str) -> list[int]:
     return out
 
 
-def destroy(name: str) -> None:
-    """Stop every process inside the named namespace, then remove it. Idempotent."""
+def destroy(name: str) -> list[int]:
+    """Stop every process inside the named namespace, then remove it. Idempotent.
+    Returns the processes stopped."""
     path = str(NETNS_DIR / name)
     if not os.path.exists(path):
-        return
-    for pid in pids_in(path):
+        return []
+    pids = pids_in(path)
+    for pid in pids:
         try:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
     remove(name)
+    return pids
