@@ -164,8 +164,10 @@ class WalkLab:
 
     def _one(self, command: Command) -> Ran:
         # nsenter --net, not `ip netns exec`: the latter also makes a private mount namespace,
-        # where `ip netns add` would bind its new namespace out of everyone else's sight
-        argv = netns.nsenter(str(netns.NETNS_DIR / self.names.host), list(command.argv))
+        # where `ip netns add` would bind its new namespace out of everyone else's sight; for
+        # the same reason, when we run in such a namespace ourselves, the host's mounts are used
+        argv = tools.nsenter(str(netns.NETNS_DIR / self.names.host), command.argv,
+                             mount=netns.pin_mounts())
         if command.background:
             ns = command.argv[3] if command.argv[:3] == ("ip", "netns", "exec") else self.names.host
             try:
