@@ -11,6 +11,7 @@ import subprocess
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
+from bridgescope.collector import tools
 from bridgescope.collector.firewall import nftinfo, readers
 from bridgescope.plumbing import legacy, netns
 from bridgescope.plumbing.errors import PlumbingError, ValidationError
@@ -43,7 +44,8 @@ def probe(path: str) -> Probe:
     if 4 in netns.run_in(path, readers.legacy_here):
         legacy_save = _run(path, ["iptables-legacy-save"]).stdout
     names = tuple(netns.run_in(path, nftinfo.tables_here))
-    version = subprocess.run(["iptables", "-V"], capture_output=True, text=True).stdout
+    version = subprocess.run(tools.command(["iptables", "-V"]), capture_output=True, text=True,
+                             env=tools.ENV).stdout
     return Probe(nft_save, legacy_save, names, version.strip())
 
 

@@ -8,11 +8,12 @@ All addresses are documentation ranges that exist only inside these namespaces.
 """
 from __future__ import annotations
 
+import shlex
 import subprocess
-import sys
 import time
 from dataclasses import dataclass
 
+from bridgescope.collector import tools
 from bridgescope.plumbing import api, conflicts, netns, state
 from bridgescope.plumbing.errors import PlumbingError
 
@@ -98,6 +99,23 @@ def wire_uplinks(host: str, inet: str, client: str) -> None:
     netns.with_netlink(paths[client], lambda ipr: _ensure_default(ipr, INET_TO_CLIENT))
 
 
+def uplink_commands(host: str, inet: str, client: str) -> tuple[str, ...]:
+    """What wire_uplinks does on a fresh lab, as the ip commands that would do the same."""
+    def veth(a: str, a_if: str, b: str, b_if: str, a_cidr: str, b_cidr: str) -> list[str]:
+        return [f"ip -n {a} link add {a_if} type veth peer name {b_if} netns {b}",
+                f"ip -n {a} addr add {a_cidr} dev {a_if}", f"ip -n {a} link set {a_if} up",
+                f"ip -n {b} addr add {b_cidr} dev {b_if}", f"ip -n {b} link set {b_if} up"]
+    return tuple([f"ip netns add {ns}" for ns in (host, inet, client)]
+                 + [f"ip -n {ns} link set lo up" for ns in (host, inet, client)]
+                 + veth(host, "uplink", inet, "to-host", f"{HOST_UPLINK}/24", f"{INET_TO_HOST}/24")
+                 + veth(client, "uplink", inet, "to-client", f"{CLIENT_UPLINK}/24",
+                        f"{INET_TO_CLIENT}/24")
+                 + [f"ip -n {inet} addr add {INTERNET}/32 dev lo",
+                    f"ip netns exec {inet} sysctl -w net.ipv4.ip_forward=1",
+                    f"ip -n {host} route add default via {INET_TO_HOST}",
+                    f"ip -n {client} route add default via {INET_TO_CLIENT}"])
+
+
 def _veth(a_path: str, a_name: str, b_path: str, b_name: str, a_cidr: str, b_cidr: str) -> None:
     import os
 
@@ -129,21 +147,28 @@ def _ensure_default(ipr, gateway: str) -> None:
 
 
 def _serve(path: str, name: str, port: int) -> None:
-    start_listening(path, [sys.executable, "-m", "bridgescope.plumbing.echo_server", name, str(port)],
-                    port, f"start the HTTP server of {name}")
+    start_listening(path, echo_server(name, port), port, f"start the HTTP server of {name}")
 
 
-def start_listening(path: str, argv: list[str], port: int, what: str) -> None:
+def echo_server(name: str, port: int) -> list[str]:
+    """The lab's tiny HTTP server as a command: this interpreter, isolated from its surroundings."""
+    return tools.python_module("bridgescope.plumbing.echo_server", name, str(port))
+
+
+def start_listening(path: str, argv: list[str], port: int, what: str) -> str | None:
     """Start argv detached inside the namespace at path, unless something already listens on
-    TCP port there; return once it listens (or raise, naming `what`)."""
+    TCP port there; return once it listens (or raise, naming `what`). Returns the command
+    line started, None when nothing was."""
     def listening() -> bool:
         return any(ls.port == port and ls.proto == "tcp" for ls in conflicts.listeners(path))
     if listening():
-        return
-    subprocess.Popen(netns.nsenter(path, argv), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                     stderr=subprocess.DEVNULL, start_new_session=True)
+        return None
+    argv = netns.nsenter(path, argv)
+    subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                     stderr=subprocess.DEVNULL, start_new_session=True, env=tools.ENV)
     deadline = time.monotonic() + 10
     while not listening():
         if time.monotonic() > deadline:
             raise PlumbingError(what, "it did not listen within 10 s")
         time.sleep(0.05)
+    return shlex.join(argv)

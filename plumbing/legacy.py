@@ -1,7 +1,7 @@
 """iptables-legacy through python-iptables, in one worker process per namespace.
 
 python-iptables keeps process-wide table caches and is not thread-safe, so each change runs
-in a fresh `python -m bridgescope.plumbing.legacy NSPATH` process that joins the namespace
+in a fresh `python -I -m bridgescope.plumbing.legacy NSPATH` process that joins the namespace
 BEFORE importing iptc, holds /run/xtables.lock (libiptc ignores it; iptables-legacy honours
 it), applies the whole batch with autocommit off and commits each table once.
 """
@@ -14,6 +14,7 @@ import sys
 from dataclasses import asdict
 from typing import Any
 
+from bridgescope.collector import tools
 from bridgescope.collector.setns import enter
 from bridgescope.plumbing.errors import PlumbingError
 from bridgescope.plumbing.rules import TABLES, Change, FwRule
@@ -37,9 +38,9 @@ def operations(change: Change) -> list[dict[str, Any]]:
 def apply(netns_path: str, change: Change) -> None:
     if change.is_empty():
         return
-    proc = subprocess.run([sys.executable, "-m", "bridgescope.plumbing.legacy", netns_path],
+    proc = subprocess.run(tools.python_module("bridgescope.plumbing.legacy", netns_path),
                           input=json.dumps(operations(change)), capture_output=True, text=True,
-                          timeout=120)
+                          timeout=120, env=tools.ENV)
     if proc.returncode != 0:
         lines = proc.stderr.strip().splitlines()
         raise PlumbingError("apply the iptables-legacy rules",

@@ -22,12 +22,14 @@ from pathlib import Path
 from typing import Callable, Iterator, TypeVar
 
 from pyroute2 import IPRoute
-from pyroute2 import netns as pr2_netns
 
+from bridgescope.collector import tools
 from bridgescope.collector.namespaces import resolve_netns
 from bridgescope.collector.setns import CLONE_NEWNET, enter
+from bridgescope.plumbing.errors import PlumbingError
 
-MS_BIND = 4096
+MS_BIND, MS_REC, MS_SHARED, MNT_DETACH = 4096, 16384, 1 << 20, 2
+CLONE_NEWNS, CLONE_FS = 0x00020000, 0x00000200
 SIOCSIFFLAGS, IFF_UP, IFF_LOOPBACK, IFF_RUNNING = 0x8914, 0x1, 0x8, 0x40
 NETNS_DIR = Path("/run/netns")
 _libc = ctypes.CDLL("libc.so.6", use_errno=True)
@@ -157,21 +159,10 @@ def _worker(path: str) -> _Worker | None:
 
 
 def _one_shot(path: str, fn: Callable[[], T]) -> T:
-    box: dict[str, object] = {}
-
-    def target() -> None:
-        try:
-            _enter(path)
-            box["result"] = fn()
-        except BaseException as err:  # noqa: BLE001 - handed back to the caller
-            box["error"] = err
-
-    thread = threading.Thread(target=target, name="bridgescope-netns")
-    thread.start()
-    thread.join()
-    if "error" in box:
-        raise box["error"]  # type: ignore[misc]
-    return box.get("result")  # type: ignore[return-value]
+    def inside() -> T:
+        _enter(path)
+        return fn()
+    return _one_thread(inside, "bridgescope-netns")
 
 
 def run_in(path: str, fn: Callable[[], T]) -> T:
@@ -200,8 +191,8 @@ def with_netlink(path: str, fn: Callable[[IPRoute], T]) -> T:
 def run_command(path: str, argv: list[str], stdin: str | None = None,
                 timeout: float = 60) -> subprocess.CompletedProcess:
     """argv inside the namespace, started from a thread already there (no nsenter exec)."""
-    return run_in(path, lambda: subprocess.run(argv, input=stdin, capture_output=True, text=True,
-                                               timeout=timeout))
+    return run_in(path, lambda: subprocess.run(tools.command(argv), input=stdin, capture_output=True,
+                                               text=True, timeout=timeout, env=tools.ENV))
 
 
 def sysctl_path(key: str) -> str:
@@ -233,14 +224,129 @@ def exists(name: str) -> bool:
     return (NETNS_DIR / name).exists()
 
 
-def _netns_dir_shared() -> bool:
-    """/run/netns is a shared mount point (as `ip netns` leaves it), so our bind mounts of
-    new namespaces are visible to everyone."""
+@dataclass(frozen=True)
+class Propagation:
+    """How a mount receives and passes on mounts: its peer group, and the group it is a slave of."""
+    shared: int | None
+    master: int | None
+
+
+def netns_dir_propagation(mountinfo: str) -> Propagation | None:
+    """The propagation of the mount on /run/netns in a mountinfo text (the topmost one), or
+    None when /run/netns is no mount point there."""
+    found = None
+    for line in mountinfo.splitlines():
+        fields = line.split()
+        if len(fields) > 6 and fields[4] == str(NETNS_DIR):
+            tags = dict(f.split(":", 1) for f in fields[6:fields.index("-")] if ":" in f)
+            found = Propagation(int(tags["shared"]) if "shared" in tags else None,
+                                int(tags["master"]) if "master" in tags else None)
+    return found
+
+
+def _mountinfo(pid: str) -> str:
+    with open(f"/proc/{pid}/mountinfo", encoding="utf-8") as fh:
+        return fh.read()
+
+
+def _ancestors() -> Iterator[int]:
+    pid = os.getppid()
+    while pid > 1:
+        yield pid
+        try:
+            with open(f"/proc/{pid}/stat", encoding="utf-8") as fh:
+                pid = int(fh.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            return
+
+
+def pin_mounts() -> str | None:
+    """Where a namespace must be pinned so that it outlives this process: None when our own
+    /run/netns passes pins on (the usual case), else the mount namespace of a process whose
+    /run/netns ours is a slave of. `ip netns exec` runs its command in a private mount
+    namespace with /run/netns a slave: a bind mount made there would vanish, veth and all,
+    when the command exits. Raises when no such namespace can be found."""
+    ours = netns_dir_propagation(_mountinfo("thread-self"))
+    if ours is None or ours.master is None:
+        return None
+    for pid in (1, *_ancestors()):
+        try:
+            theirs = netns_dir_propagation(_mountinfo(str(pid)))
+        except OSError:
+            continue  # gone, or not ours to read
+        if theirs is not None and theirs.shared == ours.master and theirs.master is None \
+                and _can_open(f"/proc/{pid}/ns/mnt"):
+            return f"/proc/{pid}/ns/mnt"
+    raise PlumbingError("pin the network namespace",
+                        f"this runs in a private mount namespace ({NETNS_DIR} is a slave mount, as "
+                        "under `ip netns exec`) and the host's cannot be found; a namespace made "
+                        "here would vanish on exit: use --netns NAME instead")
+
+
+def _can_open(path: str) -> bool:
+    """Some hosts keep pid 1's namespaces out of reach even for root."""
     try:
-        with open("/proc/self/mountinfo", encoding="utf-8") as fh:
-            return any(f" {NETNS_DIR} " in line and "shared:" in line for line in fh)
+        os.close(os.open(path, os.O_RDONLY | os.O_CLOEXEC))
     except OSError:
         return False
+    return True
+
+
+def _join_mounts(path: str) -> None:
+    """Move the calling thread, only, into the mount namespace at path: setns refuses a mount
+    namespace to a thread sharing its filesystem attributes, so it stops sharing them first."""
+    if _libc.unshare(CLONE_FS) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"cannot leave the shared filesystem attributes: {os.strerror(err)}")
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        if _libc.setns(fd, CLONE_NEWNS) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"cannot enter the host's mount namespace: {os.strerror(err)}")
+    finally:
+        os.close(fd)
+
+
+def _pinning(fn: Callable[[], T]) -> T:
+    """fn in a fresh thread that may change its own namespaces, run in the host's mount
+    namespace when ours is private (pin_mounts): pins made (or removed) there are everyone's,
+    and reach us too, since our /run/netns receives its mounts."""
+    mounts = pin_mounts()
+
+    def pin() -> T:
+        if mounts is not None:
+            _join_mounts(mounts)
+        return fn()
+    return _one_thread(pin, "bridgescope-netns-pin")
+
+
+def _one_thread(fn: Callable[[], T], name: str) -> T:
+    box: dict[str, object] = {}
+
+    def target() -> None:
+        try:
+            box["result"] = fn()
+        except BaseException as err:  # noqa: BLE001 - handed back to the caller
+            box["error"] = err
+    thread = threading.Thread(target=target, name=name)
+    thread.start()
+    thread.join()
+    if "error" in box:
+        raise box["error"]  # type: ignore[misc]
+    return box.get("result")  # type: ignore[return-value]
+
+
+def _share_netns_dir() -> None:
+    """/run/netns as `ip netns add` leaves it: a mount point of its own, shared, so every
+    mount namespace sees the namespaces pinned in it."""
+    NETNS_DIR.mkdir(mode=0o755, exist_ok=True)
+    where = str(NETNS_DIR).encode()
+    if _libc.mount(b"", where, b"none", MS_SHARED | MS_REC, None) == 0:
+        return
+    if _libc.mount(where, where, b"none", MS_BIND | MS_REC, None) != 0 or \
+            _libc.mount(b"", where, b"none", MS_SHARED | MS_REC, None) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"cannot make {NETNS_DIR} a shared mount: {os.strerror(err)}")
 
 
 def _create_here(target: str) -> None:
@@ -259,40 +365,37 @@ def _loopback_up() -> None:
         fcntl.ioctl(sock, SIOCSIFFLAGS, ifreq)
 
 
-def create(name: str) -> str:
-    """A named namespace (bind-mounted under /run/netns, like `ip netns add`), lo up."""
-    path = str(NETNS_DIR / name)
-    if not _netns_dir_shared():
-        pr2_netns.create(name)  # sets /run/netns up the way ip-netns does
-        with_netlink(path, lambda ipr: ipr.link("set", index=1, state="up"))
-        return path
-    os.close(os.open(path, os.O_RDONLY | os.O_CREAT | os.O_EXCL, 0))
-    box: dict[str, BaseException] = {}
+def _unpin(path: str) -> None:
+    _libc.umount2(path.encode(), MNT_DETACH)
+    os.unlink(path)
 
-    def target() -> None:
+
+def create(name: str) -> str:
+    """A named namespace (bind-mounted under /run/netns, like `ip netns add`), lo up. The pin
+    is made in the host's mount namespace, so it outlives a private one we may run in."""
+    path = str(NETNS_DIR / name)
+
+    def make() -> None:
+        _share_netns_dir()
+        os.close(os.open(path, os.O_RDONLY | os.O_CREAT | os.O_EXCL, 0))
         try:
             _create_here(path)
-        except BaseException as err:  # noqa: BLE001 - handed back below
-            box["error"] = err
-    thread = threading.Thread(target=target, name="bridgescope-netns-create")
-    thread.start()
-    thread.join()
-    if "error" in box:
-        if os.path.ismount(path):
-            pr2_netns.remove(name)
-        else:
-            os.unlink(path)
-        raise box["error"]
+        except BaseException:
+            _unpin(path)
+            raise
+    _pinning(make)
     return path
 
 
 def remove(name: str) -> None:
+    """Unpin a named namespace (in the mount namespace where create pinned it)."""
+    path = str(NETNS_DIR / name)
     if exists(name):
-        pr2_netns.remove(name)
+        _pinning(lambda: _unpin(path))
 
 
 def nsenter(path: str, argv: list[str]) -> list[str]:
-    return ["nsenter", f"--net={path}", "--", *argv]
+    return tools.nsenter(path, argv)
 
 
 def pids_in(path: str) -> list[int]:
@@ -311,14 +414,17 @@ def pids_in(path: str) -> list[int]:
     return out
 
 
-def destroy(name: str) -> None:
-    """Stop every process inside the named namespace, then remove it. Idempotent."""
+def destroy(name: str) -> list[int]:
+    """Stop every process inside the named namespace, then remove it. Idempotent.
+    Returns the processes stopped."""
     path = str(NETNS_DIR / name)
     if not os.path.exists(path):
-        return
-    for pid in pids_in(path):
+        return []
+    pids = pids_in(path)
+    for pid in pids:
         try:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
     remove(name)
+    return pids

@@ -159,11 +159,12 @@ def steps(names: WalkNames, python: str = "python3") -> tuple[Step, ...]:
                        (_c("iptables", "-t", "nat", "-D", "POSTROUTING", "-s", "172.17.0.0/24",
                            "-j", "MASQUERADE"), _c(*masq)))),
         Step("server", "Start the container's program",
-             (_c("ip", "netns", "exec", ctr, python, "-m", "bridgescope.plumbing.echo_server",
+             (_c("ip", "netns", "exec", ctr, python, "-I", "-m", "bridgescope.plumbing.echo_server",
                  "web", str(CONTAINER_PORT), background=True),),
              "A container is a process in these namespaces. This one is a tiny web server on "
              f"port {CONTAINER_PORT} that answers with the address it saw - so you can see "
-             "NAT at work."),
+             "NAT at work. (-I: Python's isolated mode, so only the installed bridgescope "
+             "runs as root, never a bridgescope/ lying in the current directory.)"),
         Step("publish", f"Publish port {HOST_PORT} -> {CONTAINER_PORT} (docker run -p {HOST_PORT}:{CONTAINER_PORT})",
              (_c("iptables", "-t", "nat", "-N", "DOCKER"),) + jumps + (_c(*dnat),),
              f"DNAT rewrites the destination of packets for the host's port {HOST_PORT} to "

@@ -16,6 +16,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from bridgescope.collector import tools
 from bridgescope.plumbing import lab, netns
 from bridgescope.plumbing.errors import PlumbingError, ValidationError
 from bridgescope.plumbing.state import state_dir
@@ -62,32 +63,39 @@ class WalkLab:
     def is_up(self) -> bool:
         return netns.exists(self.names.host)
 
-    def up(self) -> None:
-        """Build the bare host (uplink, fake internet, client); idempotent."""
+    def up(self) -> tuple[str, ...]:
+        """Build the bare host (uplink, fake internet, client); idempotent. Returns the
+        commands that do what was done (for the audit log)."""
         if self.is_up():
-            return
+            return ()
         try:
-            self._base()
+            done = self._base()
         except BaseException:
             self.down()
             raise
         self._save({})
+        return done
 
-    def down(self) -> None:
+    def down(self) -> tuple[str, ...]:
+        """Remove every namespace and process of the lab; returns the equivalent commands."""
+        done: list[str] = []
         for name in self.names.all():
-            netns.destroy(name)
+            if netns.exists(name):
+                pids = netns.destroy(name)
+                done += [f"kill -KILL {' '.join(map(str, pids))}"] if pids else []
+                done.append(f"ip netns del {name}")
         self.progress_file.unlink(missing_ok=True)
+        return tuple(done)
 
-    def reset(self) -> None:
-        self.down()
-        self.up()
+    def reset(self) -> tuple[str, ...]:
+        return self.down() + self.up()
 
-    def _base(self) -> None:
+    def _base(self) -> tuple[str, ...]:
         """The bare host with its uplink, the fake internet and a client: the sandbox lab's."""
         n = self.names
         lab.wire_uplinks(n.host, n.inet, n.client)
-        _start_server(n.inet, [sys.executable, "-m", "bridgescope.plumbing.echo_server",
-                               "internet", "80"], 80)
+        started = _start_server(n.inet, lab.echo_server("internet", 80), 80)
+        return lab.uplink_commands(n.host, n.inet, n.client) + ((started,) if started else ())
 
     # --- progress -------------------------------------------------------------------------
 
@@ -156,8 +164,10 @@ class WalkLab:
 
     def _one(self, command: Command) -> Ran:
         # nsenter --net, not `ip netns exec`: the latter also makes a private mount namespace,
-        # where `ip netns add` would bind its new namespace out of everyone else's sight
-        argv = netns.nsenter(str(netns.NETNS_DIR / self.names.host), list(command.argv))
+        # where `ip netns add` would bind its new namespace out of everyone else's sight; for
+        # the same reason, when we run in such a namespace ourselves, the host's mounts are used
+        argv = tools.nsenter(str(netns.NETNS_DIR / self.names.host), command.argv,
+                             mount=netns.pin_mounts())
         if command.background:
             ns = command.argv[3] if command.argv[:3] == ("ip", "netns", "exec") else self.names.host
             try:
@@ -166,15 +176,17 @@ class WalkLab:
                 return Ran(command.text, False, str(err))
             return Ran(command.text, True, "listening")
         try:
-            res = subprocess.run(argv, capture_output=True, text=True, timeout=TIMEOUT)
+            res = subprocess.run(argv, capture_output=True, text=True, timeout=TIMEOUT,
+                                 env=tools.ENV)
         except subprocess.TimeoutExpired:
             return Ran(command.text, False, f"no answer within {TIMEOUT:.0f} s")
         words = (res.stderr or res.stdout).strip()
         return Ran(command.text, res.returncode == 0, words)
 
 
-def _start_server(ns: str, argv: list[str], port: int) -> None:
-    """A detached server inside namespace ns; returns once it listens (or raises)."""
+def _start_server(ns: str, argv: list[str], port: int) -> str | None:
+    """A detached server inside namespace ns; returns once it listens (or raises), with the
+    command line started (None: something listened already)."""
     if not netns.exists(ns):
         raise PlumbingError(f"start {argv[-2]}", f"namespace {ns} does not exist")
-    lab.start_listening(str(netns.NETNS_DIR / ns), argv, port, f"start {argv[-2]}")
+    return lab.start_listening(str(netns.NETNS_DIR / ns), argv, port, f"start {argv[-2]}")

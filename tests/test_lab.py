@@ -13,7 +13,8 @@ import time
 
 import pytest
 
-from bridgescope.plumbing import api, lab, netns as nsops
+from bridgescope.plumbing import api, lab, netns as nsops, walklab
+from bridgescope.webui import cli
 from conftest import RUN_PREFIX, sh
 
 pytestmark = pytest.mark.kernel
@@ -127,6 +128,27 @@ def test_lab_cli(lab_prefix):
                            lab_prefix], capture_output=True, text=True, env=env, timeout=120)
     assert down.returncode == 0, down.stderr
     assert _lab_names(lab_prefix) == []
+
+
+def test_lab_down_with_a_prefix_touches_only_that_prefixs_labs(lab_prefix, monkeypatch):
+    """`lab down --prefix P` used to remove the default walk lab too, whatever P was."""
+    default_walk = f"{RUN_PREFIX}w{secrets.token_hex(2)}"  # stands in for bswalk, never the real one
+    other = f"{RUN_PREFIX}o{secrets.token_hex(2)}"
+    monkeypatch.setattr(walklab, "DEFAULT_PREFIX", default_walk)
+    walk = walklab.WalkLab(default_walk)
+    try:
+        walk.up()
+        lab.wire_uplinks(*lab.names(other))
+        lab.wire_uplinks(*lab.names(lab_prefix))
+        assert cli.main(["lab", "down", "--prefix", lab_prefix]) == 0
+        assert _lab_names(lab_prefix) == []
+        assert _lab_names(other) == sorted(lab.names(other))
+        assert _lab_names(default_walk) == sorted((walk.names.host, walk.names.inet, walk.names.client))
+        assert walk.progress_file.exists()
+    finally:
+        walk.down()
+        lab.lab_down(other)
+    assert _lab_names(default_walk) == [] and _lab_names(other) == []
 
 
 UDP_FROM_PORT = ("import socket,sys\n"

@@ -10,7 +10,8 @@ import pytest
 
 from bridgescope.collector.model import Snapshot
 from bridgescope.plumbing.walklab import WalkLab
-from bridgescope.webui.app import create_app
+from bridgescope.webui.app import create_app, runtime
+from bridgescope.webui.audit import AuditEntry
 
 pytestmark = pytest.mark.kernel
 BASE = "http://127.0.0.1:8470"
@@ -103,6 +104,10 @@ def test_unknown_action_is_404(client):
     ({"source": "client", "destination": "9"}, "destination"),
     ({"source": "client", "destination": "-1"}, "destination"),
     ({"source": "container", "destination": "1"}, "source"),  # no container before the walk
+    ({"source": "client", "destination": "\u00b2"}, "destination"),  # isdigit() yet not int()
+    ({"source": "client", "destination": "1.0"}, "destination"),
+    ({"source": "client", "destination": ""}, "destination"),
+    ({"source": "client", "destination": "1", "probe": "yes"}, "probe"),
 ])
 def test_bad_packet_path_choices(client, form, field):
     c, h, _ = client
@@ -135,3 +140,35 @@ def test_findings_are_computed_once_per_snapshot_object(monkeypatch):
     assert len(calls) == 1
     ws_mod.findings_of(Snapshot(namespaces=(host,), host="ns-1"))  # equal, but a new picture
     assert len(calls) == 2
+
+
+def test_walk_actions_are_audited_with_what_they_ran(client):
+    """Steps, refusals, the real probe, reset and removal change the kernel or start
+    processes: each leaves an audit entry with the commands it ran."""
+    c, h, lab = client
+    audit = runtime(c.application).audit
+    n = lab.names
+
+    def last() -> AuditEntry:
+        return audit.recent(1)[0]
+
+    assert post(c, h, "/workshop/walk/step/bridge/apply").status_code == 200
+    assert last().request["action"] == "walk-apply" and last().ok
+    assert last().commands == ("ip link add docker0 type bridge",)
+    assert post(c, h, "/workshop/walk/step/route/apply").status_code == 400
+    assert not last().ok and last().result.startswith("error: do step")
+    resp = post(c, h, "/workshop/walk/path", data={"source": "client", "destination": "1", "probe": "1"})
+    assert resp.get_json()["probe"]["connected"]
+    assert last().request["action"] == "walk-probe" and last().request["args"]["probe"] == "1"
+    assert last().commands[0].startswith(f"ip netns exec {n.client} curl ") and "203.0.113.10:80" in \
+        last().commands[0]
+    assert post(c, h, "/workshop/walk/reset").status_code == 200
+    reset = last()
+    assert reset.request["action"] == "walk-reset" and reset.ok
+    assert f"ip netns del {n.host}" in reset.commands and f"ip netns add {n.host}" in reset.commands
+    assert any(cmd.startswith("kill -KILL ") for cmd in reset.commands)  # the old internet server
+    assert any(" -I -m bridgescope.plumbing.echo_server internet 80" in cmd for cmd in reset.commands)
+    assert post(c, h, "/workshop/walk/down").status_code == 200
+    assert last().request["action"] == "walk-down" and not lab.is_up()
+    assert {f"ip netns del {name}" for name in (n.host, n.inet, n.client)} <= set(last().commands)
+    assert "csrf_token" not in str([e.request for e in audit.recent()])

@@ -10,6 +10,7 @@ import sys
 
 from bridgescope.plumbing import api, lab, netns, walklab
 from bridgescope.plumbing.backends import CHOICES
+from bridgescope.plumbing.errors import ValidationError
 
 
 def _common(p: argparse.ArgumentParser, *, mutating: bool = True) -> None:
@@ -119,19 +120,28 @@ def _register_lab(sub: "argparse._SubParsersAction") -> None:
     p.add_argument("--firewall", choices=CHOICES, default="auto")
     p.set_defaults(func=_lab_up)
     p = labp.add_parser("down", help="remove the lab completely (and the guided walk's lab)")
-    p.add_argument("--prefix", default=lab.DEFAULT_PREFIX)
-    p.add_argument("--walk-prefix", default=walklab.DEFAULT_PREFIX,
-                   help="prefix of the guided walk's lab, removed too if it is up (default %(default)s)")
+    p.add_argument("--prefix", default=None, help=f"the lab's prefix (default {lab.DEFAULT_PREFIX})")
+    p.add_argument("--walk-prefix", default=None,
+                   help="prefix of the guided walk's lab, removed too if it is up (default: "
+                        f"{walklab.DEFAULT_PREFIX} without --prefix, else the same prefix)")
     p.set_defaults(func=_lab_down)
 
 
 def _lab_down(args: argparse.Namespace) -> int:
-    lab.lab_down(args.prefix)
-    print(f"lab {args.prefix} removed")
-    walk = walklab.WalkLab(args.walk_prefix)
+    prefix = args.prefix or lab.DEFAULT_PREFIX
+    lab.lab_down(prefix)
+    print(f"lab {prefix} removed")
+    # --prefix P names P's labs only: another prefix's walk lab is none of its business
+    walk_prefix = args.walk_prefix or args.prefix or walklab.DEFAULT_PREFIX
+    try:
+        walk = walklab.WalkLab(walk_prefix)
+    except ValidationError:
+        if args.walk_prefix:
+            raise
+        return 0  # no walk lab can have this prefix
     if any(netns.exists(name) for name in walk.names.all()):
         walk.down()
-        print(f"walk lab {args.walk_prefix} removed")
+        print(f"walk lab {walk_prefix} removed")
     return 0
 
 

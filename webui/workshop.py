@@ -11,7 +11,9 @@ the same lab serves attendees a view they cannot change.
 from __future__ import annotations
 
 import os
+import re
 import threading
+from typing import Callable, Iterable
 
 from flask import Blueprint, Response, abort, current_app, jsonify, redirect, render_template, request, url_for
 from jinja2_fragments.flask import render_block
@@ -22,8 +24,10 @@ from bridgescope.collector.model import to_plain
 from bridgescope.collector.packetpath import namespace_by_name, trace_live
 from bridgescope.plumbing import walklab
 from bridgescope.plumbing.errors import ValidationError
+from bridgescope.plumbing import probe as lab_probe
 from bridgescope.plumbing.walklab import Outcome, WalkLab
 from bridgescope.webui.app import runtime
+from bridgescope.webui.audit import scrub
 from bridgescope.webui.labsource import LabSource
 from bridgescope.webui.stream import open_stream
 
@@ -156,6 +160,17 @@ def walk_state() -> Response:
                     "version": ws.source.version, "findings": to_plain(ws.findings())})
 
 
+def _audit(action: str, commands: Iterable[str], result: str, ok: bool) -> None:
+    """Walk actions change the kernel and start processes: audited like every other change."""
+    info = {"method": request.method, "path": request.path, "action": action,
+            "args": scrub(request.form.items(multi=True))}
+    runtime().audit.record(request.remote_addr or "?", info, commands, result, ok=ok)
+
+
+def _message(err: BridgescopeError) -> str:
+    return getattr(err, "message", str(err))
+
+
 @bp.post("/walk/step/<key>/<action>")
 def walk_action(key: str, action: str) -> tuple[str, int] | str:
     ws = workshop()
@@ -164,35 +179,48 @@ def walk_action(key: str, action: str) -> tuple[str, int] | str:
         abort(404, f"no walk action {action!r}")
     try:
         with ws.lock:
-            ws.last = run(key)
+            try:
+                outcome = ws.last = run(key)
+            except BridgescopeError as err:
+                _audit(f"walk-{action}", getattr(err, "commands", ()), f"error: {_message(err)}", False)
+                raise
+            failed = next((r for r in outcome.ran if not r.ok), None)
+            _audit(f"walk-{action}", [r.command for r in outcome.ran],
+                   f"error: step {key}: {failed.output}" if failed else f"ok: step {key}: {action}",
+                   outcome.ok)
     except BridgescopeError as err:
-        return render_block("workshop_walk.html", "panel",
-                            **_panel_context(getattr(err, "message", str(err)))), 400
+        return render_block("workshop_walk.html", "panel", **_panel_context(_message(err))), 400
+    finally:
+        ws.source.refresh()
+    return render_block("workshop_walk.html", "panel", **_panel_context())
+
+
+def _lifecycle(action: str, change: Callable[[WalkLab], tuple[str, ...]]) -> tuple[str, int] | str:
+    """Reset or remove the walk lab, audited with what it ran; a failure shows in the panel."""
+    ws = workshop()
+    try:
+        with ws.lock:
+            ws.last = None
+            try:
+                commands = change(ws.lab)
+            except (BridgescopeError, OSError) as err:
+                message = _message(err) if isinstance(err, BridgescopeError) else str(err)
+                _audit(action, getattr(err, "commands", ()), f"error: {message}", False)
+                return render_block("workshop_walk.html", "panel", **_panel_context(message)), 500
+            _audit(action, commands, f"ok: {action} of the walk lab {ws.lab.names.prefix}", True)
     finally:
         ws.source.refresh()
     return render_block("workshop_walk.html", "panel", **_panel_context())
 
 
 @bp.post("/walk/reset")
-def walk_reset() -> str:
-    ws = workshop()
-    try:
-        with ws.lock:
-            ws.lab.reset()
-            ws.last = None
-    finally:
-        ws.source.refresh()
-    return render_block("workshop_walk.html", "panel", **_panel_context())
+def walk_reset() -> tuple[str, int] | str:
+    return _lifecycle("walk-reset", WalkLab.reset)
 
 
 @bp.post("/walk/down")
-def walk_down() -> str:
-    ws = workshop()
-    with ws.lock:
-        ws.lab.down()
-        ws.last = None
-    ws.source.refresh()
-    return render_block("workshop_walk.html", "panel", **_panel_context())
+def walk_down() -> tuple[str, int] | str:
+    return _lifecycle("walk-down", WalkLab.down)
 
 
 @bp.get("/walk/events")
@@ -221,7 +249,7 @@ def walk_details(element_id: str) -> str:
 def walk_path() -> tuple[Response, int] | Response:
     ws = workshop()
     try:
-        source_name, dst, port, probe = _path_form(ws)
+        source_name, dst, port, send_probe = _path_form(ws)
         snap = ws.source.snapshot
         src = namespace_by_name(snap, source_name)
         if src is None:
@@ -232,17 +260,27 @@ def walk_path() -> tuple[Response, int] | Response:
                 "elements": list(path.elements), "delivered": path.delivered_to is not None,
                 "delivered_to": (snap.namespace(path.delivered_to).name if path.delivered_to else None),
                 "final": to_plain(path.final)}
-        if probe:
-            from bridgescope.plumbing.probe import send
-            result = send(ws.lab.names.host, src.id, dst, port, prefix=ws.lab.names.prefix)
-            body["probe"] = {"connected": result.connected, "reply": result.reply,
-                             "moved": [{"chain": r.chain, "text": r.text, "packets": d}
-                                       for r, d in result.moved]}
+        if send_probe:
+            body["probe"] = _probe(ws, src, source_name, dst, port)
         return jsonify(body)
     except ValidationError as err:
         return jsonify({"error": str(err), "field": err.field}), 400
     except BridgescopeError as err:
         return jsonify({"error": str(err)}), 400
+
+
+def _probe(ws: Workshop, src, source_name: str, dst: str, port: int) -> dict:
+    """A real connection inside the lab: it moves counters and conntrack, so it is audited."""
+    command = (f"ip netns exec {source_name} curl -s -m {lab_probe.TIMEOUT:g} http://{dst}:{port}/",)
+    try:
+        result = lab_probe.send(ws.lab.names.host, src.id, dst, port, prefix=ws.lab.names.prefix)
+    except BridgescopeError as err:
+        _audit("walk-probe", command, f"error: {_message(err)}", False)
+        raise
+    _audit("walk-probe", command, f"ok: {'connected' if result.connected else 'no connection'}: "
+           f"{result.reply}", True)
+    return {"connected": result.connected, "reply": result.reply,
+            "moved": [{"chain": r.chain, "text": r.text, "packets": d} for r, d in result.moved]}
 
 
 def _path_form(ws: Workshop) -> tuple[str, str, int, bool]:
@@ -252,7 +290,11 @@ def _path_form(ws: Workshop) -> tuple[str, str, int, bool]:
     if source is None:
         raise ValidationError("source", "choose the container, the client or the host")
     choice = request.form.get("destination", "")
-    if not choice.isdigit() or not 0 <= int(choice) < len(DESTINATIONS):
+    # ASCII digits only: str.isdigit() also accepts '²', which int() then refuses
+    if not re.fullmatch(r"[0-9]{1,3}", choice) or not int(choice) < len(DESTINATIONS):
         raise ValidationError("destination", "choose one of the listed destinations")
     _, dst, port = DESTINATIONS[int(choice)]
-    return source, dst, port, request.form.get("probe") == "1"
+    probe = request.form.get("probe", "0")
+    if probe not in ("0", "1"):
+        raise ValidationError("probe", "probe is 1 (send a real probe) or 0")
+    return source, dst, port, probe == "1"

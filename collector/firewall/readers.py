@@ -11,6 +11,7 @@ from __future__ import annotations
 import subprocess
 from dataclasses import dataclass
 
+from bridgescope.collector import tools
 from bridgescope.collector.firewall import nftinfo
 from bridgescope.collector.firewall.nftjson import COMPAT_TABLES, FAMILIES
 from bridgescope.collector.setns import inside
@@ -108,7 +109,7 @@ def _read_names(proc_file: str) -> str:
 
 def start_tool(path: str, argv: list[str]) -> subprocess.Popen | OSError:
     try:
-        return subprocess.Popen(["nsenter", f"--net={path}", "--", *argv], stdin=subprocess.DEVNULL,
+        return subprocess.Popen(tools.nsenter(path, argv), stdin=subprocess.DEVNULL, env=tools.ENV,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     except OSError as err:  # nsenter itself missing
         return err
