@@ -27,7 +27,8 @@ from webui_sources import StaticSource, sample_snapshot
 TOKEN = "s3cret-token"
 BASE = "http://127.0.0.1:8470"
 SAMPLE_ARGS = {"element_id": "ns-1001", "name": "x", "kind": "forward", "filename": "app.js"}
-SESSION = auth.SESSION_HEADER
+SESSION = "X-Bridgescope-Session"
+LOGIN = "/auth/session"
 BEARER = {"Authorization": f"Bearer {TOKEN}"}
 # The only cookie the dashboard ever set held the access token; a page on another local port
 # received it. Whatever a cookie could carry must be useless now.
@@ -56,7 +57,7 @@ def routes(app, methods=("GET", "POST", "PUT", "PATCH", "DELETE")):
 
 def login(client) -> dict[str, str]:
     """A tab's headers after it traded the token for a session: the session and our Origin."""
-    resp = client.post(auth.LOGIN_PATH, base_url=BASE, headers={**BEARER, "Origin": BASE})
+    resp = client.post(LOGIN, base_url=BASE, headers={**BEARER, "Origin": BASE})
     assert resp.status_code == 200 and "Set-Cookie" not in resp.headers
     return {SESSION: resp.get_json()["session"], "Origin": BASE}
 
@@ -119,9 +120,9 @@ def csrf_of_page(html: str) -> str:
 
 def test_a_wrong_token_or_an_unknown_session_is_refused():
     client = make_app().test_client()
-    wrong = client.post(auth.LOGIN_PATH, base_url=BASE, headers={"Authorization": "Bearer nope", "Origin": BASE})
+    wrong = client.post(LOGIN, base_url=BASE, headers={"Authorization": "Bearer nope", "Origin": BASE})
     assert wrong.status_code == 401 and "session" not in wrong.get_json()
-    assert client.post(auth.LOGIN_PATH, base_url=BASE, headers={"Origin": BASE}).status_code == 401
+    assert client.post(LOGIN, base_url=BASE, headers={"Origin": BASE}).status_code == 401
     assert client.get("/", base_url=BASE, headers={"Authorization": "Bearer nope"}).status_code == 401
     # a stale session is told so (401), not handed the boot page again: no reload loop
     assert client.get("/", base_url=BASE, headers={SESSION: "forged"}).status_code == 401
@@ -213,7 +214,7 @@ def test_every_mutation_needs_the_csrf_token():
     mutations = routes(app, ("POST", "PUT", "PATCH", "DELETE"))
     assert len(mutations) >= 8
     for method, url in mutations:
-        if url == auth.LOGIN_PATH:
+        if url == LOGIN:
             continue  # the token itself is the proof there
         missing = client.open(url, method=method, base_url=BASE, data={"name": "x"})
         wrong = client.open(url, method=method, base_url=BASE, headers={"X-CSRF-Token": "nope"})
@@ -249,7 +250,7 @@ def test_changes_need_our_own_origin(headers, allowed):
 
 def test_a_foreign_origin_cannot_open_a_session_even_with_the_token():
     client = make_app().test_client()
-    resp = client.post(auth.LOGIN_PATH, base_url=BASE, headers={**BEARER, "Origin": "http://127.0.0.1:18493"})
+    resp = client.post(LOGIN, base_url=BASE, headers={**BEARER, "Origin": "http://127.0.0.1:18493"})
     assert resp.status_code == 403 and "session" not in resp.get_json()
 
 
@@ -280,7 +281,7 @@ def test_refusals_are_audited_and_a_flood_costs_one_line(tmp_path):
     session = login(client)[SESSION]
     client.post("/api/forwards", base_url=BASE, headers={SESSION: session, "Origin": "http://127.0.0.1:18493"})
     client.post("/api/forwards", base_url=BASE, headers={SESSION: session, "Origin": BASE})
-    client.post(auth.LOGIN_PATH, base_url=BASE, headers={"Authorization": "Bearer nope", "Origin": BASE})
+    client.post(LOGIN, base_url=BASE, headers={"Authorization": "Bearer nope", "Origin": BASE})
     client.get("/", base_url=BASE, headers={"Host": "rebound.example:8470"})
     results = [e["result"] for e in audit_lines(log)]
     assert results == ["refused: unknown or expired session",
@@ -344,7 +345,7 @@ def test_read_only_refuses_every_mutation_and_shows_no_forms():
     client = authed(app)  # signing in is not a change: read-only dashboards have it too
     csrf = csrf_of(client)
     for method, url in routes(app, ("POST", "PUT", "PATCH", "DELETE")):
-        if url == auth.LOGIN_PATH:
+        if url == LOGIN:
             continue
         resp = client.open(url, method=method, base_url=BASE, headers={"X-CSRF-Token": csrf})
         assert resp.status_code == 403 and b"read-only" in resp.data, (method, url)
