@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Callable
 
 from flask import Flask, Response, current_app, g, jsonify, render_template, request
+from markupsafe import escape
 from werkzeug.local import LocalProxy
 
 from bridgescope.collector.errors import BridgescopeError
@@ -262,6 +263,12 @@ def _bearer() -> str | None:
     return auth[7:].strip() if auth.lower().startswith("bearer ") else None
 
 
+def _by_token(p: AccessPolicy, token: str | None) -> tuple[Principal | None, str | None]:
+    if token is None:
+        return None, "no access token"
+    return (Principal("bearer", p.csrf), None) if _same(token, p.token) else (None, "wrong access token")
+
+
 def authenticate(p: AccessPolicy) -> tuple[Principal | None, str | None]:
     """(principal, None), or (None, why) for credentials that do not hold, or (None, None)
     when the request carries none at all."""
@@ -274,7 +281,7 @@ def authenticate(p: AccessPolicy) -> tuple[Principal | None, str | None]:
             return None, "unknown or expired session"
     token = _bearer()
     if token is not None and p.token is not None:
-        return (Principal("bearer", p.csrf), None) if _same(token, p.token) else (None, "wrong access token")
+        return _by_token(p, token)
     if p.token is None:
         return Principal("anonymous", p.csrf), None
     return None, None
@@ -283,10 +290,10 @@ def authenticate(p: AccessPolicy) -> tuple[Principal | None, str | None]:
 # ---- refusals ---------------------------------------------------------------------------------
 
 def _deny(status: int, message: str) -> Response:
-    if request.path.startswith("/api/") or request.accept_mimetypes.best == "application/json":
+    if request.path.startswith(("/api/", "/auth/")) or request.accept_mimetypes.best == "application/json":
         resp = jsonify({"error": message})
     else:
-        resp = Response(f"<!doctype html><title>bridgescope</title><p>{message}</p>",
+        resp = Response(f"<!doctype html><title>bridgescope</title><p>{escape(message)}</p>",
                         mimetype="text/html")
     resp.status_code = status
     return resp
@@ -328,8 +335,8 @@ def guard() -> Response | None:
                                           "dashboard listens on.")
     if request.path.startswith(STATIC_PREFIX):
         return None
-    if request.path == LOGIN_PATH:
-        principal, why = (Principal("bearer", p.csrf), None) if p.token is None else _login_check(p)
+    if request.path == LOGIN_PATH:  # only the token itself opens a session
+        principal, why = (Principal("anonymous", p.csrf), None) if p.token is None else _by_token(p, _bearer())
     else:
         principal, why = authenticate(p)
     if principal is None:
@@ -352,13 +359,6 @@ def guard() -> Response | None:
     if not _same(given, principal.csrf):
         return refuse(403, "CSRF token", "Missing or stale CSRF token: reload the page and try again.")
     return None
-
-
-def _login_check(p: AccessPolicy) -> tuple[Principal | None, str | None]:
-    token = _bearer()
-    if token is None:
-        return None, "no access token"
-    return (Principal("bearer", p.csrf), None) if _same(token, p.token) else (None, "wrong access token")
 
 
 def login() -> Response:
