@@ -6,6 +6,7 @@
   const session = window.bridgescopeSession;
   const box = document.getElementById("boot");
   const message = document.getElementById("boot-message");
+  const EXPIRED = "This tab's session has expired or the dashboard was restarted. ";
   const SIGN_IN = ["Open the URL that ", ["code", "bridgescope serve"], " printed (it ends in ",
     ["code", "?token=…"], ") in this tab."];
 
@@ -50,7 +51,9 @@
       if (!sid) { say("signed-out", ["This access token is not the dashboard's. ", ...SIGN_IN]); return; }
       session.set(sid);
     } else {
-      sid = session.id() || await session.askOtherTabs();
+      const expired = session.wasSignedOut();
+      sid = session.id() || (expired ? null : await session.askOtherTabs());
+      if (expired && !sid) { say("signed-out", [EXPIRED, ...SIGN_IN]); return; }
       if (!sid) {
         say("signed-out", ["This tab has no session. ", ...SIGN_IN,
           " A link opened from a tab of the dashboard works as long as that tab stays open."]);
@@ -61,7 +64,7 @@
     const resp = await fetch(url, { credentials: "same-origin", headers: session.headers({ Accept: "text/html" }) });
     if (resp.status === 401) {
       session.clear();
-      say("signed-out", ["This tab's session has expired or the dashboard was restarted. ", ...SIGN_IN]);
+      say("signed-out", [EXPIRED, ...SIGN_IN]);
       return;
     }
     show(resp, await resp.text());

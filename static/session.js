@@ -4,6 +4,7 @@
 // Loaded in <head> of the boot page and of every page, before htmx (no inline script: CSP).
 (function () {
   const KEY = "bridgescope-session";
+  const EXPIRED = "bridgescope-session-expired";
   const HEADER = "X-Bridgescope-Session";
   const CHANNEL = "bridgescope-session";  // BroadcastChannel: same-origin documents only
   const ASK_MS = 600;
@@ -37,10 +38,16 @@
       return sid ? { ...(extra || {}), [HEADER]: sid } : { ...(extra || {}) };
     }
 
-    // The server forgot this session (expired, or it restarted): start over on the boot page.
+    // The server forgot this session (expired, or it restarted): start over on the boot page,
+    // which then says so.
     function signOut() {
       clear();
+      try { sessionStorage.setItem(EXPIRED, "1"); } catch (e) { /* ignore */ }
       window.location.reload();
+    }
+
+    function wasSignedOut() {
+      try { const was = sessionStorage.getItem(EXPIRED); sessionStorage.removeItem(EXPIRED); return !!was; } catch (e) { return false; }
     }
 
     async function authFetch(url, options) {
@@ -50,7 +57,7 @@
       return resp;
     }
 
-    return { HEADER, id: read, set: write, clear, askOtherTabs, headers, fetch: authFetch, signOut, eventStream };
+    return { HEADER, id: read, set: write, clear, askOtherTabs, headers, fetch: authFetch, signOut, wasSignedOut, eventStream };
   }
 
   // ---- Server-Sent Events over fetch (EventSource cannot send a header) -------------------------
