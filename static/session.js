@@ -52,6 +52,9 @@
 
     async function authFetch(url, options) {
       const opts = options || {};
+      if (new URL(String(url), window.location.href).origin !== window.location.origin) {
+        throw new Error(`the session goes to this dashboard only, not to ${url}`);
+      }
       const resp = await fetch(url, { ...opts, credentials: "same-origin", headers: headers(opts.headers) });
       if (resp.status === 401 && read()) signOut();
       return resp;
