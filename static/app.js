@@ -1,6 +1,7 @@
 // bridgescope dashboard: the live topology graph.
 //
-// One EventSource per tab: the server sends the whole graph on (re)connect, then deltas.
+// One event stream per tab (read with fetch, with this tab's session: see session.js): the
+// server sends the whole graph on (re)connect, then deltas.
 // Elements arrive with server-computed positions (preset layout), so updates never re-run a
 // global layout: existing nodes stay where the user saw them, newcomers land where the server
 // put them (next to their bridge) or, after a client-side "Tidy", next to a neighbour.
@@ -14,14 +15,14 @@ const SMALL_GRAPH = 400; // visible elements: up to this, the first picture is l
 const FLASH_MS = 1600;
 
 const byId = (id) => document.getElementById(id);
+const session = window.bridgescopeSession;
 const container = byId("topology"); // not id="cy": that would shadow window.cy
 const liveBadge = byId("live");
 const statusLine = byId("graph-status");
 
 const state = {
   version: null,
-  source: null,
-  retryMs: 1000,
+  source: null, // the live event stream (session.eventStream)
   relaidOut: false, // after fcose, server positions no longer match the picture
   showLoopback: false,
   showUnrelated: !container.dataset.focusHost,
@@ -287,27 +288,21 @@ function setLive(mode) {
 }
 
 function connect() {
-  const es = new EventSource(container.dataset.events);
-  state.source = es;
-  es.addEventListener("open", () => { setLive("live"); state.retryMs = 1000; });
-  es.addEventListener("graph", (m) => applyGraph(JSON.parse(m.data)));
-  es.addEventListener("delta", (m) => applyDelta(JSON.parse(m.data)));
-  es.addEventListener("error", () => {
-    setLive("reconnecting");
-    if (es.readyState === EventSource.CLOSED) { // refused (401/503...): retry by hand, backing off
-      setTimeout(() => { if (state.source === es) connect(); }, state.retryMs);
-      state.retryMs = Math.min(state.retryMs * 2, 15000);
-    }
+  state.source = session.eventStream(container.dataset.events, {
+    open: () => setLive("live"),
+    down: () => setLive("reconnecting"),
+    event: (name, data) => {
+      if (name === "graph") applyGraph(JSON.parse(data));
+      else if (name === "delta") applyDelta(JSON.parse(data));
+    },
   });
 }
 
 function reconnect(why) {
-  if (state.source) state.source.close();
-  state.source = null;
   state.version = null;
   setLive("reconnecting");
   statusLine.textContent = why;
-  connect();
+  state.source.restart();
 }
 
 // ---- details panel -------------------------------------------------------------------------------
@@ -470,7 +465,7 @@ async function setLoopback(on) {
   }
   cy.nodes('[kind = "loopback"]').removeClass("hidden");
   // The live stream may leave loopback out; fetch it once from the graph API.
-  const resp = await fetch("/api/graph?loopback=1", { credentials: "same-origin" });
+  const resp = await session.fetch("/api/graph?loopback=1");
   if (!resp.ok) return;
   const all = await resp.json();
   const lo = all.filter((e) => e.data.kind === "loopback");
@@ -518,6 +513,15 @@ function wireToolbar() {
     window.cy.fit(window.cy.elements(":visible"), 30);
   });
   byId("tidy").addEventListener("click", () => tidy(true));
+  const json = byId("export-json");  // a plain link would go without the session header
+  if (json) json.addEventListener("click", async (evt) => {
+    evt.preventDefault();
+    const resp = await session.fetch(json.href, { headers: { Accept: "application/json" } });
+    if (!resp.ok) return;
+    const url = URL.createObjectURL(await resp.blob());
+    download(url, "bridgescope-topology.json");
+    setTimeout(() => URL.revokeObjectURL(url), 5000);
+  });
   byId("export-png").addEventListener("click", async () => {
     const cy = window.cy;
     if (!cy) return;

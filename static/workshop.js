@@ -3,6 +3,7 @@
 // The graph itself is app.js's (window.cy); this file only decorates it.
 
 const byId = (id) => document.getElementById(id);
+const session = window.bridgescopeSession;  // every request carries this tab's session
 const csrf = document.querySelector('meta[name="csrf-token"]').content;
 const walkSide = byId("ws-walk");
 const SEVERITIES = ["error", "warning", "info"];
@@ -28,7 +29,7 @@ function decorate(cy) {
 }
 
 async function getJSON(url) {
-  const resp = await fetch(url, { credentials: "same-origin", headers: { Accept: "application/json" } });
+  const resp = await session.fetch(url, { headers: { Accept: "application/json" } });
   return resp.json();
 }
 
@@ -84,8 +85,8 @@ function highlightPath(ids) {
 // ---- the walk ------------------------------------------------------------------------------
 
 async function post(url, body) {
-  return fetch(url, {
-    method: "POST", credentials: "same-origin", body,
+  return session.fetch(url, {
+    method: "POST", body,
     headers: { "X-CSRF-Token": csrf, Accept: "text/html, application/json" },
   });
 }
@@ -121,7 +122,7 @@ function follow() {
     const key = JSON.stringify([state.up, state.progress, state.findings.map((f) => f.id)]);
     if (key === seen) return;
     seen = key;
-    const resp = await fetch(walkSide.dataset.panel, { credentials: "same-origin" });
+    const resp = await session.fetch(walkSide.dataset.panel);
     byId("ws-panel").innerHTML = await resp.text();
     refreshBadges();
   }, 1500);

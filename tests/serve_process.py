@@ -50,6 +50,15 @@ def wait_until_answering(proc: subprocess.Popen, url: str, *, headers: dict[str,
     raise RuntimeError(f"bridgescope serve did not start (exit status {proc.poll()}):\n{output}")
 
 
+def login(base: str, token: str) -> dict[str, str]:
+    """What a tab does once: trade the access token for a session. Returns the headers its
+    requests then carry (the session, and our own Origin, which every change needs)."""
+    resp = requests.post(base + "/auth/session", timeout=10,
+                         headers={"Authorization": f"Bearer {token}", "Origin": base})
+    resp.raise_for_status()
+    return {"X-Bridgescope-Session": resp.json()["session"], "Origin": base}
+
+
 def stop(proc: subprocess.Popen) -> None:
     proc.terminate()
     try:

@@ -6,6 +6,7 @@ CSP forbids eval, which Playwright's wait_for_function needs.
 """
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -94,8 +95,9 @@ def page(browser, server, request, artifacts_dir):
     # A 422 is how the server answers a form with a marked field; anything else counts.
     pg.on("console", lambda m: errors.append(m.text) if m.type == "error" and "status of 422" not in m.text else None)
     pg.goto(f"{server}/?token={TOKEN}")
-    assert "token=" not in pg.url  # traded for the cookie
+    assert "token=" not in pg.url  # traded for this tab's session, in sessionStorage
     wait_js(pg, "!!(window.cy && window.cy.nodes && window.cy.nodes().length > 0)", 120)
+    assert context.cookies() == []  # nothing a page on another port could be sent
     yield pg
     pg.screenshot(path=str(artifacts_dir / f"dashboard-{request.node.name}.png"))
     context.close()
@@ -247,3 +249,43 @@ def test_collapsing_namespaces_keeps_their_links(page, lab):
     assert "docker0" in linked  # the bridge now links straight to the folded box
     page.uncheck("#collapse-ns")
     wait_js(page, f"!cy.getElementById({c1!r}).hasClass('collapsed') && cy.edges('.collapsed-edge').length === 0")
+
+
+def test_a_tab_without_a_session_says_how_to_get_one(browser, server, page, artifacts_dir):
+    # a link opened from a signed-in tab asks it for the session (same origin, BroadcastChannel)
+    sibling = page.context.new_page()
+    sibling.goto(f"{server}/tables/")
+    wait_js(sibling, "!!document.getElementById('tables')")
+    assert sibling.evaluate("sessionStorage.getItem('bridgescope-session')") == \
+        page.evaluate("sessionStorage.getItem('bridgescope-session')")
+    sibling.close()
+    # a fresh browser profile has nothing: the boot page, no data, and what to do
+    for name, url in (("no-session", f"{server}/"), ("wrong-token", f"{server}/?token=wrong")):
+        context = browser.new_context(viewport={"width": 1366, "height": 768})
+        lone = context.new_page()
+        lone.goto(url)
+        wait_js(lone, "document.getElementById('boot').dataset.state === 'signed-out'")
+        text = lone.inner_text("#boot")
+        assert "bridgescope serve" in text and "?token=" in text, text
+        assert "token=" not in lone.url and not lone.locator("#topology").count()
+        lone.screenshot(path=str(artifacts_dir / f"boot-{name}.png"))
+        context.close()
+    # a session the server no longer knows (expired, or a restart): said so, no reload loop
+    context = browser.new_context(viewport={"width": 1366, "height": 768})
+    tab = context.new_page()
+    tab.goto(f"{server}/audit?token={TOKEN}")
+    wait_js(tab, "!!document.getElementById('theme-toggle')")
+    tab.evaluate("sessionStorage.setItem('bridgescope-session', 'forgotten-by-the-server')")
+    tab.reload()
+    wait_js(tab, "!!document.getElementById('boot') && document.getElementById('boot').dataset.state === 'signed-out'")
+    assert "session has expired" in tab.inner_text("#boot")
+    tab.screenshot(path=str(artifacts_dir / "boot-expired.png"))
+    context.close()
+
+
+def test_json_export_downloads_with_the_session(page):
+    with page.expect_download() as dl:
+        page.click("#export-json")
+    assert dl.value.suggested_filename == "bridgescope-topology.json"
+    data = json.loads(Path(dl.value.path()).read_text())
+    assert any(pf["host_port"] == 8080 for pf in data["port_forwards"])

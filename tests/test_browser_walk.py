@@ -15,6 +15,8 @@ from bridgescope.plumbing.walklab import WalkLab
 
 pytestmark = [pytest.mark.browser, pytest.mark.kernel]
 
+TOKEN = "walk-test-token"
+
 
 @pytest.fixture
 def served_walk(run_prefix, tmp_path, monkeypatch):
@@ -27,9 +29,10 @@ def served_walk(run_prefix, tmp_path, monkeypatch):
     try:
         lab.up()
         port = serve_process.free_port()
-        proc = serve_process.start(lab.names.host, port, args=("--no-auth",), env=env)
+        proc = serve_process.start(lab.names.host, port, env={**env, "BRIDGESCOPE_TOKEN": TOKEN})
         base = f"http://127.0.0.1:{port}"
-        serve_process.wait_until_answering(proc, base + "/workshop/walk")
+        serve_process.wait_until_answering(proc, base + "/workshop/walk",
+                                           headers={"Authorization": f"Bearer {TOKEN}"})
         yield base, lab
     finally:
         if proc is not None:
@@ -75,7 +78,9 @@ def test_the_walk_end_to_end(served_walk, browser, artifacts_dir):
     errors: list[str] = []
     page = browser.new_page(viewport={"width": 1600, "height": 1000})
     page.on("pageerror", lambda e: errors.append(str(e)))
-    page.goto(base + "/workshop/walk")
+    page.goto(base + f"/workshop/walk?token={TOKEN}")  # each browser.new_page is a new profile
+    page.wait_for_selector(".ws-step")  # the boot page fetched the real one with the session
+    assert "token=" not in page.url
     keys = [s.key for s in steps(lab.names)]
     assert page.locator(".ws-step").count() == len(keys)
 
@@ -96,7 +101,7 @@ def test_the_walk_end_to_end(served_walk, browser, artifacts_dir):
     shoot(page, artifacts_dir / "walk-wrong-turn.png")
 
     doctor = browser.new_page(viewport={"width": 1600, "height": 1000})
-    doctor.goto(base + "/workshop/doctor?lab=1")
+    doctor.goto(base + f"/workshop/doctor?lab=1&token={TOKEN}")
     doctor.wait_for_selector(".ws-finding")
     assert "addr-no-prefix" in doctor.inner_text("#ws-findings")
     wait_badge(doctor, "eth0")
@@ -136,7 +141,8 @@ def test_the_walk_end_to_end(served_walk, browser, artifacts_dir):
     assert "present=1" in page.url
     shoot(page, artifacts_dir / "walk-present.png")
     attendee = browser.new_page(viewport={"width": 1280, "height": 800})
-    attendee.goto(base + "/workshop/walk?follow=1")
+    attendee.goto(base + f"/workshop/walk?follow=1&token={TOKEN}")
+    attendee.wait_for_selector(".ws-step")
     assert attendee.locator("[data-ws-post]").count() == 0
     assert attendee.locator(".ws-step[data-status=done]").count() == len(keys)
 

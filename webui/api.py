@@ -42,7 +42,7 @@ def graph() -> Response:
 
 @bp.get("/session")
 def session() -> Response:
-    return jsonify({"csrf_token": auth.policy().csrf, "read_only": runtime().settings.read_only})
+    return jsonify({"csrf_token": auth.current_csrf(), "read_only": runtime().settings.read_only})
 
 
 @bp.get("/audit")

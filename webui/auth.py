@@ -1,9 +1,14 @@
-"""Who may talk to the dashboard: access token, CSRF token, Host check, security headers.
+"""Who may talk to the dashboard: sessions bound to the origin, CSRF, Origin and Host checks.
 
-The dashboard runs as root and can rewrite a host's firewall, so every request needs the
-access token (cookie, `?token=` once, or `Authorization: Bearer`), every mutation needs the
-CSRF token as well, and the Host header must name the address we listen on: a page on an
-attacker's site that rebinds its DNS name to 127.0.0.1 then still cannot talk to us.
+The dashboard runs as root and can rewrite a host's firewall. Browsers send a cookie for
+127.0.0.1 to every port of 127.0.0.1, so no cookie carries anything here: a tab proves itself
+with a per-tab session secret it keeps in sessionStorage (scoped to scheme, host and port) and
+sends as a header. It gets that secret once, by trading the access token for it
+(POST /auth/session with `Authorization: Bearer`); scripts may send the token itself on every
+request. A navigation carries no header, so it gets a generic boot page (no data, no secret)
+whose script fetches the real page with the header. Every mutation needs the session's CSRF
+token and an Origin that is ours, and the Host header must name the address we listen on (DNS
+rebinding). Every refusal is audited, identical ones at most once a minute per client.
 """
 from __future__ import annotations
 
@@ -11,17 +16,25 @@ import hmac
 import ipaddress
 import os
 import secrets
-from dataclasses import dataclass
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlencode
+from typing import Callable
 
-from flask import Flask, Response, current_app, jsonify, redirect, request
+from flask import Flask, Response, current_app, g, jsonify, render_template, request
+from markupsafe import escape
+from werkzeug.local import LocalProxy
 
 from bridgescope.collector.errors import BridgescopeError
 
 MUTATING_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 CSRF_HEADER = "X-CSRF-Token"
 CSRF_FIELD = "csrf_token"
+SESSION_HEADER = "X-Bridgescope-Session"
+LOGIN_PATH = "/auth/session"
+STATIC_PREFIX = "/static/"  # the vendored and our own scripts and styles: public, no secret
 
 # No inline script or style anywhere: everything comes from /static. Cytoscape and htmx
 # style elements through the CSSOM, which style-src does not govern.
@@ -33,17 +46,89 @@ CONTENT_SECURITY_POLICY = (
 
 
 @dataclass(frozen=True)
+class Principal:
+    """Who a request speaks for: a browser tab's session, a script with the token, or anyone
+    (--no-auth). Each has the CSRF token its mutations must carry."""
+    kind: str  # "session" | "bearer" | "anonymous"
+    csrf: str
+
+
+@dataclass
+class _Entry:
+    csrf: str
+    seen: float
+
+
+class Sessions:
+    """Per-tab sessions in memory: forgotten after `idle` seconds unused, at most `cap` of them
+    (the least recently used goes first). A restart signs every tab out, by design."""
+
+    def __init__(self, idle: float = 12 * 3600, cap: int = 256, clock=time.monotonic):
+        self.idle, self.cap, self._clock = idle, cap, clock
+        self._by_id: OrderedDict[str, _Entry] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def open(self) -> str:
+        sid = secrets.token_urlsafe(32)
+        with self._lock:
+            self._by_id[sid] = _Entry(secrets.token_urlsafe(24), self._clock())
+            while len(self._by_id) > self.cap:
+                self._by_id.popitem(last=False)
+        return sid
+
+    def csrf_of(self, sid: str) -> str | None:
+        """The session's CSRF token (and it counts as used), or None if unknown or expired."""
+        now = self._clock()
+        with self._lock:
+            entry = self._by_id.get(sid)
+            if entry is None:
+                return None
+            if now - entry.seen > self.idle:
+                del self._by_id[sid]
+                return None
+            entry.seen = now
+            self._by_id.move_to_end(sid)
+            return entry.csrf
+
+    def __len__(self) -> int:
+        return len(self._by_id)
+
+
+class RefusalLimiter:
+    """Says whether a refusal is worth an audit line: the first of its kind (client, reason) in
+    each minute is, the rest are only counted and reported with the next one written. A flood
+    then costs at most one line per reason per client per minute."""
+
+    def __init__(self, window: float = 60.0, max_keys: int = 4096, clock=time.monotonic):
+        self.window, self.max_keys, self._clock = window, max_keys, clock
+        self._seen: dict[tuple[str, str], list[float | int]] = {}
+        self._lock = threading.Lock()
+
+    def admit(self, client: str, reason: str) -> int | None:
+        """None: count it, write nothing. Else write it, noting this many suppressed before."""
+        now, key = self._clock(), (client, reason)
+        with self._lock:
+            slot = self._seen.get(key)
+            if slot is not None and now - slot[0] < self.window:
+                slot[1] += 1
+                return None
+            if len(self._seen) >= self.max_keys:
+                self._seen = {k: v for k, v in self._seen.items() if now - v[0] < self.window}
+                if len(self._seen) >= self.max_keys:
+                    return None  # a flood from very many clients: still bounded
+            self._seen[key] = [now, 0]
+            return slot[1] if slot is not None else 0
+
+
+@dataclass(frozen=True)
 class AccessPolicy:
     token: str | None  # None only when --no-auth was given explicitly
-    csrf: str
+    csrf: str  # for scripts holding the token, and for everyone under --no-auth
     listen_host: str
     listen_port: int
     extra_hosts: frozenset[str] = frozenset()
-
-    @property
-    def cookie_name(self) -> str:
-        # Cookies ignore ports: two dashboards on one machine must not overwrite each other.
-        return f"bridgescope_token_{self.listen_port}"
+    sessions: Sessions = field(default_factory=Sessions, compare=False, repr=False)
+    refusals: RefusalLimiter = field(default_factory=RefusalLimiter, compare=False, repr=False)
 
 
 def new_token() -> str:
@@ -87,14 +172,14 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def _split_host_header(value: str) -> tuple[str, int] | None:
+def _split_host_header(value: str, default_port: int = 80) -> tuple[str, int] | None:
     value = value.strip().lower()
     if value.startswith("["):
         name, _, rest = value[1:].partition("]")
-        port = rest[1:] if rest.startswith(":") else "80"
+        port = rest[1:] if rest.startswith(":") else str(default_port)
     else:
         name, _, port = value.partition(":")
-        port = port or "80"
+        port = port or str(default_port)
     return (name, int(port)) if port.isdigit() else None
 
 
@@ -119,6 +204,35 @@ def host_allowed(header: str, policy: AccessPolicy) -> bool:
     return addr == ipaddress.ip_address(listen)
 
 
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def same_origin(origin: str, scheme: str, host_header: str) -> bool:
+    """Is this Origin header exactly the origin the request was sent to (scheme, host, port)?"""
+    o_scheme, sep, rest = origin.strip().lower().partition("://")
+    if not sep or o_scheme not in _DEFAULT_PORTS or "/" in rest:
+        return False
+    theirs = _split_host_header(rest, _DEFAULT_PORTS[o_scheme])
+    ours = _split_host_header(host_header, _DEFAULT_PORTS.get(scheme, 80))
+    return o_scheme == scheme and theirs is not None and theirs == ours
+
+
+def origin_problem(origin: str | None, fetch_site: str | None, scheme: str, host_header: str,
+                   principal: Principal) -> str | None:
+    """Why a mutation's Origin / Sec-Fetch-Site show it did not come from our own pages (None:
+    it did). A browser always sends one of them; only a script without either may pass, and
+    only with the token (or under --no-auth)."""
+    if fetch_site not in (None, "same-origin", "none"):
+        return f"cross-site request (Sec-Fetch-Site: {fetch_site})"
+    if origin and origin != "null":
+        return None if same_origin(origin, scheme, host_header) else f"foreign Origin {origin!r}"
+    if fetch_site == "same-origin":
+        return None
+    if fetch_site is None and origin is None and principal.kind != "session":
+        return None
+    return "no Origin and no Sec-Fetch-Site: same-origin"
+
+
 def _same(a: str | None, b: str | None) -> bool:
     return bool(a) and bool(b) and hmac.compare_digest(a.encode(), b.encode())
 
@@ -127,73 +241,136 @@ def policy() -> AccessPolicy:
     return current_app.extensions["bridgescope_access"]
 
 
-def _presented_token() -> str | None:
-    auth = request.headers.get("Authorization", "")
-    if auth.lower().startswith("bearer "):
-        return auth[7:].strip()
-    return request.cookies.get(policy().cookie_name)
+def current_csrf() -> str:
+    """The CSRF token of the request's principal ("" before authentication)."""
+    principal = g.get("bridgescope_principal")
+    return principal.csrf if principal is not None else ""
 
+
+def session_keeper() -> Callable[[], bool]:
+    """For a response that outlives its request (the event stream): a check, callable from
+    its generator, that the request's session still exists; each call counts as use, so an
+    open live view keeps its tab signed in."""
+    p, principal = policy(), g.get("bridgescope_principal")
+    sid = (request.headers.get(SESSION_HEADER) or "").strip()
+    if principal is None or principal.kind != "session":
+        return lambda: True
+    return lambda: p.sessions.csrf_of(sid) is not None
+
+
+def _bearer() -> str | None:
+    auth = request.headers.get("Authorization", "")
+    return auth[7:].strip() if auth.lower().startswith("bearer ") else None
+
+
+def _by_token(p: AccessPolicy, token: str | None) -> tuple[Principal | None, str | None]:
+    if token is None:
+        return None, "no access token"
+    return (Principal("bearer", p.csrf), None) if _same(token, p.token) else (None, "wrong access token")
+
+
+def authenticate(p: AccessPolicy) -> tuple[Principal | None, str | None]:
+    """(principal, None), or (None, why) for credentials that do not hold, or (None, None)
+    when the request carries none at all."""
+    sid = request.headers.get(SESSION_HEADER)
+    if sid is not None:
+        csrf = p.sessions.csrf_of(sid.strip())
+        if csrf:
+            return Principal("session", csrf), None
+        if p.token is not None:  # under --no-auth a stale session from an earlier run is moot
+            return None, "unknown or expired session"
+    token = _bearer()
+    if token is not None and p.token is not None:
+        return _by_token(p, token)
+    if p.token is None:
+        return Principal("anonymous", p.csrf), None
+    return None, None
+
+
+# ---- refusals ---------------------------------------------------------------------------------
 
 def _deny(status: int, message: str) -> Response:
-    if request.path.startswith("/api/") or request.accept_mimetypes.best == "application/json":
+    if request.path.startswith(("/api/", "/auth/")) or request.accept_mimetypes.best == "application/json":
         resp = jsonify({"error": message})
     else:
-        resp = Response(f"<!doctype html><title>bridgescope</title><p>{message}</p>",
+        resp = Response(f"<!doctype html><title>bridgescope</title><p>{escape(message)}</p>",
                         mimetype="text/html")
     resp.status_code = status
     return resp
 
 
-def _url_without_token() -> str:
-    args = [(k, v) for k, v in request.args.items(multi=True) if k != "token"]
-    return request.path + (f"?{urlencode(args)}" if args else "")
+def refuse(status: int, reason: str, message: str) -> Response:
+    """Refuse the request and write it to the audit log (rate-limited per client and reason)."""
+    p, client = policy(), request.remote_addr or "?"
+    suppressed = p.refusals.admit(client, reason)
+    if suppressed is not None:
+        info = {"method": request.method, "path": request.path}
+        for name in ("Origin", "Sec-Fetch-Site"):
+            if request.headers.get(name) is not None:
+                info[name.lower()] = request.headers[name]
+        more = f" (+{suppressed} more like it in the minute before)" if suppressed else ""
+        current_app.extensions["bridgescope"].audit.record(
+            client, info, (), f"refused: {reason}{more}", ok=False)
+    return _deny(status, message)
 
 
-def _token_check(p: AccessPolicy) -> Response | None:
-    given = request.args.get("token")
-    if given is not None:
-        if not _same(given, p.token):
-            return _deny(401, "Wrong access token. Open the URL that bridgescope serve printed.")
-        # Like Jupyter: trade the URL token for a cookie, then drop it from the address bar.
-        resp = redirect(_url_without_token(), code=303)
-        resp.set_cookie(p.cookie_name, given, httponly=True, samesite="Strict", path="/")
-        return resp
-    if not _same(_presented_token(), p.token):
-        return _deny(401, "This dashboard needs its access token: open the URL that "
-                          "bridgescope serve printed (it ends in ?token=...).")
-    return None
+SIGN_IN = "open the URL that bridgescope serve printed (it ends in ?token=...)"
 
 
-def _csrf_check(p: AccessPolicy) -> Response | None:
-    if request.headers.get("Sec-Fetch-Site", "same-origin") not in ("same-origin", "none"):
-        return _deny(403, "Cross-site request refused.")
-    given = request.headers.get(CSRF_HEADER) or request.form.get(CSRF_FIELD)
-    if not _same(given, p.csrf):
-        return _deny(403, "Missing or stale CSRF token: reload the page and try again.")
-    return None
+def boot_page() -> Response:
+    """What a navigation (no header can ride along) gets: no data, no secret, just the script
+    that fetches the real page with this tab's session."""
+    return Response(render_template("boot.html"), mimetype="text/html")
+
+
+def _wants_boot_page() -> bool:
+    return request.method in ("GET", "HEAD") and not request.path.startswith("/api/")
 
 
 def guard() -> Response | None:
-    """before_request: Host, token, read-only and CSRF, in that order."""
+    """before_request: Host, credentials, Origin, read-only and CSRF, in that order."""
     p = policy()
     if not host_allowed(request.host, p):
-        return _deny(403, f"Host {request.host!r} is not the address this dashboard listens on.")
-    if p.token is not None:
-        denied = _token_check(p)
-        if denied is not None:
-            return denied
-    if request.method in MUTATING_METHODS:
-        if current_app.config.get("READ_ONLY"):
-            return _deny(403, "This dashboard is read-only (started with --read-only).")
-        return _csrf_check(p)
+        return refuse(403, "Host header", f"Host {request.host!r} is not the address this "
+                                          "dashboard listens on.")
+    if request.path.startswith(STATIC_PREFIX):
+        return None
+    if request.path == LOGIN_PATH:  # only the token itself opens a session
+        principal, why = (Principal("anonymous", p.csrf), None) if p.token is None else _by_token(p, _bearer())
+    else:
+        principal, why = authenticate(p)
+    if principal is None:
+        if why is None and _wants_boot_page():
+            return boot_page()
+        reason = why or "no session or access token"
+        return refuse(401, reason, f"This dashboard needs a session ({reason}): {SIGN_IN}.")
+    g.bridgescope_principal = principal
+    if request.method not in MUTATING_METHODS:
+        return None
+    why = origin_problem(request.headers.get("Origin"), request.headers.get("Sec-Fetch-Site"),
+                         request.scheme, request.host, principal)
+    if why is not None:
+        return refuse(403, f"origin: {why}", f"Cross-site request refused: {why}.")
+    if request.path == LOGIN_PATH:
+        return None
+    if current_app.config.get("READ_ONLY"):
+        return refuse(403, "read-only", "This dashboard is read-only (started with --read-only).")
+    given = request.headers.get(CSRF_HEADER) or request.form.get(CSRF_FIELD)
+    if not _same(given, principal.csrf):
+        return refuse(403, "CSRF token", "Missing or stale CSRF token: reload the page and try again.")
     return None
+
+
+def login() -> Response:
+    """POST /auth/session: the access token (Authorization: Bearer) buys a tab its session."""
+    return jsonify({"session": policy().sessions.open(), "header": SESSION_HEADER})
 
 
 def secure_headers(resp: Response) -> Response:
     resp.headers.setdefault("Content-Security-Policy", CONTENT_SECURITY_POLICY)
     resp.headers["X-Content-Type-Options"] = "nosniff"
     resp.headers["X-Frame-Options"] = "DENY"
-    resp.headers["Referrer-Policy"] = "no-referrer"  # the token must never leak in a Referer
+    resp.headers["Referrer-Policy"] = "no-referrer"  # the first URL holds the token
     resp.headers.setdefault("Cache-Control", "no-store")
     return resp
 
@@ -202,6 +379,8 @@ def install(app: Flask, access: AccessPolicy) -> None:
     app.extensions["bridgescope_access"] = access
     app.before_request(guard)
     app.after_request(secure_headers)
+    app.add_url_rule(LOGIN_PATH, "auth.login", login, methods=["POST"])
 
-    # Globals, not a context processor: imported form macros see them too.
-    app.jinja_env.globals.update(csrf_token=access.csrf, csrf_field=CSRF_FIELD)
+    # Globals, not a context processor: imported form macros see them too. The proxy reads
+    # the CSRF token of the request being rendered.
+    app.jinja_env.globals.update(csrf_token=LocalProxy(current_csrf), csrf_field=CSRF_FIELD)

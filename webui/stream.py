@@ -1,10 +1,11 @@
 """GET /api/events: one Server-Sent Events stream per tab.
 
 The Watcher hands every new subscriber the whole graph first, then deltas; each event carries
-the topology version as its SSE id, so a browser that reconnects (EventSource does that by
-itself) gets a fresh full graph and resynchronises. A comment line every `heartbeat` seconds
-keeps proxies from timing out and makes a vanished client surface as a failed write, which
-closes the response and unsubscribes it.
+the topology version as its SSE id, so a browser that reconnects gets a fresh full graph and
+resynchronises; pages read it with fetch(), since EventSource cannot send the session header.
+A comment line every `heartbeat` seconds keeps proxies from timing out and makes a vanished
+client surface as a failed write, which closes the response and unsubscribes it; a stream
+whose session has expired ends there too.
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from typing import Callable, Iterator
 
 from flask import Blueprint, Response, jsonify
 
+from bridgescope.webui import auth
 from bridgescope.webui.app import runtime
 
 bp = Blueprint("stream", __name__)
@@ -60,7 +62,8 @@ class EncodedEvents:
 ENCODED = EncodedEvents()
 
 
-def _messages(q: "queue.Queue", heartbeat: float, closing: threading.Event) -> Iterator[str]:
+def _messages(q: "queue.Queue", heartbeat: float, closing: threading.Event,
+              signed_in: Callable[[], bool] = lambda: True) -> Iterator[str]:
     # The first bytes go out at once so the client sees the headers (and "live") immediately.
     yield ": hello\n\n"
     quiet_since = time.monotonic()
@@ -69,6 +72,8 @@ def _messages(q: "queue.Queue", heartbeat: float, closing: threading.Event) -> I
             event = q.get(timeout=min(heartbeat, 1.0))
         except queue.Empty:
             if time.monotonic() - quiet_since >= heartbeat:
+                if not signed_in():  # the session expired or was dropped: so does its view
+                    return
                 quiet_since = time.monotonic()
                 yield ": keepalive\n\n"
             continue
@@ -113,24 +118,8 @@ def open_stream(get_source: Callable[[], "object"]) -> Response:
         source.unsubscribe(q)
         rt.close_stream()
 
-    resp = Response(_messages(q, rt.settings.heartbeat, rt.closing), mimetype="text/event-stream",
-                    headers=SSE_HEADERS)
-    # call_on_close runs even when the generator never started (a client that left at once).
-    resp.call_on_close(_once(cleanup))
-    return resp
-    try:
-        source = rt.source
-        q = source.subscribe()
-    except BaseException:
-        rt.close_stream()
-        raise
-
-    def cleanup() -> None:
-        source.unsubscribe(q)
-        rt.close_stream()
-
-    resp = Response(_messages(q, rt.settings.heartbeat, rt.closing), mimetype="text/event-stream",
-                    headers=SSE_HEADERS)
+    messages = _messages(q, rt.settings.heartbeat, rt.closing, auth.session_keeper())
+    resp = Response(messages, mimetype="text/event-stream", headers=SSE_HEADERS)
     # call_on_close runs even when the generator never started (a client that left at once).
     resp.call_on_close(_once(cleanup))
     return resp
