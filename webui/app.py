@@ -16,7 +16,7 @@ from flask import Flask
 
 import bridgescope.static
 import bridgescope.templates
-from bridgescope.webui import auth
+from bridgescope.webui import auth, bodies
 from bridgescope.webui.audit import AuditLog
 
 # Every blueprint of the dashboard, as "module:attribute". Add yours with one line.
@@ -132,6 +132,7 @@ def create_app(config: dict | None = None) -> Flask:
     auth.install(app, auth.AccessPolicy(
         token=settings.token, csrf=auth.new_token(), listen_host=listen_host,
         listen_port=listen_port, extra_hosts=frozenset(h.lower() for h in settings.allowed_hosts)))
+    bodies.install(app)
     audit = AuditLog(Path(settings.audit_log) if settings.audit_log else None)
     app.extensions["bridgescope"] = Runtime(settings, audit, source_override=config.get("SOURCE"))
     for spec in BLUEPRINTS:
