@@ -314,3 +314,36 @@ def test_events_flow_at_once_and_streams_end_on_sigterm(tmp_path):
     finally:
         serve_process.stop(proc)
         delete_netns(host)
+
+
+def test_an_event_reaches_the_client_at_once(tmp_path, monkeypatch):
+    """Through waitress itself (in this process): nothing holds an event back in a buffer."""
+    from waitress import wasyncore
+
+    from bridgescope.webui.app import runtime
+    from bridgescope.webui.server import make_server
+
+    monkeypatch.setenv("BRIDGESCOPE_STATE_DIR", str(tmp_path / "state"))
+    port = serve_process.free_port()
+    source = StaticSource(sample_snapshot())
+    app = create_app({"SOURCE": source, "NO_AUTH": True, "LISTEN": f"127.0.0.1:{port}",
+                      "AUDIT_LOG": str(tmp_path / "audit.jsonl")})
+    server = make_server(app, f"127.0.0.1:{port}", threads=4)
+    loop = threading.Thread(target=server.run, daemon=True)
+    loop.start()
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+            s.sendall(f"GET /api/events HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n".encode())
+            assert b"event: graph" in read_until(s, b"event: graph", 10)
+            took = []
+            for n in range(5):
+                start = time.monotonic()
+                source.publish({"type": "ping", "version": 100 + n})
+                assert f"id: {100 + n}".encode() in read_until(s, f"id: {100 + n}".encode(), 5)
+                took.append(time.monotonic() - start)
+            assert max(took) < 0.1, f"events took {[round(t * 1000) for t in took]} ms"
+    finally:
+        runtime(app).closing.set()
+        server.task_dispatcher.shutdown(timeout=5)
+        wasyncore.close_all(server._map)
+        loop.join(timeout=5)
