@@ -12,6 +12,8 @@ import select
 import signal
 import socket
 import subprocess
+import sys
+import textwrap
 import threading
 import time
 from contextlib import ExitStack
@@ -87,6 +89,32 @@ def test_a_form_over_the_limit_is_a_413_page(call, form):
 def test_json_routes_still_take_json(call):
     resp = call("POST", "/api/networks", json={"name": "n", "subnet": "10.1.0.0/40", "dry_run": True})
     assert resp.status_code == 422 and resp.get_json()["field"] == "subnet"
+
+
+def test_a_process_forked_by_the_server_still_dies_of_sigterm():
+    """pyroute2 forks from request threads and ends the child with SIGTERM: the server's
+    shutdown handler must not run there (the child would unwind into server code)."""
+    script = textwrap.dedent("""
+        import os, signal, threading, time
+        from bridgescope.webui.server import _stop_on_signals
+
+        class Runtime:
+            closing = threading.Event()
+        _stop_on_signals(Runtime())
+        pid = os.fork()
+        if pid == 0:
+            try:
+                time.sleep(10)
+            finally:
+                os._exit(3)  # where a child that raised would end up
+        time.sleep(0.3)
+        os.kill(pid, signal.SIGTERM)
+        _, status = os.waitpid(pid, 0)
+        print(os.WTERMSIG(status) if os.WIFSIGNALED(status) else -os.waitstatus_to_exitcode(status))
+        print(Runtime.closing.is_set())
+    """)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert out.stdout.split() == [str(int(signal.SIGTERM)), "False"], out.stdout + out.stderr
 
 
 # ---- a real server ------------------------------------------------------------------------

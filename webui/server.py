@@ -115,8 +115,18 @@ def make_server(app, listen: str, threads: int) -> _Server:
 def _stop_on_signals(rt: Runtime) -> None:
     """SIGTERM/SIGINT/SIGQUIT end every open event stream (they notice within a second) and
     stop the event loop; the cleanup after it stops the Watcher. A second signal during that
-    cleanup is ignored rather than cutting it short."""
+    cleanup is ignored rather than cutting it short.
+
+    A process forked from a request thread (pyroute2 forks to open a socket in a namespace,
+    then ends the child with SIGTERM) inherits this handler: there the signal must do what it
+    does by default, or the child would unwind into a copy of the server and never exit."""
+    serving = os.getpid()
+
     def handler(signum, frame):
+        if os.getpid() != serving:
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
         if not rt.closing.is_set():
             rt.closing.set()
             raise SystemExit(0)
