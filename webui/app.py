@@ -1,7 +1,7 @@
 """The Flask app factory: settings, the live topology source, the audit log, the blueprints.
 
 `create_app()` touches no kernel object: the Watcher (engineer A's live topology) starts on
-first use, so it always starts inside the process that serves (never before gunicorn forks,
+first use, so it always starts inside the process that serves (never before a server forks,
 which would kill its threads and netlink sockets).
 """
 from __future__ import annotations
@@ -53,7 +53,7 @@ class Settings:
     audit_log: str | None = None
     firewall: str = "auto"
     heartbeat: float = 15.0  # seconds between SSE keepalive comments
-    max_streams: int = 48  # below gunicorn's threads, so pages stay served when tabs pile up
+    max_streams: int = 48  # below the server's threads, so pages stay served when tabs pile up
 
     @classmethod
     def from_config(cls, config: dict) -> "Settings":
