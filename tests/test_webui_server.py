@@ -117,6 +117,20 @@ def test_a_process_forked_by_the_server_still_dies_of_sigterm():
     assert out.stdout.split() == [str(int(signal.SIGTERM)), "False"], out.stdout + out.stderr
 
 
+def test_a_busy_port_is_a_one_line_error(tmp_path, monkeypatch):
+    from bridgescope.collector.errors import BridgescopeError
+    from bridgescope.webui.server import make_server
+
+    monkeypatch.setenv("BRIDGESCOPE_STATE_DIR", str(tmp_path / "state"))
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        listen = "127.0.0.1:%d" % taken.getsockname()[1]
+        app = create_app({"SOURCE": StaticSource(sample_snapshot()), "NO_AUTH": True, "LISTEN": listen})
+        with pytest.raises(BridgescopeError, match="cannot listen on .*in use"):
+            make_server(app, listen, threads=1)
+
+
 # ---- a real server ------------------------------------------------------------------------
 
 

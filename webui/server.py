@@ -30,6 +30,7 @@ from waitress.parser import HTTPRequestParser
 from waitress.server import TcpWSGIServer
 from waitress.task import hop_by_hop
 
+from bridgescope.collector.errors import BridgescopeError
 from bridgescope.webui import auth
 from bridgescope.webui.app import Runtime, create_app, runtime
 
@@ -104,12 +105,15 @@ def _listen(listen: str) -> str:
 
 def make_server(app, listen: str, threads: int) -> _Server:
     """Bind now (a busy port fails here, in words), serve when run() is called."""
-    return _Server(
-        without_hop_by_hop(app), map={}, listen=_listen(listen), threads=max(threads, MIN_THREADS),
-        connection_limit=_connection_limit(), channel_timeout=IDLE_TIMEOUT, cleanup_interval=1,
-        max_request_header_size=MAX_HEADER_BYTES, max_request_body_size=MAX_BODY_BYTES,
-        asyncore_use_poll=True,  # select() cannot watch descriptors above 1024
-        ident="bridgescope", expose_tracebacks=False)
+    try:
+        return _Server(
+            without_hop_by_hop(app), map={}, listen=_listen(listen), threads=max(threads, MIN_THREADS),
+            connection_limit=_connection_limit(), channel_timeout=IDLE_TIMEOUT, cleanup_interval=1,
+            max_request_header_size=MAX_HEADER_BYTES, max_request_body_size=MAX_BODY_BYTES,
+            asyncore_use_poll=True,  # select() cannot watch descriptors above 1024
+            ident="bridgescope", expose_tracebacks=False)
+    except OSError as err:
+        raise BridgescopeError(f"cannot listen on {listen}: {err.strerror or err}") from None
 
 
 def _stop_on_signals(rt: Runtime) -> None:
