@@ -1,8 +1,8 @@
 """`bridgescope serve` as a child process, for the browser tests and the web benchmark.
 
 The server runs in its own session so a stop can reach everything it started: SIGTERM to the
-gunicorn arbiter first (a graceful stop lets the Watcher close its firewall watches), then
-SIGKILL to whatever is left in its process group.
+server first (a graceful stop ends the open event streams and lets the Watcher close its
+firewall watches), then SIGKILL to whatever is left in its process group.
 """
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ def start(netns: str, port: int, *, args: Sequence[str] = (), env: dict[str, str
 def wait_until_answering(proc: subprocess.Popen, url: str, *, headers: dict[str, str] | None = None,
                          timeout: float = 30.0, log: Path | None = None) -> None:
     """Poll url until it answers 200 (bounded); a server that exits or never answers fails
-    with its log. The banner comes before the worker has read every namespace."""
+    with its log. The banner comes before the Watcher has read every namespace."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:

@@ -11,7 +11,7 @@ from typing import Any
 from flask import Blueprint, Response, abort, jsonify, request
 
 from bridgescope.collector.errors import BridgescopeError
-from bridgescope.webui import auth
+from bridgescope.webui import auth, bodies
 from bridgescope.webui.app import runtime
 from bridgescope.webui.changes import perform
 
@@ -54,9 +54,10 @@ def audit() -> Response:
 
 
 def _body() -> dict[str, Any]:
-    body = request.get_json(silent=True)
-    if body is None and request.content_length:
-        abort(_error(400, "the request body must be a JSON object"))
+    try:
+        body = bodies.json_body(request)
+    except bodies.BodyError as err:
+        abort(_error(400, str(err)))
     return body if isinstance(body, dict) else {}
 
 

@@ -1,7 +1,7 @@
 """The Flask app factory: settings, the live topology source, the audit log, the blueprints.
 
 `create_app()` touches no kernel object: the Watcher (engineer A's live topology) starts on
-first use, so it always starts inside the process that serves (never before gunicorn forks,
+first use, so it always starts inside the process that serves (never before a server forks,
 which would kill its threads and netlink sockets).
 """
 from __future__ import annotations
@@ -16,7 +16,7 @@ from flask import Flask
 
 import bridgescope.static
 import bridgescope.templates
-from bridgescope.webui import auth
+from bridgescope.webui import auth, bodies
 from bridgescope.webui.audit import AuditLog
 
 # Every blueprint of the dashboard, as "module:attribute". Add yours with one line.
@@ -53,7 +53,7 @@ class Settings:
     audit_log: str | None = None
     firewall: str = "auto"
     heartbeat: float = 15.0  # seconds between SSE keepalive comments
-    max_streams: int = 48  # below gunicorn's threads, so pages stay served when tabs pile up
+    max_streams: int = 48  # below the server's threads, so pages stay served when tabs pile up
 
     @classmethod
     def from_config(cls, config: dict) -> "Settings":
@@ -132,6 +132,7 @@ def create_app(config: dict | None = None) -> Flask:
     auth.install(app, auth.AccessPolicy(
         token=settings.token, csrf=auth.new_token(), listen_host=listen_host,
         listen_port=listen_port, extra_hosts=frozenset(h.lower() for h in settings.allowed_hosts)))
+    bodies.install(app)
     audit = AuditLog(Path(settings.audit_log) if settings.audit_log else None)
     app.extensions["bridgescope"] = Runtime(settings, audit, source_override=config.get("SOURCE"))
     for spec in BLUEPRINTS:

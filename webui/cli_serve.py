@@ -1,4 +1,4 @@
-"""`bridgescope serve`: the dashboard on gunicorn, guarded by an access token.
+"""`bridgescope serve`: the dashboard on waitress, guarded by an access token.
 
     bridgescope serve [--listen 127.0.0.1:8470] [--read-only] [--netns NAME]
                       [--token-file F] [--no-auth] [--allow-host NAME] [--audit-log PATH]
@@ -16,7 +16,7 @@ DEFAULT_LISTEN = "127.0.0.1:8470"
 
 def register(sub: "argparse._SubParsersAction") -> None:
     p = sub.add_parser("serve", help="serve the live dashboard",
-                       description="Serve the live topology dashboard (gunicorn, one process).")
+                       description="Serve the live topology dashboard (waitress, one process).")
     p.add_argument("--listen", default=DEFAULT_LISTEN, metavar="HOST:PORT",
                    help=f"address to listen on (default {DEFAULT_LISTEN}; beyond localhost "
                         "anyone who can reach it and has the token can change the firewall)")
