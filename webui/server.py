@@ -28,7 +28,6 @@ from waitress import wasyncore
 from waitress.channel import HTTPChannel
 from waitress.parser import HTTPRequestParser
 from waitress.server import TcpWSGIServer
-from waitress.task import hop_by_hop
 
 from bridgescope.collector.errors import BridgescopeError
 from bridgescope.webui import auth
@@ -74,17 +73,6 @@ def overdue(channels: Iterable[HTTPChannel], cutoff: float) -> list[HTTPChannel]
             if not c.requests and c.request is not None and c.request.began < cutoff]
 
 
-def without_hop_by_hop(app: Callable) -> Callable:
-    """The connection is the server's business (PEP 3333), and waitress refuses a response that
-    sets Connection, Transfer-Encoding, ...: drop such headers rather than fail the response."""
-    def wsgi(environ, start_response):
-        def start(status, headers, exc_info=None):
-            kept = [(k, v) for k, v in headers if k.lower() not in hop_by_hop]
-            return start_response(status, kept, exc_info)
-        return app(environ, start)
-    return wsgi
-
-
 def _connection_limit() -> int:
     """Raise our soft open-files limit toward OPEN_FILES_WANTED (never above the hard limit)
     and fit the connection limit inside it, leaving room for the Watcher's sockets."""
@@ -107,7 +95,7 @@ def make_server(app, listen: str, threads: int) -> _Server:
     """Bind now (a busy port fails here, in words), serve when run() is called."""
     try:
         return _Server(
-            without_hop_by_hop(app), map={}, listen=_listen(listen), threads=max(threads, MIN_THREADS),
+            app, map={}, listen=_listen(listen), threads=max(threads, MIN_THREADS),
             connection_limit=_connection_limit(), channel_timeout=IDLE_TIMEOUT, cleanup_interval=1,
             max_request_header_size=MAX_HEADER_BYTES, max_request_body_size=MAX_BODY_BYTES,
             asyncore_use_poll=True,  # select() cannot watch descriptors above 1024

@@ -25,7 +25,6 @@ bp = Blueprint("stream", __name__)
 SSE_HEADERS = {
     "Cache-Control": "no-cache",
     "X-Accel-Buffering": "no",  # nginx: do not buffer the stream
-    "Connection": "keep-alive",
 }
 
 
