@@ -220,8 +220,9 @@ def test_forward_blocked_for_a_port_and_for_outbound():
 def test_outbound_accept_by_source_subnet_like_podman_counts():
     podman = rule("NETAVARK_FORWARD", "-s 172.17.0.0/16 -j ACCEPT", table="filter", target="ACCEPT",
                   s="172.17.0.0/16")
+    jump = rule("FORWARD", "-j NETAVARK_FORWARD", table="filter", target="NETAVARK_FORWARD")
     snap = healthy()
-    snap = replace(snap, rules=tuple(r for r in snap.rules if r.chain != "DOCKER-FORWARD") + (podman,))
+    snap = replace(snap, rules=tuple(r for r in snap.rules if r.chain != "DOCKER-FORWARD") + (jump, podman))
     assert diagnose(snap) == ()
 
 
