@@ -228,7 +228,9 @@ def test_outbound_accept_by_source_subnet_like_podman_counts():
     assert ids(replace(snap, rules=tuple(r for r in snap.rules if r is not jump))) == ["forward-blocked"]
 
 
-NAT_PREROUTING = Chain(HOST, "nft", 4, "nat", "PREROUTING", "ACCEPT", hook="prerouting", hook_type="nat")
+DECLARED = (Chain(HOST, "nft", 4, "nat", "PREROUTING", "ACCEPT", hook="prerouting", hook_type="nat"),
+            Chain(HOST, "nft", 4, "nat", "DOCKER"), Chain(HOST, "nft", 4, "filter", "DOCKER"),
+            Chain(HOST, "nft", 4, "filter", "DOCKER-FORWARD"))
 
 
 FILTER_JUMP = rule("FORWARD", "-o docker0 -j DOCKER", table="filter", target="DOCKER", o="docker0")
@@ -236,9 +238,9 @@ FILTER_JUMP = rule("FORWARD", "-o docker0 -j DOCKER", table="filter", target="DO
 
 def interpreted(snap: Snapshot) -> Snapshot:
     """The port forwards as nat.interpret reads them from the snapshot's rules and chains
-    (with the filter jump to DOCKER that leads to the per-port accept)."""
+    (with the chains declared and the filter jump to DOCKER that leads to the per-port accept)."""
     from bridgescope.collector.nat import interpret
-    chains, rules = snap.chains + (NAT_PREROUTING,), snap.rules + (FILTER_JUMP,)
+    chains, rules = snap.chains + DECLARED, snap.rules + (FILTER_JUMP,)
     nat = interpret(rules, chains, snap.interfaces, snap.namespaces)
     return replace(snap, chains=chains, rules=rules, port_forwards=nat.port_forwards)
 
