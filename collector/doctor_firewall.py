@@ -1,7 +1,9 @@
 """Doctor checks on NAT and filter rules (reference section 4.2, 4.6-4.9, 4.12, 4.13, 4.18).
 
 They read the interpreted view (port forwards, masquerades) the firewall collector built and,
-where that is not enough, the parsed rules themselves. Docker (<=27, 28.x, 29.x, the nftables
+where that is not enough, the parsed rules themselves. forward-blocked runs the blocked
+packet through the shared evaluator (rules/evaluator.py) to name the table, backend and rule
+or policy that drops it, and addresses its fix to that backend. Docker (<=27, 28.x, 29.x, the nftables
 backend), CNI, Podman and bridgescope layouts are all healthy here: every check accepts each
 project's own way of doing the same thing.
 """

@@ -26,7 +26,8 @@ from bridgescope.collector.model import Chain, Interface, Masquerade, Namespace,
 from bridgescope.collector.rules.evaluator import ACCEPT, DROP, HookRun, run_hook
 from bridgescope.collector.rules.matcher import Packet
 from bridgescope.collector.rules.model import (
-    Match, RuleSet, address, canonical, canonical_ip, last_value, network, parse_destination, port_spans,
+    Match, RuleSet, address, canonical, canonical_ip, last_value, network, parse_destination,
+    port_spans,
 )
 
 

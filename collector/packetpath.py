@@ -102,14 +102,14 @@ def _hop(snap: Snapshot, tables: RuleSet, ns_id: str, iif: Interface | None,
     ns_name = _ns_name(snap, ns_id)
     pkt = replace(pkt, iif=iif.name if iif else "", oif="" if iif else _out_name(snap, ns_id, pkt, lookup),
                   local=_local_addresses(snap, ns_id), ctstate=frozenset({"NEW"}))
-    pkt, dropped = _hook(snap, tables, ns_id, "output" if iif is None else "prerouting", pkt, steps)
-    if dropped:
+    pkt, ended = _hook(snap, tables, ns_id, "output" if iif is None else "prerouting", pkt, steps)
+    if ended:
         return pkt, steps, None
     ans = lookup(ns_id, pkt.dst, src=pkt.src, iif=iif.ifindex if iif else None)
     if ans.type == "local":
         if iif is not None:
-            pkt, dropped = _hook(snap, tables, ns_id, "input", replace(pkt, oif=""), steps)
-            if dropped:
+            pkt, ended = _hook(snap, tables, ns_id, "input", replace(pkt, oif=""), steps)
+            if ended:
                 return pkt, steps, None
         steps.append(Step("deliver", ns_id, f"{pkt.dst} is local in {ns_name}: delivered to the "
                           f"program listening on {pkt.proto}/{pkt.dport}", (ns_id,)))
@@ -126,12 +126,12 @@ def _hop(snap: Snapshot, tables: RuleSet, ns_id: str, iif: Interface | None,
                       (ns_id, oif.id)))
     pkt = replace(pkt, oif=oif.name)
     if iif is not None:
-        pkt, dropped = _hook(snap, tables, ns_id, "forward", pkt, steps)
-        if dropped:
+        pkt, ended = _hook(snap, tables, ns_id, "forward", pkt, steps)
+        if ended:
             return pkt, steps, None
     # MASQUERADE takes the out-interface's address
-    pkt, dropped = _hook(snap, tables, ns_id, "postrouting", pkt, steps, _first_address(oif))
-    if dropped:
+    pkt, ended = _hook(snap, tables, ns_id, "postrouting", pkt, steps, _first_address(oif))
+    if ended:
         return pkt, steps, None
     nxt = _next(snap, oif, IPv4Address(ans.gateway or pkt.dst), steps, in_port)
     return pkt, steps, nxt
@@ -146,7 +146,7 @@ def _out_name(snap: Snapshot, ns_id: str, pkt: Packet, lookup: Lookup) -> str | 
 def _hook(snap: Snapshot, tables: RuleSet, ns_id: str, hook: str, pkt: Packet,
           steps: list[Step], masq_src: str | None = None) -> tuple[Packet, bool]:
     """Every base chain at hook; nat steps for the nat chains whose rules matched. -> the
-    packet after the hook, and whether it was dropped (then a drop step says where)."""
+    packet after the hook, and whether the path ends here (a drop or unknown step says why)."""
     run = run_hook(tables, ns_id, hook, pkt, masquerade_source=masq_src)
     for base, chain_run in run.runs:
         if base.is_nat and chain_run.matched:
@@ -159,7 +159,7 @@ def _hook(snap: Snapshot, tables: RuleSet, ns_id: str, hook: str, pkt: Packet,
         return run.packet, True
     if run.unknown:
         steps.append(Step("unknown", ns_id, f"{hook}: {run.unknown}", (ns_id,)))
-    return run.packet, False
+    return run.packet, run.rewrite_unknown  # a packet whose rewrite is unknown goes nowhere known
 
 
 def _nat_step(snap: Snapshot, ns_id: str, base: Base, before: Packet, run: ChainRun) -> Step:

@@ -170,6 +170,22 @@ def test_nat_interpretation_and_the_packet_path_read_a_port_list_alike(rules_and
     assert trace(snap, CLIENT, "192.0.2.10", 8010, lookup).delivered_to == HOST  # not forwarded
 
 
+def test_two_tables_at_one_priority_that_both_rewrite_are_unknown():
+    """iptables-nft's nat table and Docker 29's nftables table both sit at dstnat (-100); which
+    runs first depends on the order they were registered, which no listing shows."""
+    nft_rules, nft_chains = docker29_nftables()
+    ipt_rules, ipt_chains = docker_iptables_with_dports("8080")
+    other = replace(ipt_rules[1], target_args=(("--to-destination", "172.17.0.3:80"),))
+    snap = wired(nft_rules + (ipt_rules[0], other), nft_chains + ipt_chains)
+    path = trace(snap, CLIENT, "192.0.2.10", 8080, lookup)
+    assert path.delivered_to is None and path.steps[-1].kind == "unknown"
+    assert "same hook and priority (-100)" in path.steps[-1].text
+    same = replace(ipt_rules[1], target_args=(("--to-destination", "172.17.0.2:80"),))
+    agreed = trace(wired(nft_rules + (ipt_rules[0], same), nft_chains + ipt_chains), CLIENT,
+                   "192.0.2.10", 8080, lookup)
+    assert agreed.delivered_to == CTR  # both bind alike: the order does not matter
+
+
 # --- kernel: the lab ---------------------------------------------------------------------
 
 @pytest.fixture(scope="module")

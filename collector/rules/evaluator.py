@@ -48,6 +48,7 @@ class HookRun:
     decider: tuple[Base, Rule | None] | None = None  # for a DROP: where (rule None: the policy)
     binding: Rule | None = None
     unknown: str | None = None  # why the verdict is unknown, in words
+    rewrite_unknown: bool = False  # where the packet goes next cannot be known
 
     def accepted_elsewhere(self) -> tuple[Base, ...]:
         """Base chains in other tables than the decider's that accepted the packet."""
@@ -71,7 +72,7 @@ def run_hook(rules: RuleSet, netns: str, hook: str, packet: Packet, *,
         binders = [(b, r) for b, r in done if r.binding is not None]
         if len({r.packet for _, r in binders}) > 1:
             names = " and ".join(describe(b) for b, _ in binders)
-            return HookRun(None, packet, tuple(runs), binding=binding, unknown=(
+            return HookRun(None, packet, tuple(runs), binding=binding, rewrite_unknown=True, unknown=(
                 f"{names} sit at the same hook and priority ({prio}) and both rewrite the packet; "
                 "the kernel runs them in the order they were registered, which no listing shows"))
         if binders:
