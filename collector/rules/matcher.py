@@ -11,9 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from bridgescope.collector.model import Rule
-from bridgescope.collector.rules.model import address, canonical, network, port_in
+from bridgescope.collector.rules.model import ALIASES, address_number, port_in, span
 
 _ALWAYS = frozenset({"-m", "--comment", "vmap"})  # vmap keys are judged per element
+_LAST = {4: (1 << 32) - 1, 6: (1 << 128) - 1}  # the last address: 0.0.0.0/0 spans 0.._LAST[4]
 _PROTOCOLS = {"6": "tcp", "17": "udp", "132": "sctp", "1": "icmp", "58": "ipv6-icmp"}
 
 
@@ -54,7 +55,7 @@ def matches(rule: Rule, packet: Packet) -> bool | None:
 
 def match(opt: str, args: tuple[str, ...], packet: Packet) -> bool | None:
     """One match, not negated."""
-    opt = canonical(opt)
+    opt = ALIASES.get(opt, opt)
     value = args[0] if args else ""
     if opt in _ALWAYS:
         return True
@@ -103,33 +104,36 @@ def _in_networks(addr: str | None, value: str, family: int) -> bool | None:
     """addr in the network (or in one of an nft set's networks); None when unreadable."""
     if addr is None:
         return None
-    found = False
+    if "," not in value:
+        return _contains(value, addr, family)
+    found: bool | None = False
     for part in value.split(","):
-        net = network(part.strip())
-        if net is None:
+        hit = _contains(part.strip(), addr, family)
+        if hit is None:
             return None
-        if net.version == family and _contains(net, addr):
-            found = True
+        found = found or hit
     return found
 
 
 def _source(value: str, packet: Packet) -> bool | None:
     if packet.src is not None:
         return _in_networks(packet.src, value, packet.family)
-    net = network(value)
-    if net is not None and net.prefixlen == 0 and net.version == packet.family:
-        return True
-    if (packet.src_remote and packet.dst is not None and net is not None
-            and net.version == packet.family and _contains(net, packet.dst)):
+    net = span(value)
+    if net is not None and net[0] == packet.family and net[1] == 0 and net[2] == _LAST[net[0]]:
+        return True  # -s 0.0.0.0/0
+    if packet.src_remote and packet.dst is not None and _contains(value, packet.dst, packet.family):
         return False  # the client is outside: certainly not in the destination's own subnet
     return None
 
 
-def _contains(net, addr: str) -> bool:
-    try:
-        return address(addr) in net
-    except ValueError:
+def _contains(cidr: str, addr: str, family: int) -> bool | None:
+    """addr in cidr (False for the other IP version); None when cidr is not a network."""
+    net, number = span(cidr), address_number(addr)
+    if net is None:
+        return None
+    if number is None or net[0] != family or number[0] != family:
         return False
+    return net[1] <= number[1] <= net[2]
 
 
 def _local(addr: str | None, value: str, packet: Packet) -> bool | None:

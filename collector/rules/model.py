@@ -26,7 +26,7 @@ NOT_CHAINS = frozenset({"ACCEPT", "DROP", "REJECT", "RETURN", "DNAT", "SNAT", "M
                         "REDIRECT", "MARK", "CONNMARK", "LOG", "VMAP", "CONTINUE"})
 NAT_TARGETS = frozenset({"DNAT", "SNAT", "MASQUERADE", "REDIRECT"})
 
-_ALIASES = {
+ALIASES = {
     "--source": "-s", "--src": "-s", "--destination": "-d", "--dst": "-d",
     "--in-interface": "-i", "--out-interface": "-o", "--protocol": "-p", "--match": "-m",
     "--destination-port": "--dport", "--dports": "--dport", "--destination-ports": "--dport",
@@ -42,7 +42,7 @@ _NAT_PRIORITY = {"prerouting": -100, "output": -100, "input": 100, "postrouting"
 
 def canonical(option: str) -> str:
     """One name per option: `--destination-ports` and `--dports` are `--dport`."""
-    return _ALIASES.get(option, option)
+    return ALIASES.get(option, option)
 
 
 # -- values ------------------------------------------------------------------------------
@@ -79,6 +79,26 @@ def network(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network | None:
         return ipaddress.ip_network(text, strict=False)
     except ValueError:
         return None
+
+
+@lru_cache(maxsize=65536)
+def span(text: str) -> tuple[int, int, int] | None:
+    """A network as (IP version, first address, last address) as integers: the matcher's hot
+    path compares integers instead of building ipaddress objects per rule and packet."""
+    net = network(text)
+    if net is None:
+        return None
+    return net.version, int(net.network_address), int(net.broadcast_address)
+
+
+@lru_cache(maxsize=65536)
+def address_number(text: str) -> tuple[int, int] | None:
+    """An address as (IP version, integer); None when it is not one."""
+    try:
+        found = address(text)
+    except ValueError:
+        return None
+    return found.version, int(found)
 
 
 def canonical_ip(text: str) -> str | None:
