@@ -463,8 +463,10 @@ def split_brain(view: HostView) -> tuple[Finding, ...]:
                 "split-brain", "error", (ns.id,),
                 f"{ns.name} has rules in both iptables-legacy and iptables-nft",
                 "Two programs wrote rules through different iptables backends. The kernel runs "
-                "both sets, the legacy ones first whatever their position, and each tool sees "
-                "only its own half: rules \"exist\" yet do nothing, or run in the wrong order.",
+                "both sets at the same hooks and priorities, in the order the tables were "
+                "registered (no listing shows it), and each tool sees only its own half: an "
+                "ACCEPT in one does not save a packet the other drops, and rules \"exist\" "
+                "yet do nothing.",
                 (in_ns(ns, "iptables-legacy-save") + " > legacy.rules",
                  in_ns(ns, "iptables-nft-restore", "--noflush") + " < legacy.rules")
                 + tuple(f"{in_ns(ns, 'iptables-legacy', '-t', t, '-F')} && "
