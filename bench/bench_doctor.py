@@ -54,9 +54,10 @@ def snapshot(n: int) -> Snapshot:
     ], [Route(HOST, "default", "192.0.2.1", "eth0")], [], []
     masq = Rule(HOST, "nft", 4, "nat", "POSTROUTING", "-A POSTROUTING -s 172.17.0.0/16 ! -o docker0 -j MASQUERADE",
                 matches=(("-s", ("172.17.0.0/16",), False), ("-o", ("docker0",), True)), target="MASQUERADE")
+    jump = Rule(HOST, "nft", 4, "filter", "FORWARD", "-A FORWARD -j DOCKER-FORWARD", target="DOCKER-FORWARD")
     outbound = Rule(HOST, "nft", 4, "filter", "DOCKER-FORWARD", "-A DOCKER-FORWARD -i docker0 -j ACCEPT",
                     matches=(("-i", ("docker0",), False),), target="ACCEPT")
-    rules += [masq, outbound]
+    rules += [masq, jump, outbound]
     for i in range(n):
         ns, ifaces, rts, rls, pf = container(i)
         namespaces.append(ns)

@@ -1,7 +1,9 @@
 """Doctor checks on NAT and filter rules (reference section 4.2, 4.6-4.9, 4.12, 4.13, 4.18).
 
 They read the interpreted view (port forwards, masquerades) the firewall collector built and,
-where that is not enough, the parsed rules themselves. Docker (<=27, 28.x, 29.x, the nftables
+where that is not enough, the parsed rules themselves. forward-blocked runs the blocked
+packet through the shared evaluator (rules/evaluator.py) to name the table, backend and rule
+or policy that drops it, and addresses its fix to that backend. Docker (<=27, 28.x, 29.x, the nftables
 backend), CNI, Podman and bridgescope layouts are all healthy here: every check accepts each
 project's own way of doing the same thing.
 """
@@ -10,11 +12,15 @@ from __future__ import annotations
 from collections import Counter
 from ipaddress import IPv4Address, IPv4Network
 
-from bridgescope.collector import rulematch
 from bridgescope.collector.finding import Finding
 from bridgescope.collector.graph import portforward_id
 from bridgescope.collector.hostview import Attachment, BridgeNet, HostView, in_ns, ipv4_addresses
 from bridgescope.collector.model import Masquerade, Namespace, PortForward, Rule
+from bridgescope.collector.nat import forward_packet, forward_verdict
+from bridgescope.collector.rules import access
+from bridgescope.collector.rules.evaluator import DROP, HookRun, describe
+from bridgescope.collector.rules.matcher import Packet
+from bridgescope.collector.rules.model import Base
 
 _IPTABLES = {"legacy": "iptables-legacy", "nft": "iptables"}
 
@@ -77,7 +83,7 @@ def _outbound(view: HostView, m: Masquerade, net: BridgeNet) -> bool:
     if m.out == net.bridge.name or (m.destination and not m.dest_not):
         return False
     rule = rule_of(view, m.netns, m.chain, m.rule_text)
-    if rule is not None and (rulematch.option(rule, "--mark") or rulematch.option(rule, "--src-type")):
+    if rule is not None and (access.option(rule, "--mark") or access.option(rule, "--src-type")):
         return False  # hairpin / port-forward helpers, not the outbound masquerade
     return True
 
@@ -176,7 +182,7 @@ def _catches_bridge(view: HostView, m: Masquerade, net: BridgeNet) -> bool:
         return False
     # CNI and Podman return early for destinations inside the subnet (-d SUBNET -j ACCEPT)
     return not any(r.position < rule.position and (r.target or "").upper() in ("ACCEPT", "RETURN")
-                   and (d := rulematch.network(r, "-d")) and not d[1]
+                   and (d := access.network(r, "-d")) and not d[1]
                    and any(n.subnet_of(d[0]) for n in net.networks())
                    for r in view.snap.rules
                    if r.netns == rule.netns and r.table == rule.table and r.chain == rule.chain)
@@ -242,64 +248,121 @@ def loopback_port_exposed(view: HostView) -> tuple[Finding, ...]:
 
 
 def _guards(rule: Rule, pf: PortForward) -> bool:
-    dst, iif = rulematch.network(rule, "-d"), rulematch.interface(rule, "-i")
-    port = rulematch.option(rule, "--dport")
+    dst, iif = access.network(rule, "-d"), access.interface(rule, "-i")
+    port = access.option(rule, "--dport")
     return (dst is not None and not dst[1] and IPv4Address(pf.host_ip) in dst[0]
             and iif == ("lo", True) and (port is None or port[0] == (str(pf.host_port),)))
 
 
-def _forward_policy_drop(view: HostView) -> bool:
-    host_id = view.host.id if view.host else None
-    return any(c.netns == host_id and c.family == 4 and (c.policy or "").lower() == "drop"
-               and ((c.table == "filter" and c.name == "FORWARD") or c.hook == "forward")
-               for c in view.snap.chains)
+def _forward_run(view: HostView, pf: PortForward) -> HookRun:
+    """The published port's first packet through the forward hook, as nat.interpret ran it."""
+    net = view.bridge_of_address(IPv4Address(pf.to_ip)) if _is_v4(pf.to_ip) else None
+    bridges = frozenset(n.bridge.name for n in view.bridges)
+    packet = forward_packet(pf, rule_of(view, pf.netns, pf.chain, pf.rule_text),
+                            net.bridge.name if net else None, bridges)
+    return forward_verdict(view.ruleset, pf.netns, packet)
 
 
-def _accepts_from(rule: Rule, net: BridgeNet) -> bool:
-    """Is rule an ACCEPT for new traffic coming out of the bridge's containers?"""
-    if (rule.target or "").upper() != "ACCEPT" or rule.table != "filter" and rule.backend != "nftables":
-        return False
-    if rulematch.option(rule, "--ctstate") or rulematch.option(rule, "--state") or "ct state" in rule.text:
-        return False
-    iface = rulematch.interface(rule, "-i")
-    if iface == (net.bridge.name, False):
-        return True
-    src = rulematch.network(rule, "-s")
-    if src and not src[1] and any(src[0].subnet_of(n) or n.subnet_of(src[0]) for n in net.networks()):
-        return True
-    return rule.backend == "nftables" and rule.chain.endswith(f"__{net.bridge.name}") and iface is None
+def _outbound_run(view: HostView, net: BridgeNet) -> HookRun | None:
+    """A container's first packet to somewhere beyond the host through the forward hook."""
+    src = next((str(a.ip) for att in net.attachments for a in ipv4_addresses(att.inner)), None)
+    if view.host is None or src is None:
+        return None
+    bridges = frozenset(n.bridge.name for n in view.bridges)
+    packet = Packet(4, None, None, None, src=src, iif=net.bridge.name, oif=view.uplink(),
+                    not_oif=bridges, bridges=bridges)
+    return forward_verdict(view.ruleset, view.host.id, packet)
+
+
+def _policy_elsewhere(run: HookRun) -> Base | None:
+    """The base chain whose DROP policy decides although another table accepts the packet:
+    an ACCEPT ends the walk through its own base chain only."""
+    if run.verdict != DROP or run.decider is None or run.decider[1] is not None:
+        return None
+    return run.decider[0] if run.accepted_elsewhere() else None
+
+
+def _policy_fix(ns: Namespace | None, base: Base) -> str:
+    chain = base.chain
+    if chain.backend == "nftables":
+        family = {4: "ip", 6: "ip6"}.get(chain.family, "inet")
+        return in_ns(ns, "nft", "chain", family, chain.table, chain.name, "{ policy accept; }")
+    return in_ns(ns, _IPTABLES.get(chain.backend, "iptables"), "-P", chain.name, "ACCEPT")
+
+
+def _policy_finding(view: HostView, base: Base, run: HookRun, objects: tuple[str, ...]) -> Finding:
+    others = ", ".join(describe(b) for b in run.accepted_elsewhere())
+    return Finding(
+        "forward-blocked", "error", objects,
+        f"{describe(base)} has policy DROP: it drops forwarded traffic other tables accept",
+        f"Forwarded packets pass every base chain on the forward hook, of every backend. "
+        f"{others[0].upper() + others[1:]} accepts them, but an ACCEPT ends the packet's walk "
+        f"through its own chain only; then {describe(base)} has no rule for them and its "
+        "policy DROP drops them, and a drop anywhere is final: published ports time out and "
+        "containers reach nothing beyond the host. Adding accepts to the other table does not "
+        "help; the policy of this one decides.",
+        (_policy_fix(view.host, base),))
+
+
+def _drop_where(run: HookRun | None) -> str:
+    """Which table (and rule) dropped, in words, when the evaluator can tell."""
+    if run is None or run.verdict != DROP or run.decider is None:
+        return "the filter FORWARD path"
+    base, rule = run.decider
+    return describe(base) + (f" (its rule `{rule.text}`)" if rule is not None else " (its policy DROP)")
+
+
+def _accept_command(view: HostView, run: HookRun | None, how: str, *spec: str) -> str:
+    """`iptables -I FORWARD SPEC -j ACCEPT`, for the iptables backend whose chain dropped."""
+    base = run.decider[0] if run is not None and run.decider else None
+    tool = _IPTABLES.get(base.chain.backend, "iptables") if base else "iptables"
+    return in_ns(view.host, tool, how, "FORWARD", *spec, "-j", "ACCEPT")
 
 
 def forward_blocked(view: HostView) -> tuple[Finding, ...]:
-    host = view.host
-    out = []
+    out: list[Finding] = []
+    by_policy: dict[tuple, tuple[Base, HookRun, list[str]]] = {}  # one cause, one finding
+
+    def blocked_by_policy(run: HookRun | None, objects: tuple[str, ...]) -> bool:
+        base = _policy_elsewhere(run) if run is not None else None
+        if base is None:
+            return False
+        key = (base.key, base.chain.name)
+        by_policy.setdefault(key, (base, run, []))[2].extend(objects)
+        return True
+
     for pf in host_forwards(view):
-        if pf.forward_accept is False and pf.reachable:
-            bridge = view.bridge_of_address(IPv4Address(pf.to_ip)) if _is_v4(pf.to_ip) else None
-            oif = ("-o", bridge.bridge.name) if bridge else ()
-            out.append(Finding(
-                "forward-blocked", "error", pf_objects(view, pf),
-                f"the FORWARD chain drops port {pf.host_port}'s traffic to {pf.to_ip}:{pf.to_port}",
-                "The DNAT rewrites the packet, but the filter FORWARD path has no ACCEPT for "
-                f"{pf.to_ip} port {pf.to_port} and ends in DROP, so the connection times out "
-                "(it is not refused). Docker pairs each DNAT with such an ACCEPT.",
-                (iptables(host, "-I", "FORWARD", "-d", f"{pf.to_ip}/32", *oif, "-p", pf.proto,
-                          "-m", pf.proto, "--dport", str(pf.to_port), "-j", "ACCEPT"),)))
-    if not _forward_policy_drop(view):
-        return tuple(out)
-    rules = host_rules(view)
+        if pf.forward_accept is not False or not pf.reachable:
+            continue
+        run = _forward_run(view, pf)
+        if blocked_by_policy(run, pf_objects(view, pf)):
+            continue
+        bridge = view.bridge_of_address(IPv4Address(pf.to_ip)) if _is_v4(pf.to_ip) else None
+        oif = ("-o", bridge.bridge.name) if bridge else ()
+        out.append(Finding(
+            "forward-blocked", "error", pf_objects(view, pf),
+            f"the FORWARD chain drops port {pf.host_port}'s traffic to {pf.to_ip}:{pf.to_port}",
+            f"The DNAT rewrites the packet, but {_drop_where(run)} has no ACCEPT for "
+            f"{pf.to_ip} port {pf.to_port} and drops it, so the connection times out "
+            "(it is not refused). Docker pairs each DNAT with such an ACCEPT.",
+            (_accept_command(view, run, "-I", "-d", f"{pf.to_ip}/32", *oif, "-p", pf.proto,
+                             "-m", pf.proto, "--dport", str(pf.to_port)),)))
     for net in view.bridges:
-        if net.attachments and not any(_accepts_from(r, net) for r in rules):
-            br = net.bridge.name
-            out.append(Finding(
-                "forward-blocked", "error", (net.bridge.id,),
-                f"the FORWARD policy is DROP and nothing accepts traffic from {br}",
-                f"Packets from {br}'s containers to anywhere beyond the host are dropped in the "
-                "filter FORWARD chain, so containers have no outside access. Docker accepts "
-                f"-i {br} (and replies with a conntrack rule).",
-                (iptables(host, "-A", "FORWARD", "-i", br, "!", "-o", br, "-j", "ACCEPT"),
-                 iptables(host, "-A", "FORWARD", "-o", br, "-m", "conntrack", "--ctstate",
-                          "RELATED,ESTABLISHED", "-j", "ACCEPT"))))
+        run = _outbound_run(view, net) if net.attachments else None
+        if run is None or run.verdict != DROP or blocked_by_policy(run, (net.bridge.id,)):
+            continue
+        br = net.bridge.name
+        out.append(Finding(
+            "forward-blocked", "error", (net.bridge.id,),
+            f"nothing accepts traffic from {br} on its way out: the FORWARD path drops it",
+            f"Packets from {br}'s containers to anywhere beyond the host are dropped by "
+            f"{_drop_where(run)}, so containers have no outside access. Docker accepts "
+            f"-i {br} (and replies with a conntrack rule).",
+            (_accept_command(view, run, "-A", "-i", br, "!", "-o", br),
+             iptables(view.host, "-A", "FORWARD", "-o", br, "-m", "conntrack", "--ctstate",
+                      "RELATED,ESTABLISHED", "-j", "ACCEPT"))))
+    for base, run, objects in by_policy.values():
+        out.append(_policy_finding(view, base, run, tuple(dict.fromkeys(objects))))
     return tuple(out)
 
 
@@ -307,7 +370,7 @@ def forward_blocked(view: HostView) -> tuple[Finding, ...]:
 
 def _proxyless(rule: Rule | None, bridge: str) -> bool:
     """A DNAT that also catches traffic coming from the bridge (no `! -i bridge`)."""
-    return rule is not None and rulematch.interface(rule, "-i") != (bridge, True)
+    return rule is not None and access.interface(rule, "-i") != (bridge, True)
 
 
 def hairpin_off(view: HostView) -> tuple[Finding, ...]:
@@ -358,7 +421,7 @@ def br_netfilter_off(view: HostView) -> tuple[Finding, ...]:
 def _icc_drop(rule: Rule, view: HostView) -> bool:
     if (rule.target or "").upper() != "DROP" or rule.table != "filter":
         return False
-    i, o = rulematch.interface(rule, "-i"), rulematch.interface(rule, "-o")
+    i, o = access.interface(rule, "-i"), access.interface(rule, "-o")
     return any(i == o == (n.bridge.name, False) for n in view.bridges)
 
 
@@ -378,7 +441,7 @@ def _own_port_masquerade(rule: Rule, members: set[IPv4Address]) -> bool:
     (Docker <= 27 also adds it when docker-proxy handles hairpin, and then it needs nothing)."""
     if (rule.target or "").upper() != "MASQUERADE":
         return False
-    s, d = rulematch.network(rule, "-s"), rulematch.network(rule, "-d")
+    s, d = access.network(rule, "-s"), access.network(rule, "-d")
     return bool(s and d and s == d and s[0].prefixlen == 32 and s[0].network_address in members)
 
 
@@ -400,8 +463,10 @@ def split_brain(view: HostView) -> tuple[Finding, ...]:
                 "split-brain", "error", (ns.id,),
                 f"{ns.name} has rules in both iptables-legacy and iptables-nft",
                 "Two programs wrote rules through different iptables backends. The kernel runs "
-                "both sets, the legacy ones first whatever their position, and each tool sees "
-                "only its own half: rules \"exist\" yet do nothing, or run in the wrong order.",
+                "both sets at the same hooks and priorities, in the order the tables were "
+                "registered (no listing shows it), and each tool sees only its own half: an "
+                "ACCEPT in one does not save a packet the other drops, and rules \"exist\" "
+                "yet do nothing.",
                 (in_ns(ns, "iptables-legacy-save") + " > legacy.rules",
                  in_ns(ns, "iptables-nft-restore", "--noflush") + " < legacy.rules")
                 + tuple(f"{in_ns(ns, 'iptables-legacy', '-t', t, '-F')} && "
@@ -411,7 +476,7 @@ def split_brain(view: HostView) -> tuple[Finding, ...]:
 
 def duplicate_rule(view: HostView) -> tuple[Finding, ...]:
     scope = {ns.id: ns for ns in ((view.host,) if view.host else ()) + view.containers()}
-    keyed = [((r.netns, r.backend, r.family, r.table, r.chain, rulematch.normalized_text(r)), r)
+    keyed = [((r.netns, r.backend, r.family, r.table, r.chain, access.normalized_text(r)), r)
              for r in view.snap.rules if r.netns in scope]
     counts = Counter(k for k, _ in keyed)
     out, seen = [], set()
@@ -451,11 +516,11 @@ def orphan_rule(view: HostView) -> tuple[Finding, ...]:
 
 def _dangling_address(view: HostView, rule: Rule) -> IPv4Address | None:
     candidates = []
-    dnat = rulematch.dnat_destination(rule) if (rule.target or "").upper() == "DNAT" else None
+    dnat = access.dnat_destination(rule) if (rule.target or "").upper() == "DNAT" else None
     if dnat is not None:
         candidates.append(dnat[0])
     for name in ("-s", "-d"):
-        found = rulematch.network(rule, name)
+        found = access.network(rule, name)
         if found and not found[1] and found[0].prefixlen == 32:
             candidates.append(found[0].network_address)
     for addr in candidates:

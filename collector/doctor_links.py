@@ -142,7 +142,7 @@ def mtu_mismatch(view: HostView) -> tuple[Finding, ...]:
     host = view.host
     if host is None:
         return ()
-    uplink_name = next((r.dev for r in view.routes4(host.id) if is_default(r)), None)
+    uplink_name = view.uplink()
     uplink = next((i for i in view.interfaces_in(host.id) if i.name == uplink_name), None)
     if uplink is None:
         return ()

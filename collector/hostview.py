@@ -15,6 +15,7 @@ from functools import cached_property, lru_cache
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 
 from bridgescope.collector.model import Interface, Namespace, Route, Rule, Snapshot
+from bridgescope.collector.rules.model import RuleSet
 
 
 @dataclass(frozen=True)
@@ -64,6 +65,16 @@ class HostView:
         for r in self.snap.rules:
             out.setdefault((r.netns, r.chain, r.text), r)
         return out
+
+    @cached_property
+    def ruleset(self) -> RuleSet:
+        """Every rule and chain, for running packets through them (rules/evaluator.py)."""
+        return RuleSet(self.snap.rules, self.snap.chains)
+
+    def uplink(self) -> str | None:
+        """The name of the host's way out: the device of its IPv4 default route."""
+        host_id = self.host.id if self.host else ""
+        return next((r.dev for r in self.routes4(host_id) if is_default(r)), None)
 
     def rule(self, netns: str, chain: str | None, text: str | None) -> Rule | None:
         """The parsed rule behind an interpreted forward or masquerade."""

@@ -88,6 +88,9 @@ class Chain:
     # built-in chains of a table, for nftables the base chains (whose names are free-form).
     hook: str | None = None
     hook_type: str | None = None
+    # Order among the base chains of one hook (nftables' `priority`); None for iptables,
+    # whose tables sit at fixed priorities (rules/model.py knows them).
+    priority: int | None = None
 
 
 @dataclass(frozen=True)

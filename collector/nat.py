@@ -7,11 +7,12 @@ forward with the conditions collected on the way (protocol, port, host address);
 path reaches is reported too, marked unreachable. Every MASQUERADE/SNAT reached from
 postrouting is a masquerade. The FORWARD verdict for each forward is worked out by running
 a synthetic first packet (external client -> container ip:port, conntrack state NEW and
-DNAT) through every filter base chain on the forward hook, in every backend: an accept in
-one base chain does not save a packet another one drops.
+DNAT) through every base chain on the forward hook, in every backend (rules/evaluator.py):
+an accept in one base chain does not save a packet another one drops.
 
 Backends and families are treated alike: nftables rules were already translated into the
-iptables vocabulary by the nft JSON decoder (see firewall/nftjson.py).
+iptables vocabulary by the nft JSON decoder (see firewall/nftjson.py); the rule set, its
+parsers and the matcher are the shared ones of collector/rules.
 """
 from __future__ import annotations
 
@@ -19,17 +20,15 @@ import ipaddress
 from collections import defaultdict
 from dataclasses import dataclass, replace
 from functools import lru_cache
-from typing import Callable, Iterator
+from typing import Callable
 
 from bridgescope.collector.model import Chain, Interface, Masquerade, Namespace, PortForward, Rule
-
-Match = tuple[str, tuple[str, ...], bool]
-GroupKey = tuple[str, str, int, str]  # netns, backend, family, table
-MAX_DEPTH = 32  # jump nesting; real rule sets stay below 6, loops are cut by `seen` anyway
-TERMINAL = frozenset({"ACCEPT", "DROP", "REJECT"})
-_NEXT, _LEAVE, _FELL_OFF = "next rule", "leave chain", "fell off a user chain"  # not verdicts
-_NOT_CHAINS = frozenset({"ACCEPT", "DROP", "REJECT", "RETURN", "DNAT", "SNAT", "MASQUERADE",
-                         "REDIRECT", "MARK", "CONNMARK", "LOG", "VMAP", "CONTINUE"})
+from bridgescope.collector.rules.evaluator import ACCEPT, DROP, HookRun, run_hook
+from bridgescope.collector.rules.matcher import Packet
+from bridgescope.collector.rules.model import (
+    Match, RuleSet, address, canonical, canonical_ip, last_value, network, parse_destination,
+    port_spans,
+)
 
 
 @dataclass(frozen=True)
@@ -43,7 +42,7 @@ def interpret(rules: tuple[Rule, ...], chains: tuple[Chain, ...],
               interfaces: tuple[Interface, ...], namespaces: tuple[Namespace, ...],
               *, proxies: tuple[PortForward, ...] = ()) -> NatView:
     """Port forwards (DNAT and docker-proxy) and masquerades, each resolved to interfaces."""
-    tables = _Tables(rules, chains)
+    tables = RuleSet(rules, chains)
     where = _locator(interfaces)
     filters = _ForwardFilter(tables, where.bridge_names())
     forwards: list[PortForward] = []
@@ -61,63 +60,6 @@ def interpret(rules: tuple[Rule, ...], chains: tuple[Chain, ...],
     return NatView(tuple(forwards), tuple(masquerades), tuple(warnings))
 
 
-# -- rule graph --------------------------------------------------------------------------
-
-class _Tables:
-    """Rules grouped per (netns, backend, family, table) and chain, in order."""
-
-    def __init__(self, rules: tuple[Rule, ...], chains: tuple[Chain, ...]):
-        self.rules: dict[GroupKey, dict[str, list[Rule]]] = defaultdict(lambda: defaultdict(list))
-        for rule in rules:
-            self.rules[(rule.netns, rule.backend, rule.family, rule.table)][rule.chain].append(rule)
-        self.declared: dict[GroupKey, set[str]] = defaultdict(set)
-        self.by_hook: dict[tuple[str, str | None], list[tuple[GroupKey, Chain]]] = defaultdict(list)
-        for chain in chains:
-            key = (chain.netns, chain.backend, chain.family, chain.table)
-            self.declared[key].add(chain.name)
-            if chain.hook:
-                self.by_hook[(chain.hook, chain.hook_type)].append((key, chain))
-
-    def chain(self, key: GroupKey, name: str) -> list[Rule]:
-        return self.rules.get(key, {}).get(name, [])
-
-    def is_chain(self, key: GroupKey, name: str | None) -> bool:
-        return bool(name) and name not in _NOT_CHAINS and name in self.declared.get(key, ())
-
-    def entries(self, hook: str, hook_type: str) -> list[tuple[GroupKey, Chain]]:
-        return self.by_hook.get((hook, hook_type), [])
-
-    def walk(self, key: GroupKey, chain: str, path: tuple[Match, ...] = (),
-             seen: frozenset[str] = frozenset()) -> Iterator[tuple[Rule, tuple[Match, ...]]]:
-        """Every non-jump rule reachable from chain, with the matches on the way to it."""
-        if len(seen) >= MAX_DEPTH:
-            return
-        seen = seen | {chain}
-        for rule in self.chain(key, chain):
-            if rule.target == "VMAP":
-                for sub, condition in _vmap_jumps(rule):
-                    if self.is_chain(key, sub) and sub not in seen:
-                        yield from self.walk(key, sub, path + _plain(rule) + (condition,), seen)
-            elif self.is_chain(key, rule.target):
-                if rule.target not in seen:
-                    yield from self.walk(key, rule.target, path + rule.matches, seen)
-            else:
-                yield rule, path + rule.matches
-
-
-def _vmap_jumps(rule: Rule) -> Iterator[tuple[str, Match]]:
-    """Docker 29's `oifname vmap @m`: each element `"docker0" : jump X` as (X, -o docker0)."""
-    option = next((args[0] for opt, args, _ in rule.matches if opt == "vmap" and args), "?")
-    for key, verdict in rule.target_args:
-        word, _, target = verdict.partition(" ")
-        if word in ("jump", "goto"):
-            yield target, (option, (key,), False)
-
-
-def _plain(rule: Rule) -> tuple[Match, ...]:
-    return tuple(m for m in rule.matches if m[0] != "vmap")
-
-
 # -- DNAT -> port forwards -----------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -127,11 +69,11 @@ class _Reach:
     output: tuple[Match, ...] | None = None
 
 
-def _dnat_rules(tables: _Tables) -> list[tuple[Rule, _Reach]]:
+def _dnat_rules(tables: RuleSet) -> list[tuple[Rule, _Reach]]:
     found: dict[int, tuple[Rule, dict[str, tuple[Match, ...]]]] = {}  # by id: Rule hashes slowly
     for hook in ("prerouting", "output"):
-        for key, base in tables.entries(hook, "nat"):
-            for rule, path in tables.walk(key, base.name):
+        for base in tables.all_bases(hook, "nat"):
+            for rule, path in tables.walk(base.key, base.chain.name):
                 if rule.target == "DNAT":
                     found.setdefault(id(rule), (rule, {}))[1].setdefault(hook, path)
     for by_chain in tables.rules.values():  # DNATs no base chain leads to
@@ -171,69 +113,19 @@ def forwards_of(rule: Rule, reach: _Reach) -> tuple[list[dict], str | None]:
     return forwards, None
 
 
-@lru_cache(maxsize=65536)
-def parse_destination(text: str) -> tuple[str, int | None, int | None] | None:
-    """`IP[:PORT[-PORT][/BASE]]`, `[IPv6]:PORT`, `IP-IP:PORT` -> (ip, first port, last port)."""
-    if text.startswith("["):
-        address, _, rest = text[1:].partition("]")
-        ports = rest[1:] if rest.startswith(":") else ""
-    elif text.count(":") > 1:
-        address, ports = text, ""
-    else:
-        address, _, ports = text.partition(":")
-    address = _canonical_ip(address.split("-")[0])
-    if address is None:
-        return None
-    if not ports:
-        return address, None, None
-    span = _port_range(ports.split("/")[0])
-    return None if span is None else (address, *span)
-
-
-def _canonical_ip(text: str) -> str | None:
-    """The address in its usual spelling, or None. Dotted quads take a short cut: 5,000
-    DNAT rules mean 10,000 distinct addresses, and ipaddress costs ~10 us each."""
-    parts = text.split(".")
-    if len(parts) == 4 and all(p.isdecimal() and p.isascii() and len(p) <= 3 and
-                               (p == "0" or p[0] != "0") and int(p) <= 255 for p in parts):
-        return text
-    try:
-        return str(_address(text))
-    except ValueError:
-        return None
-
-
-def last_value(matches: tuple[Match, ...], option: str) -> str | None:
-    """The innermost non-negated value of an option along a path."""
-    for opt, args, negated in reversed(matches):
-        if opt == option and args and not negated:
-            return args[0]
-    return None
-
-
 def _ports(matches: tuple[Match, ...]) -> list[tuple[int, int | None] | None]:
     """Destination port spans of the innermost port match; None marks an unreadable one."""
     for opt, args, negated in reversed(matches):
         if negated or not args:
             continue
-        if opt in ("--dport", "--destination-port"):
-            return [_port_range(args[0])]
-        if opt in ("--dports", "--destination-ports", "--ports"):
-            return [_port_range(part) for part in args[0].split(",")]
+        if canonical(opt) in ("--dport", "--ports"):
+            return port_spans(args[0])
     return []
-
-
-def _port_range(text: str) -> tuple[int, int | None] | None:
-    """`80`, `8000:8009` or `8000-8009` -> (first, last or None); None when not numbers."""
-    lo, _, hi = text.replace("-", ":").partition(":")
-    if not (lo.isdecimal() and lo.isascii() and (not hi or (hi.isdecimal() and hi.isascii()))):
-        return None
-    return int(lo), int(hi) if hi else None
 
 
 def _host_ip(path: tuple[Match, ...]) -> str | None:
     for opt, args, negated in reversed(path):
-        if opt in ("-d", "--destination") and args and not negated:
+        if canonical(opt) == "-d" and args and not negated:
             host = _host_text(args[0])
             if host is not None:
                 return host
@@ -244,9 +136,9 @@ def _host_ip(path: tuple[Match, ...]) -> str | None:
 def _host_text(cidr: str) -> str | None:
     """`192.0.2.10/32` -> `192.0.2.10`; a wider prefix stays a CIDR; 0/0 and junk -> None."""
     address, slash, bits = cidr.partition("/")
-    if bits in ("32", "") and _canonical_ip(address) == address and "." in address:
+    if bits in ("32", "") and canonical_ip(address) == address and "." in address:
         return address
-    net = _network(cidr)
+    net = network(cidr)
     if net is None or net.prefixlen == 0:
         return None
     return str(net.network_address) if net.prefixlen == net.max_prefixlen else str(net)
@@ -258,27 +150,14 @@ def _admits(path: tuple[Match, ...], host_ip: str | None) -> bool:
     served by docker-proxy, not by the DNAT)."""
     if host_ip is None:
         return True
-    address = _network(host_ip)
+    address = network(host_ip)
     for opt, args, negated in path:
-        if opt in ("-d", "--destination") and args:
-            net = _network(args[0])
+        if canonical(opt) == "-d" and args:
+            net = network(args[0])
             if net is not None and address is not None and address.version == net.version:
                 if address.subnet_of(net) == negated:
                     return False
     return True
-
-
-@lru_cache(maxsize=65536)
-def _address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
-    return ipaddress.ip_address(text)
-
-
-@lru_cache(maxsize=65536)
-def _network(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network | None:
-    try:
-        return ipaddress.ip_network(text, strict=False)
-    except ValueError:
-        return None
 
 
 # -- where a forward lands ------------------------------------------------------------------
@@ -339,7 +218,7 @@ class _Locator:
         address = ipaddress.ip_address(ip)
         for bridge in self.bridges.get(netns, []):
             for cidr in bridge.addresses:
-                net = _network(cidr)
+                net = network(cidr)
                 if net is not None and net.version == address.version and address in net:
                     return bridge.name
         return None
@@ -359,110 +238,39 @@ def _resolve(forward: dict, rule: Rule | None, where: _Locator,
 
 # -- FORWARD verdicts ----------------------------------------------------------------------
 
-@dataclass(frozen=True)
-class _Packet:
-    """The first packet of a published-port connection, after DNAT, in the FORWARD hook."""
-    family: int
-    proto: str
-    dst: ipaddress.IPv4Address | ipaddress.IPv6Address
-    dport: int
-    out: str | None  # bridge it leaves by (None: unknown)
-    ctmark: int  # conntrack mark the DNAT rule set (netavark)
-    bridges: frozenset[str] = frozenset()  # bridges of the namespace: not where it came from
+def forward_packet(forward: dict | PortForward, rule: Rule | None, out: str | None,
+                   bridges: frozenset[str]) -> Packet:
+    """The first packet of a published-port connection, after DNAT, in the FORWARD hook: from
+    some uplink (none of the namespace's bridges), leaving by bridge `out` (None: unknown)."""
+    get = forward.get if isinstance(forward, dict) else lambda name: getattr(forward, name)
+    dst = get("to_ip")
+    return Packet(address(dst).version, get("proto"), dst, get("to_port"),
+                  oif=out, not_iif=bridges | ({out} if out else set()), src_remote=True,
+                  bridges=bridges, ctstate=frozenset({"NEW", "DNAT"}),
+                  ctmark=_ctmark(rule) if rule is not None else 0)
+
+
+def forward_verdict(tables: RuleSet, netns: str, packet: Packet) -> HookRun:
+    return run_hook(tables, netns, "forward", packet)
 
 
 class _ForwardFilter:
-    def __init__(self, tables: _Tables, bridges: dict[str, frozenset[str]]):
+    def __init__(self, tables: RuleSet, bridges: dict[str, frozenset[str]]):
         self.tables = tables
         self.bridges = bridges  # netns -> bridge names
         self.cache: dict[tuple, bool | None] = {}
-        self.filtered: dict[str, bool] = {}
 
     def accepts(self, forward: dict, rule: Rule, bridge: Callable[[], str | None]) -> bool | None:
-        """True/False when every forward-hook filter chain accepts/one drops; None: unsure."""
+        """True/False when every forward-hook base chain accepts/one drops; None: unsure."""
         netns = forward["netns"]
-        if not self._filtered(netns):
+        if not self.tables.bases(netns, "forward"):
             return True  # nothing filters forwarded traffic here
-        dst = _address(forward["to_ip"])
-        packet = _Packet(dst.version, forward["proto"], dst, forward["to_port"], bridge(),
-                         _ctmark(rule), self.bridges.get(netns, frozenset()))
+        packet = forward_packet(forward, rule, bridge(), self.bridges.get(netns, frozenset()))
         key = (netns, packet)
         if key not in self.cache:
-            self.cache[key] = self._decide(netns, packet)
+            verdict = forward_verdict(self.tables, netns, packet).verdict
+            self.cache[key] = {ACCEPT: True, DROP: False}.get(verdict or "")
         return self.cache[key]
-
-    def _filtered(self, netns: str) -> bool:
-        if netns not in self.filtered:
-            self.filtered[netns] = any(key[0] == netns for key, _ in self.tables.entries("forward", "filter"))
-        return self.filtered[netns]
-
-    def _decide(self, netns: str, packet: _Packet) -> bool | None:
-        verdicts = [self._run(key, base.name, packet, base.policy or "ACCEPT", 0)
-                    for key, base in self.tables.entries("forward", "filter")
-                    if key[0] == netns and key[2] in (packet.family, 0)]
-        if any(v == "DROP" for v in verdicts):
-            return False
-        return None if any(v is None for v in verdicts) else True
-
-    def _run(self, key: GroupKey, chain: str, packet: _Packet, end: str | None,
-             depth: int, start: int = 0) -> str | None:
-        """Verdict of chain for packet: ACCEPT, DROP, `end` when it falls off, None: unsure.
-
-        A rule whose matches we cannot decide splits the run in two; if both branches
-        agree the verdict stands, otherwise it is unknown.
-        """
-        rules = self.tables.chain(key, chain)
-        for index in range(start, len(rules)):
-            rule = rules[index]
-            matched = _matches(rule, packet)
-            if matched is False:
-                continue
-            outcome = self._effect(key, rule, packet, depth)
-            if outcome == _NEXT:
-                continue
-            if outcome == _LEAVE:  # RETURN: a base chain's policy decides, a user chain ends
-                outcome = end
-            if matched is None:
-                if depth > MAX_DEPTH:
-                    return None
-                other = self._run(key, chain, packet, end, depth + 1, index + 1)
-                return outcome if outcome == other else None
-            return outcome
-        return end
-
-    def _effect(self, key: GroupKey, rule: Rule, packet: _Packet, depth: int) -> str | None:
-        """ACCEPT, DROP, _NEXT (go on with the next rule), _LEAVE (leave this chain), None."""
-        target = rule.target
-        if target == "VMAP":
-            return self._vmap(key, rule, packet, depth)
-        return self._verdict(key, "goto" if rule.goto else "jump", target, packet, depth)
-
-    def _verdict(self, key: GroupKey, how: str, target: str | None, packet: _Packet,
-                 depth: int) -> str | None:
-        if target in TERMINAL:
-            return "DROP" if target == "REJECT" else target
-        if target == "RETURN":
-            return _LEAVE
-        if self.tables.is_chain(key, target):
-            if depth >= MAX_DEPTH:
-                return None
-            sub = self._run(key, target, packet, _FELL_OFF, depth + 1)
-            if sub == _FELL_OFF:
-                return _LEAVE if how == "goto" else _NEXT
-            return sub
-        return _NEXT  # LOG, MARK, CONTINUE, ...: not a verdict
-
-    def _vmap(self, key: GroupKey, rule: Rule, packet: _Packet, depth: int) -> str | None:
-        option = next((args[0] for opt, args, _ in rule.matches if opt == "vmap" and args), "")
-        for element, verdict in rule.target_args:
-            hit = _interface_match(option, element, packet)
-            if hit is False:
-                continue
-            if hit is None:
-                return None
-            word, _, target = verdict.partition(" ")
-            return self._verdict(key, word, target if target else word.upper(), packet, depth)
-        return _NEXT
 
 
 def _ctmark(rule: Rule) -> int:
@@ -477,79 +285,12 @@ def _ctmark(rule: Rule) -> int:
     return 0
 
 
-def _matches(rule: Rule, packet: _Packet) -> bool | None:
-    result: bool | None = True
-    for opt, args, negated in rule.matches:
-        one = _match(opt, args, packet)
-        if one is not None and negated:
-            one = not one
-        if one is False:
-            return False
-        if one is None:
-            result = None
-    return result
-
-
-def _match(opt: str, args: tuple[str, ...], packet: _Packet) -> bool | None:
-    value = args[0] if args else ""
-    if opt in ("-m", "--comment", "--match", "vmap"):  # vmap keys are judged per element
-        return True
-    if opt in ("-d", "--destination"):
-        net = _network(value)
-        return None if net is None or net.version != packet.family else packet.dst in net
-    if opt in ("-s", "--source"):
-        # The client is outside; it is certainly not in the container's own subnet.
-        net = _network(value)
-        if net is not None and net.prefixlen == 0:
-            return True
-        return False if net is not None and net.version == packet.family and packet.dst in net else None
-    if opt in ("-p", "--protocol"):
-        return value in ("all", "0") or value == packet.proto
-    if opt in ("--dport", "--destination-port", "--dports", "--destination-ports"):
-        spans = [_port_range(p) for p in value.split(",")]
-        if None in spans:
-            return None
-        return any(lo <= packet.dport <= (hi if hi is not None else lo) for lo, hi in spans)
-    if opt in ("-i", "--in-interface", "-o", "--out-interface"):
-        return _interface_match(opt, value, packet)
-    if opt in ("--ctstate", "--state"):
-        states = {s.strip().upper() for s in value.split(",")}
-        return bool(states & {"NEW", "DNAT"})
-    if opt == "--ctmark":
-        return _masked(value, packet.ctmark)
-    if opt == "--mark":
-        return _masked(value, 0)  # a packet from outside arrives unmarked
-    if opt == "--match-set" and value.startswith("docker-ext-bridges") and args[-1] == "dst":
-        return packet.out is not None  # 28.0's set of Docker bridge subnets
-    return None
-
-
-def _interface_match(opt: str, name: str, packet: _Packet) -> bool | None:
-    if opt in ("-o", "--out-interface"):
-        if packet.out is None:
-            return None
-        return packet.out.startswith(name[:-1]) if name.endswith("+") else packet.out == name
-    # In: some uplink, so none of the namespace's bridges; any other name we cannot tell.
-    if name == packet.out or name in packet.bridges:
-        return False
-    return None
-
-
-def _masked(value: str, mark: int) -> bool | None:
-    want, _, mask = value.partition("/")
-    try:
-        want_bits, mask_bits = int(want, 0), int(mask, 0) if mask else 0xFFFFFFFF
-    except ValueError:
-        return None
-    return mark & mask_bits == want_bits
-
-
 # -- masquerades -----------------------------------------------------------------------------
 
-def _masquerades(tables: _Tables) -> tuple[list[Masquerade], list[Rule]]:
+def _masquerades(tables: RuleSet) -> tuple[list[Masquerade], list[Rule]]:
     reached: dict[Rule, tuple[Match, ...]] = {}
-    for key, base in tables.entries("postrouting", "nat"):
-        for rule, path in tables.walk(key, base.name):
+    for base in tables.all_bases("postrouting", "nat"):
+        for rule, path in tables.walk(base.key, base.chain.name):
             if rule.target in ("MASQUERADE", "SNAT") and rule not in reached:
                 reached[rule] = path
     found = [_masquerade(rule, path) for rule, path in reached.items()]
@@ -563,7 +304,7 @@ def _masquerades(tables: _Tables) -> tuple[list[Masquerade], list[Rule]]:
 def _masquerade(rule: Rule, path: tuple[Match, ...]) -> Masquerade:
     def pick(option: str, negated: bool) -> str | None:
         for opt, args, neg in reversed(path):
-            if opt == option and args and neg == negated:
+            if canonical(opt) == option and args and neg == negated:
                 return args[0]
         return None
     dest, dest_not = pick("-d", False), False

@@ -1,9 +1,11 @@
 """The packet path: where a connection from a source namespace to an address and port goes.
 
-Hop by hop: in each namespace the nat chain for the packet's origin (OUTPUT for a packet made
-here, PREROUTING for one that arrived) may rewrite its destination; the kernel's own route
-lookup (RTM_GETROUTE, asked through `lookup`) picks the way out; POSTROUTING may rewrite its
-source; then the veth pair or the bridge carries it to the next namespace. The result names
+Hop by hop: in each namespace the base chains of every backend (iptables-legacy, iptables-nft,
+native nftables) at the packet's first hook (output for a packet made here, prerouting for
+one that arrived) may drop it or rewrite its destination; the kernel's own route lookup
+(RTM_GETROUTE, asked through `lookup`) picks the way out; the input or forward hook may drop
+it; postrouting may rewrite its source; then the veth pair or the bridge carries it to the
+next namespace. Every hook is run by the shared evaluator (rules/evaluator.py). The result names
 graph element ids (namespaces, interfaces, port forwards, masquerades) plus a step list in
 plain words. `trace` is pure given a snapshot and a lookup function; `trace_live` wires in
 the kernel.
@@ -14,34 +16,48 @@ from dataclasses import dataclass, replace
 from ipaddress import IPv4Address
 from typing import Callable
 
-from bridgescope.collector import nateval
 from bridgescope.collector.graph import masquerade_id, portforward_id
 from bridgescope.collector.hostview import ipv4_addresses
 from bridgescope.collector.model import Interface, Namespace, Rule, Snapshot
-from bridgescope.collector.nateval import Context, Packet
 from bridgescope.collector.routelookup import RouteAnswer, RouteLookup
+from bridgescope.collector.rules.evaluator import DROP, ChainRun, describe, run_hook
+from bridgescope.collector.rules.matcher import Packet
+from bridgescope.collector.rules.model import Base, RuleSet
 
 Lookup = Callable[..., RouteAnswer]  # (ns_id, dst, *, src=None, iif=None) -> RouteAnswer
 MAX_HOPS = 8
-_IPTABLES_BACKENDS = ("legacy", "nft")  # legacy rules run first when both exist
+
+
+@dataclass(frozen=True)
+class Endpoints:
+    """A packet as the path shows it."""
+    src: str | None
+    dst: str
+    proto: str
+    dport: int
+
+
+def endpoints(packet: Packet) -> Endpoints:
+    return Endpoints(packet.src, packet.dst or "", packet.proto or "", packet.dport or 0)
 
 
 @dataclass(frozen=True)
 class Step:
-    kind: str  # "nat", "route", "veth", "bridge", "deliver", "drop"
+    kind: str  # "nat", "route", "veth", "bridge", "deliver", "drop", "unknown"
     netns: str
     text: str
     elements: tuple[str, ...] = ()
     rules: tuple[Rule, ...] = ()  # the nat rules that matched here (jumps included)
+    verdict_rule: Rule | None = None  # for a drop: the rule that dropped (None: a policy)
 
 
 @dataclass(frozen=True)
 class PacketPath:
     source: str  # namespace id
-    packet: Packet  # as sent
+    packet: Endpoints  # as sent
     steps: tuple[Step, ...]
     delivered_to: str | None  # namespace id where the packet ends up locally, or None
-    final: Packet  # after every rewrite
+    final: Endpoints  # after every rewrite
 
     @property
     def elements(self) -> tuple[str, ...]:
@@ -58,13 +74,13 @@ class PacketPath:
 
 def trace(snap: Snapshot, source: str, dst: str, port: int, lookup: Lookup,
           proto: str = "tcp") -> PacketPath:
-    pkt = Packet(None, dst, proto, port)
     first = lookup(source, dst)  # the kernel picks a local packet's source before nat OUTPUT
-    pkt = replace(pkt, src=first.prefsrc)
+    pkt = Packet(4, proto, dst, port, src=first.prefsrc)
     sent, steps = pkt, []
+    tables = RuleSet(snap.rules, snap.chains)
     ns_id, iif, in_port = source, None, None
     for _ in range(MAX_HOPS):
-        pkt, hop, nxt = _hop(snap, ns_id, iif, in_port, pkt, lookup)
+        pkt, hop, nxt = _hop(snap, tables, ns_id, iif, in_port, pkt, lookup)
         steps += hop
         if nxt is None:
             break
@@ -72,22 +88,29 @@ def trace(snap: Snapshot, source: str, dst: str, port: int, lookup: Lookup,
     else:
         steps.append(Step("drop", ns_id, f"gave up after {MAX_HOPS} hops (a routing loop?)"))
     delivered = steps[-1].netns if steps and steps[-1].kind == "deliver" else None
-    return PacketPath(source, sent, tuple(steps), delivered, pkt)
+    return PacketPath(source, endpoints(sent), tuple(steps), delivered, endpoints(pkt))
 
 
 Arrival = tuple[str, Interface, Interface | None]  # namespace id, in-interface, bridge port
 
 
-def _hop(snap: Snapshot, ns_id: str, iif: Interface | None, in_port: Interface | None,
-         pkt: Packet, lookup: Lookup) -> tuple[Packet, list[Step], Arrival | None]:
-    """One namespace: nat in, route, nat out, and where the packet goes next."""
+def _hop(snap: Snapshot, tables: RuleSet, ns_id: str, iif: Interface | None,
+         in_port: Interface | None, pkt: Packet,
+         lookup: Lookup) -> tuple[Packet, list[Step], Arrival | None]:
+    """One namespace: the first hook, route, input or forward, postrouting, and where next."""
     steps: list[Step] = []
-    local = _local_addresses(snap, ns_id)
-    chain = "OUTPUT" if iif is None else "PREROUTING"
-    pkt = _nat(snap, ns_id, chain, pkt, Context(iif.name if iif else None, None, local), steps)
-    ans = lookup(ns_id, pkt.dst, src=pkt.src, iif=iif.ifindex if iif else None)
     ns_name = _ns_name(snap, ns_id)
+    pkt = replace(pkt, iif=iif.name if iif else "", oif="" if iif else _out_name(snap, ns_id, pkt, lookup),
+                  local=_local_addresses(snap, ns_id), ctstate=frozenset({"NEW"}))
+    pkt, ended = _hook(snap, tables, ns_id, "output" if iif is None else "prerouting", pkt, steps)
+    if ended:
+        return pkt, steps, None
+    ans = lookup(ns_id, pkt.dst, src=pkt.src, iif=iif.ifindex if iif else None)
     if ans.type == "local":
+        if iif is not None:
+            pkt, ended = _hook(snap, tables, ns_id, "input", replace(pkt, oif=""), steps)
+            if ended:
+                return pkt, steps, None
         steps.append(Step("deliver", ns_id, f"{pkt.dst} is local in {ns_name}: delivered to the "
                           f"program listening on {pkt.proto}/{pkt.dport}", (ns_id,)))
         return pkt, steps, None
@@ -101,44 +124,60 @@ def _hop(snap: Snapshot, ns_id: str, iif: Interface | None, in_port: Interface |
     via = f" via {ans.gateway}" if ans.gateway else ""
     steps.append(Step("route", ns_id, f"route lookup in {ns_name}: {pkt.dst}{via} dev {oif.name}",
                       (ns_id, oif.id)))
-    masq_src = _first_address(oif)  # MASQUERADE takes the out-interface's address
-    pkt = _nat(snap, ns_id, "POSTROUTING", pkt,
-               Context(iif.name if iif else None, oif.name, local), steps, masq_src)
+    pkt = replace(pkt, oif=oif.name)
+    if iif is not None:
+        pkt, ended = _hook(snap, tables, ns_id, "forward", pkt, steps)
+        if ended:
+            return pkt, steps, None
+    # MASQUERADE takes the out-interface's address
+    pkt, ended = _hook(snap, tables, ns_id, "postrouting", pkt, steps, _first_address(oif))
+    if ended:
+        return pkt, steps, None
     nxt = _next(snap, oif, IPv4Address(ans.gateway or pkt.dst), steps, in_port)
     return pkt, steps, nxt
 
 
-def _nat(snap: Snapshot, ns_id: str, chain: str, pkt: Packet, ctx: Context, steps: list[Step],
-         masq_src: str | None = None) -> Packet:
-    for backend in _IPTABLES_BACKENDS:
-        rules = tuple(r for r in snap.rules if r.netns == ns_id and r.backend == backend
-                      and r.table == "nat" and r.family == 4)
-        if not rules:
-            continue
-        verdict = nateval.run_chain(rules, chain, pkt, ctx, masq_src)
-        if verdict.matched:
-            steps.append(_nat_step(snap, ns_id, chain, pkt, verdict))
-        if verdict.rewrite is not None:
-            return verdict.packet
-    return pkt
+def _out_name(snap: Snapshot, ns_id: str, pkt: Packet, lookup: Lookup) -> str | None:
+    """A packet made here was routed before the output hook: its out-interface is known."""
+    ans = lookup(ns_id, pkt.dst, src=pkt.src)
+    return _iface(snap, ns_id, ans.oif).name if ans.type == "unicast" and ans.oif else None
 
 
-def _nat_step(snap: Snapshot, ns_id: str, chain: str, before: Packet,
-              verdict: nateval.Verdict) -> Step:
-    after, rw = verdict.packet, verdict.rewrite
+def _hook(snap: Snapshot, tables: RuleSet, ns_id: str, hook: str, pkt: Packet,
+          steps: list[Step], masq_src: str | None = None) -> tuple[Packet, bool]:
+    """Every base chain at hook; nat steps for the nat chains whose rules matched. -> the
+    packet after the hook, and whether the path ends here (a drop or unknown step says why)."""
+    run = run_hook(tables, ns_id, hook, pkt, masquerade_source=masq_src)
+    for base, chain_run in run.runs:
+        if base.is_nat and chain_run.matched:
+            steps.append(_nat_step(snap, ns_id, base, pkt, chain_run))
+    if run.verdict == DROP and run.decider is not None:
+        base, rule = run.decider
+        how = f"`{rule.text}`" if rule is not None else f"its policy is {base.chain.policy}"
+        steps.append(Step("drop", ns_id, f"{hook}: {describe(base)} drops it ({how})",
+                          (ns_id,), verdict_rule=rule))
+        return run.packet, True
+    if run.unknown:
+        steps.append(Step("unknown", ns_id, f"{hook}: {run.unknown}", (ns_id,)))
+    return run.packet, run.rewrite_unknown  # a packet whose rewrite is unknown goes nowhere known
+
+
+def _nat_step(snap: Snapshot, ns_id: str, base: Base, before: Packet, run: ChainRun) -> Step:
+    after, rw = run.packet, run.binding
+    chain = base.chain.name
     elements: tuple[str, ...] = ()
     if rw is None:
-        text = f"nat {chain}: {len(verdict.matched)} rule(s) matched, nothing rewritten"
-    elif rw.target == "DNAT":
-        text = f"nat {chain}: DNAT {before.dst}:{before.dport} -> {after.dst}:{after.dport}"
+        text = f"nat {chain}: {len(run.matched)} rule(s) matched, nothing rewritten"
+    elif rw.target in ("DNAT", "REDIRECT"):
+        text = f"nat {chain}: {rw.target} {before.dst}:{before.dport} -> {after.dst}:{after.dport}"
         elements = tuple(portforward_id(p)
                          for p in snap.port_forwards
                          if p.netns == ns_id and p.rule_text == rw.text and p.chain == rw.chain)
     else:
         text = f"nat {chain}: {rw.target} source {before.src} -> {after.src}"
         elements = tuple(_masquerade_ids(snap, ns_id, rw))
-    return Step("nat", ns_id, f"{text}  ({rw.text if rw else verdict.matched[-1].text})",
-                elements, verdict.matched)
+    return Step("nat", ns_id, f"{text}  ({rw.text if rw else run.matched[-1].text})",
+                elements, run.matched)
 
 
 def _masquerade_ids(snap: Snapshot, ns_id: str, rule: Rule) -> list[str]:

@@ -220,9 +220,60 @@ def test_forward_blocked_for_a_port_and_for_outbound():
 def test_outbound_accept_by_source_subnet_like_podman_counts():
     podman = rule("NETAVARK_FORWARD", "-s 172.17.0.0/16 -j ACCEPT", table="filter", target="ACCEPT",
                   s="172.17.0.0/16")
+    jump = rule("FORWARD", "-j NETAVARK_FORWARD", table="filter", target="NETAVARK_FORWARD")
     snap = healthy()
-    snap = replace(snap, rules=tuple(r for r in snap.rules if r.chain != "DOCKER-FORWARD") + (podman,))
+    snap = replace(snap, rules=tuple(r for r in snap.rules if r.chain != "DOCKER-FORWARD") + (jump, podman))
     assert diagnose(snap) == ()
+    # an accept in a chain nothing jumps to accepts nothing
+    assert ids(replace(snap, rules=tuple(r for r in snap.rules if r is not jump))) == ["forward-blocked"]
+
+
+DECLARED = (Chain(HOST, "nft", 4, "nat", "PREROUTING", "ACCEPT", hook="prerouting", hook_type="nat"),
+            Chain(HOST, "nft", 4, "nat", "DOCKER"), Chain(HOST, "nft", 4, "filter", "DOCKER"),
+            Chain(HOST, "nft", 4, "filter", "DOCKER-FORWARD"))
+
+
+FILTER_JUMP = rule("FORWARD", "-o docker0 -j DOCKER", table="filter", target="DOCKER", o="docker0")
+
+
+def interpreted(snap: Snapshot) -> Snapshot:
+    """The port forwards as nat.interpret reads them from the snapshot's rules and chains
+    (with the chains declared and the filter jump to DOCKER that leads to the per-port accept)."""
+    from bridgescope.collector.nat import interpret
+    chains, rules = snap.chains + DECLARED, snap.rules + (FILTER_JUMP,)
+    nat = interpret(rules, chains, snap.interfaces, snap.namespaces)
+    return replace(snap, chains=chains, rules=rules, port_forwards=nat.port_forwards)
+
+
+def test_legacy_forward_policy_drop_decides_although_iptables_nft_accepts():
+    """A Docker 20.10 host: Docker's accepts in iptables-nft, an iptables-legacy filter table
+    left with FORWARD policy DROP. Real traffic is dropped (test_firewall_kernel checks it);
+    the cause and the fix are the legacy table's policy, not a missing ACCEPT."""
+    assert interpreted(healthy()).port_forwards[0].forward_accept is True
+    legacy = Chain(HOST, "legacy", 4, "filter", "FORWARD", policy="DROP", hook="forward", hook_type="filter")
+    snap = interpreted(replace(healthy(), chains=healthy().chains + (legacy,)))
+    assert snap.port_forwards[0].forward_accept is False
+    # one cause, one finding for the port and the outbound traffic (the fixture's nat has
+    # no OUTPUT jump: dnat-not-from-host besides)
+    found = [f for f in diagnose(snap) if f.id == "forward-blocked"]
+    assert len(found) == 1
+    assert found[0].objects == (f"pf:{HOST}:tcp:*:8080", f"{CTR}/if2", f"{HOST}/if3")
+    assert "the iptables-legacy filter table's FORWARD chain has policy DROP" in found[0].title
+    assert "iptables-nft filter table's FORWARD chain accepts them" in found[0].explanation
+    assert found[0].fix == ("ip netns exec bstX-host iptables-legacy -P FORWARD ACCEPT",)
+
+
+def test_forward_blocked_names_the_table_whose_rule_drops():
+    drop = replace(rule("DOCKER-USER", "-d 172.17.0.2/32 -j DROP", table="filter", target="DROP",
+                        d="172.17.0.2/32"), backend="legacy")
+    jump = replace(rule("FORWARD", "-j DOCKER-USER", table="filter", target="DOCKER-USER"), backend="legacy")
+    legacy = Chain(HOST, "legacy", 4, "filter", "FORWARD", policy="ACCEPT", hook="forward", hook_type="filter")
+    snap = interpreted(replace(healthy(), chains=healthy().chains + (legacy,),
+                               rules=healthy().rules + (jump, drop)))
+    found = [f for f in diagnose(snap) if f.id == "forward-blocked"]
+    assert len(found) == 1 and "iptables-legacy filter table's FORWARD chain" in found[0].explanation
+    assert "-A DOCKER-USER -d 172.17.0.2/32 -j DROP" in found[0].explanation
+    assert found[0].fix[0].startswith("ip netns exec bstX-host iptables-legacy -I FORWARD -d 172.17.0.2/32")
 
 
 def proxyless(snap: Snapshot) -> Snapshot:

@@ -196,6 +196,19 @@ def test_forward_blocked_for_outbound(netns):
     assert "-i docker0" in found[0].fix[0]
 
 
+def test_forward_blocked_by_the_legacy_policy_beside_iptables_nft(netns):
+    """Docker's accepts in iptables-nft, an iptables-legacy filter table with FORWARD policy
+    DROP (a Docker 20.10 host): the legacy policy decides, so the fix is there."""
+    site = build(netns, DOCKER_29)
+    site.iptables("-P", "FORWARD", "DROP", tool="iptables-legacy")
+    found = diagnose(snapshot(site.host))
+    assert [f.id for f in found] == ["forward-blocked"]
+    assert "iptables-legacy filter table's FORWARD chain has policy DROP" in found[0].title
+    assert found[0].fix == (f"ip netns exec {site.host} iptables-legacy -P FORWARD ACCEPT",)
+    sh(*found[0].fix[0].split())
+    assert finding_ids(site) == []
+
+
 def test_hairpin_off_with_proxyless_dnat(netns):
     site = build(netns, DOCKER_29_NOPROXY)
     site.ip(site.host, "link", "set", "vethc1", "type", "bridge_slave", "hairpin", "off")

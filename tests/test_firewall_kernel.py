@@ -343,6 +343,17 @@ def test_verdicts_match_what_packets_do(lab, listing, edit, port, works):
     assert predicted == works == connects(client, port)
 
 
+def test_legacy_forward_policy_drop_beside_iptables_nft_accepts_drops_real_packets(lab):
+    """An accept in iptables-nft does not save a packet the iptables-legacy table drops."""
+    hns, client, interfaces = lab
+    sh("iptables-nft-restore", ns=hns, input=(DATA / "docker28.rules").read_text())
+    assert connects(client, 8080)
+    sh("iptables-legacy", "-P", "FORWARD", "DROP", ns=hns)
+    scan = firewall.scan({hns: path(hns)})
+    forward, = interpret(scan.rules, scan.chains, interfaces, ()).port_forwards
+    assert forward.forward_accept is False and not connects(client, 8080)
+
+
 @pytest.mark.slow
 def test_snapshot_lists_the_published_port_with_owner_backend_and_container(host):
     """End to end through the collector core: what `bridgescope snapshot` shows."""

@@ -71,7 +71,8 @@ def _chain(raw: dict, netns: str) -> Chain:
     return Chain(netns=netns, backend="nftables", family=FAMILIES.get(raw["family"], 0),
                  table=raw["table"], name=raw["name"],
                  policy=policy.upper() if policy else None,
-                 hook=raw.get("hook"), hook_type=raw.get("type"))
+                 hook=raw.get("hook"), hook_type=raw.get("type"),
+                 priority=raw["prio"] if isinstance(raw.get("prio"), int) else None)
 
 
 def _rule(raw: dict, netns: str, position: int, maps: dict) -> Rule:

@@ -1,0 +1,237 @@
+"""The one rule model of every backend, and how its values read.
+
+iptables-legacy, iptables-nft and native nftables rules all arrive as `collector.model.Rule`
+with their matches in the iptables vocabulary (firewall/nftjson.py translates nft
+expressions: an nft port set `{ 8000-8009, 9000 }` becomes `--dports 8000-8009,9000`). Here,
+once for every reader of rules: option aliases folded to one name, the value parsers (ports,
+addresses, DNAT destinations), a rule set grouped per table with the base chains of each
+hook in the kernel's priority order, Pure.
+"""
+from __future__ import annotations
+
+import ipaddress
+from collections import defaultdict
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Iterator
+
+from bridgescope.collector.model import Chain, Rule
+
+Match = tuple[str, tuple[str, ...], bool]  # (option, args, negated)
+GroupKey = tuple[str, str, int, str]  # netns, backend, family, table
+MAX_DEPTH = 32  # jump nesting; real rule sets stay below 6, loops are cut anyway
+
+# The verdicts and rewrites a target can name; anything else declared is a chain.
+NOT_CHAINS = frozenset({"ACCEPT", "DROP", "REJECT", "RETURN", "DNAT", "SNAT", "MASQUERADE",
+                        "REDIRECT", "MARK", "CONNMARK", "LOG", "VMAP", "CONTINUE"})
+NAT_TARGETS = frozenset({"DNAT", "SNAT", "MASQUERADE", "REDIRECT"})
+
+ALIASES = {
+    "--source": "-s", "--src": "-s", "--destination": "-d", "--dst": "-d",
+    "--in-interface": "-i", "--out-interface": "-o", "--protocol": "-p", "--match": "-m",
+    "--destination-port": "--dport", "--dports": "--dport", "--destination-ports": "--dport",
+    "--source-port": "--sport", "--sports": "--sport", "--source-ports": "--sport",
+    "--state": "--ctstate",
+}
+
+# Where the kernel hooks each iptables table (the NF_IP_PRI_* values); iptables-legacy and
+# iptables-nft register at the same ones. Native nftables chains carry their own.
+_TABLE_PRIORITY = {"raw": -300, "mangle": -150, "filter": 0, "security": 50}
+_NAT_PRIORITY = {"prerouting": -100, "output": -100, "input": 100, "postrouting": 100}
+
+
+def canonical(option: str) -> str:
+    """One name per option: `--destination-ports` and `--dports` are `--dport`."""
+    return ALIASES.get(option, option)
+
+
+# -- values ------------------------------------------------------------------------------
+
+def port_range(text: str) -> tuple[int, int | None] | None:
+    """`80`, `8000:8009` or `8000-8009` -> (first, last or None); None when not numbers."""
+    lo, _, hi = text.replace("-", ":").partition(":")
+    if not (lo.isdecimal() and lo.isascii() and (not hi or (hi.isdecimal() and hi.isascii()))):
+        return None
+    return int(lo), int(hi) if hi else None
+
+
+def port_spans(text: str) -> list[tuple[int, int | None] | None]:
+    """A port match's value, `8000-8009,9000` or `80,443:450`, as spans (None: unreadable)."""
+    return [port_range(part.strip()) for part in text.split(",")]
+
+
+def port_in(port: int, text: str) -> bool | None:
+    """Is port one of the ports of a match's value? None when the value does not read."""
+    spans = port_spans(text)
+    if None in spans:
+        return None
+    return any(lo <= port <= (hi if hi is not None else lo) for lo, hi in spans)
+
+
+@lru_cache(maxsize=65536)
+def address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    return ipaddress.ip_address(text)
+
+
+@lru_cache(maxsize=65536)
+def network(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network | None:
+    try:
+        return ipaddress.ip_network(text, strict=False)
+    except ValueError:
+        return None
+
+
+@lru_cache(maxsize=65536)
+def span(text: str) -> tuple[int, int, int] | None:
+    """A network as (IP version, first address, last address) as integers: the matcher's hot
+    path compares integers instead of building ipaddress objects per rule and packet."""
+    net = network(text)
+    if net is None:
+        return None
+    return net.version, int(net.network_address), int(net.broadcast_address)
+
+
+@lru_cache(maxsize=65536)
+def address_number(text: str) -> tuple[int, int] | None:
+    """An address as (IP version, integer); None when it is not one."""
+    try:
+        found = address(text)
+    except ValueError:
+        return None
+    return found.version, int(found)
+
+
+def canonical_ip(text: str) -> str | None:
+    """The address in its usual spelling, or None. Dotted quads take a short cut: 5,000
+    DNAT rules mean 10,000 distinct addresses, and ipaddress costs ~10 us each."""
+    parts = text.split(".")
+    if len(parts) == 4 and all(p.isdecimal() and p.isascii() and len(p) <= 3 and
+                               (p == "0" or p[0] != "0") and int(p) <= 255 for p in parts):
+        return text
+    try:
+        return str(address(text))
+    except ValueError:
+        return None
+
+
+@lru_cache(maxsize=65536)
+def parse_destination(text: str) -> tuple[str, int | None, int | None] | None:
+    """`IP[:PORT[-PORT][/BASE]]`, `[IPv6]:PORT`, `IP-IP:PORT` -> (ip, first port, last port)."""
+    if text.startswith("["):
+        addr, _, rest = text[1:].partition("]")
+        ports = rest[1:] if rest.startswith(":") else ""
+    elif text.count(":") > 1:
+        addr, ports = text, ""
+    else:
+        addr, _, ports = text.partition(":")
+    addr = canonical_ip(addr.split("-")[0])
+    if addr is None:
+        return None
+    if not ports:
+        return addr, None, None
+    span = port_range(ports.split("/")[0])
+    return None if span is None else (addr, *span)
+
+
+def last_value(matches: tuple[Match, ...], option: str) -> str | None:
+    """The innermost non-negated value of an option along a path."""
+    for opt, args, negated in reversed(matches):
+        if canonical(opt) == option and args and not negated:
+            return args[0]
+    return None
+
+
+# -- the rule set: tables, chains, base chains per hook --------------------------------------
+
+@dataclass(frozen=True)
+class Base:
+    """A base chain: where packets enter a table at a hook, and at which priority."""
+    key: GroupKey
+    chain: Chain
+    priority: int
+
+    @property
+    def is_nat(self) -> bool:
+        return self.chain.hook_type == "nat"
+
+
+def priority(chain: Chain) -> int:
+    if chain.priority is not None:
+        return chain.priority
+    if chain.hook_type == "nat":
+        return _NAT_PRIORITY.get(chain.hook or "", 0)
+    return _TABLE_PRIORITY.get(chain.hook_type or "", 0)
+
+
+class RuleSet:
+    """Rules grouped per (netns, backend, family, table) and chain, in order; base chains per
+    (netns, hook) in priority order."""
+
+    def __init__(self, rules: tuple[Rule, ...], chains: tuple[Chain, ...]):
+        self.rules: dict[GroupKey, dict[str, list[Rule]]] = defaultdict(lambda: defaultdict(list))
+        for rule in rules:
+            self.rules[(rule.netns, rule.backend, rule.family, rule.table)][rule.chain].append(rule)
+        self.declared: dict[GroupKey, set[str]] = defaultdict(set)
+        self.hooks: dict[tuple[str, str], list[Base]] = defaultdict(list)
+        for chain in chains:
+            key = (chain.netns, chain.backend, chain.family, chain.table)
+            self.declared[key].add(chain.name)
+            if chain.hook:
+                self.hooks[(chain.netns, chain.hook)].append(Base(key, chain, priority(chain)))
+        for bases in self.hooks.values():
+            bases.sort(key=lambda b: b.priority)  # stable: listing order within a priority
+
+    def chain(self, key: GroupKey, name: str) -> list[Rule]:
+        return self.rules.get(key, {}).get(name, [])
+
+    def is_chain(self, key: GroupKey, name: str | None) -> bool:
+        """A declared chain, or one that holds rules (hand-built rule sets declare none)."""
+        return (bool(name) and name not in NOT_CHAINS
+                and (name in self.declared.get(key, ()) or name in self.rules.get(key, ())))
+
+    def bases(self, netns: str, hook: str, family: int | None = None,
+              hook_type: str | None = None) -> list[Base]:
+        """The base chains at hook, lowest priority first; family 0 (inet) serves both."""
+        return [b for b in self.hooks.get((netns, hook), ())
+                if (family is None or b.key[2] in (family, 0))
+                and (hook_type is None or b.chain.hook_type == hook_type)]
+
+    def all_bases(self, hook: str, hook_type: str) -> Iterator[Base]:
+        for (_, at), bases in self.hooks.items():
+            if at == hook:
+                yield from (b for b in bases if b.chain.hook_type == hook_type)
+
+    def walk(self, key: GroupKey, chain: str, path: tuple[Match, ...] = (),
+             seen: frozenset[str] = frozenset()) -> Iterator[tuple[Rule, tuple[Match, ...]]]:
+        """Every non-jump rule reachable from chain, with the matches on the way to it."""
+        if len(seen) >= MAX_DEPTH:
+            return
+        seen = seen | {chain}
+        for rule in self.chain(key, chain):
+            if rule.target == "VMAP":
+                for sub, condition in vmap_jumps(rule):
+                    if self.is_chain(key, sub) and sub not in seen:
+                        yield from self.walk(key, sub, path + without_vmap(rule) + (condition,), seen)
+            elif self.is_chain(key, rule.target):
+                if rule.target not in seen:
+                    yield from self.walk(key, rule.target, path + rule.matches, seen)
+            else:
+                yield rule, path + rule.matches
+
+
+def vmap_option(rule: Rule) -> str:
+    """What a verdict map's keys are compared with (`-o` for `oifname vmap @m`)."""
+    return next((args[0] for opt, args, _ in rule.matches if opt == "vmap" and args), "")
+
+
+def vmap_jumps(rule: Rule) -> Iterator[tuple[str, Match]]:
+    """Docker 29's `oifname vmap @m`: each element `"docker0" : jump X` as (X, -o docker0)."""
+    option = vmap_option(rule) or "?"
+    for key, verdict in rule.target_args:
+        word, _, target = verdict.partition(" ")
+        if word in ("jump", "goto"):
+            yield target, (option, (key,), False)
+
+
+def without_vmap(rule: Rule) -> tuple[Match, ...]:
+    return tuple(m for m in rule.matches if m[0] != "vmap")
