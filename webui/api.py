@@ -17,7 +17,7 @@ from bridgescope.webui.app import runtime
 from bridgescope.webui.changes import limit_body, perform, refused
 
 bp = Blueprint("api", __name__, url_prefix="/api")
-bp.before_request(limit_body)
+bp.record_once(limit_body)
 
 
 @bp.get("/topology")

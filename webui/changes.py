@@ -87,9 +87,11 @@ def refused(action: str, args: dict[str, Any], reason: str) -> None:
     runtime().audit.record(client, info, (), f"refused: {_brief(reason, 500)}{more}", ok=False)
 
 
-def limit_body() -> None:
-    """before_request of the blueprints that take changes: bound what a request may upload."""
-    request.max_content_length = MAX_BODY
+def limit_body(state) -> None:
+    """record_once hook of the blueprints that take changes: bound what any request may
+    upload. App-wide, because the CSRF check reads the form before a blueprint's own hooks run."""
+    if state.app.config.get("MAX_CONTENT_LENGTH") is None:  # Flask's default: unlimited
+        state.app.config["MAX_CONTENT_LENGTH"] = MAX_BODY
 
 
 def perform(action: str, args: dict[str, Any], *, dry_run: bool):

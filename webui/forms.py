@@ -22,7 +22,7 @@ from bridgescope.webui.changes import limit_body, perform, refused
 from bridgescope.webui.pages import is_htmx
 
 bp = Blueprint("forms", __name__, url_prefix="/forms")
-bp.before_request(limit_body)
+bp.record_once(limit_body)
 T = TypeVar("T")
 
 PROTOCOLS = validate.PROTOCOLS
