@@ -32,6 +32,7 @@ BASE = "http://127.0.0.1:8470"
 FUZZ = settings(max_examples=12, deadline=None, derandomize=True,
                 suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 
+IFF_UP = 0x1
 NET, SUBNET, CTR, FWD = "bsfz0", "10.246.0.0/24", "fz", "8080:80/tcp"
 
 # Values each field is tried with besides random text: the issue's list and its relatives.
@@ -95,8 +96,8 @@ def fingerprint(host: str) -> tuple:
     (nf_tables counts every committed transaction in a namespace: its generation). Read over
     netlink in-process: a subprocess per example would eat the test budget."""
     path = f"/run/netns/{host}"
-    links = netns.with_netlink(path, lambda ipr: sorted(
-        (link.get_attr("IFLA_IFNAME"), link["flags"], link.get_attr("IFLA_MASTER"))
+    links = netns.with_netlink(path, lambda ipr: sorted(  # IFF_UP only: carrier settles by itself
+        (link.get_attr("IFLA_IFNAME"), link["flags"] & IFF_UP, link.get_attr("IFLA_MASTER"))
         for link in ipr.get_links()))
     generation = netns.run_in(path, nftinfo.generation_here)
     spaces = sorted(e.name for e in Path("/run/netns").iterdir() if e.name.startswith(host))
@@ -149,6 +150,7 @@ FORM_FIELDS = [(url, name) for url, fields in FORMS.items() for name in fields]
 @pytest.mark.parametrize("url,name", FORM_FIELDS, ids=[f"{u[7:]}-{n}" for u, n in FORM_FIELDS])
 @FUZZ
 @given(value=texts)
+@example(value="²")  # str.isdigit() took it, int() did not: a 500
 def test_every_form_field(host, web, url, name, value):
     post_form, _ = web
     before = fingerprint(host)
@@ -301,7 +303,7 @@ def _foreign(draw):
                        draw(st.sampled_from(["docker", "bridgescope", "cni"])), "nft", host_port_end=end)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(mappings=st.lists(st.builds(validate.PortMapping, protos, ports, ports, ips), max_size=6),
        ours=st.lists(st.builds(Forward, st.just("c"), protos, ports, ports, ips), max_size=6),
        foreign=st.lists(_foreign(), max_size=4),
