@@ -121,14 +121,16 @@ def _fields(body: dict, required: dict[str, str], optional: dict[str, str]) -> d
     for name, value in body.items():
         if name not in known:
             raise Refused(400, name[:40], f"unknown field {validate.shown(name)}; "
-                                                     f"expected {', '.join(sorted(known))}")
+                                          f"expected {', '.join(sorted(known))}")
         if not _of_type(known[name], value):
             raise Refused(400, name, f"{name} must be {_EXPECTED[known[name]]}, "
                                      f"not {validate.shown(value)}")
     missing = [n for n in required if body.get(n) in (None, "")]
     if missing:
         raise Refused(422, missing[0], f"{missing[0]} is required")
-    return {n: body[n] for n in (*required, *optional) if n in body and body[n] is not None}
+    # An optional field given as null or "" means "not given" (the default gateway, the next
+    # free address), as it always has.
+    return {n: body[n] for n in (*required, *optional) if body.get(n) not in (None, "")}
 
 
 def _query_flag(name: str) -> bool:
