@@ -19,6 +19,7 @@ PROTOCOLS = ("tcp", "udp", "sctp")  # what Docker publishes
 # Ports one request may publish. Each port becomes four firewall rules and a line of preview;
 # a cap keeps a preview typed into a form (or a stray `1-65535`) answered in well under a second.
 MAX_PORTS = 1000
+PORT_RANGE = "1-65535 (a port is a number from 1 to 65535)"
 MAX_SPEC = 64  # `255.255.255.255:65535-65535:65535-65535/sctp` is 45 characters
 NAME_CHARS = frozenset(string.ascii_letters + string.digits + "_.-")
 # Ranges no bridge subnet may touch: no host can use an address in them as a gateway or a
@@ -143,12 +144,13 @@ def port(value: Any, field: str) -> int:
         num = value
     elif isinstance(value, str) and value.isascii() and value.isdigit():
         if len(value) > 5:
-            raise ValidationError(field, f"{shown(value)} is outside 1-65535")
+            raise ValidationError(field, f"{shown(value)} is outside {PORT_RANGE}")
         num = int(value)
     else:
-        raise ValidationError(field, f"{shown(value)} is not a port number (digits 0-9)")
+        raise ValidationError(field, f"{shown(value)} is not a port number: ASCII digits, "
+                                     "from 1 to 65535")
     if not 1 <= num <= 65535:
-        raise ValidationError(field, f"{num} is outside 1-65535")
+        raise ValidationError(field, f"{num} is outside {PORT_RANGE}")
     return num
 
 
