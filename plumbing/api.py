@@ -244,13 +244,7 @@ def _require_container(st: State, name: str) -> Container:
 
 
 def _parse_specs(specs: Iterable[str]) -> tuple[validate.PortMapping, ...]:
-    out: list[validate.PortMapping] = []
-    for spec in specs:
-        for m in validate.port_spec(spec):
-            if any(o.key == m.key for o in out):
-                raise ValidationError("spec", f"host port {m.host_port}/{m.proto} is given twice")
-            out.append(m)
-    return tuple(out)
+    return validate.port_specs(specs)
 
 
 def _forward_for(st: State, container: str, m: validate.PortMapping) -> Forward | None:
@@ -280,11 +274,24 @@ def _check_subnet_free(ns: netns.HostNs, st: State, name: str, net: ipaddress.IP
 def _check_ports(ctx: Ctx, st: State, mappings: Sequence[validate.PortMapping]) -> None:
     if not mappings:
         return
+    _check_host_ips(st, {m.host_ip for m in mappings} - {None})
     foreign, listening = conflicts.port_users(ctx.ns.key, ctx.ns.path)
-    for m in mappings:
-        problem = conflicts.find_conflict(m, st.forwards, foreign, listening)
-        if problem:
-            raise ValidationError("host_port", problem)
+    problem = conflicts.find_conflicts(mappings, st.forwards, foreign, listening)
+    if problem:
+        raise ValidationError("host_port", problem)
+
+
+def _check_host_ips(st: State, host_ips: set[str]) -> None:
+    """A port published on a container's address would never match: the DNAT only sees
+    packets for the host's own addresses. A managed subnet holds only containers and its
+    gateway (a host address, fine to publish on)."""
+    for text in host_ips:
+        ip = ipaddress.IPv4Address(text)
+        for net in st.networks:
+            if ip in ipaddress.IPv4Network(net.subnet) and text != net.gateway:
+                raise ValidationError("host_ip", f"{ip} is a container address of network "
+                                                 f"{net.name} ({net.subnet}), not the host's: "
+                                                 "publish on an address of the host")
 
 
 def _check_firewall(st: State, requested: str) -> None:

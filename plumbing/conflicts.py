@@ -42,22 +42,43 @@ def _overlaps(ip_a: str | None, ip_b: str | None) -> bool:
 
 def find_conflict(m: PortMapping, ours: Iterable[Forward], foreign: Iterable[PortForward],
                   listeners: Iterable[Listener]) -> str | None:
+    return find_conflicts((m,), ours, foreign, listeners)
+
+
+def find_conflicts(mappings: Iterable[PortMapping], ours: Iterable[Forward],
+                   foreign: Iterable[PortForward], listeners: Iterable[Listener]) -> str | None:
+    """The first mapping whose host port someone already holds, and who: linear, since the
+    holders are indexed by (proto, port) once instead of scanned for every mapping."""
+    ours_at: dict[tuple[str, int], list[Forward]] = {}
     for f in ours:
-        if f.proto == m.proto and f.host_port == m.host_port and _overlaps(f.host_ip, m.host_ip):
-            return (f"host port {m.host_port}/{m.proto} is already forwarded to container "
-                    f"{f.container} port {f.container_port} by bridgescope")
+        ours_at.setdefault((f.proto, f.host_port), []).append(f)
+    foreign_at: dict[tuple[str, int], list[PortForward]] = {}
+    ranges: list[PortForward] = []  # few; a range is one rule however many ports it spans
     for pf in foreign:
-        end = pf.host_port_end or pf.host_port
-        if pf.proto == m.proto and pf.host_port <= m.host_port <= end and \
-                _overlaps(pf.host_ip, m.host_ip) and pf.owner != "bridgescope":
-            return (f"host port {m.host_port}/{m.proto} is already forwarded to "
-                    f"{pf.to_ip}:{pf.to_port} by {pf.owner}")
+        if pf.owner == "bridgescope":
+            continue
+        if pf.host_port_end and pf.host_port_end != pf.host_port:
+            ranges.append(pf)
+        else:
+            foreign_at.setdefault((pf.proto, pf.host_port), []).append(pf)
+    listen_at: dict[tuple[str, int], list[Listener]] = {}
     for ls in listeners:
-        any_ip = ls.ip in ("0.0.0.0", "::")
-        if ls.proto == m.proto and ls.port == m.host_port and \
-                (any_ip or m.host_ip is None or ls.ip == m.host_ip):
-            return (f"host port {m.host_port}/{m.proto} is already in use by a program "
-                    f"listening on {ls.ip}:{ls.port} in the host namespace")
+        listen_at.setdefault((ls.proto, ls.port), []).append(ls)
+    for m in mappings:
+        at = (m.proto, m.host_port)
+        for f in ours_at.get(at, ()):
+            if _overlaps(f.host_ip, m.host_ip):
+                return (f"host port {m.host_port}/{m.proto} is already forwarded to container "
+                        f"{f.container} port {f.container_port} by bridgescope")
+        for pf in foreign_at.get(at, []) + [r for r in ranges if r.proto == m.proto and
+                                            r.host_port <= m.host_port <= r.host_port_end]:
+            if _overlaps(pf.host_ip, m.host_ip):
+                return (f"host port {m.host_port}/{m.proto} is already forwarded to "
+                        f"{pf.to_ip}:{pf.to_port} by {pf.owner}")
+        for ls in listen_at.get(at, ()):
+            if ls.ip in ("0.0.0.0", "::") or m.host_ip is None or ls.ip == m.host_ip:
+                return (f"host port {m.host_port}/{m.proto} is already in use by a program "
+                        f"listening on {ls.ip}:{ls.port} in the host namespace")
     return None
 
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import pytest
 
+from bridgescope.webui import bodies
 from bridgescope.webui.app import create_app
 from webui_sources import StaticSource, sample_snapshot
 
@@ -57,12 +58,10 @@ def test_session_tells_scripts_the_csrf_token_and_mode(api):
     ("POST", "/api/networks", {"subnet": "10.1.0.0/24"}, "name"),
     ("POST", "/api/networks", {"name": "n"}, "subnet"),
     ("POST", "/api/containers", {"name": "c"}, "network"),
-    ("POST", "/api/containers", {"name": "c", "network": "n", "ports": "8080:80"}, "ports"),
-    ("POST", "/api/containers", {"name": "c", "network": "n", "ports": [8080]}, "ports"),
     ("POST", "/api/forwards", {"container": "c"}, "spec"),
     ("DELETE", "/api/forwards", {"spec": "8080:80"}, "container"),
 ])
-def test_missing_or_malformed_json_fields_are_named(api, method, url, body, field):
+def test_missing_json_fields_are_named(api, method, url, body, field):
     _, call = api()
     resp = call(method, url, json=body)
     assert resp.status_code == 422 and resp.get_json()["field"] == field
@@ -91,3 +90,96 @@ def test_json_mutations_against_a_throwaway_host(api, netns, tmp_path):
     assert [a["request"]["action"] for a in audit][:2] == ["remove_network", "remove_network"]
     assert audit[0]["ok"] is True and audit[1]["ok"] is False and audit[2]["ok"] is True
     assert set(audit[0]) == {"time", "client", "request", "commands", "result", "ok"}
+
+
+# ---- strict JSON: wrong types are a 400 naming the field, never a 500, never a change ---------
+
+def test_audit_count_must_be_a_number(api):
+    client, _ = api()
+    for bad in ("abc", "-1", "1.5", "²", "9" * 40):
+        resp = client.get(f"/api/audit?n={bad}", base_url=BASE)
+        assert resp.status_code == 400 and resp.get_json()["field"] == "n", bad
+    assert client.get("/api/audit?n=3", base_url=BASE).status_code == 200
+
+
+@pytest.fixture
+def host_api(api, netns):
+    """The API acting on a throwaway namespace (a field that slipped through changes only it)."""
+    host = netns("host")
+    client, call = api(HOST=host)
+    return host, client, call
+
+
+def _kernel(host: str) -> tuple[str, str]:
+    from conftest import sh
+    return (sh("ip", "-n", host, "-br", "link").stdout,
+            sh("iptables-nft-save", ns=host).stdout.split("\n", 1)[-1])
+
+
+@pytest.mark.kernel
+@pytest.mark.parametrize("method,url,body,field", [
+    ("POST", "/api/networks", {"name": 123, "subnet": "10.242.0.0/24"}, "name"),
+    ("POST", "/api/networks", {"name": "bsj0", "subnet": ["10.242.0.0/24"]}, "subnet"),
+    ("POST", "/api/networks", {"name": "bsj0", "subnet": "10.242.0.0/24", "gateway": 5}, "gateway"),
+    ("POST", "/api/networks", {"name": "bsj0", "subnet": "10.242.0.0/24", "masquerade": "false"}, "masquerade"),
+    ("POST", "/api/networks", {"name": "bsj0", "subnet": "10.242.0.0/24", "masquerade": 0}, "masquerade"),
+    ("POST", "/api/networks", {"name": "bsj0", "subnet": "10.242.0.0/24", "dry_run": "no"}, "dry_run"),
+    ("POST", "/api/networks", {"name": "bsj0", "subnet": "10.242.0.0/24", "masqerade": False}, "masqerade"),
+    ("POST", "/api/containers", {"name": "c", "network": "n", "ports": "8080:80"}, "ports"),
+    ("POST", "/api/containers", {"name": "c", "network": "n", "ports": [8080]}, "ports"),
+    ("POST", "/api/containers", {"name": "c", "network": {"n": 1}}, "network"),
+    ("POST", "/api/forwards", {"container": "c", "spec": 8080}, "spec"),
+    ("DELETE", "/api/forwards", {"container": ["c"], "spec": "8080:80"}, "container"),
+    ("DELETE", "/api/networks/bsj0", {"force": "true"}, "force"),
+])
+def test_json_fields_of_the_wrong_type_are_a_400(host_api, method, url, body, field):
+    """"masquerade": "false" was bool("false"): a MASQUERADE nobody asked for; 123 was a 500."""
+    host, _, call = host_api
+    before = _kernel(host)
+    resp = call(method, url, json=body)
+    assert resp.status_code == 400 and resp.get_json()["field"] == field, resp.get_data(as_text=True)
+    assert _kernel(host) == before
+
+
+@pytest.mark.kernel
+@pytest.mark.parametrize("body,field", [
+    ({"name": "--help", "subnet": "10.243.0.0/24"}, "name"),
+    ({"name": "дocker0", "subnet": "10.243.0.0/24"}, "name"),
+    ({"name": "bsj1", "subnet": "240.0.0.0/24"}, "subnet"),
+    ({"name": "bsj1", "subnet": "0.0.0.0/8"}, "subnet"),
+])
+def test_json_values_are_checked_as_the_forms_check_them(host_api, body, field):
+    host, _, call = host_api
+    before = _kernel(host)
+    resp = call("POST", "/api/networks", json=body)
+    assert resp.status_code == 422 and resp.get_json()["field"] == field
+    assert _kernel(host) == before
+
+
+@pytest.mark.kernel
+def test_query_flags_are_strict_too(host_api):
+    host, _, call = host_api
+    resp = call("POST", "/api/networks?dry_run=maybe", json={"name": "bsj2", "subnet": "10.244.0.0/24"})
+    assert resp.status_code == 400 and resp.get_json()["field"] == "dry_run"
+    assert "bsj2" not in _kernel(host)[0]
+
+
+@pytest.mark.kernel
+def test_api_refusals_are_audited_but_not_dry_runs(host_api):
+    _, client, call = host_api
+    call("POST", "/api/networks", json={"name": "bsj3", "subnet": "10.245.0.0/24", "masquerade": "no",
+                                        "dry_run": True})
+    call("POST", "/api/networks", json={"name": "-bsj3", "subnet": "10.245.0.0/24", "dry_run": True})
+    assert client.get("/api/audit", base_url=BASE).get_json() == []
+    call("POST", "/api/networks", json={"name": "bsj3", "subnet": "10.245.0.0/24", "masquerade": "no"})
+    call("POST", "/api/networks", json={"name": "-bsj3", "subnet": "10.245.0.0/24"})
+    audit = client.get("/api/audit", base_url=BASE).get_json()
+    assert [a["result"].split(":")[0] for a in audit] == ["refused", "refused"]
+    assert "must not start with" in audit[0]["result"] and "masquerade" in audit[1]["result"]
+    assert audit[1]["request"]["action"] == "create_network" and not audit[1]["ok"]
+
+
+def test_a_json_body_over_the_limit_is_a_413(api):
+    _, call = api(HOST="nonexistent")
+    resp = call("POST", "/api/networks", json={"name": "n", "subnet": "x" * (bodies.MAX_BODY + 1)})
+    assert resp.status_code == 413

@@ -20,6 +20,7 @@ import serve_process
 from bridgescope.collector.errors import BridgescopeError
 from bridgescope.webui import auth
 from bridgescope.webui.app import create_app
+from bridgescope.webui.audit import RefusalBudget
 from bridgescope.webui.cli_serve import app_config, banner, warnings
 from conftest import RUN_PREFIX, delete_netns, sh
 from webui_sources import StaticSource, sample_snapshot
@@ -272,7 +273,7 @@ def audit_lines(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
-def test_refusals_are_audited_and_a_flood_costs_one_line(tmp_path):
+def test_refusals_are_audited_and_a_flood_costs_a_few_lines(tmp_path):
     log = tmp_path / "audit.jsonl"
     app = make_app(AUDIT_LOG=str(log))
     client = app.test_client()
@@ -284,13 +285,14 @@ def test_refusals_are_audited_and_a_flood_costs_one_line(tmp_path):
     client.post(LOGIN, base_url=BASE, headers={"Authorization": "Bearer nope", "Origin": BASE})
     client.get("/", base_url=BASE, headers={"Host": "rebound.example:8470"})
     results = [e["result"] for e in audit_lines(log)]
-    assert results == ["refused: unknown or expired session",
+    flood = RefusalBudget().per_window
+    assert results == ["refused: unknown or expired session"] * flood + [
                        "refused: origin: foreign Origin 'http://127.0.0.1:18493'",
                        "refused: CSRF token", "refused: wrong access token", "refused: Host header"]
     entries = audit_lines(log)
     assert all(e["ok"] is False and e["commands"] == [] for e in entries)
     assert entries[0]["request"] == {"method": "GET", "path": "/api/graph"}
-    assert entries[1]["request"]["origin"] == "http://127.0.0.1:18493"
+    assert entries[flood]["request"]["origin"] == "http://127.0.0.1:18493"
     assert TOKEN not in log.read_text() and session not in log.read_text()
     # the audit page shows them
     assert "refused: CSRF token" in authed(app).get("/audit", base_url=BASE).get_data(as_text=True)
@@ -298,13 +300,13 @@ def test_refusals_are_audited_and_a_flood_costs_one_line(tmp_path):
 
 def test_suppressed_refusals_are_counted_in_the_next_line():
     now = [0.0]
-    limiter = auth.RefusalLimiter(window=60, clock=lambda: now[0])
-    assert limiter.admit("c", "CSRF token") == 0
-    assert [limiter.admit("c", "CSRF token") for _ in range(5)] == [None] * 5
-    assert limiter.admit("other", "CSRF token") == 0 and limiter.admit("c", "origin") == 0
+    budget = RefusalBudget(per_window=1, window=60, clock=lambda: now[0])
+    assert budget.admit("c", "CSRF token") == 0
+    assert [budget.admit("c", "CSRF token") for _ in range(5)] == [None] * 5
+    assert budget.admit("other", "CSRF token") == 0 and budget.admit("c", "origin") == 0
     now[0] = 61
-    assert limiter.admit("c", "CSRF token") == 5
-    small = auth.RefusalLimiter(window=60, max_keys=2, clock=lambda: now[0])
+    assert budget.admit("c", "CSRF token") == 5
+    small = RefusalBudget(window=60, max_keys=2, clock=lambda: now[0])
     assert small.admit("a", "r") == 0 and small.admit("b", "r") == 0
     assert small.admit("c", "r") is None  # bounded memory, bounded log
 
@@ -485,7 +487,7 @@ def test_real_server_the_cookie_sent_to_another_port_carries_nothing_usable(serv
                            json={"container": "c", "spec": "8080:80"})
     assert change.status_code in (401, 403)
     assert requests.post(base + "/auth/session", cookies=cookies, headers=evil, timeout=10).status_code in (401, 403)
-    # identical refusals within a minute share one audit line
+    # identical refusals within a minute cost a bounded number of audit lines
     refused = {e["result"] for e in audit_lines(audit)}
     assert "refused: no session or access token" in refused
 

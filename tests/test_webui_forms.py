@@ -10,7 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from bridgescope.webui.app import create_app
+from bridgescope.webui.app import create_app, runtime
+from bridgescope.webui import bodies
+from bridgescope.webui.audit import RefusalBudget
 from bridgescope.webui.audit import AuditLog
 from bridgescope.webui.forms import FieldErrors, container_args, field_for, forward_spec, network_args
 from conftest import delete_netns, sh
@@ -27,7 +29,7 @@ def test_forward_fields_become_a_docker_style_spec():
     assert forward_spec({"container": "web", "host_port": "53", "container_port": "5353",
                          "protocol": "UDP", "host_ip": " 192.0.2.2 "})["spec"] == "192.0.2.2:53:5353/udp"
     assert forward_spec({"container": "w", "host_port": "1", "container_port": "2",
-                         "host_ip": "2001:db8::1"})["spec"] == "[2001:db8::1]:1:2/tcp"
+                         "protocol": "sctp", "host_ip": "0.0.0.0"})["spec"] == "1:2/sctp"
 
 
 @pytest.mark.parametrize("values,field", [
@@ -39,6 +41,8 @@ def test_forward_fields_become_a_docker_style_spec():
     ({"container": "w", "host_port": "8080", "container_port": "-1"}, "container_port"),
     ({"container": "w", "host_port": "8080", "container_port": "80", "protocol": "icmp"}, "protocol"),
     ({"container": "w", "host_port": "8080", "container_port": "80", "host_ip": "1.2.3"}, "host_ip"),
+    # The plumbing is IPv4-only: the form says so at the field instead of passing it on.
+    ({"container": "w", "host_port": "8080", "container_port": "80", "host_ip": "2001:db8::1"}, "host_ip"),
 ])
 def test_malformed_forward_fields_are_named(values, field):
     with pytest.raises(FieldErrors) as err:
@@ -230,3 +234,171 @@ def test_forms_page_works_without_javascript(tmp_path, monkeypatch):
     html = resp.get_data(as_text=True)
     assert resp.status_code == 422 and "<html" in html  # a whole page, errors in place
     assert "Container is required" in error_next_to(html, "g-forward", "container")
+
+
+# ---- strict fields: every malformed one is a 422 next to it, never a 500, never a change -------
+
+@pytest.fixture
+def with_container(lab_host, client_for):
+    """A host with network bsnet5 and container web, so a forward form is otherwise valid."""
+    c = client_for(lab_host)
+    assert c.post_form("/forms/network", name="bsnet5", subnet="10.237.0.0/24", intent="apply").status_code == 200
+    assert c.post_form("/forms/container", name="web", network="bsnet5", intent="apply").status_code == 200
+    return c
+
+
+def _link_names(host: str) -> list[str]:
+    """Names only: a new bridge's or veth's operstate settles on its own after creation."""
+    return [line.split()[0] for line in links(host).splitlines()]
+
+
+def _refused_unchanged(c, host, url, form_id, field, **fields):
+    before = (_link_names(host), nat(host))
+    resp = c.post_form(url, **fields)
+    html = resp.get_data(as_text=True)
+    assert resp.status_code == 422, html[:2000]
+    message = error_next_to(html, form_id, field)
+    assert (_link_names(host), nat(host)) == before
+    return message
+
+
+@pytest.mark.kernel
+@pytest.mark.parametrize("field", ["host_port", "container_port"])
+@pytest.mark.parametrize("value", ["²", "٨٠", "9_408", "+80", "８０"])
+def test_ports_are_ascii_digits_in_the_forward_form(with_container, lab_host, field, value):
+    """'²' passed str.isdigit and int() raised: a 500. '9_408' and '٨٠' were int()-ed."""
+    fields = {"container": "web", "host_port": "8090", "container_port": "80", field: value}
+    _refused_unchanged(with_container, lab_host, "/forms/forward", "g-forward", field,
+                       intent="add", **fields)
+
+
+@pytest.mark.kernel
+@pytest.mark.parametrize("name", ["--help", "-n", ".x", "дocker0", "ｂｒ0"])
+def test_option_like_and_non_ascii_names_are_refused(lab_host, client_for, name):
+    c = client_for(lab_host)
+    _refused_unchanged(c, lab_host, "/forms/network", "g-network", "name",
+                       name=name, subnet="10.238.0.0/24", intent="apply")
+
+
+@pytest.mark.kernel
+@pytest.mark.parametrize("subnet", ["0.0.0.0/8", "240.0.0.0/24", "255.255.255.0/30", "10.0.0.0/31"])
+def test_subnets_no_container_can_use_are_refused(lab_host, client_for, subnet):
+    c = client_for(lab_host)
+    _refused_unchanged(c, lab_host, "/forms/network", "g-network", "subnet",
+                       name="bsnet6", subnet=subnet, intent="apply")
+
+
+@pytest.mark.kernel
+@pytest.mark.parametrize("host_ip", ["255.255.255.255", "224.0.0.1", "10.237.0.2", "10.237.0.99"])
+def test_forward_host_ip_must_be_a_unicast_address_of_the_host(with_container, lab_host, host_ip):
+    """10.237.0.2 is container web's own address: such a DNAT never matches anything."""
+    message = _refused_unchanged(with_container, lab_host, "/forms/forward", "g-forward", "host_ip",
+                                 container="web", host_port="8091", container_port="80",
+                                 host_ip=host_ip, intent="add")
+    assert host_ip in message
+
+
+@pytest.mark.kernel
+def test_gateway_is_still_a_host_address_to_publish_on(with_container, lab_host):
+    ok = with_container.post_form("/forms/forward", container="web", host_port="8092",
+                                  container_port="80", host_ip="10.237.0.1", intent="add")
+    assert ok.status_code == 200, ok.get_data(as_text=True)[:2000]
+    assert "-d 10.237.0.1/32" in nat(lab_host)
+
+
+@pytest.mark.kernel
+def test_sctp_forward_is_added_and_removed_through_the_form(with_container, lab_host):
+    """The API and CLI took sctp, the form refused it: an sctp forward could not be removed."""
+    page = with_container.get("/forms/", base_url=BASE).get_data(as_text=True)
+    assert '<option value="sctp">sctp</option>' in page
+    fields = dict(container="web", host_port="3868", container_port="3868", protocol="sctp")
+    added = with_container.post_form("/forms/forward", intent="add", **fields)
+    assert added.status_code == 200, added.get_data(as_text=True)[:2000]
+    assert "-p sctp -m sctp --dport 3868" in nat(lab_host)
+    ask = with_container.post_form("/forms/forward", intent="remove", **fields)
+    assert "Confirm removal" in ask.get_data(as_text=True)
+    gone = with_container.post_form("/forms/forward", intent="confirm-remove", **fields)
+    assert gone.status_code == 200 and "Port forward removed" in gone.get_data(as_text=True)
+    assert "sctp" not in nat(lab_host)
+
+
+@pytest.mark.kernel
+def test_a_range_over_the_cap_is_refused_at_once_with_the_cap_in_the_message(lab_host, client_for):
+    """The live preview of 10000-65535:10000-65535 never answered (a quadratic duplicate check)."""
+    import time
+
+    c = client_for(lab_host)
+    assert c.post_form("/forms/network", name="bsnet7", subnet="10.239.0.0/24", intent="apply").status_code == 200
+    for ports in ("10000-12999:10000-12999", "10000-65535:10000-65535"):
+        start = time.monotonic()
+        resp = c.post_form("/forms/preview/container", name="big", network="bsnet7", ports=ports)
+        assert time.monotonic() - start < 5  # generous: it is refused before anything is expanded
+        assert "at most 1000" in resp.get_data(as_text=True)
+    largest = c.post_form("/forms/preview/container", name="big", network="bsnet7",
+                          ports="20000-20999:20000-20999")
+    assert "Commands it will run" in largest.get_data(as_text=True)
+    assert "big" not in links(lab_host)
+
+
+@pytest.mark.kernel
+def test_checkbox_values_other_than_on_are_refused(lab_host, client_for):
+    c = client_for(lab_host)
+    _refused_unchanged(c, lab_host, "/forms/network", "g-network", "masquerade",
+                       name="bsnet8", subnet="10.240.0.0/24", masquerade="nope", intent="apply")
+
+
+# ---- refusals are audited, at a bounded rate; previews are not ------------------------------------
+
+def _refusals(tmp_path):
+    return [e for e in AuditLog(tmp_path / "audit.jsonl").recent(200) if e.result.startswith("refused:")]
+
+
+@pytest.mark.kernel
+def test_a_refused_submission_is_audited_and_a_preview_is_not(lab_host, client_for, tmp_path):
+    c = client_for(lab_host)
+    c.post_form("/forms/preview/network", name="--help", subnet="10.241.0.0/24")
+    c.post_form("/forms/network", name="--help", subnet="10.241.0.0/24", intent="preview")
+    assert _refusals(tmp_path) == []
+    c.post_form("/forms/network", name="--help", subnet="10.241.0.0/24", intent="apply")
+    (entry,) = _refusals(tmp_path)
+    assert not entry.ok and entry.commands == () and entry.client == "127.0.0.1"
+    assert entry.request["action"] == "create_network" and "must not start with" in entry.result
+    c.post_form("/forms/forward", container="ghost", host_port="1", container_port="1", intent="add")
+    assert "no container named ghost" in _refusals(tmp_path)[0].result  # the plumbing's refusal
+
+
+@pytest.mark.kernel
+def test_a_flood_of_refusals_is_logged_at_a_bounded_rate_with_a_count(lab_host, client_for, tmp_path):
+    c = client_for(lab_host)
+    budget = runtime(c.app_).audit.refusals = RefusalBudget(per_window=3)
+    for _ in range(20):
+        assert c.post_form("/forms/network", name="x" * 5000, subnet="?", intent="apply").status_code == 422
+    logged = _refusals(tmp_path)
+    assert len(logged) == 3
+    assert all(len(str(e.request)) < 2000 for e in logged)  # a huge field is cut short
+    budget.window = 0  # the window is over
+    c.post_form("/forms/network", name="-", subnet="?", intent="apply")
+    assert "+17 earlier refusals from 127.0.0.1 not logged" in _refusals(tmp_path)[0].result
+
+
+def test_refusal_budget_resets_per_window_and_per_client():
+    now = [0.0]
+    b = RefusalBudget(per_window=2, window=60, clock=lambda: now[0])
+    assert [b.admit("a", "field") for _ in range(4)] == [0, 0, None, None]
+    assert b.admit("b", "field") == 0
+    now[0] = 61
+    assert b.admit("a", "field") == 2
+    small = RefusalBudget(max_keys=2, clock=lambda: now[0])
+    for i in range(10):
+        now[0] = i * 100
+        small.admit(f"c{i}", "field")
+    assert len(small._seen) <= 2
+
+
+def test_a_body_over_the_limit_is_refused_unread(tmp_path, monkeypatch):
+    monkeypatch.setenv("BRIDGESCOPE_STATE_DIR", str(tmp_path))
+    app = create_app({"SOURCE": StaticSource(sample_snapshot()), "NO_AUTH": True, "HOST": "nonexistent"})
+    csrf = app.extensions["bridgescope_access"].csrf
+    resp = app.test_client().post("/forms/network", base_url=BASE,
+                                  data={"csrf_token": csrf, "name": "n", "ports": "1" * (bodies.MAX_BODY + 1)})
+    assert resp.status_code == 413

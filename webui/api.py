@@ -11,9 +11,10 @@ from typing import Any
 from flask import Blueprint, Response, abort, jsonify, request
 
 from bridgescope.collector.errors import BridgescopeError
+from bridgescope.plumbing import validate
 from bridgescope.webui import auth, bodies
 from bridgescope.webui.app import runtime
-from bridgescope.webui.changes import perform
+from bridgescope.webui.changes import perform, refused
 
 bp = Blueprint("api", __name__, url_prefix="/api")
 
@@ -47,7 +48,10 @@ def session() -> Response:
 
 @bp.get("/audit")
 def audit() -> Response:
-    entries = runtime().audit.recent(int(request.args.get("n", 50)))
+    n = request.args.get("n", "50")
+    if not (n.isascii() and n.isdigit() and len(n) <= 6):
+        return _error(400, f"n must be a number of entries, not {validate.shown(n)}", field="n")
+    entries = runtime().audit.recent(int(n))
     return jsonify([{"time": e.time, "client": e.client, "request": e.request,
                      "commands": list(e.commands), "result": e.result, "ok": e.ok}
                     for e in entries])
@@ -67,17 +71,79 @@ def _error(status: int, message: str, **extra: Any) -> Response:
     return resp
 
 
-def _want(body: dict, *names: str) -> dict[str, Any]:
-    missing = [n for n in names if body.get(n) in (None, "")]
+class Refused(Exception):
+    """A field of the request is missing or malformed: 400 when it has the wrong JSON type,
+    422 when its value is refused. Audited unless the request only asked for a dry run."""
+
+    def __init__(self, status: int, field: str, message: str):
+        super().__init__(f"{field}: {message}")
+        self.status, self.field, self.message = status, field, message
+
+
+@bp.errorhandler(Refused)
+def _refused(err: Refused) -> Response:
+    if not _asked_dry_run():
+        action = request.endpoint.rpartition(".")[2] if request.endpoint else request.path
+        refused(action, _body_for_audit(), str(err))
+    return _error(err.status, err.message, field=err.field)
+
+
+def _asked_dry_run() -> bool:
+    body = request.get_json(silent=True)
+    return (isinstance(body, dict) and body.get("dry_run") is True) or \
+        request.args.get("dry_run") in FLAG_TRUE
+
+
+def _body_for_audit() -> dict[str, Any]:
+    body = request.get_json(silent=True)
+    return body if isinstance(body, dict) else {}
+
+
+TEXT, OPTIONAL_TEXT, FLAG, TEXT_LIST = "text", "optional text", "flag", "text list"
+FLAG_TRUE, FLAG_FALSE = ("1", "true"), ("", "0", "false")
+_EXPECTED = {TEXT: "a string", OPTIONAL_TEXT: "a string or null", FLAG: "true or false",
+             TEXT_LIST: 'a list of strings like ["8080:80/tcp"]'}
+
+
+def _of_type(kind: str, value: Any) -> bool:
+    if kind == FLAG:
+        return isinstance(value, bool)
+    if kind == TEXT_LIST:
+        return isinstance(value, list) and all(isinstance(v, str) for v in value)
+    return isinstance(value, str) or (kind == OPTIONAL_TEXT and value is None)
+
+
+def _fields(body: dict, required: dict[str, str], optional: dict[str, str]) -> dict[str, Any]:
+    """The body's fields checked against their JSON types; unknown fields are refused (a
+    misspelt "masqerade" silently ignored would build what was not asked for). Values are
+    checked by the plumbing, through the same functions the forms and the CLI use."""
+    known = {**required, **optional, "dry_run": FLAG}
+    for name, value in body.items():
+        if name not in known:
+            raise Refused(400, name[:40], f"unknown field {validate.shown(name)}; "
+                                          f"expected {', '.join(sorted(known))}")
+        if not _of_type(known[name], value):
+            raise Refused(400, name, f"{name} must be {_EXPECTED[known[name]]}, "
+                                     f"not {validate.shown(value)}")
+    missing = [n for n in required if body.get(n) in (None, "")]
     if missing:
-        abort(_error(422, f"{missing[0]} is required", field=missing[0]))
-    return {n: body[n] for n in names}
+        raise Refused(422, missing[0], f"{missing[0]} is required")
+    # An optional field given as null or "" means "not given" (the default gateway, the next
+    # free address), as it always has.
+    return {n: body[n] for n in (*required, *optional) if body.get(n) not in (None, "")}
+
+
+def _query_flag(name: str) -> bool:
+    raw = request.args.get(name, "")
+    if raw not in FLAG_TRUE + FLAG_FALSE:
+        raise Refused(400, name, f"?{name}= must be 1, true, 0 or false, not {validate.shown(raw)}")
+    return raw in FLAG_TRUE
 
 
 def _run(action: str, args: dict[str, Any], body: dict) -> Response:
     from bridgescope.plumbing.errors import PlumbingError, ValidationError
 
-    dry_run = bool(body.get("dry_run")) or request.args.get("dry_run") in ("1", "true")
+    dry_run = body.get("dry_run") is True or _query_flag("dry_run")
     try:
         result = perform(action, args, dry_run=dry_run)
     except ValidationError as err:
@@ -90,50 +156,44 @@ def _run(action: str, args: dict[str, Any], body: dict) -> Response:
                     "dry_run": dry_run})
 
 
-def _optional(body: dict, *names: str) -> dict[str, Any]:
-    return {n: body[n] for n in names if body.get(n) not in (None, "")}
-
-
 @bp.post("/networks")
 def create_network() -> Response:
     body = _body()
-    args = {**_want(body, "name", "subnet"), **_optional(body, "gateway")}
-    if "masquerade" in body:
-        args["masquerade"] = bool(body["masquerade"])
+    args = _fields(body, {"name": TEXT, "subnet": TEXT},
+                   {"gateway": OPTIONAL_TEXT, "masquerade": FLAG})
     return _run("create_network", args, body)
 
 
 @bp.delete("/networks/<name>")
 def remove_network(name: str) -> Response:
     body = _body()
-    force = bool(body.get("force")) or request.args.get("force") in ("1", "true")
+    args = _fields(body, {}, {"force": FLAG})
+    force = args.get("force", False) or _query_flag("force")
     return _run("remove_network", {"name": name, "force": force}, body)
 
 
 @bp.post("/containers")
 def create_container() -> Response:
     body = _body()
-    args = {**_want(body, "name", "network"), **_optional(body, "ip")}
-    ports = body.get("ports") or []
-    if isinstance(ports, str) or not all(isinstance(p, str) for p in ports):
-        return _error(422, 'ports must be a list of strings like "8080:80/tcp"', field="ports")
-    args["ports"] = tuple(ports)
+    args = _fields(body, {"name": TEXT, "network": TEXT}, {"ip": OPTIONAL_TEXT, "ports": TEXT_LIST})
+    args["ports"] = tuple(args.get("ports", ()))
     return _run("create_container", args, body)
 
 
 @bp.delete("/containers/<name>")
 def remove_container(name: str) -> Response:
     body = _body()
+    _fields(body, {}, {})
     return _run("remove_container", {"name": name}, body)
 
 
 @bp.post("/forwards")
 def add_forward() -> Response:
     body = _body()
-    return _run("add_forward", _want(body, "container", "spec"), body)
+    return _run("add_forward", _fields(body, {"container": TEXT, "spec": TEXT}, {}), body)
 
 
 @bp.delete("/forwards")
 def remove_forward() -> Response:
     body = _body()
-    return _run("remove_forward", _want(body, "container", "spec"), body)
+    return _run("remove_forward", _fields(body, {"container": TEXT, "spec": TEXT}, {}), body)

@@ -12,7 +12,7 @@ import time
 from collections import deque
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable
 
 SECRET_FIELDS = frozenset({"csrf_token", "token"})
 
@@ -36,10 +36,45 @@ def scrub(params: Iterable[tuple[str, str]]) -> dict[str, str]:
 
 
 @dataclass
+class RefusalBudget:
+    """How many refusals of one kind from one client the log takes per window; the rest are
+    counted, and the count goes into that client's next logged refusal of the kind. A client
+    sending garbage in a loop must not fill the disk, and the operator still learns of it."""
+    per_window: int = 10
+    window: float = 60.0
+    max_keys: int = 4096
+    clock: Callable[[], float] = time.monotonic
+    _seen: dict[tuple[str, str], list] = field(default_factory=dict, repr=False)  # start, logged, suppressed
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def admit(self, client: str, kind: str) -> int | None:
+        """None: only count it. Else log it, noting this many suppressed before it."""
+        now, key = self.clock(), (client, kind)
+        with self._lock:
+            slot = self._seen.get(key)
+            if slot is None or now - slot[0] >= self.window:
+                if slot is None and not self._room(now):
+                    return None  # a flood from very many clients: still bounded
+                self._seen[key] = [now, 1, 0]
+                return slot[2] if slot else 0
+            if slot[1] < self.per_window:
+                suppressed, slot[1], slot[2] = slot[2], slot[1] + 1, 0
+                return suppressed
+            slot[2] += 1
+            return None
+
+    def _room(self, now: float) -> bool:
+        if len(self._seen) >= self.max_keys:
+            self._seen = {k: v for k, v in self._seen.items() if now - v[0] < self.window}
+        return len(self._seen) < self.max_keys
+
+
+@dataclass
 class AuditLog:
     """Append-only JSON lines file plus the most recent entries in memory."""
     path: Path | None
     keep: int = 200
+    refusals: RefusalBudget = field(default_factory=RefusalBudget)
     _recent: deque = field(default_factory=deque, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -57,6 +92,16 @@ class AuditLog:
                     fh.write(line + "\n")
             self._recent.append(entry)
         return entry
+
+    def refused(self, client: str, request: dict, reason: str, *, kind: str | None = None
+                ) -> AuditEntry | None:
+        """Log a refused request, at most refusals.per_window per client and kind (default:
+        the reason) per window."""
+        suppressed = self.refusals.admit(client, kind or reason)
+        if suppressed is None:
+            return None
+        more = f" (+{suppressed} earlier refusals from {client} not logged)" if suppressed else ""
+        return self.record(client, request, (), f"refused: {reason}{more}", ok=False)
 
     def recent(self, n: int = 50) -> list[AuditEntry]:
         """Newest first."""

@@ -94,32 +94,6 @@ class Sessions:
         return len(self._by_id)
 
 
-class RefusalLimiter:
-    """Says whether a refusal is worth an audit line: the first of its kind (client, reason) in
-    each minute is, the rest are only counted and reported with the next one written. A flood
-    then costs at most one line per reason per client per minute."""
-
-    def __init__(self, window: float = 60.0, max_keys: int = 4096, clock=time.monotonic):
-        self.window, self.max_keys, self._clock = window, max_keys, clock
-        self._seen: dict[tuple[str, str], list[float | int]] = {}
-        self._lock = threading.Lock()
-
-    def admit(self, client: str, reason: str) -> int | None:
-        """None: count it, write nothing. Else write it, noting this many suppressed before."""
-        now, key = self._clock(), (client, reason)
-        with self._lock:
-            slot = self._seen.get(key)
-            if slot is not None and now - slot[0] < self.window:
-                slot[1] += 1
-                return None
-            if len(self._seen) >= self.max_keys:
-                self._seen = {k: v for k, v in self._seen.items() if now - v[0] < self.window}
-                if len(self._seen) >= self.max_keys:
-                    return None  # a flood from very many clients: still bounded
-            self._seen[key] = [now, 0]
-            return slot[1] if slot is not None else 0
-
-
 @dataclass(frozen=True)
 class AccessPolicy:
     token: str | None  # None only when --no-auth was given explicitly
@@ -128,7 +102,6 @@ class AccessPolicy:
     listen_port: int
     extra_hosts: frozenset[str] = frozenset()
     sessions: Sessions = field(default_factory=Sessions, compare=False, repr=False)
-    refusals: RefusalLimiter = field(default_factory=RefusalLimiter, compare=False, repr=False)
 
 
 def new_token() -> str:
@@ -301,16 +274,11 @@ def _deny(status: int, message: str) -> Response:
 
 def refuse(status: int, reason: str, message: str) -> Response:
     """Refuse the request and write it to the audit log (rate-limited per client and reason)."""
-    p, client = policy(), request.remote_addr or "?"
-    suppressed = p.refusals.admit(client, reason)
-    if suppressed is not None:
-        info = {"method": request.method, "path": request.path}
-        for name in ("Origin", "Sec-Fetch-Site"):
-            if request.headers.get(name) is not None:
-                info[name.lower()] = request.headers[name]
-        more = f" (+{suppressed} more like it in the minute before)" if suppressed else ""
-        current_app.extensions["bridgescope"].audit.record(
-            client, info, (), f"refused: {reason}{more}", ok=False)
+    info = {"method": request.method, "path": request.path}
+    for name in ("Origin", "Sec-Fetch-Site"):
+        if request.headers.get(name) is not None:
+            info[name.lower()] = request.headers[name]
+    current_app.extensions["bridgescope"].audit.refused(request.remote_addr or "?", info, reason)
     return _deny(status, message)
 
 

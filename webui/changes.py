@@ -13,8 +13,10 @@ from typing import Any
 from flask import request
 
 from bridgescope.collector.errors import BridgescopeError
+from bridgescope.plumbing.errors import ValidationError
 from bridgescope.webui.app import runtime
 from bridgescope.webui.audit import scrub
+
 
 # Web action name -> bridgescope.plumbing.api function (all-or-nothing on the plumbing side).
 ACTIONS = ("create_network", "remove_network", "create_container", "remove_container",
@@ -34,6 +36,22 @@ def _request_info(action: str, args: dict[str, Any]) -> dict[str, Any]:
             "args": scrub((k, v) for k, v in args.items())}
 
 
+def _brief(value: Any, limit: int = 200) -> str:
+    """A refused request's field as the audit log keeps it: text, cut short (refusals are
+    exactly where a client sends megabytes of garbage)."""
+    text = value if isinstance(value, str) else repr(value)
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
+def refused(action: str, args: dict[str, Any], reason: str) -> None:
+    """Audit a submitted change that was refused because of a bad field (not a preview:
+    previews while typing ask for nothing). Rate-limited per client by the audit log."""
+    info = {"method": request.method, "path": request.path, "action": action,
+            "args": scrub((_brief(k, 40), _brief(v)) for k, v in list(args.items())[:20])}
+    runtime().audit.refused(request.remote_addr or "?", info, _brief(reason, 500),
+                            kind="invalid field")
+
+
 def perform(action: str, args: dict[str, Any], *, dry_run: bool):
     """Run `action` with keyword `args` against the dashboard's host; returns plumbing's Result.
 
@@ -48,6 +66,9 @@ def perform(action: str, args: dict[str, Any], *, dry_run: bool):
     with rt.change_lock:
         try:
             result = fn(**args, **common, dry_run=False)
+        except ValidationError as err:
+            refused(action, args, str(err))
+            raise
         except BridgescopeError as err:
             rt.audit.record(client, _request_info(action, args), getattr(err, "commands", ()),
                             f"error: {err}", ok=False)

@@ -71,7 +71,7 @@ def _register_container(sub: "argparse._SubParsersAction") -> None:
     p.add_argument("name")
     p.add_argument("--network", required=True)
     p.add_argument("--ip")
-    p.add_argument("-p", "--publish", action="append", default=[], metavar="[IP:]HOST:CONT[/PROTO]")
+    p.add_argument("-p", "--publish", action="append", default=[], metavar="[IP:]HOST:CONT[/tcp|udp|sctp]")
     _common(p)
     p.set_defaults(func=lambda a: _report(api.create_container(
         a.name, a.network, ip=a.ip, ports=a.publish, **_kw(a)), a))
@@ -107,7 +107,7 @@ def _register_forward(sub: "argparse._SubParsersAction") -> None:
                              ("rm", api.remove_forward, "remove a published port")):
         p = fwd.add_parser(action, help=text)
         p.add_argument("container")
-        p.add_argument("spec", metavar="[IP:]HOSTPORT:CONTAINERPORT[/tcp|udp]")
+        p.add_argument("spec", metavar="[IP:]HOSTPORT:CONTAINERPORT[/tcp|udp|sctp]")
         _common(p)
         p.set_defaults(func=lambda a, fn=fn: _report(fn(a.container, a.spec, **_kw(a)), a))
 

@@ -8,21 +8,25 @@ removals show their commands first and need a second, confirming click.
 """
 from __future__ import annotations
 
-import ipaddress
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, TypeVar
 
 from flask import Blueprint, Response, make_response, render_template, request
 from jinja2_fragments.flask import render_block
 
 from bridgescope.collector.errors import BridgescopeError
+from bridgescope.plumbing import validate
+from bridgescope.plumbing.errors import ValidationError
 from bridgescope.webui.app import runtime
-from bridgescope.webui.changes import perform
+from bridgescope.webui.changes import perform, refused
 from bridgescope.webui.pages import is_htmx
 
 bp = Blueprint("forms", __name__, url_prefix="/forms")
+T = TypeVar("T")
 
-PROTOCOLS = ("tcp", "udp")
+PROTOCOLS = validate.PROTOCOLS
+PREFIXES = ("g", "p")  # element-id prefixes: the global forms and the details panel's
+CHECKED, UNCHECKED = ("on", "1", "true", "yes"), ("", "off", "0", "false", "no")
 
 
 @dataclass
@@ -48,16 +52,21 @@ class FieldErrors(Exception):
 
 
 # ---- parsing: form strings -> plumbing keyword arguments (pure) -------------------------------
+# Each field goes through the plumbing's own check (bridgescope.plumbing.validate), so the form,
+# the JSON API and the CLI accept and refuse exactly the same values; the form only adds
+# "required" and collects every field's message at once.
+
+def _checked(errors: dict, name: str, check: Callable[..., T], *args: Any) -> T | None:
+    try:
+        return check(*args)
+    except ValidationError as err:
+        errors.setdefault(name, err.message)
+        return None
+
 
 def _port(values: dict, name: str, label: str, errors: dict) -> int | None:
-    raw = values.get(name, "").strip()
-    if not raw:
-        errors[name] = f"{label} is required."
-    elif not raw.isdigit() or not 1 <= int(raw) <= 65535:
-        errors[name] = f"{label} must be a number from 1 to 65535."
-    else:
-        return int(raw)
-    return None
+    raw = _required(values, name, label, errors)
+    return _checked(errors, name, validate.port, raw, name) if raw else None
 
 
 def _required(values: dict, name: str, label: str, errors: dict) -> str:
@@ -67,23 +76,28 @@ def _required(values: dict, name: str, label: str, errors: dict) -> str:
     return raw
 
 
+def _name(values: dict, name: str, label: str, errors: dict) -> str:
+    raw = _required(values, name, label, errors)
+    if raw:
+        _checked(errors, name, validate.name, raw, name)
+    return raw
+
+
+def _checkbox(values: dict, name: str, errors: dict) -> bool:
+    raw = values.get(name, "").strip().lower()
+    if raw not in CHECKED + UNCHECKED:
+        errors[name] = f"{validate.shown(values[name])} is not a checkbox value: on, or absent."
+    return raw in CHECKED
+
+
 def forward_spec(values: dict[str, str]) -> dict[str, Any]:
     """Forward form fields -> {"container", "spec"} with spec in `docker -p` syntax."""
     errors: dict[str, str] = {}
-    container = _required(values, "container", "Container", errors)
+    container = _name(values, "container", "Container", errors)
     host_port = _port(values, "host_port", "Host port", errors)
     container_port = _port(values, "container_port", "Container port", errors)
-    proto = values.get("protocol", "tcp").strip().lower() or "tcp"
-    if proto not in PROTOCOLS:
-        errors["protocol"] = "Protocol must be tcp or udp."
-    host_ip = values.get("host_ip", "").strip()
-    if host_ip:
-        try:
-            ip = ipaddress.ip_address(host_ip)
-        except ValueError:
-            errors["host_ip"] = f"{host_ip!r} is not an IP address (leave empty for any)."
-        else:
-            host_ip = f"[{ip}]" if ip.version == 6 else str(ip)
+    proto = _checked(errors, "protocol", validate.protocol, values.get("protocol", "").strip() or "tcp")
+    host_ip = _checked(errors, "host_ip", validate.host_ip, values.get("host_ip", "").strip())
     if errors:
         raise FieldErrors(errors)
     prefix = f"{host_ip}:" if host_ip else ""
@@ -92,11 +106,16 @@ def forward_spec(values: dict[str, str]) -> dict[str, Any]:
 
 def network_args(values: dict[str, str]) -> dict[str, Any]:
     errors: dict[str, str] = {}
-    args: dict[str, Any] = {"name": _required(values, "name", "Name", errors),
+    args: dict[str, Any] = {"name": _name(values, "name", "Name", errors),
                             "subnet": _required(values, "subnet", "Subnet", errors),
-                            "masquerade": values.get("masquerade") in ("on", "1", "true", "yes")}
+                            "masquerade": _checkbox(values, "masquerade", errors)}
+    net = _checked(errors, "subnet", validate.subnet, args["subnet"]) if args["subnet"] else None
     if values.get("gateway", "").strip():
         args["gateway"] = values["gateway"].strip()
+        if net is not None:
+            _checked(errors, "gateway", validate.gateway_for, net, args["gateway"])
+        else:
+            _checked(errors, "gateway", validate.address, args["gateway"], "gateway")
     if errors:
         raise FieldErrors(errors)
     return args
@@ -104,11 +123,13 @@ def network_args(values: dict[str, str]) -> dict[str, Any]:
 
 def container_args(values: dict[str, str]) -> dict[str, Any]:
     errors: dict[str, str] = {}
-    args: dict[str, Any] = {"name": _required(values, "name", "Name", errors),
-                            "network": _required(values, "network", "Network", errors)}
+    args: dict[str, Any] = {"name": _name(values, "name", "Name", errors),
+                            "network": _name(values, "network", "Network", errors)}
     if values.get("ip", "").strip():
         args["ip"] = values["ip"].strip()
+        _checked(errors, "ip", validate.address, args["ip"], "ip")
     args["ports"] = tuple(p for p in values.get("ports", "").replace(",", " ").split() if p)
+    _checked(errors, "ports", validate.port_specs, args["ports"])
     if errors:
         raise FieldErrors(errors)
     return args
@@ -116,10 +137,22 @@ def container_args(values: dict[str, str]) -> dict[str, Any]:
 
 def name_args(values: dict[str, str], label: str) -> dict[str, Any]:
     errors: dict[str, str] = {}
-    args: dict[str, Any] = {"name": _required(values, "name", label, errors)}
+    args: dict[str, Any] = {"name": _name(values, "name", label, errors)}
     if errors:
         raise FieldErrors(errors)
     return args
+
+
+def remove_network_args(values: dict[str, str]) -> dict[str, Any]:
+    errors: dict[str, str] = {}
+    force = _checkbox(values, "force", errors)
+    try:
+        args = name_args(values, "Network")
+    except FieldErrors as err:
+        errors = {**err.errors, **errors}
+    if errors:
+        raise FieldErrors(errors)
+    return {**args, "force": force}
 
 
 # Form -> (plumbing action, parser, which form field a plumbing "spec" error belongs to).
@@ -138,10 +171,7 @@ KINDS = {
     "container": FormKind("create_container", container_args, "ports", "Container created"),
     "remove-container": FormKind("remove_container", lambda v: name_args(v, "Container"),
                                  "name", "Container removed"),
-    "remove-network": FormKind("remove_network",
-                               lambda v: {**name_args(v, "Network"),
-                                          "force": v.get("force") in ("on", "1", "true")},
-                               "name", "Network removed"),
+    "remove-network": FormKind("remove_network", remove_network_args, "name", "Network removed"),
 }
 REMOVALS = frozenset({"forward-remove", "remove-container", "remove-network"})
 
@@ -169,18 +199,22 @@ def field_for(kind: str, err_field: str) -> str | None:
 
 
 def handle(kind: str, values: dict[str, str], intent: str) -> tuple[FormView, int]:
-    """The whole form round-trip: parse, preview or apply, and what to show afterwards."""
-    from bridgescope.plumbing.errors import ValidationError
+    """The whole form round-trip: parse, preview or apply, and what to show afterwards.
 
-    view = FormView(kind, values=dict(values), prefix=values.get("form_prefix", "g"))
+    A submitted change refused for a bad field is audited (perform audits the plumbing's
+    refusals; the form's own are audited here); a preview asks for nothing and is not."""
+    prefix = values.get("form_prefix", "g")
+    view = FormView(kind, values=dict(values), prefix=prefix if prefix in PREFIXES else "g")
     spec = KINDS[kind]
+    dry_run = intent != "apply"
     try:
         args = spec.parse(values)
-        dry_run = intent != "apply"
         result = perform(spec.action, args, dry_run=dry_run)
     except FieldErrors as err:
         view.errors.update(err.errors)
         view.message = "Nothing was changed: fix the marked fields."
+        if not dry_run:
+            refused(spec.action, values, str(err))
         return view, 422
     except ValidationError as err:
         field_name = field_for(kind, err.field)
@@ -305,4 +339,8 @@ def remove_network() -> Response:
 def _form_helpers() -> dict:
     def new_form(kind: str, prefix: str = "g", **values: str) -> FormView:
         return FormView(kind, values=dict(values, form_prefix=prefix), prefix=prefix)
-    return {"new_form": new_form, "protocols": PROTOCOLS}
+    return {"new_form": new_form}
+
+
+# The protocol select lives in an imported macro, which sees globals but not context processors.
+bp.record_once(lambda state: state.app.jinja_env.globals.update(protocols=PROTOCOLS))

@@ -24,7 +24,6 @@ import time
 from typing import Any, Callable, Iterable
 
 from waitress import wasyncore
-from waitress import wasyncore
 from waitress.channel import HTTPChannel
 from waitress.parser import HTTPRequestParser
 from waitress.server import TcpWSGIServer
