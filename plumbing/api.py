@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from typing import Callable, Iterable, Sequence, TypeVar
 
 from bridgescope.collector.model import Snapshot
-from bridgescope.plumbing import (backends, conflicts, ipam, links, netns, rules, state, steps,
-                                  validate)
+from bridgescope.plumbing import (backends, conflicts, ipam, journal, links, netns, rules, state,
+                                  steps, validate)
 from bridgescope.plumbing.errors import PlumbingError, ValidationError
 from bridgescope.plumbing.rules import Change
 from bridgescope.plumbing.state import Container, Forward, Network, State
@@ -38,6 +38,8 @@ def _in_session(fn: Callable[..., R]) -> Callable[..., R]:
 class Result:
     commands: tuple[str, ...]  # the equivalent ip/iptables commands (teaching text)
     summary: str
+    # An interrupted earlier change this command rolled back first (the caller reports it).
+    recovery: "Result | None" = None
 
 
 @dataclass(frozen=True)
@@ -46,6 +48,7 @@ class Ctx:
     ns: netns.HostNs
     backend: str
     before: State
+    recovered: Result | None = None
 
     def sh(self, argv: str) -> str:
         """A teaching command as typed on this host (inside `ip netns exec` for a lab host)."""
@@ -70,7 +73,7 @@ def create_network(name: str, subnet: str, *, gateway: str | None = None, masque
     want = Network(name, str(net), str(gw), masquerade, mtu)
     ns = netns.resolve(host)
     with state.locked(ns.key):
-        st = state.load(ns.key)
+        st, rec = _load(ns, dry_run)
         _check_firewall(st, firewall)
         existing = st.network(name)
         if existing == want:
@@ -79,7 +82,7 @@ def create_network(name: str, subnet: str, *, gateway: str | None = None, masque
             raise ValidationError("name", f"a network named {name} already exists with subnet "
                                           f"{existing.subnet}")
         _check_subnet_free(ns, st, name, net)
-        ctx = Ctx(ns, _backend(ns, st, firewall), st)
+        ctx = Ctx(ns, _backend(ns, st, firewall), st, rec)
         after = st.with_(networks=st.networks + (want,), backend=ctx.backend)
         plan, after = _plan_network_create(ctx, want, after)
         return _execute(ctx, plan, after, dry_run,
@@ -92,7 +95,7 @@ def remove_network(name: str, *, force: bool = False, host: str | None = None,
     validate.name(name)
     ns = netns.resolve(host)
     with state.locked(ns.key):
-        st = state.load(ns.key)
+        st, rec = _load(ns, dry_run)
         net = st.network(name)
         if net is None:
             raise ValidationError("name", f"no network named {name} is managed by bridgescope here")
@@ -101,7 +104,7 @@ def remove_network(name: str, *, force: bool = False, host: str | None = None,
             raise ValidationError("name", f"network {name} still has containers "
                                           f"{', '.join(c.name for c in attached)}; remove them "
                                           "first or use --force")
-        ctx = Ctx(ns, _backend(ns, st, firewall), st)
+        ctx = Ctx(ns, _backend(ns, st, firewall), st, rec)
         plan: list[Step] = []
         cur = st
         for ctr in attached:
@@ -120,7 +123,7 @@ def create_container(name: str, network: str, *, ip: str | None = None, ports: S
     mappings = _parse_specs(ports)
     ns = netns.resolve(host)
     with state.locked(ns.key):
-        st = state.load(ns.key)
+        st, rec = _load(ns, dry_run)
         _check_firewall(st, firewall)
         net = st.network(network)
         if net is None:
@@ -133,7 +136,7 @@ def create_container(name: str, network: str, *, ip: str | None = None, ports: S
             mappings = tuple(m for m in mappings if not _has_forward(st, name, m))
             if not mappings:
                 return Result((), f"container {name} already exists ({existing.ip})")
-        ctx = Ctx(ns, _backend(ns, st, firewall), st)
+        ctx = Ctx(ns, _backend(ns, st, firewall), st, rec)
         _check_ports(ctx, st, mappings)
         if existing:
             plan, after = _plan_forwards_add(ctx, st, existing, mappings)
@@ -159,9 +162,9 @@ def remove_container(name: str, *, host: str | None = None, firewall: str = "aut
     validate.name(name, "container")
     ns = netns.resolve(host)
     with state.locked(ns.key):
-        st = state.load(ns.key)
+        st, rec = _load(ns, dry_run)
         ctr = _require_container(st, name)
-        ctx = Ctx(ns, _backend(ns, st, firewall), st)
+        ctx = Ctx(ns, _backend(ns, st, firewall), st, rec)
         plan, after = _plan_container_remove(ctx, st, ctr)
         return _execute(ctx, plan, after, dry_run, f"removed container {name}")
 
@@ -173,9 +176,9 @@ def add_forward(container: str, spec: str, *, host: str | None = None, firewall:
     mappings = validate.port_spec(spec)
     ns = netns.resolve(host)
     with state.locked(ns.key):
-        st = state.load(ns.key)
+        st, rec = _load(ns, dry_run)
         ctr = _require_container(st, container)
-        ctx = Ctx(ns, _backend(ns, st, firewall), st)
+        ctx = Ctx(ns, _backend(ns, st, firewall), st, rec)
         _check_ports(ctx, st, mappings)
         plan, after = _plan_forwards_add(ctx, st, ctr, mappings)
         return _execute(ctx, plan, after, dry_run,
@@ -189,7 +192,7 @@ def remove_forward(container: str, spec: str, *, host: str | None = None, firewa
     mappings = validate.port_spec(spec)
     ns = netns.resolve(host)
     with state.locked(ns.key):
-        st = state.load(ns.key)
+        st, rec = _load(ns, dry_run)
         ctr = _require_container(st, container)
         gone = []
         for m in mappings:
@@ -197,7 +200,7 @@ def remove_forward(container: str, spec: str, *, host: str | None = None, firewa
             if fwd is None:
                 raise ValidationError("spec", f"container {container} has no forward {m.spec()}")
             gone.append(fwd)
-        ctx = Ctx(ns, _backend(ns, st, firewall), st)
+        ctx = Ctx(ns, _backend(ns, st, firewall), st, rec)
         plan, after = _plan_forwards_remove(ctx, st, ctr, gone)
         return _execute(ctx, plan, after, dry_run,
                         f"removed forward {', '.join(f.spec() for f in gone)} from {container}")
@@ -224,13 +227,58 @@ def restore(*, host: str | None = None, firewall: str = "auto", dry_run: bool = 
     remove tagged leftovers, re-create what is missing, rewrite our chains."""
     ns = netns.resolve(host)
     with state.locked(ns.key):
-        st = state.load(ns.key)
+        st, rec = _load(ns, dry_run)
         backend = st.backend or _backend(ns, st, firewall)
-        ctx = Ctx(ns, backend, st)
+        ctx = Ctx(ns, backend, st, rec)
         plan = _plan_cleanup(ctx, st) + _plan_recreate(ctx, st)
         summary = (f"restored {len(st.networks)} networks, {len(st.containers)} containers, "
                    f"{len(st.forwards)} forwards")
-        return _execute(ctx, plan, st, dry_run, summary, save=False)
+        result = _execute(ctx, plan, st, dry_run, summary, save=False)
+        if not dry_run:
+            conflicts.forget_cache(ns.key)  # the rewrite removed any orphaned rule it held
+        return result
+
+
+@_in_session
+def recover(*, host: str | None = None) -> Result | None:
+    """Roll back a change a crash interrupted, if any (what `serve` does at start; every
+    changing command and `restore` do it first by themselves). None: nothing was pending."""
+    ns = netns.resolve(host)
+    with state.locked(ns.key):
+        return _recover(ns)
+
+
+def _load(ns: netns.HostNs, dry_run: bool) -> tuple[State, Result | None]:
+    """The state to plan from (under the state lock), after rolling back an interrupted change.
+    A dry run changes nothing: it plans from the state the rollback would give."""
+    if dry_run:
+        intent = journal.pending(ns.key)
+        return (intent.before if intent else state.load(ns.key)), None
+    rec = _recover(ns)
+    return state.load(ns.key), rec
+
+
+def _recover(ns: netns.HostNs) -> Result | None:
+    """Nothing confirmed the pending change, so the kernel goes back to the state before it:
+    restore's machinery (clean tagged leftovers, re-create what is missing, rewrite our
+    chains) aimed at that state, then that state is saved and the intent dropped. A crash in
+    here leaves the intent in place and the next attempt starts over."""
+    intent = journal.pending(ns.key)
+    if intent is None:
+        return None
+    target = intent.before
+    ctx = Ctx(ns, intent.backend, target)
+    plan = _plan_cleanup(ctx, target) + _plan_recreate(ctx, target)
+    forwarding = dict(intent.after.sysctls_before).get(IP_FORWARD)
+    if not target.networks and forwarding is not None:
+        plan.append(_sysctl_step(ctx, IP_FORWARD, forwarding, None))
+    steps.run(plan)
+    state.save(target)
+    conflicts.forget_cache(ns.key)
+    journal.end(ns.key)
+    return Result(steps.commands_of(plan),
+                  f"rolled back an interrupted change ({intent.action}): the kernel and the "
+                  f"saved state are as before it")
 
 
 # --- checks ------------------------------------------------------------------------------
@@ -586,11 +634,25 @@ def _clear_container(host_path: str, ctr: Container) -> None:
 
 def _execute(ctx: Ctx, plan: list[Step], after: State, dry_run: bool, summary: str, *,
              save: bool = True) -> Result:
+    """Run the plan under a write-ahead intent: on disk before the first kernel step, gone
+    once the new state is saved (or the steps were all undone), so a crash anywhere in
+    between is rolled back by the next command, `serve` or `restore` (see _recover)."""
     commands = steps.commands_of(plan)
     if dry_run:
-        return Result(commands, f"dry run, nothing changed: {summary}")
-    steps.run(plan)
+        return Result(commands, f"dry run, nothing changed: {summary}", ctx.recovered)
+    key = ctx.ns.key
+    journal.begin(key, journal.Intent(summary, ctx.before, after, ctx.backend,
+                                      tuple(s.what for s in plan), commands))
+    try:
+        steps.run(plan)
+    except BaseException as err:
+        if getattr(err, "undone", False):
+            journal.end(key)  # rolled back in full here: nothing left to recover
+        raise
+    steps.crash_point("save")
     if save:
         state.save(after)
-    return Result(commands, summary)
+    steps.crash_point("clear")
+    journal.end(key)
+    return Result(commands, summary, ctx.recovered)
 
