@@ -63,6 +63,13 @@ def load_state(host: str | None = None) -> State:
     return state.load(netns.resolve(host).key)
 
 
+def owned_tags(host: str | None = None) -> frozenset[str]:
+    """What the doctor needs to tell our orphaned rules from our own (the collector cannot
+    read the state: it must not depend on the plumbing). An interrupted change's objects are
+    not owned: recovery will remove them."""
+    return load_state(host).owned_tags()
+
+
 @_in_session
 def create_network(name: str, subnet: str, *, gateway: str | None = None, masquerade: bool = True,
                    mtu: int = 1500, host: str | None = None, firewall: str = "auto",
@@ -378,11 +385,11 @@ def _firewall_step(ctx: Ctx, what: str, change: Change, before: State, after: St
 
     def do() -> None:
         conflicts.track_own_change(key, path, lambda: backends.apply(
-            backend, path, change, lambda: rules.desired(after)))
+            backend, path, change, lambda: rules.desired(after)), before, after)
 
     def undo() -> None:
         conflicts.track_own_change(key, path, lambda: backends.apply(
-            backend, path, change.inverse(), lambda: rules.desired(before)))
+            backend, path, change.inverse(), lambda: rules.desired(before)), after, before)
     return Step(
         what=what, do=do, undo=undo,
         commands=tuple(ctx.sh(c) for c in backends.commands(backend, change,

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import re
 import socket
+import zlib
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
@@ -21,7 +22,7 @@ from bridgescope.collector.model import PortForward
 from bridgescope.collector.firewall import nftinfo, readers
 from bridgescope.plumbing import netns, state
 from bridgescope.plumbing.rules import NFT_TABLE
-from bridgescope.plumbing.state import Forward
+from bridgescope.plumbing.state import Forward, State
 from bridgescope.plumbing.validate import PortMapping
 
 TCP_LISTEN = "0A"
@@ -108,21 +109,30 @@ def _cache_path(key: str) -> Path:
     return state.state_dir() / f".{key}.foreign.json"
 
 
-def _read_cache(key: str) -> tuple[int | None, tuple[PortForward, ...]]:
+def owned_digest(st: State) -> int:
+    """The forwards a state owns, as one order-free number: the cache was read against one
+    state, and another (a crash between the kernel change and the state save, a state file put
+    back from elsewhere) may make some of our rules orphans, so it must miss."""
+    crc = sum(zlib.crc32(f.tag.encode()) for f in st.forwards) & 0xFFFFFFFF
+    return len(st.forwards) << 32 | crc
+
+
+def _read_cache(key: str) -> tuple[tuple[int, int] | None, tuple[PortForward, ...]]:
     try:
         data = json.loads(_cache_path(key).read_text(encoding="utf-8"))
-        return data["generation"], tuple(PortForward(**pf) for pf in data["forwards"])
+        return ((data["generation"], data["owned"]),
+                tuple(PortForward(**pf) for pf in data["forwards"]))
     except (OSError, ValueError, KeyError, TypeError):
         return None, ()
 
 
-def _write_cache(key: str, generation: int, forwards: Sequence[PortForward]) -> None:
+def _write_cache(key: str, stamp: tuple[int, int], forwards: Sequence[PortForward]) -> None:
     # Written in place, not renamed: a torn read only means a cache miss (a full re-read),
     # and skipping the rename saves a journal commit on every forward change.
     path = _cache_path(key)
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    path.write_text(json.dumps({"generation": generation, "forwards": [asdict(f) for f in forwards]}),
-                    encoding="utf-8")
+    path.write_text(json.dumps({"generation": stamp[0], "owned": stamp[1],
+                                "forwards": [asdict(f) for f in forwards]}), encoding="utf-8")
 
 
 _FWD_TAG = re.compile(re.escape(state.TAG) + r'(fwd/[^"\s]+)')
@@ -176,12 +186,13 @@ def _foreign(key: str, path: str, generation: int, legacy_present: bool
     each time (only their nat table, which libiptc hands over fast). Our own transactions
     cannot make orphans (a crash in one leaves the generation moved without a cache update,
     and the journal rolls it back); restore and recovery drop the cache (forget_cache)."""
-    cached_gen, cached = _read_cache(key)
-    if cached_gen == generation:
+    stamp = (generation, owned_digest(state.load(key)))
+    cached_stamp, cached = _read_cache(key)
+    if cached_stamp == stamp:
         nft_part = cached
     else:
         nft_part = _nft_forwards(key, path)
-        _write_cache(key, generation, nft_part)
+        _write_cache(key, stamp, nft_part)
     # Legacy tables only where one exists (reading must not create one).
     return nft_part + (_legacy_forwards(key, path) if legacy_present else ())
 
@@ -232,14 +243,16 @@ def _legacy_forwards(key: str, path: str) -> tuple[PortForward, ...]:
     return _interpret_foreign(text, key, "legacy")
 
 
-def track_own_change(key: str, path: str, apply: Callable[[], int]) -> None:
-    """Run one of our firewall changes (apply returns how many nft commits it made) and, if
-    the generation moved by exactly that much, carry the cached foreign view forward."""
+def track_own_change(key: str, path: str, apply: Callable[[], int], before: State,
+                     after: State) -> None:
+    """Run one of our firewall changes from state `before` to `after` (apply returns how many
+    nft commits it made) and, if the generation moved by exactly that much, carry the cached
+    view forward: it then holds for `after` (our change makes no orphans and removes none)."""
     def inside() -> tuple[int, int, int]:  # one trip to the namespace's thread
-        before = nftinfo.generation_here()
+        start = nftinfo.generation_here()
         commits = apply()
-        return before, commits, nftinfo.generation_here()
-    before, commits, after = netns.run_in(path, inside)
-    cached_gen, cached = _read_cache(key)
-    if cached_gen == before and after == before + commits:
-        _write_cache(key, after, cached)
+        return start, commits, nftinfo.generation_here()
+    first, commits, last = netns.run_in(path, inside)
+    cached_stamp, cached = _read_cache(key)
+    if cached_stamp == (first, owned_digest(before)) and last == first + commits:
+        _write_cache(key, (last, owned_digest(after)), cached)

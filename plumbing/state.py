@@ -96,6 +96,11 @@ class State:
     def with_(self, **changes) -> "State":
         return replace(self, **changes)
 
+    def owned_tags(self) -> frozenset[str]:
+        """The tags of every object this state owns (rules and interfaces carry them)."""
+        return frozenset(o.tag for group in (self.networks, self.containers, self.forwards)
+                         for o in group)
+
 
 def to_dict(state: State) -> dict:
     """Plain data for JSON (by hand: dataclasses.asdict deep-copies and is slow at 5,000 forwards)."""
