@@ -276,6 +276,11 @@ def _recover(ns: netns.HostNs) -> Result | None:
     target = intent.before
     ctx = Ctx(ns, intent.backend, target)
     plan = _plan_cleanup(ctx, target) + _plan_recreate(ctx, target)
+    # A namespace made just before the crash has no tagged veth yet for cleanup to know it by.
+    kept = {c.netns for c in target.containers}
+    plan += [Step(f"delete namespace {c.netns} of the interrupted change",
+                  lambda n=c.netns: netns.destroy(n), None, (f"ip netns del {c.netns}",))
+             for c in intent.after.containers if c.netns not in kept and netns.exists(c.netns)]
     forwarding = dict(intent.after.sysctls_before).get(IP_FORWARD)
     if not target.networks and forwarding is not None:
         plan.append(_sysctl_step(ctx, IP_FORWARD, forwarding, None))

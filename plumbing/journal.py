@@ -30,8 +30,7 @@ class Intent:
 
 
 def path_for(host: str) -> Path:
-    # A dot file like the lock: state.forget sweeps it with the rest once nothing is managed.
-    return state.state_dir() / f".{host}.journal.json"
+    return state.journal_path(host)
 
 
 def to_dict(intent: Intent) -> dict:

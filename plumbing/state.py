@@ -132,6 +132,11 @@ def path_for(host: str) -> Path:
     return state_dir() / f"{host}.json"
 
 
+def journal_path(host: str) -> Path:
+    """The pending change's intent (plumbing/journal.py), beside the state."""
+    return state_dir() / f".{host}.journal.json"
+
+
 # A long-lived process (the web UI) re-reads the state on every change; parsing thousands of
 # forwards costs ~10 ms, so the last state read or written is kept while the file on disk is
 # the very same (same inode, size and mtime: every save is a rename of a new file).
@@ -185,6 +190,8 @@ def forget(host: str, *, lock: bool = False) -> None:
     _recent.pop(path_for(host), None)
     path_for(host).unlink(missing_ok=True)
     for extra in directory.glob(f".{host}.*") if directory.is_dir() else ():
+        if extra == journal_path(host):
+            continue  # the change that empties the state is not done until its intent is gone
         if lock or not extra.name.endswith(".lock"):
             extra.unlink(missing_ok=True)
 

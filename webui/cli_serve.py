@@ -87,9 +87,12 @@ def warnings(config: dict) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from bridgescope.plumbing.api import recover
     from bridgescope.webui.server import serve
 
     config = app_config(args)
+    if not args.read_only and (rec := recover(host=args.netns)):  # a change a crash interrupted
+        print(rec.summary, file=sys.stderr)
     for line in warnings(config):
         print("\n" + "!" * 78 + f"\n{line}\n" + "!" * 78, file=sys.stderr)
 
