@@ -109,7 +109,7 @@ def soak(host: str, cycles: int, kill_rate: float, check_every: int, rng: random
         "remove": (lambda: api.remove_container("c", host=host),
                    lambda: api.load_state(host).container("c") is None),
     }
-    kills = external = rollbacks = drift = checks = 0
+    kills = external = recovered = drift = checks = 0
     cycle_time = check_time = 0.0
     reference = None
     for cycle in range(cycles + 1):  # cycle 0: the warm-up
@@ -125,7 +125,7 @@ def soak(host: str, cycles: int, kill_rate: float, check_every: int, rng: random
             if run_child(change, crash_at, kill_after):
                 kills += 1
                 external += crash_at is None
-                rollbacks += api.recover(host=host) is not None  # the restart
+                recovered += api.recover(host=host) is not None  # the restart
                 if not done():
                     run_child(change, None, None)
             if not done():
@@ -143,7 +143,7 @@ def soak(host: str, cycles: int, kill_rate: float, check_every: int, rng: random
                 diff = [k for k in reference if reference[k] != now[k]]
                 print(f"cycle {cycle}: drift in {diff}", file=sys.stderr)
     return {"cycles": cycles, "kills": kills, "kills_from_outside": external,
-            "rolled_back": rollbacks, "checks": checks, "drift": drift,
+            "recovered": recovered, "checks": checks, "drift": drift,
             "ms_per_cycle": round(1000 * cycle_time / max(cycles, 1), 1),
             "ms_per_check": round(1000 * check_time / max(checks, 1), 1)}
 

@@ -256,41 +256,40 @@ def recover(*, host: str | None = None) -> Result | None:
 
 
 def _load(ns: netns.HostNs, dry_run: bool) -> tuple[State, Result | None]:
-    """The state to plan from (under the state lock), after rolling back an interrupted change.
-    A dry run changes nothing: it plans from the state the rollback would give."""
+    """The state to plan from (under the state lock), after recovering from an interrupted
+    change. A dry run changes nothing (the state file is already what recovery converges to)."""
     if dry_run:
-        intent = journal.pending(ns.key)
-        return (intent.before if intent else state.load(ns.key)), None
+        return state.load(ns.key), None
     rec = _recover(ns)
     return state.load(ns.key), rec
 
 
 def _recover(ns: netns.HostNs) -> Result | None:
-    """Nothing confirmed the pending change, so the kernel goes back to the state before it:
-    restore's machinery (clean tagged leftovers, re-create what is missing, rewrite our
-    chains) aimed at that state, then that state is saved and the intent dropped. A crash in
-    here leaves the intent in place and the next attempt starts over."""
+    """Make the kernel match the saved state again: the state before the change if the crash
+    came before its save (nothing confirmed it: rolled back), after it otherwise (completed).
+    Restore's machinery does it (clean tagged leftovers, re-create what is missing, rewrite
+    our chains), plus what tags cannot find. A crash in here leaves the intent in place and
+    the next attempt starts over."""
     intent = journal.pending(ns.key)
     if intent is None:
         return None
-    target = intent.before
-    ctx = Ctx(ns, intent.backend, target)
+    target = state.load(ns.key)
+    ctx = Ctx(ns, target.backend or intent.backend, target)
     plan = _plan_cleanup(ctx, target) + _plan_recreate(ctx, target)
     # A namespace made just before the crash has no tagged veth yet for cleanup to know it by.
     kept = {c.netns for c in target.containers}
-    plan += [Step(f"delete namespace {c.netns} of the interrupted change",
-                  lambda n=c.netns: netns.destroy(n), None, (f"ip netns del {c.netns}",))
-             for c in intent.after.containers if c.netns not in kept and netns.exists(c.netns)]
-    forwarding = dict(intent.after.sysctls_before).get(IP_FORWARD)
-    if not target.networks and forwarding is not None:
-        plan.append(_sysctl_step(ctx, IP_FORWARD, forwarding, None))
+    plan += [Step(f"delete namespace {name} of the interrupted change",
+                  lambda n=name: netns.destroy(n), None, (f"ip netns del {name}",))
+             for name in intent.new_netns if name not in kept and netns.exists(name)]
+    if not target.networks and intent.forwarding is not None:
+        plan.append(_sysctl_step(ctx, IP_FORWARD, intent.forwarding, None))
     steps.run(plan)
-    state.save(target)
     conflicts.forget_cache(ns.key)
     journal.end(ns.key)
+    done = journal.state_file_identity(ns.key) != intent.state_file
     return Result(steps.commands_of(plan),
-                  f"rolled back an interrupted change ({intent.action}): the kernel and the "
-                  f"saved state are as before it")
+                  f"{'completed' if done else 'rolled back'} an interrupted change "
+                  f"({intent.action}): the kernel matches the saved state again")
 
 
 # --- checks ------------------------------------------------------------------------------
@@ -644,6 +643,16 @@ def _clear_container(host_path: str, ctr: Container) -> None:
 
 # --- running -----------------------------------------------------------------------------
 
+def _intent(ctx: Ctx, plan: list[Step], after: State, summary: str) -> journal.Intent:
+    before = ctx.before
+    old = {c.netns for c in before.containers}
+    forwarding = dict(after.sysctls_before or before.sysctls_before).get(IP_FORWARD)
+    return journal.Intent(summary, ctx.backend, tuple(s.what for s in plan),
+                          steps.commands_of(plan), journal.state_file_identity(ctx.ns.key),
+                          tuple(c.netns for c in after.containers if c.netns not in old),
+                          forwarding)
+
+
 def _execute(ctx: Ctx, plan: list[Step], after: State, dry_run: bool, summary: str, *,
              save: bool = True) -> Result:
     """Run the plan under a write-ahead intent: on disk before the first kernel step, gone
@@ -653,8 +662,7 @@ def _execute(ctx: Ctx, plan: list[Step], after: State, dry_run: bool, summary: s
     if dry_run:
         return Result(commands, f"dry run, nothing changed: {summary}", ctx.recovered)
     key = ctx.ns.key
-    journal.begin(key, journal.Intent(summary, ctx.before, after, ctx.backend,
-                                      tuple(s.what for s in plan), commands))
+    journal.begin(key, _intent(ctx, plan, after, summary))
     try:
         steps.run(plan)
     except BaseException as err:

@@ -109,12 +109,24 @@ def _cache_path(key: str) -> Path:
     return state.state_dir() / f".{key}.foreign.json"
 
 
+# The last few states digested, by identity (a change digests its before and after states,
+# and the next check in the same process the very same after state): id -> (state, digest).
+_digests: dict[int, tuple[State, int]] = {}
+
+
 def owned_digest(st: State) -> int:
-    """The forwards a state owns, as one order-free number: the cache was read against one
-    state, and another (a crash between the kernel change and the state save, a state file put
-    back from elsewhere) may make some of our rules orphans, so it must miss."""
-    crc = sum(zlib.crc32(f.tag.encode()) for f in st.forwards) & 0xFFFFFFFF
-    return len(st.forwards) << 32 | crc
+    """The forwards a state owns, as one number: the cache was read against one state, and
+    another (a crash between the kernel change and the state save, a state file put back from
+    elsewhere) may make some of our rules orphans, so it must miss."""
+    known = _digests.get(id(st))
+    if known and known[0] is st:
+        return known[1]
+    crc = zlib.crc32("\n".join(f"{f.container} {f.key}" for f in st.forwards).encode())
+    digest = len(st.forwards) << 32 | crc
+    if len(_digests) >= 4:
+        _digests.pop(next(iter(_digests)))
+    _digests[id(st)] = (st, digest)
+    return digest
 
 
 def _read_cache(key: str) -> tuple[tuple[int, int] | None, tuple[PortForward, ...]]:

@@ -1,32 +1,36 @@
 """Write-ahead journal: a change's intent is on disk before the kernel is touched.
 
 One small file per managed host namespace, beside its state file. `begin` writes the intent
-(the state before and after, the firewall backend, the plan's steps and commands) fsynced and
+(the action, the firewall backend, the plan's steps and commands, and what the state file
+cannot tell: the namespaces the change makes, the forwarding sysctl to put back) fsynced and
 renamed into place before the first kernel step; `end` removes it once the steps ran and the
-new state was saved. A file still present means a change was interrupted (kill -9, power
-loss, an undo that failed): its steps may have reached the kernel in part, and nothing
-confirmed them, so recovery puts the kernel back to the state before (see api.recover).
+new state was saved. Saving the state is the commit point: a file still present means a
+change was interrupted (kill -9, power loss, an undo that failed), and recovery makes the
+kernel match the saved state again (see api.recover): the state before the change if the
+crash came before the save (rolled back), the state after it if it came later (completed).
 """
 from __future__ import annotations
 
 import json
 import os
 import tempfile
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from bridgescope.plumbing import state
-from bridgescope.plumbing.state import State
 
 
 @dataclass(frozen=True)
 class Intent:
     action: str  # the change's summary: "forward 8080:80/tcp -> web (172.30.0.2)"
-    before: State
-    after: State
     backend: str  # the firewall backend the change writes to
     steps: tuple[str, ...]  # plain words, in order
     commands: tuple[str, ...]  # the equivalent commands (what the audit shows)
+    # The state file as it was at begin (inode, size, mtime; None: absent): another one at
+    # recovery means the new state was saved, so the change is complete.
+    state_file: tuple[int, int, int] | None
+    new_netns: tuple[str, ...] = ()  # container namespaces the change creates
+    forwarding: str | None = None  # ip_forward to put back if no network is left
 
 
 def path_for(host: str) -> Path:
@@ -34,14 +38,22 @@ def path_for(host: str) -> Path:
 
 
 def to_dict(intent: Intent) -> dict:
-    return {"action": intent.action, "before": state.to_dict(intent.before),
-            "after": state.to_dict(intent.after), "backend": intent.backend,
-            "steps": list(intent.steps), "commands": list(intent.commands)}
+    return asdict(intent)
 
 
 def from_dict(data: dict) -> Intent:
-    return Intent(data["action"], state.from_dict(data["before"]), state.from_dict(data["after"]),
-                  data["backend"], tuple(data["steps"]), tuple(data["commands"]))
+    ident = data.get("state_file")
+    return Intent(data["action"], data["backend"], tuple(data["steps"]), tuple(data["commands"]),
+                  tuple(ident) if ident else None, tuple(data.get("new_netns", ())),
+                  data.get("forwarding"))
+
+
+def state_file_identity(host: str) -> tuple[int, int, int] | None:
+    try:
+        st = state.path_for(host).stat()
+    except FileNotFoundError:
+        return None
+    return st.st_ino, st.st_size, st.st_mtime_ns
 
 
 def begin(host: str, intent: Intent) -> None:
