@@ -1,8 +1,9 @@
 """Desired state: what bridgescope manages on one host namespace, persisted atomically.
 
 One JSON file per managed host namespace under /var/lib/bridgescope/ (or $BRIDGESCOPE_STATE_DIR).
-The kernel is changed first and the state written after; every kernel object carries a tag
-(interface alias, rule comment), so anything a crash leaves between the two is findable.
+The kernel is changed first and the state written after (the commit point); the change's
+intent is journaled before (plumbing/journal.py) and every kernel object carries a tag
+(interface alias, rule comment), so anything a crash leaves between the two is found and undone.
 """
 from __future__ import annotations
 
