@@ -186,15 +186,15 @@ def save(state: State) -> None:
 
 
 def forget(host: str, *, lock: bool = False) -> None:
-    """Nothing managed any more: remove the state and every cache kept beside it."""
+    """Nothing managed any more: remove the state and every cache kept beside it (lock=True,
+    the host itself is gone: its lock and any pending intent too)."""
     directory = state_dir()
     _recent.pop(path_for(host), None)
     path_for(host).unlink(missing_ok=True)
     for extra in directory.glob(f".{host}.*") if directory.is_dir() else ():
-        if extra == journal_path(host):
-            continue  # the change that empties the state is not done until its intent is gone
-        if lock or not extra.name.endswith(".lock"):
-            extra.unlink(missing_ok=True)
+        if not lock and extra.name.endswith((".lock", ".journal.json")):
+            continue  # the lock stays, and a change emptying the state is done when its intent goes
+        extra.unlink(missing_ok=True)
 
 
 @contextmanager
