@@ -7,6 +7,7 @@ bridgescope host yields none.
 """
 from __future__ import annotations
 
+import functools
 from typing import Callable
 
 from bridgescope.collector import doctor_firewall as fw
@@ -39,8 +40,12 @@ CHECKS: tuple[Check, ...] = (
 )
 
 
-def diagnose(snap: Snapshot) -> tuple[Finding, ...]:
+def diagnose(snap: Snapshot, owned: frozenset[str] | None = None) -> tuple[Finding, ...]:
+    """`owned`: the object tags ("fwd/web/tcp/*/8080") bridgescope's saved state owns on this
+    host, when the caller knows them; tagged rules outside that set are then orphans too."""
     view = host_view(snap)
-    found = [f for check in CHECKS for f in check(view)]
+    checks = CHECKS if owned is None else tuple(
+        functools.partial(fw.orphan_rule, owned=owned) if c is fw.orphan_rule else c for c in CHECKS)
+    found = [f for check in checks for f in check(view)]
     # stable sort: errors first, within a severity the fixing order above
     return tuple(sorted(found, key=lambda f: SEVERITIES.index(f.severity)))

@@ -14,7 +14,8 @@ from ipaddress import IPv4Address, IPv4Network
 
 from bridgescope.collector.finding import Finding
 from bridgescope.collector.graph import portforward_id
-from bridgescope.collector.hostview import Attachment, BridgeNet, HostView, in_ns, ipv4_addresses
+from bridgescope.collector.hostview import (Attachment, BridgeNet, HostView, in_ns, ipv4_addresses,
+                                            netns_name)
 from bridgescope.collector.model import Masquerade, Namespace, PortForward, Rule
 from bridgescope.collector.nat import forward_packet, forward_verdict
 from bridgescope.collector.rules import access
@@ -495,10 +496,20 @@ def duplicate_rule(view: HostView) -> tuple[Finding, ...]:
     return tuple(out)
 
 
-def orphan_rule(view: HostView) -> tuple[Finding, ...]:
+_TAG = "bridgescope:"
+_OBJECT_KINDS = ("net/", "ctr/", "fwd/")
+
+
+def orphan_rule(view: HostView, owned: frozenset[str] | None = None) -> tuple[Finding, ...]:
+    """Rules left behind: pointing at an address nobody has any more, or (when the caller
+    knows which objects bridgescope's saved state owns) tagged for an object it does not."""
+    unowned = _unowned_tagged(view, owned) if owned is not None else {}
+    out = list(_unowned_findings(view, unowned))
+    seen = {id(r) for rules in unowned.values() for r in rules}
     host = view.host
-    out = []
     for rule in host_rules(view):
+        if id(rule) in seen:
+            continue
         addr = _dangling_address(view, rule)
         if addr is None:
             continue
@@ -512,6 +523,42 @@ def orphan_rule(view: HostView) -> tuple[Finding, ...]:
             "that address).",
             (delete_command(host, rule),)))
     return tuple(out)
+
+
+def _unowned_tagged(view: HostView, owned: frozenset[str]) -> dict[str, list[Rule]]:
+    """Tag -> rules of ours (comment `bridgescope:<kind>/<name>`) that no saved state owns."""
+    out: dict[str, list[Rule]] = {}
+    for rule in host_rules(view):
+        tag = (rule.comment or "")[len(_TAG):] if (rule.comment or "").startswith(_TAG) else ""
+        if tag.startswith(_OBJECT_KINDS) and tag not in owned:
+            out.setdefault(tag, []).append(rule)
+    return out
+
+
+def _unowned_findings(view: HostView, unowned: dict[str, list[Rule]]) -> tuple[Finding, ...]:
+    host = view.host
+    out = []
+    for tag, rules in sorted(unowned.items()):
+        texts = {r.text for r in rules}
+        pf = next((p for p in host_forwards(view) if p.rule_text in texts), None)
+        acts = (f" (port {pf.host_port}/{pf.proto} still goes to {pf.to_ip}:{pf.to_port})"
+                if pf else "")
+        out.append(Finding(
+            "orphan-rule", "warning", pf_objects(view, pf) if pf else ((host.id,) if host else ()),
+            f"{len(rules)} rule{'s' if len(rules) != 1 else ''} tagged {_TAG}{tag} that no saved "
+            "bridgescope state owns",
+            f"The rules tagged {_TAG}{tag} are in the kernel, but bridgescope's saved state has "
+            "no such object: a change was interrupted after the kernel changed and before it "
+            f"was recorded. They still act{acts}, bridgescope does not know them, and a new "
+            "forward on the same port would be shadowed by them. `bridgescope restore` "
+            "removes them.",
+            (_restore_command(host),) + tuple(delete_command(host, r) for r in rules)))
+    return tuple(out)
+
+
+def _restore_command(host: Namespace | None) -> str:
+    name = netns_name(host) if host else None
+    return "bridgescope restore" + (f" --netns {name}" if name else "")
 
 
 def _dangling_address(view: HostView, rule: Rule) -> IPv4Address | None:

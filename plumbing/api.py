@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from typing import Callable, Iterable, Sequence, TypeVar
 
 from bridgescope.collector.model import Snapshot
-from bridgescope.plumbing import (backends, conflicts, ipam, links, netns, rules, state, steps,
-                                  validate)
+from bridgescope.plumbing import (backends, conflicts, ipam, journal, links, netns, rules, state,
+                                  steps, validate)
 from bridgescope.plumbing.errors import PlumbingError, ValidationError
 from bridgescope.plumbing.rules import Change
 from bridgescope.plumbing.state import Container, Forward, Network, State
@@ -38,6 +38,8 @@ def _in_session(fn: Callable[..., R]) -> Callable[..., R]:
 class Result:
     commands: tuple[str, ...]  # the equivalent ip/iptables commands (teaching text)
     summary: str
+    # An interrupted earlier change this command rolled back first (the caller reports it).
+    recovery: "Result | None" = None
 
 
 @dataclass(frozen=True)
@@ -46,6 +48,7 @@ class Ctx:
     ns: netns.HostNs
     backend: str
     before: State
+    recovered: Result | None = None
 
     def sh(self, argv: str) -> str:
         """A teaching command as typed on this host (inside `ip netns exec` for a lab host)."""
@@ -60,6 +63,13 @@ def load_state(host: str | None = None) -> State:
     return state.load(netns.resolve(host).key)
 
 
+def owned_tags(host: str | None = None) -> frozenset[str]:
+    """What the doctor needs to tell our orphaned rules from our own (the collector cannot
+    read the state: it must not depend on the plumbing). An interrupted change's objects are
+    not owned: recovery will remove them."""
+    return load_state(host).owned_tags()
+
+
 @_in_session
 def create_network(name: str, subnet: str, *, gateway: str | None = None, masquerade: bool = True,
                    mtu: int = 1500, host: str | None = None, firewall: str = "auto",
@@ -70,7 +80,7 @@ def create_network(name: str, subnet: str, *, gateway: str | None = None, masque
     want = Network(name, str(net), str(gw), masquerade, mtu)
     ns = netns.resolve(host)
     with state.locked(ns.key):
-        st = state.load(ns.key)
+        st, rec = _load(ns, dry_run)
         _check_firewall(st, firewall)
         existing = st.network(name)
         if existing == want:
@@ -79,7 +89,7 @@ def create_network(name: str, subnet: str, *, gateway: str | None = None, masque
             raise ValidationError("name", f"a network named {name} already exists with subnet "
                                           f"{existing.subnet}")
         _check_subnet_free(ns, st, name, net)
-        ctx = Ctx(ns, _backend(ns, st, firewall), st)
+        ctx = Ctx(ns, _backend(ns, st, firewall), st, rec)
         after = st.with_(networks=st.networks + (want,), backend=ctx.backend)
         plan, after = _plan_network_create(ctx, want, after)
         return _execute(ctx, plan, after, dry_run,
@@ -92,7 +102,7 @@ def remove_network(name: str, *, force: bool = False, host: str | None = None,
     validate.name(name)
     ns = netns.resolve(host)
     with state.locked(ns.key):
-        st = state.load(ns.key)
+        st, rec = _load(ns, dry_run)
         net = st.network(name)
         if net is None:
             raise ValidationError("name", f"no network named {name} is managed by bridgescope here")
@@ -101,7 +111,7 @@ def remove_network(name: str, *, force: bool = False, host: str | None = None,
             raise ValidationError("name", f"network {name} still has containers "
                                           f"{', '.join(c.name for c in attached)}; remove them "
                                           "first or use --force")
-        ctx = Ctx(ns, _backend(ns, st, firewall), st)
+        ctx = Ctx(ns, _backend(ns, st, firewall), st, rec)
         plan: list[Step] = []
         cur = st
         for ctr in attached:
@@ -120,7 +130,7 @@ def create_container(name: str, network: str, *, ip: str | None = None, ports: S
     mappings = _parse_specs(ports)
     ns = netns.resolve(host)
     with state.locked(ns.key):
-        st = state.load(ns.key)
+        st, rec = _load(ns, dry_run)
         _check_firewall(st, firewall)
         net = st.network(network)
         if net is None:
@@ -133,7 +143,7 @@ def create_container(name: str, network: str, *, ip: str | None = None, ports: S
             mappings = tuple(m for m in mappings if not _has_forward(st, name, m))
             if not mappings:
                 return Result((), f"container {name} already exists ({existing.ip})")
-        ctx = Ctx(ns, _backend(ns, st, firewall), st)
+        ctx = Ctx(ns, _backend(ns, st, firewall), st, rec)
         _check_ports(ctx, st, mappings)
         if existing:
             plan, after = _plan_forwards_add(ctx, st, existing, mappings)
@@ -159,9 +169,9 @@ def remove_container(name: str, *, host: str | None = None, firewall: str = "aut
     validate.name(name, "container")
     ns = netns.resolve(host)
     with state.locked(ns.key):
-        st = state.load(ns.key)
+        st, rec = _load(ns, dry_run)
         ctr = _require_container(st, name)
-        ctx = Ctx(ns, _backend(ns, st, firewall), st)
+        ctx = Ctx(ns, _backend(ns, st, firewall), st, rec)
         plan, after = _plan_container_remove(ctx, st, ctr)
         return _execute(ctx, plan, after, dry_run, f"removed container {name}")
 
@@ -173,9 +183,9 @@ def add_forward(container: str, spec: str, *, host: str | None = None, firewall:
     mappings = validate.port_spec(spec)
     ns = netns.resolve(host)
     with state.locked(ns.key):
-        st = state.load(ns.key)
+        st, rec = _load(ns, dry_run)
         ctr = _require_container(st, container)
-        ctx = Ctx(ns, _backend(ns, st, firewall), st)
+        ctx = Ctx(ns, _backend(ns, st, firewall), st, rec)
         _check_ports(ctx, st, mappings)
         plan, after = _plan_forwards_add(ctx, st, ctr, mappings)
         return _execute(ctx, plan, after, dry_run,
@@ -189,7 +199,7 @@ def remove_forward(container: str, spec: str, *, host: str | None = None, firewa
     mappings = validate.port_spec(spec)
     ns = netns.resolve(host)
     with state.locked(ns.key):
-        st = state.load(ns.key)
+        st, rec = _load(ns, dry_run)
         ctr = _require_container(st, container)
         gone = []
         for m in mappings:
@@ -197,7 +207,7 @@ def remove_forward(container: str, spec: str, *, host: str | None = None, firewa
             if fwd is None:
                 raise ValidationError("spec", f"container {container} has no forward {m.spec()}")
             gone.append(fwd)
-        ctx = Ctx(ns, _backend(ns, st, firewall), st)
+        ctx = Ctx(ns, _backend(ns, st, firewall), st, rec)
         plan, after = _plan_forwards_remove(ctx, st, ctr, gone)
         return _execute(ctx, plan, after, dry_run,
                         f"removed forward {', '.join(f.spec() for f in gone)} from {container}")
@@ -224,13 +234,62 @@ def restore(*, host: str | None = None, firewall: str = "auto", dry_run: bool = 
     remove tagged leftovers, re-create what is missing, rewrite our chains."""
     ns = netns.resolve(host)
     with state.locked(ns.key):
-        st = state.load(ns.key)
+        st, rec = _load(ns, dry_run)
         backend = st.backend or _backend(ns, st, firewall)
-        ctx = Ctx(ns, backend, st)
+        ctx = Ctx(ns, backend, st, rec)
         plan = _plan_cleanup(ctx, st) + _plan_recreate(ctx, st)
         summary = (f"restored {len(st.networks)} networks, {len(st.containers)} containers, "
                    f"{len(st.forwards)} forwards")
-        return _execute(ctx, plan, st, dry_run, summary, save=False)
+        result = _execute(ctx, plan, st, dry_run, summary, save=False)
+        if not dry_run:
+            conflicts.forget_cache(ns.key)  # the rewrite removed any orphaned rule it held
+        return result
+
+
+@_in_session
+def recover(*, host: str | None = None) -> Result | None:
+    """Roll back a change a crash interrupted, if any (what `serve` does at start; every
+    changing command and `restore` do it first by themselves). None: nothing was pending."""
+    ns = netns.resolve(host)
+    with state.locked(ns.key):
+        return _recover(ns)
+
+
+def _load(ns: netns.HostNs, dry_run: bool) -> tuple[State, Result | None]:
+    """The state to plan from (under the state lock), after recovering from an interrupted
+    change. A dry run changes nothing (the state file is already what recovery converges to)."""
+    if dry_run:
+        return state.load(ns.key), None
+    rec = _recover(ns)
+    return state.load(ns.key), rec
+
+
+def _recover(ns: netns.HostNs) -> Result | None:
+    """Make the kernel match the saved state again: the state before the change if the crash
+    came before its save (nothing confirmed it: rolled back), after it otherwise (completed).
+    Restore's machinery does it (clean tagged leftovers, re-create what is missing, rewrite
+    our chains), plus what tags cannot find. A crash in here leaves the intent in place and
+    the next attempt starts over."""
+    intent = journal.pending(ns.key)
+    if intent is None:
+        return None
+    target = state.load(ns.key)
+    ctx = Ctx(ns, target.backend or intent.backend, target)
+    plan = _plan_cleanup(ctx, target) + _plan_recreate(ctx, target)
+    # A namespace made just before the crash has no tagged veth yet for cleanup to know it by.
+    kept = {c.netns for c in target.containers}
+    plan += [Step(f"delete namespace {name} of the interrupted change",
+                  lambda n=name: netns.destroy(n), None, (f"ip netns del {name}",))
+             for name in intent.new_netns if name not in kept and netns.exists(name)]
+    if not target.networks and intent.forwarding is not None:
+        plan.append(_sysctl_step(ctx, IP_FORWARD, intent.forwarding, None))
+    steps.run(plan)
+    conflicts.forget_cache(ns.key)
+    journal.end(ns.key)
+    done = journal.state_file_identity(ns.key) != intent.state_file
+    return Result(steps.commands_of(plan),
+                  f"{'completed' if done else 'rolled back'} an interrupted change "
+                  f"({intent.action}): the kernel matches the saved state again")
 
 
 # --- checks ------------------------------------------------------------------------------
@@ -337,11 +396,11 @@ def _firewall_step(ctx: Ctx, what: str, change: Change, before: State, after: St
 
     def do() -> None:
         conflicts.track_own_change(key, path, lambda: backends.apply(
-            backend, path, change, lambda: rules.desired(after)))
+            backend, path, change, lambda: rules.desired(after)), before, after)
 
     def undo() -> None:
         conflicts.track_own_change(key, path, lambda: backends.apply(
-            backend, path, change.inverse(), lambda: rules.desired(before)))
+            backend, path, change.inverse(), lambda: rules.desired(before)), after, before)
     return Step(
         what=what, do=do, undo=undo,
         commands=tuple(ctx.sh(c) for c in backends.commands(backend, change,
@@ -591,13 +650,36 @@ def _clear_container(host_path: str, ctr: Container) -> None:
 
 # --- running -----------------------------------------------------------------------------
 
+def _intent(ctx: Ctx, plan: list[Step], after: State, summary: str) -> journal.Intent:
+    before = ctx.before
+    old = {c.netns for c in before.containers}
+    forwarding = dict(after.sysctls_before or before.sysctls_before).get(IP_FORWARD)
+    return journal.Intent(summary, ctx.backend, tuple(s.what for s in plan),
+                          steps.commands_of(plan), journal.state_file_identity(ctx.ns.key),
+                          tuple(c.netns for c in after.containers if c.netns not in old),
+                          forwarding)
+
+
 def _execute(ctx: Ctx, plan: list[Step], after: State, dry_run: bool, summary: str, *,
              save: bool = True) -> Result:
+    """Run the plan under a write-ahead intent: on disk before the first kernel step, gone
+    once the new state is saved (or the steps were all undone), so a crash anywhere in
+    between is rolled back by the next command, `serve` or `restore` (see _recover)."""
     commands = steps.commands_of(plan)
     if dry_run:
-        return Result(commands, f"dry run, nothing changed: {summary}")
-    steps.run(plan)
+        return Result(commands, f"dry run, nothing changed: {summary}", ctx.recovered)
+    key = ctx.ns.key
+    journal.begin(key, _intent(ctx, plan, after, summary))
+    try:
+        steps.run(plan)
+    except BaseException as err:
+        if getattr(err, "undone", False):
+            journal.end(key)  # rolled back in full here: nothing left to recover
+        raise
+    steps.crash_point("save")
     if save:
         state.save(after)
-    return Result(commands, summary)
+    steps.crash_point("clear")
+    journal.end(key)
+    return Result(commands, summary, ctx.recovered)
 

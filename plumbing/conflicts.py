@@ -6,8 +6,10 @@ The reads are at the edge (the host's firewall through the collector's scan/inte
 from __future__ import annotations
 
 import json
+import re
 import socket
-from dataclasses import asdict, dataclass
+import zlib
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
@@ -19,8 +21,7 @@ from bridgescope.collector.firewall.savefmt import parse_save
 from bridgescope.collector.model import PortForward
 from bridgescope.collector.firewall import nftinfo, readers
 from bridgescope.plumbing import netns, state
-from bridgescope.plumbing.rules import NFT_TABLE
-from bridgescope.plumbing.state import Forward
+from bridgescope.plumbing.state import Forward, State
 from bridgescope.plumbing.validate import PortMapping
 
 TCP_LISTEN = "0A"
@@ -128,29 +129,77 @@ def _cache_path(key: str) -> Path:
     return state.state_dir() / f".{key}.foreign.json"
 
 
-def _read_cache(key: str) -> tuple[int | None, tuple[PortForward, ...]]:
+# The last few states digested, by identity (a change digests its before and after states,
+# and the next check in the same process the very same after state): id -> (state, digest).
+_digests: dict[int, tuple[State, int]] = {}
+
+
+def owned_digest(st: State) -> int:
+    """The forwards a state owns, as one number: the cache was read against one state, and
+    another (a crash between the kernel change and the state save, a state file put back from
+    elsewhere) may make some of our rules orphans, so it must miss."""
+    known = _digests.get(id(st))
+    if known and known[0] is st:
+        return known[1]
+    crc = zlib.crc32("\n".join(f"{f.container} {f.key}" for f in st.forwards).encode())
+    digest = len(st.forwards) << 32 | crc
+    if len(_digests) >= 4:
+        _digests.pop(next(iter(_digests)))
+    _digests[id(st)] = (st, digest)
+    return digest
+
+
+def _read_cache(key: str) -> tuple[tuple[int, int] | None, tuple[PortForward, ...]]:
     try:
         data = json.loads(_cache_path(key).read_text(encoding="utf-8"))
-        return data["generation"], tuple(PortForward(**pf) for pf in data["forwards"])
+        return ((data["generation"], data["owned"]),
+                tuple(PortForward(**pf) for pf in data["forwards"]))
     except (OSError, ValueError, KeyError, TypeError):
         return None, ()
 
 
-def _write_cache(key: str, generation: int, forwards: Sequence[PortForward]) -> None:
+def _write_cache(key: str, stamp: tuple[int, int], forwards: Sequence[PortForward]) -> None:
     # Written in place, not renamed: a torn read only means a cache miss (a full re-read),
     # and skipping the rename saves a journal commit on every forward change.
     path = _cache_path(key)
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    path.write_text(json.dumps({"generation": generation, "forwards": [asdict(f) for f in forwards]}),
-                    encoding="utf-8")
+    path.write_text(json.dumps({"generation": stamp[0], "owned": stamp[1],
+                                "forwards": [asdict(f) for f in forwards]}), encoding="utf-8")
+
+
+_FWD_TAG = re.compile(re.escape(state.TAG) + r'(fwd/[^"\s]+)')
 
 
 def _not_ours(forwards: Iterable[PortForward]) -> tuple[PortForward, ...]:
     return tuple(pf for pf in forwards if pf.owner != "bridgescope")
 
 
+def _orphaned(forwards: Iterable[PortForward], owned: frozenset[str]) -> tuple[PortForward, ...]:
+    """Our tagged forwards that no saved state owns (left by a crash the journal could not
+    repair, or a state file put back from elsewhere): they still forward traffic, so they hold
+    their port like anybody else's rule. Their owner names the rule and the way out."""
+    out = []
+    for pf in forwards:
+        m = _FWD_TAG.search(pf.rule_text or "") if pf.owner == "bridgescope" else None
+        if m and m.group(1) not in owned:
+            out.append(replace(pf, owner=f"an orphaned bridgescope rule ({state.TAG}{m.group(1)}) "
+                                         "that no saved state owns; `bridgescope restore` "
+                                         "removes it"))
+    return tuple(out)
+
+
+def _owned_forward_tags(key: str) -> frozenset[str]:
+    return frozenset(f.tag for f in state.load(key).forwards)
+
+
+def forget_cache(key: str) -> None:
+    """After a rewrite of our chains (restore, recovery): orphans it removed must not linger."""
+    _cache_path(key).unlink(missing_ok=True)
+
+
 def port_users(key: str, path: str) -> tuple[tuple[PortForward, ...], list[Listener]]:
-    """(foreign forwards, listeners) of the host namespace, read in one trip to its thread."""
+    """(forwards not in our saved state, listeners) of the host namespace, read in one trip to
+    its thread: other tools' forwards and our own orphaned ones."""
     generation, legacy_present, socks = netns.run_in(path, lambda: (
         nftinfo.generation_here(), 4 in readers.legacy_here(),
         _listeners_here()))
@@ -159,19 +208,23 @@ def port_users(key: str, path: str) -> tuple[tuple[PortForward, ...], list[Liste
 
 def _foreign(key: str, path: str, generation: int, legacy_present: bool
              ) -> tuple[PortForward, ...]:
-    """Port forwards that some other tool made in the host namespace's firewall.
+    """Port forwards in the host namespace's firewall that some other tool made, or that
+    are ours but no saved state owns.
 
     The nf_tables part is read through the collector's firewall scan and remembered with the
     nft generation it was read at: while the generation only moved by our own transactions
     (see track_own_change), nobody else can have changed it, so a forward add does not re-read
     a ruleset that grows with every forward. Legacy tables have no generation and are read
-    each time (only their nat table, which libiptc hands over fast)."""
-    cached_gen, cached = _read_cache(key)
-    if cached_gen == generation:
+    each time (only their nat table, which libiptc hands over fast). Our own transactions
+    cannot make orphans (a crash in one leaves the generation moved without a cache update,
+    and the journal rolls it back); restore and recovery drop the cache (forget_cache)."""
+    stamp = (generation, owned_digest(state.load(key)))
+    cached_stamp, cached = _read_cache(key)
+    if cached_stamp == stamp:
         nft_part = cached
     else:
         nft_part = _nft_forwards(key, path)
-        _write_cache(key, generation, nft_part)
+        _write_cache(key, stamp, nft_part)
     # Legacy tables only where one exists (reading must not create one).
     return nft_part + (_legacy_forwards(key, path) if legacy_present else ())
 
@@ -183,20 +236,33 @@ def _nft_forwards(key: str, path: str) -> tuple[PortForward, ...]:
     """Foreign forwards in nf_tables. Usually only iptables-nft's nat table can hold them: read
     just that, without our own thousands of lines. Native tables (Docker 29's nftables backend,
     netavark, CNI's nft portmap) need the collector's full scan."""
-    native = [t for t in netns.run_in(path, nftinfo.tables_here)
-              if t.split()[-1] not in COMPAT_TABLES and t != f"ip {NFT_TABLE}"]
+    tables = netns.run_in(path, nftinfo.tables_here)
+    native = [t for t in tables if t.split()[-1] not in COMPAT_TABLES]  # ours too: orphans
     if native:
         fw = firewall_reader.scan({key: path})
-        view = nat.interpret(fw.rules, fw.chains, (), ())
-        return tuple(pf for pf in _not_ours(view.port_forwards) if pf.backend != "legacy")
+        view = tuple(pf for pf in nat.interpret(fw.rules, fw.chains, (), ()).port_forwards
+                     if pf.backend != "legacy")
+        return _not_ours(view) + _orphaned(view, _owned_forward_tags(key))
     text = netns.run_command(path, ["iptables-nft-save", "-t", "nat"]).stdout
     return _interpret_foreign(text, key, "nft")
 
 
 def _interpret_foreign(save: str, key: str, backend: str) -> tuple[PortForward, ...]:
-    foreign = "\n".join(l for l in save.splitlines() if state.TAG not in l)
+    """Other tools' forwards, then our DNAT rules no saved state owns. Only those of our lines
+    are parsed (a string test on each line's tag), not the thousands the state does own."""
+    lines = save.splitlines()
+    foreign = "\n".join(l for l in lines if state.TAG not in l)
     rules, chains = parse_save(foreign, netns=key, backend=backend, family=4)
-    return _not_ours(nat.interpret(owners.attribute(rules), chains, (), ()).port_forwards)
+    found = _not_ours(nat.interpret(owners.attribute(rules), chains, (), ()).port_forwards)
+    owned = _owned_forward_tags(key)
+    stray = [l for l in lines if l.startswith("-A ") and "DNAT" in l
+             and (m := _FWD_TAG.search(l)) and m.group(1) not in owned]
+    if not stray:
+        return found
+    ours = "\n".join([l for l in lines if l.startswith(("*", ":"))] + stray + ["COMMIT"])
+    rules, chains = parse_save(ours, netns=key, backend=backend, family=4)
+    return found + _orphaned(nat.interpret(owners.attribute(rules), chains, (), ()).port_forwards,
+                             owned)
 
 
 def _proc_net_here(leaf: str) -> str:
@@ -209,14 +275,16 @@ def _legacy_forwards(key: str, path: str) -> tuple[PortForward, ...]:
     return _interpret_foreign(text, key, "legacy")
 
 
-def track_own_change(key: str, path: str, apply: Callable[[], int]) -> None:
-    """Run one of our firewall changes (apply returns how many nft commits it made) and, if
-    the generation moved by exactly that much, carry the cached foreign view forward."""
+def track_own_change(key: str, path: str, apply: Callable[[], int], before: State,
+                     after: State) -> None:
+    """Run one of our firewall changes from state `before` to `after` (apply returns how many
+    nft commits it made) and, if the generation moved by exactly that much, carry the cached
+    view forward: it then holds for `after` (our change makes no orphans and removes none)."""
     def inside() -> tuple[int, int, int]:  # one trip to the namespace's thread
-        before = nftinfo.generation_here()
+        start = nftinfo.generation_here()
         commits = apply()
-        return before, commits, nftinfo.generation_here()
-    before, commits, after = netns.run_in(path, inside)
-    cached_gen, cached = _read_cache(key)
-    if cached_gen == before and after == before + commits:
-        _write_cache(key, after, cached)
+        return start, commits, nftinfo.generation_here()
+    first, commits, last = netns.run_in(path, inside)
+    cached_stamp, cached = _read_cache(key)
+    if cached_stamp == (first, owned_digest(before)) and last == first + commits:
+        _write_cache(key, (last, owned_digest(after)), cached)

@@ -14,9 +14,16 @@ class ValidationError(BridgescopeError):
 
 
 class PlumbingError(BridgescopeError):
-    """A step failed; everything done before it was undone."""
+    """A step failed; everything done before it was undone.
 
-    def __init__(self, step: str, message: str):
+    `commands` are the equivalent commands of the steps that ran (the failing one last), so the
+    audit log shows what was tried and taken back; `undone` is False when some undo failed too
+    (the change's journal entry then stays, and the next command rolls the rest back)."""
+
+    def __init__(self, step: str, message: str, *, commands: tuple[str, ...] = (),
+                 undone: bool = True):
         super().__init__(f"{step} failed: {message} (nothing was changed)")
         self.step = step
         self.message = message
+        self.commands = commands
+        self.undone = undone

@@ -420,6 +420,12 @@ def destroy(name: str) -> list[int]:
     path = str(NETNS_DIR / name)
     if not os.path.exists(path):
         return []
+    # A session's thread parked in it would keep the old namespace alive and serve a new one
+    # made under the same name (restore rebuilding a container) from the old one.
+    workers = _session.get()
+    worker = workers.pop(path, None) if workers is not None else None
+    if worker is not None:
+        worker.close()
     pids = pids_in(path)
     for pid in pids:
         try:

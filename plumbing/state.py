@@ -1,8 +1,9 @@
 """Desired state: what bridgescope manages on one host namespace, persisted atomically.
 
 One JSON file per managed host namespace under /var/lib/bridgescope/ (or $BRIDGESCOPE_STATE_DIR).
-The kernel is changed first and the state written after; every kernel object carries a tag
-(interface alias, rule comment), so anything a crash leaves between the two is findable.
+The kernel is changed first and the state written after (the commit point); the change's
+intent is journaled before (plumbing/journal.py) and every kernel object carries a tag
+(interface alias, rule comment), so anything a crash leaves between the two is found and undone.
 """
 from __future__ import annotations
 
@@ -96,6 +97,11 @@ class State:
     def with_(self, **changes) -> "State":
         return replace(self, **changes)
 
+    def owned_tags(self) -> frozenset[str]:
+        """The tags of every object this state owns (rules and interfaces carry them)."""
+        return frozenset(o.tag for group in (self.networks, self.containers, self.forwards)
+                         for o in group)
+
 
 def to_dict(state: State) -> dict:
     """Plain data for JSON (by hand: dataclasses.asdict deep-copies and is slow at 5,000 forwards)."""
@@ -125,6 +131,11 @@ def from_dict(data: dict) -> State:
 
 def path_for(host: str) -> Path:
     return state_dir() / f"{host}.json"
+
+
+def journal_path(host: str) -> Path:
+    """The pending change's intent (plumbing/journal.py), beside the state."""
+    return state_dir() / f".{host}.journal.json"
 
 
 # A long-lived process (the web UI) re-reads the state on every change; parsing thousands of
@@ -175,13 +186,15 @@ def save(state: State) -> None:
 
 
 def forget(host: str, *, lock: bool = False) -> None:
-    """Nothing managed any more: remove the state and every cache kept beside it."""
+    """Nothing managed any more: remove the state and every cache kept beside it (lock=True,
+    the host itself is gone: its lock and any pending intent too)."""
     directory = state_dir()
     _recent.pop(path_for(host), None)
     path_for(host).unlink(missing_ok=True)
     for extra in directory.glob(f".{host}.*") if directory.is_dir() else ():
-        if lock or not extra.name.endswith(".lock"):
-            extra.unlink(missing_ok=True)
+        if not lock and extra.name.endswith((".lock", ".journal.json")):
+            continue  # the lock stays, and a change emptying the state is done when its intent goes
+        extra.unlink(missing_ok=True)
 
 
 @contextmanager

@@ -6,6 +6,7 @@ PlumbingError naming the step in plain words. A dry run only lists the teaching 
 from __future__ import annotations
 
 import os
+import signal
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
@@ -16,6 +17,10 @@ Action = Callable[[], None]
 
 # Tests set this to a step description to prove that a failure there leaves nothing behind.
 FAIL_AT_ENV = "BRIDGESCOPE_FAIL_AT_STEP"
+# Tests and the soak bench set this to a crash point ("step N": before the plan's step N,
+# "save": after the last step, "clear": after the state save) to kill -9 this very process
+# there and prove that the journal's recovery repairs whatever such a crash leaves.
+CRASH_AT_ENV = "BRIDGESCOPE_CRASH_AT"
 
 
 @dataclass(frozen=True)
@@ -39,11 +44,18 @@ def _describe(err: BaseException) -> str:
     return text[-1] if text else type(err).__name__
 
 
+def crash_point(name: str) -> None:
+    """Die here, as kill -9 would, when the crash test asks for this point."""
+    if os.environ.get(CRASH_AT_ENV) == name:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
 def run(steps: Sequence[Step]) -> None:
     done: list[Step] = []
     fail_at = os.environ.get(FAIL_AT_ENV)
-    for step in steps:
+    for index, step in enumerate(steps):
         try:
+            crash_point(f"step {index}")
             if fail_at and fail_at in step.what:
                 raise PlumbingError(step.what, "injected failure")
             step.do()
@@ -51,8 +63,11 @@ def run(steps: Sequence[Step]) -> None:
             problems = _rollback(done)
             note = f"; could not undo: {'; '.join(problems)}" if problems else ""
             if isinstance(err, BridgescopeError) and not isinstance(err, PlumbingError):
+                err.commands = commands_of(done + [step])  # type: ignore[attr-defined]
+                err.undone = not problems  # type: ignore[attr-defined]
                 raise
-            raise PlumbingError(step.what, _describe(err) + note) from err
+            raise PlumbingError(step.what, _describe(err) + note,
+                                commands=commands_of(done + [step]), undone=not problems) from err
         done.append(step)
 
 

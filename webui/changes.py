@@ -73,6 +73,9 @@ def perform(action: str, args: dict[str, Any], *, dry_run: bool):
             rt.audit.record(client, _request_info(action, args), getattr(err, "commands", ()),
                             f"error: {err}", ok=False)
             raise
+        if result.recovery:  # an interrupted earlier change, rolled back or completed first
+            rt.audit.record(client, {**_request_info(action, args), "action": "recover"},
+                            result.recovery.commands, f"ok: {result.recovery.summary}")
         rt.audit.record(client, _request_info(action, args), result.commands,
                         f"ok: {result.summary}")
     # Re-read in the background: the answer need not wait for a full rescan, and the new

@@ -10,6 +10,7 @@ from bridgescope.collector.doctor import diagnose
 from bridgescope.collector.finding import Finding
 from bridgescope.collector.model import to_plain
 from bridgescope.collector.snapshot import collect
+from bridgescope.plumbing.api import owned_tags
 
 EXIT_ERRORS = 2  # 1 stays "the doctor itself could not run"
 
@@ -37,7 +38,7 @@ def register(sub: "argparse._SubParsersAction") -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    findings = diagnose(collect(args.netns))
+    findings = diagnose(collect(args.netns), owned_tags(args.netns))
     if args.json:
         json.dump({"findings": to_plain(findings)}, sys.stdout, indent=2)
         sys.stdout.write("\n")

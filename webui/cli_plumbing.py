@@ -28,6 +28,8 @@ def _kw(args: argparse.Namespace) -> dict:
 
 
 def _report(result: api.Result, args: argparse.Namespace) -> int:
+    if result.recovery:  # an interrupted earlier change, rolled back before this one
+        print(result.recovery.summary, file=sys.stderr)
     if args.dry_run:
         for command in result.commands:
             print(command)

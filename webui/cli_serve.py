@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 import sys
 from urllib.parse import quote
 
@@ -87,9 +88,15 @@ def warnings(config: dict) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from bridgescope.plumbing.api import recover
+    from bridgescope.webui.audit import AuditLog
     from bridgescope.webui.server import serve
 
     config = app_config(args)
+    if not args.read_only and (rec := recover(host=args.netns)):  # a change a crash interrupted
+        print(rec.summary, file=sys.stderr)
+        AuditLog(Path(config["AUDIT_LOG"])).record(
+            "serve", {"action": "recover", "host": args.netns}, rec.commands, f"ok: {rec.summary}")
     for line in warnings(config):
         print("\n" + "!" * 78 + f"\n{line}\n" + "!" * 78, file=sys.stderr)
 
