@@ -13,7 +13,7 @@ import statistics
 import time
 
 from bridgescope.collector.doctor import diagnose
-from bridgescope.collector.graph import to_elements
+from bridgescope.collector.render.graph import to_elements
 from bridgescope.collector.model import (
     Chain, Interface, Masquerade, Namespace, PortForward, Route, Rule, Snapshot,
 )

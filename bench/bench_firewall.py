@@ -26,7 +26,7 @@ from pathlib import Path
 from bridgescope.collector import firewall
 from bridgescope.collector.firewall.monitor import FirewallWatch
 from bridgescope.collector.firewall.savefmt import parse_body
-from bridgescope.collector.nat import interpret
+from bridgescope.collector.rules.nat import interpret
 
 PREFIX = f"bsbfw{os.getpid()}"
 DOCKER29 = Path(__file__).resolve().parent.parent / "tests" / "data" / "firewall" / "docker29.rules"

@@ -21,8 +21,8 @@ import time
 
 from pyroute2 import IPRoute
 
-from bridgescope.collector.namespaces import discover
-from bridgescope.collector.watcher import Watcher
+from bridgescope.collector.kernel.namespaces import discover
+from bridgescope.collector.live.watcher import Watcher
 
 BRIDGESCOPE = [sys.executable, "-m", "bridgescope.webui.cli"]
 

@@ -11,5 +11,6 @@ links      netlink (pyroute2) operations: bridge, veth, addresses, routes
 backends   firewall backend choice and apply (iptables-nft-restore, nft -f)
 legacy     python-iptables worker process for legacy-only hosts
 conflicts  who already uses a host port (foreign forwards, listeners)
-lab        the sandbox lab; echo_server is the lab's tiny HTTP/UDP server
+journal    the write-ahead intent of a change, and recovery after a crash
+lab/       the sandbox lab (sandbox), the guided walk (walk, walklab), the echo server and probe
 """

@@ -380,7 +380,7 @@ def _allocate(ctx: Ctx, st: State, net: Network, requested: str | None,
     used |= seen
     if snapshot is None and foreign_ports:
         # Something we did not make is plugged into the bridge: ask the whole machine.
-        from bridgescope.collector.snapshot import collect
+        from bridgescope.collector.kernel.snapshot import collect
         snapshot = collect(ctx.ns.path, firewall=False)
     if snapshot is not None:
         used |= ipam.addresses_in(snapshot, subnet)

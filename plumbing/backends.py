@@ -11,7 +11,7 @@ import subprocess
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
-from bridgescope.collector import tools
+from bridgescope.collector.kernel import tools
 from bridgescope.collector.firewall import nftinfo, readers
 from bridgescope.plumbing import legacy, netns
 from bridgescope.plumbing.errors import PlumbingError, ValidationError

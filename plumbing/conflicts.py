@@ -16,7 +16,8 @@ from typing import Callable, Iterable, Sequence
 from pyroute2 import DiagSocket
 
 from bridgescope.collector import firewall as firewall_reader
-from bridgescope.collector import nat, owners
+from bridgescope.collector.rules import nat
+from bridgescope.collector.firewall import owners
 from bridgescope.collector.firewall.savefmt import parse_save
 from bridgescope.collector.model import PortForward
 from bridgescope.collector.firewall import nftinfo, readers

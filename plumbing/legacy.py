@@ -14,8 +14,8 @@ import sys
 from dataclasses import asdict
 from typing import Any
 
-from bridgescope.collector import tools
-from bridgescope.collector.setns import enter
+from bridgescope.collector.kernel import tools
+from bridgescope.collector.kernel.setns import enter
 from bridgescope.plumbing.errors import PlumbingError
 from bridgescope.plumbing.rules import TABLES, Change, FwRule
 

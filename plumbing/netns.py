@@ -23,9 +23,9 @@ from typing import Callable, Iterator, TypeVar
 
 from pyroute2 import IPRoute
 
-from bridgescope.collector import tools
-from bridgescope.collector.namespaces import resolve_netns
-from bridgescope.collector.setns import CLONE_NEWNET, enter
+from bridgescope.collector.kernel import tools
+from bridgescope.collector.kernel.namespaces import resolve_netns
+from bridgescope.collector.kernel.setns import CLONE_NEWNET, enter
 from bridgescope.plumbing.errors import PlumbingError
 
 MS_BIND, MS_REC, MS_SHARED, MNT_DETACH = 4096, 16384, 1 << 20, 2

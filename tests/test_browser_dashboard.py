@@ -43,7 +43,7 @@ def state_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def lab(state_dir):
-    from bridgescope.plumbing import lab as lab_mod
+    from bridgescope.plumbing.lab import sandbox as lab_mod
 
     prefix = HOST_LABEL[:-len("-host")]
     old = os.environ.get("BRIDGESCOPE_STATE_DIR")

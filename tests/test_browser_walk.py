@@ -9,9 +9,10 @@ import secrets
 import pytest
 
 import serve_process
-from bridgescope.plumbing import netns, walklab
-from bridgescope.plumbing.walk import steps
-from bridgescope.plumbing.walklab import WalkLab
+from bridgescope.plumbing import netns
+from bridgescope.plumbing.lab import walklab
+from bridgescope.plumbing.lab.walk import steps
+from bridgescope.plumbing.lab.walklab import WalkLab
 
 pytestmark = [pytest.mark.browser, pytest.mark.kernel]
 

@@ -13,10 +13,10 @@ import pytest
 
 from conftest import sh
 from bridgescope.collector.errors import NamespaceNotFound
-from bridgescope.collector.export import to_json
-from bridgescope.collector.namespaces import discover, resolve_netns
-from bridgescope.collector.netlink import NetnsSocket, hop_each, new_route_socket
-from bridgescope.collector.snapshot import collect, scan
+from bridgescope.collector.render.export import to_json
+from bridgescope.collector.kernel.namespaces import discover, resolve_netns
+from bridgescope.collector.kernel.netlink import NetnsSocket, hop_each, new_route_socket
+from bridgescope.collector.kernel.snapshot import collect, scan
 
 pytestmark = pytest.mark.kernel
 
@@ -317,7 +317,7 @@ def _wait_until(predicate, tries: int = 200) -> None:
 
 def test_firewall_forwards_and_masquerade_reach_json_and_graph(netns):
     """End to end with the firewall reader: Docker's two NAT rules in the throwaway host."""
-    from bridgescope.collector.graph import to_elements
+    from bridgescope.collector.render.graph import to_elements
 
     names = blog_topology(netns)
     rules = ("*nat\n:PREROUTING ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n:POSTROUTING ACCEPT [0:0]\n"
@@ -344,7 +344,7 @@ def test_fd_budget_raises_a_low_soft_limit():
     code = ("import resource\n"
             "soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)\n"
             "resource.setrlimit(resource.RLIMIT_NOFILE, (64, hard))\n"
-            "from bridgescope.collector.netlink import ensure_fd_budget\n"
+            "from bridgescope.collector.kernel.netlink import ensure_fd_budget\n"
             "ensure_fd_budget(500)\n"
             "print(resource.getrlimit(resource.RLIMIT_NOFILE)[0])\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout

@@ -239,7 +239,7 @@ FILTER_JUMP = rule("FORWARD", "-o docker0 -j DOCKER", table="filter", target="DO
 def interpreted(snap: Snapshot) -> Snapshot:
     """The port forwards as nat.interpret reads them from the snapshot's rules and chains
     (with the chains declared and the filter jump to DOCKER that leads to the per-port accept)."""
-    from bridgescope.collector.nat import interpret
+    from bridgescope.collector.rules.nat import interpret
     chains, rules = snap.chains + DECLARED, snap.rules + (FILTER_JUMP,)
     nat = interpret(rules, chains, snap.interfaces, snap.namespaces)
     return replace(snap, chains=chains, rules=rules, port_forwards=nat.port_forwards)

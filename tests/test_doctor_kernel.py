@@ -11,8 +11,8 @@ import pytest
 
 from bridgescope.collector.doctor import diagnose
 from bridgescope.collector.model import Snapshot
-from bridgescope.collector.namespaces import discover, resolve_netns
-from bridgescope.collector.snapshot import scan
+from bridgescope.collector.kernel.namespaces import discover, resolve_netns
+from bridgescope.collector.kernel.snapshot import scan
 from conftest import sh
 from reference_layouts import CNI, DOCKER_27, DOCKER_29, DOCKER_29_NOPROXY, HEALTHY, Layout
 
@@ -249,7 +249,7 @@ def test_mtu_larger_than_the_uplink(netns):
 
 @pytest.fixture
 def lab(run_prefix):
-    from bridgescope.plumbing.lab import lab_down, lab_up
+    from bridgescope.plumbing.lab.sandbox import lab_down, lab_up
     prefix = f"{run_prefix}{secrets.token_hex(2)}"
     try:
         yield lab_up(prefix)

@@ -5,7 +5,7 @@ import json
 
 from test_graph import topology
 
-from bridgescope.collector.export import to_dot, to_json, to_tree
+from bridgescope.collector.render.export import to_dot, to_json, to_tree
 from bridgescope.collector.model import Route, Rule
 import dataclasses
 

@@ -1,5 +1,5 @@
 """GraphFanout: the contract every live source (Watcher, walk lab, test fakes) relies on."""
-from bridgescope.collector.fanout import GraphFanout
+from bridgescope.collector.live.fanout import GraphFanout
 
 
 def delta(version: int) -> dict:

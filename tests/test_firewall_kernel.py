@@ -20,7 +20,7 @@ import pytest
 from bridgescope.collector import firewall
 from bridgescope.collector.firewall.monitor import FirewallWatch
 from bridgescope.collector.model import Interface
-from bridgescope.collector.nat import interpret
+from bridgescope.collector.rules.nat import interpret
 from tests.conftest import sh
 
 pytestmark = pytest.mark.kernel
@@ -358,7 +358,7 @@ def test_legacy_forward_policy_drop_beside_iptables_nft_accepts_drops_real_packe
 def test_snapshot_lists_the_published_port_with_owner_backend_and_container(host):
     """End to end through the collector core: what `bridgescope snapshot` shows."""
     from bridgescope.collector.model import namespace_id
-    from bridgescope.collector.snapshot import collect
+    from bridgescope.collector.kernel.snapshot import collect
 
     hns, cns, _ = host()
     load(hns, "docker29.rules", "iptables-legacy-restore")

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from bridgescope.collector.graph import diff_elements, portforward_id, to_elements
+from bridgescope.collector.render.graph import diff_elements, portforward_id, to_elements
 from bridgescope.collector.model import Interface, Masquerade, Namespace, PortForward, Snapshot
 
 
@@ -127,7 +127,7 @@ def _with_interface(snap: Snapshot, if_id: str, **changes) -> Snapshot:
 
 
 def test_patch_equals_a_full_rebuild_for_an_address_change():
-    from bridgescope.collector.graph import patch_elements
+    from bridgescope.collector.render.graph import patch_elements
     old_snap = topology(20)
     old = to_elements(old_snap)
     new_snap = _with_interface(old_snap, "ns-17/if2", addresses=("172.17.0.77/16",), state="down")
@@ -140,7 +140,7 @@ def test_patch_equals_a_full_rebuild_for_an_address_change():
 
 
 def test_patch_of_an_unchanged_namespace_is_an_empty_delta():
-    from bridgescope.collector.graph import patch_elements
+    from bridgescope.collector.render.graph import patch_elements
     snap = topology(5)
     old = to_elements(snap)
     elements, delta = patch_elements(old, snap, {"ns-12", "ns-1"})
@@ -148,7 +148,7 @@ def test_patch_of_an_unchanged_namespace_is_an_empty_delta():
 
 
 def test_patch_gives_up_when_the_layout_must_change():
-    from bridgescope.collector.graph import patch_elements
+    from bridgescope.collector.render.graph import patch_elements
     snap = topology(5)
     old = to_elements(snap)
     moved = _with_interface(snap, "ns-1/if3", master=None)  # a port leaves the bridge
@@ -159,7 +159,7 @@ def test_patch_gives_up_when_the_layout_must_change():
 
 
 def test_veth_edge_emitted_by_the_untouched_end_is_kept():
-    from bridgescope.collector.graph import patch_elements
+    from bridgescope.collector.render.graph import patch_elements
     snap = topology(3)
     old = to_elements(snap)
     # the edge "veth:ns-1/if3--ns-10/if2" is emitted from the host side; patch only the container

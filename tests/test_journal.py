@@ -20,8 +20,9 @@ import pytest
 
 import serve_process
 from bridgescope.collector.doctor import diagnose
-from bridgescope.collector.snapshot import collect
-from bridgescope.plumbing import api, journal, lab
+from bridgescope.collector.kernel.snapshot import collect
+from bridgescope.plumbing import api, journal
+from bridgescope.plumbing.lab import sandbox as lab
 from bridgescope.plumbing.errors import PlumbingError, ValidationError
 from bridgescope.plumbing.steps import CRASH_AT_ENV, FAIL_AT_ENV
 from conftest import RUN_PREFIX, sh

@@ -13,7 +13,9 @@ import time
 
 import pytest
 
-from bridgescope.plumbing import api, lab, netns as nsops, walklab
+from bridgescope.plumbing import api, netns as nsops
+from bridgescope.plumbing.lab import sandbox as lab
+from bridgescope.plumbing.lab import walklab
 from bridgescope.webui import cli
 from conftest import RUN_PREFIX, sh
 
@@ -65,7 +67,7 @@ def test_lab_traffic_end_to_end(lab_prefix, firewall):
               check=False).returncode != 0
     # A UDP forward, to a server in c2.
     server = subprocess.Popen(nsops.nsenter(f"/run/netns/{host}-c2", [
-        sys.executable, "-m", "bridgescope.plumbing.echo_server", "c2-udp", "53", "--udp"]))
+        sys.executable, "-m", "bridgescope.plumbing.lab.echo_server", "c2-udp", "53", "--udp"]))
     try:
         api.add_forward("c2", "5353:53/udp", host=host)
         _wait_udp(host + "-c2", 53)
@@ -161,7 +163,7 @@ UDP_FROM_PORT = ("import socket,sys\n"
 
 def _udp_server(ns: str, name: str) -> subprocess.Popen:
     proc = subprocess.Popen(nsops.nsenter(f"/run/netns/{ns}", [
-        sys.executable, "-m", "bridgescope.plumbing.echo_server", name, "53", "--udp"]))
+        sys.executable, "-m", "bridgescope.plumbing.lab.echo_server", name, "53", "--udp"]))
     _wait_udp(ns, 53)
     return proc
 

@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 
 from conftest import sh
-from bridgescope.collector import rtnl
-from bridgescope.collector.containers import container_name, engine_container_names, namespace_paths
-from bridgescope.collector.namespaces import discover, nsfs_mounts, resolve_netns
+from bridgescope.collector.kernel import rtnl
+from bridgescope.collector.kernel.containers import container_name, engine_container_names, namespace_paths
+from bridgescope.collector.kernel.namespaces import discover, nsfs_mounts, resolve_netns
 
 DATA = Path(__file__).parent / "data"
 

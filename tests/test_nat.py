@@ -16,7 +16,7 @@ from bridgescope.collector.firewall import assemble
 from bridgescope.collector.firewall.proxy import from_argv
 from bridgescope.collector.firewall.readers import NamespaceDump, SaveText
 from bridgescope.collector.model import Interface
-from bridgescope.collector.nat import interpret
+from bridgescope.collector.rules.nat import interpret
 from bridgescope.collector.rules.model import parse_destination
 
 DATA = Path(__file__).parent / "data" / "firewall"

@@ -4,7 +4,7 @@ import threading
 import pytest
 
 from bridgescope.collector.firewall import nftinfo
-from bridgescope.collector.setns import inside
+from bridgescope.collector.kernel.setns import inside
 from conftest import sh
 
 pytestmark = pytest.mark.kernel

@@ -11,11 +11,11 @@ import pytest
 
 from bridgescope.collector.firewall import assemble
 from bridgescope.collector.firewall.readers import NamespaceDump
-from bridgescope.collector.graph import masquerade_id, portforward_id
+from bridgescope.collector.render.graph import masquerade_id, portforward_id
 from bridgescope.collector.model import Chain, Interface, Namespace, Rule, Snapshot
-from bridgescope.collector.nat import interpret
+from bridgescope.collector.rules.nat import interpret
 from bridgescope.collector.packetpath import namespace_by_name, rule_key, trace, trace_live
-from bridgescope.collector.routelookup import RouteAnswer
+from bridgescope.collector.kernel.routelookup import RouteAnswer
 from bridgescope.collector.rules.evaluator import run_hook
 from bridgescope.collector.rules.matcher import Packet, matches
 from bridgescope.collector.rules.model import RuleSet
@@ -190,7 +190,7 @@ def test_two_tables_at_one_priority_that_both_rewrite_are_unknown():
 
 @pytest.fixture(scope="module")
 def lab(run_prefix):
-    from bridgescope.plumbing.lab import lab_down, lab_up
+    from bridgescope.plumbing.lab.sandbox import lab_down, lab_up
     prefix = f"{run_prefix}{secrets.token_hex(2)}"
     try:
         yield lab_up(prefix)
@@ -199,7 +199,7 @@ def lab(run_prefix):
 
 
 def lab_snapshot(lab):
-    from bridgescope.plumbing.probe import lab_snapshot as read
+    from bridgescope.plumbing.lab.probe import lab_snapshot as read
     return read(lab.host, lab.prefix)
 
 
@@ -215,7 +215,7 @@ def iface_id(snap, ns_name: str, dev: str) -> str:
 
 
 def probe_matches_path(lab, snap, source: str, dst: str, port: int):
-    from bridgescope.plumbing.probe import send
+    from bridgescope.plumbing.lab.probe import send
     path = trace_live(snap, ns_id(snap, source), dst, port)
     result = send(lab.host, ns_id(snap, source), dst, port, prefix=lab.prefix)
     assert {rule_key(r) for r, _ in result.moved} == {rule_key(r) for r in path.rules}
@@ -267,7 +267,7 @@ def test_hairpin_a_container_reaching_its_own_published_port(lab):
 
 @pytest.mark.kernel
 def test_without_the_dnat_jump_the_host_itself_answers_and_no_nat_counter_moves(netns, run_prefix):
-    from bridgescope.plumbing.lab import lab_down, lab_up
+    from bridgescope.plumbing.lab.sandbox import lab_down, lab_up
     prefix = f"{run_prefix}{secrets.token_hex(2)}"
     try:
         lab = lab_up(prefix)
@@ -287,7 +287,7 @@ def test_without_the_dnat_jump_the_host_itself_answers_and_no_nat_counter_moves(
                                             ("not-an-ip", 80, "destination"),
                                             ("203.0.113.10", 0, "port")])
 def test_probes_never_leave_the_lab(lab, dst, port, field):
-    from bridgescope.plumbing.probe import send
+    from bridgescope.plumbing.lab.probe import send
     snap = lab_snapshot(lab)
     with pytest.raises(ValidationError) as err:
         send(lab.host, ns_id(snap, f"{lab.host}-c1"), dst, port, prefix=lab.prefix)
@@ -296,9 +296,9 @@ def test_probes_never_leave_the_lab(lab, dst, port, field):
 
 @pytest.mark.kernel
 def test_probe_source_must_be_in_the_lab(lab):
-    from bridgescope.plumbing.probe import send
+    from bridgescope.plumbing.lab.probe import send
     snap = lab_snapshot(lab)
-    from bridgescope.collector.snapshot import collect
+    from bridgescope.collector.kernel.snapshot import collect
     outsider = next(n for n in collect(lab.host, firewall=False).namespaces
                     if not n.name.startswith(lab.prefix))
     with pytest.raises(ValidationError) as err:
@@ -309,8 +309,8 @@ def test_probe_source_must_be_in_the_lab(lab):
 @pytest.mark.kernel
 def test_hairpin_off_the_path_stops_at_the_bridge_and_the_doctor_says_so(run_prefix):
     from bridgescope.collector.doctor import diagnose
-    from bridgescope.plumbing.lab import lab_down, lab_up
-    from bridgescope.plumbing.probe import send
+    from bridgescope.plumbing.lab.sandbox import lab_down, lab_up
+    from bridgescope.plumbing.lab.probe import send
     prefix = f"{run_prefix}{secrets.token_hex(2)}"
     try:
         lab = lab_up(prefix)

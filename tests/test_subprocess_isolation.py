@@ -11,8 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from bridgescope.collector import tools
-from bridgescope.plumbing import lab, netns, walklab
+from bridgescope.collector.kernel import tools
+from bridgescope.plumbing import netns
+from bridgescope.plumbing.lab import sandbox as lab
+from bridgescope.plumbing.lab import walklab
 from conftest import RUN_PREFIX, sh
 
 PLANTED = ("import pathlib, sys\n"
@@ -55,14 +57,14 @@ def test_python_children_are_isolated_and_tools_absolute():
     assert entered[0] == "/usr/bin/nsenter" and entered[-2] == tools.tool("ip")
     assert os.path.isabs(tools.tool("ip")) and tools.ENV["PATH"] == tools.SAFE_PATH
     server = next(s for s in walklab.WalkLab("x").steps if s.key == "server")
-    assert " -I -m bridgescope.plumbing.echo_server web 80 &" in server.commands[0].text
+    assert " -I -m bridgescope.plumbing.lab.echo_server web 80 &" in server.commands[0].text
 
 
 @pytest.mark.kernel
 def test_planted_echo_server_never_runs_in_the_walk_lab(planted):
     cwd, env, markers = planted
     prefix = f"{RUN_PREFIX}i{secrets.token_hex(1)}"
-    up = run_bridgescope(f"from bridgescope.plumbing.walklab import WalkLab; WalkLab({prefix!r}).up()",
+    up = run_bridgescope(f"from bridgescope.plumbing.lab.walklab import WalkLab; WalkLab({prefix!r}).up()",
                          cwd, env)
     try:
         assert up.returncode == 0, up.stderr

@@ -8,11 +8,12 @@ import secrets
 import pytest
 
 from bridgescope.collector.doctor import diagnose
-from bridgescope.plumbing import netns, walklab
+from bridgescope.plumbing import netns
+from bridgescope.plumbing.lab import walklab
 from bridgescope.plumbing.errors import ValidationError
-from bridgescope.plumbing.probe import lab_snapshot, send
-from bridgescope.plumbing.walk import WalkNames, steps
-from bridgescope.plumbing.walklab import WalkLab
+from bridgescope.plumbing.lab.probe import lab_snapshot, send
+from bridgescope.plumbing.lab.walk import WalkNames, steps
+from bridgescope.plumbing.lab.walklab import WalkLab
 from conftest import sh
 
 # What the doctor still says after each step: the walk clears one finding at a time.

@@ -9,7 +9,7 @@ import pytest
 
 from conftest import sh
 from bridgescope.collector.errors import NamespaceNotFound
-from bridgescope.collector.watcher import Watcher
+from bridgescope.collector.live.watcher import Watcher
 
 pytestmark = pytest.mark.kernel
 WAIT = 30.0  # liveness bound on a busy shared machine, not a speed assertion

@@ -9,7 +9,7 @@ import secrets
 import pytest
 
 from bridgescope.collector.model import Snapshot
-from bridgescope.plumbing.walklab import WalkLab
+from bridgescope.plumbing.lab.walklab import WalkLab
 from bridgescope.webui.app import create_app, runtime
 from bridgescope.webui.audit import AuditEntry
 
@@ -167,7 +167,7 @@ def test_walk_actions_are_audited_with_what_they_ran(client):
     assert reset.request["action"] == "walk-reset" and reset.ok
     assert f"ip netns del {n.host}" in reset.commands and f"ip netns add {n.host}" in reset.commands
     assert any(cmd.startswith("kill -KILL ") for cmd in reset.commands)  # the old internet server
-    assert any(" -I -m bridgescope.plumbing.echo_server internet 80" in cmd for cmd in reset.commands)
+    assert any(" -I -m bridgescope.plumbing.lab.echo_server internet 80" in cmd for cmd in reset.commands)
     assert post(c, h, "/workshop/walk/down").status_code == 200
     assert last().request["action"] == "walk-down" and not lab.is_up()
     assert {f"ip netns del {name}" for name in (n.host, n.inet, n.client)} <= set(last().commands)

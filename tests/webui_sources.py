@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import queue
 
-from bridgescope.collector.fanout import GraphFanout
-from bridgescope.collector.graph import diff_elements, to_elements
+from bridgescope.collector.live.fanout import GraphFanout
+from bridgescope.collector.render.graph import diff_elements, to_elements
 from bridgescope.collector.model import Snapshot
 
 

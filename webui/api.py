@@ -21,7 +21,7 @@ bp = Blueprint("api", __name__, url_prefix="/api")
 
 @bp.get("/topology")
 def topology() -> Response:
-    from bridgescope.collector.export import to_json
+    from bridgescope.collector.render.export import to_json
 
     resp = jsonify(to_json(runtime().source.snapshot))
     if request.args.get("download"):
@@ -31,7 +31,7 @@ def topology() -> Response:
 
 @bp.get("/graph")
 def graph() -> Response:
-    from bridgescope.collector.graph import to_elements
+    from bridgescope.collector.render.graph import to_elements
 
     source = runtime().source
     show_lo = request.args.get("loopback") in ("1", "true", "yes")

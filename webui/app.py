@@ -1,6 +1,6 @@
 """The Flask app factory: settings, the live topology source, the audit log, the blueprints.
 
-`create_app()` touches no kernel object: the Watcher (engineer A's live topology) starts on
+`create_app()` touches no kernel object: the Watcher (the live topology) starts on
 first use, so it always starts inside the process that serves (never before a server forks,
 which would kill its threads and netlink sockets).
 """
@@ -81,7 +81,7 @@ class Runtime:
     def source(self) -> TopologySource:
         with self._source_lock:
             if self._source is None:
-                from bridgescope.collector.watcher import Watcher
+                from bridgescope.collector.live.watcher import Watcher
 
                 watcher = Watcher(self.settings.host)
                 watcher.start()

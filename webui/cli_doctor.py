@@ -7,9 +7,9 @@ import sys
 import textwrap
 
 from bridgescope.collector.doctor import diagnose
-from bridgescope.collector.finding import Finding
+from bridgescope.collector.doctor.finding import Finding
 from bridgescope.collector.model import to_plain
-from bridgescope.collector.snapshot import collect
+from bridgescope.collector.kernel.snapshot import collect
 from bridgescope.plumbing.api import owned_tags
 
 EXIT_ERRORS = 2  # 1 stays "the doctor itself could not run"

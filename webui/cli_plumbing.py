@@ -8,7 +8,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from bridgescope.plumbing import api, lab, netns, walklab
+from bridgescope.plumbing import api, netns
+from bridgescope.plumbing.lab import sandbox as lab
+from bridgescope.plumbing.lab import walklab
 from bridgescope.plumbing.backends import CHOICES
 from bridgescope.plumbing.errors import ValidationError
 

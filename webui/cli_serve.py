@@ -40,7 +40,7 @@ def register(sub: "argparse._SubParsersAction") -> None:
 
 def app_config(args: argparse.Namespace, environ: dict[str, str] | None = None) -> dict:
     """Command line -> create_app() config; raises BridgescopeError on bad input."""
-    from bridgescope.collector.namespaces import resolve_netns
+    from bridgescope.collector.kernel.namespaces import resolve_netns
     from bridgescope.plumbing.state import state_dir
     from bridgescope.webui import auth
 

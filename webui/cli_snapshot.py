@@ -5,8 +5,8 @@ import argparse
 import json
 import sys
 
-from bridgescope.collector.export import to_dot, to_json, to_tree
-from bridgescope.collector.snapshot import collect
+from bridgescope.collector.render.export import to_dot, to_json, to_tree
+from bridgescope.collector.kernel.snapshot import collect
 
 
 def register(sub: "argparse._SubParsersAction") -> None:

@@ -16,7 +16,7 @@ from flask import Blueprint, abort
 from bridgescope.collector.hostview import in_ns, netns_name
 from bridgescope.collector.model import Interface, Namespace, PortForward, Route, Rule, Snapshot
 from bridgescope.collector.firewall.readers import SAVE_TOOLS
-from bridgescope.collector.graph import portforward_id
+from bridgescope.collector.render.graph import portforward_id
 from bridgescope.webui.app import runtime
 from bridgescope.webui.pages import page_or_fragment
 from bridgescope.webui.tables import container_side, host_side

@@ -12,8 +12,8 @@ import queue
 import threading
 
 from bridgescope.collector.errors import BridgescopeError, NamespaceNotFound
-from bridgescope.collector.fanout import GraphFanout
-from bridgescope.collector.graph import diff_elements, to_elements
+from bridgescope.collector.live.fanout import GraphFanout
+from bridgescope.collector.render.graph import diff_elements, to_elements
 from bridgescope.collector.model import Snapshot
 
 QUEUE_LIMIT = 64
@@ -59,7 +59,7 @@ class LabSource:
                 self._publish(snap)
 
     def _read(self) -> Snapshot | None:
-        from bridgescope.plumbing.probe import lab_snapshot  # webui may use plumbing
+        from bridgescope.plumbing.lab.probe import lab_snapshot  # webui may use plumbing
         try:
             return lab_snapshot(self.host, self.prefix)
         except NamespaceNotFound:

@@ -22,10 +22,10 @@ from bridgescope.collector.doctor import diagnose
 from bridgescope.collector.errors import BridgescopeError
 from bridgescope.collector.model import to_plain
 from bridgescope.collector.packetpath import namespace_by_name, trace_live
-from bridgescope.plumbing import walklab
+from bridgescope.plumbing.lab import walklab
 from bridgescope.plumbing.errors import ValidationError
-from bridgescope.plumbing import probe as lab_probe
-from bridgescope.plumbing.walklab import Outcome, WalkLab
+from bridgescope.plumbing.lab import probe as lab_probe
+from bridgescope.plumbing.lab.walklab import Outcome, WalkLab
 from bridgescope.webui.app import runtime
 from bridgescope.webui.audit import scrub
 from bridgescope.webui.labsource import LabSource

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Iterable, Mapping
 
-from bridgescope.collector import owners
+from bridgescope.collector.firewall import owners
 from bridgescope.collector.errors import BridgescopeError
 from bridgescope.collector.firewall import nftjson, proxy, readers, savefmt
 from bridgescope.collector.firewall.readers import NamespaceDump

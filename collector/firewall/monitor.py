@@ -22,10 +22,10 @@ import threading
 import time
 from typing import Callable, Mapping
 
-from bridgescope.collector.setns import inside
+from bridgescope.collector.kernel.setns import inside
 from bridgescope.collector.firewall import readers
 from bridgescope.collector.firewall.nftinfo import NETLINK_NETFILTER
-from bridgescope.collector.netlink import NETLINK_ADD_MEMBERSHIP, SOL_NETLINK
+from bridgescope.collector.kernel.netlink import NETLINK_ADD_MEMBERSHIP, SOL_NETLINK
 
 DEBOUNCE = 0.2  # seconds of quiet after the last event before re-reading
 POLL = 2.0  # legacy hash polling period; also how soon a lost subscription is retried

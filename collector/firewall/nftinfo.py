@@ -11,7 +11,7 @@ import os
 import socket
 import struct
 
-from bridgescope.collector import rtnl
+from bridgescope.collector.kernel import rtnl
 
 NETLINK_NETFILTER = 12
 NFNL_SUBSYS_NFTABLES = 10

@@ -11,10 +11,10 @@ from __future__ import annotations
 import subprocess
 from dataclasses import dataclass
 
-from bridgescope.collector import tools
+from bridgescope.collector.kernel import tools
 from bridgescope.collector.firewall import nftinfo
 from bridgescope.collector.firewall.nftjson import COMPAT_TABLES, FAMILIES
-from bridgescope.collector.setns import inside
+from bridgescope.collector.kernel.setns import inside
 
 TIMEOUT = 20.0
 LEGACY_NAMES = {4: "ip_tables_names", 6: "ip6_tables_names"}

@@ -1,4 +1,4 @@
-"""Doctor checks on links, addresses, routes and sysctls (reference section 4.1, 4.3-4.5, 4.15).
+"""Doctor checks on links, addresses, routes and sysctls (docs/doctor.md).
 
 Each check takes the HostView and returns findings. A check stays silent where a more basic
 problem already explains the symptom (a container whose eth0 is down has lost its routes, so
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from ipaddress import IPv4Interface
 
-from bridgescope.collector.finding import Finding
+from bridgescope.collector.doctor.finding import Finding
 from bridgescope.collector.hostview import (
     Attachment, HostView, in_ns, ipv4_addresses, is_default,
 )

@@ -13,7 +13,7 @@ import subprocess
 import time
 from dataclasses import dataclass
 
-from bridgescope.collector import tools
+from bridgescope.collector.kernel import tools
 from bridgescope.plumbing import api, conflicts, netns, state
 from bridgescope.plumbing.errors import PlumbingError
 
@@ -152,7 +152,7 @@ def _serve(path: str, name: str, port: int) -> None:
 
 def echo_server(name: str, port: int) -> list[str]:
     """The lab's tiny HTTP server as a command: this interpreter, isolated from its surroundings."""
-    return tools.python_module("bridgescope.plumbing.echo_server", name, str(port))
+    return tools.python_module("bridgescope.plumbing.lab.echo_server", name, str(port))
 
 
 def start_listening(path: str, argv: list[str], port: int, what: str) -> str | None:

@@ -1,7 +1,7 @@
 """The guided walk: one container's networking, built step by step the way Docker does it.
 
 Pure data. Each step has its exact commands (what a person would type on the host), why it is
-needed, and for three steps the seed blog recipe's wrong turn (reference section 5) with what
+needed, and for three steps the seed blog recipe's wrong turn (docs/blog-recipe.md) with what
 breaks, the doctor finding it produces, and the fix. `walklab` runs these commands inside a
 throwaway lab; nothing here touches the kernel.
 """
@@ -159,7 +159,7 @@ def steps(names: WalkNames, python: str = "python3") -> tuple[Step, ...]:
                        (_c("iptables", "-t", "nat", "-D", "POSTROUTING", "-s", "172.17.0.0/24",
                            "-j", "MASQUERADE"), _c(*masq)))),
         Step("server", "Start the container's program",
-             (_c("ip", "netns", "exec", ctr, python, "-I", "-m", "bridgescope.plumbing.echo_server",
+             (_c("ip", "netns", "exec", ctr, python, "-I", "-m", "bridgescope.plumbing.lab.echo_server",
                  "web", str(CONTAINER_PORT), background=True),),
              "A container is a process in these namespaces. This one is a tiny web server on "
              f"port {CONTAINER_PORT} that answers with the address it saw - so you can see "

@@ -15,8 +15,8 @@ import threading
 from dataclasses import dataclass
 from typing import Iterable, Mapping
 
-from bridgescope.collector.setns import CLONE_NEWNET
-from bridgescope.collector.containers import ENGINE_SOCKETS, engine_container_names
+from bridgescope.collector.kernel.setns import CLONE_NEWNET
+from bridgescope.collector.kernel.containers import ENGINE_SOCKETS, engine_container_names
 from bridgescope.collector.errors import NamespaceNotFound
 from bridgescope.collector.model import Namespace, namespace_id
 

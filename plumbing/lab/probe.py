@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from bridgescope.collector.hostview import ipv4_addresses
 from bridgescope.collector.model import Rule, Snapshot
 from bridgescope.collector.packetpath import moved_rules, namespace_paths
-from bridgescope.collector.namespaces import discover, resolve_netns
-from bridgescope.collector.snapshot import scan
+from bridgescope.collector.kernel.namespaces import discover, resolve_netns
+from bridgescope.collector.kernel.snapshot import scan
 from bridgescope.plumbing import netns
 from bridgescope.plumbing.errors import ValidationError
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Iterable, Mapping, Protocol
 
-from bridgescope.collector.netlink import NamespaceDump
+from bridgescope.collector.kernel.netlink import NamespaceDump
 
 IfKey = tuple[str, int]  # (namespace id, ifindex)
 

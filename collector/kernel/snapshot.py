@@ -13,12 +13,12 @@ from dataclasses import dataclass
 from typing import Iterable, Mapping
 
 from bridgescope.collector import firewall as firewall_reader
-from bridgescope.collector import nat
+from bridgescope.collector.rules import nat
 from bridgescope.collector.errors import BridgescopeError
 from bridgescope.collector.model import Interface, Namespace, Route, Snapshot, interface_id
-from bridgescope.collector.namespaces import discover, open_path, resolve_netns
-from bridgescope.collector.netlink import NamespaceHandle, NamespaceRead, open_handles
-from bridgescope.collector.veth import IfKey, likely_homes, pair, resolve_nsids
+from bridgescope.collector.kernel.namespaces import discover, open_path, resolve_netns
+from bridgescope.collector.kernel.netlink import NamespaceHandle, NamespaceRead, open_handles
+from bridgescope.collector.kernel.veth import IfKey, likely_homes, pair, resolve_nsids
 
 
 def collect(host: str | None = None, *, firewall: bool = True) -> Snapshot:

@@ -1,6 +1,6 @@
 """The lab's tiny servers: answer every request with who answered and who asked.
 
-`python -m bridgescope.plumbing.echo_server NAME PORT [--udp]`. The answer `NAME saw ADDR`
+`python -m bridgescope.plumbing.lab.echo_server NAME PORT [--udp]`. The answer `NAME saw ADDR`
 makes NAT visible: the fake internet sees the host's uplink address when MASQUERADE works,
 and a client learns which container a port forward reached.
 """

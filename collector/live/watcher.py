@@ -23,18 +23,18 @@ import threading
 import time
 from typing import Callable, Mapping
 
-from bridgescope.collector.fanout import GraphFanout
+from bridgescope.collector.live.fanout import GraphFanout
 from bridgescope.collector.firewall.monitor import FirewallWatch
 from bridgescope.collector.firewall import FirewallScan
-from bridgescope.collector.nat import NatView
-from bridgescope.collector.graph import diff_elements, patch_elements, to_elements
+from bridgescope.collector.rules.nat import NatView
+from bridgescope.collector.render.graph import diff_elements, patch_elements, to_elements
 from bridgescope.collector.model import Namespace, Snapshot
-from bridgescope.collector.namespaces import NetnsRef, discover, resolve_netns
-from bridgescope.collector.netlink import (NETLINK_ADD_MEMBERSHIP, SOL_NETLINK, NamespaceHandle, NamespaceRead,
+from bridgescope.collector.kernel.namespaces import NetnsRef, discover, resolve_netns
+from bridgescope.collector.kernel.netlink import (NETLINK_ADD_MEMBERSHIP, SOL_NETLINK, NamespaceHandle, NamespaceRead,
                                            open_handles, reread)
-from bridgescope.collector.snapshot import (NamespacePart, join_parts, merge_firewall, namespace_part,
+from bridgescope.collector.kernel.snapshot import (NamespacePart, join_parts, merge_firewall, namespace_part,
                                            nat_view, path_or_blank, read_firewall, vanished_warnings, with_nat)
-from bridgescope.collector.veth import likely_homes, pair, resolve_nsids, wanted_nsids
+from bridgescope.collector.kernel.veth import likely_homes, pair, resolve_nsids, wanted_nsids
 
 WATCHED_DIRS = ("/run/netns", "/run/docker/netns")
 IN_CREATE, IN_DELETE, IN_MOVED_FROM, IN_MOVED_TO = 0x100, 0x200, 0x40, 0x80

@@ -1,4 +1,4 @@
-"""Doctor checks on NAT and filter rules (reference section 4.2, 4.6-4.9, 4.12, 4.13, 4.18).
+"""Doctor checks on NAT and filter rules (docs/doctor.md).
 
 They read the interpreted view (port forwards, masquerades) the firewall collector built and,
 where that is not enough, the parsed rules themselves. forward-blocked runs the blocked
@@ -12,12 +12,12 @@ from __future__ import annotations
 from collections import Counter
 from ipaddress import IPv4Address, IPv4Network
 
-from bridgescope.collector.finding import Finding
-from bridgescope.collector.graph import portforward_id
+from bridgescope.collector.doctor.finding import Finding
+from bridgescope.collector.render.graph import portforward_id
 from bridgescope.collector.hostview import (Attachment, BridgeNet, HostView, in_ns, ipv4_addresses,
                                             netns_name)
 from bridgescope.collector.model import Masquerade, Namespace, PortForward, Rule
-from bridgescope.collector.nat import forward_packet, forward_verdict
+from bridgescope.collector.rules.nat import forward_packet, forward_verdict
 from bridgescope.collector.rules import access
 from bridgescope.collector.rules.evaluator import DROP, HookRun, describe
 from bridgescope.collector.rules.matcher import Packet
@@ -145,7 +145,7 @@ def _masquerade_for(view: HostView, net: BridgeNet, subnet: IPv4Network,
 
 def masquerade_bridge_traffic(view: HostView) -> tuple[Finding, ...]:
     """A MASQUERADE without `! -o bridge` also rewrites container-to-container traffic - which
-    only meets iptables when bridge netfilter is on (reference 4.6)."""
+    only meets iptables when bridge netfilter is on."""
     host = view.host
     if host is None or host.sysctl("net.bridge.bridge-nf-call-iptables") != "1":
         return ()
@@ -227,7 +227,7 @@ def _loopback(addr: str | None) -> bool:
 
 
 def loopback_port_exposed(view: HostView) -> tuple[Finding, ...]:
-    """A port published on 127.0.0.1 that the LAN can reach (reference 4.19): the DNAT
+    """A port published on 127.0.0.1 that the LAN can reach: the DNAT
     rewrites before routing, so nothing stops a neighbour sending to 127.0.0.1 via this
     host - unless a raw PREROUTING rule drops such packets that did not come in on lo."""
     host = view.host

@@ -1,8 +1,8 @@
 """The doctor: what is broken in a host's container networking, why, and the fix.
 
 `diagnose` is a pure function of a Snapshot. It looks only at the host namespace and the
-containers plugged into its bridges (see hostview), runs every check of the reference's
-catalogue and returns the findings, most severe first. A healthy Docker, CNI, Podman or
+containers plugged into its bridges (see hostview), runs every check of the
+catalogue in docs/doctor.md and returns the findings, most severe first. A healthy Docker, CNI, Podman or
 bridgescope host yields none.
 """
 from __future__ import annotations
@@ -10,9 +10,9 @@ from __future__ import annotations
 import functools
 from typing import Callable
 
-from bridgescope.collector import doctor_firewall as fw
-from bridgescope.collector import doctor_links as links
-from bridgescope.collector.finding import SEVERITIES, Finding
+from bridgescope.collector.doctor import firewall as fw
+from bridgescope.collector.doctor import links as links
+from bridgescope.collector.doctor.finding import SEVERITIES, Finding
 from bridgescope.collector.hostview import HostView, host_view
 from bridgescope.collector.model import Snapshot
 

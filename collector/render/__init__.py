@@ -1,0 +1,1 @@
+"""Snapshots rendered for people and programs: JSON, dot, tree, Cytoscape elements."""
