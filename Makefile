@@ -21,6 +21,7 @@ help:
 	@echo "make test   - run every test (unit, real-kernel, browser)"
 	@echo "make bench  - run the benchmarks (figures go to bench/RESULTS.md by hand)"
 	@echo "make lab-down - remove the sandbox lab"
+	@echo "make lint   - ruff and an unreachable-code check"
 
 deps:
 	@missing=$$(for p in $(DEB_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; done); \
@@ -46,6 +47,12 @@ lab-down: venv
 test: deps venv
 	@[ "$$(id -u)" = 0 ] || { echo "make test must run as root (it builds network namespaces)"; exit 1; }
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# ruff: errors, bugs, import order, modern syntax; vulture at 100% confidence: unreachable code
+# and variables nothing reads.
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/vulture collector plumbing webui --min-confidence 100
 
 bench: deps venv
 	@for script in bench/bench_*.py; do echo "== $$script"; $(BIN)/python $$script || exit 1; done

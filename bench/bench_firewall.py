@@ -113,7 +113,7 @@ def iptc_child(ns_path: str, out) -> None:
         out.send(("error", f"setns failed: errno {ctypes.get_errno()}"))
         return
     os.close(fd)
-    import iptc  # noqa: PLC0415 - must come after setns, see dependencies.md 1.7
+    import iptc
     start = time.perf_counter()
     table = iptc.Table(iptc.Table.NAT)
     count = 0
@@ -177,7 +177,7 @@ def bench_watch(paths: dict[str, str]) -> None:
     start = time.perf_counter()
     watch = FirewallWatch(paths, lambda ns_id: None)
     watch.start()
-    while len(watch._sockets) + len(watch.errors) < len(paths):  # noqa: SLF001 - a benchmark peeks
+    while len(watch._sockets) + len(watch.errors) < len(paths):
         time.sleep(0.01)
     subscribed = time.perf_counter() - start
     watch.stop()

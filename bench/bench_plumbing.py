@@ -23,8 +23,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 from bridgescope.plumbing import api, backends, netns, rules, state
 from bridgescope.plumbing.rules import Change

@@ -28,7 +28,7 @@ from pathlib import Path
 import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-import serve_process  # noqa: E402 - the same server harness the tests use
+import serve_process
 
 PREFIX = "bsslow" + secrets.token_hex(2)
 HOST = f"{PREFIX}-host"
@@ -75,7 +75,7 @@ class Slowloris:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._trickle, daemon=True)
 
-    def start(self) -> "Slowloris":
+    def start(self) -> Slowloris:
         for _ in range(self.count):
             s = socket.create_connection(("127.0.0.1", self.port), timeout=5)
             s.sendall(f"GET / HTTP/1.1\r\nHost: 127.0.0.1:{self.port}\r\n".encode())

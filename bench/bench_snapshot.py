@@ -158,8 +158,8 @@ def main() -> int:
         for n in (int(s) for s in args.sizes.split(",")):
             host = build(prefix, n)
             cli = BRIDGESCOPE + ["snapshot", "--json", "--netns", host]
-            ours, rss = best(lambda: timed_child(cli), args.runs)
-            fast, _ = best(lambda: timed_child(cli + ["--no-firewall"]), args.runs)
+            ours, rss = best(lambda cli=cli: timed_child(cli), args.runs)
+            fast, _ = best(lambda cli=cli: timed_child(cli + ["--no-firewall"]), args.runs)
             loop, _ = best(iproute2_loop, 1)
             plot_s = best(lambda: retried(lambda: timed_child(plot)), args.runs)[0] if plot else float("nan")
             seen = len(discover())

@@ -29,7 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from bridgescope.plumbing import api, journal, netns
 from bridgescope.plumbing.steps import CRASH_AT_ENV
@@ -83,7 +83,7 @@ def run_child(fn: Callable[[], object], crash_at: str | None, kill_after: float 
         try:
             fn()
             os._exit(0)
-        except BaseException as err:  # noqa: BLE001 - reported by exit status
+        except BaseException as err:
             print(f"child failed: {err}", file=sys.stderr)
             os._exit(1)
     if kill_after is not None:

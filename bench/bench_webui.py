@@ -30,7 +30,7 @@ from pathlib import Path
 import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-import serve_process  # noqa: E402 - the same server harness the browser tests use
+import serve_process
 
 PREFIX = "bsdbench" + secrets.token_hex(2)
 HOST = f"{PREFIX}-host"
@@ -81,9 +81,9 @@ def start_server(port: int, state: str) -> subprocess.Popen:
     try:
         serve_process.wait_until_answering(proc, f"http://127.0.0.1:{port}/api/graph", timeout=300,
                                            headers={"Authorization": f"Bearer {TOKEN}"})
-    except RuntimeError:
+    except RuntimeError as err:
         serve_process.stop(proc)
-        raise SystemExit("bridgescope serve did not come up")
+        raise SystemExit("bridgescope serve did not come up") from err
     return proc
 
 

@@ -7,8 +7,9 @@ for the same kernel objects.
 """
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, fields, is_dataclass
-from typing import Any, Iterable
+from typing import Any
 
 Owner = str  # "docker", "cni", "podman", "kube-proxy", "bridgescope", "unknown"
 Backend = str  # "legacy", "nft", "nftables"

@@ -12,14 +12,14 @@ the kernel.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from ipaddress import IPv4Address
-from typing import Callable
 
-from bridgescope.collector.render.graph import masquerade_id, portforward_id
 from bridgescope.collector.hostview import ipv4_addresses
-from bridgescope.collector.model import Interface, Namespace, Rule, Snapshot
 from bridgescope.collector.kernel.routelookup import RouteAnswer, RouteLookup
+from bridgescope.collector.model import Interface, Namespace, Rule, Snapshot
+from bridgescope.collector.render.graph import masquerade_id, portforward_id
 from bridgescope.collector.rules.evaluator import DROP, ChainRun, describe, run_hook
 from bridgescope.collector.rules.matcher import Packet
 from bridgescope.collector.rules.model import Base, RuleSet

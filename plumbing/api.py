@@ -10,12 +10,23 @@ from __future__ import annotations
 import functools
 import ipaddress
 import subprocess
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Iterable, Sequence, TypeVar
+from typing import TypeVar
 
 from bridgescope.collector.model import Snapshot
-from bridgescope.plumbing import (backends, conflicts, ipam, journal, links, netns, rules, state,
-                                  steps, validate)
+from bridgescope.plumbing import (
+    backends,
+    conflicts,
+    ipam,
+    journal,
+    links,
+    netns,
+    rules,
+    state,
+    steps,
+    validate,
+)
 from bridgescope.plumbing.errors import PlumbingError, ValidationError
 from bridgescope.plumbing.rules import Change
 from bridgescope.plumbing.state import Container, Forward, Network, State
@@ -39,7 +50,7 @@ class Result:
     commands: tuple[str, ...]  # the equivalent ip/iptables commands (teaching text)
     summary: str
     # An interrupted earlier change this command rolled back first (the caller reports it).
-    recovery: "Result | None" = None
+    recovery: Result | None = None
 
 
 @dataclass(frozen=True)

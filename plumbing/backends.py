@@ -8,15 +8,14 @@ from __future__ import annotations
 
 import re
 import subprocess
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
-from bridgescope.collector.kernel import tools
 from bridgescope.collector.firewall import nftinfo, readers
+from bridgescope.collector.kernel import tools
 from bridgescope.plumbing import legacy, netns
 from bridgescope.plumbing.errors import PlumbingError, ValidationError
-from bridgescope.plumbing.rules import (NFT_TABLE, Change, FwRule, nft_text, restore_text,
-                                        teaching_commands)
+from bridgescope.plumbing.rules import NFT_TABLE, Change, FwRule, nft_text, restore_text, teaching_commands
 from bridgescope.plumbing.state import TAG
 
 CHOICES = ("auto", "nft", "legacy", "nftables")

@@ -9,18 +9,17 @@ import json
 import re
 import socket
 import zlib
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
 
 from pyroute2 import DiagSocket
 
 from bridgescope.collector import firewall as firewall_reader
-from bridgescope.collector.rules import nat
-from bridgescope.collector.firewall import owners
+from bridgescope.collector.firewall import nftinfo, owners, readers
 from bridgescope.collector.firewall.savefmt import parse_save
 from bridgescope.collector.model import PortForward
-from bridgescope.collector.firewall import nftinfo, readers
+from bridgescope.collector.rules import nat
 from bridgescope.plumbing import netns, state
 from bridgescope.plumbing.state import Forward, State
 from bridgescope.plumbing.validate import PortMapping

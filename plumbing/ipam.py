@@ -6,7 +6,7 @@ neighbours and, when something we did not make is attached, the snapshot's addre
 from __future__ import annotations
 
 import ipaddress
-from typing import Iterable
+from collections.abc import Iterable
 
 from bridgescope.collector.model import Snapshot
 from bridgescope.plumbing.errors import ValidationError

@@ -137,7 +137,7 @@ def main(argv: list[str]) -> int:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
             _run(ops)
-        except Exception as err:  # noqa: BLE001 - one line for the parent
+        except Exception as err:
             print(f"{type(err).__name__}: {err}", file=sys.stderr)
             return 1
     return 0

@@ -14,12 +14,13 @@ import socket
 import struct
 import subprocess
 import threading
+from collections.abc import Callable, Iterator
 from concurrent.futures import BrokenExecutor, ThreadPoolExecutor
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, TypeVar
+from typing import TypeVar
 
 from pyroute2 import IPRoute
 
@@ -326,7 +327,7 @@ def _one_thread(fn: Callable[[], T], name: str) -> T:
     def target() -> None:
         try:
             box["result"] = fn()
-        except BaseException as err:  # noqa: BLE001 - handed back to the caller
+        except BaseException as err:
             box["error"] = err
     thread = threading.Thread(target=target, name=name)
     thread.start()

@@ -7,10 +7,10 @@ deletes exactly the rules of one object and never touches anyone else's.
 from __future__ import annotations
 
 import zlib
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
-from typing import Iterable, Sequence
 
-from bridgescope.plumbing.state import Container, Forward, Network, State, TAG
+from bridgescope.plumbing.state import TAG, Container, Forward, Network, State
 
 PREFIX = "BRIDGESCOPE"
 DNAT_CHAIN = "BRIDGESCOPE-DNAT"
@@ -204,7 +204,7 @@ class Change:
         return not (self.add or self.delete or self.new_chains or self.add_jumps
                     or self.del_jumps or self.drop_chains or self.flush_chains)
 
-    def only(self, tables: Iterable[str]) -> "Change":
+    def only(self, tables: Iterable[str]) -> Change:
         """The part of this change that lives in the given tables."""
         keep = set(tables)
 
@@ -217,7 +217,7 @@ class Change:
                       rules_in(self.add_jumps), rules_in(self.del_jumps),
                       chains_in(self.drop_chains), chains_in(self.flush_chains))
 
-    def inverse(self) -> "Change":
+    def inverse(self) -> Change:
         """The undo of this change (a flush cannot be undone and is left out)."""
         return Change(add=self.delete, delete=self.add, new_chains=self.drop_chains,
                       add_jumps=self.del_jumps, del_jumps=self.add_jumps,

@@ -11,10 +11,10 @@ import fcntl
 import json
 import os
 import tempfile
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Iterator
 
 DEFAULT_DIR = "/var/lib/bridgescope"
 TAG = "bridgescope:"
@@ -94,7 +94,7 @@ class State:
     def containers_on(self, network: str) -> tuple[Container, ...]:
         return tuple(c for c in self.containers if c.network == network)
 
-    def with_(self, **changes) -> "State":
+    def with_(self, **changes) -> State:
         return replace(self, **changes)
 
     def owned_tags(self) -> frozenset[str]:

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import os
 import signal
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
 
 from bridgescope.collector.errors import BridgescopeError
 from bridgescope.plumbing.errors import PlumbingError
@@ -59,7 +59,7 @@ def run(steps: Sequence[Step]) -> None:
             if fail_at and fail_at in step.what:
                 raise PlumbingError(step.what, "injected failure")
             step.do()
-        except BaseException as err:  # noqa: BLE001 - any failure, even ^C, must roll back
+        except BaseException as err:
             problems = _rollback(done)
             note = f"; could not undo: {'; '.join(problems)}" if problems else ""
             if isinstance(err, BridgescopeError) and not isinstance(err, PlumbingError):
@@ -78,6 +78,6 @@ def _rollback(done: list[Step]) -> list[str]:
             continue
         try:
             step.undo()
-        except Exception as err:  # noqa: BLE001 - keep undoing the rest
+        except Exception as err:
             problems.append(f"{step.what} ({_describe(err)})")
     return problems

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import ipaddress
 import string
-from dataclasses import dataclass
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 from bridgescope.plumbing.errors import ValidationError

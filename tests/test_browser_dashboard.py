@@ -14,7 +14,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 import serve_process
 from conftest import RUN_PREFIX, sh
 
@@ -172,8 +171,8 @@ def test_clicking_a_container_opens_its_panel(page, lab):
     click_namespace(page, f"{lab.host}-c1")
     try:
         page.wait_for_selector("#details .details-head h2", timeout=10000)
-    except Exception:
-        raise AssertionError(f"taps {page.evaluate('window.__taps')}, details {page.inner_html('#details')[:300]}")
+    except Exception as err:
+        raise AssertionError(f"taps {page.evaluate('window.__taps')}, details {page.inner_html('#details')[:300]}") from err
     assert page.inner_text("#details .details-head h2") == f"{lab.host}-c1"
     panel = page.locator("#p-forward-form")
     assert panel.get_by_label("Container", exact=True).input_value() == "c1"

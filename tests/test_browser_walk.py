@@ -7,8 +7,8 @@ import os
 import secrets
 
 import pytest
-
 import serve_process
+
 from bridgescope.plumbing import netns
 from bridgescope.plumbing.lab import walklab
 from bridgescope.plumbing.lab.walk import steps

@@ -8,15 +8,16 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
-
 from conftest import sh
+
 from bridgescope.collector.errors import NamespaceNotFound
-from bridgescope.collector.render.export import to_json
 from bridgescope.collector.kernel.namespaces import discover, resolve_netns
 from bridgescope.collector.kernel.netlink import NetnsSocket, hop_each, new_route_socket
 from bridgescope.collector.kernel.snapshot import collect, scan
+from bridgescope.collector.render.export import to_json
 
 pytestmark = pytest.mark.kernel
 
@@ -133,7 +134,7 @@ def test_hop_each_reads_proc_sys_of_the_target_namespace(netns):
     sh("sysctl", "-qw", "net.ipv4.conf.all.rp_filter=2", ns=ns)
     fd = os.open(f"/run/netns/{ns}", os.O_RDONLY)
     try:
-        read = lambda _: open("/proc/sys/net/ipv4/conf/all/rp_filter").read().strip()
+        read = lambda _: Path("/proc/sys/net/ipv4/conf/all/rp_filter").read_text().strip()
         inode = lambda _: os.stat("/proc/thread-self/ns/net").st_ino
         assert hop_each([(fd, None)], read) == ["2"]
         assert hop_each([(fd, None)], inode) == [os.fstat(fd).st_ino]

@@ -8,7 +8,14 @@ import pytest
 
 from bridgescope.collector.doctor import diagnose
 from bridgescope.collector.model import (
-    Chain, Interface, Masquerade, Namespace, PortForward, Route, Rule, Snapshot,
+    Chain,
+    Interface,
+    Masquerade,
+    Namespace,
+    PortForward,
+    Route,
+    Rule,
+    Snapshot,
 )
 
 HOST, CTR, OTHER = "ns-1", "ns-2", "ns-3"

@@ -8,13 +8,13 @@ import secrets
 from dataclasses import dataclass
 
 import pytest
-
-from bridgescope.collector.doctor import diagnose
-from bridgescope.collector.model import Snapshot
-from bridgescope.collector.kernel.namespaces import discover, resolve_netns
-from bridgescope.collector.kernel.snapshot import scan
 from conftest import sh
 from reference_layouts import CNI, DOCKER_27, DOCKER_29, DOCKER_29_NOPROXY, HEALTHY, Layout
+
+from bridgescope.collector.doctor import diagnose
+from bridgescope.collector.kernel.namespaces import discover, resolve_netns
+from bridgescope.collector.kernel.snapshot import scan
+from bridgescope.collector.model import Snapshot
 
 pytestmark = pytest.mark.kernel
 

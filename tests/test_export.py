@@ -1,13 +1,13 @@
 """Pure tests of the exporters: JSON contract, dot clusters, the tree. No root needed."""
 from __future__ import annotations
 
+import dataclasses
 import json
 
 from test_graph import topology
 
-from bridgescope.collector.render.export import to_dot, to_json, to_tree
 from bridgescope.collector.model import Route, Rule
-import dataclasses
+from bridgescope.collector.render.export import to_dot, to_json, to_tree
 
 
 def snapshot():

@@ -357,8 +357,8 @@ def test_legacy_forward_policy_drop_beside_iptables_nft_accepts_drops_real_packe
 @pytest.mark.slow
 def test_snapshot_lists_the_published_port_with_owner_backend_and_container(host):
     """End to end through the collector core: what `bridgescope snapshot` shows."""
-    from bridgescope.collector.model import namespace_id
     from bridgescope.collector.kernel.snapshot import collect
+    from bridgescope.collector.model import namespace_id
 
     hns, cns, _ = host()
     load(hns, "docker29.rules", "iptables-legacy-restore")

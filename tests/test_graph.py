@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import dataclasses
 
-from bridgescope.collector.render.graph import diff_elements, portforward_id, to_elements
 from bridgescope.collector.model import Interface, Masquerade, Namespace, PortForward, Snapshot
+from bridgescope.collector.render.graph import diff_elements, portforward_id, to_elements
 
 
 def topology(containers: int = 2) -> Snapshot:

@@ -13,11 +13,15 @@ import contextlib
 import io
 import os
 import urllib.parse
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, example, given, settings, strategies as st
+from conftest import RUN_PREFIX, delete_netns, sh
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
+from webui_sources import StaticSource, sample_snapshot
 
 from bridgescope.collector.firewall import nftinfo
 from bridgescope.plumbing import api as plumbing
@@ -25,8 +29,6 @@ from bridgescope.plumbing import conflicts, netns, validate
 from bridgescope.plumbing.state import Forward
 from bridgescope.webui import cli
 from bridgescope.webui.app import create_app
-from conftest import RUN_PREFIX, delete_netns, sh
-from webui_sources import StaticSource, sample_snapshot
 
 BASE = "http://127.0.0.1:8470"
 FUZZ = settings(max_examples=12, deadline=None, derandomize=True,

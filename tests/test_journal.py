@@ -17,16 +17,16 @@ import sys
 from pathlib import Path
 
 import pytest
-
 import serve_process
+from conftest import RUN_PREFIX, sh
+from test_plumbing_kernel import assert_same, host, picture  # noqa: F401 - fixtures
+
 from bridgescope.collector.doctor import diagnose
 from bridgescope.collector.kernel.snapshot import collect
 from bridgescope.plumbing import api, journal
-from bridgescope.plumbing.lab import sandbox as lab
 from bridgescope.plumbing.errors import PlumbingError, ValidationError
+from bridgescope.plumbing.lab import sandbox as lab
 from bridgescope.plumbing.steps import CRASH_AT_ENV, FAIL_AT_ENV
-from conftest import RUN_PREFIX, sh
-from test_plumbing_kernel import assert_same, host, picture  # noqa: F401 - fixtures
 
 pytestmark = pytest.mark.kernel
 

@@ -10,14 +10,16 @@ import secrets
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
+from conftest import RUN_PREFIX, sh
 
-from bridgescope.plumbing import api, netns as nsops
+from bridgescope.plumbing import api
+from bridgescope.plumbing import netns as nsops
 from bridgescope.plumbing.lab import sandbox as lab
 from bridgescope.plumbing.lab import walklab
 from bridgescope.webui import cli
-from conftest import RUN_PREFIX, sh
 
 pytestmark = pytest.mark.kernel
 
@@ -50,7 +52,7 @@ def _lab_names(prefix: str) -> list[str]:
 @pytest.mark.parametrize("firewall", ("nft", "legacy", "nftables"))
 def test_lab_traffic_end_to_end(lab_prefix, firewall):
     info = lab.lab_up(lab_prefix, firewall=firewall)
-    host, inet, client = info.host, info.inet, info.client
+    host, client = info.host, info.client
     assert api.load_state(host).backend == firewall
     c1, c2 = dict(info.containers)["c1"], dict(info.containers)["c2"]
     # A client outside the host reaches c1 through the published port; DNAT keeps its address.
@@ -98,7 +100,7 @@ def test_lab_up_is_idempotent_and_down_leaves_nothing(lab_prefix, tmp_path):
     assert http(first.client, f"http://{first.host_ip}:8080/") == f"c1 saw {first.client_ip}"
     # Only our echo servers: other tools on this machine may watch every namespace.
     servers = [pid for ns in _lab_names(lab_prefix) for pid in nsops.pids_in(f"/run/netns/{ns}")
-               if b"echo_server" in open(f"/proc/{pid}/cmdline", "rb").read()]
+               if b"echo_server" in Path(f"/proc/{pid}/cmdline").read_bytes()]
     assert len(servers) == 3  # c1, c2 and the internet
     lab.lab_down(lab_prefix)
     assert _lab_names(lab_prefix) == []

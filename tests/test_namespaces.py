@@ -13,8 +13,8 @@ import threading
 from pathlib import Path
 
 import pytest
-
 from conftest import sh
+
 from bridgescope.collector.kernel import rtnl
 from bridgescope.collector.kernel.containers import container_name, engine_container_names, namespace_paths
 from bridgescope.collector.kernel.namespaces import discover, nsfs_mounts, resolve_netns
@@ -76,7 +76,7 @@ def test_attrs_skip_truncated():
 class _EngineHandler(http.server.BaseHTTPRequestHandler):
     routes: dict[str, bytes] = {}
 
-    def do_GET(self):  # noqa: N802 - http.server's naming
+    def do_GET(self):
         body = self.routes.get(self.path)
         self.send_response(200 if body is not None else 404)
         self.send_header("Content-Type", "application/json")

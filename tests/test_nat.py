@@ -7,17 +7,20 @@ throwaway namespace.
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from bridgescope.collector.firewall import assemble
+from bridgescope.collector.firewall.nftjson import NftJsonError, parse_ruleset
 from bridgescope.collector.firewall.proxy import from_argv
 from bridgescope.collector.firewall.readers import NamespaceDump, SaveText
+from bridgescope.collector.firewall.savefmt import ParseError
 from bridgescope.collector.model import Interface
-from bridgescope.collector.rules.nat import interpret
 from bridgescope.collector.rules.model import parse_destination
+from bridgescope.collector.rules.nat import interpret
 
 DATA = Path(__file__).parent / "data" / "firewall"
 HOST = "ns-1"
@@ -354,10 +357,6 @@ def test_empty_input():
 
 # -- property tests: no input makes the decoders or the interpreter raise ----------------------
 
-from hypothesis import given, settings, strategies as st  # noqa: E402
-
-from bridgescope.collector.firewall.nftjson import NftJsonError, parse_ruleset  # noqa: E402
-from bridgescope.collector.firewall.savefmt import ParseError, parse_save  # noqa: E402
 
 OPTIONS = st.sampled_from([
     "-p tcp", "-p udp", "-p all", "-m tcp --dport 80", "--dport 8000:8009", "--dport x",

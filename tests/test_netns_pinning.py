@@ -8,9 +8,9 @@ import subprocess
 import sys
 
 import pytest
+from conftest import sh
 
 from bridgescope.plumbing.netns import Propagation, netns_dir_propagation
-from conftest import sh
 
 pytestmark = pytest.mark.kernel
 

@@ -2,10 +2,10 @@
 import threading
 
 import pytest
+from conftest import sh
 
 from bridgescope.collector.firewall import nftinfo
 from bridgescope.collector.kernel.setns import inside
-from conftest import sh
 
 pytestmark = pytest.mark.kernel
 

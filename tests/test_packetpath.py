@@ -8,19 +8,19 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from conftest import sh
 
 from bridgescope.collector.firewall import assemble
 from bridgescope.collector.firewall.readers import NamespaceDump
-from bridgescope.collector.render.graph import masquerade_id, portforward_id
-from bridgescope.collector.model import Chain, Interface, Namespace, Rule, Snapshot
-from bridgescope.collector.rules.nat import interpret
-from bridgescope.collector.packetpath import namespace_by_name, rule_key, trace, trace_live
 from bridgescope.collector.kernel.routelookup import RouteAnswer
+from bridgescope.collector.model import Chain, Interface, Namespace, Rule, Snapshot
+from bridgescope.collector.packetpath import namespace_by_name, rule_key, trace, trace_live
+from bridgescope.collector.render.graph import masquerade_id, portforward_id
 from bridgescope.collector.rules.evaluator import run_hook
 from bridgescope.collector.rules.matcher import Packet, matches
 from bridgescope.collector.rules.model import RuleSet
+from bridgescope.collector.rules.nat import interpret
 from bridgescope.plumbing.errors import ValidationError
-from conftest import sh
 
 DATA = Path(__file__).parent / "data" / "firewall"
 
@@ -296,9 +296,8 @@ def test_probes_never_leave_the_lab(lab, dst, port, field):
 
 @pytest.mark.kernel
 def test_probe_source_must_be_in_the_lab(lab):
-    from bridgescope.plumbing.lab.probe import send
-    snap = lab_snapshot(lab)
     from bridgescope.collector.kernel.snapshot import collect
+    from bridgescope.plumbing.lab.probe import send
     outsider = next(n for n in collect(lab.host, firewall=False).namespaces
                     if not n.name.startswith(lab.prefix))
     with pytest.raises(ValidationError) as err:
@@ -309,8 +308,8 @@ def test_probe_source_must_be_in_the_lab(lab):
 @pytest.mark.kernel
 def test_hairpin_off_the_path_stops_at_the_bridge_and_the_doctor_says_so(run_prefix):
     from bridgescope.collector.doctor import diagnose
-    from bridgescope.plumbing.lab.sandbox import lab_down, lab_up
     from bridgescope.plumbing.lab.probe import send
+    from bridgescope.plumbing.lab.sandbox import lab_down, lab_up
     prefix = f"{run_prefix}{secrets.token_hex(2)}"
     try:
         lab = lab_up(prefix)

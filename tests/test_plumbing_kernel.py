@@ -14,12 +14,13 @@ import time
 from pathlib import Path
 
 import pytest
-
-from bridgescope.plumbing import api, netns as nsops
-from bridgescope.plumbing.errors import PlumbingError, ValidationError
-from bridgescope.plumbing.steps import FAIL_AT_ENV
 import reference_layouts
 from conftest import sh
+
+from bridgescope.plumbing import api
+from bridgescope.plumbing import netns as nsops
+from bridgescope.plumbing.errors import PlumbingError, ValidationError
+from bridgescope.plumbing.steps import FAIL_AT_ENV
 
 pytestmark = pytest.mark.kernel
 BACKENDS = ("nft", "legacy", "nftables")

@@ -172,6 +172,7 @@ def test_auto_follows_docker_then_rules_then_iptables_version():
 
 def test_legacy_is_refused_on_an_nft_host_and_switching_needs_an_empty_host():
     import pytest
+
     from bridgescope.plumbing.errors import ValidationError
     with pytest.raises(ValidationError, match="split the firewall"):
         backends.choose("legacy", _probe(nft=DOCKER_NFT), None)

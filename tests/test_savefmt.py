@@ -4,11 +4,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from bridgescope.collector.errors import BridgescopeError
-from bridgescope.collector.firewall.savefmt import (ParseError, parse_body, parse_save,
-                                                    split_simple, tokenize)
+from bridgescope.collector.firewall.savefmt import ParseError, parse_body, parse_save, split_simple, tokenize
 
 DATA = Path(__file__).parent / "data" / "firewall"
 
@@ -160,7 +160,7 @@ def test_fast_split_agrees_with_the_tokenizer(body):
     try:
         expected = tokenize(body)
     except Exception as err:  # the tokenizer's internal error: the fast path must decline too
-        raise AssertionError(f"fast path accepted {body!r}, the tokenizer said {err}")
+        raise AssertionError(f"fast path accepted {body!r}, the tokenizer said {err}") from err
     assert simple == expected
 
 

@@ -10,12 +10,12 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import RUN_PREFIX, sh
 
 from bridgescope.collector.kernel import tools
 from bridgescope.plumbing import netns
 from bridgescope.plumbing.lab import sandbox as lab
 from bridgescope.plumbing.lab import walklab
-from conftest import RUN_PREFIX, sh
 
 PLANTED = ("import pathlib, sys\n"
            "pathlib.Path({marker!r}).write_text(' '.join(sys.argv))\n")

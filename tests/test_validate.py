@@ -4,7 +4,8 @@ from __future__ import annotations
 import ipaddress
 
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
 from bridgescope.plumbing import validate
 from bridgescope.plumbing.errors import ValidationError

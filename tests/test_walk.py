@@ -6,15 +6,15 @@ import os
 import secrets
 
 import pytest
+from conftest import sh
 
 from bridgescope.collector.doctor import diagnose
 from bridgescope.plumbing import netns
-from bridgescope.plumbing.lab import walklab
 from bridgescope.plumbing.errors import ValidationError
+from bridgescope.plumbing.lab import walklab
 from bridgescope.plumbing.lab.probe import lab_snapshot, send
 from bridgescope.plumbing.lab.walk import WalkNames, steps
 from bridgescope.plumbing.lab.walklab import WalkLab
-from conftest import sh
 
 # What the doctor still says after each step: the walk clears one finding at a time.
 EXPECTED = {

@@ -6,8 +6,8 @@ import socket
 import time
 
 import pytest
-
 from conftest import sh
+
 from bridgescope.collector.errors import NamespaceNotFound
 from bridgescope.collector.live.watcher import Watcher
 

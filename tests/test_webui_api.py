@@ -2,10 +2,10 @@
 from __future__ import annotations
 
 import pytest
+from webui_sources import StaticSource, sample_snapshot
 
 from bridgescope.webui import bodies
 from bridgescope.webui.app import create_app
-from webui_sources import StaticSource, sample_snapshot
 
 BASE = "http://127.0.0.1:8470"
 

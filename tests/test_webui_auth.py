@@ -15,15 +15,15 @@ from pathlib import Path
 
 import pytest
 import requests
-
 import serve_process
+from conftest import RUN_PREFIX, delete_netns, sh
+from webui_sources import StaticSource, sample_snapshot
+
 from bridgescope.collector.errors import BridgescopeError
 from bridgescope.webui import auth
 from bridgescope.webui.app import create_app
 from bridgescope.webui.audit import RefusalBudget
 from bridgescope.webui.cli_serve import app_config, banner, warnings
-from conftest import RUN_PREFIX, delete_netns, sh
-from webui_sources import StaticSource, sample_snapshot
 
 TOKEN = "s3cret-token"
 BASE = "http://127.0.0.1:8470"

@@ -2,11 +2,11 @@
 from __future__ import annotations
 
 import pytest
+from webui_sources import StaticSource, sample_snapshot
 
 from bridgescope.webui.app import create_app
 from bridgescope.webui.details import details_for, forward_for_id, rules_mentioning
 from bridgescope.webui.tables import forward_rows, matching, rule_rows
-from webui_sources import StaticSource, sample_snapshot
 
 BASE = "http://127.0.0.1:8470"
 

@@ -9,14 +9,13 @@ import re
 from pathlib import Path
 
 import pytest
-
-from bridgescope.webui.app import create_app, runtime
-from bridgescope.webui import bodies
-from bridgescope.webui.audit import RefusalBudget
-from bridgescope.webui.audit import AuditLog
-from bridgescope.webui.forms import FieldErrors, container_args, field_for, forward_spec, network_args
 from conftest import delete_netns, sh
 from webui_sources import StaticSource, sample_snapshot
+
+from bridgescope.webui import bodies
+from bridgescope.webui.app import create_app, runtime
+from bridgescope.webui.audit import AuditLog, RefusalBudget
+from bridgescope.webui.forms import FieldErrors, container_args, field_for, forward_spec, network_args
 
 BASE = "http://127.0.0.1:8470"
 

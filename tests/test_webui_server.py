@@ -16,18 +16,18 @@ import sys
 import textwrap
 import threading
 import time
+from collections.abc import Iterator
 from contextlib import ExitStack
-from typing import Iterator
 
 import pytest
 import requests
-
 import serve_process
+from conftest import RUN_PREFIX, delete_netns, sh
+from webui_sources import StaticSource, sample_snapshot
+
 from bridgescope.webui import bodies
 from bridgescope.webui.app import create_app
 from bridgescope.webui.server import REQUEST_DEADLINE
-from conftest import RUN_PREFIX, delete_netns, sh
-from webui_sources import StaticSource, sample_snapshot
 
 TOKEN = "server-test-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -125,7 +125,7 @@ def test_a_busy_port_is_a_one_line_error(tmp_path, monkeypatch):
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
-        listen = "127.0.0.1:%d" % taken.getsockname()[1]
+        listen = f"127.0.0.1:{taken.getsockname()[1]}"
         app = create_app({"SOURCE": StaticSource(sample_snapshot()), "NO_AUTH": True, "LISTEN": listen})
         with pytest.raises(BridgescopeError, match="cannot listen on .*in use"):
             make_server(app, listen, threads=1)

@@ -7,12 +7,12 @@ import time
 from dataclasses import replace
 
 import pytest
+from conftest import sh
+from webui_sources import StaticSource, sample_snapshot
 
 from bridgescope.collector.model import Interface
 from bridgescope.webui.app import create_app
 from bridgescope.webui.stream import format_event
-from conftest import sh
-from webui_sources import StaticSource, sample_snapshot
 
 BASE = "http://127.0.0.1:8470"
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 import queue
 
 from bridgescope.collector.live.fanout import GraphFanout
-from bridgescope.collector.render.graph import diff_elements, to_elements
 from bridgescope.collector.model import Snapshot
+from bridgescope.collector.render.graph import diff_elements, to_elements
 
 
 class StaticSource:
@@ -52,8 +52,7 @@ class StaticSource:
 
 def sample_snapshot() -> Snapshot:
     """A small host as Docker leaves it: docker0, one container with a published port."""
-    from bridgescope.collector.model import (Interface, Masquerade, Namespace, PortForward,
-                                             Route, Rule)
+    from bridgescope.collector.model import Interface, Masquerade, Namespace, PortForward, Route, Rule
 
     host, ctr = "ns-1001", "ns-2002"
     rules = (

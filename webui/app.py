@@ -56,7 +56,7 @@ class Settings:
     max_streams: int = 48  # below the server's threads, so pages stay served when tabs pile up
 
     @classmethod
-    def from_config(cls, config: dict) -> "Settings":
+    def from_config(cls, config: dict) -> Settings:
         names = {f.upper(): f for f in cls.__dataclass_fields__}
         return cls(**{names[k]: v for k, v in config.items() if k in names})
 
@@ -87,6 +87,10 @@ class Runtime:
                 watcher.start()
                 self._source = watcher
             return self._source
+
+    def start(self) -> None:
+        """Start the topology source now rather than on first use."""
+        _ = self.source
 
     def stop(self) -> None:
         self.closing.set()

@@ -10,9 +10,9 @@ import json
 import threading
 import time
 from collections import deque
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable
 
 SECRET_FIELDS = frozenset({"csrf_token", "token"})
 

@@ -19,9 +19,9 @@ import secrets
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from flask import Flask, Response, current_app, g, jsonify, render_template, request
 from markupsafe import escape

@@ -17,7 +17,6 @@ from bridgescope.plumbing.errors import ValidationError
 from bridgescope.webui.app import runtime
 from bridgescope.webui.audit import scrub
 
-
 # Web action name -> bridgescope.plumbing.api function (all-or-nothing on the plumbing side).
 ACTIONS = ("create_network", "remove_network", "create_container", "remove_container",
            "add_forward", "remove_forward")

@@ -8,8 +8,8 @@ import textwrap
 
 from bridgescope.collector.doctor import diagnose
 from bridgescope.collector.doctor.finding import Finding
-from bridgescope.collector.model import to_plain
 from bridgescope.collector.kernel.snapshot import collect
+from bridgescope.collector.model import to_plain
 from bridgescope.plumbing.api import owned_tags
 
 EXIT_ERRORS = 2  # 1 stays "the doctor itself could not run"
@@ -22,7 +22,7 @@ exit status:
 """
 
 
-def register(sub: "argparse._SubParsersAction") -> None:
+def register(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser(
         "doctor", help="find what is broken in the host's container networking, and the fix",
         description="Scan the host and the containers plugged into its bridges and report each "

@@ -9,10 +9,10 @@ import argparse
 import sys
 
 from bridgescope.plumbing import api, netns
-from bridgescope.plumbing.lab import sandbox as lab
-from bridgescope.plumbing.lab import walklab
 from bridgescope.plumbing.backends import CHOICES
 from bridgescope.plumbing.errors import ValidationError
+from bridgescope.plumbing.lab import sandbox as lab
+from bridgescope.plumbing.lab import walklab
 
 
 def _common(p: argparse.ArgumentParser, *, mutating: bool = True) -> None:
@@ -39,7 +39,7 @@ def _report(result: api.Result, args: argparse.Namespace) -> int:
     return 0
 
 
-def register(sub: "argparse._SubParsersAction") -> None:
+def register(sub: argparse._SubParsersAction) -> None:
     _register_network(sub)
     _register_container(sub)
     _register_forward(sub)
@@ -50,7 +50,7 @@ def register(sub: "argparse._SubParsersAction") -> None:
     p.set_defaults(func=lambda a: _report(api.restore(**_kw(a)), a))
 
 
-def _register_network(sub: "argparse._SubParsersAction") -> None:
+def _register_network(sub: argparse._SubParsersAction) -> None:
     net = sub.add_parser("network", help="create or remove a bridge network").add_subparsers(
         dest="network_command", metavar="ACTION", required=True)
     p = net.add_parser("create", help="bridge + gateway + forwarding + MASQUERADE")
@@ -68,7 +68,7 @@ def _register_network(sub: "argparse._SubParsersAction") -> None:
     p.set_defaults(func=lambda a: _report(api.remove_network(a.name, force=a.force, **_kw(a)), a))
 
 
-def _register_container(sub: "argparse._SubParsersAction") -> None:
+def _register_container(sub: argparse._SubParsersAction) -> None:
     ctr = sub.add_parser("container", help="create, remove or run a command in a container") \
         .add_subparsers(dest="container_command", metavar="ACTION", required=True)
     p = ctr.add_parser("create", help="netns + veth + address + default route (+ forwards)")
@@ -104,7 +104,7 @@ def _exec(args: argparse.Namespace) -> int:
     return api.exec_in_container(args.name, cmd, host=host)
 
 
-def _register_forward(sub: "argparse._SubParsersAction") -> None:
+def _register_forward(sub: argparse._SubParsersAction) -> None:
     fwd = sub.add_parser("forward", help="publish a container port on the host") \
         .add_subparsers(dest="forward_command", metavar="ACTION", required=True)
     for action, fn, text in (("add", api.add_forward, "DNAT, FORWARD accept, hairpin, localhost"),
@@ -116,7 +116,7 @@ def _register_forward(sub: "argparse._SubParsersAction") -> None:
         p.set_defaults(func=lambda a, fn=fn: _report(fn(a.container, a.spec, **_kw(a)), a))
 
 
-def _register_lab(sub: "argparse._SubParsersAction") -> None:
+def _register_lab(sub: argparse._SubParsersAction) -> None:
     labp = sub.add_parser("lab", help="the sandbox lab: a whole demo host in namespaces") \
         .add_subparsers(dest="lab_command", metavar="ACTION", required=True)
     p = labp.add_parser("up", help="build (or complete) the lab")

@@ -6,8 +6,8 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 import sys
+from pathlib import Path
 from urllib.parse import quote
 
 from bridgescope.collector.errors import BridgescopeError
@@ -15,7 +15,7 @@ from bridgescope.collector.errors import BridgescopeError
 DEFAULT_LISTEN = "127.0.0.1:8470"
 
 
-def register(sub: "argparse._SubParsersAction") -> None:
+def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="serve the live dashboard",
                        description="Serve the live topology dashboard (waitress, one process).")
     p.add_argument("--listen", default=DEFAULT_LISTEN, metavar="HOST:PORT",

@@ -5,11 +5,11 @@ import argparse
 import json
 import sys
 
-from bridgescope.collector.render.export import to_dot, to_json, to_tree
 from bridgescope.collector.kernel.snapshot import collect
+from bridgescope.collector.render.export import to_dot, to_json, to_tree
 
 
-def register(sub: "argparse._SubParsersAction") -> None:
+def register(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser(
         "snapshot", help="print every namespace, bridge, veth pair, route and NAT rule once",
         description="Scan every network namespace on the machine and print what the kernel has. "

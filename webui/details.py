@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
-from typing import Iterable
 
 from flask import Blueprint, abort
 
+from bridgescope.collector.firewall.readers import SAVE_TOOLS
 from bridgescope.collector.hostview import in_ns, netns_name
 from bridgescope.collector.model import Interface, Namespace, PortForward, Route, Rule, Snapshot
-from bridgescope.collector.firewall.readers import SAVE_TOOLS
 from bridgescope.collector.render.graph import portforward_id
 from bridgescope.webui.app import runtime
 from bridgescope.webui.pages import page_or_fragment

@@ -8,8 +8,9 @@ removals show their commands first and need a second, confirming click.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable, TypeVar
+from typing import Any, TypeVar
 
 from flask import Blueprint, Response, make_response, render_template, request
 from jinja2_fragments.flask import render_block

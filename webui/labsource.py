@@ -13,8 +13,8 @@ import threading
 
 from bridgescope.collector.errors import BridgescopeError, NamespaceNotFound
 from bridgescope.collector.live.fanout import GraphFanout
-from bridgescope.collector.render.graph import diff_elements, to_elements
 from bridgescope.collector.model import Snapshot
+from bridgescope.collector.render.graph import diff_elements, to_elements
 
 QUEUE_LIMIT = 64
 
@@ -33,7 +33,7 @@ class LabSource:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def start(self) -> "LabSource":
+    def start(self) -> LabSource:
         self.refresh()
         self._thread = threading.Thread(target=self._run, name="bridgescope-labsource", daemon=True)
         self._thread.start()
@@ -81,5 +81,5 @@ class LabSource:
         while not self._stop.wait(self.interval):
             try:
                 self.refresh()
-            except Exception:  # noqa: BLE001 - the poller must outlive one bad scan
+            except Exception:
                 continue

@@ -21,7 +21,8 @@ import os
 import resource
 import signal
 import time
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 from waitress import wasyncore
 from waitress.channel import HTTPChannel
@@ -113,7 +114,7 @@ def _stop_on_signals(rt: Runtime) -> None:
     does by default, or the child would unwind into a copy of the server and never exit."""
     serving = os.getpid()
 
-    def handler(signum, frame):
+    def handler(signum, _frame):
         if os.getpid() != serving:
             signal.signal(signum, signal.SIG_DFL)
             os.kill(os.getpid(), signum)
@@ -179,7 +180,7 @@ def serve(app_config: dict[str, Any], *, threads: int = MIN_THREADS,
         try:
             if when_ready:
                 when_ready()
-            rt.source  # start the Watcher now; requests wait in the backlog meanwhile
+            rt.start()  # the Watcher, now; requests wait in the backlog meanwhile
             server.run()  # returns after SystemExit/KeyboardInterrupt, its threads stopped
         finally:
             rt.closing.set()

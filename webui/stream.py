@@ -13,7 +13,7 @@ import json
 import queue
 import threading
 import time
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 from flask import Blueprint, Response, jsonify
 
@@ -61,7 +61,7 @@ class EncodedEvents:
 ENCODED = EncodedEvents()
 
 
-def _messages(q: "queue.Queue", heartbeat: float, closing: threading.Event,
+def _messages(q: queue.Queue, heartbeat: float, closing: threading.Event,
               signed_in: Callable[[], bool] = lambda: True) -> Iterator[str]:
     # The first bytes go out at once so the client sees the headers (and "live") immediately.
     yield ": hello\n\n"
@@ -97,7 +97,7 @@ def events() -> Response:
     return open_stream(lambda: runtime().source)
 
 
-def open_stream(get_source: Callable[[], "object"]) -> Response:
+def open_stream(get_source: Callable[[], object]) -> Response:
     """One SSE response over a live source (the Watcher, or the walk lab's): the whole graph,
     then deltas; holds one of the server's stream slots until the client goes."""
     rt = runtime()

@@ -6,8 +6,8 @@ swaps only the table body.
 """
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
 
 from flask import Blueprint, request
 

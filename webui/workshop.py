@@ -13,18 +13,28 @@ from __future__ import annotations
 import os
 import re
 import threading
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
 
-from flask import Blueprint, Response, abort, current_app, jsonify, redirect, render_template, request, url_for
+from flask import (
+    Blueprint,
+    Response,
+    abort,
+    current_app,
+    jsonify,
+    redirect,
+    render_template,
+    request,
+    url_for,
+)
 from jinja2_fragments.flask import render_block
 
 from bridgescope.collector.doctor import diagnose
 from bridgescope.collector.errors import BridgescopeError
 from bridgescope.collector.model import to_plain
 from bridgescope.collector.packetpath import namespace_by_name, trace_live
-from bridgescope.plumbing.lab import walklab
 from bridgescope.plumbing.errors import ValidationError
 from bridgescope.plumbing.lab import probe as lab_probe
+from bridgescope.plumbing.lab import walklab
 from bridgescope.plumbing.lab.walklab import Outcome, WalkLab
 from bridgescope.webui.app import runtime
 from bridgescope.webui.audit import scrub

@@ -8,7 +8,7 @@ bridgescope host yields none.
 from __future__ import annotations
 
 import functools
-from typing import Callable
+from collections.abc import Callable
 
 from bridgescope.collector.doctor import firewall as fw
 from bridgescope.collector.doctor import links as links

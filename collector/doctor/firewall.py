@@ -13,15 +13,14 @@ from collections import Counter
 from ipaddress import IPv4Address, IPv4Network
 
 from bridgescope.collector.doctor.finding import Finding
-from bridgescope.collector.render.graph import portforward_id
-from bridgescope.collector.hostview import (Attachment, BridgeNet, HostView, in_ns, ipv4_addresses,
-                                            netns_name)
+from bridgescope.collector.hostview import Attachment, BridgeNet, HostView, in_ns, ipv4_addresses, netns_name
 from bridgescope.collector.model import Masquerade, Namespace, PortForward, Rule
-from bridgescope.collector.rules.nat import forward_packet, forward_verdict
+from bridgescope.collector.render.graph import portforward_id
 from bridgescope.collector.rules import access
 from bridgescope.collector.rules.evaluator import DROP, HookRun, describe
 from bridgescope.collector.rules.matcher import Packet
 from bridgescope.collector.rules.model import Base
+from bridgescope.collector.rules.nat import forward_packet, forward_verdict
 
 _IPTABLES = {"legacy": "iptables-legacy", "nft": "iptables"}
 
@@ -84,9 +83,8 @@ def _outbound(view: HostView, m: Masquerade, net: BridgeNet) -> bool:
     if m.out == net.bridge.name or (m.destination and not m.dest_not):
         return False
     rule = rule_of(view, m.netns, m.chain, m.rule_text)
-    if rule is not None and (access.option(rule, "--mark") or access.option(rule, "--src-type")):
-        return False  # hairpin / port-forward helpers, not the outbound masquerade
-    return True
+    # hairpin / port-forward helpers are not the outbound masquerade
+    return rule is None or not (access.option(rule, "--mark") or access.option(rule, "--src-type"))
 
 
 def _source(m: Masquerade) -> IPv4Network | None:

@@ -10,7 +10,11 @@ from ipaddress import IPv4Interface
 
 from bridgescope.collector.doctor.finding import Finding
 from bridgescope.collector.hostview import (
-    Attachment, HostView, in_ns, ipv4_addresses, is_default,
+    Attachment,
+    HostView,
+    in_ns,
+    ipv4_addresses,
+    is_default,
 )
 from bridgescope.collector.model import Interface, Namespace
 

@@ -7,14 +7,13 @@ a pure function that parses, attributes owners and flags split brains.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Iterable, Mapping
 
-from bridgescope.collector.firewall import owners
 from bridgescope.collector.errors import BridgescopeError
-from bridgescope.collector.firewall import nftjson, proxy, readers, savefmt
+from bridgescope.collector.firewall import nftjson, owners, proxy, readers, savefmt
 from bridgescope.collector.firewall.readers import NamespaceDump
 from bridgescope.collector.model import Chain, PortForward, Rule
 

@@ -20,12 +20,12 @@ import selectors
 import socket
 import threading
 import time
-from typing import Callable, Mapping
+from collections.abc import Callable, Mapping
 
-from bridgescope.collector.kernel.setns import inside
 from bridgescope.collector.firewall import readers
 from bridgescope.collector.firewall.nftinfo import NETLINK_NETFILTER
 from bridgescope.collector.kernel.netlink import NETLINK_ADD_MEMBERSHIP, SOL_NETLINK
+from bridgescope.collector.kernel.setns import inside
 
 DEBOUNCE = 0.2  # seconds of quiet after the last event before re-reading
 POLL = 2.0  # legacy hash polling period; also how soon a lost subscription is retried
@@ -180,7 +180,7 @@ class FirewallWatch:
     def _fire(self, ns_id: str) -> None:
         try:
             self._on_change(ns_id)
-        except Exception as err:  # noqa: BLE001 - one failed re-read must not end the watch
+        except Exception as err:
             self._note(f"re-reading {ns_id} after a firewall change failed: {err}")
 
     def _note(self, problem: str) -> None:

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import re
 from collections import Counter, defaultdict
+from collections.abc import Iterable
 from dataclasses import replace
 from functools import lru_cache
-from typing import Iterable
 
 from bridgescope.collector.model import Owner, Rule
 
@@ -59,7 +59,7 @@ def _with_owner(rule: Rule, owner: Owner) -> Rule:
     return rule if rule.owner == owner else replace(rule, owner=owner)
 
 
-def owner_of(rule: Rule, docker: "_DockerTraits") -> Owner:
+def owner_of(rule: Rule, docker: _DockerTraits) -> Owner:
     if rule.comment and rule.comment.startswith(BRIDGESCOPE_TAG):
         return "bridgescope"
     by_place = chain_owner(rule.backend, rule.table, rule.chain)
@@ -86,7 +86,7 @@ class _DockerTraits:
         self.targets = targets  # netns -> {(container ip, port)}
 
     @classmethod
-    def of(cls, rules: tuple[Rule, ...]) -> "_DockerTraits":
+    def of(cls, rules: tuple[Rule, ...]) -> _DockerTraits:
         bridges: dict[str, set[str]] = defaultdict(set)
         ports: dict[str, set[tuple[str, str]]] = defaultdict(set)
         targets: dict[str, set[tuple[str, str]]] = defaultdict(set)

@@ -8,7 +8,7 @@ that of the process (normally the host).
 from __future__ import annotations
 
 import os
-from typing import Mapping
+from collections.abc import Mapping
 
 from bridgescope.collector.model import PortForward
 

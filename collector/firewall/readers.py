@@ -11,9 +11,9 @@ from __future__ import annotations
 import subprocess
 from dataclasses import dataclass
 
-from bridgescope.collector.kernel import tools
 from bridgescope.collector.firewall import nftinfo
 from bridgescope.collector.firewall.nftjson import COMPAT_TABLES, FAMILIES
+from bridgescope.collector.kernel import tools
 from bridgescope.collector.kernel.setns import inside
 
 TIMEOUT = 20.0

@@ -11,7 +11,7 @@ import http.client
 import json
 import os
 import socket
-from typing import Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from urllib.parse import quote
 
 ENGINE_SOCKETS = ("/run/docker.sock", "/run/podman/podman.sock")

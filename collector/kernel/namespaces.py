@@ -12,12 +12,12 @@ import errno
 import fcntl
 import os
 import threading
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Iterable, Mapping
 
-from bridgescope.collector.kernel.setns import CLONE_NEWNET
-from bridgescope.collector.kernel.containers import ENGINE_SOCKETS, engine_container_names
 from bridgescope.collector.errors import NamespaceNotFound
+from bridgescope.collector.kernel.containers import ENGINE_SOCKETS, engine_container_names
+from bridgescope.collector.kernel.setns import CLONE_NEWNET
 from bridgescope.collector.model import Namespace, namespace_id
 
 NETNS_DIRS = ("/run/netns", "/var/run/netns")

@@ -17,12 +17,13 @@ import os
 import resource
 import socket
 import threading
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Callable, Iterable, Iterator, Mapping, TypeVar
+from typing import TypeVar
 
 from bridgescope.collector.kernel import rtnl
-from bridgescope.collector.kernel.setns import setns
 from bridgescope.collector.kernel.rtnl import AddressFacts, LinkFacts, Message, RouteFacts
+from bridgescope.collector.kernel.setns import setns
 
 NETLINK_ROUTE = 0
 SOL_NETLINK = 270
@@ -58,7 +59,7 @@ def hop_each(items: Iterable[tuple[int, T]], fn: Callable[[T], object]) -> list[
                 try:
                     setns(fd)
                     results.append(fn(item))
-                except Exception as err:  # noqa: BLE001 - handed back to the caller
+                except Exception as err:
                     results.append(err)
         finally:
             setns(home)

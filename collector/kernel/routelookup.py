@@ -8,8 +8,8 @@ trace and closes it).
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping
 
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
@@ -61,8 +61,8 @@ class RouteLookup:
             ipr.close()
         self._sockets.clear()
 
-    def __enter__(self) -> "RouteLookup":
+    def __enter__(self) -> RouteLookup:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *_exc) -> None:
         self.close()

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import socket
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 NLMSG_ERROR = 2
 NLMSG_DONE = 3

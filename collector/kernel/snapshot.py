@@ -9,16 +9,16 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import time
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Iterable, Mapping
 
 from bridgescope.collector import firewall as firewall_reader
-from bridgescope.collector.rules import nat
 from bridgescope.collector.errors import BridgescopeError
-from bridgescope.collector.model import Interface, Namespace, Route, Snapshot, interface_id
 from bridgescope.collector.kernel.namespaces import discover, open_path, resolve_netns
 from bridgescope.collector.kernel.netlink import NamespaceHandle, NamespaceRead, open_handles
 from bridgescope.collector.kernel.veth import IfKey, likely_homes, pair, resolve_nsids
+from bridgescope.collector.model import Interface, Namespace, Route, Snapshot, interface_id
+from bridgescope.collector.rules import nat
 
 
 def collect(host: str | None = None, *, firewall: bool = True) -> Snapshot:

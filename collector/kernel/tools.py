@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import shutil
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 # Where Debian keeps system tools; deliberately not the caller's PATH.
 SAFE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"

@@ -8,7 +8,8 @@ final step, `pair`, decides; it is pure.
 """
 from __future__ import annotations
 
-from typing import Iterable, Mapping, Protocol
+from collections.abc import Iterable, Mapping
+from typing import Protocol
 
 from bridgescope.collector.kernel.netlink import NamespaceDump
 

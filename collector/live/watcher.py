@@ -21,20 +21,35 @@ import select
 import socket
 import threading
 import time
-from typing import Callable, Mapping
+from collections.abc import Callable, Mapping
 
-from bridgescope.collector.live.fanout import GraphFanout
-from bridgescope.collector.firewall.monitor import FirewallWatch
 from bridgescope.collector.firewall import FirewallScan
-from bridgescope.collector.rules.nat import NatView
-from bridgescope.collector.render.graph import diff_elements, patch_elements, to_elements
-from bridgescope.collector.model import Namespace, Snapshot
+from bridgescope.collector.firewall.monitor import FirewallWatch
 from bridgescope.collector.kernel.namespaces import NetnsRef, discover, resolve_netns
-from bridgescope.collector.kernel.netlink import (NETLINK_ADD_MEMBERSHIP, SOL_NETLINK, NamespaceHandle, NamespaceRead,
-                                           open_handles, reread)
-from bridgescope.collector.kernel.snapshot import (NamespacePart, join_parts, merge_firewall, namespace_part,
-                                           nat_view, path_or_blank, read_firewall, vanished_warnings, with_nat)
+from bridgescope.collector.kernel.netlink import (
+    NETLINK_ADD_MEMBERSHIP,
+    SOL_NETLINK,
+    NamespaceHandle,
+    NamespaceRead,
+    open_handles,
+    reread,
+)
+from bridgescope.collector.kernel.snapshot import (
+    NamespacePart,
+    join_parts,
+    merge_firewall,
+    namespace_part,
+    nat_view,
+    path_or_blank,
+    read_firewall,
+    vanished_warnings,
+    with_nat,
+)
 from bridgescope.collector.kernel.veth import likely_homes, pair, resolve_nsids, wanted_nsids
+from bridgescope.collector.live.fanout import GraphFanout
+from bridgescope.collector.model import Namespace, Snapshot
+from bridgescope.collector.render.graph import diff_elements, patch_elements, to_elements
+from bridgescope.collector.rules.nat import NatView
 
 WATCHED_DIRS = ("/run/netns", "/run/docker/netns")
 IN_CREATE, IN_DELETE, IN_MOVED_FROM, IN_MOVED_TO = 0x100, 0x200, 0x40, 0x80
@@ -98,7 +113,7 @@ class Watcher:
     def version(self) -> int:
         return self._version
 
-    def start(self) -> "Watcher":
+    def start(self) -> Watcher:
         """Read everything once, then watch in a background thread."""
         with self._lock:
             self._epoll = select.epoll()
@@ -159,7 +174,7 @@ class Watcher:
 
     def _run(self) -> None:
         inotify = self._inotify()
-        mountinfo = open("/proc/self/mountinfo", "rb")
+        mountinfo = open("/proc/self/mountinfo", "rb")  # noqa: SIM115 - polled for the loop's life
         self._epoll.register(mountinfo.fileno(), select.EPOLLPRI | select.EPOLLERR)
         next_rescan = time.monotonic() + self.rescan_interval
         next_heal = time.monotonic() + self.heal_interval
@@ -183,7 +198,7 @@ class Watcher:
                         self._rediscover()
                         if now >= next_rescan:
                             next_rescan = now + self.rescan_interval
-                except Exception as err:  # noqa: BLE001 - the watcher must outlive one bad read
+                except Exception as err:
                     log.exception("watcher: event handling failed; the next heal re-reads everything")
                     if self.on_error is not None:
                         self.on_error(err)

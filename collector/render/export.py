@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import json
-from typing import Iterable
+from collections.abc import Iterable
 
 from bridgescope.collector.model import Interface, Namespace, Snapshot, to_plain
 

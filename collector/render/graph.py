@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import math
-from typing import Iterable
+from collections.abc import Iterable
 
 from bridgescope.collector.model import Interface, Masquerade, Namespace, PortForward, Snapshot
 

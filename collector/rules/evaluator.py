@@ -21,7 +21,13 @@ from itertools import groupby
 from bridgescope.collector.model import Rule
 from bridgescope.collector.rules.matcher import Packet, interface, matches
 from bridgescope.collector.rules.model import (
-    MAX_DEPTH, NAT_TARGETS, Base, GroupKey, RuleSet, parse_destination, vmap_option,
+    MAX_DEPTH,
+    NAT_TARGETS,
+    Base,
+    GroupKey,
+    RuleSet,
+    parse_destination,
+    vmap_option,
 )
 
 ACCEPT, DROP = "ACCEPT", "DROP"
@@ -112,7 +118,7 @@ class _State:
     binding: Rule | None = None
     matched: tuple[Rule, ...] = field(default=())
 
-    def same_outcome(self, other: "_State") -> bool:
+    def same_outcome(self, other: _State) -> bool:
         return (self.flow, self.packet, self.binding) == (other.flow, other.packet, other.binding)
 
 

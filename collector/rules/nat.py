@@ -18,15 +18,22 @@ from __future__ import annotations
 
 import ipaddress
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from functools import lru_cache
-from typing import Callable
 
 from bridgescope.collector.model import Chain, Interface, Masquerade, Namespace, PortForward, Rule
 from bridgescope.collector.rules.evaluator import ACCEPT, DROP, HookRun, run_hook
 from bridgescope.collector.rules.matcher import Packet
 from bridgescope.collector.rules.model import (
-    Match, RuleSet, address, canonical, canonical_ip, last_value, network, parse_destination,
+    Match,
+    RuleSet,
+    address,
+    canonical,
+    canonical_ip,
+    last_value,
+    network,
+    parse_destination,
     port_spans,
 )
 
@@ -154,18 +161,18 @@ def _admits(path: tuple[Match, ...], host_ip: str | None) -> bool:
     for opt, args, negated in path:
         if canonical(opt) == "-d" and args:
             net = network(args[0])
-            if net is not None and address is not None and address.version == net.version:
-                if address.subnet_of(net) == negated:
-                    return False
+            if (net is not None and address is not None and address.version == net.version
+                    and address.subnet_of(net) == negated):
+                return False
     return True
 
 
 # -- where a forward lands ------------------------------------------------------------------
 
-_last_locator: tuple[tuple[Interface, ...], "_Locator"] | None = None
+_last_locator: tuple[tuple[Interface, ...], _Locator] | None = None
 
 
-def _locator(interfaces: tuple[Interface, ...]) -> "_Locator":
+def _locator(interfaces: tuple[Interface, ...]) -> _Locator:
     """The index of these interfaces, reused while the same tuple comes again: the Watcher
     interprets each namespace's rules against one snapshot (the index is read-only)."""
     global _last_locator

@@ -15,7 +15,7 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 class _Handler(BaseHTTPRequestHandler):
     server_name_tag = "?"
 
-    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+    def do_GET(self) -> None:
         body = f"{self.server_name_tag} saw {self.client_address[0]}\n".encode()
         self.send_response(200)
         self.send_header("Content-Type", "text/plain")

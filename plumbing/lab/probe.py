@@ -12,10 +12,10 @@ import socket
 from dataclasses import dataclass
 
 from bridgescope.collector.hostview import ipv4_addresses
-from bridgescope.collector.model import Rule, Snapshot
-from bridgescope.collector.packetpath import moved_rules, namespace_paths
 from bridgescope.collector.kernel.namespaces import discover, resolve_netns
 from bridgescope.collector.kernel.snapshot import scan
+from bridgescope.collector.model import Rule, Snapshot
+from bridgescope.collector.packetpath import moved_rules, namespace_paths
 from bridgescope.plumbing import netns
 from bridgescope.plumbing.errors import ValidationError
 

@@ -18,10 +18,10 @@ from pathlib import Path
 
 from bridgescope.collector.kernel import tools
 from bridgescope.plumbing import netns
-from bridgescope.plumbing.lab import sandbox as lab
 from bridgescope.plumbing.errors import PlumbingError, ValidationError
-from bridgescope.plumbing.state import state_dir
+from bridgescope.plumbing.lab import sandbox as lab
 from bridgescope.plumbing.lab.walk import Command, Step, WalkNames, step_index, steps
+from bridgescope.plumbing.state import state_dir
 
 DEFAULT_PREFIX = "bswalk"
 # Wired like the sandbox lab, so it has the sandbox lab's addresses.
