@@ -268,6 +268,7 @@ def walk_path() -> tuple[Response, int] | Response:
         body = {"steps": [{"kind": s.kind, "text": s.text, "elements": list(s.elements),
                            "rules": [r.text for r in s.rules]} for s in path.steps],
                 "elements": list(path.elements), "delivered": path.delivered_to is not None,
+                "verdict": dict(zip(("outcome", "reason"), path.outcome, strict=True)),
                 "delivered_to": (snap.namespace(path.delivered_to).name if path.delivered_to else None),
                 "final": to_plain(path.final)}
         if send_probe:
@@ -289,7 +290,7 @@ def _probe(ws: Workshop, src, source_name: str, dst: str, port: int) -> dict:
         raise
     _audit("walk-probe", command, f"ok: {'connected' if result.connected else 'no connection'}: "
            f"{result.reply}", True)
-    return {"connected": result.connected, "reply": result.reply,
+    return {"connected": result.connected, "reply": result.reply, "outcome": lab_probe.outcome(result),
             "moved": [{"chain": r.chain, "text": r.text, "packets": d} for r, d in result.moved]}
 
 
