@@ -121,3 +121,11 @@ def test_a_forward_whose_container_is_gone_times_out():
 
 def test_namespaces_to_poll_are_the_host_and_the_forwards_containers():
     assert r.namespaces_to_poll(docker()) == frozenset({HOST, CTR})
+
+
+def test_the_doctor_says_when_nothing_listens_and_only_when_it_read_the_sockets():
+    from bridgescope.collector.doctor import diagnose
+    snap = docker()
+    assert [f.id for f in diagnose(snap, listeners=DEAF)] == ["nothing-listens"]
+    assert "nothing listens on tcp/80 in bstX-c1" in diagnose(snap, listeners=DEAF)[0].title
+    assert diagnose(snap, listeners=LISTENING) == () and diagnose(snap) == ()
