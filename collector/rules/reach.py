@@ -30,8 +30,7 @@ from bridgescope.collector.rules.nat import forward_packet
 REACHABLE, REFUSED, TIMEOUT, UNKNOWN = "reachable", "refused", "timeout", "unknown"
 OUTSIDE, HOST, LOOPBACK, CONTAINER = "outside", "host", "loopback", "container"
 SOURCES = (OUTSIDE, HOST, LOOPBACK, CONTAINER)
-SOURCE_LABELS = {OUTSIDE: "an outside client", HOST: "the host itself", LOOPBACK: "127.0.0.1 on the host",
-                 CONTAINER: "a container on the bridge (hairpin)"}
+SOURCE_LABELS = {OUTSIDE: "outside", HOST: "the host", LOOPBACK: "127.0.0.1", CONTAINER: "a container"}
 _ANY = ("0.0.0.0", "::")
 _OUTSIDE_CLIENT = "192.0.2.200"  # a documentation address: some client beyond the uplink
 
@@ -314,10 +313,3 @@ def _ns(snap: Snapshot, ns_id: str | None) -> str:
     ns = snap.namespace(ns_id) if ns_id else None
     return ns.name if ns else (ns_id or "?")
 
-
-def summary(fr: ForwardReach) -> str:
-    """`reachable from outside`, `refused: nothing listens ...`: the outside verdict in words."""
-    v = fr.verdict(OUTSIDE)
-    if v is None:
-        return "unknown"
-    return "reachable" if v.ok else f"not reachable ({v.outcome}): {v.reason}"
