@@ -294,6 +294,8 @@ function connect() {
     event: (name, data) => {
       if (name === "graph") applyGraph(JSON.parse(data));
       else if (name === "delta") applyDelta(JSON.parse(data));
+      // other modules (doctor.js) follow the same stream
+      document.dispatchEvent(new CustomEvent("bridgescope:event", { detail: { name, data } }));
     },
   });
 }

@@ -144,16 +144,28 @@ async function tracePath(form) {
   const body = await resp.json();
   out.replaceChildren();
   if (body.error) { out.append(el("p", "ws-error", body.error)); return; }
+  // The verdict shown is the real probe's when one was sent, else the path's; hops after the
+  // step that failed are greyed (the packet never gets there).
+  const verdict = body.probe ? { outcome: body.probe.outcome, reason: body.probe.connected ? ""
+    : `probe: ${body.probe.reply}` } : body.verdict;
+  const failedAt = body.steps.findIndex((s) => ["drop", "refused", "unknown"].includes(s.kind));
   const list = el("ol", "ws-path-steps");
-  for (const step of body.steps) {
-    const li = el("li", `ws-hop hop-${step.kind}`);
+  body.steps.forEach((step, i) => {
+    const after = failedAt >= 0 && i > failedAt;
+    const li = el("li", `ws-hop hop-${step.kind}${after ? " hop-after" : ""}`);
     li.append(el("span", "ws-hop-kind", step.kind), " ", el("span", "", step.text));
     list.append(li);
+  });
+  if (failedAt < 0 && verdict.outcome !== "reachable" && list.lastElementChild) {
+    list.lastElementChild.classList.add("hop-failed");  // the probe failed where the path did not
   }
   out.append(list);
-  out.append(el("p", body.delivered ? "ws-ok" : "ws-error",
-    body.delivered ? `Delivered in ${body.delivered_to} as ${body.final.src} → ${body.final.dst}:${body.final.dport}`
-      : "The packet is not delivered."));
+  const ok = verdict.outcome === "reachable";
+  const verdictBox = el("p", `ws-verdict ${ok ? "ws-ok" : "ws-error"}`, ok
+    ? `Reachable: answered in ${body.delivered_to || "the destination"} as ${body.final.src} → ${body.final.dst}:${body.final.dport}`
+    : `Not reachable (${verdict.outcome}): ${verdict.reason}`);
+  verdictBox.dataset.outcome = verdict.outcome;
+  out.append(verdictBox);
   if (body.probe) {
     const probe = el("div", "ws-probe");
     probe.append(el("p", body.probe.connected ? "ws-ok" : "ws-error",

@@ -288,3 +288,28 @@ def test_json_export_downloads_with_the_session(page):
     assert dl.value.suggested_filename == "bridgescope-topology.json"
     data = json.loads(Path(dl.value.path()).read_text())
     assert any(pf["host_port"] == 8080 for pf in data["port_forwards"])
+
+
+def test_ip_forward_off_shows_on_the_doctor_link_and_the_forward_panel(page, lab, artifacts_dir):
+    """The doctor everywhere: a kernel change nobody made through the UI reaches the nav's
+    count within 2 s, and the forward's panel says what the verdict says."""
+    wait_js(page, "document.getElementById('doctor-link').dataset.errors === '0'", 30)
+    try:
+        sh("sysctl", "-qw", "net.ipv4.ip_forward=0", ns=lab.host)
+        changed = time.monotonic()
+        wait_js(page, "Number(document.getElementById('doctor-link').dataset.errors) > 0", 10)
+        assert time.monotonic() - changed < 2.0
+        assert page.inner_text("#doctor-count") != ""
+        pf = wait_js(page, f"{forward_node(8080)}.length === 1 && {forward_node(8080)}[0].id()")
+        page.evaluate(f"""() => htmx.ajax('GET', document.getElementById('topology').dataset.details
+                          + encodeURIComponent({pf!r}), {{target: '#details', swap: 'innerHTML'}})""")
+        page.wait_for_selector("#details .facts", timeout=10000)
+        facts = page.inner_text("#details .facts")
+        assert "not reachable (timeout): ip_forward is off on the host" in facts
+        assert "reachable from outside\tyes" not in facts and "reachable from outside\nyes" not in facts
+        for width, height in ((1366, 768), (1920, 1080)):
+            page.set_viewport_size({"width": width, "height": height})
+            page.screenshot(path=str(artifacts_dir / f"doctor-badge-{width}.png"))
+    finally:
+        sh("sysctl", "-qw", "net.ipv4.ip_forward=1", ns=lab.host)
+    wait_js(page, "document.getElementById('doctor-link').dataset.errors === '0'", 10)

@@ -155,3 +155,40 @@ def test_the_walk_end_to_end(served_walk, browser, artifacts_dir):
                            timeout=15000)
     assert not netns.exists(lab.names.container)
     assert errors == []
+
+
+def test_packet_path_after_the_dnat_without_a_jump_is_red_and_agrees_with_the_probe(served_walk, browser,
+                                                                                   artifacts_dir):
+    """The blog's DNAT without a jump: the path must not say "Delivered" while the real
+    connection is refused; ticking the probe shows the probe's verdict, hops after it grey."""
+    base, lab = served_walk
+    errors: list[str] = []
+    keys = [s.key for s in steps(lab.names)]
+    for key in keys[:keys.index("publish")]:
+        assert lab.apply(key).ok, key
+    assert lab.wrong_turn("publish").ok
+    for size, name in (((1366, 768), "walk-path-refused-1366.png"), ((1920, 1080), "walk-path-refused-1920.png")):
+        page = browser.new_page(viewport={"width": size[0], "height": size[1]})
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+        page.goto(base + f"/workshop/walk?token={TOKEN}")
+        page.wait_for_selector(".ws-step")
+        page.select_option("#ws-src", "client")
+        page.select_option("#ws-dst", "0")
+        page.click("#ws-trace")
+        page.wait_for_selector("#ws-path-result .ws-verdict")
+        verdict = page.locator("#ws-path-result .ws-verdict")
+        assert verdict.get_attribute("data-outcome") == "refused"
+        assert f"refused: nothing listens on tcp/8080 in {lab.names.host}" in verdict.inner_text()
+        assert "Delivered" not in page.inner_text("#ws-path-result")
+        assert page.locator(".ws-hop.hop-refused").count() == 1
+        page.check("#ws-probe")
+        page.click("#ws-trace")
+        page.wait_for_selector("#ws-path-result .ws-probe")
+        verdict = page.locator("#ws-path-result .ws-verdict")
+        assert verdict.get_attribute("data-outcome") == "refused"  # the probe's, and the same
+        assert "Connection refused" in verdict.inner_text()
+        page.locator("#ws-path-result").scroll_into_view_if_needed()
+        page.screenshot(path=str(artifacts_dir / name))
+        page.close()
+    assert errors == []

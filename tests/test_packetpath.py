@@ -220,6 +220,7 @@ def probe_matches_path(lab, snap, source: str, dst: str, port: int):
     result = send(lab.host, ns_id(snap, source), dst, port, prefix=lab.prefix)
     assert {rule_key(r) for r, _ in result.moved} == {rule_key(r) for r in path.rules}
     assert all(delta == 1 for _, delta in result.moved)  # one connection, one first packet
+    assert (path.outcome[0] == "reachable") == result.connected, (path.outcome, result.reply)
     return path, result
 
 
@@ -266,7 +267,7 @@ def test_hairpin_a_container_reaching_its_own_published_port(lab):
 
 
 @pytest.mark.kernel
-def test_without_the_dnat_jump_the_host_itself_answers_and_no_nat_counter_moves(netns, run_prefix):
+def test_without_the_dnat_jump_the_path_ends_refused_on_the_host_as_the_probe_does(netns, run_prefix):
     from bridgescope.plumbing.lab.sandbox import lab_down, lab_up
     prefix = f"{run_prefix}{secrets.token_hex(2)}"
     try:
@@ -275,7 +276,8 @@ def test_without_the_dnat_jump_the_host_itself_answers_and_no_nat_counter_moves(
            "-m", "comment", "--comment", "bridgescope:jump", "-j", "BRIDGESCOPE-DNAT", ns=lab.host)
         snap = lab_snapshot(lab)
         path, result = probe_matches_path(lab, snap, lab.client, lab.host_ip, 8080)
-        assert path.delivered_to == ns_id(snap, lab.host)
+        assert path.delivered_to is None and path.steps[-1].netns == ns_id(snap, lab.host)
+        assert path.outcome == ("refused", f"refused: nothing listens on tcp/8080 in {lab.host}")
         assert path.rules == () and not result.connected
         assert result.reply == "Connection refused"
     finally:
@@ -327,3 +329,17 @@ def test_hairpin_off_the_path_stops_at_the_bridge_and_the_doctor_says_so(run_pre
         assert not result.connected  # the kernel agrees: the connection never completes
     finally:
         lab_down(prefix)
+
+
+def test_a_delivered_packet_with_nothing_listening_ends_refused():
+    """Arriving is not being answered: the path ends where the listener read says it does."""
+    from bridgescope.collector.kernel.listeners import Listener, ListenerRead
+    snap = wired(*docker29_nftables())
+    deaf = ListenerRead({CTR: frozenset({Listener("tcp", "0.0.0.0", 81)})}, 1.0)
+    path = trace(snap, CLIENT, "192.0.2.10", 8080, lookup, listeners=deaf)
+    assert path.delivered_to is None and path.steps[-1].kind == "refused"
+    assert path.outcome == ("refused", "refused: nothing listens on tcp/80 in c1")
+    heard = ListenerRead({CTR: frozenset({Listener("tcp", "::", 80)})}, 1.0)
+    assert trace(snap, CLIENT, "192.0.2.10", 8080, lookup, listeners=heard).outcome == ("reachable", "")
+    unread = trace(snap, CLIENT, "192.0.2.10", 8080, lookup)
+    assert unread.delivered_to == CTR and unread.outcome[0] == "unknown"

@@ -118,8 +118,9 @@ def test_bad_packet_path_choices(client, form, field):
 def test_packet_path_from_the_client_before_any_step(client):
     c, h, _ = client
     body = post(c, h, "/workshop/walk/path", data={"source": "client", "destination": "0"}).get_json()
-    # nothing is published yet: the host itself is where the packet ends
-    assert body["delivered_to"].endswith("-host")
+    # nothing is published yet: the host itself is where the packet ends, and nothing there listens
+    assert body["delivered_to"] is None and body["steps"][-1]["kind"] == "refused"
+    assert body["verdict"]["outcome"] == "refused" and "-host" in body["verdict"]["reason"]
     assert not any(s["kind"] == "nat" for s in body["steps"])
 
 

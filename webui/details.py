@@ -17,6 +17,7 @@ from bridgescope.collector.firewall.readers import SAVE_TOOLS
 from bridgescope.collector.hostview import in_ns, netns_name
 from bridgescope.collector.model import Interface, Namespace, PortForward, Route, Rule, Snapshot
 from bridgescope.collector.render.graph import portforward_id
+from bridgescope.webui import verdicts
 from bridgescope.webui.app import runtime
 from bridgescope.webui.pages import page_or_fragment
 from bridgescope.webui.tables import container_side, host_side
@@ -229,5 +230,6 @@ def panel(element_id: str) -> str:
     details = details_for(source.snapshot, source.elements, element_id, managed)
     if details is None:
         abort(404, f"no element {element_id!r} in the current topology (it may just have gone)")
+    details = verdicts.annotate(details, source)  # reachability: the one verdict (rules/reach.py)
     forwards = [f for f in choices["forwards"] if f.container == details.container]
     return page_or_fragment("details.html", "panel", d=details, managed_forwards=forwards, **choices)

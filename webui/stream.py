@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator
 
 from flask import Blueprint, Response, jsonify
 
-from bridgescope.webui import auth
+from bridgescope.webui import auth, verdicts
 from bridgescope.webui.app import runtime
 
 bp = Blueprint("stream", __name__)
@@ -109,11 +109,14 @@ def open_stream(get_source: Callable[[], object]) -> Response:
     try:
         source = get_source()
         q = source.subscribe()
+        checks = verdicts.for_source(source)  # its "doctor" events join this stream
+        checks.attach(q)
     except BaseException:
         rt.close_stream()
         raise
 
     def cleanup() -> None:
+        checks.detach(q)
         source.unsubscribe(q)
         rt.close_stream()
 

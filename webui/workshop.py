@@ -36,6 +36,7 @@ from bridgescope.plumbing.errors import ValidationError
 from bridgescope.plumbing.lab import probe as lab_probe
 from bridgescope.plumbing.lab import walklab
 from bridgescope.plumbing.lab.walklab import Outcome, WalkLab
+from bridgescope.webui import verdicts
 from bridgescope.webui.app import runtime
 from bridgescope.webui.audit import scrub
 from bridgescope.webui.labsource import LabSource
@@ -118,7 +119,7 @@ def doctor() -> str:
         urls = dict(events=url_for("workshop.walk_events"), findings_url=url_for("workshop.doctor_json", lab=1),
                     details=url_for("workshop.walk_details", element_id=""))
     else:
-        findings = findings_of(runtime().source.snapshot)
+        findings = dashboard_findings()
         urls = dict(events=url_for("stream.events"), findings_url=url_for("workshop.doctor_json"),
                     details=url_for("details.panel", element_id=""))
     return render_template("workshop_doctor.html", findings=findings, present=_present(), lab=lab,
@@ -130,8 +131,24 @@ def doctor_json() -> Response:
     if request.args.get("lab"):
         findings = workshop().findings()
     else:
-        findings = findings_of(runtime().source.snapshot)
+        findings = dashboard_findings()
     return jsonify({"findings": to_plain(findings)})
+
+
+def dashboard_findings() -> tuple:
+    """The background worker's findings (with the listeners and the owned tags it read),
+    so the page, the nav count and the badges say the same."""
+    result = verdicts.for_source(runtime().source).latest()
+    return result.findings if result is not None else findings_of(runtime().source.snapshot)
+
+
+@bp.get("/doctor/counts.json")
+def doctor_counts() -> Response:
+    """The nav link's count on pages without a live stream: the stream's "doctor" event."""
+    result = verdicts.for_source(runtime().source).latest()
+    if result is None:
+        return jsonify({"counts": {}, "findings": [], "verdicts": {}, "checked_at": None})
+    return jsonify(verdicts.event_of(result))
 
 
 # ---- the walk ----------------------------------------------------------------------------
@@ -268,6 +285,7 @@ def walk_path() -> tuple[Response, int] | Response:
         body = {"steps": [{"kind": s.kind, "text": s.text, "elements": list(s.elements),
                            "rules": [r.text for r in s.rules]} for s in path.steps],
                 "elements": list(path.elements), "delivered": path.delivered_to is not None,
+                "verdict": dict(zip(("outcome", "reason"), path.outcome, strict=True)),
                 "delivered_to": (snap.namespace(path.delivered_to).name if path.delivered_to else None),
                 "final": to_plain(path.final)}
         if send_probe:
@@ -289,7 +307,7 @@ def _probe(ws: Workshop, src, source_name: str, dst: str, port: int) -> dict:
         raise
     _audit("walk-probe", command, f"ok: {'connected' if result.connected else 'no connection'}: "
            f"{result.reply}", True)
-    return {"connected": result.connected, "reply": result.reply,
+    return {"connected": result.connected, "reply": result.reply, "outcome": lab_probe.outcome(result),
             "moved": [{"chain": r.chain, "text": r.text, "packets": d} for r, d in result.moved]}
 
 

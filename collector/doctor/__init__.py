@@ -14,6 +14,7 @@ from bridgescope.collector.doctor import firewall as fw
 from bridgescope.collector.doctor import links as links
 from bridgescope.collector.doctor.finding import SEVERITIES, Finding
 from bridgescope.collector.hostview import HostView, host_view
+from bridgescope.collector.kernel.listeners import ListenerRead
 from bridgescope.collector.model import Snapshot
 
 __all__ = ["CHECKS", "Finding", "diagnose"]
@@ -40,12 +41,17 @@ CHECKS: tuple[Check, ...] = (
 )
 
 
-def diagnose(snap: Snapshot, owned: frozenset[str] | None = None) -> tuple[Finding, ...]:
+def diagnose(snap: Snapshot, owned: frozenset[str] | None = None,
+             listeners: ListenerRead | None = None) -> tuple[Finding, ...]:
     """`owned`: the object tags ("fwd/web/tcp/*/8080") bridgescope's saved state owns on this
-    host, when the caller knows them; tagged rules outside that set are then orphans too."""
+    host, when the caller knows them; tagged rules outside that set are then orphans too.
+    `listeners`: the listening sockets of the forwards' containers, when the caller read them;
+    a published port nothing answers is then a finding too (nothing-listens)."""
     view = host_view(snap)
     checks = CHECKS if owned is None else tuple(
         functools.partial(fw.orphan_rule, owned=owned) if c is fw.orphan_rule else c for c in CHECKS)
     found = [f for check in checks for f in check(view)]
+    if listeners is not None:
+        found += fw.nothing_listens(view, listeners)
     # stable sort: errors first, within a severity the fixing order above
     return tuple(sorted(found, key=lambda f: SEVERITIES.index(f.severity)))

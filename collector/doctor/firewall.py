@@ -14,6 +14,7 @@ from ipaddress import IPv4Address, IPv4Network
 
 from bridgescope.collector.doctor.finding import Finding
 from bridgescope.collector.hostview import Attachment, BridgeNet, HostView, in_ns, ipv4_addresses, netns_name
+from bridgescope.collector.kernel.listeners import ListenerRead
 from bridgescope.collector.model import Masquerade, Namespace, PortForward, Rule
 from bridgescope.collector.render.graph import portforward_id
 from bridgescope.collector.rules import access
@@ -21,6 +22,7 @@ from bridgescope.collector.rules.evaluator import DROP, HookRun, describe
 from bridgescope.collector.rules.matcher import Packet
 from bridgescope.collector.rules.model import Base
 from bridgescope.collector.rules.nat import forward_packet, forward_verdict
+from bridgescope.collector.rules.reach import forward_reach
 
 _IPTABLES = {"legacy": "iptables-legacy", "nft": "iptables"}
 
@@ -217,6 +219,31 @@ def dnat_unreachable(view: HostView) -> tuple[Finding, ...]:
                 f"to its own address and port {pf.host_port} are refused.",
                 (iptables(host, "-t", "nat", "-A", "OUTPUT", "!", "-d", "127.0.0.0/8",
                           "-m", "addrtype", "--dst-type", "LOCAL", "-j", chain),)))
+    return tuple(out)
+
+
+def nothing_listens(view: HostView, listeners: ListenerRead) -> tuple[Finding, ...]:
+    """A published port whose container runs nothing on the destination port: the verdicts
+    (rules/reach.py) say refused for that reason, so connections are refused."""
+    out = []
+    seen: set[str] = set()
+    for pf in host_forwards(view):
+        if pf.via != "dnat" or pf.container is None:
+            continue
+        fr = forward_reach(view, pf, listeners)
+        if fr.id in seen or fr.listening is not False:
+            continue
+        seen.add(fr.id)
+        ns = view.snap.namespace(pf.container)
+        name = ns.name if ns else pf.container
+        out.append(Finding(
+            "nothing-listens", "warning", pf_objects(view, pf),
+            f"nothing listens on {pf.proto}/{pf.to_port} in {name}: port {pf.host_port} is refused",
+            f"The forward sends port {pf.host_port} to {pf.to_ip}:{pf.to_port}, and the packets get "
+            f"there, but no program in {name} listens on {pf.proto}/{pf.to_port}, so the kernel "
+            "answers with a reset: clients see \"connection refused\". Start the container's "
+            "program (listening on 0.0.0.0 or its address), or point the forward at its port.",
+            (in_ns(ns, "ss", "-ltnup"),)))
     return tuple(out)
 
 

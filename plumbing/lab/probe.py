@@ -60,6 +60,14 @@ def send(host: str, source: str, dst: str, port: int, *, prefix: str) -> ProbeRe
     return ProbeResult(connected, reply, moved_rules(before, lab_snapshot(host, prefix)))
 
 
+def outcome(result: ProbeResult) -> str:
+    """The probe's verdict in the words the reachability verdicts use."""
+    if result.connected:
+        return "reachable"
+    return "refused" if "refused" in result.reply.lower() else (
+        "timeout" if "timed out" in result.reply.lower() else "unknown")
+
+
 def _connect(dst: str, port: int) -> tuple[bool, str]:
     try:
         with socket.create_connection((dst, port), timeout=TIMEOUT) as conn:
