@@ -23,6 +23,7 @@ from typing import TypeVar
 
 from bridgescope.collector.kernel import rtnl
 from bridgescope.collector.kernel.rtnl import AddressFacts, LinkFacts, Message, RouteFacts
+from bridgescope.collector.kernel.setns import hop as hop_each
 from bridgescope.collector.kernel.setns import setns
 
 NETLINK_ROUTE = 0
@@ -41,34 +42,6 @@ class NamespaceDump:
     links: tuple[LinkFacts, ...]
     addresses: tuple[AddressFacts, ...]
     routes: tuple[RouteFacts, ...]
-
-
-def hop_each(items: Iterable[tuple[int, T]], fn: Callable[[T], object]) -> list[object]:
-    """Run fn(item) inside each (namespace fd, item) on one dedicated thread, in order.
-
-    setns moves only the calling thread, so a throwaway thread does the hopping and the
-    caller's threads never leave their namespace. Exceptions are returned, not raised,
-    so one vanished namespace cannot spoil the others.
-    """
-    results: list[object] = []
-
-    def run() -> None:
-        home = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
-        try:
-            for fd, item in items:
-                try:
-                    setns(fd)
-                    results.append(fn(item))
-                except Exception as err:
-                    results.append(err)
-        finally:
-            setns(home)
-            os.close(home)
-
-    worker = threading.Thread(target=run, name="bridgescope-netns-hop")
-    worker.start()
-    worker.join()
-    return results
 
 
 def new_route_socket(groups: int = 0) -> socket.socket:
