@@ -133,7 +133,7 @@ class WalkLab:
         step = self._ready(key, allow={"wrong"})
         return self._run(step, "fix", step.wrong_turn.fix, "done")
 
-    def _ready(self, key: str, allow: set[str]) -> Step:
+    def _ready(self, key: str, allow: set[str]) -> WalkStep:
         if not self.is_up():
             raise ValidationError("step", "the walk lab is not running: reset it first")
         try:
