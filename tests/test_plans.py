@@ -27,6 +27,7 @@ NFT_HOST = backends.Probe(nft_save="", legacy_save="", nft_tables=(),
                           iptables_version="iptables v1.8.9 (nf_tables)")
 NET = Network("br0", "172.30.0.0/16", "172.30.0.1")
 WEB = Container("web", "br0", "172.30.0.2", "lab-web", "veth0aaaaaa")
+NO_FACTS = Facts()
 ONE = State("lab", "nft", (NET,), (WEB,), (Forward("tcp", 8080, 80, container="web"),),
             (("net.ipv4.ip_forward", "0"),))
 
@@ -41,7 +42,7 @@ def no_kernel(monkeypatch):
     monkeypatch.setattr(backends, "probe", refuse)
 
 
-def planned(st: State, request: plan.Request, found: Facts = Facts()) -> plan.Plan:
+def planned(st: State, request: plan.Request, found: Facts = NO_FACTS) -> plan.Plan:
     return plan.plan(HOST, found, st, request)
 
 

@@ -38,7 +38,7 @@ T = TypeVar("T")
 
 
 @dataclass(frozen=True)
-class NamespaceDump:
+class RtnlDump:
     links: tuple[LinkFacts, ...]
     addresses: tuple[AddressFacts, ...]
     routes: tuple[RouteFacts, ...]
@@ -66,12 +66,12 @@ class NetnsSocket:
     def close(self) -> None:
         self.sock.close()
 
-    def dump(self) -> NamespaceDump:
+    def dump(self) -> RtnlDump:
         with self._lock:
             links = tuple(rtnl.link_facts(m) for m in self._dump(rtnl.link_dump))
             addrs = tuple(a for a in map(rtnl.address_facts, self._dump(rtnl.address_dump)) if a)
             routes = tuple(r for r in map(rtnl.route_facts, self._dump(rtnl.route_dump)) if r)
-        return NamespaceDump(links, addrs, routes)
+        return RtnlDump(links, addrs, routes)
 
     def nsids(self, candidates: Mapping[str, int]) -> dict[int, str]:
         """Ask this namespace which nsid it gave each candidate ({key: namespace fd}).
@@ -161,7 +161,7 @@ class NamespaceHandle:
 
 @dataclass(frozen=True)
 class NamespaceRead:
-    dump: NamespaceDump
+    dump: RtnlDump
     sysctls: tuple[tuple[str, str], ...]
 
 
@@ -229,6 +229,6 @@ def reread(handles: Iterable[NamespaceHandle]) -> dict[str, NamespaceRead | Exce
 
 
 __all__ = [
-    "AddressFacts", "LinkFacts", "NamespaceDump", "NamespaceHandle", "NamespaceRead", "NetnsSocket",
+    "AddressFacts", "LinkFacts", "RtnlDump", "NamespaceHandle", "NamespaceRead", "NetnsSocket",
     "RouteFacts", "hop_each", "new_route_socket", "open_handles", "read_sysctls", "reread", "setns",
 ]
