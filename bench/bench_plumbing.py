@@ -100,7 +100,7 @@ def _preload(host: str, size: int) -> None:
     api.create_container("web", "br0", host=host, firewall="nft")
     st = api.load_state(host)
     net, ctr = st.network("br0"), st.container("web")
-    fwds = tuple(Forward("web", "tcp", 10000 + i, 80) for i in range(size))
+    fwds = tuple(Forward("tcp", 10000 + i, 80, container="web") for i in range(size))
     added = tuple(r for f in fwds for r in rules.forward_rules(f, ctr, net))
     path = f"/run/netns/{host}"
     backends.apply("nft", path, Change(add=added), lambda: ())

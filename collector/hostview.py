@@ -9,11 +9,11 @@ Pure functions over a Snapshot; nothing here touches the kernel.
 from __future__ import annotations
 
 import ipaddress
-import shlex
 from dataclasses import dataclass
 from functools import cached_property, lru_cache
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 
+from bridgescope.collector import shell
 from bridgescope.collector.model import Interface, Namespace, Route, Rule, Snapshot
 from bridgescope.collector.rules.model import RuleSet
 
@@ -193,16 +193,12 @@ def netns_name(ns: Namespace | None) -> str | None:
 def in_ns(ns: Namespace | None, *argv: str) -> str:
     """argv as a command line that runs inside ns (plain for the root namespace)."""
     name = netns_name(ns)
-    if ns is None:
-        return shlex.join(argv)
+    if ns is None or ns.is_host and name is None:
+        return shell.line(argv)
     if name is not None:
-        if argv and argv[0] == "ip":
-            return shlex.join(("ip", "-n", name) + argv[1:])
-        return shlex.join(("ip", "netns", "exec", name) + argv)
-    if ns.is_host:
-        return shlex.join(argv)
+        return shell.in_netns(name, argv)
     if ns.paths:
-        return shlex.join(("nsenter", f"--net={ns.paths[0]}") + argv)
+        return shell.in_nsfs(ns.paths[0], argv)
     if ns.pids:
-        return shlex.join(("nsenter", "-t", str(ns.pids[0]), "-n") + argv)
-    return shlex.join(argv)
+        return shell.in_pid_netns(ns.pids[0], argv)
+    return shell.line(argv)

@@ -45,7 +45,7 @@ def endpoints(packet: Packet) -> Endpoints:
 
 
 @dataclass(frozen=True)
-class Step:
+class PathStep:
     kind: str  # "nat", "route", "veth", "bridge", "deliver", "refused", "drop", "unknown"
     netns: str
     text: str
@@ -58,7 +58,7 @@ class Step:
 class PacketPath:
     source: str  # namespace id
     packet: Endpoints  # as sent
-    steps: tuple[Step, ...]
+    steps: tuple[PathStep, ...]
     delivered_to: str | None  # namespace id where the packet ends up locally, or None
     final: Endpoints  # after every rewrite
 
@@ -101,7 +101,7 @@ def trace(snap: Snapshot, source: str, dst: str, port: int, lookup: Lookup,
             break
         ns_id, iif, in_port = nxt
     else:
-        steps.append(Step("drop", ns_id, f"gave up after {MAX_HOPS} hops (a routing loop?)"))
+        steps.append(PathStep("drop", ns_id, f"gave up after {MAX_HOPS} hops (a routing loop?)"))
     delivered = steps[-1].netns if steps and steps[-1].kind == "deliver" else None
     return PacketPath(source, endpoints(sent), tuple(steps), delivered, endpoints(pkt))
 
@@ -111,9 +111,9 @@ Arrival = tuple[str, Interface, Interface | None]  # namespace id, in-interface,
 
 def _hop(snap: Snapshot, tables: RuleSet, ns_id: str, iif: Interface | None,
          in_port: Interface | None, pkt: Packet, lookup: Lookup,
-         listeners: ListenerRead | None = None) -> tuple[Packet, list[Step], Arrival | None]:
+         listeners: ListenerRead | None = None) -> tuple[Packet, list[PathStep], Arrival | None]:
     """One namespace: the first hook, route, input or forward, postrouting, and where next."""
-    steps: list[Step] = []
+    steps: list[PathStep] = []
     ns_name = _ns_name(snap, ns_id)
     pkt = replace(pkt, iif=iif.name if iif else "", oif="" if iif else _out_name(snap, ns_id, pkt, lookup),
                   local=_local_addresses(snap, ns_id), ctstate=frozenset({"NEW"}))
@@ -131,13 +131,13 @@ def _hop(snap: Snapshot, tables: RuleSet, ns_id: str, iif: Interface | None,
         return pkt, steps, None
     if ans.type != "unicast" or ans.oif is None:
         why = ans.error or f"a {ans.type} route"
-        steps.append(Step("drop", ns_id, f"{ns_name} has no way to {pkt.dst}: {why}", (ns_id,)))
+        steps.append(PathStep("drop", ns_id, f"{ns_name} has no way to {pkt.dst}: {why}", (ns_id,)))
         return pkt, steps, None
     oif = _iface(snap, ns_id, ans.oif)
     if pkt.src is None:
         pkt = replace(pkt, src=ans.prefsrc or _first_address(oif))
     via = f" via {ans.gateway}" if ans.gateway else ""
-    steps.append(Step("route", ns_id, f"route lookup in {ns_name}: {pkt.dst}{via} dev {oif.name}",
+    steps.append(PathStep("route", ns_id, f"route lookup in {ns_name}: {pkt.dst}{via} dev {oif.name}",
                       (ns_id, oif.id)))
     pkt = replace(pkt, oif=oif.name)
     if iif is not None:
@@ -152,15 +152,15 @@ def _hop(snap: Snapshot, tables: RuleSet, ns_id: str, iif: Interface | None,
     return pkt, steps, nxt
 
 
-def _arrival(ns_id: str, ns_name: str, pkt: Packet, listening: bool | None) -> Step:
+def _arrival(ns_id: str, ns_name: str, pkt: Packet, listening: bool | None) -> PathStep:
     """The end of a path that arrived: answered, refused, or not known (sockets not read)."""
     port = f"{pkt.proto}/{pkt.dport}"
     if listening is False:
-        return Step("refused", ns_id, f"refused: nothing listens on {port} in {ns_name}", (ns_id,))
+        return PathStep("refused", ns_id, f"refused: nothing listens on {port} in {ns_name}", (ns_id,))
     if listening is None:
-        return Step("deliver", ns_id, f"{pkt.dst} is local in {ns_name}: whether a program listens "
+        return PathStep("deliver", ns_id, f"{pkt.dst} is local in {ns_name}: whether a program listens "
                     f"on {port} is not known", (ns_id,))
-    return Step("deliver", ns_id, f"{pkt.dst} is local in {ns_name}: delivered to the program "
+    return PathStep("deliver", ns_id, f"{pkt.dst} is local in {ns_name}: delivered to the program "
                 f"listening on {port}", (ns_id,))
 
 
@@ -171,7 +171,7 @@ def _out_name(snap: Snapshot, ns_id: str, pkt: Packet, lookup: Lookup) -> str | 
 
 
 def _hook(snap: Snapshot, tables: RuleSet, ns_id: str, hook: str, pkt: Packet,
-          steps: list[Step], masq_src: str | None = None) -> tuple[Packet, bool]:
+          steps: list[PathStep], masq_src: str | None = None) -> tuple[Packet, bool]:
     """Every base chain at hook; nat steps for the nat chains whose rules matched. -> the
     packet after the hook, and whether the path ends here (a drop or unknown step says why)."""
     run = run_hook(tables, ns_id, hook, pkt, masquerade_source=masq_src)
@@ -181,15 +181,15 @@ def _hook(snap: Snapshot, tables: RuleSet, ns_id: str, hook: str, pkt: Packet,
     if run.verdict == DROP and run.decider is not None:
         base, rule = run.decider
         how = f"`{rule.text}`" if rule is not None else f"its policy is {base.chain.policy}"
-        steps.append(Step("drop", ns_id, f"{hook}: {describe(base)} drops it ({how})",
+        steps.append(PathStep("drop", ns_id, f"{hook}: {describe(base)} drops it ({how})",
                           (ns_id,), verdict_rule=rule))
         return run.packet, True
     if run.unknown:
-        steps.append(Step("unknown", ns_id, f"{hook}: {run.unknown}", (ns_id,)))
+        steps.append(PathStep("unknown", ns_id, f"{hook}: {run.unknown}", (ns_id,)))
     return run.packet, run.rewrite_unknown  # a packet whose rewrite is unknown goes nowhere known
 
 
-def _nat_step(snap: Snapshot, ns_id: str, base: Base, before: Packet, run: ChainRun) -> Step:
+def _nat_step(snap: Snapshot, ns_id: str, base: Base, before: Packet, run: ChainRun) -> PathStep:
     after, rw = run.packet, run.binding
     chain = base.chain.name
     elements: tuple[str, ...] = ()
@@ -203,7 +203,7 @@ def _nat_step(snap: Snapshot, ns_id: str, base: Base, before: Packet, run: Chain
     else:
         text = f"nat {chain}: {rw.target} source {before.src} -> {after.src}"
         elements = tuple(_masquerade_ids(snap, ns_id, rw))
-    return Step("nat", ns_id, f"{text}  ({rw.text if rw else run.matched[-1].text})",
+    return PathStep("nat", ns_id, f"{text}  ({rw.text if rw else run.matched[-1].text})",
                 elements, run.matched)
 
 
@@ -212,13 +212,13 @@ def _masquerade_ids(snap: Snapshot, ns_id: str, rule: Rule) -> list[str]:
             if m.netns == ns_id and m.rule_text == rule.text and m.chain == rule.chain]
 
 
-def _next(snap: Snapshot, oif: Interface, next_hop: IPv4Address, steps: list[Step],
+def _next(snap: Snapshot, oif: Interface, next_hop: IPv4Address, steps: list[PathStep],
           in_port: Interface | None = None) -> Arrival | None:
     """Where a packet sent out of oif towards next_hop arrives, and through which bridge port."""
     if oif.kind == "bridge":
         port = _bridge_port_towards(snap, oif, next_hop)
         if port is None:
-            steps.append(Step("drop", oif.netns, f"no port of {oif.name} leads to {next_hop}", (oif.id,)))
+            steps.append(PathStep("drop", oif.netns, f"no port of {oif.name} leads to {next_hop}", (oif.id,)))
             return None
         peer = snap.interface(port.peer or "")
         text = f"{oif.name} switches the frame to port {port.name}"
@@ -226,32 +226,32 @@ def _next(snap: Snapshot, oif: Interface, next_hop: IPv4Address, steps: list[Ste
             if port.hairpin is False and _bridge_netfilter(snap, oif.netns):
                 # with bridge netfilter the DNAT happened on the bridge, which now must send
                 # the frame back where it came from: it refuses unless hairpin mode is on
-                steps.append(Step("drop", oif.netns, f"{oif.name} will not send the frame back out "
+                steps.append(PathStep("drop", oif.netns, f"{oif.name} will not send the frame back out "
                                   f"of {port.name}, the port it came in on: hairpin mode is off",
                                   (oif.id, port.id)))
                 return None
             mode = {True: "on", False: "off"}.get(port.hairpin, "unknown")
             text += f" - back out of the port it came in on (hairpin mode {mode})"
-        steps.append(Step("bridge", oif.netns, text, (oif.id, port.id)))
-        steps.append(Step("veth", peer.netns, f"veth {port.name} -> {peer.name} in "
+        steps.append(PathStep("bridge", oif.netns, text, (oif.id, port.id)))
+        steps.append(PathStep("veth", peer.netns, f"veth {port.name} -> {peer.name} in "
                           f"{_ns_name(snap, peer.netns)}", (port.id, peer.id, peer.netns)))
         return peer.netns, peer, None
     peer = snap.interface(oif.peer or "")
     if peer is None:
-        steps.append(Step("drop", oif.netns, f"{oif.name} leads out of the machine", (oif.id,)))
+        steps.append(PathStep("drop", oif.netns, f"{oif.name} leads out of the machine", (oif.id,)))
         return None
     master = snap.interface(peer.master or "")
     if master is not None and master.kind == "bridge":
         # into a bridge port: to the bridge itself (the gateway) or straight to a neighbour
-        steps.append(Step("veth", peer.netns, f"veth {oif.name} -> {peer.name} (port of {master.name})",
+        steps.append(PathStep("veth", peer.netns, f"veth {oif.name} -> {peer.name} (port of {master.name})",
                           (oif.id, peer.id)))
         if any(a.ip == next_hop for a in ipv4_addresses(master)):
-            steps.append(Step("bridge", master.netns, f"{master.name} hands it to "
+            steps.append(PathStep("bridge", master.netns, f"{master.name} hands it to "
                               f"{_ns_name(snap, master.netns)} (the gateway {next_hop})",
                               (master.id, master.netns)))
             return master.netns, master, peer
         return _next(snap, master, next_hop, steps, peer)
-    steps.append(Step("veth", peer.netns, f"veth {oif.name} -> {peer.name} in "
+    steps.append(PathStep("veth", peer.netns, f"veth {oif.name} -> {peer.name} in "
                       f"{_ns_name(snap, peer.netns)}", (oif.id, peer.id, peer.netns)))
     return peer.netns, peer, None
 

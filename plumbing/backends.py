@@ -194,9 +194,11 @@ def _first_line(res: subprocess.CompletedProcess) -> str:
     return text or f"exit status {res.returncode}"
 
 
-def commands(backend: str, change: Change, desired_after: Callable[[], Sequence[FwRule]]) -> tuple[str, ...]:
-    """The teaching text for a change on this backend."""
+def commands(backend: str, change: Change, desired_after: Callable[[], Sequence[FwRule]],
+             sh: Callable[..., str]) -> tuple[str, ...]:
+    """The teaching text for a change on this backend, each line made by `sh(argv, stdin=)`."""
     if backend == "nftables":
-        return (f"nft -f - <<'EOF'\n{nft_text(desired_after())}EOF",)
-    prefix = "iptables-legacy" if backend == "legacy" else "iptables"
-    return tuple(c.replace("iptables", prefix, 1) for c in teaching_commands(change))
+        return (sh(("nft", "-f", "-"), stdin=nft_text(desired_after())),)
+    tool = "iptables-legacy" if backend == "legacy" else "iptables"
+    return tuple(sh((tool, *argv[1:]) if argv[0] == "iptables" else argv)
+                 for argv in teaching_commands(change))

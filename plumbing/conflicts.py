@@ -22,7 +22,6 @@ from bridgescope.collector.model import PortForward
 from bridgescope.collector.rules import nat
 from bridgescope.plumbing import netns, state
 from bridgescope.plumbing.state import Forward, State
-from bridgescope.plumbing.validate import PortMapping
 
 TCP_LISTEN = "0A"
 TCP_LISTEN_STATE = 10
@@ -41,12 +40,12 @@ def _overlaps(ip_a: str | None, ip_b: str | None) -> bool:
     return ip_a is None or ip_b is None or ip_a == ip_b
 
 
-def find_conflict(m: PortMapping, ours: Iterable[Forward], foreign: Iterable[PortForward],
+def find_conflict(m: Forward, ours: Iterable[Forward], foreign: Iterable[PortForward],
                   listeners: Iterable[Listener]) -> str | None:
     return find_conflicts((m,), ours, foreign, listeners)
 
 
-def find_conflicts(mappings: Iterable[PortMapping], ours: Iterable[Forward],
+def find_conflicts(mappings: Iterable[Forward], ours: Iterable[Forward],
                    foreign: Iterable[PortForward], listeners: Iterable[Listener]) -> str | None:
     """The first mapping whose host port someone already holds, and who: linear, since the
     holders are indexed by (proto, port) once instead of scanned for every mapping."""

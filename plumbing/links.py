@@ -6,9 +6,9 @@ crash can be found.
 """
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import os
-import secrets
 import socket
 import struct
 
@@ -33,12 +33,19 @@ def require(ipr: IPRoute, ifname: str) -> int:
     return idx
 
 
-def new_veth_name(ipr: IPRoute) -> str:
-    """Docker's host-side naming: 'veth' + 7 hex digits, unused in this namespace."""
-    while True:
-        name = "veth" + secrets.token_hex(4)[:7]
-        if index_of(ipr, name) is None:
-            return name
+def veth_name(host: str, container: str, attempt: int = 0) -> str:
+    """Docker's host-side shape, 'veth' + 7 hex digits, derived from the container's identity
+    (its host's state key and its name): a preview and the change it previews agree on it."""
+    digest = hashlib.sha256(f"{host}/{container}/{attempt}".encode()).hexdigest()
+    return "veth" + digest[:7]
+
+
+def free_veth_name(ipr: IPRoute, host: str, container: str) -> str:
+    """The first of the container's veth names that no interface here holds yet."""
+    attempt = 0
+    while index_of(ipr, veth_name(host, container, attempt)) is not None:
+        attempt += 1
+    return veth_name(host, container, attempt)
 
 
 def create_bridge(ipr: IPRoute, name: str, gateway: str, prefixlen: int, mtu: int, tag: str) -> None:

@@ -6,7 +6,6 @@ so nothing can land in the namespace this process happens to run in.
 """
 from __future__ import annotations
 
-import ctypes
 import fcntl
 import os
 import signal
@@ -26,14 +25,13 @@ from pyroute2 import IPRoute
 
 from bridgescope.collector.kernel import tools
 from bridgescope.collector.kernel.namespaces import resolve_netns
-from bridgescope.collector.kernel.setns import CLONE_NEWNET, enter
+from bridgescope.collector.kernel.setns import CLONE_NEWNET, CLONE_NEWNS, check, enter, libc, on_thread, setns
 from bridgescope.plumbing.errors import PlumbingError
 
 MS_BIND, MS_REC, MS_SHARED, MNT_DETACH = 4096, 16384, 1 << 20, 2
-CLONE_NEWNS, CLONE_FS = 0x00020000, 0x00000200
+CLONE_FS = 0x00000200
 SIOCSIFFLAGS, IFF_UP, IFF_LOOPBACK, IFF_RUNNING = 0x8914, 0x1, 0x8, 0x40
 NETNS_DIR = Path("/run/netns")
-_libc = ctypes.CDLL("libc.so.6", use_errno=True)
 T = TypeVar("T")
 
 
@@ -82,8 +80,6 @@ def resolve(host: str | None) -> HostNs:
 
 def _enter(path: str) -> None:
     enter(path)
-    if _inode("/proc/thread-self/ns/net") != _inode(path):
-        raise OSError(f"entering {path} did not take effect")
     _here.path = path
 
 
@@ -163,7 +159,7 @@ def _one_shot(path: str, fn: Callable[[], T]) -> T:
     def inside() -> T:
         _enter(path)
         return fn()
-    return _one_thread(inside, "bridgescope-netns")
+    return on_thread(inside)
 
 
 def run_in(path: str, fn: Callable[[], T]) -> T:
@@ -296,14 +292,12 @@ def _can_open(path: str) -> bool:
 def _join_mounts(path: str) -> None:
     """Move the calling thread, only, into the mount namespace at path: setns refuses a mount
     namespace to a thread sharing its filesystem attributes, so it stops sharing them first."""
-    if _libc.unshare(CLONE_FS) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"cannot leave the shared filesystem attributes: {os.strerror(err)}")
+    check(libc.unshare(CLONE_FS), "cannot leave the shared filesystem attributes")
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
-        if _libc.setns(fd, CLONE_NEWNS) != 0:
-            err = ctypes.get_errno()
-            raise OSError(err, f"cannot enter the host's mount namespace: {os.strerror(err)}")
+        setns(fd, CLONE_NEWNS)
+    except OSError as err:
+        raise OSError(err.errno, f"cannot enter the host's mount namespace: {err.strerror}") from None
     finally:
         os.close(fd)
 
@@ -318,23 +312,7 @@ def _pinning(fn: Callable[[], T]) -> T:
         if mounts is not None:
             _join_mounts(mounts)
         return fn()
-    return _one_thread(pin, "bridgescope-netns-pin")
-
-
-def _one_thread(fn: Callable[[], T], name: str) -> T:
-    box: dict[str, object] = {}
-
-    def target() -> None:
-        try:
-            box["result"] = fn()
-        except BaseException as err:
-            box["error"] = err
-    thread = threading.Thread(target=target, name=name)
-    thread.start()
-    thread.join()
-    if "error" in box:
-        raise box["error"]  # type: ignore[misc]
-    return box.get("result")  # type: ignore[return-value]
+    return on_thread(pin, "bridgescope-netns-pin")
 
 
 def _share_netns_dir() -> None:
@@ -342,20 +320,18 @@ def _share_netns_dir() -> None:
     mount namespace sees the namespaces pinned in it."""
     NETNS_DIR.mkdir(mode=0o755, exist_ok=True)
     where = str(NETNS_DIR).encode()
-    if _libc.mount(b"", where, b"none", MS_SHARED | MS_REC, None) == 0:
+    if libc.mount(b"", where, b"none", MS_SHARED | MS_REC, None) == 0:
         return
-    if _libc.mount(where, where, b"none", MS_BIND | MS_REC, None) != 0 or \
-            _libc.mount(b"", where, b"none", MS_SHARED | MS_REC, None) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"cannot make {NETNS_DIR} a shared mount: {os.strerror(err)}")
+    what = f"cannot make {NETNS_DIR} a shared mount"
+    check(libc.mount(where, where, b"none", MS_BIND | MS_REC, None), what)
+    check(libc.mount(b"", where, b"none", MS_SHARED | MS_REC, None), what)
 
 
 def _create_here(target: str) -> None:
     """In a fresh thread: a new namespace for this thread, pinned by a bind mount at target."""
-    if _libc.unshare(CLONE_NEWNET) != 0 or \
-            _libc.mount(b"/proc/thread-self/ns/net", target.encode(), None, MS_BIND, None) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"cannot create network namespace {target}: {os.strerror(err)}")
+    what = f"cannot create network namespace {target}"
+    check(libc.unshare(CLONE_NEWNET), what)
+    check(libc.mount(b"/proc/thread-self/ns/net", target.encode(), None, MS_BIND, None), what)
     _loopback_up()
 
 
@@ -367,7 +343,7 @@ def _loopback_up() -> None:
 
 
 def _unpin(path: str) -> None:
-    _libc.umount2(path.encode(), MNT_DETACH)
+    libc.umount2(path.encode(), MNT_DETACH)
     os.unlink(path)
 
 

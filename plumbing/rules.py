@@ -182,11 +182,10 @@ def line(op: str, rule: FwRule, position: int | None = None) -> str:
     return " ".join([op, rule.chain, *pos, *map(_quote, argv(rule))])
 
 
-def command(op: str, rule: FwRule, position: int | None = None) -> str:
-    """The equivalent stand-alone iptables command (the teaching text)."""
+def command(op: str, rule: FwRule, position: int | None = None) -> tuple[str, ...]:
+    """The equivalent stand-alone iptables command (the teaching text), as argv."""
     pos = [str(position)] if position is not None else []
-    words = ["iptables", "-t", rule.table, op, rule.chain, *pos, *argv(rule)]
-    return " ".join(f"'{w}'" if " " in w else w for w in words)
+    return ("iptables", "-t", rule.table, op, rule.chain, *pos, *argv(rule))
 
 
 @dataclass(frozen=True)
@@ -244,8 +243,9 @@ def restore_text(change: Change) -> str:
     return "\n".join(blocks) + "\n" if blocks else ""
 
 
-def teaching_commands(change: Change) -> tuple[str, ...]:
-    """The same transaction as the iptables commands a person would type, in order.
+def teaching_commands(change: Change) -> tuple[tuple[str, ...], ...]:
+    """The same transaction as the iptables commands a person would type, in order, as argv
+    (collector/shell.py makes them lines; a one-word argv starting with '#' is a comment).
 
     The shard scaffolding (16 chains per hook and the jumps into them) is a speed measure,
     not something to learn from; it is summarised in one comment line each way.
@@ -255,20 +255,20 @@ def teaching_commands(change: Change) -> tuple[str, ...]:
 
     new_shards = len(change.new_chains) - len(plain(change.new_chains))
     old_shards = len(change.drop_chains) - len(plain(change.drop_chains))
-    out = [f"iptables -t {t} -N {c}" for t, c in plain(change.new_chains)]
+    out: list[tuple[str, ...]] = [("iptables", "-t", t, "-N", c) for t, c in plain(change.new_chains)]
     if new_shards:
-        out.append(f"# + {new_shards} shard chains ({SHARDS} per chain above, e.g. "
-                   f"{BASE_CHAINS[1][1]}-00), each jumped to from its chain: per-container "
-                   "rules are spread over them so that removing one stays fast")
-    out += [f"iptables -t {t} -F {c}" for t, c in change.flush_chains]
+        out.append((f"# + {new_shards} shard chains ({SHARDS} per chain above, e.g. "
+                    f"{BASE_CHAINS[1][1]}-00), each jumped to from its chain: per-container "
+                    "rules are spread over them so that removing one stays fast",))
+    out += [("iptables", "-t", t, "-F", c) for t, c in change.flush_chains]
     out += [command("-D", r) for r in change.del_jumps]
     out += [command("-D", r) for r in change.delete if r.tag != SHARD_TAG]
     out += [command("-A", r) for r in change.add if r.tag != SHARD_TAG]
     out += [command("-I", r, 1) for r in change.add_jumps]
     for t, c in plain(change.drop_chains):
-        out += [f"iptables -t {t} -F {c}", f"iptables -t {t} -X {c}"]
+        out += [("iptables", "-t", t, "-F", c), ("iptables", "-t", t, "-X", c)]
     if old_shards:
-        out.append(f"# + flush and remove the {old_shards} shard chains")
+        out.append((f"# + flush and remove the {old_shards} shard chains",))
     return tuple(out)
 
 

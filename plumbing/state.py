@@ -52,14 +52,17 @@ class Container:
 
 @dataclass(frozen=True)
 class Forward:
-    container: str
+    """One published port, as Docker expands a `-p` spec (a range becomes one per port): as
+    parsed (container "") and, once bound to its container, as the state keeps it."""
     proto: str
     host_port: int
     container_port: int
-    host_ip: str | None = None
+    host_ip: str | None = None  # None: every local address
+    container: str = ""
 
     @property
     def key(self) -> str:
+        """Stable id of the binding, used in rule comments and state."""
         return f"{self.proto}/{self.host_ip or '*'}/{self.host_port}"
 
     @property
@@ -69,6 +72,9 @@ class Forward:
     def spec(self) -> str:
         ip = f"{self.host_ip}:" if self.host_ip else ""
         return f"{ip}{self.host_port}:{self.container_port}/{self.proto}"
+
+    def bound_to(self, container: str) -> Forward:
+        return Forward(self.proto, self.host_port, self.container_port, self.host_ip, container)
 
 
 @dataclass(frozen=True)
@@ -110,7 +116,7 @@ def to_dict(state: State) -> dict:
         "backend": state.backend,
         "networks": [vars(n) for n in state.networks],
         "containers": [vars(c) for c in state.containers],
-        # rows, not objects: thousands of forwards load ~10x faster (field order = Forward's)
+        # rows, not objects: thousands of forwards load ~10x faster
         "forwards": [[f.container, f.proto, f.host_port, f.container_port, f.host_ip]
                      for f in state.forwards],
         "sysctls_before": [list(kv) for kv in state.sysctls_before],
@@ -123,7 +129,7 @@ def from_dict(data: dict) -> State:
         backend=data.get("backend"),
         networks=tuple(Network(**n) for n in data.get("networks", ())),
         containers=tuple(Container(**c) for c in data.get("containers", ())),
-        forwards=tuple(Forward(**f) if isinstance(f, dict) else Forward(*f)
+        forwards=tuple(Forward(**f) if isinstance(f, dict) else Forward(*f[1:], f[0])
                        for f in data.get("forwards", ())),
         sysctls_before=tuple(tuple(kv) for kv in data.get("sysctls_before", ())),
     )

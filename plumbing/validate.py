@@ -9,10 +9,10 @@ from __future__ import annotations
 import ipaddress
 import string
 from collections.abc import Iterable
-from dataclasses import dataclass
 from typing import Any
 
 from bridgescope.plumbing.errors import ValidationError
+from bridgescope.plumbing.state import Forward
 
 IFNAMSIZ = 15  # the kernel's interface-name limit, without the NUL
 PROTOCOLS = ("tcp", "udp", "sctp")  # what Docker publishes
@@ -35,24 +35,6 @@ SPECIAL_RANGES = (
     (MULTICAST, "multicast (224.0.0.0/4)"),
     (RESERVED, "reserved (240.0.0.0/4, with the broadcast address)"),
 )
-
-
-@dataclass(frozen=True)
-class PortMapping:
-    """One published port, as Docker expands a `-p` spec (ranges become one per port)."""
-    proto: str
-    host_port: int
-    container_port: int
-    host_ip: str | None = None  # None: every local address
-
-    @property
-    def key(self) -> str:
-        """Stable id of the binding, used in rule comments and state."""
-        return f"{self.proto}/{self.host_ip or '*'}/{self.host_port}"
-
-    def spec(self) -> str:
-        ip = f"{self.host_ip}:" if self.host_ip else ""
-        return f"{ip}{self.host_port}:{self.container_port}/{self.proto}"
 
 
 def shown(value: Any, limit: int = 40) -> str:
@@ -186,7 +168,7 @@ def _split_spec(text: str) -> tuple[str | None, str, str]:
                                   "(host first, as in docker run -p 8080:80)")
 
 
-def port_spec(spec: Any) -> tuple[PortMapping, ...]:
+def port_spec(spec: Any) -> tuple[Forward, ...]:
     """Docker `-p [IP:]HOST[-END]:CONT[-END][/proto]`, expanded into one mapping per port."""
     text(spec, "spec")
     if len(spec) > MAX_SPEC:
@@ -207,16 +189,16 @@ def port_spec(spec: Any) -> tuple[PortMapping, ...]:
                                                "give one host port")
         raise ValidationError("spec", "invalid ranges specified for container and host ports "
                                       f"({host_text} vs {cont_text})")
-    return tuple(PortMapping(proto, h, c0 + (h - h0), ip) for h in range(h0, h1 + 1))
+    return tuple(Forward(proto, h, c0 + (h - h0), ip) for h in range(h0, h1 + 1))
 
 
-def port_specs(specs: Iterable[Any]) -> tuple[PortMapping, ...]:
+def port_specs(specs: Iterable[Any]) -> tuple[Forward, ...]:
     """Several `-p` specs of one request: at most MAX_PORTS ports in all, and no host port
     given twice (the same port on any address and on one address collide, as in the kernel).
     Linear: each spec is checked against an index of the ports seen so far."""
     if isinstance(specs, (str, bytes)) or not isinstance(specs, Iterable):
         raise ValidationError("ports", 'must be a list of specs like "8080:80/tcp"')
-    out: list[PortMapping] = []
+    out: list[Forward] = []
     seen: dict[tuple[str, int], list[str | None]] = {}
     for spec in specs:
         mappings = port_spec(spec)

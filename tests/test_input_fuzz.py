@@ -306,8 +306,8 @@ def _foreign(draw):
 
 
 @settings(max_examples=200, deadline=None)
-@given(mappings=st.lists(st.builds(validate.PortMapping, protos, ports, ports, ips), max_size=6),
-       ours=st.lists(st.builds(Forward, st.just("c"), protos, ports, ports, ips), max_size=6),
+@given(mappings=st.lists(st.builds(Forward, protos, ports, ports, ips), max_size=6),
+       ours=st.lists(st.builds(Forward, protos, ports, ports, ips, st.just("c")), max_size=6),
        foreign=st.lists(_foreign(), max_size=4),
        listeners=st.lists(st.builds(conflicts.Listener, protos,
                                     st.sampled_from(["0.0.0.0", "::", "127.0.0.1", "192.0.2.1"]), ports),

@@ -222,5 +222,5 @@ def test_a_failed_change_carries_the_commands_that_ran_and_were_undone(host, mon
     commands = err.value.commands
     assert f"ip netns add {host}-web" in commands
     assert any("type veth peer name eth0" in c for c in commands)
-    assert any(c.endswith("ip addr add 172.30.0.2/16 dev eth0") for c in commands)  # the failing one
+    assert f"ip -n {host}-web addr add 172.30.0.2/16 dev eth0" in commands  # the failing one
     assert journal.pending(host) is None  # undone in full: nothing to recover

@@ -304,10 +304,10 @@ def test_dry_run_prints_commands_and_changes_nothing(host):
     res = cli("network", "create", "br0", "--subnet", "172.30.0.0/16", "--netns", host, "--dry-run",
               check=True)
     out = res.stdout
-    assert f"ip netns exec {host} ip link add br0 type bridge" in out
-    assert f"ip netns exec {host} ip addr add 172.30.0.1/16 dev br0" in out
+    assert f"ip -n {host} link add br0 type bridge" in out
+    assert f"ip -n {host} addr add 172.30.0.1/16 dev br0" in out
     assert f"ip netns exec {host} sysctl -w net.ipv4.ip_forward=1" in out
-    assert "iptables -t nat -A BRIDGESCOPE-POSTROUTING -s 172.30.0.0/16 ! -o br0" in out
+    assert "iptables -t nat -A BRIDGESCOPE-POSTROUTING -s 172.30.0.0/16 '!' -o br0" in out
     assert "iptables -t nat -I PREROUTING 1 -m addrtype --dst-type LOCAL" in out
     assert_same(picture(host), before)
     cli("network", "create", "br0", "--subnet", "172.30.0.0/16", "--netns", host, check=True)
@@ -315,7 +315,7 @@ def test_dry_run_prints_commands_and_changes_nothing(host):
               "--dry-run", check=True)
     assert f"ip netns add {host}-web" in res.stdout
     assert "type veth peer name eth0 netns" in res.stdout
-    assert f"ip netns exec {host}-web ip addr add 172.30.0.2/16 dev eth0" in res.stdout
+    assert f"ip -n {host}-web addr add 172.30.0.2/16 dev eth0" in res.stdout
     assert "-j DNAT --to-destination 172.30.0.2:80" in res.stdout
     assert not os.path.exists(f"/run/netns/{host}-web")
 

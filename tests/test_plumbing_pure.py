@@ -11,7 +11,6 @@ from bridgescope.plumbing import conflicts, ipam, state, steps
 from bridgescope.plumbing.errors import PlumbingError, ValidationError
 from bridgescope.plumbing.state import Container, Forward, Network, State
 from bridgescope.plumbing.steps import Step
-from bridgescope.plumbing.validate import PortMapping
 
 
 def test_failure_undoes_done_steps_in_reverse_and_names_the_step():
@@ -100,18 +99,18 @@ def _pf(owner, port=8080, ip=None, proto="tcp"):
 
 
 def test_conflicts_by_owner_address_and_listener():
-    m = PortMapping("tcp", 8080, 80)
-    ours = (Forward("web", "tcp", 8080, 80),)
+    m = Forward("tcp", 8080, 80)
+    ours = (Forward("tcp", 8080, 80, container="web"),)
     assert "by bridgescope" in conflicts.find_conflict(m, ours, (), ())
     assert "by docker" in conflicts.find_conflict(m, (), (_pf("docker"),), ())
     assert conflicts.find_conflict(m, (), (_pf("docker", proto="udp"),), ()) is None
     # different host addresses do not collide; "any" collides with everything
-    bound = PortMapping("tcp", 8080, 80, "192.0.2.2")
+    bound = Forward("tcp", 8080, 80, "192.0.2.2")
     assert conflicts.find_conflict(bound, (), (_pf("cni", ip="192.0.2.3"),), ()) is None
     assert "by cni" in conflicts.find_conflict(bound, (), (_pf("cni"),), ())
     listener = conflicts.Listener("tcp", "0.0.0.0", 8080)
     assert "listening on 0.0.0.0:8080" in conflicts.find_conflict(m, (), (), (listener,))
-    assert conflicts.find_conflict(PortMapping("tcp", 8081, 80), (), (), (listener,)) is None
+    assert conflicts.find_conflict(Forward("tcp", 8081, 80), (), (), (listener,)) is None
 
 
 def test_proc_net_parsing_keeps_listeners_only():
@@ -127,7 +126,7 @@ def test_state_roundtrip_is_atomic_and_empty_state_removes_the_file(tmp_path, mo
     monkeypatch.setenv("BRIDGESCOPE_STATE_DIR", str(tmp_path))
     st = State("lab", "nft", (Network("br0", "10.1.0.0/24", "10.1.0.1"),),
                (Container("c1", "br0", "10.1.0.2", "lab-c1", "veth0000001"),),
-               (Forward("c1", "udp", 53, 53, "192.0.2.2"),), (("net.ipv4.ip_forward", "0"),))
+               (Forward("udp", 53, 53, "192.0.2.2", "c1"),), (("net.ipv4.ip_forward", "0"),))
     state.save(st)
     assert state.load("lab") == st
     assert json.loads((tmp_path / "lab.json").read_text())["forwards"][0][1] == "udp"

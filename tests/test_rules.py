@@ -1,6 +1,7 @@
 """Our ruleset as data: what each object needs and how each backend renders it (pure)."""
 from __future__ import annotations
 
+from bridgescope.collector import shell
 from bridgescope.collector.firewall.savefmt import parse_save
 from bridgescope.plumbing import backends, rules
 from bridgescope.plumbing.rules import Change
@@ -8,8 +9,12 @@ from bridgescope.plumbing.state import Container, Forward, Network, State
 
 NET = Network("docker0", "172.17.0.0/16", "172.17.0.1")
 C1 = Container("c1", "docker0", "172.17.0.2", "lab-host-c1", "veth1234567")
-FWD = Forward("c1", "tcp", 8080, 80)
+FWD = Forward("tcp", 8080, 80, container="c1")
 STATE = State("lab", "nft", (NET,), (C1,), (FWD,))
+
+
+def _shown(argvs):
+    return [shell.line(a) for a in argvs]
 
 
 def _lines(found):
@@ -48,12 +53,12 @@ def test_forward_is_dnat_plus_accept_plus_hairpin_plus_localhost_guard():
 
 
 def test_host_ip_binding_restricts_dnat_and_drops_the_localhost_guard():
-    bound = Forward("c1", "udp", 5353, 53, "192.0.2.2")
+    bound = Forward("udp", 5353, 53, "192.0.2.2", "c1")
     found = rules.forward_rules(bound, C1, NET)
     dnat = next(r for r in found if r.target == "DNAT")
     assert dnat.dst == "192.0.2.2/32" and dnat.proto == "udp"
     assert not any(r.dst == "127.0.0.1/32" for r in found)
-    local = Forward("c1", "tcp", 9000, 80, "127.0.0.1")
+    local = Forward("tcp", 9000, 80, "127.0.0.1", "c1")
     assert any(r.dst == "127.0.0.1/32" and r.target == "DROP"
                for r in rules.forward_rules(local, C1, NET))
 
@@ -121,10 +126,11 @@ def test_inverse_undoes_housekeeping():
 
 
 def test_teaching_commands_are_plain_iptables():
-    cmds = rules.teaching_commands(Change(add=rules.forward_rules(FWD, C1, NET)))
+    cmds = _shown(rules.teaching_commands(Change(add=rules.forward_rules(FWD, C1, NET))))
     chain = rules.shard_chain("BRIDGESCOPE-DNAT", FWD.tag)
+    # pasteable: the comment holds a glob character, so it is quoted
     assert f"iptables -t nat -A {chain} -p tcp -m tcp --dport 8080 -m comment --comment " \
-           "bridgescope:fwd/c1/tcp/*/8080 -j DNAT --to-destination 172.17.0.2:80" in cmds
+           "'bridgescope:fwd/c1/tcp/*/8080' -j DNAT --to-destination 172.17.0.2:80" in cmds
 
 
 def test_teaching_commands_summarise_the_shard_scaffolding_both_ways():
@@ -132,12 +138,12 @@ def test_teaching_commands_summarise_the_shard_scaffolding_both_ways():
     # the explanation names the four chains a person would create and sums up the rest.
     setup = Change(add=rules.structure() + rules.network_rules(NET), new_chains=rules.CHAINS,
                    add_jumps=rules.jumps())
-    cmds = rules.teaching_commands(setup)
+    cmds = _shown(rules.teaching_commands(setup))
     assert [c for c in cmds if " -N " in c] == [f"iptables -t {t} -N {c}" for t, c in rules.BASE_CHAINS]
     assert sum(c.startswith("#") for c in cmds) == 1
     assert not any(rules.SHARD_TAG in c and not c.startswith("#") for c in cmds)
     assert any("-j MASQUERADE" in c for c in cmds)
-    teardown = rules.teaching_commands(setup.inverse())
+    teardown = _shown(rules.teaching_commands(setup.inverse()))
     assert [c for c in teardown if " -X " in c] == [f"iptables -t {t} -X {c}" for t, c in rules.BASE_CHAINS]
     assert not any("&&" in c for c in teardown) and sum(c.startswith("#") for c in teardown) == 1
 

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from bridgescope.plumbing import validate
 from bridgescope.plumbing.errors import ValidationError
-from bridgescope.plumbing.validate import PortMapping
+from bridgescope.plumbing.state import Forward
 
 
 @pytest.mark.parametrize("good", ["br0", "docker0", "a", "x" * 15, "my-net_1.2"])
@@ -54,13 +54,13 @@ def test_gateway_defaults_to_first_address_and_must_be_inside():
 
 
 @pytest.mark.parametrize("spec, expected", [
-    ("8080:80", (PortMapping("tcp", 8080, 80),)),
-    ("8080:80/udp", (PortMapping("udp", 8080, 80),)),
-    ("127.0.0.1:8080:80", (PortMapping("tcp", 8080, 80, "127.0.0.1"),)),
-    ("0.0.0.0:8080:80/tcp", (PortMapping("tcp", 8080, 80),)),
-    ("8000-8002:80-82", (PortMapping("tcp", 8000, 80), PortMapping("tcp", 8001, 81),
-                         PortMapping("tcp", 8002, 82))),
-    ("1:65535", (PortMapping("tcp", 1, 65535),)),
+    ("8080:80", (Forward("tcp", 8080, 80),)),
+    ("8080:80/udp", (Forward("udp", 8080, 80),)),
+    ("127.0.0.1:8080:80", (Forward("tcp", 8080, 80, "127.0.0.1"),)),
+    ("0.0.0.0:8080:80/tcp", (Forward("tcp", 8080, 80),)),
+    ("8000-8002:80-82", (Forward("tcp", 8000, 80), Forward("tcp", 8001, 81),
+                         Forward("tcp", 8002, 82))),
+    ("1:65535", (Forward("tcp", 1, 65535),)),
 ])
 def test_port_specs_are_host_first_and_ranges_expand_per_port(spec, expected):
     assert validate.port_spec(spec) == expected
@@ -166,7 +166,7 @@ def test_ports_are_ascii_digits_only(bad):
 
 
 def test_sctp_is_published_as_docker_does():
-    assert validate.port_spec("8080:80/sctp") == (PortMapping("sctp", 8080, 80),)
+    assert validate.port_spec("8080:80/sctp") == (Forward("sctp", 8080, 80),)
     assert validate.protocol("SCTP") == "sctp"
 
 

@@ -23,6 +23,7 @@ from typing import TypeVar
 
 from bridgescope.collector.kernel import rtnl
 from bridgescope.collector.kernel.rtnl import AddressFacts, LinkFacts, Message, RouteFacts
+from bridgescope.collector.kernel.setns import hop as hop_each
 from bridgescope.collector.kernel.setns import setns
 
 NETLINK_ROUTE = 0
@@ -37,38 +38,10 @@ T = TypeVar("T")
 
 
 @dataclass(frozen=True)
-class NamespaceDump:
+class RtnlDump:
     links: tuple[LinkFacts, ...]
     addresses: tuple[AddressFacts, ...]
     routes: tuple[RouteFacts, ...]
-
-
-def hop_each(items: Iterable[tuple[int, T]], fn: Callable[[T], object]) -> list[object]:
-    """Run fn(item) inside each (namespace fd, item) on one dedicated thread, in order.
-
-    setns moves only the calling thread, so a throwaway thread does the hopping and the
-    caller's threads never leave their namespace. Exceptions are returned, not raised,
-    so one vanished namespace cannot spoil the others.
-    """
-    results: list[object] = []
-
-    def run() -> None:
-        home = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
-        try:
-            for fd, item in items:
-                try:
-                    setns(fd)
-                    results.append(fn(item))
-                except Exception as err:
-                    results.append(err)
-        finally:
-            setns(home)
-            os.close(home)
-
-    worker = threading.Thread(target=run, name="bridgescope-netns-hop")
-    worker.start()
-    worker.join()
-    return results
 
 
 def new_route_socket(groups: int = 0) -> socket.socket:
@@ -93,12 +66,12 @@ class NetnsSocket:
     def close(self) -> None:
         self.sock.close()
 
-    def dump(self) -> NamespaceDump:
+    def dump(self) -> RtnlDump:
         with self._lock:
             links = tuple(rtnl.link_facts(m) for m in self._dump(rtnl.link_dump))
             addrs = tuple(a for a in map(rtnl.address_facts, self._dump(rtnl.address_dump)) if a)
             routes = tuple(r for r in map(rtnl.route_facts, self._dump(rtnl.route_dump)) if r)
-        return NamespaceDump(links, addrs, routes)
+        return RtnlDump(links, addrs, routes)
 
     def nsids(self, candidates: Mapping[str, int]) -> dict[int, str]:
         """Ask this namespace which nsid it gave each candidate ({key: namespace fd}).
@@ -188,7 +161,7 @@ class NamespaceHandle:
 
 @dataclass(frozen=True)
 class NamespaceRead:
-    dump: NamespaceDump
+    dump: RtnlDump
     sysctls: tuple[tuple[str, str], ...]
 
 
@@ -256,6 +229,6 @@ def reread(handles: Iterable[NamespaceHandle]) -> dict[str, NamespaceRead | Exce
 
 
 __all__ = [
-    "AddressFacts", "LinkFacts", "NamespaceDump", "NamespaceHandle", "NamespaceRead", "NetnsSocket",
+    "AddressFacts", "LinkFacts", "RtnlDump", "NamespaceHandle", "NamespaceRead", "NetnsSocket",
     "RouteFacts", "hop_each", "new_route_socket", "open_handles", "read_sysctls", "reread", "setns",
 ]

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Protocol
 
-from bridgescope.collector.kernel.netlink import NamespaceDump
+from bridgescope.collector.kernel.netlink import RtnlDump
 
 IfKey = tuple[str, int]  # (namespace id, ifindex)
 
@@ -20,11 +20,11 @@ class NsidSource(Protocol):
     def nsids(self, candidates: Mapping[str, int]) -> dict[int, str]: ...
 
 
-def wanted_nsids(dump: NamespaceDump) -> set[int]:
+def wanted_nsids(dump: RtnlDump) -> set[int]:
     return {link.link_netnsid for link in dump.links if link.link_netnsid is not None}
 
 
-def likely_homes(dumps: Mapping[str, NamespaceDump]) -> dict[tuple[int, int], list[str]]:
+def likely_homes(dumps: Mapping[str, RtnlDump]) -> dict[tuple[int, int], list[str]]:
     """(ifindex, link) -> namespaces holding such a veth: the far end of a pair points back."""
     index: dict[tuple[int, int], list[str]] = {}
     for ns_id, dump in dumps.items():
@@ -34,7 +34,7 @@ def likely_homes(dumps: Mapping[str, NamespaceDump]) -> dict[tuple[int, int], li
     return index
 
 
-def resolve_nsids(ns_id: str, dump: NamespaceDump, sock: NsidSource, fds: Mapping[str, int],
+def resolve_nsids(ns_id: str, dump: RtnlDump, sock: NsidSource, fds: Mapping[str, int],
                   homes: Mapping[tuple[int, int], list[str]]) -> dict[int, str]:
     """{nsid -> namespace id} for the nsids this namespace's veths mention.
 
@@ -57,7 +57,7 @@ def resolve_nsids(ns_id: str, dump: NamespaceDump, sock: NsidSource, fds: Mappin
     return found
 
 
-def pair(dumps: Mapping[str, NamespaceDump], nsid_maps: Mapping[str, Mapping[int, str]],
+def pair(dumps: Mapping[str, RtnlDump], nsid_maps: Mapping[str, Mapping[int, str]],
          only: Iterable[str] | None = None) -> dict[IfKey, IfKey]:
     """(namespace, ifindex) of each veth -> its peer's, when the peer's namespace is known.
 

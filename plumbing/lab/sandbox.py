@@ -8,11 +8,11 @@ All addresses are documentation ranges that exist only inside these namespaces.
 """
 from __future__ import annotations
 
-import shlex
 import subprocess
 import time
 from dataclasses import dataclass
 
+from bridgescope.collector import shell
 from bridgescope.collector.kernel import tools
 from bridgescope.plumbing import api, conflicts, netns, state
 from bridgescope.plumbing.errors import PlumbingError
@@ -171,4 +171,4 @@ def start_listening(path: str, argv: list[str], port: int, what: str) -> str | N
         if time.monotonic() > deadline:
             raise PlumbingError(what, "it did not listen within 10 s")
         time.sleep(0.05)
-    return shlex.join(argv)
+    return shell.line(argv)

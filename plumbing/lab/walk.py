@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from bridgescope.collector import shell
+
 BRIDGE, GATEWAY, SUBNET = "docker0", "172.17.0.1", "172.17.0.0/16"
 CONTAINER_IP, PREFIXLEN = "172.17.0.2", 16
 HOST_PORT, CONTAINER_PORT = 8080, 80
@@ -48,8 +50,7 @@ class Command:
 
     @property
     def text(self) -> str:
-        return " ".join(a if a and " " not in a else f"'{a}'" for a in self.argv) + (
-            " &" if self.background else "")
+        return shell.line(self.argv, background=self.background)
 
 
 @dataclass(frozen=True)
@@ -62,7 +63,7 @@ class WrongTurn:
 
 
 @dataclass(frozen=True)
-class Step:
+class WalkStep:
     key: str
     title: str
     commands: tuple[Command, ...]
@@ -74,7 +75,7 @@ def _c(*argv: str, background: bool = False) -> Command:
     return Command(tuple(argv), background)
 
 
-def steps(names: WalkNames, python: str = "python3") -> tuple[Step, ...]:
+def steps(names: WalkNames, python: str = "python3") -> tuple[WalkStep, ...]:
     ctr = names.container
     cidr = f"{CONTAINER_IP}/{PREFIXLEN}"
     masq = ("iptables", "-t", "nat", "-A", "POSTROUTING", "-s", SUBNET, "!", "-o", BRIDGE,
@@ -87,39 +88,39 @@ def steps(names: WalkNames, python: str = "python3") -> tuple[Step, ...]:
              _c("iptables", "-t", "nat", "-A", "OUTPUT", "!", "-d", "127.0.0.0/8", "-m",
                 "addrtype", "--dst-type", "LOCAL", "-j", "DOCKER"))
     return (
-        Step("bridge", "Create the bridge", (_c("ip", "link", "add", BRIDGE, "type", "bridge"),),
+        WalkStep("bridge", "Create the bridge", (_c("ip", "link", "add", BRIDGE, "type", "bridge"),),
              "A bridge is a virtual switch inside the host: every container's virtual cable "
              "plugs into it. Docker creates docker0 once, when the daemon starts."),
-        Step("gateway", "Give the bridge the gateway address",
+        WalkStep("gateway", "Give the bridge the gateway address",
              (_c("ip", "addr", "add", f"{GATEWAY}/{PREFIXLEN}", "dev", BRIDGE),),
              "The bridge's own address is the containers' gateway. Because it carries the "
              f"prefix /{PREFIXLEN}, the kernel also adds the route {SUBNET} dev {BRIDGE}: the "
              "host now knows the whole container network is behind the bridge."),
-        Step("bridge-up", "Bring the bridge up", (_c("ip", "link", "set", BRIDGE, "up"),),
+        WalkStep("bridge-up", "Bring the bridge up", (_c("ip", "link", "set", BRIDGE, "up"),),
              "New links start down, and a down bridge switches nothing. The blog recipe "
              "forgets this; Docker sets the bridge up as the last step of creating it."),
-        Step("netns", "Create the container's network namespace",
+        WalkStep("netns", "Create the container's network namespace",
              (_c("ip", "netns", "add", ctr), _c("ip", "-n", ctr, "link", "set", "lo", "up")),
              "A network namespace is the container's own, empty network stack: its own "
              "interfaces, addresses, routes and firewall. It starts with only lo (down); "
              "Docker sets lo up so programs inside can talk to 127.0.0.1."),
-        Step("veth", "Create the veth pair, one end inside the container",
+        WalkStep("veth", "Create the veth pair, one end inside the container",
              (_c("ip", "link", "add", HOST_VETH, "type", "veth", "peer", "name", "eth0",
                  "netns", ctr),),
              "A veth pair is a virtual cable: what goes in one end comes out of the other. "
              "Docker creates the peer directly inside the namespace and names it eth0 there, so "
              "no 'eth0' ever exists in the host (the blog's `ip link add eth0 ...` fails on "
              "any host that already has an eth0)."),
-        Step("attach", "Plug the host end into the bridge",
+        WalkStep("attach", "Plug the host end into the bridge",
              (_c("ip", "link", "set", HOST_VETH, "master", BRIDGE),),
              "Making the bridge the veth's master turns it into a bridge port: frames from "
              "the container now reach the switch, and the graph shows the new port."),
-        Step("up", "Set both ends of the cable up",
+        WalkStep("up", "Set both ends of the cable up",
              (_c("ip", "link", "set", HOST_VETH, "up"), _c("ip", "-n", ctr, "link", "set", "eth0", "up")),
              "Both ends of a new veth pair are down. A link is only usable when both ends are "
              "up - the blog never sets either; Docker sets the host end up last, once the "
              "firewall rules for the container exist."),
-        Step("address", "Give the container its address - with the prefix length",
+        WalkStep("address", "Give the container its address - with the prefix length",
              (_c("ip", "-n", ctr, "addr", "add", cidr, "dev", "eth0"),),
              f"{cidr} means: my address is {CONTAINER_IP} and the whole {SUBNET} is reachable "
              "directly on eth0 - including the gateway.",
@@ -131,18 +132,18 @@ def steps(names: WalkNames, python: str = "python3") -> tuple[Step, ...]:
                        "addr-no-prefix",
                        (_c("ip", "-n", ctr, "addr", "del", f"{CONTAINER_IP}/32", "dev", "eth0"),
                         _c("ip", "-n", ctr, "addr", "add", cidr, "dev", "eth0")))),
-        Step("route", "Add the default route via the gateway",
+        WalkStep("route", "Add the default route via the gateway",
              (_c("ip", "-n", ctr, "route", "add", "default", "via", GATEWAY),),
              "Everything that is not on the container's own network goes to the gateway, "
              "the bridge's address in the host. Docker checks that the gateway is directly "
              "reachable first - which is exactly what a /32 address breaks."),
-        Step("forwarding", "Let the host route packets",
+        WalkStep("forwarding", "Let the host route packets",
              (_c("sysctl", "-w", "net.ipv4.ip_forward=1"),),
              "By default Linux does not pass packets from one interface to another. The "
              "container's packets arrive on docker0 and must leave through the uplink: the "
              "host has to act as a router. Docker switches this on (and then sets the FORWARD "
              "policy to DROP)."),
-        Step("masquerade", "Masquerade the container network on the way out",
+        WalkStep("masquerade", "Masquerade the container network on the way out",
              (_c(*masq),),
              f"{CONTAINER_IP} is a private address the outside world cannot answer. MASQUERADE "
              "rewrites the source of packets leaving the host to the uplink's address (and "
@@ -158,14 +159,14 @@ def steps(names: WalkNames, python: str = "python3") -> tuple[Step, ...]:
                        "masquerade-mask-mismatch",
                        (_c("iptables", "-t", "nat", "-D", "POSTROUTING", "-s", "172.17.0.0/24",
                            "-j", "MASQUERADE"), _c(*masq)))),
-        Step("server", "Start the container's program",
+        WalkStep("server", "Start the container's program",
              (_c("ip", "netns", "exec", ctr, python, "-I", "-m", "bridgescope.plumbing.lab.echo_server",
                  "web", str(CONTAINER_PORT), background=True),),
              "A container is a process in these namespaces. This one is a tiny web server on "
              f"port {CONTAINER_PORT} that answers with the address it saw - so you can see "
              "NAT at work. (-I: Python's isolated mode, so only the installed bridgescope "
              "runs as root, never a bridgescope/ lying in the current directory.)"),
-        Step("publish", f"Publish port {HOST_PORT} -> {CONTAINER_PORT} (docker run -p {HOST_PORT}:{CONTAINER_PORT})",
+        WalkStep("publish", f"Publish port {HOST_PORT} -> {CONTAINER_PORT} (docker run -p {HOST_PORT}:{CONTAINER_PORT})",
              (_c("iptables", "-t", "nat", "-N", "DOCKER"),) + jumps + (_c(*dnat),),
              f"DNAT rewrites the destination of packets for the host's port {HOST_PORT} to "
              f"{CONTAINER_IP}:{CONTAINER_PORT}. Docker keeps its DNATs in its own chain and "
@@ -178,7 +179,7 @@ def steps(names: WalkNames, python: str = "python3") -> tuple[Step, ...]:
                        "No packet ever meets the rule: clients get 'connection refused' from "
                        "the host itself.",
                        "dnat-unreachable", jumps)),
-        Step("accept", "Accept the published port in FORWARD",
+        WalkStep("accept", "Accept the published port in FORWARD",
              (_c("iptables", "-A", "FORWARD", "-d", f"{CONTAINER_IP}/32", "!", "-i", BRIDGE, "-o",
                  BRIDGE, "-p", "tcp", "-m", "tcp", "--dport", str(CONTAINER_PORT), "-j", "ACCEPT"),
               _c("iptables", "-A", "FORWARD", "-i", BRIDGE, "!", "-o", BRIDGE, "-j", "ACCEPT"),
@@ -191,7 +192,7 @@ def steps(names: WalkNames, python: str = "python3") -> tuple[Step, ...]:
     )
 
 
-def step_index(all_steps: tuple[Step, ...], key: str) -> int:
+def step_index(all_steps: tuple[WalkStep, ...], key: str) -> int:
     for i, step in enumerate(all_steps):
         if step.key == key:
             return i

@@ -20,7 +20,7 @@ from bridgescope.collector.kernel import tools
 from bridgescope.plumbing import netns
 from bridgescope.plumbing.errors import PlumbingError, ValidationError
 from bridgescope.plumbing.lab import sandbox as lab
-from bridgescope.plumbing.lab.walk import Command, Step, WalkNames, step_index, steps
+from bridgescope.plumbing.lab.walk import Command, WalkNames, WalkStep, step_index, steps
 from bridgescope.plumbing.state import state_dir
 
 DEFAULT_PREFIX = "bswalk"
@@ -53,7 +53,7 @@ class WalkLab:
             raise ValidationError("prefix", f"{prefix!r} is not a usable lab prefix "
                                   "(letters, digits and '-', at most 20)")
         self.names = WalkNames(prefix)
-        self.steps: tuple[Step, ...] = steps(self.names, python=sys.executable)
+        self.steps: tuple[WalkStep, ...] = steps(self.names, python=sys.executable)
 
     # --- lifecycle ------------------------------------------------------------------------
 
@@ -133,7 +133,7 @@ class WalkLab:
         step = self._ready(key, allow={"wrong"})
         return self._run(step, "fix", step.wrong_turn.fix, "done")
 
-    def _ready(self, key: str, allow: set[str]) -> Step:
+    def _ready(self, key: str, allow: set[str]) -> WalkStep:
         if not self.is_up():
             raise ValidationError("step", "the walk lab is not running: reset it first")
         try:
@@ -150,7 +150,7 @@ class WalkLab:
             raise ValidationError("step", f"do step {missing.title!r} first")
         return step
 
-    def _run(self, step: Step, action: str, commands: tuple[Command, ...], success: str) -> Outcome:
+    def _run(self, step: WalkStep, action: str, commands: tuple[Command, ...], success: str) -> Outcome:
         ran = []
         for command in commands:
             result = self._one(command)
