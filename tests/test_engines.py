@@ -186,8 +186,10 @@ def test_inspection_is_asked_once_per_container_until_it_restarts(docker_web, mo
         return real_get(sock, url)
 
     monkeypatch.setattr(containers, "engine_get", counting)
+    monkeypatch.setattr(containers, "_inspected", {})  # earlier tests filled it
     first = containers.engine_container_names([docker_web.socket])
     inspections = [u for u in asked if u != "/containers/json"]
+    assert len(inspections) == 1
     asked.clear()
     assert containers.engine_container_names([docker_web.socket]) == first
     assert asked == ["/containers/json"]  # nothing inspected again
