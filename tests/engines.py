@@ -27,6 +27,7 @@ ENGINE_PROCESSES = ("dockerd", "containerd", "containerd-shim", "containerd-shim
 DOCKER, DOCKERD = "/usr/bin/docker", "/usr/sbin/dockerd"
 PODMAN, BUSYBOX, CNI_BIN = "/usr/bin/podman", "/bin/busybox", "/usr/lib/cni"
 IMAGE = "bstbusybox:1"
+RUN_DOCKER = "/run/docker"
 HOST_UPLINK, CLIENT_UPLINK = "198.51.100.1", "198.51.100.2"  # TEST-NET-2: never routed anywhere
 HTTPD = ["/bin/busybox", "httpd", "-f", "-p", "80", "-h", "/www"]
 PAGE = "served by a real engine\n"
@@ -163,6 +164,7 @@ class Docker(EngineHost):
         return sh(DOCKER, "-H", f"unix://{self.socket}", *args, check=check, timeout=timeout)
 
     def start_daemon(self, path: str) -> None:
+        self._made_run_docker = getattr(self, "_made_run_docker", not os.path.exists(RUN_DOCKER))
         pidfile = self.workdir / "dockerd.pid"
         pidfile.unlink(missing_ok=True)
         log = open(self.workdir / "dockerd.log", "ab")  # noqa: SIM115 - the daemon keeps it
@@ -198,6 +200,12 @@ class Docker(EngineHost):
             if ids:
                 self.cli("rm", "-f", *ids, check=False)  # httpd ignores SIGTERM: rm -f kills
         self.stop_daemon()
+        if getattr(self, "_made_run_docker", False):  # dockerd's one mark outside its roots
+            for empty in (f"{RUN_DOCKER}/plugins", RUN_DOCKER):
+                try:
+                    os.rmdir(empty)
+                except OSError:
+                    break  # not empty: another daemon uses it
 
 
 class Podman(EngineHost):
