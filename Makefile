@@ -14,6 +14,13 @@ DEB_PACKAGES := iproute2 iptables nftables conntrack procps util-linux kmod \
 	plotnetcfg containernetworking-plugins chromium \
 	python3-venv python3-dev build-essential libip4tc2 libip6tc2 libxtables12
 
+# Real container engines the engine tests run inside throwaway namespaces (tests/engines.py),
+# busybox-static for their image, pipx for the install test. Installed without recommends
+# (which would pull needrestart, apparmor, a docs toolchain) and with every service start
+# refused: on a host with an init system the packages would start dockerd in the host's namespace.
+ENGINE_PACKAGES := docker.io containerd podman netavark runc conmon busybox-static pipx
+ENGINE_DAEMONS := dockerd containerd podman conmon netavark
+
 .PHONY: help deps venv demo test lint bench clean lab-down
 
 help:
@@ -29,6 +36,28 @@ deps:
 		echo "installing Debian packages:" $$missing; \
 		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing; \
 	fi
+	@missing=$$(for p in $(ENGINE_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		echo "installing engine packages (no service may start):" $$missing; \
+		made_policy=; \
+		if [ ! -e /usr/sbin/policy-rc.d ]; then \
+			printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod 755 /usr/sbin/policy-rc.d && made_policy=1; \
+		fi; \
+		before=$$(for n in $(ENGINE_DAEMONS); do pgrep -x $$n; done | tr '\n' ' '); \
+		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing; \
+		rc=$$?; \
+		[ -z "$$made_policy" ] || rm -f /usr/sbin/policy-rc.d; \
+		for pid in $$(for n in $(ENGINE_DAEMONS); do pgrep -x $$n; done); do \
+			case " $$before " in *" $$pid "*) ;; *) echo "stopping $$pid, started by the install"; kill $$pid;; esac; \
+		done; \
+		[ $$rc = 0 ] || exit $$rc; \
+	fi
+	@here=$$(readlink /proc/self/ns/net); \
+	for pid in $$(for n in $(ENGINE_DAEMONS); do pgrep -x $$n; done); do \
+		if [ "$$(readlink /proc/$$pid/ns/net)" = "$$here" ]; then \
+			echo "an engine runs in this network namespace (pid $$pid): the engine tests refuse to share it"; exit 1; \
+		fi; \
+	done
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)

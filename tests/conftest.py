@@ -118,3 +118,16 @@ def artifacts_dir() -> Path:
 
 def have(tool: str) -> bool:
     return shutil.which(tool) is not None
+
+
+@pytest.fixture(scope="session")
+def engines_confined() -> Iterator[None]:
+    """No engine process runs in this (the host's) network namespace, before or after the engine
+    tests: theirs must stay in the namespaces they made."""
+    from engines import engine_processes_here
+
+    before = engine_processes_here()
+    assert not before, f"engine processes already run in the host namespace: {before}"
+    yield
+    after = engine_processes_here()
+    assert not after, f"engine processes left running in the host namespace: {after}"

@@ -1,6 +1,6 @@
 """`bridgescope serve`: the dashboard on waitress, guarded by an access token.
 
-    bridgescope serve [--listen 127.0.0.1:8470] [--read-only] [--netns NAME]
+    bridgescope serve [--listen 127.0.0.1:8470] [--read-only] [--netns NAME] [--engine-socket PATH]...
                       [--token-file F] [--no-auth] [--allow-host NAME] [--audit-log PATH]
 """
 from __future__ import annotations
@@ -11,6 +11,8 @@ from pathlib import Path
 from urllib.parse import quote
 
 from bridgescope.collector.errors import BridgescopeError
+from bridgescope.collector.kernel.containers import choose_engine_sockets
+from bridgescope.webui.cli_snapshot import add_engine_socket_option
 
 DEFAULT_LISTEN = "127.0.0.1:8470"
 
@@ -35,6 +37,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="firewall backend for changes (default: the one the host uses)")
     p.add_argument("--threads", type=int, default=96,
                    help="server threads (at least 64); each open tab holds one, 16 stay for pages")
+    add_engine_socket_option(p)
     p.set_defaults(func=run)
 
 
@@ -93,6 +96,7 @@ def run(args: argparse.Namespace) -> int:
     from bridgescope.webui.server import serve
 
     config = app_config(args)
+    choose_engine_sockets(args.engine_socket)
     if not args.read_only and (rec := recover(host=args.netns)):  # a change a crash interrupted
         print(rec.summary, file=sys.stderr)
         AuditLog(Path(config["AUDIT_LOG"])).record(

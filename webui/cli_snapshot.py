@@ -1,10 +1,11 @@
-"""Sub-command `bridgescope snapshot [--json | --dot] [--netns NAME]`: one look at the machine."""
+"""Sub-command `bridgescope snapshot [--json | --dot] [--netns NAME] [--engine-socket PATH]...`: one look."""
 from __future__ import annotations
 
 import argparse
 import json
 import sys
 
+from bridgescope.collector.kernel.containers import choose_engine_sockets, unix_socket_path
 from bridgescope.collector.kernel.snapshot import collect
 from bridgescope.collector.render.export import to_dot, to_json, to_tree
 
@@ -21,10 +22,26 @@ def register(sub: argparse._SubParsersAction) -> None:
                         help="treat this namespace (name in /run/netns or nsfs path) as the host")
     parser.add_argument("--no-firewall", action="store_true",
                         help="skip reading iptables/nftables (much faster with hundreds of namespaces)")
+    add_engine_socket_option(parser)
     parser.set_defaults(func=run)
 
 
+def add_engine_socket_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--engine-socket", action="append", default=[], metavar="PATH",
+                        type=_engine_socket,
+                        help="a Docker or Podman API socket to ask for container names (repeatable; "
+                             "DOCKER_HOST, CONTAINER_HOST and the default sockets are asked too)")
+
+
+def _engine_socket(value: str) -> str:
+    path = unix_socket_path(value)
+    if path is None:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a unix socket path (/path or unix:///path)")
+    return path
+
+
 def run(args: argparse.Namespace) -> int:
+    choose_engine_sockets(args.engine_socket)
     snap = collect(args.netns, firewall=not args.no_firewall)
     if args.json:
         json.dump(to_json(snap), sys.stdout, indent=2)

@@ -1,9 +1,18 @@
-"""Container names from a Docker or Podman engine, when its unix socket answers.
+"""Container names from the engines: their API sockets, and Podman's conmon for the rest.
 
 Optional by design: no engine, a dead socket or a garbled answer all mean "no names", never
-an error. Docker's list endpoint carries no namespace facts, so each running container is
-inspected once for its SandboxKey (the nsfs bind mount) and State.Pid; both are matched to a
-namespace by (st_dev, st_ino), which survives /var/run vs /run spellings.
+an error. Docker's list endpoint carries no namespace facts, so a running container is
+inspected for its SandboxKey (the nsfs bind mount) and State.Pid; both are matched to a
+namespace by (st_dev, st_ino), which survives /var/run vs /run spellings. An inspection is
+kept by container id and asked again only when its paths no longer lead to the namespace they
+led to (the container restarted or went away): a rediscovery costs one list call per engine.
+
+Which sockets: those chosen on the command line (`--engine-socket`, any number), the ones
+DOCKER_HOST and CONTAINER_HOST name (unix:// only: a remote engine's namespaces are not
+ours to open), then the engines' default places. A missing socket is skipped.
+
+Podman needs no daemon, so its API socket is often absent; each container's first process is
+then a child of its conmon, whose `-n` argument is the container's name.
 """
 from __future__ import annotations
 
@@ -11,11 +20,15 @@ import http.client
 import json
 import os
 import socket
+import threading
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from urllib.parse import quote
 
-ENGINE_SOCKETS = ("/run/docker.sock", "/run/podman/podman.sock")
+DEFAULT_SOCKETS = ("/run/docker.sock", "/run/podman/podman.sock")
+ENGINE_HOST_VARIABLES = ("DOCKER_HOST", "CONTAINER_HOST")
 TIMEOUT = 0.5
+CONMON_PIDS_CHECKED = 3  # a container's init is among its namespace's first pids
 
 NsKey = tuple[int, int]
 
@@ -48,41 +61,107 @@ def engine_get(socket_path: str, url: str) -> object:
         conn.close()
 
 
-def engine_container_names(sockets: Iterable[str] = ENGINE_SOCKETS, *,
+# --- which sockets ---------------------------------------------------------------------------
+
+_chosen: tuple[str, ...] = ()
+
+
+def unix_socket_path(value: str) -> str | None:
+    """`unix:///run/x.sock` or a plain absolute path -> the path; anything else -> None."""
+    if value.startswith("unix://"):
+        value = value[len("unix://"):]
+    elif "://" in value:
+        return None
+    return value if value.startswith("/") else None
+
+
+def engine_sockets(chosen: Iterable[str] = (), environ: Mapping[str, str] | None = None) -> tuple[str, ...]:
+    """Chosen sockets, then DOCKER_HOST's and CONTAINER_HOST's, then the defaults; no repeats."""
+    environ = os.environ if environ is None else environ
+    from_env = [unix_socket_path(environ.get(var, "")) for var in ENGINE_HOST_VARIABLES]
+    picked = [unix_socket_path(c) for c in chosen]
+    return tuple(dict.fromkeys(p for p in (*picked, *from_env, *DEFAULT_SOCKETS) if p))
+
+
+def choose_engine_sockets(chosen: Iterable[str]) -> None:
+    """The command line's `--engine-socket`s, for every later discovery in this process."""
+    global _chosen
+    _chosen = tuple(chosen)
+
+
+def configured_sockets() -> tuple[str, ...]:
+    return engine_sockets(_chosen)
+
+
+# --- names from the engines' APIs ------------------------------------------------------------
+
+@dataclass(frozen=True)
+class _Inspected:
+    """Where an inspected container's namespace was found: each path with the key it had."""
+    found: tuple[tuple[str, NsKey], ...]
+
+    def still_there(self) -> bool:
+        return bool(self.found) and all(_key(path) == key for path, key in self.found)
+
+
+_inspected: dict[tuple[str, str], _Inspected] = {}
+_inspected_lock = threading.Lock()
+
+
+def engine_container_names(sockets: Iterable[str] | None = None, *,
                            proc: str = "/proc") -> dict[NsKey, str]:
     """{namespace (dev, ino): container name} from every engine that answers."""
     names: dict[NsKey, str] = {}
-    for path in sockets:
+    for path in configured_sockets() if sockets is None else sockets:
         if not os.path.exists(path):
             continue
         try:
             listing = engine_get(path, "/containers/json")
-            for summary in listing if isinstance(listing, list) else ():
-                names.update(_container_keys(path, summary, proc))
         except (OSError, ValueError):
             continue
+        summaries = [s for s in listing if isinstance(s, dict)] if isinstance(listing, list) else []
+        for summary in summaries:
+            name = container_name(summary)
+            cid = summary.get("Id")
+            if name and isinstance(cid, str):
+                names.update(dict.fromkeys(_namespace_keys(path, cid, proc), name))
+        _forget_others(path, {s.get("Id") for s in summaries})
     return names
 
 
-def _container_keys(socket_path: str, summary: Mapping, proc: str) -> dict[NsKey, str]:
-    name = container_name(summary)
-    cid = summary.get("Id")
-    if not name or not isinstance(cid, str):
-        return {}
+def _namespace_keys(socket_path: str, cid: str, proc: str) -> list[NsKey]:
+    with _inspected_lock:
+        known = _inspected.get((socket_path, cid))
+    if known is None or not known.still_there():
+        known = _inspect(socket_path, cid, proc)
+        with _inspected_lock:
+            _inspected[(socket_path, cid)] = known
+    return [key for _, key in known.found]
+
+
+def _inspect(socket_path: str, cid: str, proc: str) -> _Inspected:
     try:
         detail = engine_get(socket_path, f"/containers/{quote(cid, safe='')}/json")
     except (OSError, ValueError):
-        return {}
+        return _Inspected(())
     if not isinstance(detail, dict):
-        return {}
-    keys = {}
-    for path in namespace_paths(detail, proc):
-        try:
-            st = os.stat(path)
-        except OSError:
-            continue
-        keys[(st.st_dev, st.st_ino)] = name
-    return keys
+        return _Inspected(())
+    found = [(path, _key(path)) for path in namespace_paths(detail, proc)]
+    return _Inspected(tuple((path, key) for path, key in found if key is not None))
+
+
+def _forget_others(socket_path: str, listed: set) -> None:
+    with _inspected_lock:
+        for entry in [e for e in _inspected if e[0] == socket_path and e[1] not in listed]:
+            del _inspected[entry]
+
+
+def _key(path: str) -> NsKey | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino)
 
 
 def container_name(summary: Mapping) -> str | None:
@@ -102,3 +181,42 @@ def namespace_paths(detail: Mapping, proc: str = "/proc") -> list[str]:
     if isinstance(pid, int) and pid > 0:
         paths.append(f"{proc}/{pid}/ns/net")
     return paths
+
+
+# --- names from conmon -----------------------------------------------------------------------
+
+def conmon_container_names(holders: Mapping[NsKey, Iterable[int]], proc: str = "/proc") -> dict[NsKey, str]:
+    """{namespace: name} for namespaces whose first processes include a conmon's child."""
+    names = {}
+    for key, pids in holders.items():
+        for pid in sorted(pids)[:CONMON_PIDS_CHECKED]:
+            name = _conmon_name(proc, _parent(proc, pid))
+            if name:
+                names[key] = name
+                break
+    return names
+
+
+def _parent(proc: str, pid: int) -> int | None:
+    try:
+        with open(f"{proc}/{pid}/stat", encoding="utf-8", errors="replace") as fh:
+            # "pid (comm) state ppid ...": comm may hold spaces and parentheses
+            return int(fh.read().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def _conmon_name(proc: str, pid: int | None) -> str | None:
+    if not pid or pid <= 1:
+        return None
+    try:
+        with open(f"{proc}/{pid}/cmdline", "rb") as fh:
+            argv = fh.read().decode("utf-8", "replace").split("\0")
+    except OSError:
+        return None
+    if not argv or os.path.basename(argv[0]) != "conmon":
+        return None
+    for flag, value in zip(argv, argv[1:]):
+        if flag in ("-n", "--name") and value:
+            return value
+    return None

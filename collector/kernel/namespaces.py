@@ -16,7 +16,11 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from bridgescope.collector.errors import NamespaceNotFound
-from bridgescope.collector.kernel.containers import ENGINE_SOCKETS, engine_container_names
+from bridgescope.collector.kernel.containers import (
+    configured_sockets,
+    conmon_container_names,
+    engine_container_names,
+)
 from bridgescope.collector.kernel.setns import CLONE_NEWNET
 from bridgescope.collector.model import Namespace, namespace_id
 
@@ -147,7 +151,7 @@ def _comm(proc: str, pid: int) -> str | None:
 
 
 def discover(host: NetnsRef | None = None, *, mountinfo: str = "/proc/self/mountinfo",
-             proc: str = "/proc", engine_sockets: Iterable[str] = ENGINE_SOCKETS) -> list[Namespace]:
+             proc: str = "/proc", engine_sockets: Iterable[str] | None = None) -> list[Namespace]:
     """Every network namespace visible from here, host first, the rest sorted by inode."""
     host = host or resolve_netns(None)
     mounts: dict[NsKey, list[str]] = {}
@@ -160,7 +164,10 @@ def discover(host: NetnsRef | None = None, *, mountinfo: str = "/proc/self/mount
     if host_key is None:
         raise NamespaceNotFound(host.name)
     keys = set(mounts) | set(holders) | {host_key}
-    containers = engine_container_names(engine_sockets, proc=proc) if _engines_present(engine_sockets) else {}
+    sockets = configured_sockets() if engine_sockets is None else tuple(engine_sockets)
+    guests = {key: pids for key, pids in holders.items() if key != host_key}
+    containers = {**conmon_container_names(guests, proc),
+                  **(engine_container_names(sockets, proc=proc) if _engines_present(sockets) else {})}
     found = [
         _namespace(key, mounts.get(key, []), sorted(holders.get(key, [])), key == host_key,
                    containers, proc, host)
@@ -189,11 +196,11 @@ def _namespace(key: NsKey, paths: list[str], pids: list[int], is_host: bool,
 
 def _name(key: NsKey, paths: list[str], pids: list[int], is_host: bool,
           containers: Mapping[NsKey, str], proc: str, host: NetnsRef) -> str:
+    if key in containers and not is_host:  # Podman's namespaces also sit in /run/netns
+        return containers[key]
     for path in paths:
         if os.path.dirname(path) in NETNS_DIRS:
             return os.path.basename(path)
-    if key in containers:
-        return containers[key]
     if is_host:
         return host.name
     if 2 in pids and _comm(proc, 2) == "kthreadd":
