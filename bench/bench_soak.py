@@ -25,13 +25,17 @@ import os
 import random
 import secrets
 import signal
-import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 from bridgescope.plumbing import api, journal, netns
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+import hostpicture
+
 from bridgescope.plumbing.steps import CRASH_AT_ENV
 
 # Crash points of each change: "step N" for each step of its plan, then the two after it.
@@ -43,35 +47,10 @@ def _points(change: str) -> list[str]:
     return [f"step {i}" for i in range(STEPS[change])] + ["save", "clear"]
 
 
-def sh(host: str, *argv: str) -> str:
-    return subprocess.run(["ip", "netns", "exec", host, *argv], capture_output=True, text=True,
-                          check=True).stdout
-
-
 def picture(host: str) -> dict:
-    """Everything a change may touch, comparable by ==."""
-    links = json.loads(sh(host, "ip", "-j", "-d", "link", "show"))
-    addrs = json.loads(sh(host, "ip", "-4", "-j", "addr", "show"))
-    routes = json.loads(sh(host, "ip", "-4", "-j", "route", "show", "table", "all"))
-    legacy = sh(host, "cat", "/proc/net/ip_tables_names").split()
-    return {
-        "links": sorted((l["ifname"], l.get("linkinfo", {}).get("info_kind"), "UP" in l["flags"],
-                         l.get("ifalias"), l["mtu"]) for l in links),
-        "addrs": sorted((a["ifname"], i["local"], i["prefixlen"])
-                        for a in addrs for i in a.get("addr_info", [])),
-        "routes": sorted(json.dumps({k: v for k, v in r.items() if k != "flags"}, sort_keys=True)
-                         for r in routes),
-        "rules": [l for l in sh(host, "iptables-nft-save").splitlines()
-                  if l.startswith(("-A", ":", "*"))],
-        "legacy": [l for l in sh(host, "iptables-legacy-save").splitlines()
-                   if l.startswith(("-A", ":"))] if legacy else [],
-        "nftables": sh(host, "nft", "list", "ruleset").count("\n"),
-        "sysctls": sh(host, "sysctl", "-a", "-r",
-                      r"^net\.ipv4\.(ip_forward$|conf\.(all|default|lo|br0)\.)"),
-        "netns": sorted(e for e in os.listdir("/run/netns") if e.startswith(host + "-")),
-        "state": api.load_state(host),
-        "journal": journal.pending(host) is not None,
-    }
+    """Everything a change may touch, and the saved state and journal, comparable by ==."""
+    return {**hostpicture.picture(host), "state": api.load_state(host),
+            "journal": journal.pending(host) is not None}
 
 
 def run_child(fn: Callable[[], object], crash_at: str | None, kill_after: float | None) -> bool:

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import reference_layouts
 from conftest import sh
+from hostpicture import picture, save_lines
 
 from bridgescope.plumbing import api
 from bridgescope.plumbing import netns as nsops
@@ -57,46 +58,6 @@ def _wait_carrier(ns: str, ifname: str) -> None:
             return
         time.sleep(0.01)
     raise AssertionError(f"{ifname} in {ns} never came up")
-
-
-def _save_lines(text: str) -> list[str]:
-    """Rules, user chains and non-default policies; counters and comments dropped."""
-    out = []
-    for line in text.splitlines():
-        if line.startswith(("-A", "*")):
-            out.append(line)
-        elif line.startswith(":"):
-            name, policy = line[1:].split()[:2]
-            if policy not in ("ACCEPT",):
-                out.append(f":{name} {policy}")
-    return [l for l in out if not l.startswith("*")]
-
-
-def picture(ns: str) -> dict:
-    """Everything a plumbing change may touch in the host namespace, comparable by ==."""
-    links = json.loads(sh("ip", "-j", "-d", "link", "show", ns=ns).stdout)
-    # IPv4 only: bridgescope plumbs IPv4, and IPv6 link-local addresses appear whenever DAD ends.
-    addrs = json.loads(sh("ip", "-4", "-j", "addr", "show", ns=ns).stdout)
-    routes = json.loads(sh("ip", "-4", "-j", "route", "show", "table", "all", ns=ns).stdout)
-    legacy_names = sh("cat", "/proc/net/ip_tables_names", ns=ns).stdout.split()
-    native = [l for l in sh("nft", "list", "tables", ns=ns).stdout.splitlines()
-              if l.split()[-1] not in ("filter", "nat", "raw", "mangle", "security")]
-    sysctls = sh("sysctl", "-a", "-r", r"^net\.ipv4\.(ip_forward$|conf\.(all|default|lo|uplink)\.)",
-                 ns=ns).stdout
-    return {
-        # admin state, not operstate: a bridge's carrier follows its ports asynchronously
-        "links": sorted((l["ifname"], l.get("linkinfo", {}).get("info_kind"), "UP" in l["flags"],
-                         l.get("ifalias"), l["mtu"]) for l in links),
-        "addrs": sorted((a["ifname"], i["local"], i["prefixlen"])
-                        for a in addrs for i in a.get("addr_info", [])),
-        "routes": sorted(json.dumps({k: v for k, v in r.items() if k != "flags"}, sort_keys=True)
-                         for r in routes),  # "linkdown" follows carrier, not configuration
-        "nft": _save_lines(sh("iptables-nft-save", ns=ns).stdout),
-        "legacy": _save_lines(sh("iptables-legacy-save", ns=ns).stdout) if legacy_names else [],
-        "native": native,
-        "sysctls": sysctls,
-        "netns": sorted(e for e in os.listdir("/run/netns") if e.startswith(ns + "-")),
-    }
 
 
 def answers(ns: str, ip: str) -> bool:
@@ -213,17 +174,17 @@ def test_failure_mid_network_create_restores_forwarding(host, monkeypatch):
 
 def test_docker_chains_stay_untouched(host):
     sh("iptables-nft-restore", ns=host, input=DOCKER_29)
-    docker_before = _save_lines(sh("iptables-nft-save", ns=host).stdout)
+    docker_before = save_lines(sh("iptables-nft-save", ns=host).stdout)
     api.create_network("br0", "172.30.0.0/16", host=host)  # auto must pick nft (Docker's)
     api.create_container("web", "br0", ports=["9090:80"], host=host)
     assert api.load_state(host).backend == "nft"
-    during = _save_lines(sh("iptables-nft-save", ns=host).stdout)
+    during = save_lines(sh("iptables-nft-save", ns=host).stdout)
     assert [l for l in during if "BRIDGESCOPE" not in l] == docker_before
     assert not [l for l in during if "BRIDGESCOPE-" in l and "bridgescope:" not in l
                 and not l.startswith(":")]
     assert not sh("cat", "/proc/net/ip_tables_names", ns=host).stdout.strip()  # no legacy tables
     api.remove_network("br0", force=True, host=host)
-    assert _save_lines(sh("iptables-nft-save", ns=host).stdout) == docker_before
+    assert save_lines(sh("iptables-nft-save", ns=host).stdout) == docker_before
 
 
 def test_port_forwarded_by_docker_is_refused(host):
@@ -372,18 +333,18 @@ def test_ipam_skips_an_address_used_by_something_we_did_not_make(host, netns):
 
 def test_on_a_legacy_docker_host_we_write_legacy_and_see_dockers_forwards(host):
     sh("iptables-legacy-restore", ns=host, input=DOCKER_29)
-    docker_before = _save_lines(sh("iptables-legacy-save", ns=host).stdout)
+    docker_before = save_lines(sh("iptables-legacy-save", ns=host).stdout)
     api.create_network("br0", "172.30.0.0/16", host=host)
     api.create_container("web", "br0", host=host)
     assert api.load_state(host).backend == "legacy"
     with pytest.raises(ValidationError, match="8080/tcp is already forwarded .* by docker"):
         api.add_forward("web", "8080:80", host=host)
     api.add_forward("web", "8081:80", host=host)
-    during = _save_lines(sh("iptables-legacy-save", ns=host).stdout)
+    during = save_lines(sh("iptables-legacy-save", ns=host).stdout)
     assert [l for l in during if "BRIDGESCOPE" not in l] == docker_before
-    assert _save_lines(sh("iptables-nft-save", ns=host).stdout) == []  # no split brain
+    assert save_lines(sh("iptables-nft-save", ns=host).stdout) == []  # no split brain
     api.remove_network("br0", force=True, host=host)
-    assert _save_lines(sh("iptables-legacy-save", ns=host).stdout) == docker_before
+    assert save_lines(sh("iptables-legacy-save", ns=host).stdout) == docker_before
 
 
 def test_a_restore_failing_in_a_later_table_takes_back_the_earlier_ones(host):
