@@ -150,7 +150,8 @@ def main() -> int:
     if os.geteuid() != 0:
         print("run as root (builds network namespaces)", file=sys.stderr)
         return 1
-    os.environ["BRIDGESCOPE_STATE_DIR"] = tempfile.mkdtemp(prefix="bsbench-state-")
+    state_dir = tempfile.TemporaryDirectory(prefix="bsbench-state-")  # removed at exit
+    os.environ["BRIDGESCOPE_STATE_DIR"] = state_dir.name
     print(f"# {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, kernel {os.uname().release}")
     load = os.getloadavg()[0]
     (ours, ours_cpu), (cni, cni_cpu) = bench_ours(args.containers), bench_cni(args.containers)

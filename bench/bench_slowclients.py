@@ -136,7 +136,8 @@ def main() -> int:
     try:
         subprocess.run(["ip", "-n", HOST, "link", "set", "lo", "up"], check=True)
         port = serve_process.free_port()
-        log = Path(tempfile.mkdtemp(prefix="bsslow-")) / "serve.log"
+        logs = tempfile.TemporaryDirectory(prefix="bsslow-")  # removed at exit
+        log = Path(logs.name) / "serve.log"
         with log.open("w") as out:
             proc = serve_process.start(HOST, port, env={"BRIDGESCOPE_TOKEN": TOKEN}, output=out)
         url = f"http://127.0.0.1:{port}/"
