@@ -176,7 +176,11 @@ class _Store:
         else:
             self.targets.pop(ns_id, None)
         for far in before - after:
-            self.pointing[far] = self.pointing.get(far, frozenset()) - {ns_id}
+            rest = self.pointing.get(far, frozenset()) - {ns_id}
+            if rest:
+                self.pointing[far] = rest
+            else:
+                self.pointing.pop(far, None)
         for far in after - before:
             self.pointing[far] = self.pointing.get(far, frozenset()) | {ns_id}
 

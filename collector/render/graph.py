@@ -291,26 +291,58 @@ def patch_elements(old: list[dict], snap: Snapshot, ns_ids: Iterable[str], *,
                    show_loopback: bool = False) -> tuple[list[dict], dict] | None:
     """Rebuild only what belongs to `ns_ids` (plus the few NAT nodes), keeping every position.
 
-    Returns (elements, delta), equal to (to_elements(snap), diff_elements(old, that)), or None
-    when those namespaces gained/lost elements or anything the layout depends on changed:
-    then the caller lays everything out again with to_elements.
+    Returns (elements, delta): the elements to_elements(snap) would give, except that nodes
+    which appeared are placed beside their siblings instead of laying the namespace out anew;
+    or None when a namespace appeared or anything the layout depends on changed: then the
+    caller lays everything out again with to_elements.
     """
     touched = set(ns_ids)
     fresh = _fresh_elements(snap, touched, show_loopback)
     stale = {e["data"]["id"]: e for e in old if _belongs(e, touched)}
-    if stale.keys() != fresh.keys():
+    added = [e for i, e in fresh.items() if i not in stale]
+    if any(e["data"]["kind"] == "namespace" for e in added):
         return None
     for element_id, element in fresh.items():
-        before = stale[element_id]
-        if element["group"] == "nodes":
+        before = stale.get(element_id)
+        if element["group"] == "nodes" and before is not None:
             if _layout_key(element) != _layout_key(before):
                 return None
             element["position"] = before["position"]
-    changed = [e for i, e in fresh.items() if e != stale[i]]
-    if not changed:
+    _place_added([e for e in added if e["group"] == "nodes"], old)
+    removed = [i for i in stale if i not in fresh]
+    changed = [e for i, e in fresh.items() if i in stale and e != stale[i]]
+    if not (added or removed or changed):
         return old, {"added": [], "removed": [], "changed": []}
     replaced = {e["data"]["id"]: e for e in changed}
-    return [replaced.get(e["data"]["id"], e) for e in old], {"added": [], "removed": [], "changed": changed}
+    gone = set(removed)
+    kept = [replaced.get(e["data"]["id"], e) for e in old if e["data"]["id"] not in gone]
+    nodes = [e for e in kept if e["group"] == "nodes"] + [e for e in added if e["group"] == "nodes"]
+    edges = [e for e in kept if e["group"] == "edges"] + [e for e in added if e["group"] == "edges"]
+    return nodes + edges, {"added": added, "removed": removed, "changed": changed}
+
+
+def _place_added(nodes: list[dict], old: list[dict]) -> None:
+    """A node that appeared in a namespace goes on a new row under its siblings; nothing else
+    moves (the next full layout tidies up)."""
+    parents = {n["data"]["parent"] for n in nodes}
+    below: dict[str, tuple[float, float]] = {}
+    for e in old:
+        parent = e["data"].get("parent") if e["group"] == "nodes" else None
+        if parent in parents:
+            x, y = e["position"]["x"], e["position"]["y"]
+            left, bottom = below.get(parent, (x, y))
+            below[parent] = (min(left, x), max(bottom, y))
+    centers = {e["data"]["id"]: e["position"] for e in old if e["data"]["id"] in parents}
+    count: dict[str, int] = {}
+    for node in nodes:
+        parent = node["data"]["parent"]
+        k = count[parent] = count.get(parent, -1) + 1
+        if parent in below:
+            left, bottom = below[parent]
+            node["position"] = {"x": round(left + k * CELL_W, 1), "y": round(bottom + CELL_H, 1)}
+        else:
+            center = centers.get(parent, {"x": 0.0, "y": 0.0})
+            node["position"] = {"x": round(center["x"] + k * CELL_W, 1), "y": center["y"]}
 
 
 def _fresh_elements(snap: Snapshot, touched: set[str], show_loopback: bool) -> dict[str, dict]:
