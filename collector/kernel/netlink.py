@@ -140,6 +140,34 @@ class NetnsSocket:
                 yield msg
 
 
+def apply_events(dump: NamespaceDump, chunks: Iterable[bytes]) -> NamespaceDump | None:
+    """Pure: the dump after the link and address notifications in `chunks` (what an event
+    socket received), or None when something came that only a fresh dump settles: a route,
+    a netconf change, a deleted link (the kernel does not announce the routes that go with
+    it), a bridge-port message (AF_BRIDGE, partial), or anything unparsable."""
+    links = {link.ifindex: link for link in dump.links}
+    addresses = {(a.ifindex, a.cidr): a for a in dump.addresses}
+    try:
+        for chunk in chunks:
+            for msg in rtnl.messages(chunk):
+                if msg.type == rtnl.RTM_NEWLINK and msg.data[rtnl.HEADER_SIZE] != socket.AF_BRIDGE:
+                    link = rtnl.link_facts(msg)
+                    links[link.ifindex] = link
+                elif msg.type in (rtnl.RTM_NEWADDR, rtnl.RTM_DELADDR):
+                    addr = rtnl.address_facts(msg)
+                    if addr is None:
+                        return None
+                    if msg.type == rtnl.RTM_NEWADDR:
+                        addresses[(addr.ifindex, addr.cidr)] = addr
+                    else:
+                        addresses.pop((addr.ifindex, addr.cidr), None)
+                else:
+                    return None
+    except (IndexError, ValueError, KeyError):
+        return None
+    return NamespaceDump(tuple(links[i] for i in sorted(links)), tuple(addresses.values()), dump.routes)
+
+
 def read_sysctls(paths: Iterable[tuple[str, str]]) -> tuple[tuple[str, str], ...]:
     """Read (key, /proc/sys path) pairs as the calling thread's namespace sees them.
 
@@ -249,6 +277,14 @@ def ensure_fd_budget(needed: int) -> None:
             resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
 
 
+def reread_sysctls(handles: Mapping[NamespaceHandle, Iterable[str]]) -> dict[str, tuple | Exception]:
+    """Only the sysctls ({handle: its bridges' names}), one setns pass: when links changed
+    but no fresh dump is needed."""
+    items = [(h.fd, (h, bridges)) for h, bridges in handles.items()]
+    results = hop_each(items, lambda hb: read_sysctls(namespace_sysctls(hb[1])))
+    return {h.ns_id: r for (_, (h, _)), r in zip(items, results)}
+
+
 def reread(handles: Iterable[NamespaceHandle]) -> dict[str, NamespaceRead | Exception]:
     """Re-dump the given namespaces over their open sockets (one setns pass for sysctls)."""
     items = [(h.fd, h) for h in handles]
@@ -257,5 +293,5 @@ def reread(handles: Iterable[NamespaceHandle]) -> dict[str, NamespaceRead | Exce
 
 __all__ = [
     "AddressFacts", "LinkFacts", "NamespaceDump", "NamespaceHandle", "NamespaceRead", "NetnsSocket",
-    "RouteFacts", "hop_each", "new_route_socket", "open_handles", "read_sysctls", "reread", "setns",
+    "RouteFacts", "apply_events", "hop_each", "new_route_socket", "open_handles", "read_sysctls", "reread", "setns",
 ]

@@ -44,6 +44,7 @@ SCOPES = {0: "global", 200: "site", 253: "link", 254: "host", 255: "nowhere"}
 PROTOS = {1: "redirect", 2: "kernel", 3: "boot", 4: "static", 16: "dhcp"}
 
 _HDR = struct.Struct("=IHHII")
+HEADER_SIZE = _HDR.size  # a message body starts here
 _IFINFO = struct.Struct("=BxHiII")
 _IFADDR = struct.Struct("=BBBBI")
 _RTMSG = struct.Struct("=BBBBBBBBI")

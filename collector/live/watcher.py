@@ -29,13 +29,14 @@ from bridgescope.collector.kernel.namespaces import NetnsRef, discover, resolve_
 from bridgescope.collector.kernel.netlink import (
     NETLINK_ADD_MEMBERSHIP,
     SOL_NETLINK,
+    NamespaceDump,
     NamespaceHandle,
     NamespaceRead,
+    apply_events,
     open_handles,
+    reread_sysctls,
 )
-from bridgescope.collector.kernel.netlink import (
-    reread as reread_handles,
-)
+from bridgescope.collector.kernel.netlink import reread as reread_handles
 from bridgescope.collector.kernel.snapshot import path_or_blank, read_firewall, vanished_warnings
 from bridgescope.collector.kernel.veth import likely_homes, resolve_nsids
 from bridgescope.collector.live.fanout import GraphFanout
@@ -187,7 +188,7 @@ class Watcher:
 
     def _handle(self, ready: list[tuple[int, int]], inotify: int | None, mountinfo) -> None:
         by_fd = {h.events.fileno(): ns_id for ns_id, h in self._handles.items() if h.events is not None}
-        dirty: set[str] = set()
+        dirty: dict[str, list[bytes]] = {}
         overflow = rediscover = False
         for fd, _ in ready:
             if fd == self._wake_r:
@@ -201,10 +202,11 @@ class Watcher:
                 rediscover = True
             elif fd in by_fd:
                 ns_id = by_fd[fd]
-                if _drain_socket(self._handles[ns_id].events):
-                    dirty.add(ns_id)
-                else:
+                chunks = _drain_socket(self._handles[ns_id].events)
+                if chunks is None:
                     overflow = True
+                else:
+                    dirty.setdefault(ns_id, []).extend(chunks)
         self._serve_requests()
         if overflow:
             self._heal()
@@ -213,7 +215,7 @@ class Watcher:
             now = time.monotonic()
             self._rechecks = sorted(set(self._rechecks) | {now + delay for delay in RECHECK_AFTER})
         if dirty or rediscover:
-            self._round(discovery=rediscover, reread=dirty)
+            self._round(discovery=rediscover, events=dirty)
 
     def _serve_requests(self) -> None:
         while not self._requests.empty():
@@ -237,15 +239,19 @@ class Watcher:
     # ---- one round: read at the edge, then advance the pure picture --------------------------
 
     def _round(self, *, discovery: bool = False, reread: Iterable[str] = (), firewall: Iterable[str] | None = (),
-               full: bool = False) -> None:
-        """Read what is asked (and whatever discovery finds new), advance the picture, publish."""
+               full: bool = False, events: Mapping[str, list[bytes]] | None = None) -> None:
+        """Read what is asked (and whatever discovery finds new), advance the picture, publish.
+
+        `events` ({namespace: what its event socket received}) are applied to the cached dump
+        where they say all there is to know; the others are re-dumped."""
         wanted = set(reread)
         namespaces = warnings = None
         dumps: dict[str, NamespaceRead] = {}
         if discovery:
             namespaces, dumps, warnings = self._sync_namespaces(discover(self._host))
+        applied = self._apply_events(events or {}, wanted)
         fresh = reread_handles([self._handles[n] for n in wanted if n in self._handles])
-        dumps.update({n: r for n, r in fresh.items() if isinstance(r, NamespaceRead)})
+        dumps.update({n: r for n, r in {**applied, **fresh}.items() if isinstance(r, NamespaceRead)})
         scanned = set(firewall or ()) | (dumps.keys() - self._picture.reads.keys())
         fw = self._read_firewall(sorted(n for n in scanned if n in self._handles)) if self.firewall else {}
         new = bool(namespaces is not None and namespaces.keys() - self._picture.namespaces.keys())
@@ -257,6 +263,29 @@ class Watcher:
             if delta["added"] or delta["removed"] or delta["changed"]:
                 self._version += 1
                 self._fanout.publish({"type": "delta", "version": self._version, **delta}, picture.elements)
+
+    def _apply_events(self, events: Mapping[str, list[bytes]], redump: set[str]) -> dict[str, NamespaceRead]:
+        """Cached dumps brought up to date by their events (the sysctls re-read only when the
+        bridges changed, since a bridge's own keys follow it); the rest joins `redump`."""
+        out: dict[str, NamespaceRead] = {}
+        sysctls_for: dict[NamespaceHandle, list[str]] = {}
+        for ns_id, chunks in events.items():
+            before = self._picture.reads.get(ns_id)
+            dump = apply_events(before.dump, chunks) if before is not None and ns_id in self._handles else None
+            if dump is None:
+                redump.add(ns_id)
+                continue
+            out[ns_id] = NamespaceRead(dump, before.sysctls)
+            bridges = _bridges(dump)
+            if bridges != _bridges(before.dump):
+                sysctls_for[self._handles[ns_id]] = sorted(bridges)
+        for ns_id, sysctls in reread_sysctls(sysctls_for).items():
+            if isinstance(sysctls, tuple):
+                out[ns_id] = NamespaceRead(out[ns_id].dump, sysctls)
+            else:
+                del out[ns_id]
+                redump.add(ns_id)
+        return out
 
     def _sync_namespaces(self, found: list[Namespace]
                          ) -> tuple[dict[str, Namespace], dict[str, NamespaceRead], tuple[str, ...]]:
@@ -331,6 +360,10 @@ class Watcher:
         return fd
 
 
+def _bridges(dump: NamespaceDump) -> set[str]:
+    return {link.name for link in dump.links if link.kind == "bridge"}
+
+
 def _join_group(sock: socket.socket, group: int) -> None:
     try:
         sock.setsockopt(SOL_NETLINK, NETLINK_ADD_MEMBERSHIP, group)
@@ -338,16 +371,17 @@ def _join_group(sock: socket.socket, group: int) -> None:
         pass  # an older kernel without that group: ip_forward changes wait for the heal
 
 
-def _drain_socket(sock: socket.socket) -> bool:
-    """Read every pending event; False when the kernel reported dropped events (ENOBUFS)."""
+def _drain_socket(sock: socket.socket) -> list[bytes] | None:
+    """Every pending event; None when the kernel reported dropped events (ENOBUFS)."""
+    chunks = []
     while True:
         try:
-            sock.recv(1 << 16, socket.MSG_DONTWAIT)
+            chunks.append(sock.recv(1 << 16, socket.MSG_DONTWAIT))
         except BlockingIOError:
-            return True
+            return chunks
         except OSError as err:
             if err.errno == errno.ENOBUFS:
-                return False
+                return None
             raise
 
 
