@@ -140,13 +140,15 @@ class NetnsSocket:
                 yield msg
 
 
-def apply_events(dump: NamespaceDump, chunks: Iterable[bytes]) -> NamespaceDump | None:
+def apply_events(dump: NamespaceDump, chunks: Iterable[bytes]) -> tuple[NamespaceDump, bool] | None:
     """Pure: the dump after the link and address notifications in `chunks` (what an event
-    socket received), or None when something came that only a fresh dump settles: a route,
-    a netconf change, a deleted link (the kernel does not announce the routes that go with
-    it), a bridge-port message (AF_BRIDGE, partial), or anything unparsable."""
+    socket received), and whether a netconf message said some sysctl changed; None when
+    something came that only a fresh dump settles: a route, a deleted link (the kernel does
+    not announce the routes that go with it), a bridge-port message (AF_BRIDGE, partial), or
+    anything unparsable."""
     links = {link.ifindex: link for link in dump.links}
     addresses = {(a.ifindex, a.cidr): a for a in dump.addresses}
+    netconf = False
     try:
         for chunk in chunks:
             for msg in rtnl.messages(chunk):
@@ -161,11 +163,13 @@ def apply_events(dump: NamespaceDump, chunks: Iterable[bytes]) -> NamespaceDump 
                         addresses[(addr.ifindex, addr.cidr)] = addr
                     else:
                         addresses.pop((addr.ifindex, addr.cidr), None)
+                elif msg.type in (rtnl.RTM_NEWNETCONF, rtnl.RTM_DELNETCONF):
+                    netconf = True  # every new device announces its own; cheap to re-read
                 else:
                     return None
     except (IndexError, ValueError, KeyError):
         return None
-    return NamespaceDump(tuple(links[i] for i in sorted(links)), tuple(addresses.values()), dump.routes)
+    return NamespaceDump(tuple(links[i] for i in sorted(links)), tuple(addresses.values()), dump.routes), netconf
 
 
 def read_sysctls(paths: Iterable[tuple[str, str]]) -> tuple[tuple[str, str], ...]:

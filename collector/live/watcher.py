@@ -265,19 +265,21 @@ class Watcher:
                 self._fanout.publish({"type": "delta", "version": self._version, **delta}, picture.elements)
 
     def _apply_events(self, events: Mapping[str, list[bytes]], redump: set[str]) -> dict[str, NamespaceRead]:
-        """Cached dumps brought up to date by their events (the sysctls re-read only when the
-        bridges changed, since a bridge's own keys follow it); the rest joins `redump`."""
+        """Cached dumps brought up to date by their events (the sysctls re-read alone when a
+        netconf message came or the bridges changed, since a bridge's own keys follow it); the
+        rest joins `redump`."""
         out: dict[str, NamespaceRead] = {}
         sysctls_for: dict[NamespaceHandle, list[str]] = {}
         for ns_id, chunks in events.items():
             before = self._picture.reads.get(ns_id)
-            dump = apply_events(before.dump, chunks) if before is not None and ns_id in self._handles else None
-            if dump is None:
+            applied = apply_events(before.dump, chunks) if before is not None and ns_id in self._handles else None
+            if applied is None:
                 redump.add(ns_id)
                 continue
+            dump, netconf = applied
             out[ns_id] = NamespaceRead(dump, before.sysctls)
             bridges = _bridges(dump)
-            if bridges != _bridges(before.dump):
+            if netconf or bridges != _bridges(before.dump):
                 sysctls_for[self._handles[ns_id]] = sorted(bridges)
         for ns_id, sysctls in reread_sysctls(sysctls_for).items():
             if isinstance(sysctls, tuple):
