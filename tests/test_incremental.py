@@ -123,3 +123,21 @@ def test_a_full_round_equals_the_one_shot_scan(stage):
                                         nsids=s["nsids"], full=True))
     assert after.snapshot == one_shot(stage)
     assert after.elements == to_elements(after.snapshot)
+
+
+def test_a_link_removed_is_one_removed_node():
+    picture, _ = step(started(), "bridge", [HOST])
+    br1 = next(i.id for i in picture.snapshot.interfaces if i.name == "br1")
+    after, delta = step(picture, "start", [HOST])
+    assert delta == {"added": [], "removed": [br1], "changed": []}
+    assert dataclasses.replace(after.snapshot, taken_at=2.0) == one_shot("start")
+
+
+def test_elements_follow_the_one_shot_ids_through_the_story():
+    picture = started()
+    for stage, ns_ids, discovery in [("bridge", [HOST], False), ("address", [C1], False),
+                                     ("container", [HOST, C2], True), ("gone", [HOST], True),
+                                     ("start", [HOST, C1], False)]:
+        picture, _ = step(picture, stage, ns_ids, discovery=discovery)
+        ids = {e["data"]["id"] for e in picture.elements}
+        assert ids == {e["data"]["id"] for e in to_elements(picture.snapshot)}, stage

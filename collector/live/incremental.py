@@ -10,7 +10,8 @@ where rules changed or a forward's target moved, and elements are patched in pla
 """
 from __future__ import annotations
 
-from collections.abc import Mapping
+import dataclasses
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from bridgescope.collector.firewall import FirewallScan
@@ -19,12 +20,13 @@ from bridgescope.collector.kernel.snapshot import (
     NamespacePart,
     join_parts,
     merge_firewall,
-    namespace_part,
+    namespace_interfaces,
+    namespace_routes,
     nat_view,
     with_nat,
 )
 from bridgescope.collector.kernel.veth import IfKey, pair, wanted_nsids
-from bridgescope.collector.model import Namespace, Snapshot
+from bridgescope.collector.model import Interface, Namespace, Snapshot
 from bridgescope.collector.render.graph import diff_elements, patch_elements, to_elements
 from bridgescope.collector.rules.nat import NatView
 
@@ -55,8 +57,10 @@ class Picture:
     reads: Mapping[str, NamespaceRead] = field(default_factory=dict)
     nsids: Mapping[str, Mapping[int, str]] = field(default_factory=dict)
     parts: Mapping[str, NamespacePart] = field(default_factory=dict)
-    targets: Mapping[str, frozenset[IfKey]] = field(default_factory=dict)  # links a namespace's veths point at
+    # per namespace: (own ifindex, the (namespace, ifindex) it points at) of each of its veths
+    targets: Mapping[str, frozenset[tuple[int, IfKey]]] = field(default_factory=dict)
     pointing: Mapping[str, frozenset[str]] = field(default_factory=dict)  # namespace -> whose veths point into it
+    pointed: Mapping[IfKey, frozenset[IfKey]] = field(default_factory=dict)  # a link -> the veths pointing at it
     fw: Mapping[str, FirewallScan] = field(default_factory=dict)
     fw_merged: FirewallScan | None = None  # every namespace's rules in one scan; None: to merge again
     nat: Mapping[str, NatView] = field(default_factory=dict)
@@ -77,26 +81,40 @@ def needs_nsids(picture: Picture, reads: Mapping[str, NamespaceRead], *, everyth
             if everything or not wanted_nsids(merged[ns_id].dump) <= set(picture.nsids.get(ns_id, {}))]
 
 
+Dirty = dict[str, "set[int] | None"]  # namespace -> ifindexes to rebuild; None: all of it
+
+
 def advance(picture: Picture, reads: Reads) -> tuple[Picture, dict]:
     """The next picture and the delta that turns the previous elements into its elements."""
     namespaces = dict(picture.namespaces if reads.namespaces is None else reads.namespaces)
     store = _Store(picture)
-    dirty: set[str] = set()
+    dirty: Dirty = {}
     gone = picture.namespaces.keys() - namespaces.keys()
     for ns_id in gone:
-        dirty |= store.forget(ns_id)
-    dirty |= {n for n, ns in namespaces.items() if n in picture.namespaces and ns != picture.namespaces[n]}
+        for other in store.forget(ns_id):
+            _mark(dirty, other)
+    if reads.namespaces is not None:
+        for ns_id in [n for n, ns in namespaces.items() if n in picture.namespaces and ns != picture.namespaces[n]]:
+            _mark(dirty, ns_id, ())
     for ns_id, read in reads.dumps.items():
         if ns_id in namespaces:
-            dirty |= store.take_read(ns_id, read)
+            for key, ifindexes in store.take_read(ns_id, read).items():
+                _mark(dirty, key, ifindexes)
     if reads.full:
         store.nsids = {}
-    store.nsids.update(reads.nsids)
+    for ns_id, mapping in reads.nsids.items():
+        if mapping != store.nsids.get(ns_id):
+            _mark(dirty, ns_id)
+        store.nsids[ns_id] = dict(mapping)
     everything = reads.full or not picture.elements
     present = namespaces.keys() & store.reads.keys()
     namespaces = {n: ns for n, ns in namespaces.items() if n in present}
-    affected = set(present) if everything else (dirty | (present - store.parts.keys())) & present
-    moved_ips = store.rebuild_parts(namespaces, affected)
+    if everything:
+        dirty = dict.fromkeys(present)
+    for ns_id in present - store.parts.keys():
+        _mark(dirty, ns_id)
+    dirty = {n: v for n, v in dirty.items() if n in present}
+    moved_ips, if_ids = store.rebuild_parts(namespaces, dirty)
     order = sorted(namespaces.values(), key=lambda ns: (not ns.is_host, ns.inode))
     warnings = picture.warnings if reads.warnings is None else reads.warnings
     snap = join_parts((store.parts[ns.id] for ns in order), taken_at=reads.taken_at, warnings=warnings)
@@ -104,15 +122,26 @@ def advance(picture: Picture, reads: Reads) -> tuple[Picture, dict]:
         snap = store.with_nat(snap, order, reads.firewall, everything=everything,
                               moved_ips=moved_ips, gone=gone)
     relayout = everything or namespaces.keys() != picture.namespaces.keys()
-    elements, delta = _elements(picture.elements, snap, affected, relayout)
+    elements, delta = _elements(picture.elements, snap, set(dirty), if_ids, relayout)
     return Picture(firewall=picture.firewall, namespaces=namespaces, reads=store.reads, nsids=store.nsids,
-                   parts=store.parts, targets=store.targets, pointing=store.pointing, fw=store.fw,
-                   fw_merged=store.fw_merged, nat=store.nat, warnings=warnings, snapshot=snap,
+                   parts=store.parts, targets=store.targets, pointing=store.pointing, pointed=store.pointed,
+                   fw=store.fw, fw_merged=store.fw_merged, nat=store.nat, warnings=warnings, snapshot=snap,
                    elements=elements), delta
 
 
-def _elements(old: list[dict], snap: Snapshot, affected: set[str], relayout: bool) -> tuple[list[dict], dict]:
-    patched = None if relayout or not old else patch_elements(old, snap, affected)
+def _mark(dirty: Dirty, ns_id: str, ifindexes: Iterable[int] | None = None) -> None:
+    """Add to what must be rebuilt: some of a namespace's links (None: all of them)."""
+    if ifindexes is None:
+        dirty[ns_id] = None
+    elif ns_id not in dirty:
+        dirty[ns_id] = set(ifindexes)
+    elif dirty[ns_id] is not None:
+        dirty[ns_id] |= set(ifindexes)
+
+
+def _elements(old: list[dict], snap: Snapshot, ns_ids: set[str], if_ids: set[str],
+              relayout: bool) -> tuple[list[dict], dict]:
+    patched = None if relayout or not old else patch_elements(old, snap, ns_ids, only=if_ids)
     if patched is not None:
         return patched
     new = to_elements(snap)
@@ -124,10 +153,11 @@ class _Store:
 
     def __init__(self, picture: Picture):
         self.reads = dict(picture.reads)
-        self.nsids = {k: dict(v) for k, v in picture.nsids.items()}
+        self.nsids = dict(picture.nsids)
         self.parts = dict(picture.parts)
         self.targets = dict(picture.targets)
         self.pointing = dict(picture.pointing)
+        self.pointed = dict(picture.pointed)
         self.fw = dict(picture.fw)
         self.fw_merged = picture.fw_merged
         self.nat = dict(picture.nat)
@@ -140,49 +170,76 @@ class _Store:
             mapping.pop(ns_id, None)
         if self.fw.pop(ns_id, None) is not None:
             self.fw_merged = None
-        for mapping in self.nsids.values():
-            for nsid in [k for k, v in mapping.items() if v == ns_id]:
-                del mapping[nsid]
+        for other in [n for n, m in self.nsids.items() if ns_id in m.values()]:
+            self.nsids[other] = {k: v for k, v in self.nsids[other].items() if v != ns_id}
         return lost_peer
 
-    def take_read(self, ns_id: str, read: NamespaceRead) -> set[str]:
-        """Keep a fresh read; returns the namespaces to rebuild because of it."""
+    def take_read(self, ns_id: str, read: NamespaceRead) -> dict[str, set[int]]:
+        """Keep a fresh read; returns {namespace: ifindexes} to rebuild because of it."""
         before = self.reads.get(ns_id)
         if read == before:
-            return set()
+            return {}
         self.reads[ns_id] = read
-        came_or_went = _ifindexes(read) ^ (_ifindexes(before) if before is not None else set())
+        if before is None:
+            return {ns_id: _ifindexes(read)}
+        old_links = {link.ifindex: link for link in before.dump.links}
+        new_links = {link.ifindex: link for link in read.dump.links}
+        came_or_went = old_links.keys() ^ new_links.keys()
+        changed = came_or_went | {i for i, link in new_links.items() if old_links.get(i, link) != link}
+        changed |= {a.ifindex for a in set(before.dump.addresses) ^ set(read.dump.addresses)}
+        out = {ns_id: changed}  # a link that went is rebuilt as nothing
         # veths elsewhere that point at a link that came or went must be paired again
-        return {ns_id} | {other for other in self.pointing.get(ns_id, ())
-                          if any((ns_id, i) in self.targets.get(other, ()) for i in came_or_went)}
+        for ifindex in came_or_went:
+            for far_ns, far_ifindex in self.pointed.get((ns_id, ifindex), ()):
+                out.setdefault(far_ns, set()).add(far_ifindex)
+        return out
 
-    def rebuild_parts(self, namespaces: Mapping[str, Namespace], affected: set[str]) -> set[str]:
-        """Rebuild the affected namespaces' parts; returns the addresses that appeared or went."""
-        peers = pair(_DumpView(self.reads), self.nsids, only=affected)
+    def rebuild_parts(self, namespaces: Mapping[str, Namespace], dirty: Dirty) -> tuple[set[str], set[str]]:
+        """Rebuild what is dirty; (addresses that appeared or went, ids of interfaces rebuilt)."""
+        view = _DumpView(self.reads)
+        peers = pair(view, self.nsids, only=list(dirty),
+                     links={n: v for n, v in dirty.items() if v is not None})
         moved: set[str] = set()
-        for ns_id in affected:
-            before = self.parts.get(ns_id)
-            part = namespace_part(namespaces[ns_id], self.reads[ns_id], peers)
+        if_ids: set[str] = set()
+        for ns_id, ifindexes in dirty.items():
+            read, before = self.reads[ns_id], self.parts.get(ns_id)
+            if ifindexes is None or before is None:
+                interfaces = namespace_interfaces(ns_id, read, peers)
+                old = before.interfaces if before is not None else ()
+            else:
+                fresh = namespace_interfaces(ns_id, read, peers, only=ifindexes)
+                old = [i for i in before.interfaces if i.ifindex in ifindexes]
+                interfaces = sorted([i for i in before.interfaces if i.ifindex not in ifindexes] + fresh,
+                                    key=lambda i: i.ifindex)
+            rebuilt = [i for i in interfaces if ifindexes is None or before is None or i.ifindex in ifindexes]
+            part = NamespacePart(dataclasses.replace(namespaces[ns_id], sysctls=read.sysctls), tuple(interfaces),
+                                 tuple(namespace_routes(ns_id, read)))
             self.parts[ns_id] = part
-            moved |= _ips(before) ^ _ips(part)
-            self._point(ns_id, _veth_targets(ns_id, self.reads[ns_id], self.nsids.get(ns_id, {})))
-        return moved
+            moved |= _ips(old) ^ _ips(rebuilt)
+            if_ids |= {i.id for i in old} | {i.id for i in rebuilt}
+            if_ids |= {i.id for i in interfaces if i.master in if_ids}  # a bridge's ports show its owner
+            self._point(ns_id, _veth_targets(ns_id, read, self.nsids.get(ns_id, {})))
+        return moved, if_ids
 
-    def _point(self, ns_id: str, targets: frozenset[IfKey]) -> None:
-        before = {far for far, _ in self.targets.get(ns_id, ())}
-        after = {far for far, _ in targets}
+    def _point(self, ns_id: str, targets: frozenset[tuple[int, IfKey]]) -> None:
+        before = self.targets.get(ns_id, frozenset())
+        if targets == before:
+            return
         if targets:
             self.targets[ns_id] = targets
         else:
             self.targets.pop(ns_id, None)
-        for far in before - after:
-            rest = self.pointing.get(far, frozenset()) - {ns_id}
-            if rest:
-                self.pointing[far] = rest
-            else:
-                self.pointing.pop(far, None)
-        for far in after - before:
-            self.pointing[far] = self.pointing.get(far, frozenset()) | {ns_id}
+        for own, far in before - targets:
+            rest = self.pointed.get(far, frozenset()) - {(ns_id, own)}
+            _put(self.pointed, far, rest)
+        for own, far in targets - before:
+            self.pointed[far] = self.pointed.get(far, frozenset()) | {(ns_id, own)}
+        far_before = {far_ns for _, (far_ns, _) in before}
+        far_after = {far_ns for _, (far_ns, _) in targets}
+        for far_ns in far_before - far_after:
+            _put(self.pointing, far_ns, self.pointing.get(far_ns, frozenset()) - {ns_id})
+        for far_ns in far_after - far_before:
+            self.pointing[far_ns] = self.pointing.get(far_ns, frozenset()) | {ns_id}
 
     def with_nat(self, snap: Snapshot, order: list[Namespace], fresh: Mapping[str, FirewallScan], *,
                  everything: bool, moved_ips: set[str], gone: set[str]) -> Snapshot:
@@ -204,14 +261,21 @@ class _Store:
         return with_nat(snap, self.fw_merged, (self.nat[ns.id] for ns in order if ns.id in self.nat))
 
 
-def _veth_targets(ns_id: str, read: NamespaceRead, nsids: Mapping[int, str]) -> frozenset[IfKey]:
-    """(namespace, ifindex) of every link this namespace's veths point at, when known."""
+def _put(mapping: dict, key, value: frozenset) -> None:
+    if value:
+        mapping[key] = value
+    else:
+        mapping.pop(key, None)
+
+
+def _veth_targets(ns_id: str, read: NamespaceRead, nsids: Mapping[int, str]) -> frozenset[tuple[int, IfKey]]:
+    """(own ifindex, (namespace, ifindex) it points at) for this namespace's veths, when known."""
     out = set()
     for link in read.dump.links:
         if link.kind == "veth" and link.link:
             far = ns_id if link.link_netnsid is None else nsids.get(link.link_netnsid)
             if far is not None and far != ns_id:
-                out.add((far, link.link))
+                out.add((link.ifindex, (far, link.link)))
     return frozenset(out)
 
 
@@ -219,10 +283,8 @@ def _ifindexes(read: NamespaceRead) -> set[int]:
     return {link.ifindex for link in read.dump.links}
 
 
-def _ips(part: NamespacePart | None) -> set[str]:
-    if part is None:
-        return set()
-    return {cidr.split("/", 1)[0] for iface in part.interfaces for cidr in iface.addresses}
+def _ips(interfaces: Iterable[Interface]) -> set[str]:
+    return {cidr.split("/", 1)[0] for iface in interfaces for cidr in iface.addresses}
 
 
 class _DumpView(Mapping):
