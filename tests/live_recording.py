@@ -7,14 +7,27 @@ in, c2 gone. `load` turns the file back into the reads the Watcher would have ha
 """
 from __future__ import annotations
 
+import base64
 import dataclasses
 import json
+import os
 import secrets
+import socket
 import subprocess
 import sys
+import time
 
 from bridgescope.collector.kernel.namespaces import discover, resolve_netns
-from bridgescope.collector.kernel.netlink import NamespaceDump, NamespaceRead, open_handles
+from bridgescope.collector.kernel.netlink import (
+    NETLINK_ADD_MEMBERSHIP,
+    RTMGRP_TOPOLOGY,
+    SOL_NETLINK,
+    NamespaceDump,
+    NamespaceRead,
+    hop_each,
+    new_route_socket,
+    open_handles,
+)
 from bridgescope.collector.kernel.rtnl import AddressFacts, LinkFacts, RouteFacts
 from bridgescope.collector.kernel.snapshot import path_or_blank, resolve_all_nsids
 from bridgescope.collector.model import Namespace
@@ -34,13 +47,40 @@ def _read(d: dict) -> NamespaceRead:
 
 
 def load(path: str) -> dict[str, dict]:
-    """{stage: {"namespaces": {id: Namespace}, "reads": {id: NamespaceRead}, "nsids": {id: {nsid: id}}}}."""
+    """{stage: {"namespaces": {id: Namespace}, "reads": {id: NamespaceRead}, "nsids": {id: {nsid: id}},
+    "events": {name suffix: [bytes the namespace's event socket received on the way to this stage]}}}."""
     with open(path, encoding="utf-8") as fh:
         raw = json.load(fh)
     return {stage: {"namespaces": {k: _namespace(v) for k, v in s["namespaces"].items()},
                     "reads": {k: _read(v) for k, v in s["reads"].items()},
-                    "nsids": {k: {int(n): t for n, t in v.items()} for k, v in s["nsids"].items()}}
+                    "nsids": {k: {int(n): t for n, t in v.items()} for k, v in s["nsids"].items()},
+                    "events": {k: [base64.b64decode(c) for c in v] for k, v in s.get("events", {}).items()}}
             for stage, s in raw.items()}
+
+
+def _event_sockets(names: list[str]) -> dict[str, socket.socket]:
+    fds = [(os.open(f"/run/netns/{name}", os.O_RDONLY), name) for name in names]
+    try:
+        socks = hop_each(fds, lambda _: new_route_socket(RTMGRP_TOPOLOGY))
+    finally:
+        for fd, _ in fds:
+            os.close(fd)
+    for sock in socks:
+        sock.setsockopt(SOL_NETLINK, NETLINK_ADD_MEMBERSHIP, 24)  # netconf, as the Watcher
+    return dict(zip(names, socks))
+
+
+def _drain(socks: dict[str, socket.socket]) -> dict[str, list[str]]:
+    time.sleep(0.2)
+    out: dict[str, list[str]] = {}
+    for name, sock in socks.items():
+        while True:
+            try:
+                out.setdefault(name.rsplit("-", 1)[1], []).append(
+                    base64.b64encode(sock.recv(1 << 16, socket.MSG_DONTWAIT)).decode())
+            except BlockingIOError:
+                break
+    return out
 
 
 def _ip(*argv: str) -> None:
@@ -75,10 +115,14 @@ def record(out: str) -> None:
         _ip("-n", c1, "link", "set", "eth0", "up")
         _ip("-n", c1, "addr", "add", "10.50.0.2/24", "dev", "eth0")
         stages = {"start": _stage(host, prefix)}
+        socks = _event_sockets([host, c1])
+        _drain(socks)
         _ip("-n", host, "link", "add", "br1", "type", "bridge")
-        stages["bridge"] = _stage(host, prefix)
+        stages["bridge"] = {**_stage(host, prefix), "events": _drain(socks)}
         _ip("-n", c1, "addr", "add", "10.50.0.9/24", "dev", "eth0")
-        stages["address"] = _stage(host, prefix)
+        stages["address"] = {**_stage(host, prefix), "events": _drain(socks)}
+        for sock in socks.values():
+            sock.close()
         _ip("netns", "add", c2)
         _ip("-n", host, "link", "add", "vc2", "type", "veth", "peer", "name", "eth0", "netns", c2)
         _ip("-n", host, "link", "set", "vc2", "master", "br0", "up")

@@ -141,3 +141,29 @@ def test_elements_follow_the_one_shot_ids_through_the_story():
         picture, _ = step(picture, stage, ns_ids, discovery=discovery)
         ids = {e["data"]["id"] for e in picture.elements}
         assert ids == {e["data"]["id"] for e in to_elements(picture.snapshot)}, stage
+
+
+def test_events_recorded_in_the_kernel_bring_the_dump_to_the_next_one():
+    """The Watcher applies link/address events to its cached dump instead of re-dumping."""
+    from bridgescope.collector.kernel.netlink import apply_events
+    before, after = STAGES["start"]["reads"][HOST].dump, STAGES["bridge"]["reads"][HOST].dump
+    applied = apply_events(before, STAGES["bridge"]["events"]["host"])
+    assert applied is not None
+    dump, netconf = applied
+    assert dump == after and netconf  # a new device announces its netconf: the sysctls are re-read
+
+
+def test_an_address_event_applies_and_its_local_route_is_ignored():
+    from bridgescope.collector.kernel.netlink import apply_events
+    before = STAGES["bridge"]["reads"][C1].dump
+    applied = apply_events(before, STAGES["address"]["events"]["c1"])  # NEWADDR, then a local-table route
+    assert applied is not None and applied[0] == STAGES["address"]["reads"][C1].dump
+
+
+def test_a_main_table_route_asks_for_a_dump():
+    from bridgescope.collector.kernel import rtnl
+    from bridgescope.collector.kernel.netlink import apply_events
+    dump = STAGES["start"]["reads"][C1].dump
+    route = rtnl.route_dump(7)  # a RTM_GETROUTE for the main table: same layout as a route event
+    as_event = route[:4] + rtnl.RTM_NEWROUTE.to_bytes(2, "little") + route[6:]
+    assert apply_events(dump, [as_event]) is None

@@ -143,7 +143,7 @@ class NetnsSocket:
 def apply_events(dump: NamespaceDump, chunks: Iterable[bytes]) -> tuple[NamespaceDump, bool] | None:
     """Pure: the dump after the link and address notifications in `chunks` (what an event
     socket received), and whether a netconf message said some sysctl changed; None when
-    something came that only a fresh dump settles: a route, a deleted link (the kernel does
+    something came that only a fresh dump settles: a main-table route, a deleted link (the kernel does
     not announce the routes that go with it), a bridge-port message (AF_BRIDGE, partial), or
     anything unparsable."""
     links = {link.ifindex: link for link in dump.links}
@@ -165,11 +165,15 @@ def apply_events(dump: NamespaceDump, chunks: Iterable[bytes]) -> tuple[Namespac
                         addresses.pop((addr.ifindex, addr.cidr), None)
                 elif msg.type in (rtnl.RTM_NEWNETCONF, rtnl.RTM_DELNETCONF):
                     netconf = True  # every new device announces its own; cheap to re-read
+                elif msg.type in (rtnl.RTM_NEWROUTE, rtnl.RTM_DELROUTE) and rtnl.route_facts(msg) is None:
+                    continue  # another table (an address's local route): not in the dump either
                 else:
                     return None
     except (IndexError, ValueError, KeyError):
         return None
-    return NamespaceDump(tuple(links[i] for i in sorted(links)), tuple(addresses.values()), dump.routes), netconf
+    # the order a dump gives: IPv4 before IPv6, by device, each device's in the order added
+    ordered = sorted(addresses.values(), key=lambda a: (a.family != 4, a.ifindex))
+    return NamespaceDump(tuple(links[i] for i in sorted(links)), tuple(ordered), dump.routes), netconf
 
 
 def read_sysctls(paths: Iterable[tuple[str, str]]) -> tuple[tuple[str, str], ...]:
