@@ -160,10 +160,21 @@ def test_an_address_event_applies_and_its_local_route_is_ignored():
     assert applied is not None and applied[0] == STAGES["address"]["reads"][C1].dump
 
 
-def test_a_main_table_route_asks_for_a_dump():
+def _route_event(mtype: int, flags: int = 0) -> bytes:
+    import socket
+
+    from bridgescope.collector.kernel import rtnl
+    body = rtnl._RTMSG.pack(socket.AF_INET, 24, 0, 0, rtnl.RT_TABLE_MAIN, 2, 253, 1, 0)
+    body += rtnl._attr(1, socket.inet_aton("10.99.0.0")) + rtnl._attr(4, (2).to_bytes(4, "little"))
+    return rtnl.request(mtype, flags, 0, body)
+
+
+def test_a_main_table_route_event_applies_and_a_replace_asks_for_a_dump():
     from bridgescope.collector.kernel import rtnl
     from bridgescope.collector.kernel.netlink import apply_events
     dump = STAGES["start"]["reads"][C1].dump
-    route = rtnl.route_dump(7)  # a RTM_GETROUTE for the main table: same layout as a route event
-    as_event = route[:4] + rtnl.RTM_NEWROUTE.to_bytes(2, "little") + route[6:]
-    assert apply_events(dump, [as_event]) is None
+    added, _ = apply_events(dump, [_route_event(rtnl.RTM_NEWROUTE)])
+    [new] = [r for r in added.routes if r not in dump.routes]
+    assert (new.dst, new.oif, new.family) == ("10.99.0.0/24", 2, 4)
+    assert apply_events(added, [_route_event(rtnl.RTM_DELROUTE)])[0] == dump
+    assert apply_events(dump, [_route_event(rtnl.RTM_NEWROUTE, rtnl.NLM_F_REPLACE)]) is None

@@ -13,9 +13,11 @@ to open, 11 ms of I/O.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import resource
 import socket
+import struct
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -141,18 +143,22 @@ class NetnsSocket:
 
 
 def apply_events(dump: NamespaceDump, chunks: Iterable[bytes]) -> tuple[NamespaceDump, bool] | None:
-    """Pure: the dump after the link and address notifications in `chunks` (what an event
-    socket received), and whether a netconf message said some sysctl changed; None when
-    something came that only a fresh dump settles: a main-table route, a deleted link (the kernel does
-    not announce the routes that go with it), a bridge-port message (AF_BRIDGE, partial), or
-    anything unparsable."""
+    """Pure: the dump after the notifications in `chunks` (what an event socket received), and
+    whether a netconf message said some sysctl changed; None when something came that only a
+    fresh dump settles: a deleted link (the kernel does not announce the routes that go with
+    it), a route replaced in place, or anything unparsable."""
     links = {link.ifindex: link for link in dump.links}
     addresses = {(a.ifindex, a.cidr): a for a in dump.addresses}
+    routes = list(dump.routes)
     netconf = False
     try:
         for chunk in chunks:
             for msg in rtnl.messages(chunk):
-                if msg.type == rtnl.RTM_NEWLINK and msg.data[rtnl.HEADER_SIZE] != socket.AF_BRIDGE:
+                if msg.type in (rtnl.RTM_NEWLINK, rtnl.RTM_DELLINK) and msg.data[rtnl.HEADER_SIZE] == socket.AF_BRIDGE:
+                    if msg.type == rtnl.RTM_NEWLINK:
+                        _port(links, *rtnl.bridge_port_facts(msg))
+                    # a port leaving its bridge: the plain RTM_NEWLINK that clears its master says so
+                elif msg.type == rtnl.RTM_NEWLINK:
                     link = rtnl.link_facts(msg)
                     links[link.ifindex] = link
                 elif msg.type in (rtnl.RTM_NEWADDR, rtnl.RTM_DELADDR):
@@ -163,17 +169,32 @@ def apply_events(dump: NamespaceDump, chunks: Iterable[bytes]) -> tuple[Namespac
                         addresses[(addr.ifindex, addr.cidr)] = addr
                     else:
                         addresses.pop((addr.ifindex, addr.cidr), None)
+                elif msg.type in (rtnl.RTM_NEWROUTE, rtnl.RTM_DELROUTE):
+                    route = rtnl.route_facts(msg)
+                    if route is None:
+                        continue  # another table (an address's local route): not in the dump either
+                    if msg.flags & rtnl.NLM_F_REPLACE:
+                        return None  # which route it replaced is the kernel's to say
+                    if msg.type == rtnl.RTM_DELROUTE:
+                        routes = [r for r in routes if r != route]
+                    elif route not in routes:
+                        routes.append(route)
                 elif msg.type in (rtnl.RTM_NEWNETCONF, rtnl.RTM_DELNETCONF):
                     netconf = True  # every new device announces its own; cheap to re-read
-                elif msg.type in (rtnl.RTM_NEWROUTE, rtnl.RTM_DELROUTE) and rtnl.route_facts(msg) is None:
-                    continue  # another table (an address's local route): not in the dump either
                 else:
                     return None
-    except (IndexError, ValueError, KeyError):
+    except (IndexError, ValueError, KeyError, struct.error):
         return None
     # the order a dump gives: IPv4 before IPv6, by device, each device's in the order added
     ordered = sorted(addresses.values(), key=lambda a: (a.family != 4, a.ifindex))
-    return NamespaceDump(tuple(links[i] for i in sorted(links)), tuple(ordered), dump.routes), netconf
+    return NamespaceDump(tuple(links[i] for i in sorted(links)), tuple(ordered), tuple(routes)), netconf
+
+
+def _port(links: dict[int, LinkFacts], ifindex: int, master: int | None, hairpin: bool | None) -> None:
+    """What the bridge says of its port (hairpin may change by this message alone)."""
+    link = links.get(ifindex)
+    if link is not None and master is not None:
+        links[ifindex] = dataclasses.replace(link, master=master, hairpin=link.hairpin if hairpin is None else hairpin)
 
 
 def read_sysctls(paths: Iterable[tuple[str, str]]) -> tuple[tuple[str, str], ...]:
