@@ -90,9 +90,10 @@ def advance(picture: Picture, reads: Reads) -> tuple[Picture, dict]:
     store = _Store(picture)
     dirty: Dirty = {}
     gone = picture.namespaces.keys() - namespaces.keys()
+    gone_ids = {i.id for n in gone if n in picture.parts for i in picture.parts[n].interfaces}
     for ns_id in gone:
-        for other in store.forget(ns_id):
-            _mark(dirty, other)
+        for other, ifindexes in store.forget(ns_id).items():
+            _mark(dirty, other, ifindexes)
     if reads.namespaces is not None:
         for ns_id in [n for n, ns in namespaces.items() if n in picture.namespaces and ns != picture.namespaces[n]]:
             _mark(dirty, ns_id, ())
@@ -121,8 +122,9 @@ def advance(picture: Picture, reads: Reads) -> tuple[Picture, dict]:
     if picture.firewall:
         snap = store.with_nat(snap, order, reads.firewall, everything=everything,
                               moved_ips=moved_ips, gone=gone)
-    relayout = everything or namespaces.keys() != picture.namespaces.keys()
-    elements, delta = _elements(picture.elements, snap, set(dirty), if_ids, relayout)
+    # a namespace that went takes its elements along and moves nothing; one that came needs a place
+    relayout = everything or bool(namespaces.keys() - picture.namespaces.keys())
+    elements, delta = _elements(picture.elements, snap, set(dirty) | gone, if_ids | gone_ids, relayout)
     return Picture(firewall=picture.firewall, namespaces=namespaces, reads=store.reads, nsids=store.nsids,
                    parts=store.parts, targets=store.targets, pointing=store.pointing, pointed=store.pointed,
                    fw=store.fw, fw_merged=store.fw_merged, nat=store.nat, warnings=warnings, snapshot=snap,
@@ -162,9 +164,11 @@ class _Store:
         self.fw_merged = picture.fw_merged
         self.nat = dict(picture.nat)
 
-    def forget(self, ns_id: str) -> set[str]:
-        """Drop a namespace that went; returns the namespaces whose veths lost their peer."""
-        lost_peer = set(self.pointing.pop(ns_id, frozenset()))
+    def forget(self, ns_id: str) -> dict[str, set[int]]:
+        """Drop a namespace that went; returns the veths that lost their peer ({namespace: ifindexes})."""
+        lost_peer: dict[str, set[int]] = {}
+        for other in self.pointing.pop(ns_id, frozenset()):
+            lost_peer[other] = {own for own, (far, _) in self.targets.get(other, ()) if far == ns_id}
         self._point(ns_id, frozenset())
         for mapping in (self.reads, self.nsids, self.parts, self.nat):
             mapping.pop(ns_id, None)
