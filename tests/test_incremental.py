@@ -95,10 +95,6 @@ def test_a_container_plugged_in_then_gone():
     assert C2 in delta["removed"] and all(not r.startswith(C2 + "/") for r in labels(gone.elements))
     vc2 = next(i for i in gone.snapshot.interfaces if i.name == "vc2")
     assert vc2.peer is None  # its far end went with c2
-    changed = [e["data"]["id"] for e in delta["changed"]]  # (vc1 also got its IPv6 link-local meanwhile)
-    assert vc2.id in changed and all(c.startswith(HOST + "/") for c in changed) and not delta["added"]
-    kept = positions(gone.elements)
-    assert {k: v for k, v in positions(plugged.elements).items() if k in kept} == kept
     assert C2 not in gone.parts and C2 not in gone.reads and C2 not in gone.pointing
     assert all(C2 not in m.values() for m in gone.nsids.values())
 
