@@ -195,34 +195,42 @@ def measure_changes(browser, base: str, count: int, tag: str) -> dict:
     stream.ready.wait(120)
     monitor = NetlinkMonitor()
     monitor.start()
-    ctx = browser.new_context(viewport={"width": 1500, "height": 950})
-    page = ctx.new_page()
-    page.goto(f"{base}/?token={TOKEN}")
-    wait_js(page, "!!(window.cy && window.cy.nodes && window.cy.nodes().length > 0)", 120)
-    page.evaluate("() => { window.__seen = {}; cy.on('add', 'node', e => { "
-                  "const l = e.target.data('label'); if (!(l in window.__seen)) window.__seen[l] = Date.now(); }); }")
+    page = ctx = None
+    if browser is not None:
+        ctx = browser.new_context(viewport={"width": 1500, "height": 950})
+        page = ctx.new_page()
+        page.goto(f"{base}/?token={TOKEN}")
+        wait_js(page, "!!(window.cy && window.cy.nodes && window.cy.nodes().length > 0)", 120)
+        page.evaluate("() => { window.__seen = {}; cy.on('add', 'node', e => { "
+                      "const l = e.target.data('label'); "
+                      "if (!(l in window.__seen)) window.__seen[l] = Date.now(); }); }")
     time.sleep(1.0)
+
+    def in_browser(name: str) -> float:
+        return page.evaluate(f"window.__seen[{name!r}] || 0") / 1000.0 if page is not None else 0.0
+
     to_stream, to_browser, to_netlink = [], [], []
     for k in range(count):
         name = f"bq{tag}{k}"
         t0 = time.time()
         ip("link", "add", name, "type", "bridge", ns=HOST)
         deadline = time.monotonic() + 15
-        while time.monotonic() < deadline and not (name in stream.seen and
-                                                   page.evaluate(f"window.__seen[{name!r}] || 0")):
+        while time.monotonic() < deadline and not (name in stream.seen and (page is None or in_browser(name))):
             time.sleep(0.005)
-        b = page.evaluate(f"window.__seen[{name!r}] || 0") / 1000.0
-        if name in stream.seen and b:
+        b = in_browser(name)
+        if name in stream.seen and (b or page is None):
             to_stream.append((stream.seen[name] - t0) * 1000)
-            to_browser.append((b - t0) * 1000)
+            if b:
+                to_browser.append((b - t0) * 1000)
         if name in monitor.seen:
             to_netlink.append((monitor.seen[name] - t0) * 1000)
         ip("link", "del", name, ns=HOST)
         time.sleep(0.3)
     stream.stop.set()
     monitor.close()
-    ctx.close()
-    return {"stream": to_stream, "browser": to_browser, "netlink": to_netlink, "missed": count - len(to_browser)}
+    if ctx is not None:
+        ctx.close()
+    return {"stream": to_stream, "browser": to_browser, "netlink": to_netlink, "missed": count - len(to_stream)}
 
 
 def request_latency(base: str, rounds: int) -> dict[str, float]:
@@ -263,8 +271,30 @@ def report_changes(n: int, r: dict) -> None:
     print(line("SSE delta", r["stream"]))
     print(line("node in window.cy", r["browser"]))
     if r["netlink"] and r["browser"]:
-        print(f"    ratio browser/netlink p50 {pct(r['browser'], 50) / max(pct(r['netlink'], 50), 0.01):.1f}x"
-              f"; missed {r['missed']}")
+        print(f"    ratio browser/netlink p50 {pct(r['browser'], 50) / max(pct(r['netlink'], 50), 0.01):.1f}x")
+    print(f"    missed {r['missed']}")
+
+
+def deltas_only(sizes: list[int], changes: int) -> int:
+    """change -> SSE delta at each size, without a browser: cheap enough for 1,000 namespaces."""
+    state = tempfile.mkdtemp(prefix="bsdbench-state-")
+    port = serve_process.free_port()
+    base = f"http://127.0.0.1:{port}"
+    proc = None
+    print(f"bench_webui --deltas-only: prefix {PREFIX}, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
+    try:
+        make_host()
+        have = grow_to(0, sizes[0])
+        proc = start_server(port, state)
+        for n in sizes:
+            have = grow_to(have, n)
+            time.sleep(3)  # let the watcher take in the new namespaces
+            report_changes(n, measure_changes(None, base, changes, str(n)))
+    finally:
+        if proc is not None:
+            serve_process.stop(proc)
+        teardown()
+    return 0
 
 
 def main() -> int:
@@ -273,8 +303,12 @@ def main() -> int:
     ap.add_argument("--changes", type=int, default=20)
     ap.add_argument("--streams", type=int, default=50)
     ap.add_argument("--rounds", type=int, default=15)
+    ap.add_argument("--deltas-only", action="store_true",
+                    help="no browser: only kernel change -> SSE delta (and the netlink baseline) per size")
     args = ap.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
+    if args.deltas_only:
+        return deltas_only(sizes, args.changes)
     from playwright.sync_api import sync_playwright
 
     state = tempfile.mkdtemp(prefix="bsdbench-state-")

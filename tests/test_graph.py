@@ -153,9 +153,19 @@ def test_patch_gives_up_when_the_layout_must_change():
     old = to_elements(snap)
     moved = _with_interface(snap, "ns-1/if3", master=None)  # a port leaves the bridge
     assert patch_elements(old, moved, {"ns-1"}) is None
+
+
+def test_patch_places_a_new_interface_and_moves_nothing():
+    from bridgescope.collector.render.graph import patch_elements
+    snap = topology(5)
+    old = to_elements(snap)
     extra = Interface("ns-12/if3", "ns-12", "eth1", 3, "veth", "up", 1500, None)
     grown = dataclasses.replace(snap, interfaces=snap.interfaces + (extra,))
-    assert patch_elements(old, grown, {"ns-12"}) is None
+    elements, delta = patch_elements(old, grown, {"ns-12"})
+    assert [e["data"]["id"] for e in delta["added"]] == ["ns-12/if3"] and not delta["changed"]
+    before = {e["data"]["id"]: e.get("position") for e in old}
+    assert all(e.get("position") == before[e["data"]["id"]] for e in elements if e["data"]["id"] in before)
+    assert {e["data"]["id"] for e in elements} == {e["data"]["id"] for e in to_elements(grown)}
 
 
 def test_veth_edge_emitted_by_the_untouched_end_is_kept():

@@ -92,23 +92,27 @@ def test_link_add_and_remove(pair):
     vnew = next(i for i in snap.interfaces if i.name == "vnew" and i.netns == snap.host)
     assert vnew.peer == eth1["data"]["id"]
     sh("ip", "-n", host, "link", "del", "vnew")
-    removed = next_delta(q, lambda d: eth1["data"]["id"] in d["removed"])
-    assert vnew.id in removed["removed"] or element(watcher.elements, id=vnew.id) is None
+    removed: set[str] = set()  # the two ends may arrive in one delta or in two
+    next_delta(q, lambda d: removed.update(d["removed"]) or {vnew.id, eth1["data"]["id"]} <= removed)
 
 
-def test_new_and_deleted_namespace(pair, netns):
-    watcher, host, c1 = pair
-    q = watcher.subscribe()
-    q.get()
-    extra = netns("late")
-    delta = next_delta(q, lambda d: element(d["added"], kind="namespace", label=extra) is not None)
-    extra_id = element(delta["added"], label=extra)["data"]["id"]
-    sh("ip", "netns", "del", extra)
-    # Gone, or (when another tool still has a process inside, e.g. an `nft monitor` of a
-    # concurrent test) still alive but no longer under that ip-netns name.
-    renamed = lambda d: any(e["data"]["id"] == extra_id and e["data"]["label"] != extra for e in d["changed"])
-    next_delta(q, lambda d: extra_id in d["removed"] or renamed(d))
-    assert all(ns.name != extra for ns in watcher.snapshot.namespaces)
+def test_new_and_deleted_namespace(netns):
+    # A short rescan: a tool elsewhere on the machine (a concurrent test's watcher) may hold the
+    # deleted namespace for a moment; the next rescan sees it gone. (A namespace that a process
+    # keeps is renamed instead: test_incremental covers that outcome on its own.)
+    host = netns("host")
+    watcher = Watcher(host, firewall=False, rescan_interval=1.0, heal_interval=3600).start()
+    try:
+        q = watcher.subscribe()
+        q.get()
+        extra = netns("late")
+        delta = next_delta(q, lambda d: element(d["added"], kind="namespace", label=extra) is not None)
+        extra_id = element(delta["added"], label=extra)["data"]["id"]
+        sh("ip", "netns", "del", extra)
+        next_delta(q, lambda d: extra_id in d["removed"])
+        assert all(ns.id != extra_id for ns in watcher.snapshot.namespaces)
+    finally:
+        watcher.stop()
 
 
 def test_refresh_rereads_one_namespace_now(pair):

@@ -6,21 +6,33 @@ Each cli_*.py module owns its sub-commands (`register(subparsers)` adds them and
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from collections.abc import Sequence
 
 from bridgescope.collector.errors import BridgescopeError
 
-# Modules that add sub-commands, in the order they appear in --help.
-_COMMAND_MODULES = (
-    "bridgescope.webui.cli_serve",
-    "bridgescope.webui.cli_snapshot",
-    "bridgescope.webui.cli_plumbing",
-    "bridgescope.webui.cli_doctor",
-)
+# Sub-command -> (module that registers it, its line in --help), in --help order. Only the
+# module of the command being run is imported: `--help` and `snapshot` must not pay for
+# flask, the plumbing or pyroute2. tests/test_cli_startup.py keeps the lines equal to the
+# modules' own help.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "serve": ("bridgescope.webui.cli_serve", "serve the live dashboard"),
+    "snapshot": ("bridgescope.webui.cli_snapshot",
+                 "print every namespace, bridge, veth pair, route and NAT rule once"),
+    "network": ("bridgescope.webui.cli_plumbing", "create or remove a bridge network"),
+    "container": ("bridgescope.webui.cli_plumbing", "create, remove or run a command in a container"),
+    "forward": ("bridgescope.webui.cli_plumbing", "publish a container port on the host"),
+    "lab": ("bridgescope.webui.cli_plumbing", "the sandbox lab: a whole demo host in namespaces"),
+    "restore": ("bridgescope.webui.cli_plumbing",
+                "re-apply the saved networks, containers and forwards (after a reboot) and clean up leftovers"),
+    "doctor": ("bridgescope.webui.cli_doctor",
+               "find what is broken in the host's container networking, and the fix"),
+}
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser for `command` (its module registers it), or, without one, the listing."""
     parser = argparse.ArgumentParser(
         prog="bridgescope",
         description="See and change a Linux host's container networking: bridges, veth pairs, "
@@ -28,16 +40,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    import importlib
-
-    for name in _COMMAND_MODULES:
-        importlib.import_module(name).register(sub)
+    if command in COMMANDS:
+        importlib.import_module(COMMANDS[command][0]).register(sub)
+    else:
+        for name, (_, text) in COMMANDS.items():
+            sub.add_parser(name, help=text)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser(argv[0] if argv else None).parse_args(argv)
     try:
         return int(args.func(args) or 0)
     except BridgescopeError as err:

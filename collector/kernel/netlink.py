@@ -13,9 +13,11 @@ to open, 11 ms of I/O.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import resource
 import socket
+import struct
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -111,6 +113,61 @@ class NetnsSocket:
                         raise OSError(msg.error, os.strerror(msg.error))
                     return
                 yield msg
+
+
+def apply_events(dump: RtnlDump, chunks: Iterable[bytes]) -> tuple[RtnlDump, bool] | None:
+    """Pure: the dump after the notifications in `chunks` (what an event socket received), and
+    whether a netconf message said some sysctl changed; None when something came that only a
+    fresh dump settles: a deleted link (the kernel does not announce the routes that go with
+    it), a route replaced in place, or anything unparsable."""
+    links = {link.ifindex: link for link in dump.links}
+    addresses = {(a.ifindex, a.cidr): a for a in dump.addresses}
+    routes = list(dump.routes)
+    netconf = False
+    try:
+        for chunk in chunks:
+            for msg in rtnl.messages(chunk):
+                if msg.type in (rtnl.RTM_NEWLINK, rtnl.RTM_DELLINK) and msg.data[rtnl.HEADER_SIZE] == socket.AF_BRIDGE:
+                    if msg.type == rtnl.RTM_NEWLINK:
+                        _port(links, *rtnl.bridge_port_facts(msg))
+                    # a port leaving its bridge: the plain RTM_NEWLINK that clears its master says so
+                elif msg.type == rtnl.RTM_NEWLINK:
+                    link = rtnl.link_facts(msg)
+                    links[link.ifindex] = link
+                elif msg.type in (rtnl.RTM_NEWADDR, rtnl.RTM_DELADDR):
+                    addr = rtnl.address_facts(msg)
+                    if addr is None:
+                        return None
+                    if msg.type == rtnl.RTM_NEWADDR:
+                        addresses[(addr.ifindex, addr.cidr)] = addr
+                    else:
+                        addresses.pop((addr.ifindex, addr.cidr), None)
+                elif msg.type in (rtnl.RTM_NEWROUTE, rtnl.RTM_DELROUTE):
+                    route = rtnl.route_facts(msg)
+                    if route is None:
+                        continue  # another table (an address's local route): not in the dump either
+                    if msg.flags & rtnl.NLM_F_REPLACE:
+                        return None  # which route it replaced is the kernel's to say
+                    if msg.type == rtnl.RTM_DELROUTE:
+                        routes = [r for r in routes if r != route]
+                    elif route not in routes:
+                        routes.append(route)
+                elif msg.type in (rtnl.RTM_NEWNETCONF, rtnl.RTM_DELNETCONF):
+                    netconf = True  # every new device announces its own; cheap to re-read
+                else:
+                    return None
+    except (IndexError, ValueError, KeyError, struct.error):
+        return None
+    # the order a dump gives: IPv4 before IPv6, by device, each device's in the order added
+    ordered = sorted(addresses.values(), key=lambda a: (a.family != 4, a.ifindex))
+    return RtnlDump(tuple(links[i] for i in sorted(links)), tuple(ordered), tuple(routes)), netconf
+
+
+def _port(links: dict[int, LinkFacts], ifindex: int, master: int | None, hairpin: bool | None) -> None:
+    """What the bridge says of its port (hairpin may change by this message alone)."""
+    link = links.get(ifindex)
+    if link is not None and master is not None:
+        links[ifindex] = dataclasses.replace(link, master=master, hairpin=link.hairpin if hairpin is None else hairpin)
 
 
 def read_sysctls(paths: Iterable[tuple[str, str]]) -> tuple[tuple[str, str], ...]:
@@ -222,6 +279,14 @@ def ensure_fd_budget(needed: int) -> None:
             resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
 
 
+def reread_sysctls(handles: Mapping[NamespaceHandle, Iterable[str]]) -> dict[str, tuple | Exception]:
+    """Only the sysctls ({handle: its bridges' names}), one setns pass: when links changed
+    but no fresh dump is needed."""
+    items = [(h.fd, (h, bridges)) for h, bridges in handles.items()]
+    results = hop_each(items, lambda hb: read_sysctls(namespace_sysctls(hb[1])))
+    return {h.ns_id: r for (_, (h, _)), r in zip(items, results)}
+
+
 def reread(handles: Iterable[NamespaceHandle]) -> dict[str, NamespaceRead | Exception]:
     """Re-dump the given namespaces over their open sockets (one setns pass for sysctls)."""
     items = [(h.fd, h) for h in handles]
@@ -229,6 +294,7 @@ def reread(handles: Iterable[NamespaceHandle]) -> dict[str, NamespaceRead | Exce
 
 
 __all__ = [
-    "AddressFacts", "LinkFacts", "RtnlDump", "NamespaceHandle", "NamespaceRead", "NetnsSocket",
-    "RouteFacts", "hop_each", "new_route_socket", "open_handles", "read_sysctls", "reread", "setns",
+    "AddressFacts", "LinkFacts", "NamespaceHandle", "NamespaceRead", "NetnsSocket", "RouteFacts",
+    "RtnlDump", "apply_events", "hop_each", "new_route_socket", "open_handles", "read_sysctls",
+    "reread", "setns",
 ]

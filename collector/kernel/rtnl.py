@@ -18,15 +18,18 @@ NLMSG_DONE = 3
 NLM_F_REQUEST = 0x1
 NLM_F_MULTI = 0x2
 NLM_F_DUMP = 0x300
+NLM_F_REPLACE = 0x100
 RTM_NEWLINK, RTM_DELLINK, RTM_GETLINK = 16, 17, 18
 RTM_NEWADDR, RTM_DELADDR, RTM_GETADDR = 20, 21, 22
 RTM_NEWROUTE, RTM_DELROUTE, RTM_GETROUTE = 24, 25, 26
 RTM_NEWNSID, RTM_GETNSID = 88, 90
+RTM_NEWNETCONF, RTM_DELNETCONF = 80, 81
 
 IFLA_ADDRESS, IFLA_IFNAME, IFLA_MTU, IFLA_LINK, IFLA_MASTER = 1, 3, 4, 5, 10
 IFLA_OPERSTATE, IFLA_LINKINFO, IFLA_IFALIAS, IFLA_LINK_NETNSID = 16, 18, 20, 37
 IFLA_INFO_KIND, IFLA_INFO_SLAVE_KIND, IFLA_INFO_SLAVE_DATA = 1, 4, 5
 IFLA_BRPORT_MODE = 4
+IFLA_PROTINFO = 12
 IFA_ADDRESS, IFA_LOCAL = 1, 2
 RTA_DST, RTA_OIF, RTA_GATEWAY, RTA_PREFSRC, RTA_TABLE, RTA_VIA = 1, 4, 5, 7, 15, 18
 NETNSA_NSID, NETNSA_FD = 1, 3
@@ -44,6 +47,7 @@ SCOPES = {0: "global", 200: "site", 253: "link", 254: "host", 255: "nowhere"}
 PROTOS = {1: "redirect", 2: "kernel", 3: "boot", 4: "static", 16: "dhcp"}
 
 _HDR = struct.Struct("=IHHII")
+HEADER_SIZE = _HDR.size  # a message body starts here
 _IFINFO = struct.Struct("=BxHiII")
 _IFADDR = struct.Struct("=BBBBI")
 _RTMSG = struct.Struct("=BBBBBBBBI")
@@ -216,6 +220,14 @@ def _hairpin(info: dict[int, bytes]) -> bool | None:
         return None
     mode = attrs(info[IFLA_INFO_SLAVE_DATA], 0).get(IFLA_BRPORT_MODE)
     return None if not mode else bool(mode[0] & BRIDGE_MODE_HAIRPIN)
+
+
+def bridge_port_facts(msg: Message) -> tuple[int, int | None, bool | None]:
+    """(ifindex, master, hairpin) from an AF_BRIDGE link message (the bridge's own view of a port)."""
+    _, _, index, _, _ = _IFINFO.unpack_from(msg.data, _HDR.size)
+    a = attrs(msg.data, _HDR.size + _IFINFO.size)
+    mode = attrs(a[IFLA_PROTINFO], 0).get(IFLA_BRPORT_MODE) if IFLA_PROTINFO in a else None
+    return index, _u32(a.get(IFLA_MASTER)) or None, None if mode is None else bool(mode[0] & BRIDGE_MODE_HAIRPIN)
 
 
 def address_facts(msg: Message) -> AddressFacts | None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 
 from bridgescope.collector import firewall as firewall_reader
@@ -112,12 +112,15 @@ def join_parts(parts: Iterable[NamespacePart], *, taken_at: float, warnings: tup
     )
 
 
-def namespace_interfaces(ns_id: str, read: NamespaceRead, peers: Mapping[IfKey, IfKey]) -> list[Interface]:
+def namespace_interfaces(ns_id: str, read: NamespaceRead, peers: Mapping[IfKey, IfKey],
+                         only: Collection[int] | None = None) -> list[Interface]:
+    """The namespace's interfaces by ifindex; `only` those ifindexes (the watcher's path)."""
     addresses: dict[int, list[str]] = {}
     for addr in read.dump.addresses:
         addresses.setdefault(addr.ifindex, []).append(addr.cidr)
     out = []
-    for link in sorted(read.dump.links, key=lambda l: l.ifindex):
+    links = read.dump.links if only is None else [link for link in read.dump.links if link.ifindex in only]
+    for link in sorted(links, key=lambda l: l.ifindex):
         peer = peers.get((ns_id, link.ifindex))
         out.append(Interface(
             id=interface_id(ns_id, link.ifindex),

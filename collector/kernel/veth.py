@@ -8,7 +8,7 @@ final step, `pair`, decides; it is pure.
 """
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from typing import Protocol
 
 from bridgescope.collector.kernel.netlink import RtnlDump
@@ -58,10 +58,12 @@ def resolve_nsids(ns_id: str, dump: RtnlDump, sock: NsidSource, fds: Mapping[str
 
 
 def pair(dumps: Mapping[str, RtnlDump], nsid_maps: Mapping[str, Mapping[int, str]],
-         only: Iterable[str] | None = None) -> dict[IfKey, IfKey]:
+         only: Iterable[str] | None = None, links: Mapping[str, Collection[int]] | None = None
+         ) -> dict[IfKey, IfKey]:
     """(namespace, ifindex) of each veth -> its peer's, when the peer's namespace is known.
 
-    `only` limits the work to those namespaces' veths (the watcher's incremental path).
+    `only` limits the work to those namespaces' veths, `links` ({namespace: ifindexes}) to
+    those links of theirs (the watcher's incremental path).
     """
     ifindexes: dict[str, set[int]] = {}
 
@@ -73,8 +75,9 @@ def pair(dumps: Mapping[str, RtnlDump], nsid_maps: Mapping[str, Mapping[int, str
 
     peers: dict[IfKey, IfKey] = {}
     for ns_id in (dumps if only is None else [n for n in only if n in dumps]):
+        wanted = links.get(ns_id) if links is not None else None
         for link in dumps[ns_id].links:
-            if link.kind != "veth" or not link.link:
+            if link.kind != "veth" or not link.link or (wanted is not None and link.ifindex not in wanted):
                 continue
             if link.link_netnsid is None:
                 far_ns = ns_id

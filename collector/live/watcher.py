@@ -1,18 +1,18 @@
 """Keeping the picture live: one bound netlink socket per namespace, deltas to subscribers.
 
-One thread owns an epoll set of every namespace's event socket, inotify on the netns
-directories, and /proc/self/mountinfo (POLLPRI when the mount table changes, which is how a
-bind-mounted namespace appears or goes). An event re-dumps only the namespace it came from;
-the snapshot and its Cytoscape elements are rebuilt from cached per-namespace reads (pure,
-cheap) and the difference is published. ENOBUFS (the kernel dropped events) and every
-heal_interval trigger a full re-dump; every rescan_interval /proc is searched for namespaces
-only a process holds.
+One thread owns everything that changes: an epoll set of every namespace's event socket,
+inotify on the netns directories, /proc/self/mountinfo (POLLPRI when the mount table
+changes, which is how a bind-mounted namespace appears or goes), and the handles. An event
+re-dumps only the namespace it came from; `incremental.advance` (pure) turns those reads into
+the next picture and its delta, which is published. ENOBUFS (the kernel dropped events) and
+every heal_interval trigger a full re-dump; every rescan_interval /proc is searched for
+namespaces only a process holds. Other threads ask for a re-read with `refresh`, which the
+loop performs, so no state is shared but the published picture.
 """
 from __future__ import annotations
 
 import atexit
 import ctypes
-import dataclasses
 import errno
 import logging
 import os
@@ -21,7 +21,7 @@ import select
 import socket
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 from bridgescope.collector.firewall import FirewallScan
 from bridgescope.collector.firewall.monitor import FirewallWatch
@@ -31,25 +31,17 @@ from bridgescope.collector.kernel.netlink import (
     SOL_NETLINK,
     NamespaceHandle,
     NamespaceRead,
+    RtnlDump,
+    apply_events,
     open_handles,
-    reread,
+    reread_sysctls,
 )
-from bridgescope.collector.kernel.snapshot import (
-    NamespacePart,
-    join_parts,
-    merge_firewall,
-    namespace_part,
-    nat_view,
-    path_or_blank,
-    read_firewall,
-    vanished_warnings,
-    with_nat,
-)
-from bridgescope.collector.kernel.veth import likely_homes, pair, resolve_nsids, wanted_nsids
+from bridgescope.collector.kernel.netlink import reread as reread_handles
+from bridgescope.collector.kernel.snapshot import path_or_blank, read_firewall, vanished_warnings
+from bridgescope.collector.kernel.veth import likely_homes, resolve_nsids
 from bridgescope.collector.live.fanout import GraphFanout
+from bridgescope.collector.live.incremental import Picture, Reads, advance, needs_nsids
 from bridgescope.collector.model import Namespace, Snapshot
-from bridgescope.collector.render.graph import diff_elements, patch_elements, to_elements
-from bridgescope.collector.rules.nat import NatView
 
 WATCHED_DIRS = ("/run/netns", "/run/docker/netns")
 IN_CREATE, IN_DELETE, IN_MOVED_FROM, IN_MOVED_TO = 0x100, 0x200, 0x40, 0x80
@@ -72,25 +64,12 @@ class Watcher:
         self.rescan_interval = rescan_interval
         self.heal_interval = heal_interval
         self.firewall = firewall
-        self._lock = threading.RLock()
-        self._namespaces: dict[str, Namespace] = {}
-        self._handles: dict[str, NamespaceHandle] = {}
-        self._reads: dict[str, NamespaceRead] = {}
-        self._nsids: dict[str, dict[int, str]] = {}
-        self._fw: dict[str, FirewallScan] = {}
-        self._fw_merged: FirewallScan | None = None
-        self._fw_dirty: set[str] = set()  # namespaces whose rules were re-read since the last build
-        self._nat: dict[str, NatView] = {}  # per namespace: NAT is interpreted where its rules live
-        self._parts: dict[str, NamespacePart] = {}
-        self._pointing: dict[str, set[str]] = {}  # namespace -> namespaces whose veths reach it
-        self._dirty: set[str] | None = None  # namespaces to rebuild; None = everything
-        self._relayout = True  # the set of namespaces changed: positions must be recomputed
-        self._gone: set[str] = set()  # namespaces forgotten since the last build
-        self._warnings: tuple[str, ...] = ()
-        self._snapshot = Snapshot()
-        self._elements: list[dict] = []
+        self._picture = Picture(firewall=firewall)
+        self._handles: dict[str, NamespaceHandle] = {}  # the loop's alone (before start: start's)
         self._version = 0
+        self._publishing = threading.Lock()  # a new subscriber's graph and later deltas must not interleave
         self._fanout = GraphFanout(QUEUE_LIMIT)
+        self._requests: queue.SimpleQueue[tuple[str | None, threading.Event]] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
@@ -103,11 +82,11 @@ class Watcher:
 
     @property
     def snapshot(self) -> Snapshot:
-        return self._snapshot
+        return self._picture.snapshot
 
     @property
     def elements(self) -> list[dict]:
-        return self._elements
+        return self._picture.elements
 
     @property
     def version(self) -> int:
@@ -115,11 +94,9 @@ class Watcher:
 
     def start(self) -> Watcher:
         """Read everything once, then watch in a background thread."""
-        with self._lock:
-            self._epoll = select.epoll()
-            self._epoll.register(self._wake_r, select.EPOLLIN)
-            self._sync_namespaces(discover(self._host))
-            self._rebuild()
+        self._epoll = select.epoll()
+        self._epoll.register(self._wake_r, select.EPOLLIN)
+        self._round(discovery=True)
         self._start_firewall_watch()
         atexit.register(self.stop)  # an exception in the caller must not orphan rule monitors
         self._thread = threading.Thread(target=self._run, name="bridgescope-watcher", daemon=True)
@@ -136,39 +113,39 @@ class Watcher:
             self._thread.join(timeout=5)
         if self._fw_watch is not None:
             self._fw_watch.stop()
-        with self._lock:
-            for handle in self._handles.values():
-                handle.close()
-            self._handles.clear()
-            if self._epoll is not None:
-                self._epoll.close()
+        for handle in self._handles.values():
+            handle.close()
+        self._handles.clear()
+        if self._epoll is not None:
+            self._epoll.close()
+        while not self._requests.empty():  # nobody waits for a stopped watcher
+            self._requests.get_nowait()[1].set()
         os.close(self._wake_r)
         os.close(self._wake_w)
 
     def subscribe(self) -> queue.Queue:
         """A queue that first gets the whole graph, then every delta."""
-        with self._lock:  # the graph and the deltas after it must not interleave
-            return self._fanout.subscribe(self._version, self._elements)
+        with self._publishing:
+            return self._fanout.subscribe(self._version, self._picture.elements)
 
     def unsubscribe(self, q: queue.Queue) -> None:
         self._fanout.unsubscribe(q)
 
-    def refresh(self, ns_id: str | None = None) -> None:
-        """Re-read now: one namespace's links and firewall, or (None) everything incl. discovery.
+    def refresh(self, ns_id: str | None = None, timeout: float = 30.0) -> None:
+        """Re-read now: one namespace's links and firewall, or (None) everything incl. discovery;
+        returns once the result is published.
 
-        Plumbing calls this after a change; FirewallWatch calls it when rules changed.
+        Plumbing calls this after a change; FirewallWatch calls it when rules changed. The loop
+        does the reading, so this only asks and waits.
         """
-        with self._lock:
-            if ns_id is None:
-                known = self._known_after_sync()
-                self._reread(known)
-                if self.firewall:
-                    self._rescan_firewall(known)
-            elif ns_id in self._handles:
-                self._reread([ns_id])
-                if self.firewall:
-                    self._rescan_firewall([ns_id])
-            self._publish()
+        if self._thread is None or threading.current_thread() is self._thread or self._stop.is_set():
+            if not self._stop.is_set():
+                self._refresh(ns_id)
+            return
+        done = threading.Event()
+        self._requests.put((ns_id, done))
+        os.write(self._wake_w, b"r")
+        done.wait(timeout)
 
     # ---- the loop ---------------------------------------------------------------------------
 
@@ -195,7 +172,7 @@ class Watcher:
                         next_heal, next_rescan = now + self.heal_interval, now + self.rescan_interval
                     elif now >= next_rescan or any(now >= t for t in self._rechecks):
                         self._rechecks = [t for t in self._rechecks if t > now]
-                        self._rediscover()
+                        self._round(discovery=True)
                         if now >= next_rescan:
                             next_rescan = now + self.rescan_interval
                 except Exception as err:
@@ -206,14 +183,12 @@ class Watcher:
             mountinfo.close()
             if inotify is not None:
                 os.close(inotify)
+            while not self._requests.empty():
+                self._requests.get_nowait()[1].set()
 
     def _handle(self, ready: list[tuple[int, int]], inotify: int | None, mountinfo) -> None:
-        with self._lock:
-            self._handle_locked(ready, inotify, mountinfo)
-
-    def _handle_locked(self, ready: list[tuple[int, int]], inotify: int | None, mountinfo) -> None:
         by_fd = {h.events.fileno(): ns_id for ns_id, h in self._handles.items() if h.events is not None}
-        dirty: set[str] = set()
+        dirty: dict[str, list[bytes]] = {}
         overflow = rediscover = False
         for fd, _ in ready:
             if fd == self._wake_r:
@@ -227,189 +202,141 @@ class Watcher:
                 rediscover = True
             elif fd in by_fd:
                 ns_id = by_fd[fd]
-                if _drain_socket(self._handles[ns_id].events):
-                    dirty.add(ns_id)
-                else:
+                chunks = _drain_socket(self._handles[ns_id].events)
+                if chunks is None:
                     overflow = True
+                else:
+                    dirty.setdefault(ns_id, []).extend(chunks)
+        self._serve_requests()
         if overflow:
             self._heal()
             return
         if rediscover:
-            self._rediscover(publish=False)
             now = time.monotonic()
             self._rechecks = sorted(set(self._rechecks) | {now + delay for delay in RECHECK_AFTER})
         if dirty or rediscover:
-            self._reread([ns for ns in dirty if ns in self._handles])
-            self._publish()
+            self._round(discovery=rediscover, events=dirty)
+
+    def _serve_requests(self) -> None:
+        while not self._requests.empty():
+            ns_id, done = self._requests.get_nowait()
+            try:
+                self._refresh(ns_id)
+            finally:
+                done.set()
+
+    def _refresh(self, ns_id: str | None) -> None:
+        if ns_id is None:
+            self._round(discovery=True, reread=self._handles, firewall=self._handles)
+        elif ns_id in self._handles:
+            self._round(reread=[ns_id], firewall=[ns_id])
 
     def _heal(self) -> None:
         """Full re-dump: after dropped events, and periodically in case anything slipped by."""
-        with self._lock:
-            known = self._known_after_sync()
-            self._nsids.clear()
-            self._dirty = None
-            self._reread(known)
-            if self.firewall and self._fw_watch is None:
-                self._rescan_firewall(known)
-            self._publish()
+        self._round(discovery=True, reread=self._handles, firewall=None if self._fw_watch else self._handles,
+                    full=True)
 
-    def _known_after_sync(self) -> list[str]:
-        """Rediscover; the namespaces that were already open (the new ones were just read)."""
-        opened = self._sync_namespaces(discover(self._host))
-        return [ns_id for ns_id in self._handles if ns_id not in opened]
+    # ---- one round: read at the edge, then advance the pure picture --------------------------
 
-    def _rediscover(self, publish: bool = True) -> None:
-        with self._lock:
-            self._sync_namespaces(discover(self._host))
-            if publish:
-                self._publish()
+    def _round(self, *, discovery: bool = False, reread: Iterable[str] = (), firewall: Iterable[str] | None = (),
+               full: bool = False, events: Mapping[str, list[bytes]] | None = None) -> None:
+        """Read what is asked (and whatever discovery finds new), advance the picture, publish.
 
-    # ---- state ------------------------------------------------------------------------------
+        `events` ({namespace: what its event socket received}) are applied to the cached dump
+        where they say all there is to know; the others are re-dumped."""
+        wanted = set(reread)
+        namespaces = warnings = None
+        dumps: dict[str, NamespaceRead] = {}
+        if discovery:
+            namespaces, dumps, warnings = self._sync_namespaces(discover(self._host))
+        applied = self._apply_events(events or {}, wanted)
+        fresh = reread_handles([self._handles[n] for n in wanted if n in self._handles])
+        dumps.update({n: r for n, r in {**applied, **fresh}.items() if isinstance(r, NamespaceRead)})
+        scanned = set(firewall or ()) | (dumps.keys() - self._picture.reads.keys())
+        fw = self._read_firewall(sorted(n for n in scanned if n in self._handles)) if self.firewall else {}
+        new = bool(namespaces is not None and namespaces.keys() - self._picture.namespaces.keys())
+        nsids = self._resolve(needs_nsids(self._picture, dumps, everything=full, new_namespaces=new), dumps)
+        picture, delta = advance(self._picture, Reads(taken_at=time.time(), namespaces=namespaces, dumps=dumps,
+                                                     nsids=nsids, firewall=fw, warnings=warnings, full=full))
+        with self._publishing:
+            self._picture = picture
+            if delta["added"] or delta["removed"] or delta["changed"]:
+                self._version += 1
+                self._fanout.publish({"type": "delta", "version": self._version, **delta}, picture.elements)
 
-    def _sync_namespaces(self, found: list[Namespace]) -> set[str]:
-        """Open (and read) what is new, close what is gone, keep names/paths current;
-        returns the ids it opened."""
+    def _apply_events(self, events: Mapping[str, list[bytes]], redump: set[str]) -> dict[str, NamespaceRead]:
+        """Cached dumps brought up to date by their events (the sysctls re-read alone when a
+        netconf message came or the bridges changed, since a bridge's own keys follow it); the
+        rest joins `redump`."""
+        out: dict[str, NamespaceRead] = {}
+        sysctls_for: dict[NamespaceHandle, list[str]] = {}
+        for ns_id, chunks in events.items():
+            before = self._picture.reads.get(ns_id)
+            applied = apply_events(before.dump, chunks) if before is not None and ns_id in self._handles else None
+            if applied is None:
+                redump.add(ns_id)
+                continue
+            dump, netconf = applied
+            out[ns_id] = NamespaceRead(dump, before.sysctls)
+            bridges = _bridges(dump)
+            if netconf or bridges != _bridges(before.dump):
+                sysctls_for[self._handles[ns_id]] = sorted(bridges)
+        for ns_id, sysctls in reread_sysctls(sysctls_for).items():
+            if isinstance(sysctls, tuple):
+                out[ns_id] = NamespaceRead(out[ns_id].dump, sysctls)
+            else:
+                del out[ns_id]
+                redump.add(ns_id)
+        return out
+
+    def _sync_namespaces(self, found: list[Namespace]
+                         ) -> tuple[dict[str, Namespace], dict[str, NamespaceRead], tuple[str, ...]]:
+        """Open (and read) what is new, close what is gone; (present namespaces, first reads of
+        the new ones, warnings about those that vanished while being opened)."""
         current = {ns.id: ns for ns in found}
         for ns_id in [n for n in self._handles if n not in current]:
-            self._forget(ns_id)
-        new = {ns.id: ns for ns in found if ns.id not in self._handles}
-        handles, reads, failures = open_handles({ns.id: path_or_blank(ns) for ns in new.values()}, events=True)
+            handle = self._handles.pop(ns_id)
+            if handle.events is not None:
+                self._epoll.unregister(handle.events.fileno())
+            handle.close()  # drops our reference: the kernel may now free the namespace
+        new = [ns for ns in found if ns.id not in self._handles]
+        handles, reads, failures = open_handles({ns.id: path_or_blank(ns) for ns in new}, events=True)
         for ns_id, handle in handles.items():
             self._handles[ns_id] = handle
-            self._reads[ns_id] = reads[ns_id]
             self._epoll.register(handle.events.fileno(), select.EPOLLIN)
             _join_group(handle.events, RTNLGRP_IPV4_NETCONF)
-        kept = {ns_id: ns for ns_id, ns in current.items() if ns_id in self._handles}
-        if kept.keys() != self._namespaces.keys():
-            self._relayout = True
-        self._mark(ns_id for ns_id, ns in kept.items() if ns != self._namespaces.get(ns_id))
-        self._namespaces = kept
-        self._warnings = vanished_warnings(new.values(), failures)
-        if self.firewall and handles:
-            self._rescan_firewall(list(handles))
         if self._fw_watch is not None:
             self._fw_watch.update(self._fw_paths())
-        return set(handles)
+        present = {ns_id: ns for ns_id, ns in current.items() if ns_id in self._handles}
+        return present, reads, vanished_warnings(new, failures)
 
-    def _mark(self, ns_ids) -> None:
-        if self._dirty is not None:
-            self._dirty.update(ns_ids)
+    def _read_firewall(self, ns_ids: list[str]) -> dict[str, FirewallScan]:
+        """Each namespace's rules; the scan's warnings ride on the first one."""
+        if not ns_ids:
+            return {}
+        scanned = read_firewall({n: self._handles[n].proc_path for n in ns_ids})
+        rules, chains, proxies = (_by_netns(items) for items in (scanned.rules, scanned.chains, scanned.proxies))
+        out = {n: FirewallScan(rules=tuple(rules.get(n, ())), chains=tuple(chains.get(n, ())),
+                               proxies=tuple(proxies.get(n, ()))) for n in ns_ids}
+        out[ns_ids[0]] = FirewallScan(out[ns_ids[0]].rules, out[ns_ids[0]].chains, scanned.warnings,
+                                      out[ns_ids[0]].proxies)
+        return out
 
-    def _forget(self, ns_id: str) -> None:
-        self._relayout = True
-        self._gone.add(ns_id)
-        self._mark(self._pointing.pop(ns_id, set()))  # their veths lost a peer
-        self._parts.pop(ns_id, None)
-        handle = self._handles.pop(ns_id)
-        if handle.events is not None:
-            self._epoll.unregister(handle.events.fileno())
-        handle.close()  # drops our reference: the kernel may now free the namespace
-        self._reads.pop(ns_id, None)
-        self._nsids.pop(ns_id, None)
-        self._fw.pop(ns_id, None)
-        self._nat.pop(ns_id, None)
-        self._fw_merged = None
-        for mapping in self._nsids.values():
-            for nsid in [k for k, v in mapping.items() if v == ns_id]:
-                del mapping[nsid]
-
-    def _reread(self, ns_ids: list[str]) -> None:
-        results = reread([self._handles[n] for n in ns_ids])
-        for ns_id, result in results.items():
-            if isinstance(result, NamespaceRead):
-                before = self._reads.get(ns_id)
-                if result != before:
-                    self._reads[ns_id] = result
-                    self._mark([ns_id])
-                    if before is None or _ifindexes(before) != _ifindexes(result):
-                        # links came or went: veths elsewhere that point here must re-pair
-                        self._mark(self._pointing.get(ns_id, set()))
-
-    def _rescan_firewall(self, ns_ids: list[str]) -> None:
-        self._fw_merged = None
-        self._fw_dirty.update(ns_ids)
-        scanned = read_firewall({n: self._handles[n].proc_path for n in ns_ids if n in self._handles})
-        rules, chains, proxies = (_by_netns(items) for items in
-                                  (scanned.rules, scanned.chains, scanned.proxies))
+    def _resolve(self, ns_ids: list[str], dumps: Mapping[str, NamespaceRead]) -> dict[str, dict[int, str]]:
+        """Ask the kernel which namespace each new nsid stands for (a question per candidate)."""
+        ns_ids = [n for n in ns_ids if n in self._handles]
+        if not ns_ids:
+            return {}
+        merged = {**{n: r.dump for n, r in self._picture.reads.items()}, **{n: r.dump for n, r in dumps.items()}}
+        homes = likely_homes(merged)
+        fds = {n: h.fd for n, h in self._handles.items()}
+        out = {}
         for ns_id in ns_ids:
-            self._fw[ns_id] = FirewallScan(rules=tuple(rules.get(ns_id, ())),
-                                           chains=tuple(chains.get(ns_id, ())),
-                                           proxies=tuple(proxies.get(ns_id, ())))
-        if scanned.warnings and ns_ids:
-            first = self._fw.get(ns_ids[0], FirewallScan())
-            self._fw[ns_ids[0]] = dataclasses.replace(first, warnings=first.warnings + scanned.warnings)
-
-    def _resolve_missing_nsids(self, ns_ids) -> None:
-        homes = None
-        fds = {}
-        for ns_id in ns_ids:
-            dump = self._reads[ns_id].dump
-            known = self._nsids.get(ns_id)
-            if known is not None and wanted_nsids(dump) <= set(known):
-                continue
-            if homes is None:  # built once, only when some nsid is new
-                homes = likely_homes({n: r.dump for n, r in self._reads.items()})
-                fds = {n: h.fd for n, h in self._handles.items()}
             try:
-                self._nsids[ns_id] = resolve_nsids(ns_id, dump, self._handles[ns_id].rtnl, fds, homes)
+                out[ns_id] = resolve_nsids(ns_id, merged[ns_id], self._handles[ns_id].rtnl, fds, homes)
             except OSError:
-                self._nsids[ns_id] = {}
-
-    def _rebuild(self) -> dict:
-        """Bring snapshot and elements up to date; returns the delta."""
-        dirty, self._dirty = self._dirty, set()
-        relayout, self._relayout = self._relayout or dirty is None, False
-        gone, self._gone = self._gone, set()
-        if dirty is None:
-            affected = set(self._namespaces)
-        else:
-            affected = (set(dirty) | (self._namespaces.keys() - self._parts.keys())) & self._namespaces.keys()
-        self._resolve_missing_nsids(affected)
-        dumps = {n: r.dump for n, r in self._reads.items()} if dirty is None else _DumpView(self._reads)
-        peers = pair(dumps, self._nsids, only=affected)
-        moved_ips: set[str] = set()
-        for ns_id in affected:
-            before = self._parts.get(ns_id)
-            part = namespace_part(self._namespaces[ns_id], self._reads[ns_id], peers)
-            self._parts[ns_id] = part
-            moved_ips |= _ips(before) ^ _ips(part)
-            for iface in part.interfaces:
-                if iface.peer is not None:
-                    self._pointing.setdefault(iface.peer.split("/", 1)[0], set()).add(ns_id)
-        order = sorted(self._namespaces.values(), key=lambda ns: (not ns.is_host, ns.inode))
-        snap = join_parts((self._parts[ns.id] for ns in order), taken_at=time.time(), warnings=self._warnings)
-        if self.firewall:
-            snap = self._with_nat(snap, order, everything=dirty is None, moved_ips=moved_ips, gone=gone)
-        old = self._elements
-        self._snapshot = snap
-        patched = None if relayout or not old else patch_elements(old, snap, affected)
-        if patched is None:
-            self._elements = to_elements(snap)
-            return diff_elements(old, self._elements)
-        self._elements, delta = patched
-        return delta
-
-    def _with_nat(self, snap: Snapshot, order: list[Namespace], *, everything: bool,
-                  moved_ips: set[str], gone: set[str]) -> Snapshot:
-        """Re-interpret NAT only where rules changed, or where a forward's target address
-        moved or its container went away; at N namespaces most hold no rules at all."""
-        if self._fw_merged is None:
-            self._fw_merged = merge_firewall(self._fw[ns.id] for ns in order if ns.id in self._fw)
-        redo = set(self._fw) if everything else set(self._fw_dirty)
-        if moved_ips or gone:
-            redo |= {n for n, v in self._nat.items()
-                     if any(p.to_ip in moved_ips or p.container in gone for p in v.port_forwards)}
-        self._fw_dirty = set()
-        for ns_id in redo & self._fw.keys():
-            self._nat[ns_id] = nat_view(self._fw[ns_id], snap)
-        return with_nat(snap, self._fw_merged, (self._nat[ns.id] for ns in order if ns.id in self._nat))
-
-    def _publish(self) -> None:
-        delta = self._rebuild()
-        if not (delta["added"] or delta["removed"] or delta["changed"]):
-            return
-        self._version += 1
-        self._fanout.publish({"type": "delta", "version": self._version, **delta}, self._elements)
+                out[ns_id] = {}
+        return out
 
     # ---- helpers ----------------------------------------------------------------------------
 
@@ -435,30 +362,8 @@ class Watcher:
         return fd
 
 
-def _ifindexes(read: NamespaceRead) -> set[int]:
-    return {link.ifindex for link in read.dump.links}
-
-
-def _ips(part: NamespacePart | None) -> set[str]:
-    if part is None:
-        return set()
-    return {cidr.split("/", 1)[0] for iface in part.interfaces for cidr in iface.addresses}
-
-
-class _DumpView(Mapping):
-    """{namespace id: NamespaceDump} over the cached reads, without copying them all."""
-
-    def __init__(self, reads: Mapping[str, NamespaceRead]):
-        self._reads = reads
-
-    def __getitem__(self, ns_id: str):
-        return self._reads[ns_id].dump
-
-    def __iter__(self):
-        return iter(self._reads)
-
-    def __len__(self) -> int:
-        return len(self._reads)
+def _bridges(dump: RtnlDump) -> set[str]:
+    return {link.name for link in dump.links if link.kind == "bridge"}
 
 
 def _join_group(sock: socket.socket, group: int) -> None:
@@ -468,16 +373,17 @@ def _join_group(sock: socket.socket, group: int) -> None:
         pass  # an older kernel without that group: ip_forward changes wait for the heal
 
 
-def _drain_socket(sock: socket.socket) -> bool:
-    """Read every pending event; False when the kernel reported dropped events (ENOBUFS)."""
+def _drain_socket(sock: socket.socket) -> list[bytes] | None:
+    """Every pending event; None when the kernel reported dropped events (ENOBUFS)."""
+    chunks = []
     while True:
         try:
-            sock.recv(1 << 16, socket.MSG_DONTWAIT)
+            chunks.append(sock.recv(1 << 16, socket.MSG_DONTWAIT))
         except BlockingIOError:
-            return True
+            return chunks
         except OSError as err:
             if err.errno == errno.ENOBUFS:
-                return False
+                return None
             raise
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import math
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 
 from bridgescope.collector.model import Interface, Masquerade, Namespace, PortForward, Snapshot
 
@@ -288,55 +288,108 @@ NAT_KINDS = ("portforward", "masquerade")
 
 
 def patch_elements(old: list[dict], snap: Snapshot, ns_ids: Iterable[str], *,
-                   show_loopback: bool = False) -> tuple[list[dict], dict] | None:
+                   show_loopback: bool = False, only: Collection[str] | None = None
+                   ) -> tuple[list[dict], dict] | None:
     """Rebuild only what belongs to `ns_ids` (plus the few NAT nodes), keeping every position.
 
-    Returns (elements, delta), equal to (to_elements(snap), diff_elements(old, that)), or None
-    when those namespaces gained/lost elements or anything the layout depends on changed:
-    then the caller lays everything out again with to_elements.
+    Returns (elements, delta): the elements to_elements(snap) would give, except that nodes
+    which appeared are placed beside their siblings instead of laying the namespace out anew;
+    or None when a namespace appeared or anything the layout depends on changed: then the
+    caller lays everything out again with to_elements. `only` (interface ids) narrows the
+    rebuild to those interfaces and their edges, besides the namespaces' own nodes: a change
+    to one link of a host with a thousand ports costs one link.
     """
     touched = set(ns_ids)
-    fresh = _fresh_elements(snap, touched, show_loopback)
-    stale = {e["data"]["id"]: e for e in old if _belongs(e, touched)}
-    if stale.keys() != fresh.keys():
+    only = set(only) if only is not None else None
+    fresh = _fresh_elements(snap, touched, show_loopback, only)
+    stale = {e["data"]["id"]: e for e in old if _belongs(e, touched, only)}
+    added = [e for i, e in fresh.items() if i not in stale]
+    if any(e["data"]["kind"] == "namespace" for e in added):
         return None
     for element_id, element in fresh.items():
-        before = stale[element_id]
-        if element["group"] == "nodes":
+        before = stale.get(element_id)
+        if element["group"] == "nodes" and before is not None:
             if _layout_key(element) != _layout_key(before):
                 return None
             element["position"] = before["position"]
-    changed = [e for i, e in fresh.items() if e != stale[i]]
-    if not changed:
+    _place_added([e for e in added if e["group"] == "nodes"], old)
+    removed = [i for i in stale if i not in fresh]
+    changed = [e for i, e in fresh.items() if i in stale and e != stale[i]]
+    if not (added or removed or changed):
         return old, {"added": [], "removed": [], "changed": []}
     replaced = {e["data"]["id"]: e for e in changed}
-    return [replaced.get(e["data"]["id"], e) for e in old], {"added": [], "removed": [], "changed": changed}
+    gone = set(removed)
+    kept = [replaced.get(e["data"]["id"], e) for e in old if e["data"]["id"] not in gone]
+    nodes = [e for e in kept if e["group"] == "nodes"] + [e for e in added if e["group"] == "nodes"]
+    edges = [e for e in kept if e["group"] == "edges"] + [e for e in added if e["group"] == "edges"]
+    return nodes + edges, {"added": added, "removed": removed, "changed": changed}
 
 
-def _fresh_elements(snap: Snapshot, touched: set[str], show_loopback: bool) -> dict[str, dict]:
+def _place_added(nodes: list[dict], old: list[dict]) -> None:
+    """A node that appeared in a namespace goes on a new row under its siblings; nothing else
+    moves (the next full layout tidies up)."""
+    parents = {n["data"]["parent"] for n in nodes}
+    below: dict[str, tuple[float, float]] = {}
+    for e in old:
+        parent = e["data"].get("parent") if e["group"] == "nodes" else None
+        if parent in parents:
+            x, y = e["position"]["x"], e["position"]["y"]
+            left, bottom = below.get(parent, (x, y))
+            below[parent] = (min(left, x), max(bottom, y))
+    centers = {e["data"]["id"]: e["position"] for e in old if e["data"]["id"] in parents}
+    count: dict[str, int] = {}
+    for node in nodes:
+        parent = node["data"]["parent"]
+        k = count[parent] = count.get(parent, -1) + 1
+        if parent in below:
+            left, bottom = below[parent]
+            node["position"] = {"x": round(left + k * CELL_W, 1), "y": round(bottom + CELL_H, 1)}
+        else:
+            center = centers.get(parent, {"x": 0.0, "y": 0.0})
+            node["position"] = {"x": round(center["x"] + k * CELL_W, 1), "y": center["y"]}
+
+
+def _fresh_elements(snap: Snapshot, touched: set[str], show_loopback: bool,
+                    only: set[str] | None = None) -> dict[str, dict]:
     by_id = {i.id: i for i in snap.interfaces}
-    visible = [i for i in snap.interfaces if i.netns in touched and (show_loopback or i.kind != "loopback")]
     shown = {i.id for i in snap.interfaces if show_loopback or i.kind != "loopback"}
-    namespaces = [ns for ns in snap.namespaces if ns.id in touched]
-    nodes = [_namespace_node(ns) for ns in namespaces]
-    ns_owner = {n["data"]["id"]: n["data"]["owner"] for n in nodes}
+    if only is None:
+        visible = [i for i in snap.interfaces if i.netns in touched and i.id in shown]
+    else:
+        visible = [by_id[i] for i in sorted(only) if i in shown]
+    namespaces = [ns for ns in snap.namespaces if ns.id in (touched if only is None else touched | {i.netns for i in visible})]
+    ns_nodes = [_namespace_node(ns) for ns in namespaces]
+    ns_owner = {n["data"]["id"]: n["data"]["owner"] for n in ns_nodes}
+    nodes = [n for n in ns_nodes if n["data"]["id"] in touched]
     nodes += [_interface_node(i, by_id, snap.host, ns_owner[i.netns]) for i in visible]
-    # a veth edge is emitted by its lower-id end, which may sit in an untouched namespace
-    far_ends = [by_id[i.peer] for i in visible if i.peer in by_id and i.peer in shown and by_id[i.peer].netns not in touched]
+    # a veth edge is emitted by its lower-id end, a member edge by the port: either may be left out
+    inside = (lambda i: i.netns in touched) if only is None else (lambda i: i.id in only)
+    far_ends = [by_id[i.peer] for i in visible if i.peer in shown and not inside(by_id[i.peer])]
+    if only is not None:
+        far_ends += [i for i in snap.interfaces if i.master in only and i.id in shown and i.id not in only]
     edges = [e for e in _interface_edges(visible + far_ends, shown, by_id)
-             if _interface_ns(e["data"]["source"]) in touched or _interface_ns(e["data"]["target"]) in touched]
+             if _edge_inside(e, touched, only)]
     nat = _portforward_nodes(snap, by_id) + _masquerade_nodes(snap)
     nodes += [n for n, _ in nat]
     edges += [e for _, e in nat if e]
     return {e["data"]["id"]: e for e in nodes + edges}
 
 
-def _belongs(element: dict, touched: set[str]) -> bool:
+def _belongs(element: dict, touched: set[str], only: set[str] | None = None) -> bool:
     data = element["data"]
     if data["kind"] in NAT_KINDS:
         return True
     if element["group"] == "nodes":
-        return data["id"] in touched if data["kind"] == "namespace" else data["parent"] in touched
+        if data["kind"] == "namespace":
+            return data["id"] in touched
+        return data["parent"] in touched if only is None else data["id"] in only
+    return _edge_inside(element, touched, only)
+
+
+def _edge_inside(edge: dict, touched: set[str], only: set[str] | None) -> bool:
+    data = edge["data"]
+    if only is not None:
+        return data["source"] in only or data["target"] in only
     return _interface_ns(data["source"]) in touched or _interface_ns(data["target"]) in touched
 
 
