@@ -216,3 +216,26 @@ def test_commands_wrap_only_between_words_or_after_slashes_and_commas():
     from bridgescope.webui.details import wrap_points
 
     assert str(wrap_points("ip -n a addr 10.0.0.1/24 <x>,y")) == "ip -n a addr 10.0.0.1/<wbr>24 &lt;x&gt;,<wbr>y"
+
+
+@pytest.mark.kernel
+def test_an_open_panels_counters_are_read_again_from_the_kernel(netns):
+    """The snapshot's counters are as old as the last rule change; the panel's are current."""
+    from dataclasses import replace
+
+    from conftest import sh
+
+    from bridgescope.collector.kernel.namespaces import discover, resolve_netns
+    from bridgescope.collector.kernel.snapshot import scan
+    from bridgescope.webui.details import with_fresh_counters
+
+    name = netns("ctr")
+    sh("iptables-nft", "-t", "nat", "-A", "POSTROUTING", "-s", "10.9.9.0/24", "-j", "MASQUERADE", ns=name)
+    snap = scan([n for n in discover(resolve_netns(name)) if n.name == name])
+    rule = next(r for r in snap.rules if "10.9.9.0/24" in r.text)
+    assert rule.packets == 0
+    sh("iptables-nft", "-t", "nat", "-R", "POSTROUTING", "1", "-s", "10.9.9.0/24", "-j", "MASQUERADE",
+       "-c", "5", "300", ns=name)  # as if five packets had matched since the snapshot
+    d = details_for(snap, [], rule.netns, {})
+    d = replace(d, rules=(rule,))
+    assert [(r.packets, r.bytes) for r in with_fresh_counters(snap, d).rules] == [(5, 300)]

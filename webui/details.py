@@ -14,7 +14,8 @@ from dataclasses import dataclass, field, replace
 from flask import Blueprint, abort
 from markupsafe import Markup, escape
 
-from bridgescope.collector.firewall.readers import SAVE_TOOLS
+from bridgescope.collector.firewall import assemble_namespace
+from bridgescope.collector.firewall.readers import SAVE_TOOLS, dump_namespace
 from bridgescope.collector.hostview import in_ns, netns_name
 from bridgescope.collector.model import (
     Interface,
@@ -25,6 +26,7 @@ from bridgescope.collector.model import (
     Rule,
     Snapshot,
 )
+from bridgescope.collector.packetpath import namespace_paths
 from bridgescope.collector.render.graph import masquerade_id, portforward_id
 from bridgescope.webui.app import runtime
 from bridgescope.webui.pages import page_or_fragment
@@ -298,6 +300,27 @@ def details_for(snap: Snapshot, elements: list[dict], element_id: str,
     return generic_details(element) if element is not None else None
 
 
+# ---- counters: read again for the open panel only ----------------------------------------------
+
+def _rule_key(r: Rule) -> tuple:
+    return (r.netns, r.backend, r.family, r.table, r.chain, r.text)
+
+
+def with_fresh_counters(snap: Snapshot, details: Details) -> Details:
+    """Packet counters move with every packet and no event announces it, so the snapshot's
+    are as old as the last rule change: the rules an open panel shows are read again (the
+    namespaces they live in only, a few short processes each)."""
+    if not details.rules:
+        return details
+    paths = namespace_paths(snap)
+    fresh: dict[tuple, Rule] = {}
+    for ns_id in sorted({r.netns for r in details.rules} & paths.keys()):
+        fresh.update((_rule_key(r), r) for r in assemble_namespace(dump_namespace(ns_id, paths[ns_id])).rules)
+    rules = tuple(replace(r, packets=now.packets, bytes=now.bytes) if (now := fresh.get(_rule_key(r))) else r
+                  for r in details.rules)
+    return replace(details, rules=rules)
+
+
 # ---- route ----------------------------------------------------------------------------------
 
 @bp.get("/details/<path:element_id>")
@@ -310,6 +333,7 @@ def panel(element_id: str) -> str:
     details = details_for(source.snapshot, source.elements, element_id, managed)
     if details is None:
         abort(404, f"no element {element_id!r} in the current topology (it may just have gone)")
+    details = with_fresh_counters(source.snapshot, details)
     forwards = [f for f in choices["forwards"] if f.container == details.container]
     names = {n.id: n.name for n in source.snapshot.namespaces}
     return page_or_fragment("details.html", "panel", d=details, managed_forwards=forwards,
