@@ -63,9 +63,10 @@ async function refreshPanel() {
   if (!panel || panel.dataset.removed || asking) return;
   asking = true;
   try {
-    const resp = await session.fetch(panel.dataset.url, { headers: { "HX-Request": "true", Accept: "text/html" } });
+    const url = `${panel.dataset.url}?follow=1`;  // "gone" comes back as 204, not as an error
+    const resp = await session.fetch(url, { headers: { "HX-Request": "true", Accept: "text/html" } });
     if (openPanel() !== panel) return;  // another element was clicked meanwhile
-    if (resp.status === 404) { markRemoved(panel); return; }
+    if (resp.status === 204 || resp.status === 404) { markRemoved(panel); return; }
     if (!resp.ok) return;
     const holder = document.createElement("template");
     holder.innerHTML = await resp.text();

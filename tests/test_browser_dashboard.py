@@ -336,11 +336,11 @@ def test_with_two_labs_up_panels_and_tables_show_the_served_hosts_own(page, lab,
     wait_js(page, "!!document.getElementById('forwards-table')")
     table = page.inner_text("#forwards-table")
     assert lab.host in table and second_lab.host not in table
-    assert "BRIDGESCOPE-DNAT-0" not in page.inner_text("#rules-table")  # shard jumps hidden
+    assert "-j BRIDGESCOPE-DNAT-0" not in page.inner_text("#rules-table")  # shard jumps hidden
     page.check("#table-every")
     wait_js(page, f"document.getElementById('forwards-table').innerText.includes({second_lab.host!r})")
     page.check("#table-scaffolding")
-    wait_js(page, "document.getElementById('rules-table').innerText.includes('BRIDGESCOPE-DNAT-0')")
+    wait_js(page, "document.getElementById('rules-table').innerText.includes('-j BRIDGESCOPE-DNAT-0')")
 
 
 def test_an_open_panels_counters_follow_two_curls(page, lab, artifacts_dir):

@@ -239,3 +239,8 @@ def test_an_open_panels_counters_are_read_again_from_the_kernel(netns):
     d = details_for(snap, [], rule.netns, {})
     d = replace(d, rules=(rule,))
     assert [(r.packets, r.bytes) for r in with_fresh_counters(snap, d).rules] == [(5, 300)]
+
+
+def test_an_open_panel_asking_about_a_gone_element_gets_no_content(client):
+    assert client.get("/details/ns-999", base_url=BASE).status_code == 404
+    assert client.get("/details/ns-999?follow=1", base_url=BASE, headers={"HX-Request": "true"}).status_code == 204

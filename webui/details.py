@@ -11,7 +11,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 
-from flask import Blueprint, abort
+from flask import Blueprint, Response, abort, request
 from markupsafe import Markup, escape
 
 from bridgescope.collector.firewall import assemble_namespace
@@ -324,7 +324,7 @@ def with_fresh_counters(snap: Snapshot, details: Details) -> Details:
 # ---- route ----------------------------------------------------------------------------------
 
 @bp.get("/details/<path:element_id>")
-def panel(element_id: str) -> str:
+def panel(element_id: str) -> str | Response:
     from bridgescope.webui.forms import form_choices
 
     source = runtime().source
@@ -332,6 +332,8 @@ def panel(element_id: str) -> str:
     managed = {c.netns: c.name for c in choices.pop("container_objects", [])}
     details = details_for(source.snapshot, source.elements, element_id, managed)
     if details is None:
+        if request.args.get("follow") == "1":  # an open panel asking again: gone is an answer
+            return Response(status=204)
         abort(404, f"no element {element_id!r} in the current topology (it may just have gone)")
     details = with_fresh_counters(source.snapshot, details)
     forwards = [f for f in choices["forwards"] if f.container == details.container]
