@@ -134,7 +134,7 @@ async function refreshChoices() {
   const found = await resp.json();
   selects.forEach((select) => {
     const names = found[select.dataset.choices];
-    if (Array.isArray(names) && select !== document.activeElement) fill(select, names);
+    if (Array.isArray(names)) fill(select, names);  // keeps what is chosen
   });
 }
 

@@ -403,6 +403,7 @@ def test_no_csp_violation_on_any_page_or_swap(page, server, lab, artifacts_dir):
     assert "MASQUERADE" in page.inner_text("#details-panel h2")
     assert "is_host" not in page.inner_text("#details-panel")
     page.locator("#g-forward-form").get_by_label("Host port").fill("9094")
+    page.locator("#g-forward-form").get_by_label("Host port").press("Tab")  # the live preview swaps
     page.wait_for_selector("#g-forward-form .outcome-message")
     for size in ((1366, 768), (1920, 1080)):
         page.set_viewport_size({"width": size[0], "height": size[1]})
