@@ -64,6 +64,7 @@ async function refreshBadges() {
   whenCy((cy) => {
     cy.elements().removeClass(SEVERITIES.map((s) => `ws-sev-${s}`).join(" "));
     for (const f of findings || []) {
+      if (f.later) continue;  // a walk step still to come: not built yet, not a problem
       for (const id of f.objects) cy.getElementById(id).addClass(`ws-sev-${f.severity}`);
     }
     window.bridgescopeFindings = findings;

@@ -197,6 +197,8 @@ def test_missing_pieces_of_steps_to_come_are_not_built_yet_not_errors(client):
     assert "link-down" in later and "not built yet" in later
     assert "sev-error" not in html.split('id="ws-doctor"')[1] and "sev-warning" not in html.split('id="ws-doctor"')[1]
     assert "Step 3 of 14" in html and "(2 done)" in html
+    lab_doctor = c.get("/workshop/doctor.json?lab=1", base_url=BASE).get_json()["findings"]
+    assert [(f["id"], f["later"]) for f in lab_doctor] == [("link-down", True)]  # no red badge for it
     # once the step that brings links up is behind us, a link down is a real finding again
     from bridgescope.collector.doctor.finding import Finding
     from bridgescope.webui.workshop import split_findings

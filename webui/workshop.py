@@ -129,9 +129,13 @@ def doctor() -> str:
 @bp.get("/doctor.json")
 def doctor_json() -> Response:
     if request.args.get("lab"):
-        findings = workshop().findings()
-    else:
-        findings = findings_of(runtime().source.snapshot)
+        ws = workshop()
+        findings = ws.findings()
+        # the walk lab's findings about steps still to come are "not built yet", not problems
+        progress = ws.lab.progress() if ws.lab.is_up() else {}
+        later = not_built_yet(ws.lab.steps, progress) if ws.lab.next_step() else frozenset()
+        return jsonify({"findings": [{**to_plain(f), "later": f.id in later} for f in findings]})
+    findings = findings_of(runtime().source.snapshot)
     return jsonify({"findings": to_plain(findings)})
 
 
