@@ -331,11 +331,13 @@ def panel(element_id: str) -> str | Response:
     choices = form_choices()
     managed = {c.netns: c.name for c in choices.pop("container_objects", [])}
     details = details_for(source.snapshot, source.elements, element_id, managed)
+    following = request.args.get("follow") == "1"
     if details is None:
-        if request.args.get("follow") == "1":  # an open panel asking again: gone is an answer
+        if following:  # an open panel asking again: gone is an answer
             return Response(status=204)
         abort(404, f"no element {element_id!r} in the current topology (it may just have gone)")
-    details = with_fresh_counters(source.snapshot, details)
+    if following:  # the click shows the snapshot at once; the open panel's polls read the counters
+        details = with_fresh_counters(source.snapshot, details)
     forwards = [f for f in choices["forwards"] if f.container == details.container]
     names = {n.id: n.name for n in source.snapshot.namespaces}
     return page_or_fragment("details.html", "panel", d=details, managed_forwards=forwards,
