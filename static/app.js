@@ -278,6 +278,8 @@ function applyDelta(delta) {
   flash(touched);
   applySearch();
   window.bridgescopeLastDelta = { version: delta.version, at: performance.now() };
+  // panels.js (open panel, status line, form choices) follows the kernel from here
+  document.dispatchEvent(new CustomEvent("bridgescope:delta", { detail: delta }));
 }
 
 // ---- the live stream -----------------------------------------------------------------------------

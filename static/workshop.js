@@ -64,6 +64,7 @@ async function refreshBadges() {
   whenCy((cy) => {
     cy.elements().removeClass(SEVERITIES.map((s) => `ws-sev-${s}`).join(" "));
     for (const f of findings || []) {
+      if (f.later) continue;  // a walk step still to come: not built yet, not a problem
       for (const id of f.objects) cy.getElementById(id).addClass(`ws-sev-${f.severity}`);
     }
     window.bridgescopeFindings = findings;
@@ -92,6 +93,8 @@ async function post(url, body) {
 }
 
 async function runAction(button) {
+  // Reset and Remove undo a whole session's work: they ask first
+  if (button.dataset.wsConfirm && !window.confirm(button.dataset.wsConfirm)) return;
   const panel = byId("ws-panel");
   panel.querySelectorAll("button").forEach((b) => { b.disabled = true; });
   button.classList.add("busy");
@@ -99,8 +102,54 @@ async function runAction(button) {
   panel.innerHTML = await resp.text();
   document.body.dataset.wsVersion = String(Number(document.body.dataset.wsVersion || 0) + 1);
   await refreshBadges();
-  const current = panel.querySelector(".st-wrong, .ws-current, #ws-done");
+  // a failure shows at its step; else the step now due (or the wrong turn to fix)
+  const current = panel.querySelector("#ws-step-error, #ws-step-failed, .st-wrong, .ws-current, #ws-done");
   if (current) walkSide.scrollTo({ top: current.offsetTop - 80, behavior: "smooth" });
+}
+
+// Instructor's keys: n runs the step due (or fixes the wrong turn), p shows the step before
+// the one in view, r resets (after asking). Never while typing in a field.
+let viewed = null;
+
+function showStep(li) {
+  if (!li) return;
+  viewed = li;
+  walkSide.querySelectorAll(".ws-viewed").forEach((x) => x.classList.remove("ws-viewed"));
+  li.classList.add("ws-viewed");
+  walkSide.scrollTo({ top: li.offsetTop - 80, behavior: "smooth" });
+}
+
+function onKey(evt) {
+  if (evt.ctrlKey || evt.metaKey || evt.altKey || evt.target.closest("input, select, textarea, [contenteditable]")) return;
+  const panel = byId("ws-panel");
+  const press = (selector) => {
+    const button = panel.querySelector(selector);
+    if (button && !button.disabled) runAction(button);
+    return !!button;
+  };
+  if (evt.key === "n") {
+    if (press(".st-wrong [id^='fix-']") || press(".ws-current [id^='do-']")) evt.preventDefault();
+  } else if (evt.key === "r") {
+    if (press("#ws-reset")) evt.preventDefault();
+  } else if (evt.key === "p") {
+    const steps = [...panel.querySelectorAll(".ws-step")];
+    const from = viewed && viewed.isConnected ? viewed : panel.querySelector(".ws-current") || steps[steps.length - 1];
+    const at = steps.indexOf(from);
+    if (at > 0) { showStep(steps[at - 1]); evt.preventDefault(); }
+  }
+}
+
+// The handout goes with this tab's session (a plain link would land on the boot page).
+async function downloadHandout(evt) {
+  evt.preventDefault();
+  const link = evt.currentTarget;
+  const resp = await session.fetch(link.href, { headers: { Accept: "text/markdown" } });
+  if (!resp.ok) return;
+  const url = URL.createObjectURL(await resp.blob());
+  const a = document.createElement("a");
+  a.href = url; a.download = "docker-run-p-walk.md";
+  document.body.appendChild(a); a.click(); a.remove();
+  setTimeout(() => URL.revokeObjectURL(url), 5000);
 }
 
 function wireWalk() {
@@ -111,7 +160,10 @@ function wireWalk() {
   });
   const form = byId("ws-path-form");
   if (form) form.addEventListener("submit", (evt) => { evt.preventDefault(); tracePath(form); });
+  const handout = byId("ws-handout");
+  if (handout) handout.addEventListener("click", downloadHandout);
   if (walkSide.dataset.follow) follow();
+  else document.addEventListener("keydown", onKey);
 }
 
 // The attendees' view: poll the instructor's progress, re-render when it changed.

@@ -88,6 +88,8 @@ def browser():
 @pytest.fixture
 def page(browser, server, request, artifacts_dir):
     context = browser.new_context(viewport={"width": 1500, "height": 950})
+    # Chromium logs a blocked inline style as a console error too; this names the directive
+    context.add_init_script(CSP_WATCH)
     pg = context.new_page()
     errors: list[str] = []
     pg.on("pageerror", lambda e: errors.append(str(e)))
@@ -101,6 +103,10 @@ def page(browser, server, request, artifacts_dir):
     pg.screenshot(path=str(artifacts_dir / f"dashboard-{request.node.name}.png"))
     context.close()
     assert not errors, errors  # no CSP violation, no script error, no failed request
+
+
+CSP_WATCH = ("document.addEventListener('securitypolicyviolation', (e) => console.error("
+             "'CSP violation: ' + e.violatedDirective + ' ' + e.sourceFile + ':' + e.lineNumber));")
 
 
 def ns_id(page, label: str) -> str:
@@ -313,3 +319,128 @@ def test_ip_forward_off_shows_on_the_doctor_link_and_the_forward_panel(page, lab
     finally:
         sh("sysctl", "-qw", "net.ipv4.ip_forward=1", ns=lab.host)
     wait_js(page, "document.getElementById('doctor-link').dataset.errors === '0'", 10)
+
+
+# ---- panels, tables and forms follow the kernel ------------------------------------------------
+
+def tap(page, selector_js: str) -> None:
+    """Open an element's panel as a click on it does (Cytoscape's tap event)."""
+    page.evaluate(f"{selector_js}[0].emit('tap')")
+    page.wait_for_selector("#details-panel")
+
+
+def namespace_js(label: str) -> str:
+    return f"cy.nodes('[kind = \"namespace\"]').filter(n => n.data('label') === {label!r})"
+
+
+def panel_packets(page) -> list[int]:
+    return page.evaluate("[...document.querySelectorAll('#details-panel .rule-packets')].map(e => parseInt(e.textContent, 10))")
+
+
+@pytest.fixture
+def second_lab(lab, state_dir):
+    """Another lab on the same machine: same bridge, same addresses, same forward."""
+    from bridgescope.plumbing.lab import sandbox as lab_mod
+
+    prefix = f"{RUN_PREFIX}u2"
+    try:
+        yield lab_mod.lab_up(prefix)
+    finally:
+        lab_mod.lab_down(prefix)
+
+
+def test_with_two_labs_up_panels_and_tables_show_the_served_hosts_own(page, lab, second_lab, artifacts_dir):
+    ns_id(page, f"{second_lab.host}-c1")  # the other lab is in the snapshot
+    tap(page, namespace_js(f"{lab.host}-c1"))
+    wait_js(page, f"document.querySelector('#details-panel h2').textContent === '{lab.host}-c1'")
+    forwards = page.locator("#details-panel .forward-item")
+    assert forwards.count() == 1, page.inner_text("#details-panel")
+    assert f"firewall of {lab.host}" in forwards.inner_text()
+    page.screenshot(path=str(artifacts_dir / "panel-two-labs.png"))
+    page.goto(page.url.split("/?")[0].rstrip("/") + "/tables/")
+    wait_js(page, "!!document.getElementById('forwards-table')")
+    table = page.inner_text("#forwards-table")
+    assert lab.host in table and second_lab.host not in table
+    assert "-j BRIDGESCOPE-DNAT-0" not in page.inner_text("#rules-table")  # shard jumps hidden
+    page.check("#table-every")
+    wait_js(page, f"document.getElementById('forwards-table').innerText.includes({second_lab.host!r})")
+    page.check("#table-scaffolding")
+    wait_js(page, "document.getElementById('rules-table').innerText.includes('-j BRIDGESCOPE-DNAT-0')")
+
+
+def test_an_open_panels_counters_follow_two_curls(page, lab, artifacts_dir):
+    tap(page, forward_node(8080))
+    wait_js(page, "document.querySelectorAll('#details-panel .rule-packets').length > 0")
+    before = sum(panel_packets(page))
+    for _ in range(2):
+        res = curl_from_client(lab, 8080)
+        assert res.returncode == 0, res
+    wait_js(page, f"[...document.querySelectorAll('#details-panel .rule-packets')].map(e => parseInt(e.textContent, 10)).reduce((a, b) => a + b, 0) >= {before + 2}", 20)
+    assert page.locator("#details-panel .counters-moved").count() >= 1
+    page.screenshot(path=str(artifacts_dir / "panel-live-counter.png"))
+
+
+def test_an_open_panel_follows_a_forward_added_and_removed(page, lab):
+    from bridgescope.plumbing import api
+
+    tap(page, namespace_js(f"{lab.host}-c2"))
+    listed = "document.getElementById('details-panel').querySelector('.forward-list') && [...document.querySelectorAll('#details-panel .forward-item')].some(li => li.textContent.includes(':9092'))"
+    assert not page.evaluate(listed)
+    api.add_forward("c2", "9092:80", host=lab.host)
+    try:
+        wait_js(page, listed, 20)
+        tap(page, forward_node(9092))
+    finally:
+        api.remove_forward("c2", "9092:80", host=lab.host)
+    wait_js(page, "!!document.getElementById('panel-removed')", 20)
+    assert "Removed" in page.inner_text("#panel-removed")
+
+
+def test_form_choices_and_field_errors_follow_the_kernel(page, lab):
+    from bridgescope.plumbing import api
+
+    form = page.locator("#g-forward-form")
+    form.get_by_label("Host port").fill("9093")
+    form.get_by_label("Container port").fill("80")
+    form.get_by_role("button", name="Add port forward").click()
+    page.wait_for_selector("#g-forward-container-error")
+    assert "Container is required" in page.inner_text("#g-forward-container-error")
+    assert page.evaluate("document.activeElement.id") == "g-forward-container"  # focus on the marked field
+    assert page.get_attribute("#g-forward-host_port", "placeholder").startswith("e.g.")
+    api.create_container("c9", "docker0", host=lab.host)
+    try:
+        wait_js(page, "[...document.querySelectorAll('#g-forward-container option')].some(o => o.value === 'c9')", 20)
+        form.get_by_label("Container", exact=True).select_option("c9")
+        assert page.locator("#g-forward-container-error").count() == 0
+        form.get_by_role("button", name="Preview commands").click()
+        page.wait_for_selector("#g-forward-form pre.commands")
+        # focus moves on to the button that applies what was previewed
+        assert page.evaluate("document.activeElement.textContent") == "Add port forward"
+    finally:
+        api.remove_container("c9", host=lab.host)
+    wait_js(page, "![...document.querySelectorAll('#g-forward-container option')].some(o => o.value === 'c9')", 20)
+
+
+def test_no_csp_violation_on_any_page_or_swap(page, server, lab, artifacts_dir):
+    # the fixture fails the test on any console error; these are the swaps each page makes
+    tap(page, namespace_js(f"{lab.host}-c1"))
+    tap(page, f"cy.nodes('[kind = \"masquerade\"]').filter(n => n.parent().data('label') === {lab.host!r})")
+    assert "MASQUERADE" in page.inner_text("#details-panel h2")
+    assert "is_host" not in page.inner_text("#details-panel")
+    page.locator("#g-forward-form").get_by_label("Host port").fill("9094")
+    page.locator("#g-forward-form").get_by_label("Host port").press("Tab")  # the live preview swaps
+    page.wait_for_selector("#g-forward-form .outcome-message")
+    for size in ((1366, 768), (1920, 1080)):
+        page.set_viewport_size({"width": size[0], "height": size[1]})
+        page.screenshot(path=str(artifacts_dir / f"panel-masquerade-{size[0]}.png"))
+    base = page.url.split("/?")[0].rstrip("/")
+    for path in ("/tables/", "/forms/", "/audit", "/workshop/doctor"):
+        page.goto(base + path)
+        wait_js(page, "!!document.getElementById('theme-toggle')")
+        if path == "/tables/":
+            page.fill("#table-q", "8080")
+            wait_js(page, "document.getElementById('rules-table').innerText.includes('8080')")
+            for size in ((1366, 768), (1920, 1080)):
+                page.set_viewport_size({"width": size[0], "height": size[1]})
+                page.screenshot(path=str(artifacts_dir / f"tables-{size[0]}.png"), full_page=True)
+        time.sleep(0.5)

@@ -53,6 +53,10 @@ def browser():
             b.close()
 
 
+CSP_WATCH = ("document.addEventListener('securitypolicyviolation', (e) => console.error("
+             "'CSP violation: ' + e.violatedDirective + ' ' + e.sourceFile + ':' + e.lineNumber));")
+
+
 def badged(page, severity: str) -> list[str]:
     return page.evaluate(f"() => window.cy ? window.cy.elements('.ws-sev-{severity}').map(e => e.data('label')) : []")
 
@@ -79,14 +83,34 @@ def test_the_walk_end_to_end(served_walk, browser, artifacts_dir):
     errors: list[str] = []
     page = browser.new_page(viewport={"width": 1600, "height": 1000})
     page.on("pageerror", lambda e: errors.append(str(e)))
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" and "status of 400" not in m.text else None)
+    page.add_init_script(CSP_WATCH)
     page.goto(base + f"/workshop/walk?token={TOKEN}")  # each browser.new_page is a new profile
     page.wait_for_selector(".ws-step")  # the boot page fetched the real one with the session
     assert "token=" not in page.url
     keys = [s.key for s in steps(lab.names)]
     assert page.locator(".ws-step").count() == len(keys)
+    assert f"host: {lab.names.host}" in page.inner_text(".topbar-tools")  # the lab's host, not the dashboard's
+    assert page.inner_text("#ws-progress").startswith(f"Step 1 of {len(keys)}")
 
-    for key in keys[:keys.index("address")]:
+    page.keyboard.press("n")  # the instructor's key for "run the step due"
+    page.wait_for_selector("#step-bridge[data-status=done]", timeout=20000)
+    assert page.inner_text("#ws-progress").startswith(f"Step 2 of {len(keys)}")
+    run_step(page, "gateway")
+    # the bridge is down until the step that brings it up: not built yet, not an error
+    assert "link-down" in page.inner_text("#ws-later")
+    assert "link-down" not in page.inner_text("#ws-doctor").split("Not built yet")[0]
+    for key in keys[2:keys.index("address")]:
         run_step(page, key)
+    for width, height in ((1366, 768), (1920, 1080)):
+        page.set_viewport_size({"width": width, "height": height})
+        shoot(page, artifacts_dir / f"walk-{width}.png")
+    page.set_viewport_size({"width": 1600, "height": 1000})
+    with page.expect_download() as dl:
+        page.click("#ws-handout")
+    assert dl.value.suggested_filename == "docker-run-p-walk.md"
+    with open(dl.value.path()) as handout:
+        assert handout.read().count("\n## ") == len(keys)
     # the graph grew live: the container's end of the cable is there
     page.wait_for_function("() => window.cy && window.cy.nodes().some(n => n.data('label') === 'vethweb0')",
                            timeout=60000)
@@ -99,6 +123,7 @@ def test_the_walk_end_to_end(served_walk, browser, artifacts_dir):
     page.click("#do-route")  # and the next step fails the way the blog's did
     page.wait_for_selector("#step-route[data-status=failed]")
     assert "Nexthop has invalid gateway" in page.inner_text(".ws-last")
+    assert "Nexthop has invalid gateway" in page.inner_text("#step-route")  # said at the step
     shoot(page, artifacts_dir / "walk-wrong-turn.png")
 
     doctor = browser.new_page(viewport={"width": 1600, "height": 1000})
@@ -147,7 +172,12 @@ def test_the_walk_end_to_end(served_walk, browser, artifacts_dir):
     assert attendee.locator("[data-ws-post]").count() == 0
     assert attendee.locator(".ws-step[data-status=done]").count() == len(keys)
 
-    # reset at the end: the instructor's page and the attendee's both start over
+    # reset at the end: asked first (No changes nothing), then both pages start over
+    page.once("dialog", lambda d: d.dismiss())
+    page.click("#ws-reset")
+    page.wait_for_timeout(500)
+    assert page.locator(".ws-step[data-status=done]").count() == len(keys)
+    page.once("dialog", lambda d: d.accept())
     page.click("#ws-reset")
     page.wait_for_selector("#do-bridge")
     attendee.wait_for_selector(".ws-step.ws-current#step-bridge", timeout=10000)

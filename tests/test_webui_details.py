@@ -124,3 +124,123 @@ def test_a_ranged_forward_is_labelled_with_its_ranges():
     pf = PortForward("ns-1", "tcp", None, 8000, "10.88.0.14", 80, "podman", "nft",
                      host_port_end=8009, to_port_end=89)
     assert forward_label(pf) == "tcp *:8000-8009 → 10.88.0.14:80-89"
+
+
+# ---- scoped by identity: two labs on one machine reuse the same addresses -----------------------
+
+def two_labs():
+    """The sample host plus a second lab's host and container with the same addresses and
+    the same forward (as two `lab up` on one machine leave them), and shard scaffolding."""
+    from dataclasses import replace
+
+    from bridgescope.collector.model import Interface, Namespace, PortForward, Rule
+
+    snap = sample_snapshot()
+    other, ctr = "ns-3001", "ns-4002"
+    dnat = snap.rules[0]
+    rules = (replace(dnat, netns=other, packets=99),
+             Rule(snap.host, "nft", 4, "nat", "BRIDGESCOPE-DNAT", "-A BRIDGESCOPE-DNAT -j BRIDGESCOPE-DNAT-0a",
+                  owner="bridgescope", target="BRIDGESCOPE-DNAT-0a", comment="bridgescope:shard"))
+    return replace(
+        snap,
+        namespaces=snap.namespaces + (Namespace(other, "lab2-host", 3001, paths=("/run/netns/lab2-host",)),
+                                      Namespace(ctr, "lab2-c1", 4002, paths=("/run/netns/lab2-c1",))),
+        interfaces=snap.interfaces + (
+            Interface(f"{other}/if3", other, "docker0", 3, "bridge", "up", 1500, None, ("172.17.0.1/16",)),
+            Interface(f"{other}/if4", other, "vethzz", 4, "veth", "up", 1500, None,
+                      master=f"{other}/if3", peer=f"{ctr}/if2"),
+            Interface(f"{ctr}/if2", ctr, "eth0", 2, "veth", "up", 1500, None, ("172.17.0.2/16",),
+                      peer=f"{other}/if4")),
+        rules=snap.rules + rules,
+        port_forwards=snap.port_forwards + (PortForward(
+            other, "tcp", None, 8080, "172.17.0.2", 80, "docker", "nft", container=ctr,
+            to_interface=f"{ctr}/if2", chain="DOCKER", rule_text=dnat.text),))
+
+
+def test_a_containers_panels_show_only_its_own_forward_and_rules():
+    snap = two_labs()
+    for element in ("ns-2002", "ns-2002/if2", "ns-1001/if4"):  # namespace, its eth0, the host end
+        d = details_for(snap, [], element, {})
+        assert [(f.netns, f.container) for f in d.forwards] == [("ns-1001", "ns-2002")], element
+    eth0 = details_for(snap, [], "ns-2002/if2", {})
+    assert [r.packets for r in eth0.rules] == [7]  # not the other lab's 99
+    other = details_for(snap, [], "ns-4002", {})
+    assert [(f.netns, f.container) for f in other.forwards] == [("ns-3001", "ns-4002")]
+    assert [r.packets for r in other.rules] == [99]
+    # the host lists the forwards its own firewall holds, not the other lab's
+    assert [f.netns for f in details_for(snap, [], "ns-1001", {}).forwards] == ["ns-1001"]
+
+
+def test_tables_list_the_served_host_unless_asked_and_hide_shard_jumps():
+    from bridgescope.webui.tables import Scope
+
+    snap = two_labs()
+    assert [f.namespace for f in forward_rows(snap)] == ["host"]
+    assert sorted(f.namespace for f in forward_rows(snap, Scope(every_namespace=True))) == ["host", "lab2-host"]
+    assert {r.namespace for r in rule_rows(snap, "all")} == {"host"}
+    assert not [r for r in rule_rows(snap, "all") if "BRIDGESCOPE-DNAT-0a" in r.text]
+    assert [r for r in rule_rows(snap, "all", Scope(scaffolding=True)) if "BRIDGESCOPE-DNAT-0a" in r.text]
+    assert {r.namespace for r in rule_rows(snap, "all", Scope(every_namespace=True))} == {"host", "lab2-host"}
+
+
+def test_tables_route_toggles(tmp_path, monkeypatch):
+    monkeypatch.setenv("BRIDGESCOPE_STATE_DIR", str(tmp_path))
+    c = create_app({"SOURCE": StaticSource(two_labs()), "NO_AUTH": True}).test_client()
+    served = c.get("/tables/?table=all", base_url=BASE).get_data(as_text=True)
+    assert "lab2-host" not in served.split('id="forwards-table"')[1] and "BRIDGESCOPE-DNAT-0a" not in served
+    every = c.get("/tables/?table=all&every=1&scaffolding=1", base_url=BASE).get_data(as_text=True)
+    assert "lab2-host" in every.split('id="forwards-table"')[1] and "BRIDGESCOPE-DNAT-0a" in every
+
+
+def test_a_bridges_panel_lists_its_ports_containers_and_forwards():
+    snap = two_labs()
+    d = details_for(snap, [], "ns-1001/if3", {})
+    assert [(p.name, far.netns) for p, far in d.ports] == [("veth1a2b3c", "ns-2002")]
+    assert [(f.netns, f.container) for f in d.forwards] == [("ns-1001", "ns-2002")]
+
+
+def test_the_masquerade_panel_reads_like_the_forward_panel(snap, client):
+    elements = StaticSource(snap).elements
+    masq = next(e["data"]["id"] for e in elements if e["data"].get("kind") == "masquerade")
+    d = details_for(snap, elements, masq, {})
+    facts = dict(d.facts)
+    assert d.kind == "masquerade" and (facts["source"], facts["owner"], facts["backend"]) == ("172.17.0.0/16", "docker", "nft")
+    assert facts["leaving by"] == "any interface but docker0" and facts["bridge"] == "docker0"
+    assert [r.packets for r in d.rules] == [3]  # its own counters, not the .20 rule's
+    assert "iptables-nft -t nat -L POSTROUTING -v -n --line-numbers" in d.commands
+    html = client.get(f"/details/{masq}", base_url=BASE, headers={"HX-Request": "true"}).get_data(as_text=True)
+    assert "is_host" not in html and "3 packets" in html and "-A POSTROUTING -s 172.17.0.0/<wbr>16" in html
+
+
+def test_commands_wrap_only_between_words_or_after_slashes_and_commas():
+    from bridgescope.webui.details import wrap_points
+
+    assert str(wrap_points("ip -n a addr 10.0.0.1/24 <x>,y")) == "ip -n a addr 10.0.0.1/<wbr>24 &lt;x&gt;,<wbr>y"
+
+
+@pytest.mark.kernel
+def test_an_open_panels_counters_are_read_again_from_the_kernel(netns):
+    """The snapshot's counters are as old as the last rule change; the panel's are current."""
+    from dataclasses import replace
+
+    from conftest import sh
+
+    from bridgescope.collector.kernel.namespaces import discover, resolve_netns
+    from bridgescope.collector.kernel.snapshot import scan
+    from bridgescope.webui.details import with_fresh_counters
+
+    name = netns("ctr")
+    sh("iptables-nft", "-t", "nat", "-A", "POSTROUTING", "-s", "10.9.9.0/24", "-j", "MASQUERADE", ns=name)
+    snap = scan([n for n in discover(resolve_netns(name)) if n.name == name])
+    rule = next(r for r in snap.rules if "10.9.9.0/24" in r.text)
+    assert rule.packets == 0
+    sh("iptables-nft", "-t", "nat", "-R", "POSTROUTING", "1", "-s", "10.9.9.0/24", "-j", "MASQUERADE",
+       "-c", "5", "300", ns=name)  # as if five packets had matched since the snapshot
+    d = details_for(snap, [], rule.netns, {})
+    d = replace(d, rules=(rule,))
+    assert [(r.packets, r.bytes) for r in with_fresh_counters(snap, d).rules] == [(5, 300)]
+
+
+def test_an_open_panel_asking_about_a_gone_element_gets_no_content(client):
+    assert client.get("/details/ns-999", base_url=BASE).status_code == 404
+    assert client.get("/details/ns-999?follow=1", base_url=BASE, headers={"HX-Request": "true"}).status_code == 204

@@ -173,3 +173,51 @@ def test_walk_actions_are_audited_with_what_they_ran(client):
     assert last().request["action"] == "walk-down" and not lab.is_up()
     assert {f"ip netns del {name}" for name in (n.host, n.inet, n.client)} <= set(last().commands)
     assert "csrf_token" not in str([e.request for e in audit.recent()])
+
+
+# ---- the walk as an instructor needs it ---------------------------------------------------------
+
+def _step_block(html: str, key: str) -> str:
+    start = html.index(f'id="step-{key}"')
+    end = html.find('<li class="ws-step', start)
+    return html[start:end if end > 0 else len(html)]
+
+
+def test_a_failed_step_says_so_at_that_step(client):
+    c, h, _ = client
+    html = post(c, h, "/workshop/walk/step/route/apply").get_data(as_text=True)
+    assert "do step &#39;Create the bridge&#39; first" in _step_block(html, "route")
+    assert html.count('class="ws-error"') == 1  # once, at the step, not again at the top
+
+
+def test_missing_pieces_of_steps_to_come_are_not_built_yet_not_errors(client):
+    c, h, lab = client
+    post(c, h, "/workshop/walk/step/bridge/apply")
+    html = post(c, h, "/workshop/walk/step/gateway/apply").get_data(as_text=True)
+    later = html.split('id="ws-later"')[1]
+    assert "link-down" in later and "not built yet" in later
+    assert "sev-error" not in html.split('id="ws-doctor"')[1] and "sev-warning" not in html.split('id="ws-doctor"')[1]
+    assert "Step 3 of 14" in html and "(2 done)" in html
+    lab_doctor = c.get("/workshop/doctor.json?lab=1", base_url=BASE).get_json()["findings"]
+    assert [(f["id"], f["later"]) for f in lab_doctor] == [("link-down", True)]  # no red badge for it
+    # once the step that brings links up is behind us, a link down is a real finding again
+    from bridgescope.collector.doctor.finding import Finding
+    from bridgescope.webui.workshop import split_findings
+
+    down = Finding("link-down", "error", ("x",), "t", "e", ())
+    progress = {s.key: "done" for s in lab.steps}
+    assert split_findings([down], lab.steps, progress) == ([down], [])
+    assert split_findings([down], lab.steps, {**progress, "up": "pending"}) == ([], [down])
+
+
+def test_walk_page_names_the_lab_host_offers_keys_and_a_handout(client):
+    c, _, lab = client
+    page = c.get("/workshop/walk", base_url=BASE).get_data(as_text=True)
+    assert f"host: {lab.names.host}" in page and 'id="ws-keys"' in page
+    assert page.count("data-ws-confirm=") == 2  # Reset and Remove ask first
+    assert "Step 1 of 14" in page
+    md = c.get("/workshop/walk/handout.md", base_url=BASE)
+    text = md.get_data(as_text=True)
+    assert md.mimetype == "text/markdown" and "attachment" in md.headers["Content-Disposition"]
+    assert text.count("\n## ") == len(lab.steps) == 14
+    assert "ip link add docker0 type bridge" in text and "masquerade-mask-mismatch" in text

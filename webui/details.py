@@ -11,12 +11,23 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 
-from flask import Blueprint, abort
+from flask import Blueprint, Response, abort, request
+from markupsafe import Markup, escape
 
-from bridgescope.collector.firewall.readers import SAVE_TOOLS
+from bridgescope.collector.firewall import assemble_namespace
+from bridgescope.collector.firewall.readers import SAVE_TOOLS, dump_namespace
 from bridgescope.collector.hostview import in_ns, netns_name
-from bridgescope.collector.model import Interface, Namespace, PortForward, Route, Rule, Snapshot
-from bridgescope.collector.render.graph import portforward_id
+from bridgescope.collector.model import (
+    Interface,
+    Masquerade,
+    Namespace,
+    PortForward,
+    Route,
+    Rule,
+    Snapshot,
+)
+from bridgescope.collector.packetpath import namespace_paths
+from bridgescope.collector.render.graph import masquerade_id, portforward_id
 from bridgescope.webui import verdicts
 from bridgescope.webui.app import runtime
 from bridgescope.webui.pages import page_or_fragment
@@ -42,6 +53,7 @@ class Details:
     container: str | None = None  # a bridgescope container name: the panel offers its forms
     related: tuple[tuple[str, str], ...] = ()  # (element id, label) to click through to
     warnings: tuple[str, ...] = field(default=())
+    ports: tuple[tuple[Interface, Interface | None], ...] = ()  # a bridge's ports and their peers
 
 
 # ---- pure: which rules concern an object -------------------------------------------------------
@@ -77,6 +89,38 @@ def unique_forwards(forwards: Iterable[PortForward]) -> tuple[PortForward, ...]:
     for pf in forwards:
         seen.setdefault((pf.netns, pf.proto, pf.host_ip, pf.host_port, pf.to_ip, pf.to_port), pf)
     return tuple(seen.values())
+
+
+# ---- pure: what belongs to an object, by identity ----------------------------------------------
+# Labs and containers on one machine reuse the same private addresses (every lab has a
+# 172.17.0.2), so an address alone proves nothing: a forward belongs to the namespace whose
+# rule made it and to the interface (and so the namespace) the collector resolved it to,
+# through the veth pairs.
+
+def peers_of(snap: Snapshot, ifaces: Iterable[Interface]) -> tuple[Interface, ...]:
+    by_id = {i.id: i for i in snap.interfaces}
+    return tuple(by_id[i.peer] for i in ifaces if i.peer and i.peer in by_id)
+
+
+def upstream(snap: Snapshot, ns_id: str) -> set[str]:
+    """ns_id and the namespaces its veths lead to (a container's host, whose rules NAT it)."""
+    return {ns_id, *(p.netns for p in peers_of(snap, snap.interfaces_in(ns_id)))}
+
+
+def bridge_ports(snap: Snapshot, bridge: Interface) -> tuple[tuple[Interface, Interface | None], ...]:
+    """Each port of the bridge with the far end of its veth (None: not a veth, or unseen)."""
+    by_id = {i.id: i for i in snap.interfaces}
+    return tuple((i, by_id.get(i.peer or "")) for i in snap.interfaces if i.master == bridge.id)
+
+
+def forwards_to(snap: Snapshot, iface_ids: Iterable[str]) -> tuple[PortForward, ...]:
+    wanted = set(iface_ids)
+    return unique_forwards(p for p in snap.port_forwards if p.to_interface in wanted)
+
+
+def forwards_of_namespace(snap: Snapshot, ns_id: str) -> tuple[PortForward, ...]:
+    """The forwards its own firewall holds and the ones that land in it."""
+    return unique_forwards(p for p in snap.port_forwards if ns_id in (p.netns, p.container))
 
 
 def host_id(snap: Snapshot) -> str | None:
@@ -125,10 +169,11 @@ def interface_details(snap: Snapshot, iface: Interface, owner: str | None) -> De
     routes = tuple(r for r in snap.routes if r.netns == iface.netns and
                    (r.dev_id == iface.id or (r.dev_id is None and r.dev == iface.name)))
     needles = [iface.name, *bare_ips(iface)] + (subnets(iface) if iface.kind == "bridge" else [])
-    rule_ns = {iface.netns, host_id(snap) or iface.netns}
-    rules = rules_mentioning(snap.rules, rule_ns, needles)
-    ips = set(bare_ips(iface))
-    forwards = unique_forwards(p for p in snap.port_forwards if p.to_interface == iface.id or p.to_ip in ips)
+    rules = rules_mentioning(snap.rules, upstream(snap, iface.netns), needles)
+    ports = bridge_ports(snap, iface) if iface.kind == "bridge" else ()
+    # a container's eth0, the host end of its veth, or a bridge: whatever lands behind it
+    behind = [iface.id, *(peer.id for peer in [peer] if peer), *(far.id for _, far in ports if far)]
+    forwards = forwards_to(snap, behind)
     commands = [in_ns(ns, "ip", "-d", "link", "show", "dev", iface.name),
                 in_ns(ns, "ip", "addr", "show", "dev", iface.name),
                 in_ns(ns, "ip", "route", "show", "dev", iface.name)]
@@ -137,7 +182,7 @@ def interface_details(snap: Snapshot, iface: Interface, owner: str | None) -> De
     commands += _save_commands(snap, rules)
     related = tuple((i.id, f"{i.name} ({ns_label(snap, i.netns)})") for i in (peer, master) if i)
     return Details(iface.id, iface.kind, iface.name, tuple(facts), routes=routes, rules=rules,
-                   forwards=forwards, commands=tuple(commands), related=related)
+                   forwards=forwards, commands=tuple(commands), related=related, ports=ports)
 
 
 def namespace_details(snap: Snapshot, ns: Namespace, owner: str | None, container: str | None) -> Details:
@@ -152,10 +197,8 @@ def namespace_details(snap: Snapshot, ns: Namespace, owner: str | None, containe
     if ns.sysctl("net.ipv4.ip_forward") is not None:
         facts.append(("ip_forward", ns.sysctl("net.ipv4.ip_forward")))
     routes = tuple(r for r in snap.routes if r.netns == ns.id)
-    forwards = unique_forwards(p for p in snap.port_forwards if p.container == ns.id or p.to_ip in ips
-                               or (ns.is_host and p.netns == ns.id))
-    rule_ns = {ns.id} if ns.is_host else {ns.id, host_id(snap) or ns.id}
-    rules = rules_mentioning(snap.rules, rule_ns, ips) if ips and not ns.is_host else \
+    forwards = forwards_of_namespace(snap, ns.id)
+    rules = rules_mentioning(snap.rules, upstream(snap, ns.id), ips) if ips and not ns.is_host else \
         tuple(r for r in snap.rules if r.netns == ns.id and r.table == "nat")
     commands = [in_ns(ns, "ip", "addr"), in_ns(ns, "ip", "route"), *_save_commands(snap, rules)]
     if netns_name(ns):
@@ -184,6 +227,42 @@ def forward_details(snap: Snapshot, pf: PortForward, element_id: str) -> Details
                    forwards=(pf,), commands=tuple(commands), related=related)
 
 
+def _listing_with_counters(snap: Snapshot, rule: Rule) -> str | None:
+    """`iptables -t nat -L CHAIN -v -n`: the chain with its packet counters, as the backend's tool."""
+    save = SAVE_TOOLS.get((rule.backend, rule.family))
+    if rule.backend == "nftables" or not save or not rule.chain:
+        return None
+    return in_ns(snap.namespace(rule.netns), save.removesuffix("-save"), "-t", rule.table,
+                 "-L", rule.chain, "-v", "-n", "--line-numbers")
+
+
+def masquerade_details(snap: Snapshot, masq: Masquerade, element_id: str,
+                       bridge: Interface | None) -> Details:
+    """A MASQUERADE (or SNAT) rule read like a forward: what it rewrites, whose it is, its counters."""
+    target = f"SNAT to {masq.to_source}" if masq.to_source else "MASQUERADE (the outgoing interface's address)"
+    leaves = f"any interface but {masq.out_not}" if masq.out_not else (masq.out or "any interface")
+    facts = [("rewrites", target), ("source", masq.source or "any"), ("leaving by", leaves),
+             ("owner", masq.owner), ("backend", masq.backend), ("firewall of", ns_label(snap, masq.netns))]
+    if masq.destination:
+        facts.append(("destination", ("not " if masq.dest_not else "") + masq.destination))
+    if masq.chain:
+        facts.append(("chain", masq.chain))
+    if bridge is not None:
+        facts.append(("bridge", bridge.name))
+    rules = tuple(r for r in snap.rules if r.netns == masq.netns and masq.rule_text and r.text == masq.rule_text)
+    listing = [c for c in map(lambda r: _listing_with_counters(snap, r), rules) if c]
+    commands = [*_save_commands(snap, rules or [Rule(masq.netns, masq.backend, 4, "nat", "", "")]),
+                *dict.fromkeys(listing)]
+    related = ((bridge.id, f"{bridge.name} ({ns_label(snap, bridge.netns)})"),) if bridge else ()
+    title = f"MASQUERADE {masq.source or 'any'}" + (f" ! -o {masq.out_not}" if masq.out_not else "")
+    return Details(element_id, "masquerade", title, tuple(facts), rules=rules,
+                   commands=tuple(commands), related=related)
+
+
+def masquerade_for_id(snap: Snapshot, element_id: str) -> Masquerade | None:
+    return next((m for m in snap.masquerades if masquerade_id(m) == element_id), None)
+
+
 def forward_for_id(snap: Snapshot, element_id: str) -> PortForward | None:
     return next((pf for pf in snap.port_forwards if portforward_id(pf) == element_id), None)
 
@@ -204,7 +283,7 @@ def _text(v) -> str:
 def details_for(snap: Snapshot, elements: list[dict], element_id: str,
                 containers: dict[str, str]) -> Details | None:
     """containers: bridgescope-managed netns name -> container name (offers the forward form)."""
-    if element_id.startswith("edge:pf:"):  # a forward's edge tells what its node tells
+    if element_id.startswith(("edge:pf:", "edge:masq:")):  # an edge tells what its NAT node tells
         element_id = element_id[len("edge:"):]
     element = next((e for e in elements if e.get("data", {}).get("id") == element_id), None)
     owner = (element or {}).get("data", {}).get("owner")
@@ -215,21 +294,60 @@ def details_for(snap: Snapshot, elements: list[dict], element_id: str,
         return namespace_details(snap, ns, owner, containers.get(netns_name(ns) or ""))
     if (pf := forward_for_id(snap, element_id)) is not None:
         return forward_details(snap, pf, element_id)
+    if (masq := masquerade_for_id(snap, element_id)) is not None:
+        # the graph drew its way out from one bridge: the panel names the same one
+        edge = next((e["data"] for e in elements if e.get("data", {}).get("id") == f"edge:{element_id}"), {})
+        return masquerade_details(snap, masq, element_id, snap.interface(edge.get("source", "")))
     return generic_details(element) if element is not None else None
+
+
+# ---- counters: read again for the open panel only ----------------------------------------------
+
+def _rule_key(r: Rule) -> tuple:
+    return (r.netns, r.backend, r.family, r.table, r.chain, r.text)
+
+
+def with_fresh_counters(snap: Snapshot, details: Details) -> Details:
+    """Packet counters move with every packet and no event announces it, so the snapshot's
+    are as old as the last rule change: the rules an open panel shows are read again (the
+    namespaces they live in only, a few short processes each)."""
+    if not details.rules:
+        return details
+    paths = namespace_paths(snap)
+    fresh: dict[tuple, Rule] = {}
+    for ns_id in sorted({r.netns for r in details.rules} & paths.keys()):
+        fresh.update((_rule_key(r), r) for r in assemble_namespace(dump_namespace(ns_id, paths[ns_id])).rules)
+    rules = tuple(replace(r, packets=now.packets, bytes=now.bytes) if (now := fresh.get(_rule_key(r))) else r
+                  for r in details.rules)
+    return replace(details, rules=rules)
 
 
 # ---- route ----------------------------------------------------------------------------------
 
 @bp.get("/details/<path:element_id>")
-def panel(element_id: str) -> str:
+def panel(element_id: str) -> str | Response:
     from bridgescope.webui.forms import form_choices
 
     source = runtime().source
     choices = form_choices()
     managed = {c.netns: c.name for c in choices.pop("container_objects", [])}
     details = details_for(source.snapshot, source.elements, element_id, managed)
+    following = request.args.get("follow") == "1"
     if details is None:
+        if following:  # an open panel asking again: gone is an answer
+            return Response(status=204)
         abort(404, f"no element {element_id!r} in the current topology (it may just have gone)")
     details = verdicts.annotate(details, source)  # reachability: the one verdict (rules/reach.py)
+    if following:  # the click shows the snapshot at once; the open panel's polls read the counters
+        details = with_fresh_counters(source.snapshot, details)
     forwards = [f for f in choices["forwards"] if f.container == details.container]
-    return page_or_fragment("details.html", "panel", d=details, managed_forwards=forwards, **choices)
+    names = {n.id: n.name for n in source.snapshot.namespaces}
+    return page_or_fragment("details.html", "panel", d=details, managed_forwards=forwards,
+                            ns_names=names, **choices)
+
+
+@bp.app_template_filter("wrap_points")
+def wrap_points(text: str) -> Markup:
+    """Commands wrap between words only; a long token (a path, a list) may also wrap after
+    '/' or ',' - never in the middle of a name or an address."""
+    return Markup(str(escape(text)).replace("/", "/<wbr>").replace(",", ",<wbr>"))

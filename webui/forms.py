@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from flask import Blueprint, Response, make_response, render_template, request
+from flask import Blueprint, Response, jsonify, make_response, render_template, request
 from jinja2_fragments.flask import render_block
 
 from bridgescope.collector.errors import BridgescopeError
@@ -288,6 +288,14 @@ def _submit(kind: str) -> Response:
 @bp.get("/")
 def index() -> str:
     return render_template("forms.html", forms={}, **form_choices())
+
+
+@bp.get("/choices")
+def choices() -> Response:
+    """What the selects offer now: the page asks again after each kernel change, so a
+    container made elsewhere (the CLI, another tab) appears without a reload."""
+    found = form_choices()
+    return jsonify({"containers": found["containers"], "networks": found["networks"]})
 
 
 @bp.post("/forward")

@@ -35,6 +35,7 @@ from bridgescope.collector.packetpath import namespace_by_name, trace_live
 from bridgescope.plumbing.errors import ValidationError
 from bridgescope.plumbing.lab import probe as lab_probe
 from bridgescope.plumbing.lab import walklab
+from bridgescope.plumbing.lab.walk import WalkStep, step_index
 from bridgescope.plumbing.lab.walklab import Outcome, WalkLab
 from bridgescope.webui import verdicts
 from bridgescope.webui.app import runtime
@@ -129,9 +130,13 @@ def doctor() -> str:
 @bp.get("/doctor.json")
 def doctor_json() -> Response:
     if request.args.get("lab"):
-        findings = workshop().findings()
-    else:
-        findings = dashboard_findings()
+        ws = workshop()
+        findings = ws.findings()
+        # the walk lab's findings about steps still to come are "not built yet", not problems
+        progress = ws.lab.progress() if ws.lab.is_up() else {}
+        later = not_built_yet(ws.lab.steps, progress) if ws.lab.next_step() else frozenset()
+        return jsonify({"findings": [{**to_plain(f), "later": f.id in later} for f in findings]})
+    findings = dashboard_findings()
     return jsonify({"findings": to_plain(findings)})
 
 
@@ -161,13 +166,32 @@ def _follow() -> bool:
     return request.args.get("follow") == "1" or bool(current_app.config.get("READ_ONLY"))
 
 
-def _panel_context(error: str | None = None) -> dict:
+def not_built_yet(steps: Iterable[WalkStep], progress: dict[str, str]) -> frozenset[str]:
+    """Finding ids that only say a step still to come is not done: while walking, the doctor
+    shows these greyed as "not built yet", not as errors."""
+    return frozenset(f for s in steps if progress.get(s.key) in ("pending", "failed") for f in s.settles)
+
+
+def split_findings(findings: Iterable, steps: Iterable[WalkStep], progress: dict[str, str]) -> tuple[list, list]:
+    """(real findings, findings about steps not yet done)."""
+    later = not_built_yet(steps, progress)
+    found = list(findings)
+    return [f for f in found if f.id not in later], [f for f in found if f.id in later]
+
+
+def _panel_context(error: str | None = None, error_step: str | None = None) -> dict:
+    """error_step: the step the error belongs to (shown there); else it shows at the top."""
     ws = workshop()
     up = ws.lab.is_up()
     progress = ws.lab.progress() if up else {s.key: "pending" for s in ws.lab.steps}
-    return dict(steps=ws.lab.steps, progress=progress, next_step=ws.lab.next_step() if up else None,
-                findings=ws.findings(), lab_up=up, last=ws.last, error=error, follow=_follow(),
-                names=ws.lab.names, destinations=DESTINATIONS)
+    findings, later = split_findings(ws.findings(), ws.lab.steps, progress)
+    done = sum(1 for s in ws.lab.steps if progress[s.key] in ("done", "wrong"))
+    next_step = ws.lab.next_step() if up else None
+    return dict(steps=ws.lab.steps, progress=progress, next_step=next_step,
+                next_number=step_index(ws.lab.steps, next_step) + 1 if next_step else None,
+                findings=findings, later_findings=later, lab_up=up, last=ws.last, error=error,
+                error_step=error_step, follow=_follow(), names=ws.lab.names,
+                destinations=DESTINATIONS, done_count=done, host_netns=ws.lab.names.host)
 
 
 @bp.get("/walk")
@@ -216,7 +240,8 @@ def walk_action(key: str, action: str) -> tuple[str, int] | str:
                    f"error: step {key}: {failed.output}" if failed else f"ok: step {key}: {action}",
                    outcome.ok)
     except BridgescopeError as err:
-        return render_block("workshop_walk.html", "panel", **_panel_context(_message(err))), 400
+        at = key if any(s.key == key for s in ws.lab.steps) else None  # else it shows at the top
+        return render_block("workshop_walk.html", "panel", **_panel_context(_message(err), at)), 400
     finally:
         ws.source.refresh()
     return render_block("workshop_walk.html", "panel", **_panel_context())
@@ -248,6 +273,28 @@ def walk_reset() -> tuple[str, int] | str:
 @bp.post("/walk/down")
 def walk_down() -> tuple[str, int] | str:
     return _lifecycle("walk-down", WalkLab.down)
+
+
+def handout_markdown(steps: Iterable[WalkStep], prefix: str) -> str:
+    """The walk as a handout: every step's commands and why, and the blog's wrong turns."""
+    out = ["# docker run -p 8080:80, step by step", "",
+           f"Built in the walk lab `{prefix}` by bridgescope; every command runs in the lab's host "
+           "namespace, exactly as shown.", ""]
+    for n, step in enumerate(steps, 1):
+        out += [f"## {n}. {step.title}", "", "```sh", *(c.text for c in step.commands), "```", "", step.why, ""]
+        if step.wrong_turn:
+            wt = step.wrong_turn
+            out += ["**The blog's wrong turn:**", "", "```sh", *(c.text for c in wt.commands), "```", "",
+                    wt.mistake, "", f"What breaks: {wt.breaks} The doctor says `{wt.finding}`. The fix:",
+                    "", "```sh", *(c.text for c in wt.fix), "```", ""]
+    return "\n".join(out)
+
+
+@bp.get("/walk/handout.md")
+def walk_handout() -> Response:
+    ws = workshop()
+    return Response(handout_markdown(ws.lab.steps, ws.lab.names.prefix), mimetype="text/markdown",
+                    headers={"Content-Disposition": 'attachment; filename="docker-run-p-walk.md"'})
 
 
 @bp.get("/walk/events")
