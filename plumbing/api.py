@@ -124,17 +124,19 @@ def remove_container(name: str, *, host: str | None = None, firewall: str = "aut
 
 @_in_session
 def add_forward(container: str, spec: str, *, host: str | None = None, firewall: str = "auto",
-                dry_run: bool = False) -> Result:
-    validate.name(container, "container")
+                dry_run: bool = False, snapshot: Snapshot | None = None) -> Result:
+    """A port forward to a container of ours, or to any container on a bridge of the host
+    (adopted: by engine name or id, namespace name or path, or IP)."""
+    validate.container_ref(container)
     mappings = validate.port_spec(spec)
     with transaction(host, dry_run) as txn:
-        return txn.change(plan.AddForwards(container, mappings, firewall))
+        return txn.change(plan.AddForwards(container, mappings, firewall), snapshot=snapshot)
 
 
 @_in_session
 def remove_forward(container: str, spec: str, *, host: str | None = None, firewall: str = "auto",
                    dry_run: bool = False) -> Result:
-    validate.name(container, "container")
+    validate.container_ref(container)
     mappings = validate.port_spec(spec)
     with transaction(host, dry_run) as txn:
         return txn.change(plan.RemoveForwards(container, mappings, firewall))
@@ -161,9 +163,24 @@ def restore(*, host: str | None = None, firewall: str = "auto", dry_run: bool = 
     remove tagged leftovers, re-create what is missing, rewrite our chains."""
     with transaction(host, dry_run) as txn:
         result = txn.change(plan.Restore(firewall))
+        followed = txn.change(plan.Reconcile(firewall)) if txn.state.adopted else None
         if not dry_run:
             conflicts.forget_cache(txn.ns.key)  # the rewrite removed any orphaned rule it held
+        if followed is not None and followed.commands:
+            return Result(result.commands + followed.commands,
+                          f"{result.summary}; {followed.summary}", result.recovery)
         return result
+
+
+@_in_session
+def reconcile(*, host: str | None = None, firewall: str = "auto", dry_run: bool = False,
+              snapshot: Snapshot | None = None) -> Result:
+    """Follow the adopted containers (plan.Reconcile): what `serve` runs at start and after
+    the kernel changed, and `restore` runs after rewriting our chains."""
+    with transaction(host, dry_run) as txn:
+        if not txn.state.adopted:
+            return Result((), "no adopted containers", txn.recovered)
+        return txn.change(plan.Reconcile(firewall), snapshot=snapshot)
 
 
 @_in_session

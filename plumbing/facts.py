@@ -11,13 +11,15 @@ import ipaddress
 from dataclasses import replace
 
 from bridgescope.collector.model import Snapshot
-from bridgescope.plumbing import backends, conflicts, ipam, journal, links, netns, state
+from bridgescope.plumbing import adopt, backends, conflicts, ipam, journal, links, netns, state
 from bridgescope.plumbing.plan import (
     IP_FORWARD,
     AddForwards,
     CreateContainer,
     CreateNetwork,
     Facts,
+    Reconcile,
+    RemoveForwards,
     Request,
     Restore,
     needs_probe,
@@ -36,7 +38,13 @@ def gather(ns: netns.HostNs, st: State, request: Request, *,
     if isinstance(request, CreateContainer):
         return _container(ns, st, request, probe, snapshot)
     if isinstance(request, AddForwards):
-        return _ports(ns, probe) if st.container(request.container) else Facts(probe=probe)
+        if st.container(request.container):
+            return _ports(ns, probe)
+        return replace(_ports(ns, probe), **_containers(ns, st, snapshot))
+    if isinstance(request, Reconcile):
+        return Facts(probe=probe, **_containers(ns, st, snapshot)) if st.adopted else Facts(probe=probe)
+    if isinstance(request, RemoveForwards):
+        return Facts(probe=probe)
     if isinstance(request, Restore):
         return restore(ns, st, probe=probe)
     return Facts(probe=probe)
@@ -52,6 +60,16 @@ def _network(ns: netns.HostNs, st: State, net: Network, probe: backends.Probe | 
     forwarding = netns.read_sysctl(ns.path, IP_FORWARD) if not st.networks else None
     return Facts(probe=probe, ip_forward=forwarding, routes=routes,
                  links=frozenset({net.name} if taken else ()))
+
+
+def _containers(ns: netns.HostNs, st: State, snapshot: Snapshot | None) -> dict:
+    """Every container namespace on a bridge of the host, bar bridgescope's own (adopt.py)."""
+    from bridgescope.collector.kernel import containers
+    from bridgescope.collector.kernel.snapshot import collect
+    snap = snapshot or collect(ns.path, firewall=False)
+    found, others = adopt.candidates(snap, adopt.engine_ids(containers.configured_sockets()))
+    ours = {f"{netns.NETNS_DIR}/{c.netns}" for c in st.containers}
+    return {"candidates": tuple(c for c in found if not ours & set(c.paths)), "unbridged": others}
 
 
 def _ports(ns: netns.HostNs, probe: backends.Probe | None) -> Facts:

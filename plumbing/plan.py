@@ -8,15 +8,16 @@ nothing: its do/undo act only when steps.run calls them.
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from bridgescope.collector import shell
 from bridgescope.collector.model import PortForward
-from bridgescope.plumbing import backends, conflicts, ipam, journal, links, netns, rules, state
+from bridgescope.plumbing import adopt, backends, conflicts, ipam, journal, links, netns, rules, state
 from bridgescope.plumbing.errors import PlumbingError, ValidationError
 from bridgescope.plumbing.rules import Change
-from bridgescope.plumbing.state import Container, Forward, Network, State
+from bridgescope.plumbing.state import Adopted, Container, Forward, Network, State
 from bridgescope.plumbing.steps import Step
 
 IP_FORWARD = "net.ipv4.ip_forward"
@@ -71,8 +72,15 @@ class Restore:
     firewall: str = "auto"
 
 
+@dataclass(frozen=True)
+class Reconcile:
+    """Follow adopted containers: re-point their forwards where they moved, remove those of
+    containers that are gone, put back the engine user-chain jump an engine restart lost."""
+    firewall: str = "auto"
+
+
 Request = (CreateNetwork | RemoveNetwork | CreateContainer | RemoveContainer | AddForwards
-           | RemoveForwards | Restore)
+           | RemoveForwards | Restore | Reconcile)
 
 
 @dataclass(frozen=True)
@@ -89,6 +97,9 @@ class Facts:
     tagged: tuple[tuple[str, str], ...] = ()  # (interface, object id) of our tagged links
     our_netns: tuple[str, ...] = ()  # container namespaces holding a link tagged by us
     veth: str | None = None  # the host-side name of a new container's veth
+    # Adopting: the containers on a bridge of the host, and the namespaces on none.
+    candidates: tuple[adopt.Candidate, ...] = ()
+    unbridged: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -121,6 +132,9 @@ def needs_probe(st: State, request: Request) -> bool:
     """Whether choosing the backend needs the host's firewall read (facts.gather asks)."""
     if isinstance(request, Restore) and st.backend:
         return False
+    if isinstance(request, Reconcile) or (isinstance(request, (AddForwards, RemoveForwards))
+                                          and st.container(request.container) is None):
+        return True  # the engine's firewall decides whether (and how) an adopted forward works
     wanted = request.firewall
     return wanted in backends.CHOICES and not (st.backend and wanted in ("auto", st.backend))
 
@@ -140,7 +154,7 @@ def plan(ns: netns.HostNs, facts: Facts, st: State, request: Request) -> Plan:
     planner = {CreateNetwork: _network_create, RemoveNetwork: _network_remove,
                CreateContainer: _container_create, RemoveContainer: _container_remove_request,
                AddForwards: _forwards_add_request, RemoveForwards: _forwards_remove_request,
-               Restore: _restore}[type(request)]
+               Restore: _restore, Reconcile: _reconcile}[type(request)]
     return planner(ns, facts, st, request)
 
 
@@ -290,6 +304,8 @@ def _container_remove_request(ns: netns.HostNs, facts: Facts, st: State,
 
 
 def _forwards_add_request(ns: netns.HostNs, facts: Facts, st: State, req: AddForwards) -> Plan:
+    if st.container(req.container) is None:
+        return _adopt_add(ns, facts, st, req)
     ctr = require_container(st, req.container)
     ctx = Ctx(ns, _backend(st, req.firewall, facts), st)
     _check_ports(facts, st, req.mappings)
@@ -300,6 +316,8 @@ def _forwards_add_request(ns: netns.HostNs, facts: Facts, st: State, req: AddFor
 
 def _forwards_remove_request(ns: netns.HostNs, facts: Facts, st: State,
                              req: RemoveForwards) -> Plan:
+    if st.container(req.container) is None:
+        return _adopt_remove(ns, facts, st, req)
     ctr = require_container(st, req.container)
     gone = []
     for m in req.mappings:
@@ -562,12 +580,121 @@ def recreate(ctx: Ctx, facts: Facts, st: State) -> list[Step]:
                               lambda c=ctr: _clear_container(path, c), None, ()))
             steps += container_create(ctx, st, ctr, net, firewall=False)[0]  # rewritten below
             steps.append(link_up(ctx, ctr))
-    if st.networks:
-        change = Change(add=rules.desired(st), flush_chains=rules.CHAINS, add_jumps=rules.jumps())
-    else:
-        change = Change(del_jumps=rules.jumps(), drop_chains=rules.CHAINS)
-    steps.append(_firewall_step(ctx, "rewrite the bridgescope chains", change, st, st))
+    steps.append(_rewrite(ctx, st, st))
     return steps
+
+
+def _rewrite(ctx: Ctx, before: State, after: State) -> Step:
+    """Our chains rewritten whole to match `after` (and the jumps into them put back)."""
+    if rules.has_chains(after):
+        stale = tuple(j for j in rules.user_jumps(before) if j not in rules.user_jumps(after))
+        change = Change(add=rules.desired(after), flush_chains=rules.CHAINS, del_jumps=stale,
+                        add_jumps=rules.jumps() + rules.user_jumps(after))
+    else:
+        change = Change(del_jumps=rules.jumps() + rules.user_jumps(before), drop_chains=rules.CHAINS)
+    return _firewall_step(ctx, "rewrite the bridgescope chains", change, before, after)
+
+
+# --- adopted containers (plumbing/adopt.py) ------------------------------------------------
+
+def _adopt_add(ns: netns.HostNs, facts: Facts, st: State, req: AddForwards) -> Plan:
+    known = adopt.known(st, req.container)
+    found = adopt.follow(known, facts.candidates) if known else \
+        adopt.resolve(req.container, facts.candidates, facts.unbridged)
+    if found is None:
+        raise ValidationError("container", f"adopted container {req.container} is gone; "
+                                           "run restore to forget its forwards")
+    if known is None and (st.adoptee(found.name) or st.container(found.name)):
+        raise ValidationError("container", f"another container named {found.name} is already "
+                                           "known here")
+    ctx = Ctx(ns, _backend(st, req.firewall, facts), st)
+    chain = adopt.user_chain(_probe(facts), ctx.backend)
+    _check_ports(facts, st, req.mappings)
+    a = found.adopted(chain) if known is None else adopt.moved(known, found)
+    new = tuple(m.bound_to(a.name) for m in req.mappings)
+    after = st.with_(adopted=tuple(x for x in st.adopted if x.name != a.name) + (a,),
+                     forwards=st.forwards + new, backend=ctx.backend)
+    first = not rules.has_chains(st)
+    fresh = tuple(j for j in rules.user_jumps(after) if j not in rules.user_jumps(st))
+    change = Change(add=(rules.structure() if first else ())
+                    + tuple(r for f in new for r in rules.adopted_rules(f, a)),
+                    new_chains=rules.CHAINS if first else (),
+                    add_jumps=(rules.jumps() if first else ()) + fresh)
+    steps = [_firewall_step(ctx, f"add the port forward rules for {a.name}", change, st, after)]
+    steps += [_conntrack_step(ctx, f) for f in new if f.proto == "udp"]
+    via = f", accepted from {chain}" if chain else ""
+    return Plan(ctx, tuple(steps), after,
+                f"forward {', '.join(m.spec() for m in req.mappings)} -> {a.name} ({a.ip} on "
+                f"{a.bridge}{', ' + a.engine if a.engine else ''}{via})")
+
+
+def _probe(facts: Facts) -> backends.Probe:
+    if facts.probe is None:
+        raise PlumbingError("read the engine's firewall", "the host's firewall was not read")
+    return facts.probe
+
+
+def _adopt_remove(ns: netns.HostNs, facts: Facts, st: State, req: RemoveForwards) -> Plan:
+    a = adopt.known(st, req.container)
+    if a is None:
+        raise ValidationError("container", f"no container named {req.container} has forwards "
+                                           "of bridgescope here")
+    gone = []
+    for m in req.mappings:
+        fwd = forward_for(st, a.name, m)
+        if fwd is None:
+            raise ValidationError("spec", f"container {a.name} has no forward {m.spec()}")
+        gone.append(fwd)
+    ctx = Ctx(ns, _backend(st, req.firewall, facts), st)
+    after = _without(st, a, gone)
+    change = Change(delete=tuple(r for f in gone for r in rules.adopted_rules(f, a)),
+                    del_jumps=tuple(j for j in rules.user_jumps(st) if j not in rules.user_jumps(after)))
+    if not rules.has_chains(after):
+        change = Change(del_jumps=rules.jumps() + rules.user_jumps(st), drop_chains=rules.CHAINS)
+    steps = [_firewall_step(ctx, f"remove the port forward rules of {a.name}", change, st, after)]
+    steps += [_conntrack_step(ctx, f) for f in gone if f.proto == "udp"]
+    return Plan(ctx, tuple(steps), after,
+                f"removed forward {', '.join(f.spec() for f in gone)} from {a.name}")
+
+
+def _without(st: State, a: Adopted, gone: Sequence[Forward]) -> State:
+    """The state without those forwards, and without the container once it has none left."""
+    forwards = tuple(f for f in st.forwards if f not in gone)
+    keep = any(f.container == a.name for f in forwards)
+    after = st.with_(forwards=forwards,
+                     adopted=st.adopted if keep else tuple(x for x in st.adopted if x != a))
+    return after if rules.has_chains(after) or after.networks else after.with_(backend=None)
+
+
+def _reconcile(ns: netns.HostNs, facts: Facts, st: State, req: Reconcile) -> Plan:
+    ctx = Ctx(ns, st.backend or _backend(st, req.firewall, facts), st)
+    after, notes = st, []
+    for a in st.adopted:
+        now = adopt.follow(a, facts.candidates)
+        if now is None:
+            after = _without(after, a, after.forwards_of(a.name))
+            notes.append(f"removed the forwards of {a.name} ({', '.join(f.spec() for f in st.forwards_of(a.name))}): "
+                         "the container is gone")
+        elif (now.ip, now.bridge, now.inode, now.netns) != (a.ip, a.bridge, a.inode, a.netns):
+            after = after.with_(adopted=tuple(adopt.moved(a, now) if x == a else x
+                                              for x in after.adopted))
+            if (now.ip, now.bridge) != (a.ip, a.bridge):
+                notes.append(f"re-pointed the forwards of {a.name} from {a.ip} to {now.ip} on {now.bridge}")
+    lost = _lost_user_jumps(facts, after)
+    if after == st and not lost:
+        return Plan(ctx, (), st, "adopted containers: nothing to follow", changes=False)
+    if lost:
+        notes.append(f"put back the jump from {', '.join(lost)} the engine's restart removed")
+    return Plan(ctx, (_rewrite(ctx, st, after),), after, "; ".join(notes) or "followed adopted containers")
+
+
+def _lost_user_jumps(facts: Facts, st: State) -> tuple[str, ...]:
+    """The user chains whose jump into our chain is missing (the engine flushed it)."""
+    if facts.probe is None:
+        return ()
+    save = facts.probe.legacy_save if st.backend == "legacy" else facts.probe.nft_save
+    return tuple(j.chain for j in rules.user_jumps(st)
+                 if not re.search(rf"^-A {re.escape(j.chain)} .*{state.TAG}{rules.JUMP_TAG}", save, re.M))
 
 
 def _clear_container(host_path: str, ctr: Container) -> None:

@@ -10,7 +10,7 @@ import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 
-from bridgescope.plumbing.state import TAG, Container, Forward, Network, State
+from bridgescope.plumbing.state import TAG, Adopted, Container, Forward, Network, State
 
 PREFIX = "BRIDGESCOPE"
 DNAT_CHAIN = "BRIDGESCOPE-DNAT"
@@ -81,6 +81,19 @@ def jumps() -> tuple[FwRule, ...]:
     )
 
 
+def user_jumps(state: State) -> tuple[FwRule, ...]:
+    """The one tagged jump into our FORWARD chain from the engine's documented chain for users'
+    rules (Docker's DOCKER-USER: first in FORWARD and never flushed by Docker, so our accepts
+    come before its drops even after it restarts and re-inserts its jumps on top)."""
+    chains = sorted({a.user_chain for a in state.adopted if a.user_chain})
+    return tuple(FwRule("filter", c, FORWARD_CHAIN, JUMP_TAG) for c in chains)
+
+
+def has_chains(state: State) -> bool:
+    """Our chains exist while anything of ours needs them."""
+    return bool(state.networks or state.adopted)
+
+
 def structure() -> tuple[FwRule, ...]:
     """Each base chain of ours hands over to its shards."""
     return tuple(FwRule(t, c, f"{c}-{i:02x}", SHARD_TAG)
@@ -111,11 +124,20 @@ def container_rules(ctr: Container, net: Network) -> tuple[FwRule, ...]:
 
 
 def forward_rules(fwd: Forward, ctr: Container, net: Network) -> tuple[FwRule, ...]:
-    tag, br, cip = fwd.tag, net.name, f"{ctr.ip}/32"
+    return forward_rules_to(fwd, ctr.ip, net.name)
+
+
+def adopted_rules(fwd: Forward, a: Adopted) -> tuple[FwRule, ...]:
+    return forward_rules_to(fwd, a.ip, a.bridge)
+
+
+def forward_rules_to(fwd: Forward, ip: str, br: str) -> tuple[FwRule, ...]:
+    """A published port to the container at `ip` behind bridge `br` (ours or an engine's)."""
+    tag, cip = fwd.tag, f"{ip}/32"
     host_dst = f"{fwd.host_ip}/32" if fwd.host_ip else None
     rules = [
         FwRule("nat", DNAT_CHAIN, "DNAT", tag, dst=host_dst, proto=fwd.proto, dport=fwd.host_port,
-               to_destination=f"{ctr.ip}:{fwd.container_port}"),
+               to_destination=f"{ip}:{fwd.container_port}"),
         # Hairpin: a container reaching its own published port gets replies through the host.
         FwRule("nat", POST_CHAIN, "MASQUERADE", tag, src=cip, dst=cip, proto=fwd.proto,
                dport=fwd.container_port),
@@ -133,14 +155,18 @@ def desired(state: State) -> tuple[FwRule, ...]:
     """Every rule of the state, in a stable order."""
     nets = {n.name: n for n in state.networks}
     ctrs = {c.name: c for c in state.containers}
-    out: list[FwRule] = list(structure()) if state.networks else []
+    adopted = {a.name: a for a in state.adopted}
+    out: list[FwRule] = list(structure()) if has_chains(state) else []
     for net in state.networks:
         out.extend(network_rules(net))
     for ctr in state.containers:
         out.extend(container_rules(ctr, nets[ctr.network]))
     for fwd in state.forwards:
-        ctr = ctrs[fwd.container]
-        out.extend(forward_rules(fwd, ctr, nets[ctr.network]))
+        ctr = ctrs.get(fwd.container)
+        if ctr is None:
+            out.extend(adopted_rules(fwd, adopted[fwd.container]))
+        else:
+            out.extend(forward_rules(fwd, ctr, nets[ctr.network]))
     return tuple(out)
 
 

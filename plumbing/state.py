@@ -51,6 +51,25 @@ class Container:
 
 
 @dataclass(frozen=True)
+class Adopted:
+    """A container bridgescope did not make (Docker's, Podman's, CNI's, anyone's) that has
+    forwards of ours: who it is, so that the forward follows it when it restarts (engine id
+    first, then its name, then its namespace), and where it is now."""
+    name: str  # the engine's name, or the namespace's name: forwards refer to it
+    ip: str
+    bridge: str  # the host-side bridge its veth is a port of
+    netns: str  # its namespace's path as found
+    inode: int
+    engine: str = ""  # docker | podman | "" (a namespace with no engine answering)
+    engine_id: str = ""
+    user_chain: str = ""  # the engine's documented chain for users' rules (DOCKER-USER)
+
+    @property
+    def tag(self) -> str:
+        return f"adopt/{self.name}"
+
+
+@dataclass(frozen=True)
 class Forward:
     """One published port, as Docker expands a `-p` spec (a range becomes one per port): as
     parsed (container "") and, once bound to its container, as the state keeps it."""
@@ -87,12 +106,16 @@ class State:
     # Sysctl values found before bridgescope changed them, so removing the last network
     # puts the host back as it was ("net.ipv4.ip_forward" -> "0").
     sysctls_before: tuple[tuple[str, str], ...] = ()
+    adopted: tuple[Adopted, ...] = ()  # others' containers our forwards point at
 
     def network(self, name: str) -> Network | None:
         return next((n for n in self.networks if n.name == name), None)
 
     def container(self, name: str) -> Container | None:
         return next((c for c in self.containers if c.name == name), None)
+
+    def adoptee(self, name: str) -> Adopted | None:
+        return next((a for a in self.adopted if a.name == name), None)
 
     def forwards_of(self, container: str) -> tuple[Forward, ...]:
         return tuple(f for f in self.forwards if f.container == container)
@@ -105,7 +128,8 @@ class State:
 
     def owned_tags(self) -> frozenset[str]:
         """The tags of every object this state owns (rules and interfaces carry them)."""
-        return frozenset(o.tag for group in (self.networks, self.containers, self.forwards)
+        return frozenset(o.tag for group in (self.networks, self.containers, self.forwards,
+                                             self.adopted)
                          for o in group)
 
 
@@ -120,6 +144,7 @@ def to_dict(state: State) -> dict:
         "forwards": [[f.container, f.proto, f.host_port, f.container_port, f.host_ip]
                      for f in state.forwards],
         "sysctls_before": [list(kv) for kv in state.sysctls_before],
+        "adopted": [vars(a) for a in state.adopted],
     }
 
 
@@ -132,6 +157,7 @@ def from_dict(data: dict) -> State:
         forwards=tuple(Forward(**f) if isinstance(f, dict) else Forward(*f[1:], f[0])
                        for f in data.get("forwards", ())),
         sysctls_before=tuple(tuple(kv) for kv in data.get("sysctls_before", ())),
+        adopted=tuple(Adopted(**a) for a in data.get("adopted", ())),
     )
 
 
@@ -175,7 +201,7 @@ def save(state: State) -> None:
     directory = state_dir()
     directory.mkdir(parents=True, exist_ok=True, mode=0o700)
     target = path_for(state.host)
-    if not (state.networks or state.containers or state.forwards):
+    if not (state.networks or state.containers or state.forwards or state.adopted):
         forget(state.host)
         return
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{state.host}.", suffix=".tmp")

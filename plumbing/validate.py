@@ -51,6 +51,20 @@ def text(value: Any, field: str) -> str:
     return value
 
 
+REF_CHARS = NAME_CHARS | frozenset("/:")
+
+
+def container_ref(value: Any, field: str = "container") -> str:
+    """A container by engine name or id (Docker's names may exceed an interface name's 15
+    bytes), namespace name or path, or IP: printable, no blanks, bounded."""
+    text(value, field)
+    if not value:
+        raise ValidationError(field, "must not be empty")
+    if len(value) > 255 or not REF_CHARS.issuperset(value) or value[0] in "-.":
+        raise ValidationError(field, f"{shown(value)} is not a container name, id, namespace or IP")
+    return value
+
+
 def name(value: Any, field: str = "name") -> str:
     """Names become interface and namespace names and are shown in commands to paste:
     ASCII letters, digits, '_', '.', '-', at most 15 bytes, not starting with '-' (it would

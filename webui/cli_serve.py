@@ -101,6 +101,11 @@ def run(args: argparse.Namespace) -> int:
         print(rec.summary, file=sys.stderr)
         AuditLog(Path(config["AUDIT_LOG"])).record(
             "serve", {"action": "recover", "host": args.netns}, rec.commands, f"ok: {rec.summary}")
+    if not args.read_only:  # adopted containers may have moved while we were not running
+        from bridgescope.webui import reconcile
+        follow_audit = AuditLog(Path(config["AUDIT_LOG"]))
+        reconcile.follow_once(args.netns, follow_audit)
+        reconcile.start(args.netns, follow_audit)
     for line in warnings(config):
         print("\n" + "!" * 78 + f"\n{line}\n" + "!" * 78, file=sys.stderr)
 

@@ -282,16 +282,18 @@ def _text(v) -> str:
 
 def details_for(snap: Snapshot, elements: list[dict], element_id: str,
                 containers: dict[str, str]) -> Details | None:
-    """containers: bridgescope-managed netns name -> container name (offers the forward form)."""
+    """containers: netns name -> container name, for every container the forward form can
+    target (bridgescope's own and any other on a bridge of the served host)."""
     if element_id.startswith(("edge:pf:", "edge:masq:")):  # an edge tells what its NAT node tells
         element_id = element_id[len("edge:"):]
     element = next((e for e in elements if e.get("data", {}).get("id") == element_id), None)
     owner = (element or {}).get("data", {}).get("owner")
     if (iface := snap.interface(element_id)) is not None:
-        inside = containers.get(netns_name(snap.namespace(iface.netns)) or "")
+        inside_ns = snap.namespace(iface.netns)
+        inside = containers.get(netns_name(inside_ns) or (inside_ns.name if inside_ns else ""))
         return replace(interface_details(snap, iface, owner), container=inside)
     if (ns := snap.namespace(element_id)) is not None:
-        return namespace_details(snap, ns, owner, containers.get(netns_name(ns) or ""))
+        return namespace_details(snap, ns, owner, containers.get(netns_name(ns) or ns.name))
     if (pf := forward_for_id(snap, element_id)) is not None:
         return forward_details(snap, pf, element_id)
     if (masq := masquerade_for_id(snap, element_id)) is not None:
@@ -330,7 +332,9 @@ def panel(element_id: str) -> str | Response:
 
     source = runtime().source
     choices = form_choices()
-    managed = {c.netns: c.name for c in choices.pop("container_objects", [])}
+    # every container on a bridge of the served host gets "Add port forward" (adopt)
+    managed = {**choices.pop("adoptable", {}),
+               **{c.netns: c.name for c in choices.pop("container_objects", [])}}
     details = details_for(source.snapshot, source.elements, element_id, managed)
     following = request.args.get("follow") == "1"
     if details is None:

@@ -94,7 +94,9 @@ def _checkbox(values: dict, name: str, errors: dict) -> bool:
 def forward_spec(values: dict[str, str]) -> dict[str, Any]:
     """Forward form fields -> {"container", "spec"} with spec in `docker -p` syntax."""
     errors: dict[str, str] = {}
-    container = _name(values, "container", "Container", errors)
+    container = _required(values, "container", "Container", errors)
+    if container:
+        _checked(errors, "container", validate.container_ref, container, "container")
     host_port = _port(values, "host_port", "Host port", errors)
     container_port = _port(values, "container_port", "Container port", errors)
     proto = _checked(errors, "protocol", validate.protocol, values.get("protocol", "").strip() or "tcp")
@@ -251,16 +253,33 @@ def _kept_after_apply(kind: str, values: dict[str, str]) -> dict[str, str]:
 # ---- choices for selects ------------------------------------------------------------------------
 
 def form_choices() -> dict[str, Any]:
-    """Names the selects offer: the networks and containers bridgescope manages on this host."""
+    """Names the selects offer: the networks bridgescope manages on this host, and as forward
+    targets its containers and every other container on a bridge of the served host."""
     from bridgescope.plumbing.api import load_state
 
     try:
         state = load_state(host=runtime().settings.host)
     except BridgescopeError:
-        return {"networks": [], "containers": [], "forwards": [], "container_objects": []}
+        return {"networks": [], "containers": [], "forwards": [], "container_objects": [],
+                "adoptable": {}}
+    adoptable = _adoptable()
+    ours = [c.name for c in state.containers]
     return {"networks": [n.name for n in state.networks],
-            "containers": [c.name for c in state.containers],
-            "forwards": list(state.forwards), "container_objects": list(state.containers)}
+            "containers": ours + sorted(set(adoptable.values()) - set(ours)),
+            "forwards": list(state.forwards), "container_objects": list(state.containers),
+            "adoptable": adoptable}
+
+
+def _adoptable() -> dict[str, str]:
+    """{namespace name: container name} of the containers on a bridge of the served host."""
+    from bridgescope.plumbing import adopt
+
+    snap = getattr(runtime().source, "snapshot", None)
+    if snap is None:
+        return {}
+    found, _ = adopt.candidates(snap, {})
+    return {c.netns.rsplit("/", 1)[-1] if c.netns.startswith("/run/netns/") else c.name: c.name
+            for c in found}
 
 
 # ---- routes -------------------------------------------------------------------------------------
