@@ -211,8 +211,6 @@ def forward_details(snap: Snapshot, pf: PortForward, element_id: str) -> Details
     facts = [("forward", forward_label(pf)), ("owner", pf.owner), ("backend", pf.backend),
              ("firewall of", ns_label(snap, pf.netns)),
              ("container", ns_label(snap, pf.container) if pf.container else "not found"),
-             ("reachable from outside", "yes" if pf.reachable else "no"),
-             ("reachable from the host itself", "yes" if pf.from_host else "no"),
              ("FORWARD accepts it", {True: "yes", False: "no", None: "cannot tell"}[pf.forward_accept]),
              ("via", pf.via)]
     if pf.chain:
