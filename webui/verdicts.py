@@ -21,7 +21,7 @@ from bridgescope.collector.doctor import diagnose
 from bridgescope.collector.doctor.finding import SEVERITIES, Finding
 from bridgescope.collector.kernel import listeners as kernel_listeners
 from bridgescope.collector.kernel.listeners import ListenerRead
-from bridgescope.collector.model import Snapshot
+from bridgescope.collector.model import PortForward, Snapshot
 from bridgescope.collector.packetpath import namespace_paths
 from bridgescope.collector.rules.reach import ForwardReach, Verdict, namespaces_to_poll, reach
 
@@ -183,6 +183,12 @@ def verdict_text(v: Verdict) -> str:
     return "reachable" if v.ok else f"not reachable ({v.outcome}): {v.reason}"
 
 
+def deaf_forwards(result: Result | None, ns_id: str) -> list[PortForward]:
+    """The forwards into ns_id whose destination port no program there listens on."""
+    return [fr.forward for fr in (result.reach if result else ()) if fr.forward.container == ns_id
+            and fr.listening is False]
+
+
 def verdict_rows(result: Result | None, element_id: str, kind: str) -> tuple[tuple[str, str], ...]:
     """A forward's panel: one row per source; a container's: its published ports nothing
     answers. Empty when the worker has not run yet."""
@@ -197,7 +203,7 @@ def verdict_rows(result: Result | None, element_id: str, kind: str) -> tuple[tup
             return ()
         rows = tuple((f"from {SOURCE_LABELS[v.source]}", verdict_text(v)) for v in fr.verdicts)
         return rows + (("listeners checked", age),)
-    deaf = [fr.forward for fr in result.reach if fr.forward.container == element_id and fr.listening is False]
+    deaf = deaf_forwards(result, element_id)
     if not deaf:
         return ()
     ports = ", ".join(f"{pf.proto}/{pf.to_port} (host port {pf.host_port})" for pf in deaf)
