@@ -131,7 +131,6 @@ class PortForward:
     to_port_end: int | None = None
     to_interface: str | None = None  # interface id owning to_ip
     reachable: bool = True  # a jump from PREROUTING/OUTPUT leads to the DNAT
-    from_host: bool = True  # the OUTPUT path leads there too (host's own clients)
     forward_accept: bool | None = None  # FORWARD lets it through (None: not decidable)
     chain: str | None = None
     rule_text: str | None = None

@@ -45,6 +45,11 @@ MASQ = rule("POSTROUTING", "-s 172.17.0.0/16 ! -o docker0 -j MASQUERADE", target
             s="172.17.0.0/16", not_o="docker0")
 
 
+# the host's own connections to its published ports (Docker skips 127.0.0.0/8: docker-proxy's)
+OUTPUT_JUMP = rule("OUTPUT", "! -d 127.0.0.0/8 -m addrtype --dst-type LOCAL -j DOCKER", target="DOCKER",
+                   not_d="127.0.0.0/8", dst_type="LOCAL")
+
+
 def healthy() -> Snapshot:
     """Docker 29 after `docker run -p 8080:80` with one container (reference 1.2)."""
     host = Namespace(HOST, "bstX-host", 1, paths=("/run/netns/bstX-host",), is_host=True,
@@ -69,13 +74,16 @@ def healthy() -> Snapshot:
     dnat = dnat_rule()
     rules = (
         rule("PREROUTING", "-m addrtype --dst-type LOCAL -j DOCKER", target="DOCKER", dst_type="LOCAL"),
-        MASQ, dnat,
+        OUTPUT_JUMP, MASQ, dnat,
         rule("FORWARD", "-j DOCKER-FORWARD", table="filter", target="DOCKER-FORWARD"),
         rule("DOCKER-FORWARD", "-i docker0 -j ACCEPT", table="filter", target="ACCEPT", i="docker0"),
+        rule("DOCKER-FORWARD", "-o docker0 -j DOCKER", table="filter", target="DOCKER", o="docker0"),
         rule("DOCKER", "-d 172.17.0.2/32 ! -i docker0 -o docker0 -p tcp -m tcp --dport 80 -j ACCEPT",
              table="filter", target="ACCEPT", d="172.17.0.2/32", not_i="docker0", o="docker0"),
     )
-    chains = (Chain(HOST, "nft", 4, "filter", "FORWARD", policy="DROP", hook="forward"),)
+    chains = (Chain(HOST, "nft", 4, "filter", "FORWARD", policy="DROP", hook="forward"),) + tuple(
+        Chain(HOST, "nft", 4, "nat", name.upper(), policy="ACCEPT", hook=name, hook_type="nat")
+        for name in ("prerouting", "output", "postrouting"))
     pf = PortForward(HOST, "tcp", None, 8080, "172.17.0.2", 80, "docker", "nft", container=CTR,
                      to_interface=f"{CTR}/if2", chain="DOCKER", rule_text=dnat.text,
                      forward_accept=True)
@@ -171,7 +179,7 @@ def test_masquerade_for_the_bridge_itself_or_by_mark_does_not_count():
     masqs = (Masquerade(HOST, None, None, "docker", "nft", out="docker0", chain="POSTROUTING",
                         rule_text=local.text),
              Masquerade(HOST, None, None, "cni", "nft", chain="CNI-HOSTPORT-MASQ", rule_text=mark.text))
-    snap = replace(healthy(), masquerades=masqs, rules=(local, mark) + healthy().rules[2:])
+    snap = replace(healthy(), masquerades=masqs, rules=(local, mark) + tuple(r for r in healthy().rules if r is not MASQ))
     assert ids(snap) == ["masquerade-missing"]
 
 
@@ -200,19 +208,41 @@ def test_per_container_masquerade_like_cni_covers_the_subnet():
     assert diagnose(replace(healthy(), masquerades=(masq,))) == ()
 
 
+def without_jumps(snap: Snapshot, *chains: str) -> Snapshot:
+    return replace(snap, rules=tuple(r for r in snap.rules if not (r.table == "nat" and r.chain in chains)))
+
+
 def test_dnat_unreachable():
-    snap = healthy()
-    snap = replace(snap, port_forwards=(replace(snap.port_forwards[0], reachable=False, from_host=False),))
-    found = diagnose(snap)
+    found = diagnose(without_jumps(healthy(), "PREROUTING", "OUTPUT"))
     assert [f.id for f in found] == ["dnat-unreachable"]
     assert found[0].objects == (f"pf:{HOST}:tcp:*:8080", f"{CTR}/if2")
     assert any("PREROUTING -m addrtype --dst-type LOCAL -j DOCKER" in c for c in found[0].fix)
+    assert "nothing jumps from PREROUTING to chain DOCKER" in found[0].explanation
 
 
 def test_dnat_not_from_host():
-    snap = healthy()
-    snap = replace(snap, port_forwards=(replace(snap.port_forwards[0], from_host=False),))
-    assert ids(snap) == ["dnat-not-from-host"]
+    found = diagnose(without_jumps(healthy(), "OUTPUT"))
+    assert [f.id for f in found] == ["dnat-not-from-host"]
+    assert "nothing jumps from OUTPUT to chain DOCKER" in found[0].explanation
+
+
+def test_dnat_findings_are_the_verdicts_of_the_panel():
+    """The doctor and the forward's panel read one verdict: a jump that exists but lets no
+    packet to the port through (here: only for another interface) is the same finding as no
+    jump at all, and a program on the host answering the port (a proxy) is no finding."""
+    from bridgescope.collector.kernel.listeners import Listener, ListenerRead
+    from bridgescope.collector.rules import reach
+
+    snap = without_jumps(healthy(), "PREROUTING")
+    narrow = rule("PREROUTING", "-i eth9 -j DOCKER", target="DOCKER", i="eth9")
+    snap = replace(snap, rules=snap.rules + (narrow,))
+    (fr,) = reach.reach(snap)
+    assert fr.verdict("outside").cause == "nat-unreached"
+    assert ids(snap) == ["dnat-unreachable"]
+    proxy = ListenerRead({HOST: frozenset({Listener("tcp", "0.0.0.0", 8080)}),
+                          CTR: frozenset({Listener("tcp", "0.0.0.0", 80)})}, 1.0)
+    assert reach.reach(snap, proxy)[0].verdict("outside").ok
+    assert [f.id for f in diagnose(snap, listeners=proxy)] == []
 
 
 def test_forward_blocked_for_a_port_and_for_outbound():
@@ -260,8 +290,7 @@ def test_legacy_forward_policy_drop_decides_although_iptables_nft_accepts():
     legacy = Chain(HOST, "legacy", 4, "filter", "FORWARD", policy="DROP", hook="forward", hook_type="filter")
     snap = interpreted(replace(healthy(), chains=healthy().chains + (legacy,)))
     assert snap.port_forwards[0].forward_accept is False
-    # one cause, one finding for the port and the outbound traffic (the fixture's nat has
-    # no OUTPUT jump: dnat-not-from-host besides)
+    # one cause, one finding for the port and the outbound traffic
     found = [f for f in diagnose(snap) if f.id == "forward-blocked"]
     assert len(found) == 1
     assert found[0].objects == (f"pf:{HOST}:tcp:*:8080", f"{CTR}/if2", f"{HOST}/if3")
@@ -376,7 +405,7 @@ def test_empty_snapshot():
 def test_masquerade_without_out_interface_catches_bridge_traffic_with_br_netfilter():
     bare = rule("POSTROUTING", "-s 172.17.0.0/16 -j MASQUERADE", target="MASQUERADE", s="172.17.0.0/16")
     masq = Masquerade(HOST, "172.17.0.0/16", None, "unknown", "nft", chain="POSTROUTING", rule_text=bare.text)
-    snap = replace(healthy(), masquerades=(masq,), rules=(bare,) + healthy().rules[2:])
+    snap = replace(healthy(), masquerades=(masq,), rules=(bare,) + tuple(r for r in healthy().rules if r is not MASQ))
     found = diagnose(snap)
     assert [(f.id, f.severity) for f in found] == [("masquerade-bridge-traffic", "warning")]
     assert found[0].fix[-1].endswith("-s 172.17.0.0/16 '!' -o docker0 -j MASQUERADE")
@@ -391,7 +420,7 @@ def test_masquerade_after_an_accept_for_the_subnet_like_cni_is_fine():
                         not_d="224.0.0.0/4"), position=2)
     masq = Masquerade(HOST, "172.17.0.0/16", None, "cni", "nft", destination="224.0.0.0/4",
                       dest_not=True, chain="CNI-1", rule_text=bare.text)
-    snap = replace(healthy(), masquerades=(masq,), rules=(accept, bare) + healthy().rules[2:])
+    snap = replace(healthy(), masquerades=(masq,), rules=(accept, bare) + tuple(r for r in healthy().rules if r is not MASQ))
     assert diagnose(snap) == ()
 
 

@@ -127,13 +127,13 @@ def test_variants_udp_bound_ranged_and_orphan_dnat(host):
     scan = firewall.scan({hns: path(hns)})
     nat = interpret(scan.rules, scan.chains, interfaces, ())
     got = {(f.proto, f.host_ip, f.host_port, f.host_port_end, f.to_ip, f.to_port, f.to_port_end,
-            f.reachable, f.from_host) for f in nat.port_forwards}
+            f.reachable) for f in nat.port_forwards}
     assert got == {
-        ("udp", None, 5353, None, "172.17.0.3", 53, None, True, True),
-        ("tcp", "192.0.2.10", 8443, None, "172.17.0.4", 443, None, True, True),
-        ("tcp", "127.0.0.1", 8443, None, "172.17.0.4", 443, None, True, False),
-        ("tcp", None, 8000, 8009, "172.17.0.6", 80, 89, True, False),
-        ("tcp", None, 9090, None, "172.17.0.5", 90, None, False, False),  # nothing jumps to it
+        ("udp", None, 5353, None, "172.17.0.3", 53, None, True),
+        ("tcp", "192.0.2.10", 8443, None, "172.17.0.4", 443, None, True),
+        ("tcp", "127.0.0.1", 8443, None, "172.17.0.4", 443, None, True),
+        ("tcp", None, 8000, 8009, "172.17.0.6", 80, 89, True),
+        ("tcp", None, 9090, None, "172.17.0.5", 90, None, False),  # nothing jumps to it
     }
 
 

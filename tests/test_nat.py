@@ -74,7 +74,7 @@ def test_docker_iptables_generations(name, to_ip, bridge, ns):
     assert (forward.proto, forward.host_ip, forward.host_port, forward.to_ip, forward.to_port) == (
         "tcp", None, 8080, to_ip, 80)
     assert (forward.owner, forward.backend, forward.chain) == ("docker", "nft", "DOCKER")
-    assert forward.reachable and forward.from_host and forward.forward_accept is True
+    assert forward.reachable and forward.forward_accept is True
     assert (forward.container, forward.to_interface) == (ns, f"{ns}/if2")
     masq = next(m for m in nat.masquerades if m.out_not == bridge)
     assert masq.source.endswith(("/16", "/24")) and masq.owner == "docker"
@@ -128,7 +128,7 @@ def test_docker29_nftables_backend():
     forward = only(nat.port_forwards)
     assert (forward.proto, forward.host_port, forward.to_ip, forward.to_port) == ("tcp", 8080, "172.17.0.2", 80)
     assert (forward.owner, forward.backend, forward.chain) == ("docker", "nftables", "nat-prerouting-and-output")
-    assert forward.reachable and forward.from_host and forward.container == "ns-docker"
+    assert forward.reachable and forward.container == "ns-docker"
     # Accepted in filter-forward-in__docker0, reached only through the verdict map.
     assert forward.forward_accept is True
     masq = only(nat.masquerades)
@@ -185,8 +185,7 @@ def test_cni_portmap_iptables():
     forward = only(nat.port_forwards)
     assert (forward.host_port, forward.to_ip, forward.to_port, forward.chain) == (
         8080, "10.22.0.5", 80, "CNI-DN-15815ef49e0fdf04a7469")
-    assert (forward.owner, forward.container, forward.reachable, forward.from_host) == (
-        "cni", "ns-cni", True, True)
+    assert (forward.owner, forward.container, forward.reachable) == ("cni", "ns-cni", True)
     # The per-container chain's MASQUERADE inherits `-s 10.22.0.5/32` from the jump to it.
     assert {(m.source, m.destination, m.dest_not) for m in nat.masquerades} == {
         (None, None, False), ("10.22.0.5/32", "224.0.0.0/4", True)}
@@ -195,7 +194,7 @@ def test_cni_portmap_iptables():
 
 def test_cni_portmap_nftables():
     nat = view(nft("cni-portmap-nftables.json"))
-    got = {(f.proto, f.host_ip, f.host_port, f.to_port, f.from_host) for f in nat.port_forwards}
+    got = {(f.proto, f.host_ip, f.host_port, f.to_port, f.reachable) for f in nat.port_forwards}
     assert got == {("tcp", None, 8080, 80, True), ("udp", None, 5353, 53, True),
                    ("tcp", "127.0.0.1", 8443, 443, True)}
     assert {f.owner for f in nat.port_forwards} == {"cni"}
@@ -209,15 +208,15 @@ def test_variants_udp_host_ip_loopback_range_and_orphan():
     udp = forwards[("udp", None, 5353)]
     assert (udp.to_ip, udp.to_port, udp.owner, udp.forward_accept) == ("172.17.0.3", 53, "docker", True)
     bound = forwards[("tcp", "192.0.2.10", 8443)]
-    assert bound.reachable and bound.from_host and bound.forward_accept is True
-    # Docker's OUTPUT jump skips 127.0.0.0/8: the host's own 127.0.0.1:8443 never meets the DNAT.
+    assert bound.reachable and bound.forward_accept is True
+    # (the host's own 127.0.0.1:8443 never meets the DNAT: a verdict, test_reach)
     loopback = forwards[("tcp", "127.0.0.1", 8443)]
-    assert loopback.reachable and not loopback.from_host
+    assert loopback.reachable
     ranged = forwards[("tcp", None, 8000)]
     assert (ranged.host_port_end, ranged.to_port, ranged.to_port_end) == (8009, 80, 89)
     assert ranged.forward_accept is False  # FORWARD policy DROP, no accept for 172.17.0.6
     orphan = forwards[("tcp", None, 9090)]
-    assert not orphan.reachable and not orphan.from_host and orphan.chain == "ORPHAN"
+    assert not orphan.reachable and orphan.chain == "ORPHAN"
     raw_drop = next(r for r in scan.rules if r.table == "raw")
     assert raw_drop.owner == "docker"  # guards Docker's port 8443 on 127.0.0.1
     snat = next(m for m in view(scan).masquerades if m.to_source)
@@ -248,7 +247,7 @@ def test_docker_dns_rules_inside_a_container():
     dns = only(nat.port_forwards)
     assert (dns.host_ip, dns.host_port, dns.to_ip, dns.to_port, dns.proto) == (
         "127.0.0.11", 53, "127.0.0.11", 41234, "udp")
-    assert dns.from_host and not dns.reachable  # the container's own resolver, not published
+    assert not dns.reachable  # the container's own resolver, not published
     snat = only(nat.masquerades)
     assert (snat.source, snat.to_source, snat.destination) == ("127.0.0.11/32", ":53", "127.0.0.11/32")
 

@@ -87,8 +87,32 @@ def test_table_rows_and_filter(snap):
     assert {r.table for r in rows} == {"nat"} and len(rule_rows(snap, "all")) == 4
     assert [r.packets for r in matching(rows, "dnat 8080")] == [7]
     fw = forward_rows(snap)
-    assert (fw[0].host, fw[0].to, fw[0].container, fw[0].status) == ("*:8080", "172.17.0.2:80", "web", "ok")
+    assert (fw[0].host, fw[0].to, fw[0].container) == ("*:8080", "172.17.0.2:80", "web")
     assert matching(fw, "udp") == []
+
+
+def test_forward_rows_show_the_verdicts_of_the_panel():
+    """From outside and from the host: the words of the forward's panel, from the one verdict
+    (rules/reach.py) the doctor reads too."""
+    from test_doctor import HOST, healthy, without_jumps
+    from test_reach import LISTENING
+
+    from bridgescope.collector.doctor import diagnose
+    from bridgescope.collector.rules.reach import reach
+    from bridgescope.webui.verdicts import Result, verdict_rows
+
+    (row,) = forward_rows(healthy(), listeners=LISTENING)
+    assert (row.outside, row.from_host, row.outside_ok, row.from_host_ok) == ("reachable", "reachable", True, True)
+    broken = without_jumps(healthy(), "OUTPUT")
+    (row,) = forward_rows(broken, listeners=LISTENING)
+    assert row.outside == "reachable" and not row.from_host_ok
+    assert row.from_host.startswith("not reachable (refused): refused: no DNAT catches 192.0.2.10:8080")
+    panel = dict(verdict_rows(Result(broken, (), reach(broken, LISTENING), LISTENING), f"pf:{HOST}:tcp:*:8080",
+                              "portforward"))
+    assert (panel["from outside"], panel["from the host"]) == (row.outside, row.from_host)
+    assert [f.id for f in diagnose(broken, listeners=LISTENING)] == ["dnat-not-from-host"]
+    (deaf,) = forward_rows(healthy(), listeners=None)  # listeners not read: not claimed reachable
+    assert deaf.outside.startswith("not reachable (unknown)")
 
 
 def test_tables_route_filters_and_swaps_only_the_tables(client):

@@ -211,8 +211,6 @@ def forward_details(snap: Snapshot, pf: PortForward, element_id: str) -> Details
     facts = [("forward", forward_label(pf)), ("owner", pf.owner), ("backend", pf.backend),
              ("firewall of", ns_label(snap, pf.netns)),
              ("container", ns_label(snap, pf.container) if pf.container else "not found"),
-             ("reachable from outside", "yes" if pf.reachable else "no"),
-             ("reachable from the host itself", "yes" if pf.from_host else "no"),
              ("FORWARD accepts it", {True: "yes", False: "no", None: "cannot tell"}[pf.forward_accept]),
              ("via", pf.via)]
     if pf.chain:
@@ -346,8 +344,83 @@ def panel(element_id: str) -> str | Response:
         details = with_fresh_counters(source.snapshot, details)
     forwards = [f for f in choices["forwards"] if f.container == details.container]
     names = {n.id: n.name for n in source.snapshot.namespaces}
+    deaf = verdicts.deaf_forwards(verdicts.for_source(source).latest(), details.id) \
+        if lab_container(source.snapshot, details.id) else []
+    listen_ports = sorted({pf.to_port for pf in deaf if pf.proto == "tcp"})
     return page_or_fragment("details.html", "panel", d=details, managed_forwards=forwards,
-                            ns_names=names, **choices)
+                            ns_names=names, listen_ports=listen_ports, **choices)
+
+
+# ---- a lab's container: start its echo server on a published port nothing answers -------------
+
+def lab_container(snap: Snapshot, ns_id: str) -> str | None:
+    """The namespace's name when it is a container of a lab (the sandbox lab's saved state, or
+    the walk lab's container) that is up; None for anything else - the button only ever
+    starts a program in a lab."""
+    from bridgescope.plumbing import api, netns
+    from bridgescope.plumbing.lab import sandbox
+    from bridgescope.plumbing.lab.walk import WalkNames
+
+    ns = snap.namespace(ns_id)
+    if ns is None or not ns.name.isascii():
+        return None
+    host = ns.name.rsplit("-", 1)[0]
+    if host.endswith("-host") and all(netns.exists(n) for n in sandbox.names(host[:-len("-host")])) \
+            and ns.name in {c.netns for c in api.load_state(host).containers}:
+        return ns.name
+    walk = WalkNames(ns.name[:-len("-web")]) if ns.name.endswith("-web") else None
+    if walk is not None and walk.container == ns.name and all(netns.exists(n) for n in walk.all()):
+        return ns.name
+    return None
+
+
+@bp.post("/details/<path:element_id>/listen")
+def listen(element_id: str) -> str | Response:
+    """Start the lab's echo server on a published tcp port of a lab's container nothing
+    listens on, then show the panel again (its verdicts read the sockets once more)."""
+    from bridgescope.plumbing import netns
+    from bridgescope.plumbing.errors import BridgescopeError
+    from bridgescope.plumbing.lab import sandbox
+
+    rt, source = runtime(), runtime().source
+    info = {"method": request.method, "path": request.path, "port": request.form.get("port", "")[:12]}
+    client = request.remote_addr or "?"
+    text = request.form.get("port", "")
+    name = lab_container(source.snapshot, element_id)
+    published = {pf.to_port for pf in source.snapshot.port_forwards
+                 if pf.container == element_id and pf.proto == "tcp"}
+    port = int(text) if text.isascii() and text.isdigit() and len(text) <= 5 else None
+    why = ("not a container of a lab: the echo server is only started in a lab" if name is None else
+           f"{text[:12]!r} is not a published tcp port of {name}" if port not in published else None)
+    if why:
+        rt.audit.refused(client, info, why, kind="listen")
+        return Response(f"Nothing was started: {why}\n", status=409 if name is None else 422,
+                        mimetype="text/plain")
+    with rt.change_lock:
+        try:
+            started = sandbox.start_listening(str(netns.NETNS_DIR / name), sandbox.echo_server(name, port),
+                                              port, f"start the lab's echo server in {name}")
+        except BridgescopeError as err:
+            rt.audit.record(client, info, (), f"error: {err}", ok=False)
+            return Response(f"{err}\n", status=409, mimetype="text/plain")
+    rt.audit.record(client, info, (started,) if started else (),
+                    f"ok: the echo server listens on tcp/{port} in {name}"
+                    + ("" if started else " (it already did)"))
+    _await_listener(source, element_id, port)
+    return panel(element_id)
+
+
+def _await_listener(source, ns_id: str, port: int) -> None:
+    """Let the verdicts see the new socket, so the panel shown next no longer lists the port."""
+    import time
+
+    worker = verdicts.for_source(source)
+    worker.poke()
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and any(
+            pf.to_port == port for pf in verdicts.deaf_forwards(worker.latest(), ns_id)):
+        time.sleep(0.05)
+        worker.poke()
 
 
 @bp.app_template_filter("wrap_points")

@@ -13,11 +13,16 @@ from dataclasses import dataclass
 
 from flask import Blueprint, request
 
+from bridgescope.collector.kernel.listeners import ListenerRead
 from bridgescope.collector.model import PortForward, Rule, Snapshot
+from bridgescope.collector.render.graph import portforward_id
+from bridgescope.collector.rules.reach import HOST, OUTSIDE, reach
 from bridgescope.plumbing.rules import SHARD_CHAINS, SHARD_TAG
 from bridgescope.plumbing.state import TAG
+from bridgescope.webui import verdicts
 from bridgescope.webui.app import runtime
 from bridgescope.webui.pages import page_or_fragment
+from bridgescope.webui.verdicts import verdict_text
 
 bp = Blueprint("tables", __name__, url_prefix="/tables")
 
@@ -45,7 +50,10 @@ class ForwardRow:
     container: str
     owner: str
     backend: str
-    status: str
+    outside: str  # the reachability verdicts (rules/reach.py), as the forward's panel words them
+    from_host: str
+    outside_ok: bool = False
+    from_host_ok: bool = False
 
 
 def _names(snap: Snapshot) -> dict[str, str]:
@@ -82,13 +90,6 @@ def rule_rows(snap: Snapshot, table: str = "nat", scope: Scope = Scope()) -> lis
             and _in_scope(r.netns, host, scope) and (scope.scaffolding or not is_scaffolding(r))]
 
 
-def _status(pf: PortForward) -> str:
-    problems = [msg for bad, msg in ((not pf.reachable, "not reached from PREROUTING"),
-                                     (not pf.from_host, "not from the host itself"),
-                                     (pf.forward_accept is False, "FORWARD drops it")) if bad]
-    return "; ".join(problems) or "ok"
-
-
 def host_side(pf: PortForward) -> str:
     return f"{pf.host_ip or '*'}:{pf.host_port}" + (f"-{pf.host_port_end}" if pf.host_port_end else "")
 
@@ -97,15 +98,22 @@ def container_side(pf: PortForward) -> str:
     return f"{pf.to_ip}:{pf.to_port}" + (f"-{pf.to_port_end}" if pf.to_port_end else "")
 
 
-def forward_rows(snap: Snapshot, scope: Scope = Scope()) -> list[ForwardRow]:
+def forward_rows(snap: Snapshot, scope: Scope = Scope(),
+                 listeners: ListenerRead | None = None) -> list[ForwardRow]:
+    """Each forward with its verdicts from outside and from the host (the host's DNAT
+    forwards have them; a proxy's or another namespace's show a dash)."""
     names, host = _names(snap), served_host(snap)
+    found = {fr.id: fr for fr in reach(snap, listeners)}
     rows = []
     for pf in snap.port_forwards:
         if not _in_scope(pf.netns, host, scope):
             continue
+        fr = found.get(portforward_id(pf)) if pf.via == "dnat" else None
+        outside, own = (fr.verdict(OUTSIDE), fr.verdict(HOST)) if fr else (None, None)
         rows.append(ForwardRow(names.get(pf.netns, pf.netns), pf.proto, host_side(pf), container_side(pf),
-                               names.get(pf.container or "", "—"),
-                               pf.owner, pf.backend, _status(pf)))
+                               names.get(pf.container or "", "—"), pf.owner, pf.backend,
+                               verdict_text(outside) if outside else "—", verdict_text(own) if own else "—",
+                               bool(outside and outside.ok), bool(own and own.ok)))
     return rows
 
 
@@ -123,7 +131,9 @@ def index() -> str:
     table = table if table in TABLE_CHOICES else "nat"
     scope = Scope(every_namespace=request.args.get("every") == "1",
                   scaffolding=request.args.get("scaffolding") == "1")
+    latest = verdicts.for_source(runtime().source).latest()
+    listeners = latest.listeners if latest else None  # the ones the panels' verdicts read
     return page_or_fragment("tables.html", "tables", q=q, table=table, scope=scope,
                             table_choices=TABLE_CHOICES, host=_names(snap).get(served_host(snap) or "", "?"),
                             rules=matching(rule_rows(snap, table, scope), q),
-                            forwards=matching(forward_rows(snap, scope), q))
+                            forwards=matching(forward_rows(snap, scope, listeners), q))

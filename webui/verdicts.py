@@ -21,9 +21,9 @@ from bridgescope.collector.doctor import diagnose
 from bridgescope.collector.doctor.finding import SEVERITIES, Finding
 from bridgescope.collector.kernel import listeners as kernel_listeners
 from bridgescope.collector.kernel.listeners import ListenerRead
-from bridgescope.collector.model import Snapshot
+from bridgescope.collector.model import PortForward, Snapshot
 from bridgescope.collector.packetpath import namespace_paths
-from bridgescope.collector.rules.reach import ForwardReach, namespaces_to_poll, reach
+from bridgescope.collector.rules.reach import ForwardReach, Verdict, namespaces_to_poll, reach
 
 log = logging.getLogger(__name__)
 
@@ -178,7 +178,15 @@ def _owned(host: str | None) -> frozenset[str] | None:
 
 # ---- the panels' verdict rows ------------------------------------------------------------
 
-_OLD_ROWS = ("reachable from outside", "reachable from the host itself")
+def verdict_text(v: Verdict) -> str:
+    """A verdict in the words the panels and the tables show."""
+    return "reachable" if v.ok else f"not reachable ({v.outcome}): {v.reason}"
+
+
+def deaf_forwards(result: Result | None, ns_id: str) -> list[PortForward]:
+    """The forwards into ns_id whose destination port no program there listens on."""
+    return [fr.forward for fr in (result.reach if result else ()) if fr.forward.container == ns_id
+            and fr.listening is False]
 
 
 def verdict_rows(result: Result | None, element_id: str, kind: str) -> tuple[tuple[str, str], ...]:
@@ -193,10 +201,9 @@ def verdict_rows(result: Result | None, element_id: str, kind: str) -> tuple[tup
         fr = next((f for f in result.reach if f.id == element_id), None)
         if fr is None:
             return ()
-        rows = tuple((f"from {SOURCE_LABELS[v.source]}",
-                      "reachable" if v.ok else f"not reachable ({v.outcome}): {v.reason}") for v in fr.verdicts)
+        rows = tuple((f"from {SOURCE_LABELS[v.source]}", verdict_text(v)) for v in fr.verdicts)
         return rows + (("listeners checked", age),)
-    deaf = [fr.forward for fr in result.reach if fr.forward.container == element_id and fr.listening is False]
+    deaf = deaf_forwards(result, element_id)
     if not deaf:
         return ()
     ports = ", ".join(f"{pf.proto}/{pf.to_port} (host port {pf.host_port})" for pf in deaf)
@@ -204,11 +211,9 @@ def verdict_rows(result: Result | None, element_id: str, kind: str) -> tuple[tup
 
 
 def annotate(details, source):
-    """The panel's facts with the verdicts' rows in place of the old reachable yes/no."""
+    """The panel's facts with the verdicts' rows added (a forward's reachability, a
+    container's ports nothing answers)."""
     from dataclasses import replace
 
     rows = verdict_rows(for_source(source).latest(), details.id, details.kind)
-    if not rows and details.kind != "portforward":
-        return details
-    facts = tuple(f for f in details.facts if f[0] not in _OLD_ROWS)
-    return replace(details, facts=facts + rows)
+    return replace(details, facts=details.facts + rows) if rows else details

@@ -50,6 +50,8 @@ def diagnose(snap: Snapshot, owned: frozenset[str] | None = None,
     view = host_view(snap)
     checks = CHECKS if owned is None else tuple(
         functools.partial(fw.orphan_rule, owned=owned) if c is fw.orphan_rule else c for c in CHECKS)
+    # the forwards' verdicts (rules/reach.py) need the listeners the panels see, to agree with them
+    checks = tuple(functools.partial(c, listeners=listeners) if c is fw.dnat_unreachable else c for c in checks)
     found = [f for check in checks for f in check(view)]
     if listeners is not None:
         found += fw.nothing_listens(view, listeners)

@@ -22,7 +22,7 @@ from bridgescope.collector.rules.evaluator import DROP, HookRun, describe
 from bridgescope.collector.rules.matcher import Packet
 from bridgescope.collector.rules.model import Base
 from bridgescope.collector.rules.nat import forward_packet, forward_verdict
-from bridgescope.collector.rules.reach import forward_reach
+from bridgescope.collector.rules.reach import HOST, LOOPBACK, OUTSIDE, SOURCE_LABELS, forward_reach
 
 _IPTABLES = {"legacy": "iptables-legacy", "nft": "iptables"}
 
@@ -191,35 +191,51 @@ def _catches_bridge(view: HostView, m: Masquerade, net: BridgeNet) -> bool:
 
 # --- DNAT port forwards ------------------------------------------------------------------
 
-def dnat_unreachable(view: HostView) -> tuple[Finding, ...]:
+def dnat_unreachable(view: HostView, listeners: ListenerRead | None = None) -> tuple[Finding, ...]:
+    """A forward whose first packet no DNAT catches, in the reachability verdict's own words
+    (rules/reach.py, as the panels show it): from outside (from 127.0.0.1 for a forward bound
+    there), an error; from the host itself only, a warning."""
     host = view.host
     out = []
     for pf in host_forwards(view):
         if pf.via != "dnat":
             continue
         chain = pf.chain or "DOCKER"
-        if not pf.reachable:
+        fr = forward_reach(view, pf, listeners)
+        bound = _loopback(pf.host_ip)
+        first = fr.verdict(LOOPBACK if bound else OUTSIDE)
+        if first is not None and first.cause == "nat-unreached":
+            jumps = ((iptables(host, "-t", "nat", "-A", "OUTPUT", "-d", pf.host_ip, "-m", "addrtype",
+                               "--dst-type", "LOCAL", "-j", chain),) if bound else
+                     (iptables(host, "-t", "nat", "-A", "PREROUTING", "-m", "addrtype",
+                               "--dst-type", "LOCAL", "-j", chain), _output_jump(host, chain)))
             out.append(Finding(
                 "dnat-unreachable", "error", pf_objects(view, pf),
-                f"DNAT for port {pf.host_port} sits in chain {chain}, which nothing jumps to",
+                f"DNAT for port {pf.host_port} sits in chain {chain}, which no packet to the port reaches",
                 f"The rule rewriting port {pf.host_port} to {pf.to_ip}:{pf.to_port} is in chain "
-                f"{chain}, but neither PREROUTING nor OUTPUT jumps there, so no packet ever "
-                f"meets it: clients get \"connection refused\" from the host itself.",
-                (iptables(host, "-t", "nat", "-A", "PREROUTING", "-m", "addrtype",
-                          "--dst-type", "LOCAL", "-j", chain),
-                 iptables(host, "-t", "nat", "-A", "OUTPUT", "!", "-d", "127.0.0.0/8",
-                          "-m", "addrtype", "--dst-type", "LOCAL", "-j", chain))))
-        elif not pf.from_host and chain not in ("PREROUTING",) and not _loopback(pf.host_ip):
-            # (a forward bound to 127.0.0.1 is for the host itself; Docker serves it with
-            # docker-proxy, since its OUTPUT jump skips 127.0.0.0/8 on purpose)
+                f"{chain}; from {SOURCE_LABELS[first.source]} it is {first.reason}.", jumps))
+            continue
+        # (a forward bound to 127.0.0.1 is for the host itself; Docker serves it with
+        # docker-proxy, since its OUTPUT jump skips 127.0.0.0/8 on purpose)
+        own = fr.verdict(HOST)
+        if own is not None and own.cause == "nat-unreached" and chain != "PREROUTING" and not bound:
             out.append(Finding(
                 "dnat-not-from-host", "warning", pf_objects(view, pf),
                 f"port {pf.host_port} is forwarded for other machines, not for the host itself",
-                f"PREROUTING jumps to {chain} but OUTPUT does not, so connections made on the host "
-                f"to its own address and port {pf.host_port} are refused.",
-                (iptables(host, "-t", "nat", "-A", "OUTPUT", "!", "-d", "127.0.0.0/8",
-                          "-m", "addrtype", "--dst-type", "LOCAL", "-j", chain),)))
+                f"Connections made on the host to its own address and port {pf.host_port} are "
+                f"{own.reason}.", (_output_jump(host, chain),)))
     return tuple(out)
+
+
+def _unreached(view: HostView, pf: PortForward) -> bool:
+    """No DNAT catches the forward's first packet (dnat-unreachable says so)."""
+    first = forward_reach(view, pf, None).verdict(LOOPBACK if _loopback(pf.host_ip) else OUTSIDE)
+    return first is not None and first.cause == "nat-unreached"
+
+
+def _output_jump(host: Namespace | None, chain: str) -> str:
+    return iptables(host, "-t", "nat", "-A", "OUTPUT", "!", "-d", "127.0.0.0/8",
+                    "-m", "addrtype", "--dst-type", "LOCAL", "-j", chain)
 
 
 def nothing_listens(view: HostView, listeners: ListenerRead) -> tuple[Finding, ...]:
@@ -358,7 +374,7 @@ def forward_blocked(view: HostView) -> tuple[Finding, ...]:
         return True
 
     for pf in host_forwards(view):
-        if pf.forward_accept is not False or not pf.reachable:
+        if pf.forward_accept is not False or _unreached(view, pf):
             continue
         run = _forward_run(view, pf)
         if blocked_by_policy(run, pf_objects(view, pf)):

@@ -115,7 +115,6 @@ def forwards_of(rule: Rule, reach: _Reach) -> tuple[list[dict], str | None]:
             host_port_end=host_hi, to_ip=to_ip, to_port=to_lo if to_lo is not None else host_lo,
             to_port_end=to_hi if to_lo is not None else host_hi, owner=rule.owner,
             backend=rule.backend, reachable=reach.prerouting is not None,
-            from_host=reach.output is not None and _admits(reach.output, host_ip),
             chain=rule.chain, rule_text=rule.text))
     return forwards, None
 
@@ -149,22 +148,6 @@ def _host_text(cidr: str) -> str | None:
     if net is None or net.prefixlen == 0:
         return None
     return str(net.network_address) if net.prefixlen == net.max_prefixlen else str(net)
-
-
-def _admits(path: tuple[Match, ...], host_ip: str | None) -> bool:
-    """Whether the host's own connection to host_ip passes the `-d` conditions of path
-    (Docker's OUTPUT jump says `! -d 127.0.0.0/8`: its forwards bound to 127.0.0.1 are
-    served by docker-proxy, not by the DNAT)."""
-    if host_ip is None:
-        return True
-    address = network(host_ip)
-    for opt, args, negated in path:
-        if canonical(opt) == "-d" and args:
-            net = network(args[0])
-            if (net is not None and address is not None and address.version == net.version
-                    and address.subnet_of(net) == negated):
-                return False
-    return True
 
 
 # -- where a forward lands ------------------------------------------------------------------
