@@ -54,7 +54,7 @@ def engine_ids(sockets: Iterable[str]) -> dict[int, tuple[str, str]]:
         for summary in listing if isinstance(listing, list) else ():
             cid = summary.get("Id") if isinstance(summary, dict) else None
             if isinstance(cid, str):
-                for _, ino in containers._namespace_keys(sock, cid, "/proc"):
+                for _, ino in containers.namespace_keys(sock, cid):
                     out[ino] = (engine, cid)
     return out
 

@@ -17,6 +17,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TypeVar
 
+from bridgescope.collector.doctor.forwards import ForwardTarget
 from bridgescope.collector.model import Snapshot
 from bridgescope.plumbing import conflicts, facts, journal, netns, plan, state, steps, validate
 from bridgescope.plumbing.errors import PlumbingError, ValidationError
@@ -80,6 +81,20 @@ def owned_tags(host: str | None = None) -> frozenset[str]:
     read the state: it must not depend on the plumbing). An interrupted change's objects are
     not owned: recovery will remove them."""
     return load_state(host).owned_tags()
+
+
+def forward_targets(host: str | None = None) -> tuple[ForwardTarget, ...]:
+    """Every forward of ours as the doctor takes it (forward-target-gone, port-taken): the
+    saved state's view of where each one sends its port."""
+    st = load_state(host)
+    nets = {c.name: (c.ip, c.network) for c in st.containers}
+    adopted = {a.name: (a.ip, a.bridge) for a in st.adopted}
+    out = []
+    for f in st.forwards:
+        ip, bridge = nets.get(f.container) or adopted.get(f.container, ("", ""))
+        out.append(ForwardTarget(f.container, ip, bridge, f.proto, f.host_port, f.container_port,
+                                 f.host_ip, f.container not in nets))
+    return tuple(out)
 
 
 @_in_session

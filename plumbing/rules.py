@@ -114,6 +114,10 @@ def network_rules(net: Network) -> tuple[FwRule, ...]:
         FwRule("filter", FORWARD_CHAIN, "ACCEPT", tag, out_if=br, ctstate="RELATED,ESTABLISHED"),
         FwRule("filter", FORWARD_CHAIN, "ACCEPT", tag, in_if=br, out_if=br, out_not=True),
         FwRule("filter", FORWARD_CHAIN, "ACCEPT", tag, in_if=br, out_if=br),
+        # Docker 28+: from outside the bridge only published ports reach a container. The
+        # per-port accepts live in the shards, entered before this chain's own rules, so this
+        # drop comes after every one of them (the raw guard misses traffic another DNAT sent).
+        FwRule("filter", FORWARD_CHAIN, "DROP", tag, in_if=br, in_not=True, out_if=br),
     )
 
 

@@ -434,3 +434,49 @@ def test_fix_commands_address_each_kind_of_namespace():
     assert [f.fix for f in diagnose(snap)] == [
         ("ip link set docker0 up",),
         ("nsenter --net=/run/docker/netns/4cca5961632c ip link set lo up",)]
+
+
+# ---- bridgescope's own forwards, passed in by the caller ----------------------------------
+
+from bridgescope.collector.doctor import ForwardTarget  # noqa: E402
+from bridgescope.collector.kernel.listeners import Listener, ListenerRead  # noqa: E402
+
+ADOPTED = ForwardTarget("web", "172.17.0.2", "docker0", "tcp", 9090, 80, adopted=True)
+
+
+def test_an_adopted_forward_whose_container_is_gone():
+    assert diagnose(healthy(), forwards=(ADOPTED,)) == ()  # it is there: no finding
+    snap = healthy()
+    gone = replace(snap, namespaces=tuple(n for n in snap.namespaces if n.id != CTR),
+                   interfaces=tuple(i for i in snap.interfaces if i.netns != CTR),
+                   routes=tuple(r for r in snap.routes if r.netns != CTR))
+    [found] = [f for f in diagnose(gone, forwards=(ADOPTED,)) if f.id == "forward-target-gone"]
+    assert found.severity == "error" and "web (172.17.0.2 on docker0)" in found.title
+    assert found.fix == ("bridgescope restore", "bridgescope forward rm web 9090:80/tcp")
+    elsewhere = replace(ADOPTED, bridge="br-other")  # the address is now someone else's, elsewhere
+    assert "forward-target-gone" in ids_of(diagnose(healthy(), forwards=(elsewhere,)))
+    ours = replace(ADOPTED, adopted=False)  # our own containers are restore's business
+    assert "forward-target-gone" not in ids_of(diagnose(gone, forwards=(ours,)))
+
+
+def ids_of(findings) -> list[str]:
+    return [f.id for f in findings]
+
+
+def test_a_program_on_the_host_takes_a_forwarded_port():
+    free = ListenerRead({HOST: frozenset({Listener("tcp", "0.0.0.0", 22)})})
+    assert "port-taken" not in ids_of(diagnose(healthy(), listeners=free, forwards=(ADOPTED,)))
+    taken = ListenerRead({HOST: frozenset({Listener("tcp", "::", 9090)})})
+    [found] = [f for f in diagnose(healthy(), listeners=taken, forwards=(ADOPTED,))
+               if f.id == "port-taken"]
+    assert found.title == ("a process listens on tcp/9090 on the host, which bridgescope "
+                           "forwards to web:80")
+    assert found.fix[-1] == "bridgescope forward rm web 9090:80/tcp"
+    udp = ListenerRead({HOST: frozenset({Listener("udp", "0.0.0.0", 9090)})})
+    assert "port-taken" not in ids_of(diagnose(healthy(), listeners=udp, forwards=(ADOPTED,)))
+    bound = replace(ADOPTED, host_ip="192.0.2.1")  # only that address, or a wildcard, takes it
+    other = ListenerRead({HOST: frozenset({Listener("tcp", "127.0.0.1", 9090)})})
+    assert "port-taken" not in ids_of(diagnose(healthy(), listeners=other, forwards=(bound,)))
+    assert "port-taken" in ids_of(diagnose(healthy(), listeners=taken, forwards=(bound,)))
+    unread = ListenerRead({})  # the host's sockets were not read: nothing is known
+    assert "port-taken" not in ids_of(diagnose(healthy(), listeners=unread, forwards=(ADOPTED,)))

@@ -179,3 +179,13 @@ def test_the_preview_names_the_veth_the_change_makes(monkeypatch, netns, tmp_pat
         assert ipaddress.IPv4Address("172.30.0.1") in gathered.used
     finally:
         api.remove_network("br0", force=True, host=host)
+
+
+def test_a_network_drops_unpublished_ports_after_its_accepts_and_removes_the_drop_with_it():
+    made = planned(State("lab"), plan.CreateNetwork(NET, "auto"), Facts(probe=NFT_HOST, ip_forward="1"))
+    drop = ("ip netns exec lab iptables -t filter -A BRIDGESCOPE-FORWARD '!' -i br0 -o br0 -m comment "
+            "--comment bridgescope:net/br0 -j DROP")
+    forward_chain = [c for c in made.commands if " BRIDGESCOPE-FORWARD " in c and "-j BRIDGESCOPE" not in c]
+    assert forward_chain[-1] == drop  # after the bridge's own accepts
+    gone = planned(ONE, plan.RemoveNetwork("br0", force=True))
+    assert drop.replace(" -A ", " -D ") in gone.commands

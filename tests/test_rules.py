@@ -213,3 +213,16 @@ def test_change_only_keeps_the_given_tables():
     change = Change(add=rules.forward_rules(FWD, C1, NET), new_chains=rules.BASE_CHAINS)
     nat = change.only(["nat"])
     assert {r.table for r in nat.add} == {"nat"} and {t for t, _ in nat.new_chains} == {"nat"}
+
+
+def test_network_drops_unpublished_ports_after_every_per_port_accept():
+    drop = "! -i docker0 -o docker0 -m comment --comment bridgescope:net/docker0 -j DROP"
+    assert _lines(rules.network_rules(NET))[-1] == drop
+    # The per-port accepts sit in shards, which the base chain enters before its own rules.
+    every = rules.desired(STATE)
+    in_base = [r for r in every if r.chain == rules.FORWARD_CHAIN]
+    assert in_base[-1].target == "DROP"
+    assert all(r.target.startswith(rules.FORWARD_CHAIN) for r in in_base[:rules.SHARDS])
+    accepts = [r for r in every if r.dport is not None and r.table == "filter"]
+    assert accepts and all(r.chain in rules.SHARD_CHAINS for r in accepts)
+    assert 'iifname != "docker0" oifname "docker0" counter drop' in rules.nft_text(every)

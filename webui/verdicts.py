@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from bridgescope.collector.doctor import diagnose
+from bridgescope.collector.doctor import ForwardTarget, diagnose
 from bridgescope.collector.doctor.finding import SEVERITIES, Finding
 from bridgescope.collector.kernel import listeners as kernel_listeners
 from bridgescope.collector.kernel.listeners import ListenerRead
@@ -52,9 +52,11 @@ def event_of(result: Result) -> dict:
 class Verdicts:
     """The worker of one source. `owned`: bridgescope's owned object tags (orphan-rule)."""
 
-    def __init__(self, source, owned: Callable[[], frozenset[str] | None] = lambda: None):
+    def __init__(self, source, owned: Callable[[], frozenset[str] | None] = lambda: None,
+                 forwards: Callable[[], tuple[ForwardTarget, ...] | None] = lambda: None):
         self.source = source
         self.owned = owned
+        self.forwards = forwards  # bridgescope's own (forward-target-gone, port-taken)
         self._queues: set[queue.Queue] = set()
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -121,10 +123,11 @@ class Verdicts:
 
     def _compute(self, snap: Snapshot, listeners: ListenerRead) -> Result:
         try:
-            owned = self.owned()
-        except Exception:  # the saved state may be mid-write: orphan tags wait for the next run
-            owned = None
-        return Result(snap, diagnose(snap, owned, listeners), reach(snap, listeners), listeners)
+            owned, forwards = self.owned(), self.forwards()
+        except Exception:  # the saved state may be mid-write: these wait for the next run
+            owned, forwards = None, None
+        return Result(snap, diagnose(snap, owned, listeners, forwards), reach(snap, listeners),
+                      listeners)
 
     def _publish(self, result: Result) -> None:
         event = event_of(result)
@@ -150,11 +153,12 @@ _workers: dict[int, Verdicts] = {}
 _workers_lock = threading.Lock()
 
 
-def worker(source, owned: Callable[[], frozenset[str] | None] = lambda: None) -> Verdicts:
+def worker(source, owned: Callable[[], frozenset[str] | None] = lambda: None,
+           forwards: Callable[[], tuple[ForwardTarget, ...] | None] = lambda: None) -> Verdicts:
     with _workers_lock:
         found = _workers.get(id(source))
         if found is None or found.source is not source:
-            found = _workers[id(source)] = Verdicts(source, owned)
+            found = _workers[id(source)] = Verdicts(source, owned, forwards)
         return found
 
 
@@ -167,13 +171,19 @@ def for_source(source) -> Verdicts:
     if source is not rt.source:
         return worker(source)
     host = rt.settings.host
-    return worker(source, lambda: _owned(host))
+    return worker(source, lambda: _owned(host), lambda: _forwards(host))
 
 
 def _owned(host: str | None) -> frozenset[str] | None:
     from bridgescope.plumbing import api
 
     return api.owned_tags(host)
+
+
+def _forwards(host: str | None) -> tuple[ForwardTarget, ...]:
+    from bridgescope.plumbing import api
+
+    return api.forward_targets(host)
 
 
 # ---- the panels' verdict rows ------------------------------------------------------------

@@ -124,12 +124,14 @@ def engine_container_names(sockets: Iterable[str] | None = None, *,
             name = container_name(summary)
             cid = summary.get("Id")
             if name and isinstance(cid, str):
-                names.update(dict.fromkeys(_namespace_keys(path, cid, proc), name))
+                names.update(dict.fromkeys(namespace_keys(path, cid, proc), name))
         _forget_others(path, {s.get("Id") for s in summaries})
     return names
 
 
-def _namespace_keys(socket_path: str, cid: str, proc: str) -> list[NsKey]:
+def namespace_keys(socket_path: str, cid: str, proc: str = "/proc") -> list[NsKey]:
+    """The (dev, ino) of container `cid`'s network namespace, as the engine at socket_path
+    reports it; inspected once and cached while the namespace stays where it was found."""
     with _inspected_lock:
         known = _inspected.get((socket_path, cid))
     if known is None or not known.still_there():
