@@ -164,6 +164,7 @@ function wireWalk() {
   if (handout) handout.addEventListener("click", downloadHandout);
   if (walkSide.dataset.follow) follow();
   else document.addEventListener("keydown", onKey);
+  walkSide.dataset.ready = "1"; // the page's HTML comes before its module runs: say when keys work
 }
 
 // The attendees' view: poll the instructor's progress, re-render when it changed.

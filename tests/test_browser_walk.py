@@ -93,6 +93,7 @@ def test_the_walk_end_to_end(served_walk, browser, artifacts_dir):
     assert f"host: {lab.names.host}" in page.inner_text(".topbar-tools")  # the lab's host, not the dashboard's
     assert page.inner_text("#ws-progress").startswith(f"Step 1 of {len(keys)}")
 
+    page.wait_for_selector("[data-ready='1']")  # the walk's script has bound its keys
     page.keyboard.press("n")  # the instructor's key for "run the step due"
     page.wait_for_selector("#step-bridge[data-status=done]", timeout=20000)
     assert page.inner_text("#ws-progress").startswith(f"Step 2 of {len(keys)}")
