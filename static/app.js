@@ -32,6 +32,7 @@ const state = {
   unrelatedCount: 0,
   foldAll: false,
   folded: new Map(), // bridge id -> Map(element id -> element), kept out of Cytoscape
+  away: new Map(), // unrelated namespaces' elements while they are not shown, kept out too
   expanded: new Set(), // bridges the user opened
   home: new Map(), // node id -> server position (Tidy puts nodes back there)
   query: "",
@@ -116,7 +117,9 @@ function styleSheet(p) {
       "target-arrow-color": p.masq, "label": "data(display)", "color": p.fg, "source-endpoint": "-50% -50%",
       "text-border-color": p.masq, "text-border-width": 1, "text-border-opacity": 1,
     } },
-    { selector: ".hidden, .unrelated", style: { "display": "none" } },
+    { selector: ".hidden", style: { "display": "none" } },
+    { selector: "node[?side]", style: { "text-valign": "center", "text-halign": "right", "text-margin-x": 5, "text-margin-y": 0 } },
+    { selector: 'node[kind = "bridge"]:parent', style: { "text-max-width": 400 } },
     { selector: ".faded", style: { "opacity": 0.25 } },
     { selector: ".match", style: { "border-color": p.match, "border-width": 4, "line-color": p.match } },
     { selector: ".flash", style: {
@@ -295,13 +298,29 @@ function changeElement(cy, ele) {
   return existing;
 }
 
-// Splits elements into what Cytoscape draws and what folded bridges keep.
+// Elements of namespaces unrelated to the host (hidden unless asked for).
+function isAway(e) {
+  if (state.showUnrelated) return false;
+  const d = e.data;
+  if (d.kind === "namespace") return d.related === false;
+  if (e.group === "nodes") return state.away.has(d.parent) || state.away.has(d.netns);
+  return state.away.has(d.source) || state.away.has(d.target);
+}
+
+// Splits elements into what Cytoscape draws and what folded bridges and hidden namespaces keep.
 function partition(elements) {
-  const bridgeOf = bridgeIndex(elements);
-  const folds = chooseFolds(elements, bridgeOf);
+  state.away = new Map();
+  const nodesFirst = elements.filter((e) => e.group === "nodes" && e.data.kind === "namespace")
+    .concat(elements.filter((e) => !(e.group === "nodes" && e.data.kind === "namespace")));
+  const near = [];
+  for (const e of nodesFirst) {
+    if (isAway(e)) state.away.set(e.data.id, e); else near.push(e);
+  }
+  const bridgeOf = bridgeIndex(near);
+  const folds = chooseFolds(near, bridgeOf);
   state.folded = new Map([...folds].map((b) => [b, new Map()]));
   const shown = [];
-  for (const e of elements) {
+  for (const e of near) {
     const b = owningBridge(bridgeOf, e);
     if (b && folds.has(b)) state.folded.get(b).set(e.data.id, e);
     else shown.push(e);
@@ -313,7 +332,6 @@ function partition(elements) {
 // The whole graph: first paint, or a resync after a reconnect.
 function applyGraph(event) {
   const elements = event.elements || [];
-  state.all = elements;
   let cy = window.cy;
   const first = !cy;
   if (first) cy = makeCy(elements.length);
@@ -373,11 +391,16 @@ function applyDelta(delta) {
   }
   let touched = cy.collection();
   const toCy = { added: [], changed: [] };
-  for (const id of delta.removed || []) for (const members of state.folded.values()) members.delete(id);
+  for (const id of delta.removed || []) {
+    state.away.delete(id);
+    for (const members of state.folded.values()) members.delete(id);
+  }
   for (const kind of ["added", "changed"]) {
     for (const e of delta[kind] || []) {
       const b = foldedHome(e);
-      if (b) state.folded.get(b).set(e.data.id, e); else toCy[kind].push(e);
+      if (isAway(e)) state.away.set(e.data.id, e);
+      else if (b) state.folded.get(b).set(e.data.id, e);
+      else toCy[kind].push(e);
     }
   }
   cy.batch(() => {
@@ -414,17 +437,8 @@ function expand(bridgeId) {
 function foldAgain(on) {
   state.foldAll = on;
   if (!on) state.expanded = new Set();
-  if (!window.cy || !state.all) return;
-  const cy = window.cy;
-  // what the fold store holds is current: rebuild the list from Cytoscape and the stores
-  const all = cy.elements().not(".fold").map((e) => ({ group: e.group(), data: e.data(), position: state.home.get(e.id()) }));
-  for (const members of state.folded.values()) all.push(...members.values());
-  cy.elements().remove();
   if (!on) for (const b of state.folded.keys()) state.expanded.add(b);
-  addElements(cy, partition(all));
-  markUnrelated(cy);
-  fitAll(cy, false);
-  showStatus(cy);
+  redraw();
 }
 
 // ---- the live stream -----------------------------------------------------------------------------
@@ -528,15 +542,23 @@ function nextHit() {
 // the host being shown; the server marks them (related: false) and they are hidden unless asked for.
 
 function markUnrelated(cy) {
-  const unrelated = cy.nodes('[kind = "namespace"][!related]').filter((n) => n.data("related") === false);
-  const want = state.showUnrelated ? cy.collection() : unrelated.union(unrelated.descendants());
-  const have = cy.elements(".unrelated");
-  // Touch only elements whose status changes: a class change restyles and redraws.
-  cy.batch(() => {
-    have.difference(want).removeClass("unrelated");
-    want.difference(have).addClass("unrelated");
-  });
-  return unrelated.length;
+  if (!state.showUnrelated) return [...state.away.values()].filter((e) => e.data.kind === "namespace").length;
+  return cy.nodes('[kind = "namespace"]').filter((n) => n.data("related") === false).length;
+}
+
+// Everything drawn again from what the page holds (Cytoscape and the stores): folding or
+// showing unrelated namespaces changed.
+function redraw() {
+  const cy = window.cy;
+  if (!cy) return;
+  const all = cy.elements().not(".fold").map((e) => ({ group: e.group(), data: e.data(), position: state.home.get(e.id()) }));
+  for (const members of state.folded.values()) all.push(...members.values());
+  all.push(...state.away.values());
+  cy.elements().remove();
+  addElements(cy, partition(all));
+  state.unrelatedCount = markUnrelated(cy);
+  fitAll(cy, false);
+  showStatus(cy);
 }
 
 // ---- loopback on demand ------------------------------------------------------------------------------
@@ -591,9 +613,7 @@ function wireToolbar() {
   unrelatedBox.checked = state.showUnrelated;
   unrelatedBox.addEventListener("change", (e) => {
     state.showUnrelated = e.target.checked;
-    if (!window.cy) return;
-    markUnrelated(window.cy);
-    fitAll(window.cy, false);
+    redraw();
   });
   byId("tidy").addEventListener("click", tidy);
   const json = byId("export-json");  // a plain link would go without the session header

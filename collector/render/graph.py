@@ -6,7 +6,7 @@ MASQUERADE drawn on an edge from the bridge up to the uplink it leaves through; 
 bridge its containers in a grid, each a box named after the container, holding its eth0; the
 host-side veth port sits just left of the box, so a veth pair is a short edge; a port forward
 is a badge inside the container's box with a short arrow to the interface it reaches. Other
-namespaces stand in a column beside the host box.
+namespaces stand in a column left of the host box, which grows to the right and down.
 
 Positions are a pure function of (snapshot, slots): slots remember, by identity, each bridge's
 column count and each container's cell, so a container arriving or leaving moves nothing else
@@ -26,12 +26,13 @@ from bridgescope.collector.model import Interface, Masquerade, Namespace, PortFo
 
 CELL_W, CELL_H = 210.0, 120.0  # one container's cell in a bridge's grid
 UPLINK_W = 240.0  # one uplink (and its label) in the top row
-BRIDGE_Y = 170.0  # bridges' label row, under the uplinks
+BRIDGE_Y = 140.0  # bridges' label row, under the uplinks
 GRID_Y = 60.0  # a bridge's first grid row, below its label
 STRAY_W = 60.0  # bridge ports with no container, in a row over the grid
 BRIDGE_GAP = 70.0
-SIDE_GAP = 150.0  # between the host box and the column of other namespaces
+SIDE_GAP = 260.0  # between the column of other namespaces (left of the host box) and the host
 SIDE_ROW = 70.0  # one interface in that column
+SIDE_SHIFT = 240.0
 MIN_COLS = 2
 
 
@@ -96,6 +97,7 @@ def _interface_node(iface: Interface, by_id: dict[str, Interface], host: str | N
     return {"group": "nodes", "data": {
         "id": iface.id, "kind": iface.kind, "label": iface.name, "parent": pic.parent.get(iface.id, iface.netns),
         "netns": iface.netns, "port": iface.id in pic.parent, "uplink": iface.id == pic.way_out,
+        "side": iface.netns != host and iface.netns not in pic.home,
         "is_host": iface.netns == host, "owner": ns_owner if owner == "unknown" else owner, "state": iface.state,
         "addresses": list(iface.addresses), "mac": iface.mac, "mtu": iface.mtu, "ifindex": iface.ifindex,
         "master": iface.master, "peer": iface.peer, "hairpin": iface.hairpin,
@@ -415,8 +417,10 @@ def place(snap: Snapshot, pic: Picture, nodes: list[dict]) -> dict[str, tuple[fl
         data = node["data"]
         if data["kind"] != "namespace" and data["parent"] in pic.side:
             members.setdefault(data["parent"], []).append(node["data"]["id"])
-    x0, y = right + SIDE_GAP, 0.0
-    for ns_id in pic.side:
+    y = 0.0
+    for row, ns_id in enumerate(pic.side):
+        # alternate columns: a wire from one namespace down to the next stays clear of its name
+        x0 = -SIDE_GAP - SIDE_SHIFT + (row % 2) * SIDE_SHIFT
         pos[ns_id] = (x0, y)
         for node_id in sorted(members.get(ns_id, ()), key=_id_rank):
             pos[node_id] = (x0, y)
