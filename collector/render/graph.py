@@ -363,6 +363,7 @@ def _side_order(snap: Snapshot, host: str, containers: set[str]) -> tuple[list[s
         peer = by_id.get(iface.peer) if iface.peer else None
         if peer is not None and peer.netns != iface.netns:
             links.setdefault(iface.netns, set()).add(peer.netns)
+            links.setdefault(peer.netns, set()).add(iface.netns)
     distance, todo = {host: 0}, [host]
     for ns_id in todo:
         for other in sorted(links.get(ns_id, ())):
