@@ -7,7 +7,13 @@ import pytest
 
 from bridgescope.collector.model import Interface, Masquerade, Namespace, PortForward, Route, Snapshot
 from bridgescope.collector.render import graph
-from bridgescope.collector.render.graph import Slots, build_elements, diff_elements, portforward_id, to_elements
+from bridgescope.collector.render.graph import (
+    Slots,
+    build_elements,
+    diff_elements,
+    portforward_id,
+    to_elements,
+)
 
 
 @pytest.fixture(autouse=True)

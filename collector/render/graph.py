@@ -142,18 +142,18 @@ def masquerade_id(m: Masquerade) -> str:
 
 
 def _masquerade_edges(snap: Snapshot, pic: Picture) -> list[dict]:
-    """A bridge's way out: an edge from the bridge up to the uplink it leaves through. The
-    rules that serve a forward (hairpin, localhost) are in that forward's panel instead."""
+    """A bridge's way out: an edge from the bridge up to the uplink it leaves through (a loop
+    on the bridge while the host has no uplink). The rules that serve a forward (hairpin,
+    localhost) are in that forward's panel instead."""
     out, seen = [], set()
     names = {i.name: i.id for i in snap.interfaces if i.netns == pic.host}
     for m in snap.masquerades:
         edge_id = masquerade_id(m)
         bridge = _bridge_for_masquerade(m, snap.interfaces)
-        uplink = names.get(m.out or "", pic.way_out)
-        if edge_id in seen or bridge is None or uplink is None or not is_way_out(m):
+        if edge_id in seen or bridge is None or not is_way_out(m):
             continue
         seen.add(edge_id)
-        edge = _edge(edge_id, bridge.id, uplink, "masquerade", m.owner)
+        edge = _edge(edge_id, bridge.id, names.get(m.out or "", pic.way_out) or bridge.id, "masquerade", m.owner)
         edge["data"].update(label=f"MASQUERADE {m.source or 'any'}", source_net=m.source, out_not=m.out_not,
                             backend=m.backend, rule=m.rule_text)
         out.append(edge)
