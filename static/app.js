@@ -33,6 +33,7 @@ const state = {
   foldAll: false,
   folded: new Map(), // bridge id -> Map(element id -> element), kept out of Cytoscape
   away: new Map(), // unrelated namespaces' elements while they are not shown, kept out too
+  tooBig: new Set(), // bridges folded because the drawn picture proved too small to read
   expanded: new Set(), // bridges the user opened
   home: new Map(), // node id -> server position (Tidy puts nodes back there)
   query: "",
@@ -131,7 +132,9 @@ function styleSheet(p) {
 }
 
 function restyle() {
-  if (window.cy) window.cy.style(styleSheet(palette()));
+  if (!window.cy) return;
+  window.cy.style(styleSheet(palette()));
+  document.dispatchEvent(new CustomEvent("bridgescope:restyled")); // pages that add styles add them again
 }
 
 // Label text: the server's label, plus what a reader looks for (addresses).
@@ -226,13 +229,14 @@ function chooseFolds(elements, bridgeOf) {
     for (const [b, ps] of groups) { if (open.has(b)) pts.push(...ps); else pts.push(ps[0]); }
     const bb = extent(pts);
     // positions are centres: add what labels and box paddings take around them
-    return Math.min((w - 2 * FIT_PAD) / (bb.x2 - bb.x1 + 260), (h - 2 * FIT_PAD) / (bb.y2 - bb.y1 + 160));
+    // (an optimistic guess: the drawn picture is checked after the fit, see applyGraph)
+    return Math.min((w - 2 * FIT_PAD) / (bb.x2 - bb.x1 + 200), (h - 2 * FIT_PAD) / (bb.y2 - bb.y1 + 120));
   };
   const open = new Set(groups.keys());
   const bySize = [...groups.keys()].sort((a, b) => groups.get(b).length - groups.get(a).length);
   for (const b of bySize) {
-    if (!state.foldAll && (state.expanded.has(b) || zoomFor(open) * FONT >= LEGIBLE_PX)) continue;
-    if (state.expanded.has(b) && !state.foldAll) continue;
+    const must = state.foldAll || state.tooBig.has(b);
+    if (!must && (state.expanded.has(b) || zoomFor(open) * FONT >= LEGIBLE_PX)) continue;
     open.delete(b);
   }
   return new Set(bySize.filter((b) => !open.has(b)));
@@ -356,6 +360,7 @@ function applyGraph(event) {
   state.unrelatedCount = markUnrelated(cy);
   if (first) {
     fitAll(cy, false);
+    foldWhileIllegible(cy);
     window.bridgescopeFirstRender = performance.now();
   } else {
     flash(touched);
@@ -420,6 +425,19 @@ function applyDelta(delta) {
   window.bridgescopeLastDelta = { version: delta.version, at: performance.now() };
 }
 
+// The guess in chooseFolds is optimistic: if the fitted picture still has labels under the
+// legible size, fold the biggest open bridge and look again.
+function foldWhileIllegible(cy) {
+  for (let round = 0; round < 8 && cy.zoom() * FONT < LEGIBLE_PX; round += 1) {
+    const open = cy.nodes('[kind = "bridge"]').filter((b) => !state.folded.has(b.id()) && !state.expanded.has(b.id())
+      && b.children('[kind = "namespace"]').nonempty());
+    if (open.empty()) return;
+    const biggest = open.max((b) => b.children('[kind = "namespace"]').length).ele;
+    state.tooBig.add(biggest.id());
+    redraw();
+  }
+}
+
 function expand(bridgeId) {
   const members = state.folded.get(bridgeId);
   const cy = window.cy;
@@ -436,6 +454,7 @@ function expand(bridgeId) {
 
 function foldAgain(on) {
   state.foldAll = on;
+  state.tooBig = new Set();
   if (!on) state.expanded = new Set();
   if (!on) for (const b of state.folded.keys()) state.expanded.add(b);
   redraw();
@@ -482,7 +501,8 @@ function focusElement(id) {
   if (ele.nonempty()) {
     cy.elements().unselect();
     ele.select();
-    const zoom = Math.max(cy.zoom(), Math.min(READ_ZOOM, cy.maxZoom()));
+    // readable, and never closer than that: clamp into [legible, READ_ZOOM]
+    const zoom = Math.min(READ_ZOOM, Math.max(cy.zoom(), LEGIBLE_PX / FONT));
     cy.animate({ zoom, center: { eles: ele }, duration: 250 });
   }
   showDetails(id);
@@ -507,12 +527,20 @@ function haystack(d) {
 function searchHits(q) {
   const words = q.split(/\s+/);
   const ok = (d) => d.kind !== "fold" && words.every((w) => haystack(d).includes(w));
-  const hits = window.cy.nodes().filter((n) => n.visible() && ok(n.data())).map((n) => ({ id: n.id(), pos: n.position() }));
+  // a name that is the query first, then names or addresses holding it, then the rest (MACs, ids)
+  const rank = (d) => {
+    const names = [d.label, d.ns_name].filter(Boolean).map((x) => String(x).toLowerCase());
+    if (names.includes(q)) return 0;
+    const addrs = (d.addresses || []).map((a) => a.split("/")[0]);
+    if (addrs.includes(q) || String(d.host_port) === q) return 1;
+    return names.some((x) => x.includes(q)) ? 2 : 3;
+  };
+  const hit = (d, pos) => ({ id: d.id, rank: rank(d), pos: pos || { x: 0, y: 0 } });
+  const hits = window.cy.nodes().filter((n) => n.visible() && ok(n.data())).map((n) => hit(n.data(), n.position()));
   for (const members of state.folded.values()) {
-    for (const e of members.values()) if (e.group === "nodes" && ok(e.data)) hits.push({ id: e.data.id, pos: e.position || { x: 0, y: 0 } });
+    for (const e of members.values()) if (e.group === "nodes" && ok(e.data)) hits.push(hit(e.data, e.position));
   }
-  // a container's box before what is in it: the box is what people search for by name
-  return hits.sort((a, b) => a.pos.y - b.pos.y || a.pos.x - b.pos.x);
+  return hits.sort((a, b) => a.rank - b.rank || a.pos.y - b.pos.y || a.pos.x - b.pos.x);
 }
 
 function applySearch() {

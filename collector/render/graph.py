@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from bridgescope.collector.hostview import container_label, host_view
 from bridgescope.collector.model import Interface, Masquerade, Namespace, PortForward, Snapshot
 
-CELL_W, CELL_H = 210.0, 120.0  # one container's cell in a bridge's grid
+CELL_W, CELL_H = 220.0, 120.0  # one container's cell in a bridge's grid
 UPLINK_W = 240.0  # one uplink (and its label) in the top row
 BRIDGE_Y = 140.0  # bridges' label row, under the uplinks
 GRID_Y = 60.0  # a bridge's first grid row, below its label
@@ -395,7 +395,7 @@ def place(snap: Snapshot, pic: Picture, nodes: list[dict]) -> dict[str, tuple[fl
         cell_of[(bridge_id, ns_id)] = (x0 + (index % cols) * CELL_W, BRIDGE_Y + GRID_Y + (index // cols) * CELL_H)
     for port, key in pic.port_cell.items():
         ox, oy = cell_of[key]
-        pos[port] = (ox + 15, oy + 40)
+        pos[port] = (ox + 10, oy + 40)  # left of the box: the veth pair is a short edge
     inside: dict[str, list[dict]] = {}
     for node in nodes:
         data = node["data"]
@@ -403,11 +403,11 @@ def place(snap: Snapshot, pic: Picture, nodes: list[dict]) -> dict[str, tuple[fl
             inside.setdefault(data["parent"], []).append(node)
     for ns_id, bridge_id in pic.home.items():
         ox, oy = cell_of[(bridge_id, ns_id)]
-        pos[ns_id] = (ox + 110, oy + 50)
+        pos[ns_id] = (ox + 120, oy + 50)
         first = pic.inner.get(ns_id, [])
         items = sorted(inside.get(ns_id, ()), key=lambda n: _in_box_key(n, first))
         for k, node in enumerate(items):
-            pos[node["data"]["id"]] = (ox + 70 + 90 * k, oy + 40)
+            pos[node["data"]["id"]] = (ox + 82 + 86 * k, oy + 40)
     right = max(len(pic.uplinks) * UPLINK_W, left, CELL_W)
     loose = [n["data"]["id"] for n in nodes if n["data"]["kind"] == "portforward" and n["data"]["parent"] == pic.host]
     for k, node_id in enumerate(loose):
