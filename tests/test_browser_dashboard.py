@@ -398,9 +398,12 @@ def test_present_with_the_dark_theme_is_legible_and_whole(browser, server, lab, 
         time.sleep(0.8)
         colours = pg.evaluate("""(() => { const h = cy.nodes('[kind = "namespace"][?is_host]')[0];
             const c = cy.nodes('[kind = "bridge"]')[0];  // its name is drawn on the host box
+            const side = cy.nodes('[kind = "namespace"][!is_host]').filter(n => n.children().nonempty())[0];
             return [h.style('color'), h.style('background-color'), c.style('color'), c.style('background-color'),
-                    getComputedStyle(document.getElementById('topology')).backgroundColor]; })()""")
-        host_fg, host_bg, ctr_fg, ctr_bg, page_bg = colours
+                    getComputedStyle(document.getElementById('topology')).backgroundColor,
+                    side.children()[0].style('color'), side.style('background-color')]; })()""")
+        host_fg, host_bg, ctr_fg, ctr_bg, page_bg, side_fg, side_bg = colours
+        assert contrast(side_fg, side_bg) >= 4.5, colours  # an interface's label in another namespace's box
         assert contrast(host_fg, page_bg) >= 4.5, colours  # the host's name stands on the page
         assert contrast(ctr_fg, host_bg) >= 4.5, colours  # a bridge's name stands on the host box
         assert contrast(ctr_fg, ctr_bg) >= 4.5, colours  # and in its own box
