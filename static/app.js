@@ -237,7 +237,10 @@ function chooseFolds(elements, bridgeOf) {
   for (const b of bySize) {
     const must = state.foldAll || state.tooBig.has(b);
     if (!must && (state.expanded.has(b) || zoomFor(open) * FONT >= LEGIBLE_PX)) continue;
+    const before = zoomFor(open);
     open.delete(b);
+    // a fold that hardly helps (a narrow pane, a bridge of one or two) hides for nothing
+    if (!must && zoomFor(open) < before * 1.15) open.add(b);
   }
   return new Set(bySize.filter((b) => !open.has(b)));
 }
@@ -400,11 +403,15 @@ function applyDelta(delta) {
     state.away.delete(id);
     for (const members of state.folded.values()) members.delete(id);
   }
+  let regroup = false; // a namespace became related or unrelated: what it holds moves with it
   for (const kind of ["added", "changed"]) {
     for (const e of delta[kind] || []) {
+      if (e.data.kind === "namespace" && kind === "changed"
+          && state.away.has(e.data.id) !== isAway(e)) regroup = true;
       const b = foldedHome(e);
-      if (isAway(e)) state.away.set(e.data.id, e);
-      else if (b) state.folded.get(b).set(e.data.id, e);
+      if (isAway(e)) { state.away.set(e.data.id, e); cy.getElementById(e.data.id).remove(); continue; }
+      state.away.delete(e.data.id);
+      if (b) state.folded.get(b).set(e.data.id, e);
       else toCy[kind].push(e);
     }
   }
@@ -419,7 +426,8 @@ function applyDelta(delta) {
     }
   });
   state.version = delta.version;
-  if ((delta.added || []).length || (delta.removed || []).length) state.unrelatedCount = markUnrelated(cy);
+  if (regroup) redraw();
+  else if ((delta.added || []).length || (delta.removed || []).length) state.unrelatedCount = markUnrelated(cy);
   flash(touched);
   applySearch();
   window.bridgescopeLastDelta = { version: delta.version, at: performance.now() };
@@ -433,8 +441,15 @@ function foldWhileIllegible(cy) {
       && b.children('[kind = "namespace"]').nonempty());
     if (open.empty()) return;
     const biggest = open.max((b) => b.children('[kind = "namespace"]').length).ele;
+    const before = cy.zoom();
     state.tooBig.add(biggest.id());
     redraw();
+    if (cy.zoom() < before * 1.15) {  // it hardly helped: show them after all, and stop
+      state.tooBig.delete(biggest.id());
+      state.expanded.add(biggest.id());
+      redraw();
+      return;
+    }
   }
 }
 

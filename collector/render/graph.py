@@ -30,9 +30,8 @@ BRIDGE_Y = 140.0  # bridges' label row, under the uplinks
 GRID_Y = 60.0  # a bridge's first grid row, below its label
 STRAY_W = 60.0  # bridge ports with no container, in a row over the grid
 BRIDGE_GAP = 70.0
-SIDE_GAP = 260.0  # between the column of other namespaces (left of the host box) and the host
+SIDE_GAP = 220.0  # between the column of other namespaces (left of the host box) and the host
 SIDE_ROW = 70.0  # one interface in that column
-SIDE_SHIFT = 240.0
 MIN_COLS = 2
 
 
@@ -418,10 +417,9 @@ def place(snap: Snapshot, pic: Picture, nodes: list[dict]) -> dict[str, tuple[fl
         data = node["data"]
         if data["kind"] != "namespace" and data["parent"] in pic.side:
             members.setdefault(data["parent"], []).append(node["data"]["id"])
-    y = 0.0
-    for row, ns_id in enumerate(pic.side):
-        # alternate columns: a wire from one namespace down to the next stays clear of its name
-        x0 = -SIDE_GAP - SIDE_SHIFT + (row % 2) * SIDE_SHIFT
+    # labels sit right of the interfaces, so a wire down the column's left stays clear of them
+    x0, y = -SIDE_GAP, 0.0
+    for ns_id in pic.side:
         pos[ns_id] = (x0, y)
         for node_id in sorted(members.get(ns_id, ()), key=_id_rank):
             pos[node_id] = (x0, y)
