@@ -119,6 +119,8 @@ function styleSheet(p) {
       "text-border-color": p.masq, "text-border-width": 1, "text-border-opacity": 1,
     } },
     { selector: ".hidden", style: { "display": "none" } },
+    // other namespaces' names sit right of centre: the wire down the column's left stays clear
+    { selector: 'node[kind = "namespace"][!is_host][!container]:parent', style: { "text-margin-x": 30 } },
     { selector: "node[?side]", style: { "text-valign": "center", "text-halign": "right", "text-margin-x": 5, "text-margin-y": 0 } },
     { selector: 'node[kind = "bridge"]:parent', style: { "text-max-width": 400 } },
     { selector: ".faded", style: { "opacity": 0.25 } },

@@ -166,7 +166,7 @@ def test_the_page_shows_the_lab_containers_and_forward_live(page, lab, artifacts
     assert target == ["eth0", "c1", "c1"]
     assert page.inner_text("#live") == "live"
     assert "Add port forward" in page.inner_text("#forward-section")
-    page.screenshot(path=str(artifacts_dir / "dashboard-lab.png"))
+    page.screenshot(path=str(artifacts_dir / "dashboard-3-containers.png"))
 
 
 def test_clicking_a_container_opens_its_panel(page, lab):
