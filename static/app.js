@@ -34,6 +34,8 @@ const state = {
   folded: new Map(), // bridge id -> Map(element id -> element), kept out of Cytoscape
   away: new Map(), // unrelated namespaces' elements while they are not shown, kept out too
   tooBig: new Set(), // bridges folded because the drawn picture proved too small to read
+  // ?fold=never: every container drawn whatever the size (the benchmark's "expanded" case)
+  neverFold: new URLSearchParams(window.location.search).get("fold") === "never",
   expanded: new Set(), // bridges the user opened
   home: new Map(), // node id -> server position (Tidy puts nodes back there)
   query: "",
@@ -211,6 +213,7 @@ function owningBridge(bridgeOf, e) {
 
 // Bridges to fold so that labels stay legible at fit in this viewport: the biggest first.
 function chooseFolds(elements, bridgeOf) {
+  if (state.neverFold) return new Set();
   const w = Math.max(200, container.clientWidth), h = Math.max(200, container.clientHeight);
   const groups = new Map();
   const rest = [];
@@ -438,6 +441,7 @@ function applyDelta(delta) {
 // The guess in chooseFolds is optimistic: if the fitted picture still has labels under the
 // legible size, fold the biggest open bridge and look again.
 function foldWhileIllegible(cy) {
+  if (state.neverFold) return;
   for (let round = 0; round < 8 && cy.zoom() * FONT < LEGIBLE_PX; round += 1) {
     const open = cy.nodes('[kind = "bridge"]').filter((b) => !state.folded.has(b.id()) && !state.expanded.has(b.id())
       && b.children('[kind = "namespace"]').nonempty());
