@@ -58,14 +58,20 @@ def make_host() -> None:
        "addr add 10.77.0.1/16 dev br0\nlink set br0 up\n")
 
 
+PER_BRIDGE = 1000  # a Linux bridge takes at most 1024 ports: bigger hosts get more bridges
+
+
 def grow_to(have: int, want: int) -> int:
     for i in range(have, want):
-        ns = f"{PREFIX}-c{i}"
+        ns, bridge, k = f"{PREFIX}-c{i}", i // PER_BRIDGE, i % PER_BRIDGE
+        if k == 0 and bridge > 0:
+            ip("-batch", "-", ns=HOST, stdin=f"link add br{bridge} type bridge\n"
+               f"addr add 10.{77 + bridge}.0.1/16 dev br{bridge}\nlink set br{bridge} up\n")
         ip("netns", "add", ns)
         ip("-batch", "-", ns=HOST, stdin=f"link add vb{i} type veth peer name eth0 netns {ns}\n"
-           f"link set vb{i} master br0 up\n")
+           f"link set vb{i} master br{bridge} up\n")
         ip("-batch", "-", ns=ns, stdin=f"link set lo up\nlink set eth0 up\n"
-           f"addr add 10.77.{1 + i // 250}.{1 + i % 250}/16 dev eth0\n")
+           f"addr add 10.{77 + bridge}.{1 + k // 250}.{1 + k % 250}/16 dev eth0\n")
     return want
 
 
