@@ -16,6 +16,7 @@ const FONT = 13; // label size in model units
 const LEGIBLE_PX = 11; // smallest label size on screen at fit; bridges fold to keep it
 const READ_ZOOM = 1.3; // search zooms in to here, never further
 const FIT_PAD = 30;
+const FOLD_GAIN = 2; // containers a fold node takes the room of
 const FLASH_MS = 1600;
 
 const byId = (id) => document.getElementById(id);
@@ -242,10 +243,9 @@ function chooseFolds(elements, bridgeOf) {
   for (const b of bySize) {
     const must = state.foldAll || state.tooBig.has(b);
     if (!must && (state.expanded.has(b) || zoomFor(open) * FONT >= LEGIBLE_PX)) continue;
-    const before = zoomFor(open);
+    // a fold node takes the room of two containers: folding one or two hides for nothing
+    if (!must && groups.get(b).length <= FOLD_GAIN) continue;
     open.delete(b);
-    // a fold that hardly helps (a narrow pane, a bridge of one or two) hides for nothing
-    if (!must && zoomFor(open) < before * 1.15) open.add(b);
   }
   return new Set(bySize.filter((b) => !open.has(b)));
 }
@@ -337,7 +337,15 @@ function partition(elements) {
     if (b && folds.has(b)) state.folded.get(b).set(e.data.id, e);
     else shown.push(e);
   }
-  for (const [b, members] of state.folded) shown.push(foldNode(b, members));
+  const summaries = [...state.folded].map(([b, members]) => foldNode(b, members));
+  // Every bridge folded: the fold nodes stand side by side, not each at the far start of its
+  // bridge's reserved grid (which would leave the picture as wide as if nothing were folded).
+  if (summaries.length > 1 && summaries.length === new Set(near.map((e) => bridgeOf(e.data.id)).filter(Boolean)).size) {
+    summaries.sort((a, b) => a.position.x - b.position.x);
+    const [x0, y0] = [summaries[0].position.x, summaries[0].position.y];
+    summaries.forEach((f, i) => { f.position = { x: x0 + i * 260, y: y0 }; });
+  }
+  shown.push(...summaries);
   return shown;
 }
 
@@ -446,16 +454,10 @@ function foldWhileIllegible(cy) {
     const open = cy.nodes('[kind = "bridge"]').filter((b) => !state.folded.has(b.id()) && !state.expanded.has(b.id())
       && b.children('[kind = "namespace"]').nonempty());
     if (open.empty()) return;
-    const biggest = open.max((b) => b.children('[kind = "namespace"]').length).ele;
-    const before = cy.zoom();
-    state.tooBig.add(biggest.id());
+    const biggest = open.max((b) => b.children('[kind = "namespace"]').length);
+    if (biggest.value <= FOLD_GAIN) return;
+    state.tooBig.add(biggest.ele.id());
     redraw();
-    if (cy.zoom() < before * 1.15) {  // it hardly helped: show them after all, and stop
-      state.tooBig.delete(biggest.id());
-      state.expanded.add(biggest.id());
-      redraw();
-      return;
-    }
   }
 }
 
