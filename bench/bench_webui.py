@@ -6,12 +6,14 @@ bridge), serves it with `bridgescope serve`, and measures with Debian's Chromium
   * kernel change (a bridge added in the host namespace) -> delta on an SSE stream and ->
     node in window.cy, p50/p95, at 5 and 500 namespaces; baseline: the same change seen by
     `ip monitor link` (raw netlink), so the ratio is what bridgescope adds;
-  * first render (navigation start -> graph drawn, two animation frames later) at 50, 200,
-    500 namespaces; baseline: bare Cytoscape drawing the same /api/graph elements;
+  * first render (navigation start -> graph drawn, two animation frames later) at 60, 500 and
+    2,000 containers, folded (the default: a bridge too big to read folds into one node) and
+    expanded (?fold=never: every container drawn); yardstick: bare Cytoscape drawing the same
+    /api/graph elements with their positions, in the same run;
   * 50 open streams: latency of GET /, /api/graph, /api/topology with and without them.
 
 Everything lives in namespaces named bsdbench<hex>-*, removed at the end even on failure.
-Run as root: .venv/bin/python bench/bench_webui.py [--sizes 5,50,200,500] [--changes 20]
+Run as root: .venv/bin/python bench/bench_webui.py [--sizes 60,500,2000] [--changes 20] [--no-changes]
 """
 from __future__ import annotations
 
@@ -56,14 +58,20 @@ def make_host() -> None:
        "addr add 10.77.0.1/16 dev br0\nlink set br0 up\n")
 
 
+PER_BRIDGE = 1000  # a Linux bridge takes at most 1024 ports: bigger hosts get more bridges
+
+
 def grow_to(have: int, want: int) -> int:
     for i in range(have, want):
-        ns = f"{PREFIX}-c{i}"
+        ns, bridge, k = f"{PREFIX}-c{i}", i // PER_BRIDGE, i % PER_BRIDGE
+        if k == 0 and bridge > 0:
+            ip("-batch", "-", ns=HOST, stdin=f"link add br{bridge} type bridge\n"
+               f"addr add 10.{77 + bridge}.0.1/16 dev br{bridge}\nlink set br{bridge} up\n")
         ip("netns", "add", ns)
         ip("-batch", "-", ns=HOST, stdin=f"link add vb{i} type veth peer name eth0 netns {ns}\n"
-           f"link set vb{i} master br0 up\n")
+           f"link set vb{i} master br{bridge} up\n")
         ip("-batch", "-", ns=ns, stdin=f"link set lo up\nlink set eth0 up\n"
-           f"addr add 10.77.{1 + i // 250}.{1 + i % 250}/16 dev eth0\n")
+           f"addr add 10.{77 + bridge}.{1 + k // 250}.{1 + k % 250}/16 dev eth0\n")
     return want
 
 
@@ -153,10 +161,10 @@ def wait_js(page, expr: str, timeout: float = 60.0):
 TWO_FRAMES = "() => new Promise(r => requestAnimationFrame(() => requestAnimationFrame(() => r(performance.now()))))"
 
 
-def first_render(browser, base: str, screenshot: Path | None = None) -> float:
+def first_render(browser, base: str, screenshot: Path | None = None, expanded: bool = False) -> float:
     ctx = browser.new_context(viewport={"width": 1500, "height": 950})
     page = ctx.new_page()
-    page.goto(f"{base}/?token={TOKEN}")
+    page.goto(f"{base}/?token={TOKEN}" + ("&fold=never" if expanded else ""))
     wait_js(page, "window.bridgescopeFirstRender !== undefined", 120)
     ms = page.evaluate(TWO_FRAMES)
     if screenshot is not None:
@@ -167,7 +175,7 @@ def first_render(browser, base: str, screenshot: Path | None = None) -> float:
 
 BARE = """async () => {
   const t0 = performance.now();
-  const els = await (await fetch('/api/graph')).json();
+  const els = await (await window.bridgescopeSession.fetch('/api/graph')).json();
   const div = document.createElement('div'); div.className = 'bare';
   div.style.width = '1500px'; div.style.height = '900px';
   document.body.appendChild(div);
@@ -182,9 +190,13 @@ def bare_render(browser, base: str) -> float:
     ctx = browser.new_context(viewport={"width": 1500, "height": 950})
     page = ctx.new_page()
     page.goto(f"{base}/audit?token={TOKEN}")  # a page of ours without the app's script
+    # the boot page fetches the real one with this tab's session: add the script once it is there
+    wait_js(page, "!!document.getElementById('theme-toggle') && !!window.bridgescopeSession")
     page.add_script_tag(url=f"{base}/static/vendor/cytoscape/cytoscape.min.js")
     wait_js(page, "typeof cytoscape === 'function'")
     ms = page.evaluate(BARE)
+    count = page.evaluate("window.bare.elements().length")
+    assert count > 0, "the yardstick drew nothing"
     ctx.close()
     return ms
 
@@ -299,7 +311,9 @@ def deltas_only(sizes: list[int], changes: int) -> int:
 
 def main() -> int:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--sizes", default="5,50,200,500")
+    ap.add_argument("--sizes", default="60,500,2000")
+    ap.add_argument("--no-changes", action="store_true", help="first render only (no change latencies, no streams)")
+    ap.add_argument("--modes", default="folded,expanded", help="first render: folded, expanded or both")
     ap.add_argument("--changes", type=int, default=20)
     ap.add_argument("--streams", type=int, default=50)
     ap.add_argument("--rounds", type=int, default=15)
@@ -326,14 +340,19 @@ def main() -> int:
             for n in sizes:
                 have = grow_to(have, n)
                 time.sleep(3)  # let the watcher take in the new namespaces
-                shot = ARTIFACTS / f"dashboard-{n}-namespaces.png"
-                ours = statistics.median([first_render(browser, base, shot)] +
-                                         [first_render(browser, base) for _ in range(2)])
                 bare = statistics.median(bare_render(browser, base) for _ in range(3))
-                print(f"  {n} namespaces: first render {ours:7.0f} ms  (bare Cytoscape, same elements "
-                      f"{bare:6.0f} ms; ratio {ours / bare:.1f}x)")
-                if n in (5, 500) or n == sizes[-1]:
+                for expanded in [m == "expanded" for m in args.modes.split(",")]:
+                    how = "expanded" if expanded else "folded"
+                    shot = ARTIFACTS / f"dashboard-{n}-containers-{how}.png"
+                    ours = statistics.median([first_render(browser, base, shot, expanded)] +
+                                             [first_render(browser, base, expanded=expanded) for _ in range(2)])
+                    print(f"  {n} containers, {how:8s}: first render {ours:7.0f} ms  (bare Cytoscape, "
+                          f"same elements {bare:6.0f} ms; ratio {ours / bare:.2f}x)")
+                if not args.no_changes and (n in (5, 500) or n == sizes[-1]):
                     report_changes(n, measure_changes(browser, base, args.changes, str(n)))
+            if args.no_changes:
+                browser.close()
+                return 0
             before, during, opened = streams_vs_requests(base, args.streams, args.rounds)
             print(f"  {have} namespaces, {opened}/{args.streams} streams open: median request latency")
             for path in before:

@@ -9,6 +9,7 @@ Pure functions over a Snapshot; nothing here touches the kernel.
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import cached_property, lru_cache
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
@@ -202,3 +203,18 @@ def in_ns(ns: Namespace | None, *argv: str) -> str:
     if ns.pids:
         return shell.in_pid_netns(ns.pids[0], argv)
     return shell.line(argv)
+
+
+# --- what a person calls a container ---------------------------------------------------
+
+BRIDGESCOPE_CONTAINER_TAG = "bridgescope:ctr/"
+
+
+def container_label(ns: Namespace, ports: Iterable[Interface] = ()) -> str:
+    """The container's name: bridgescope's (tagged on its host-side veth port), else the
+    namespace's name, which the collector already took from the engine (Docker, Podman)
+    when the engine named it."""
+    for port in ports:
+        if port.alias and port.alias.startswith(BRIDGESCOPE_CONTAINER_TAG):
+            return port.alias[len(BRIDGESCOPE_CONTAINER_TAG):]
+    return ns.name

@@ -2,16 +2,21 @@
 //
 // One event stream per tab (read with fetch, with this tab's session: see session.js): the
 // server sends the whole graph on (re)connect, then deltas.
-// Elements arrive with server-computed positions (preset layout), so updates never re-run a
-// global layout: existing nodes stay where the user saw them, newcomers land where the server
-// put them (next to their bridge) or, after a client-side "Tidy", next to a neighbour.
+// Every element arrives with its server-computed position (the Docker bridge diagram; see
+// collector/render/graph.py), so every tab and every reload shows the same picture and the
+// client never runs a layout. A bridge whose containers would make labels unreadable at fit
+// is folded into one summary node: its elements then stay out of Cytoscape (kept here, still
+// searchable) until it is expanded.
 // The Cytoscape instance lives at window.cy for automation and tests.
 
-/* global cytoscape, cytoscapeFcose, htmx */
+/* global cytoscape, htmx */
 
 const BIG_GRAPH = 1500; // elements: above this, cheaper rendering while panning/zooming
-const COLLAPSE_AT = 120;
-const SMALL_GRAPH = 400; // visible elements: up to this, the first picture is laid out by fcose // namespaces: above this, start collapsed
+const FONT = 13; // label size in model units
+const LEGIBLE_PX = 11; // smallest label size on screen at fit; bridges fold to keep it
+const READ_ZOOM = 1.3; // search zooms in to here, never further
+const FIT_PAD = 30;
+const FOLD_GAIN = 2; // containers a fold node takes the room of
 const FLASH_MS = 1600;
 
 const byId = (id) => document.getElementById(id);
@@ -23,20 +28,28 @@ const statusLine = byId("graph-status");
 const state = {
   version: null,
   source: null, // the live event stream (session.eventStream)
-  relaidOut: false, // after fcose, server positions no longer match the picture
   showLoopback: false,
   showUnrelated: !container.dataset.focusHost,
   unrelatedCount: 0,
-  collapsed: false,
+  foldAll: false,
+  folded: new Map(), // bridge id -> Map(element id -> element), kept out of Cytoscape
+  away: new Map(), // unrelated namespaces' elements while they are not shown, kept out too
+  tooBig: new Set(), // bridges folded because the drawn picture proved too small to read
+  // ?fold=never: every container drawn whatever the size (the benchmark's "expanded" case)
+  neverFold: new URLSearchParams(window.location.search).get("fold") === "never",
+  expanded: new Set(), // bridges the user opened
+  home: new Map(), // node id -> server position (Tidy puts nodes back there)
   query: "",
+  hits: [],
+  hitIndex: -1,
 };
-
-cytoscape.use(cytoscapeFcose);
 
 // ---- look ------------------------------------------------------------------------------------
 
+// Colours come from the page's CSS variables as the body sees them, so the theme and
+// Present mode (which sets its own on <body>) are followed.
 function palette() {
-  const css = getComputedStyle(document.documentElement);
+  const css = getComputedStyle(document.body);
   const v = (name) => css.getPropertyValue(name).trim();
   return {
     bg: v("--bg"), fg: v("--fg"), muted: v("--muted"), surface: v("--surface"),
@@ -50,62 +63,70 @@ function palette() {
 function styleSheet(p) {
   return [
     { selector: "node", style: {
-      "label": "data(display)", "font-size": 11, "color": p.fg, "text-wrap": "wrap",
-      "text-max-width": 140, "min-zoomed-font-size": 7, "text-valign": "bottom", "text-margin-y": 4,
+      "label": "data(display)", "font-size": FONT, "color": p.fg, "text-wrap": "wrap",
+      "text-max-width": 160, "min-zoomed-font-size": 6, "text-valign": "bottom", "text-margin-y": 3,
       "background-color": p.physical, "border-width": 1, "border-color": p.surface,
-      "width": 26, "height": 26, "font-family": "system-ui, sans-serif",
+      "width": 18, "height": 18, "font-family": "system-ui, sans-serif",
+      "text-background-color": p.bg, "text-background-opacity": 0, "line-height": 1.15,
     } },
     { selector: "node:parent", style: {
-      "shape": "round-rectangle", "background-color": p.ns, "background-opacity": 0.55,
-      "border-color": p.nsBorder, "border-width": 1.5, "padding": 14,
-      "text-valign": "top", "text-halign": "center", "text-margin-y": -4, "font-weight": 600,
-      "color": p.muted, "font-size": 12, "text-events": "yes",
+      "shape": "round-rectangle", "background-color": p.ns, "background-opacity": 1,
+      "border-color": p.nsBorder, "border-width": 1.5, "padding": 10,
+      "text-valign": "top", "text-halign": "center", "text-margin-y": -3, "font-weight": 600,
+      "color": p.fg, "text-events": "yes",
     } },
     { selector: 'node[kind = "namespace"]', style: {
-      "shape": "round-rectangle", "background-color": p.ns, "border-color": p.nsBorder,
-      "border-width": 1.5, "color": p.muted,
+      "shape": "round-rectangle", "background-color": p.ns, "border-color": p.nsBorder, "border-width": 1.5,
     } },
     { selector: 'node[kind = "namespace"][?is_host]', style: {
-      "border-color": p.host, "border-width": 2.5, "background-opacity": 0.25, "color": p.host,
-      "font-size": 13,
+      "border-color": p.host, "border-width": 2.5, "background-color": p.bg, "padding": 24,
+      "font-size": FONT + 2, "color": p.fg,
     } },
     { selector: 'node[kind = "bridge"]', style: {
-      "shape": "round-rectangle", "width": 54, "height": 26, "background-color": p.bridge,
-      "font-weight": 600,
+      "shape": "round-rectangle", "width": 60, "height": 22, "background-color": p.bridge, "font-weight": 700,
     } },
-    { selector: 'node[kind = "veth"]', style: { "shape": "ellipse", "background-color": p.veth, "width": 18, "height": 18 } },
+    { selector: 'node[kind = "bridge"]:parent', style: {
+      "background-color": p.surface, "border-color": p.bridge, "border-width": 2.5, "padding": 12,
+    } },
+    { selector: 'node[kind = "veth"]', style: { "shape": "ellipse", "background-color": p.veth, "width": 16, "height": 16 } },
+    { selector: "node[?port]", style: { "width": 12, "height": 12, "label": "" } },
     { selector: 'node[kind = "loopback"]', style: { "shape": "ellipse", "background-color": p.loopback, "width": 12, "height": 12 } },
-    { selector: 'node[kind = "physical"]', style: { "shape": "round-tag", "background-color": p.physical, "width": 30, "height": 30 } },
-    { selector: 'node[kind = "portforward"]', style: {
-      "shape": "tag", "background-color": p.pf, "width": 30, "height": 22, "color": p.fg,
-      "font-weight": 600,
+    { selector: 'node[kind = "physical"], node[?uplink]', style: {
+      "shape": "round-rectangle", "width": 30, "height": 22, "background-color": p.physical,
+      "text-valign": "center", "text-halign": "right", "text-margin-x": 6, "text-margin-y": 0, "font-weight": 600,
     } },
-    { selector: 'node[kind = "masquerade"]', style: {
-      "shape": "hexagon", "background-color": p.masq, "width": 26, "height": 24,
+    { selector: 'node[kind = "portforward"]', style: {
+      "shape": "tag", "background-color": p.pf, "width": 22, "height": 16, "font-weight": 600,
+    } },
+    { selector: "node.fold", style: {
+      "shape": "round-rectangle", "width": 150, "height": 40, "background-color": p.ns, "border-color": p.nsBorder,
+      "border-width": 1.5, "text-valign": "center", "text-margin-y": 0, "font-weight": 600,
     } },
     { selector: 'node[state = "down"]', style: {
       "background-color": p.down, "border-style": "dashed", "border-color": p.down, "border-width": 2,
     } },
     { selector: "edge", style: {
-      "width": 1.5, "line-color": p.edge, "curve-style": "bezier", "target-arrow-shape": "none",
-      "font-size": 10, "color": p.fg, "min-zoomed-font-size": 8, "text-background-color": p.bg,
-      "text-background-opacity": 0.85, "text-background-padding": 2,
+      "width": 1.5, "line-color": p.edge, "curve-style": "straight", "target-arrow-shape": "none",
+      "font-size": FONT - 1, "color": p.fg, "min-zoomed-font-size": 6, "text-background-color": p.bg,
+      "text-background-opacity": 1, "text-background-padding": 2,
     } },
     { selector: 'edge[kind = "veth"]', style: { "width": 3, "line-color": p.veth } },
-    { selector: 'edge[kind = "port"], edge[kind = "member"], edge[kind = "bridge"], edge[kind = "master"]',
-      style: { "width": 1.5, "line-color": p.bridge, "line-style": "solid" } },
-    { selector: 'edge[kind = "portforward"], edge[kind = "forward"], edge[kind = "dnat"]', style: {
+    // A port sits inside its bridge's box: the box is the membership, a line to it would cross labels.
+    { selector: 'edge[kind = "member"]', style: { "display": "none" } },
+    { selector: 'edge[kind = "portforward"]', style: {
       "width": 2.5, "line-color": p.pf, "target-arrow-shape": "triangle", "target-arrow-color": p.pf,
-      "label": "data(display)", "line-style": "solid",
     } },
-    { selector: 'edge[kind = "masquerade"], edge[kind = "snat"]', style: {
-      "width": 2, "line-color": p.masq, "line-style": "dashed", "target-arrow-shape": "triangle",
-      "target-arrow-color": p.masq,
+    { selector: 'edge[kind = "masquerade"]', style: {
+      "width": 2.5, "line-color": p.masq, "line-style": "dashed", "target-arrow-shape": "triangle",
+      "target-arrow-color": p.masq, "label": "data(display)", "color": p.fg, "source-endpoint": "-50% -50%",
+      "text-border-color": p.masq, "text-border-width": 1, "text-border-opacity": 1,
     } },
-    { selector: ".collapsed-edge", style: { "width": 2, "line-color": p.edge, "line-style": "dotted" } },
-    { selector: ".collapsed", style: { "shape": "round-rectangle", "width": 46, "height": 26, "background-opacity": 0.9 } },
-    { selector: ".hidden, .collapse-hidden, .unrelated", style: { "display": "none" } },
-    { selector: ".faded", style: { "opacity": 0.18 } },
+    { selector: ".hidden", style: { "display": "none" } },
+    // other namespaces' names sit right of centre: the wire down the column's left stays clear
+    { selector: 'node[kind = "namespace"][!is_host][!container]:parent', style: { "text-margin-x": 30 } },
+    { selector: "node[?side]", style: { "text-valign": "center", "text-halign": "right", "text-margin-x": 5, "text-margin-y": 0 } },
+    { selector: 'node[kind = "bridge"]:parent', style: { "text-max-width": 400 } },
+    { selector: ".faded", style: { "opacity": 0.25 } },
     { selector: ".match", style: { "border-color": p.match, "border-width": 4, "line-color": p.match } },
     { selector: ".flash", style: {
       // No style transition: animating it would redraw the whole graph for every frame.
@@ -115,24 +136,28 @@ function styleSheet(p) {
   ];
 }
 
-// Label text: the server's label, plus what a reader looks for (first address, owner, ports).
+function restyle() {
+  if (!window.cy) return;
+  window.cy.style(styleSheet(palette()));
+  document.dispatchEvent(new CustomEvent("bridgescope:restyled")); // pages that add styles add them again
+}
+
+// Label text: the server's label, plus what a reader looks for (addresses).
 function displayLabel(d, group) {
   if (group === "edges") return d.label || "";
   const label = d.label || d.name || d.id;
-  if (d.kind === "namespace") {
-    return d.owner && d.owner !== "unknown" && !d.is_host ? `${label} · ${d.owner}` : label;
-  }
+  if (d.kind === "namespace" || d.kind === "portforward") return label;
   const addrs = Array.isArray(d.addresses) ? d.addresses.filter((a) => !a.includes(":")) : [];
-  return addrs.length ? `${label}\n${addrs[0]}` : label;
+  if (d.kind === "bridge") return addrs.length ? `${label}  ${addrs.join(" ")}` : label;
+  if (d.uplink || d.kind === "physical") return [label, ...addrs].join("\n");
+  return addrs.length ? `${label}\n${addrs[0].split("/")[0]}` : label;
 }
 
 function prepared(ele) {
   const copy = { group: ele.group, data: { ...ele.data } };
   if (ele.position) copy.position = { ...ele.position };
   copy.data.display = displayLabel(copy.data, ele.group);
-  const classes = [];
-  if (copy.data.kind === "loopback" && !state.showLoopback) classes.push("hidden");
-  copy.classes = classes.join(" ");
+  copy.classes = [ele.classes || "", copy.data.kind === "loopback" && !state.showLoopback ? "hidden" : ""].join(" ").trim();
   return copy;
 }
 
@@ -142,11 +167,13 @@ function makeCy(count) {
   const big = count > BIG_GRAPH;
   const cy = cytoscape({
     container, elements: [], style: styleSheet(palette()), layout: { name: "preset" },
-    minZoom: 0.02, maxZoom: 4, boxSelectionEnabled: false,
+    minZoom: 0.02, maxZoom: 4, boxSelectionEnabled: false, autoungrabify: false,
     textureOnViewport: big, hideEdgesOnViewport: big, pixelRatio: big ? 1 : "auto",
   });
-  cy.on("tap", "node, edge", (evt) => showDetails(evt.target.id()));
-  cy.on("dbltap", "node:parent, node.collapsed", (evt) => toggleOne(evt.target));
+  cy.on("tap", "node, edge", (evt) => {
+    if (evt.target.hasClass("fold")) { expand(evt.target.data("bridge")); return; }
+    showDetails(evt.target.id());
+  });
   window.cy = cy;
   return cy;
 }
@@ -156,43 +183,106 @@ function flash(eles) {
   setTimeout(() => eles.removeClass("flash"), FLASH_MS);
 }
 
-// Where to put an element the picture has never seen.
-function placeNear(cy, ele, incoming) {
-  if (ele.position && !state.relaidOut) return ele.position;
-  const d = ele.data;
-  const jitter = () => (Math.random() - 0.5) * 50;
-  const anchorOf = (id) => {
-    const n = cy.getElementById(id);
-    return n.nonempty() ? n.position() : null;
-  };
-  const neighbour = incoming.find((e) => e.group === "edges" && (e.data.source === d.id || e.data.target === d.id));
-  const other = neighbour && (neighbour.data.source === d.id ? neighbour.data.target : neighbour.data.source);
-  const anchor = (other && anchorOf(other)) || (d.parent && anchorOf(d.parent)) || ele.position;
-  if (!anchor) return { x: jitter(), y: jitter() };
-  return { x: anchor.x + 60 + jitter(), y: anchor.y + 40 + jitter() };
+function fitAll(cy, animate) {
+  const eles = cy.elements(":visible");
+  if (animate) cy.animate({ fit: { eles, padding: FIT_PAD }, duration: 250 });
+  else cy.fit(eles, FIT_PAD);
 }
+
+// ---- folding: which bridge an element belongs to ------------------------------------------------
+
+function bridgeIndex(elements) {
+  const nodes = new Map(elements.filter((e) => e.group === "nodes").map((e) => [e.data.id, e]));
+  const kindOf = (id) => (nodes.get(id) || { data: {} }).data.kind;
+  return (id) => {
+    const n = nodes.get(id);
+    if (!n || !n.data.parent) return null;
+    const parent = n.data.parent;
+    if (kindOf(parent) === "bridge") return n.data.kind === "namespace" || n.data.port ? parent : null;
+    const up = (nodes.get(parent) || { data: {} }).data.parent;
+    return kindOf(parent) === "namespace" && up && kindOf(up) === "bridge" ? up : null;
+  };
+}
+
+// The bridge whose grid an element is part of (container boxes, what is in them, its ports,
+// the edges between them), or null.
+function owningBridge(bridgeOf, e) {
+  if (e.group === "nodes") return bridgeOf(e.data.id);
+  const s = bridgeOf(e.data.source), t = bridgeOf(e.data.target);
+  return s || t;
+}
+
+// Bridges to fold so that labels stay legible at fit in this viewport: the biggest first.
+function chooseFolds(elements, bridgeOf) {
+  if (state.neverFold) return new Set();
+  const w = Math.max(200, container.clientWidth), h = Math.max(200, container.clientHeight);
+  const groups = new Map();
+  const rest = [];
+  const away = new Set(state.showUnrelated ? [] : elements.filter((e) => e.data.related === false).map((e) => e.data.id));
+  for (const e of elements) {
+    if (e.group !== "nodes" || !e.position) continue;
+    if (e.data.kind === "loopback" || away.has(e.data.id) || away.has(e.data.parent)) continue;
+    const b = bridgeOf(e.data.id);
+    if (b) { if (!groups.has(b)) groups.set(b, []); groups.get(b).push(e.position); } else rest.push(e.position);
+  }
+  const extent = (points) => {
+    let x1 = Infinity, y1 = Infinity, x2 = -Infinity, y2 = -Infinity;
+    for (const p of points) { x1 = Math.min(x1, p.x); y1 = Math.min(y1, p.y); x2 = Math.max(x2, p.x); y2 = Math.max(y2, p.y); }
+    return { x1, y1, x2, y2 };
+  };
+  const zoomFor = (open) => {
+    const pts = rest.slice();
+    for (const [b, ps] of groups) { if (open.has(b)) pts.push(...ps); else pts.push(ps[0]); }
+    const bb = extent(pts);
+    // positions are centres: add what labels and box paddings take around them
+    // (an optimistic guess: the drawn picture is checked after the fit, see applyGraph)
+    return Math.min((w - 2 * FIT_PAD) / (bb.x2 - bb.x1 + 200), (h - 2 * FIT_PAD) / (bb.y2 - bb.y1 + 120));
+  };
+  const open = new Set(groups.keys());
+  const bySize = [...groups.keys()].sort((a, b) => groups.get(b).length - groups.get(a).length);
+  for (const b of bySize) {
+    const must = state.foldAll || state.tooBig.has(b);
+    if (!must && (state.expanded.has(b) || zoomFor(open) * FONT >= LEGIBLE_PX)) continue;
+    // a fold node takes the room of two containers: folding one or two hides for nothing
+    if (!must && groups.get(b).length <= FOLD_GAIN) continue;
+    open.delete(b);
+  }
+  return new Set(bySize.filter((b) => !open.has(b)));
+}
+
+function foldNode(bridgeId, members) {
+  const boxes = [...members.values()].filter((e) => e.data.kind === "namespace");
+  const first = boxes.map((e) => e.position).filter(Boolean)
+    .sort((a, b) => a.y - b.y || a.x - b.x)[0] || { x: 0, y: 0 };
+  return { group: "nodes", classes: "fold", position: { x: first.x, y: first.y },
+    data: { id: `fold:${bridgeId}`, kind: "fold", bridge: bridgeId, parent: bridgeId,
+      display: `${boxes.length} containers\n(click to expand)`, label: `${boxes.length} containers` } };
+}
+
+// ---- adding and changing elements ------------------------------------------------------------------
 
 function addElements(cy, incoming) {
   const nodes = incoming.filter((e) => e.group === "nodes");
   // Parents before children, so Cytoscape can attach each child on the spot.
-  const depth = (e) => { let n = 0, p = e.data.parent; const ids = new Map(nodes.map((x) => [x.data.id, x]));
+  const ids = new Map(nodes.map((x) => [x.data.id, x]));
+  const depth = (e) => { let n = 0, p = e.data.parent;
     while (p && ids.has(p) && n < 8) { n += 1; p = ids.get(p).data.parent; } return n; };
   nodes.sort((a, b) => depth(a) - depth(b));
-  const added = cy.collection();
+  const adds = [];
+  const have = (id) => cy.getElementById(id).nonempty() || ids.has(id);
   for (const n of nodes) {
     if (cy.getElementById(n.data.id).nonempty()) continue;
     const el = prepared(n);
-    if (el.data.parent && cy.getElementById(el.data.parent).empty()) delete el.data.parent;
-    el.position = placeNear(cy, n, incoming);
-    added.merge(cy.add(el));
+    if (el.data.parent && !have(el.data.parent)) delete el.data.parent;
+    if (n.position) state.home.set(n.data.id, { ...n.position });
+    adds.push(el);
   }
   for (const e of incoming.filter((x) => x.group === "edges")) {
     const d = e.data;
-    if (cy.getElementById(d.id).nonempty()) continue;
-    if (cy.getElementById(d.source).empty() || cy.getElementById(d.target).empty()) continue;
-    added.merge(cy.add(prepared(e)));
+    if (cy.getElementById(d.id).nonempty() || !have(d.source) || !have(d.target)) continue;
+    adds.push(prepared(e));
   }
-  return added;
+  return adds.length ? cy.add(adds) : cy.collection();
 }
 
 function changeElement(cy, ele) {
@@ -208,30 +298,73 @@ function changeElement(cy, ele) {
     existing.data(next);
     return existing;
   }
-  if (existing.isNode() && (existing.data("parent") || null) !== (next.parent || null)
+  if ((existing.data("parent") || null) !== (next.parent || null)
       && (!next.parent || cy.getElementById(next.parent).nonempty())) {
     existing.move({ parent: next.parent || null });
+  }
+  if (ele.position) {
+    state.home.set(ele.data.id, { ...ele.position });
+    if (!existing.isParent()) existing.position(ele.position);
   }
   existing.data(next);
   return existing;
 }
 
-// The whole graph: first paint, or a resync after a reconnect (diffed, positions kept).
+// Elements of namespaces unrelated to the host (hidden unless asked for).
+function isAway(e) {
+  if (state.showUnrelated) return false;
+  const d = e.data;
+  if (d.kind === "namespace") return d.related === false;
+  if (e.group === "nodes") return state.away.has(d.parent) || state.away.has(d.netns);
+  return state.away.has(d.source) || state.away.has(d.target);
+}
+
+// Splits elements into what Cytoscape draws and what folded bridges and hidden namespaces keep.
+function partition(elements) {
+  state.away = new Map();
+  const nodesFirst = elements.filter((e) => e.group === "nodes" && e.data.kind === "namespace")
+    .concat(elements.filter((e) => !(e.group === "nodes" && e.data.kind === "namespace")));
+  const near = [];
+  for (const e of nodesFirst) {
+    if (isAway(e)) state.away.set(e.data.id, e); else near.push(e);
+  }
+  const bridgeOf = bridgeIndex(near);
+  const folds = chooseFolds(near, bridgeOf);
+  state.folded = new Map([...folds].map((b) => [b, new Map()]));
+  const shown = [];
+  for (const e of near) {
+    const b = owningBridge(bridgeOf, e);
+    if (b && folds.has(b)) state.folded.get(b).set(e.data.id, e);
+    else shown.push(e);
+  }
+  const summaries = [...state.folded].map(([b, members]) => foldNode(b, members));
+  // Every bridge folded: the fold nodes stand side by side, not each at the far start of its
+  // bridge's reserved grid (which would leave the picture as wide as if nothing were folded).
+  if (summaries.length > 1 && summaries.length === new Set(near.map((e) => bridgeOf(e.data.id)).filter(Boolean)).size) {
+    summaries.sort((a, b) => a.position.x - b.position.x);
+    const [x0, y0] = [summaries[0].position.x, summaries[0].position.y];
+    summaries.forEach((f, i) => { f.position = { x: x0 + i * 260, y: y0 }; });
+  }
+  shown.push(...summaries);
+  return shown;
+}
+
+// The whole graph: first paint, or a resync after a reconnect.
 function applyGraph(event) {
   const elements = event.elements || [];
   let cy = window.cy;
   const first = !cy;
   if (first) cy = makeCy(elements.length);
   const t0 = performance.now();
+  const shown = partition(elements);
   let touched = cy.collection();
   cy.batch(() => {
-    const wanted = new Set(elements.map((e) => e.data.id));
-    cy.elements().filter((e) => !e.hasClass("collapsed-edge") && !wanted.has(e.id())
-      && !(e.data("kind") === "loopback" && state.showLoopback)).remove();
-    const fresh = elements.filter((e) => cy.getElementById(e.data.id).empty());
+    const wanted = new Set(shown.map((e) => e.data.id));
+    cy.elements().filter((e) => !wanted.has(e.id())).remove();
+    const fresh = shown.filter((e) => cy.getElementById(e.data.id).empty());
     touched = addElements(cy, fresh);
     if (!first) {
-      for (const e of elements) {
+      for (const e of shown) {
         const old = cy.getElementById(e.data.id);
         if (old.nonempty() && !touched.contains(old) && JSON.stringify(old.data()) !== JSON.stringify(prepared(e).data)) {
           touched.merge(changeElement(cy, e));
@@ -241,19 +374,34 @@ function applyGraph(event) {
   });
   state.version = event.version;
   state.unrelatedCount = markUnrelated(cy);
-  const namespaces = cy.nodes('[kind = "namespace"]').not(".unrelated").length;
   if (first) {
-    if (namespaces > COLLAPSE_AT) setCollapsed(true);
-    if (cy.elements(":visible").length <= SMALL_GRAPH) tidy(false);
-    cy.fit(cy.elements(":visible"), 30);
+    fitAll(cy, false);
+    foldWhileIllegible(cy);
     window.bridgescopeFirstRender = performance.now();
   } else {
-    if (state.collapsed) rebuildCollapse(cy);
     flash(touched);
   }
   applySearch();
+  showStatus(cy, Math.round(performance.now() - t0));
+}
+
+function showStatus(cy, ms) {
+  const namespaces = cy.nodes('[kind = "namespace"]').not(".unrelated").length
+    + [...state.folded.values()].reduce((n, m) => n + [...m.values()].filter((e) => e.data.kind === "namespace").length, 0);
   const hidden = state.showUnrelated || !state.unrelatedCount ? "" : ` (${state.unrelatedCount} unrelated hidden)`;
-  statusLine.textContent = `${namespaces} namespaces${hidden}, ${cy.nodes(":visible").length} nodes, ${cy.edges(":visible").length} edges · v${event.version} · ${Math.round(performance.now() - t0)} ms`;
+  const folded = state.folded.size ? ` · ${state.folded.size} bridge${state.folded.size > 1 ? "s" : ""} folded` : "";
+  statusLine.textContent = `${namespaces} namespaces${hidden}${folded}, ${cy.nodes(":visible").length} nodes, ${cy.edges(":visible").length} edges · v${state.version}${ms === undefined ? "" : ` · ${ms} ms`}`;
+}
+
+// A delta either goes to Cytoscape or, for a folded bridge's members, to the fold's store.
+function foldedHome(e) {
+  for (const [b, members] of state.folded) {
+    if (members.has(e.data.id)) return b;
+    if (e.group === "nodes" && members.has(e.data.parent)) return b;
+    if (e.group === "nodes" && e.data.parent === b && (e.data.kind === "namespace" || e.data.port)) return b;
+    if (e.group === "edges" && (members.has(e.data.source) || members.has(e.data.target))) return b;
+  }
+  return null;
 }
 
 function applyDelta(delta) {
@@ -263,23 +411,78 @@ function applyDelta(delta) {
     return;
   }
   let touched = cy.collection();
-  const refold = state.collapsed && touchesFolded(cy, delta);
+  const toCy = { added: [], changed: [] };
+  for (const id of delta.removed || []) {
+    state.away.delete(id);
+    for (const members of state.folded.values()) members.delete(id);
+  }
+  let regroup = false; // a namespace became related or unrelated: what it holds moves with it
+  for (const kind of ["added", "changed"]) {
+    for (const e of delta[kind] || []) {
+      if (e.data.kind === "namespace" && kind === "changed"
+          && state.away.has(e.data.id) !== isAway(e)) regroup = true;
+      const b = foldedHome(e);
+      if (isAway(e)) { state.away.set(e.data.id, e); cy.getElementById(e.data.id).remove(); continue; }
+      state.away.delete(e.data.id);
+      if (b) state.folded.get(b).set(e.data.id, e);
+      else toCy[kind].push(e);
+    }
+  }
   cy.batch(() => {
     for (const id of delta.removed || []) cy.getElementById(id).remove();
-    touched = touched.union(addElements(cy, delta.added || []));
-    for (const e of delta.changed || []) touched = touched.union(changeElement(cy, e));
+    touched = touched.union(addElements(cy, toCy.added));
+    for (const e of toCy.changed) touched = touched.union(changeElement(cy, e));
+    for (const [b, members] of state.folded) {
+      const label = foldNode(b, members).data;
+      const node = cy.getElementById(`fold:${b}`);
+      if (node.nonempty() && node.data("label") !== label.label) node.data(label);
+    }
   });
   state.version = delta.version;
-  const structural = (delta.added || []).length || (delta.removed || []).length;
-  if (structural) {  // data-only changes cannot change what is related or folded
-    state.unrelatedCount = markUnrelated(cy);
-    if (refold || (state.collapsed && touchesFolded(cy, delta))) rebuildCollapse(cy);
-  }
+  if (regroup) redraw();
+  else if ((delta.added || []).length || (delta.removed || []).length) state.unrelatedCount = markUnrelated(cy);
   flash(touched);
   applySearch();
   window.bridgescopeLastDelta = { version: delta.version, at: performance.now() };
   // panels.js (open panel, status line, form choices) follows the kernel from here
   document.dispatchEvent(new CustomEvent("bridgescope:delta", { detail: delta }));
+}
+
+// The guess in chooseFolds is optimistic: if the fitted picture still has labels under the
+// legible size, fold the biggest open bridge and look again.
+function foldWhileIllegible(cy) {
+  if (state.neverFold) return;
+  for (let round = 0; round < 8 && cy.zoom() * FONT < LEGIBLE_PX; round += 1) {
+    const open = cy.nodes('[kind = "bridge"]').filter((b) => !state.folded.has(b.id()) && !state.expanded.has(b.id())
+      && b.children('[kind = "namespace"]').nonempty());
+    if (open.empty()) return;
+    const biggest = open.max((b) => b.children('[kind = "namespace"]').length);
+    if (biggest.value <= FOLD_GAIN) return;
+    state.tooBig.add(biggest.ele.id());
+    redraw();
+  }
+}
+
+function expand(bridgeId) {
+  const members = state.folded.get(bridgeId);
+  const cy = window.cy;
+  if (!members || !cy) return;
+  state.expanded.add(bridgeId);
+  state.folded.delete(bridgeId);
+  cy.batch(() => {
+    cy.getElementById(`fold:${bridgeId}`).remove();
+    addElements(cy, [...members.values()]);
+  });
+  markUnrelated(cy);
+  showStatus(cy);
+}
+
+function foldAgain(on) {
+  state.foldAll = on;
+  state.tooBig = new Set();
+  if (!on) state.expanded = new Set();
+  if (!on) for (const b of state.folded.keys()) state.expanded.add(b);
+  redraw();
 }
 
 // ---- the live stream -----------------------------------------------------------------------------
@@ -316,26 +519,55 @@ function showDetails(id) {
   htmx.ajax("GET", url, { target: "#details", swap: "innerHTML" });
 }
 
+// Select an element (expanding its bridge if folded), bring it to a readable zoom, open its panel.
+function focusElement(id) {
+  const cy = window.cy;
+  if (!cy) return;
+  for (const [b, members] of state.folded) if (members.has(id)) expand(b);
+  const ele = cy.getElementById(id);
+  if (ele.nonempty()) {
+    cy.elements().unselect();
+    ele.select();
+    // readable, and never closer than that: clamp into [legible, READ_ZOOM]
+    const zoom = Math.min(READ_ZOOM, Math.max(cy.zoom(), LEGIBLE_PX / FONT));
+    cy.animate({ zoom, center: { eles: ele }, duration: 250 });
+  }
+  showDetails(id);
+}
+
 document.addEventListener("click", (evt) => {
   const link = evt.target.closest && evt.target.closest("#details a.element-link");
   if (!link || !window.cy) return;
   evt.preventDefault();
-  const ele = window.cy.getElementById(link.dataset.elementId);
-  if (ele.nonempty()) {
-    window.cy.elements().unselect();
-    ele.select();
-    window.cy.animate({ center: { eles: ele }, duration: 250 });
-  }
-  showDetails(link.dataset.elementId);
+  focusElement(link.dataset.elementId);
 });
 
 // ---- search --------------------------------------------------------------------------------------
 
-function haystack(ele) {
-  const d = ele.data();
-  const parts = [d.id, d.label, d.name, d.display, d.owner, d.mac, d.host_port, d.to_port, d.to_ip, d.host_ip];
+function haystack(d) {
+  const parts = [d.id, d.label, d.ns_name, d.name, d.owner, d.mac, d.host_port, d.to_port, d.to_ip, d.host_ip];
   if (Array.isArray(d.addresses)) parts.push(...d.addresses);
   return parts.filter((x) => x !== undefined && x !== null).join(" ").toLowerCase();
+}
+
+// Matches among drawn and folded nodes: boxes and interfaces, in reading order.
+function searchHits(q) {
+  const words = q.split(/\s+/);
+  const ok = (d) => d.kind !== "fold" && words.every((w) => haystack(d).includes(w));
+  // a name that is the query first, then names or addresses holding it, then the rest (MACs, ids)
+  const rank = (d) => {
+    const names = [d.label, d.ns_name].filter(Boolean).map((x) => String(x).toLowerCase());
+    if (names.includes(q)) return 0;
+    const addrs = (d.addresses || []).map((a) => a.split("/")[0]);
+    if (addrs.includes(q) || String(d.host_port) === q) return 1;
+    return names.some((x) => x.includes(q)) ? 2 : 3;
+  };
+  const hit = (d, pos) => ({ id: d.id, rank: rank(d), pos: pos || { x: 0, y: 0 } });
+  const hits = window.cy.nodes().filter((n) => n.visible() && ok(n.data())).map((n) => hit(n.data(), n.position()));
+  for (const members of state.folded.values()) {
+    for (const e of members.values()) if (e.group === "nodes" && ok(e.data)) hits.push(hit(e.data, e.position));
+  }
+  return hits.sort((a, b) => a.rank - b.rank || a.pos.y - b.pos.y || a.pos.x - b.pos.x);
 }
 
 function applySearch() {
@@ -344,117 +576,44 @@ function applySearch() {
   const q = state.query.trim().toLowerCase();
   cy.elements(".faded, .match").removeClass("faded match");
   const count = byId("search-count");
-  if (!q) { count.textContent = ""; return; }
-  const words = q.split(/\s+/);
-  const hits = cy.elements().filter((e) => e.visible() && words.every((w) => haystack(e).includes(w)));
-  const keep = hits.union(hits.ancestors()).union(hits.connectedNodes());
-  cy.elements().not(keep).not(hits.connectedEdges()).addClass("faded");
-  hits.addClass("match");
-  count.textContent = `${hits.length} found`;
+  if (!q) { count.textContent = ""; state.hits = []; return; }
+  state.hits = searchHits(q);
+  const drawn = cy.collection(state.hits.map((h) => cy.getElementById(h.id)).filter((e) => e.nonempty()));
+  const keep = drawn.union(drawn.ancestors()).union(drawn.descendants()).union(drawn.connectedNodes());
+  cy.nodes().not(keep).addClass("faded");
+  cy.edges().not(drawn.connectedEdges()).addClass("faded");
+  drawn.addClass("match");
+  count.textContent = `${state.hits.length} found`;
+}
+
+function nextHit() {
+  if (!state.hits.length) return;
+  state.hitIndex = (state.hitIndex + 1) % state.hits.length;
+  focusElement(state.hits[state.hitIndex].id);
 }
 
 // ---- namespaces unrelated to the host ---------------------------------------------------------------
 // With --netns, the machine's other namespaces (the real root, other labs) have nothing to do with
-// the host being shown; they are hidden unless asked for. Related = reachable from the host box
-// through links and bridge ports.
+// the host being shown; the server marks them (related: false) and they are hidden unless asked for.
 
 function markUnrelated(cy) {
-  const host = cy.nodes('[kind = "namespace"][?is_host]');
-  if (host.empty()) return 0;
-  // Walk namespace to namespace over veth/bridge-port wires; each namespace is expanded once,
-  // so this stays linear in nodes + edges (it runs after every delta).
-  const seen = new Set([host.id()]);
-  const todo = [host[0]];
-  while (todo.length) {
-    todo.pop().children().forEach((child) => {
-      child.connectedEdges().forEach((e) => {
-        const kind = e.data("kind");  // plain test: a selector here would be parsed per child
-        if (kind !== "veth" && kind !== "member") return;
-        const other = e.source().id() === child.id() ? e.target() : e.source();
-        const ns = other.parent();
-        if (ns.nonempty() && !seen.has(ns.id())) {
-          seen.add(ns.id());
-          todo.push(ns[0]);
-        }
-      });
-    });
-  }
-  const unrelated = cy.nodes('[kind = "namespace"]').filter((n) => !seen.has(n.id()));
-  // Touch only elements whose status changes: a class change restyles and redraws.
-  const want = state.showUnrelated ? cy.collection() : unrelated.union(unrelated.descendants());
-  const have = cy.elements(".unrelated");
-  cy.batch(() => {
-    have.difference(want).removeClass("unrelated");
-    want.difference(have).addClass("unrelated");
-  });
-  return unrelated.length;
+  if (!state.showUnrelated) return [...state.away.values()].filter((e) => e.data.kind === "namespace").length;
+  return cy.nodes('[kind = "namespace"]').filter((n) => n.data("related") === false).length;
 }
 
-// ---- collapse namespaces (skydive#617: one box per container at scale) ------------------------------
-
-function collapsible(cy) {
-  return cy.nodes('[kind = "namespace"]').filter((n) => !n.data("is_host"));
-}
-
-function rebuildCollapse(cy) {
-  cy.batch(() => {
-    cy.edges(".collapsed-edge").remove();
-    cy.elements(".collapse-hidden").removeClass("collapse-hidden");
-    cy.nodes(".collapsed").removeClass("collapsed");
-    if (state.collapsed) collapseNow(cy);
-  });
-}
-
-function collapseNow(cy) {
-    const rep = new Map();
-    for (const ns of collapsible(cy).filter((n) => !n.hasClass("expanded") && !n.hasClass("unrelated"))) {
-      ns.addClass("collapsed");
-      ns.descendants().forEach((c) => { rep.set(c.id(), ns.id()); c.addClass("collapse-hidden"); });
-    }
-    // A host-side veth whose peer is hidden goes too: the bridge then links straight to the box.
-    cy.edges('[kind = "veth"]').forEach((e) => {
-      const [s, t] = [e.data("source"), e.data("target")];
-      const inner = rep.has(s) ? s : rep.has(t) ? t : null;
-      const outer = inner === s ? t : s;
-      if (inner && !rep.has(outer)) {
-        rep.set(outer, rep.get(inner));
-        cy.getElementById(outer).addClass("collapse-hidden");
-      }
-    });
-    const seen = new Set();
-    cy.edges().not(".collapsed-edge").forEach((e) => {
-      const s = rep.get(e.data("source")) || e.data("source");
-      const t = rep.get(e.data("target")) || e.data("target");
-      const key = [s, t].sort().join("|");
-      if (s === t || seen.has(key) || (!rep.has(e.data("source")) && !rep.has(e.data("target")))) return;
-      seen.add(key);
-      cy.add({ group: "edges", data: { id: `collapsed:${key}`, source: s, target: t, kind: e.data("kind"), display: e.data("display") || "" }, classes: "collapsed-edge" });
-    });
-}
-
-// Does a delta add or remove anything inside (or wired to) a folded namespace? Only then do the
-// proxy edges need rebuilding; a new bridge on the host, say, leaves them as they are.
-function touchesFolded(cy, delta) {
-  const folded = (id) => {
-    const e = cy.getElementById(id);
-    return e.nonempty() && (e.hasClass("collapse-hidden") || e.hasClass("collapsed"));
-  };
-  const parentFolded = (d) => d.parent && (folded(d.parent) || cy.getElementById(d.parent).empty());
-  return (delta.removed || []).some(folded) || (delta.added || []).some((e) =>
-    e.group === "nodes" ? (e.data.kind === "namespace" || parentFolded(e.data))
-      : folded(e.data.source) || folded(e.data.target));
-}
-
-function setCollapsed(on) {
-  state.collapsed = on;
-  byId("collapse-ns").checked = on;
-  if (window.cy) rebuildCollapse(window.cy);
-}
-
-function toggleOne(node) {
-  if (!state.collapsed) return;
-  node.toggleClass("expanded", node.hasClass("collapsed"));
-  rebuildCollapse(window.cy);
+// Everything drawn again from what the page holds (Cytoscape and the stores): folding or
+// showing unrelated namespaces changed.
+function redraw() {
+  const cy = window.cy;
+  if (!cy) return;
+  const all = cy.elements().not(".fold").map((e) => ({ group: e.group(), data: e.data(), position: state.home.get(e.id()) }));
+  for (const members of state.folded.values()) all.push(...members.values());
+  all.push(...state.away.values());
+  cy.elements().remove();
+  addElements(cy, partition(all));
+  state.unrelatedCount = markUnrelated(cy);
+  fitAll(cy, false);
+  showStatus(cy);
 }
 
 // ---- loopback on demand ------------------------------------------------------------------------------
@@ -476,17 +635,15 @@ async function setLoopback(on) {
   cy.batch(() => addElements(cy, lo.map((e) => ({ ...e }))));
 }
 
-// fcose over what is visible: the first picture of a small graph, or on demand. Positions from the
-// server stop matching after this, so newcomers are then placed next to a neighbour instead.
-function tidy(animate) {
+// Tidy: everything back where the server put it (after dragging nodes around).
+function tidy() {
   const cy = window.cy;
   if (!cy) return;
-  const eles = cy.elements(":visible");
-  state.relaidOut = true;
-  eles.layout({ name: "fcose", quality: eles.length > BIG_GRAPH ? "draft" : "default",
-    randomize: true, animate: animate && eles.length < 400, fit: true, padding: 30,
-    nodeDimensionsIncludeLabels: true, packComponents: true, idealEdgeLength: 70,
-    nodeRepulsion: 6000, nestingFactor: 0.2 }).run();
+  cy.batch(() => cy.nodes().forEach((n) => {
+    const home = state.home.get(n.id());
+    if (home && !n.isParent()) n.position(home);
+  }));
+  fitAll(cy, true);
 }
 
 // ---- toolbar -------------------------------------------------------------------------------------------
@@ -498,7 +655,7 @@ function download(href, name) {
 }
 
 function wireToolbar() {
-  byId("fit").addEventListener("click", () => window.cy && window.cy.fit(window.cy.elements(":visible"), 30));
+  byId("fit").addEventListener("click", () => window.cy && fitAll(window.cy, false));
   const zoomBy = (f) => {
     const cy = window.cy;
     if (cy) cy.zoom({ level: cy.zoom() * f, renderedPosition: { x: cy.width() / 2, y: cy.height() / 2 } });
@@ -506,17 +663,14 @@ function wireToolbar() {
   byId("zoom-in").addEventListener("click", () => zoomBy(1.25));
   byId("zoom-out").addEventListener("click", () => zoomBy(0.8));
   byId("show-loopback").addEventListener("change", (e) => setLoopback(e.target.checked));
-  byId("collapse-ns").addEventListener("change", (e) => setCollapsed(e.target.checked));
+  byId("collapse-ns").addEventListener("change", (e) => foldAgain(e.target.checked));
   const unrelatedBox = byId("show-unrelated");
   unrelatedBox.checked = state.showUnrelated;
   unrelatedBox.addEventListener("change", (e) => {
     state.showUnrelated = e.target.checked;
-    if (!window.cy) return;
-    markUnrelated(window.cy);
-    if (state.collapsed) rebuildCollapse(window.cy);
-    window.cy.fit(window.cy.elements(":visible"), 30);
+    redraw();
   });
-  byId("tidy").addEventListener("click", () => tidy(true));
+  byId("tidy").addEventListener("click", tidy);
   const json = byId("export-json");  // a plain link would go without the session header
   if (json) json.addEventListener("click", async (evt) => {
     evt.preventDefault();
@@ -541,13 +695,12 @@ function wireToolbar() {
   });
   byId("graph-search").addEventListener("keydown", (e) => {
     if (e.key !== "Enter" || !window.cy) return;
-    state.query = e.target.value; applySearch();
-    const hits = window.cy.elements(".match");
-    if (hits.nonempty()) window.cy.animate({ fit: { eles: hits, padding: 60 }, duration: 300 });
+    e.preventDefault();
+    if (state.query !== e.target.value) { state.query = e.target.value; state.hitIndex = -1; applySearch(); }
+    nextHit();  // Enter again: the next match
   });
-  document.addEventListener("bridgescope:theme", () => window.cy && window.cy.style(styleSheet(palette())));
-  window.matchMedia("(prefers-color-scheme: dark)").addEventListener("change",
-    () => window.cy && window.cy.style(styleSheet(palette())));
+  document.addEventListener("bridgescope:theme", restyle);
+  window.matchMedia("(prefers-color-scheme: dark)").addEventListener("change", restyle);
 }
 
 wireToolbar();

@@ -244,12 +244,14 @@ function wirePresent() {
     const url = new URL(window.location.href);
     if (on) url.searchParams.set("present", "1"); else url.searchParams.delete("present");
     history.replaceState(null, "", url);
-    whenCy((cy) => { decorate(cy); cy.resize(); cy.fit(cy.elements(":visible"), 30); });
+    // the graph's colours follow Present's palette; the pane changed size, so fit again
+    document.dispatchEvent(new CustomEvent("bridgescope:theme"));
+    whenCy((cy) => { decorate(cy); requestAnimationFrame(() => { cy.resize(); cy.fit(cy.elements(":visible"), 30); }); });
   });
 }
 
 // Badges follow the live graph: new nodes arrive with deltas, so re-badge then. On the walk
-// page the graph grows from nothing, so it is laid out again (fcose) as it grows.
+// page the graph grows from nothing (each newcomer where the server put it): fit as it grows.
 function keepBadged() {
   let version = null;
   let nodes = 0;
@@ -263,12 +265,12 @@ function keepBadged() {
     refreshBadges();
     if (lastPath.length) highlightPath(lastPath);
     const count = window.cy ? window.cy.nodes().length : 0;
-    if (walkSide && count !== nodes && byId("tidy")) { nodes = count; byId("tidy").click(); }
+    if (walkSide && count !== nodes && window.cy) { nodes = count; window.cy.fit(window.cy.elements(":visible"), 30); }
   }, 1000);
 }
 
 whenCy(decorate);
-document.addEventListener("bridgescope:theme", () => whenCy(decorate));
+document.addEventListener("bridgescope:restyled", () => whenCy(decorate));
 wireWalk();
 wirePresent();
 refreshBadges();

@@ -148,7 +148,7 @@ HOST_LABEL = f"{RUN_PREFIX}ui-host"
 def forward_node(port: int) -> str:
     """JS for the lab host's forward node on `port` (other hosts on this machine may have one too)."""
     return (f"cy.nodes('[kind = \"portforward\"][host_port = {port}]')"
-            f".filter(n => n.parent().data('label') === {HOST_LABEL!r})")
+            f".filter(n => cy.getElementById(n.data('netns')).data('label') === {HOST_LABEL!r})")
 
 
 def curl_from_client(lab, port: int, attempts: int = 20) -> subprocess.CompletedProcess:
@@ -163,18 +163,20 @@ def curl_from_client(lab, port: int, attempts: int = 20) -> subprocess.Completed
 
 
 def test_the_page_shows_the_lab_containers_and_forward_live(page, lab, artifacts_dir):
-    for name in ("c1", "c2"):
-        ns_id(page, f"{lab.host}-{name}")
+    for name in ("c1", "c2"):  # labelled by container name, not by namespace name
+        assert page.evaluate(f"cy.getElementById({ns_id(page, name)!r}).data('ns_name')") == f"{lab.host}-{name}"
     wait_js(page, forward_node(8080) + ".length === 1")
-    c1_eth0 = page.evaluate(f"""{forward_node(8080)}.connectedEdges()[0].target().parent().data('label')""")
-    assert c1_eth0 == f"{lab.host}-c1"
+    # the forward is a badge in c1's box, its arrow ends at c1's eth0
+    target = page.evaluate(f"""(() => {{ const e = {forward_node(8080)}.connectedEdges()[0];
+        return [e.target().data('label'), e.target().parent().data('label'), {forward_node(8080)}.parent().data('label')]; }})()""")
+    assert target == ["eth0", "c1", "c1"]
     assert page.inner_text("#live") == "live"
     assert "Add port forward" in page.inner_text("#forward-section")
-    page.screenshot(path=str(artifacts_dir / "dashboard-lab.png"))
+    page.screenshot(path=str(artifacts_dir / "dashboard-3-containers.png"))
 
 
 def test_clicking_a_container_opens_its_panel(page, lab):
-    click_namespace(page, f"{lab.host}-c1")
+    click_namespace(page, "c1")
     try:
         page.wait_for_selector("#details .details-head h2", timeout=10000)
     except Exception as err:
@@ -201,7 +203,7 @@ def test_adding_and_removing_a_forward_through_the_form(page, lab):
     page.locator("#g-forward-form").get_by_role("button", name="Add port forward").click()
     wait_js(page, forward_node(9091) + ".length === 1")
     target = page.evaluate(forward_node(9091) + ".connectedEdges()[0].target().parent().data('label')")
-    assert target == f"{lab.host}-c2"
+    assert target == "c2"
     page.wait_for_selector("#g-forward-form .outcome.applied")
     res = curl_from_client(lab, 9091)
     assert res.returncode == 0 and res.stdout.startswith("c2 saw"), res
@@ -239,21 +241,28 @@ def test_a_kernel_change_made_outside_the_ui_shows_up_live(page, lab):
 def test_search_export_and_reconnect_indicator(page, lab):
     page.fill("#graph-search", "172.17.0.3")
     wait_js(page, "document.getElementById('search-count').textContent.startsWith('1 found')")
-    assert page.evaluate("cy.$('.match').map(e => e.parent().data('label'))") == [f"{lab.host}-c2"]
+    assert page.evaluate("cy.$('.match').map(e => e.parent().data('label'))") == ["c2"]
     with page.expect_download() as dl:
         page.click("#export-png")
     assert dl.value.suggested_filename == "bridgescope-topology.png"
     page.fill("#graph-search", "")
 
 
-def test_collapsing_namespaces_keeps_their_links(page, lab):
-    c1 = ns_id(page, f"{lab.host}-c1")
+def test_folding_a_bridge_and_searching_into_the_fold(page, lab):
+    c1 = ns_id(page, "c1")
     page.check("#collapse-ns")
-    wait_js(page, f"cy.getElementById({c1!r}).hasClass('collapsed')")
-    linked = page.evaluate(f"cy.getElementById({c1!r}).connectedEdges('.collapsed-edge').connectedNodes().map(n => n.data('label'))")
-    assert "docker0" in linked  # the bridge now links straight to the folded box
+    wait_js(page, "cy.nodes('.fold').length === 1")
+    assert page.evaluate(f"cy.getElementById({c1!r}).empty()")  # folded away: not drawn at all
+    assert page.evaluate("cy.nodes('.fold')[0].data('label')") == "2 containers"
+    # search reaches into the fold: Enter opens it, selects the match and opens its panel
+    page.fill("#graph-search", "c2")
+    page.press("#graph-search", "Enter")
+    wait_js(page, "cy.$(':selected').length === 1 && cy.$(':selected').data('label') === 'c2'")
+    page.wait_for_selector("#details .details-head h2")
+    assert page.inner_text("#details .details-head h2") == f"{lab.host}-c2"
+    assert page.evaluate("cy.nodes('.fold').length") == 0
     page.uncheck("#collapse-ns")
-    wait_js(page, f"!cy.getElementById({c1!r}).hasClass('collapsed') && cy.edges('.collapsed-edge').length === 0")
+    page.fill("#graph-search", "")
 
 
 def test_a_tab_without_a_session_says_how_to_get_one(browser, server, page, artifacts_dir):
@@ -444,3 +453,161 @@ def test_no_csp_violation_on_any_page_or_swap(page, server, lab, artifacts_dir):
                 page.set_viewport_size({"width": size[0], "height": size[1]})
                 page.screenshot(path=str(artifacts_dir / f"tables-{size[0]}.png"), full_page=True)
         time.sleep(0.5)
+
+
+# ---- the picture ------------------------------------------------------------------------------
+
+POSITIONS = """(() => { const out = {}; cy.nodes().forEach(n => { if (!n.isParent()) out[n.id()] = n.position(); });
+    return JSON.stringify(out); })()"""
+
+# Pairs of node boxes that overlap, leaving out a box and what it holds.
+OVERLAPS = """(() => {
+  const nodes = cy.nodes(':visible').filter(n => n.data('kind') !== 'namespace' || !n.data('is_host'));
+  const boxes = nodes.map(n => [n, n.boundingBox({includeLabels: false, includeOverlays: false})]);
+  const bad = [];
+  for (let i = 0; i < boxes.length; i++) for (let j = i + 1; j < boxes.length; j++) {
+    const [a, p] = boxes[i], [b, q] = boxes[j];
+    if (p.x2 <= q.x1 || q.x2 <= p.x1 || p.y2 <= q.y1 || q.y2 <= p.y1) continue;
+    if (a.ancestors().contains(b) || b.ancestors().contains(a)) continue;
+    bad.push([a.id(), b.id()]);
+    if (bad.length > 5) return bad;
+  }
+  return bad; })()"""
+
+OUTSIDE_HOST = """(() => { const host = cy.nodes('[kind = "namespace"][?is_host]').boundingBox();
+  return cy.nodes('[kind = "namespace"][?container]').filter(n => { const b = n.boundingBox();
+    return b.x1 < host.x1 || b.x2 > host.x2 || b.y1 < host.y1 || b.y2 > host.y2; }).map(n => n.id()); })()"""
+
+
+def open_dashboard(browser, server, width: int, height: int, theme: str | None = None, path: str = "/"):
+    context = browser.new_context(viewport={"width": width, "height": height})
+    pg = context.new_page()
+    if theme:
+        pg.add_init_script(f"try {{ localStorage.setItem('bridgescope-theme', {theme!r}); }} catch (e) {{}}")
+    pg.goto(f"{server}{path}{'&' if '?' in path else '?'}token={TOKEN}")
+    wait_js(pg, "window.bridgescopeFirstRender !== undefined || (window.cy && cy.nodes().length > 0)", 120)
+    time.sleep(0.5)
+    return context, pg
+
+
+def test_positions_are_the_same_after_a_reload_in_another_tab_and_after_tidy(page, browser, server, lab):
+    ns_id(page, "c2")
+    first = page.evaluate(POSITIONS)
+    page.reload()
+    wait_js(page, "window.bridgescopeFirstRender !== undefined", 60)
+    assert page.evaluate(POSITIONS) == first
+    context, other = open_dashboard(browser, server, 1500, 950)  # the page's size: the same folds
+    try:
+        assert other.evaluate(POSITIONS) == first
+    finally:
+        context.close()
+    page.evaluate(f"cy.getElementById({ns_id(page, 'c1')!r}).children().positions({{x: 5000, y: 5000}})")
+    page.click("#tidy")
+    wait_js(page, f"{POSITIONS} === {first!r}", 10)
+
+
+@pytest.mark.parametrize("size", [(1366, 768), (1920, 1080)])
+def test_the_lab_at_fit_is_legible_and_tidy(browser, server, lab, artifacts_dir, size):
+    context, pg = open_dashboard(browser, server, *size)
+    try:
+        ns_id(pg, "c2")
+        pg.click("#fit")
+        time.sleep(0.3)
+        assert pg.evaluate(OVERLAPS) == []
+        assert pg.evaluate(OUTSIDE_HOST) == []
+        # every label drawn at 11 px or more on screen
+        small = pg.evaluate("""cy.nodes(':visible').filter(n => n.data('display'))
+            .filter(n => parseFloat(n.style('font-size')) * cy.zoom() < 11).map(n => n.id())""")
+        assert small == []
+        # no edge inside the host box runs through a label
+        crossed = pg.evaluate("""(() => {
+          const host = cy.nodes('[kind = "namespace"][?is_host]');
+          const labelled = host.descendants().filter(n => n.visible() && n.data('display') && !n.isParent());
+          const hits = [];
+          cy.edges(':visible').filter(e => host.descendants().contains(e.source()) && host.descendants().contains(e.target()))
+            .forEach(e => { const s = e.sourceEndpoint(), t = e.targetEndpoint();
+              labelled.forEach(n => { const b = n.boundingBox({includeNodes: false, includeEdges: false, includeLabels: true});
+                for (let k = 0; k <= 40; k++) { const x = s.x + (t.x - s.x) * k / 40, y = s.y + (t.y - s.y) * k / 40;
+                  if (x > b.x1 && x < b.x2 && y > b.y1 && y < b.y2) { hits.push([e.id(), n.id()]); break; } } }); });
+          return hits; })()""")
+        assert crossed == []
+        pg.screenshot(path=str(artifacts_dir / f"picture-lab-{size[0]}.png"))
+    finally:
+        context.close()
+
+
+def contrast(a: str, b: str) -> float:
+    """WCAG contrast ratio of two CSS rgb() colours."""
+    def lum(css: str) -> float:
+        r, g, b = (int(float(v)) / 255 for v in css[css.index("(") + 1:css.index(")")].split(",")[:3])
+        f = [(c / 12.92 if c <= 0.03928 else ((c + 0.055) / 1.055) ** 2.4) for c in (r, g, b)]
+        return 0.2126 * f[0] + 0.7152 * f[1] + 0.0722 * f[2]
+    hi, lo = sorted((lum(a), lum(b)), reverse=True)
+    return (hi + 0.05) / (lo + 0.05)
+
+
+@pytest.mark.parametrize("size", [(1366, 768), (1920, 1080)])
+def test_present_with_the_dark_theme_is_legible_and_whole(browser, server, lab, artifacts_dir, size):
+    context, pg = open_dashboard(browser, server, *size, theme="dark", path="/workshop/doctor?present=1")
+    try:
+        wait_js(pg, "cy.nodes('[kind = \"namespace\"][?is_host]').length === 1", 60)
+        time.sleep(0.8)
+        colours = pg.evaluate("""(() => { const h = cy.nodes('[kind = "namespace"][?is_host]')[0];
+            const c = cy.nodes('[kind = "bridge"]')[0];  // its name is drawn on the host box
+            const side = cy.nodes('[kind = "namespace"][!is_host]').filter(n => n.children().nonempty())[0];
+            return [h.style('color'), h.style('background-color'), c.style('color'), c.style('background-color'),
+                    getComputedStyle(document.getElementById('topology')).backgroundColor,
+                    side.children()[0].style('color'), side.style('background-color')]; })()""")
+        host_fg, host_bg, ctr_fg, ctr_bg, page_bg, side_fg, side_bg = colours
+        assert contrast(side_fg, side_bg) >= 4.5, colours  # an interface's label in another namespace's box
+        assert contrast(host_fg, page_bg) >= 4.5, colours  # the host's name stands on the page
+        assert contrast(ctr_fg, host_bg) >= 4.5, colours  # a bridge's name stands on the host box
+        assert contrast(ctr_fg, ctr_bg) >= 4.5, colours  # and in its own box
+        # the whole graph is on screen
+        bb = pg.evaluate("JSON.stringify(cy.elements(':visible').renderedBoundingBox())")
+        box = json.loads(bb)
+        w, h = pg.evaluate("[cy.width(), cy.height()]")
+        assert box["x1"] >= -1 and box["y1"] >= -1 and box["x2"] <= w + 1 and box["y2"] <= h + 1, (box, w, h)
+        pg.screenshot(path=str(artifacts_dir / f"present-dark-{size[0]}.png"))
+    finally:
+        context.close()
+
+
+def grow(lab, have: int, want: int) -> None:
+    """Bare containers on the lab's docker0: a namespace, a veth, an address (as an engine would)."""
+    for i in range(have, want):
+        ns = f"{RUN_PREFIX}uix{i}"
+        sh("ip", "netns", "add", ns)
+        sh("ip", "-n", lab.host, "-batch", "-", input=f"link add vx{i} type veth peer name eth0 netns {ns}\n"
+           f"link set vx{i} master docker0 up\n")
+        sh("ip", "-n", ns, "-batch", "-", input=f"link set lo up\nlink set eth0 up\n"
+           f"addr add 172.17.{10 + i // 250}.{1 + i % 250}/16 dev eth0\n")
+
+
+def test_many_containers_fold_stay_apart_and_search_finds_one(browser, server, lab, artifacts_dir):
+    have = 0
+    try:
+        for total in (60, 500):
+            grow(lab, have, total - 2)
+            have = total - 2
+            for size in ((1366, 768), (1920, 1080)):
+                context, pg = open_dashboard(browser, server, *size)
+                try:
+                    wait_js(pg, f"document.getElementById('graph-status').textContent.startsWith('{total + 3} namespaces')", 120)
+                    assert pg.evaluate("cy.nodes('.fold').length") == 1  # too many to read: folded
+                    assert pg.evaluate(OVERLAPS) == []
+                    pg.screenshot(path=str(artifacts_dir / f"picture-{total}-folded-{size[0]}.png"))
+                    pg.click("#graph-search")
+                    pg.keyboard.type(f"uix{total - 10}")
+                    pg.keyboard.press("Enter")
+                    wait_js(pg, f"cy.$(':selected').length === 1 && cy.$(':selected').data('label') === '{RUN_PREFIX}uix{total - 10}'")
+                    pg.wait_for_selector("#details .details-head h2")
+                    assert pg.evaluate("cy.zoom()") <= 1.31  # readable, never absurdly close
+                    assert pg.evaluate(OVERLAPS) == []  # expanded: still apart
+                    assert pg.evaluate(OUTSIDE_HOST) == []
+                    pg.screenshot(path=str(artifacts_dir / f"picture-{total}-search-{size[0]}.png"))
+                finally:
+                    context.close()
+    finally:
+        for i in range(have):
+            sh("ip", "netns", "del", f"{RUN_PREFIX}uix{i}", check=False)

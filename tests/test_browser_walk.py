@@ -143,7 +143,7 @@ def test_the_walk_end_to_end(served_walk, browser, artifacts_dir):
         run_step(page, key)
     page.wait_for_selector("#ws-done")
     assert "The doctor finds nothing to complain about." in page.inner_text("#ws-doctor")
-    page.wait_for_function("() => window.cy && window.cy.nodes().some(n => (n.data('label') || '').startsWith('tcp 8080'))",
+    page.wait_for_function("() => window.cy && window.cy.nodes().some(n => (n.data('label') || '').startsWith('tcp *:8080'))",
                            timeout=15000)
     assert badged(page, "error") == []
 
@@ -172,6 +172,12 @@ def test_the_walk_end_to_end(served_walk, browser, artifacts_dir):
     attendee.wait_for_selector(".ws-step")
     assert attendee.locator("[data-ws-post]").count() == 0
     assert attendee.locator(".ws-step[data-status=done]").count() == len(keys)
+    # the attendees see the instructor's picture: the same nodes at the same places
+    where = """JSON.stringify(Object.fromEntries(window.cy.nodes().filter(n => !n.isParent())
+        .map(n => [n.id(), n.position()]).sort()))"""
+    attendee.wait_for_function("() => window.cy && window.cy.nodes().some(n => n.data('label') === 'vethweb0')",
+                               timeout=30000)
+    assert attendee.evaluate(where) == page.evaluate(where)
 
     # reset at the end: asked first (No changes nothing), then both pages start over
     page.once("dialog", lambda d: d.dismiss())

@@ -3,8 +3,23 @@ from __future__ import annotations
 
 import dataclasses
 
-from bridgescope.collector.model import Interface, Masquerade, Namespace, PortForward, Snapshot
-from bridgescope.collector.render.graph import diff_elements, portforward_id, to_elements
+import pytest
+
+from bridgescope.collector.model import Interface, Masquerade, Namespace, PortForward, Route, Snapshot
+from bridgescope.collector.render import graph
+from bridgescope.collector.render.graph import (
+    Slots,
+    build_elements,
+    diff_elements,
+    portforward_id,
+    to_elements,
+)
+
+
+@pytest.fixture(autouse=True)
+def fresh_memory(monkeypatch):
+    """Each test starts as a freshly started server: no slots remembered."""
+    monkeypatch.setattr(graph, "_REMEMBERED", {})
 
 
 def topology(containers: int = 2) -> Snapshot:
@@ -19,9 +34,14 @@ def topology(containers: int = 2) -> Snapshot:
         ifs.append(Interface(f"{cid}/if2", cid, "eth0", 2, "veth", "up", 1500, None, (f"172.17.0.{2 + n}/16",),
                              peer=f"ns-1/if{3 + n}"))
         ifs.append(Interface(f"{cid}/if1", cid, "lo", 1, "loopback", "up", 65536, None, ("127.0.0.1/8",)))
+    ifs.append(Interface("ns-1/if900", "ns-1", "eth0", 900, "physical", "up", 1500, None, ("198.18.0.2/24",)))
     pf = PortForward("ns-1", "tcp", None, 8080, "172.17.0.2", 80, "docker", "nft", container="ns-10")
     masq = Masquerade("ns-1", "172.17.0.0/16", "docker0", "docker", "nft")
-    return Snapshot(tuple(nss), tuple(ifs), port_forwards=(pf, pf), masquerades=(masq,), host="ns-1")
+    hairpin = Masquerade("ns-1", "172.17.0.2/32", None, "docker", "nft", destination="172.17.0.2/32")
+    localhost = Masquerade("ns-1", None, None, "bridgescope", "nft", out="docker0")
+    route = Route("ns-1", "default", "198.18.0.1", "eth0", "ns-1/if900")
+    return Snapshot(tuple(nss), tuple(ifs), routes=(route,), port_forwards=(pf, pf),
+                    masquerades=(masq, hairpin, localhost), host="ns-1")
 
 
 def by_id(elements: list[dict]) -> dict[str, dict]:
@@ -45,15 +65,54 @@ def test_portforward_node_points_at_the_container_interface_once():
     assert portforward_id(topology().port_forwards[0]) == pf_id
     nodes = [e for e in els if e["data"]["id"] == pf_id]
     assert len(nodes) == 1  # duplicated rules (two backends) -> one node
-    assert nodes[0]["data"]["label"] == "tcp 8080 → 80" and nodes[0]["data"]["parent"] == "ns-1"
+    # a badge in the container's box, saying where it listens (any host address) and where it goes
+    assert nodes[0]["data"]["label"] == "tcp *:8080\n→ :80" and nodes[0]["data"]["parent"] == "ns-10"
+    assert nodes[0]["data"]["netns"] == "ns-1"
     assert by_id(els)[f"edge:{pf_id}"]["data"]["target"] == "ns-10/if2"
 
 
-def test_masquerade_hangs_off_the_bridge_it_lets_out():
-    els = by_id(to_elements(topology()))
-    masq = els["masq:ns-1:172.17.0.0/16:docker0"]
-    assert masq["data"]["kind"] == "masquerade" and masq["data"]["owner"] == "docker"
-    assert els["edge:masq:ns-1:172.17.0.0/16:docker0"]["data"]["source"] == "ns-1/if2"
+def test_masquerade_is_the_edge_from_the_bridge_up_to_the_uplink():
+    els = to_elements(topology())
+    masq = by_id(els)["masq:ns-1:172.17.0.0/16:docker0"]
+    assert masq["group"] == "edges" and masq["data"]["kind"] == "masquerade"
+    assert (masq["data"]["source"], masq["data"]["target"]) == ("ns-1/if2", "ns-1/if900")
+    assert masq["data"]["label"] == "MASQUERADE 172.17.0.0/16"
+    # the hairpin and localhost rules are no free-floating elements: they are in the forward's panel
+    assert [e["data"]["id"] for e in els if e["data"]["kind"] == "masquerade"] == [masq["data"]["id"]]
+    served = graph.served_masquerades(topology(), topology().port_forwards[0])
+    assert {m.source for m in served} == {"172.17.0.2/32", None}
+
+
+def test_docker_shape_uplinks_over_bridges_over_containers_inside_the_host():
+    els = by_id(to_elements(topology(3)))
+    y = {i: els[i]["position"]["y"] for i in ("ns-1/if900", "ns-1/if2", "ns-10/if2")}
+    assert y["ns-1/if900"] < y["ns-1/if2"] < y["ns-10/if2"]
+    assert els["ns-10"]["data"]["parent"] == "ns-1/if2"  # the container's box sits in its bridge's box
+    assert els["ns-1/if2"]["data"]["parent"] == "ns-1"  # which sits in the host's
+    assert els["ns-1/if3"]["data"]["parent"] == "ns-1/if2" and els["ns-1/if3"]["data"]["port"] is True
+    assert els["ns-1/if900"]["data"]["uplink"] is True
+
+
+def test_containers_are_labelled_by_their_container_name():
+    snap = topology(2)
+    snap = dataclasses.replace(snap, interfaces=tuple(
+        dataclasses.replace(i, alias="bridgescope:ctr/web") if i.id == "ns-1/if3" else i for i in snap.interfaces))
+    els = by_id(to_elements(snap))
+    assert els["ns-10"]["data"]["label"] == "web" and els["ns-10"]["data"]["ns_name"] == "c000"
+    assert els["ns-11"]["data"]["label"] == "c001"  # nothing better than the namespace's name
+
+
+def test_other_namespaces_stand_beside_the_host_never_on_it():
+    snap = topology(3)
+    lab = Namespace("ns-5", "inet", 5)
+    peer = Interface("ns-5/if2", "ns-5", "to-host", 2, "veth", "up", 1500, None, peer="ns-1/if900")
+    snap = dataclasses.replace(snap, namespaces=snap.namespaces + (lab, Namespace("ns-6", "elsewhere", 6)),
+                               interfaces=snap.interfaces + (peer,))
+    els = by_id(to_elements(snap))
+    host_xs = [e["position"]["x"] for e in els.values() if e["group"] == "nodes" and e["data"]["parent"]]
+    assert els["ns-5/if2"]["position"]["x"] < min(x for x in host_xs if x != els["ns-5/if2"]["position"]["x"])
+    assert els["ns-5"]["data"]["related"] is True and els["ns-6"]["data"]["related"] is False
+    assert els["ns-5"]["data"]["parent"] is None
 
 
 def test_show_loopback():
@@ -62,33 +121,68 @@ def test_show_loopback():
 
 
 def test_every_node_has_a_position_and_it_is_deterministic():
-    a, b = to_elements(topology(30)), to_elements(topology(30))
+    a = to_elements(topology(30))
+    graph._REMEMBERED.clear()  # another server process, same snapshot: same picture
+    b = to_elements(topology(30))
     assert a == b
     for e in a:
         if e["group"] == "nodes":
             assert set(e["position"]) == {"x", "y"}
-    # the host sits in the middle, containers around it
-    els = by_id(a)
-    assert els["ns-1"]["position"] == {"x": 0.0, "y": 0.0}
-    radii = {round((els[f"ns-{10 + n}"]["position"]["x"] ** 2 + els[f"ns-{10 + n}"]["position"]["y"] ** 2) ** 0.5)
-             for n in range(30)}
-    assert min(radii) > 0
 
 
-def test_boxes_do_not_share_positions():
-    els = to_elements(topology(60))
-    spots = [(e["position"]["x"], e["position"]["y"]) for e in els
-             if e["group"] == "nodes" and e["data"]["kind"] == "namespace"]
-    assert len(spots) == len(set(spots))
+def cells(elements: list[dict]) -> list[tuple[float, float, float, float]]:
+    """Each container's cell as the box its contents span (left, top, right, bottom)."""
+    inside: dict[str, list[dict]] = {}
+    for e in elements:
+        if e["group"] == "nodes" and e["data"]["kind"] != "namespace":
+            inside.setdefault(e["data"]["parent"], []).append(e["position"])
+    out = []
+    for e in elements:
+        if e["group"] == "nodes" and e["data"]["kind"] == "namespace" and e["data"].get("container"):
+            pts = inside[e["data"]["id"]]
+            out.append((min(p["x"] for p in pts), min(p["y"] for p in pts), max(p["x"] for p in pts), max(p["y"] for p in pts)))
+    return out
 
 
-def test_adding_a_namespace_at_the_end_moves_no_other_namespace():
-    small, big = to_elements(topology(10)), to_elements(topology(11))
-    delta = diff_elements(small, big)
-    added = {e["data"]["id"] for e in delta["added"]}
-    assert "ns-20" in added and "ns-20/if2" in added
-    moved_boxes = [e["data"]["id"] for e in delta["changed"] if e["data"]["kind"] == "namespace"]
-    assert moved_boxes == []
+@pytest.mark.parametrize("n", [3, 60, 500])
+def test_container_boxes_keep_their_distance(n):
+    boxes = sorted(cells(to_elements(topology(n))))
+    assert len(boxes) == n
+    for i, a in enumerate(boxes):
+        for b in boxes[i + 1:i + 40]:
+            apart_x = b[0] - a[2] >= graph.CELL_W - 100 or a[0] - b[2] >= graph.CELL_W - 100
+            apart_y = abs(b[1] - a[1]) >= graph.CELL_H - 1
+            assert apart_x or apart_y, (a, b)
+
+
+def test_a_container_coming_or_going_moves_no_other():
+    full = topology(12)
+    before = by_id(to_elements(full))
+    # c003 goes away; then c999 arrives (sorting first by name would shift everybody)
+    gone = dataclasses.replace(full, namespaces=tuple(n for n in full.namespaces if n.id != "ns-13"),
+                               interfaces=tuple(i for i in full.interfaces if i.netns != "ns-13" and i.id != "ns-1/if6"))
+    after_gone = by_id(to_elements(gone))
+    newcomer = dataclasses.replace(topology(1), namespaces=(Namespace("ns-99", "a-first-by-name", 99),))
+    extra_ifs = tuple(dataclasses.replace(i, id=i.id.replace("ns-10", "ns-99").replace("if3", "if99"), netns=i.netns.replace("ns-10", "ns-99"),
+                                          peer=(i.peer or "").replace("ns-10", "ns-99").replace("if3", "if99") or None)
+                      for i in topology(1).interfaces if i.netns == "ns-10" or i.id == "ns-1/if3")
+    grown = dataclasses.replace(gone, namespaces=gone.namespaces + newcomer.namespaces, interfaces=gone.interfaces + extra_ifs)
+    after_grown = by_id(to_elements(grown))
+    for ns in (f"ns-{10 + k}" for k in range(12) if k != 3):
+        for i in (ns, f"{ns}/if2"):
+            assert before[i]["position"] == after_gone[i]["position"] == after_grown[i]["position"], i
+    # the newcomer takes the freed cell: nothing lands on anything
+    assert after_grown["ns-99/if2"]["position"] == before["ns-13/if2"]["position"]
+
+
+def test_slots_are_a_pure_input_and_output():
+    snap = topology(4)
+    els, slots = build_elements(snap, Slots())
+    assert slots.bridges == (("docker0", 3),)
+    assert sorted(c[1] for c in slots.cells) == ["c000", "c001", "c002", "c003"]
+    again, same = build_elements(snap, slots)
+    assert again == els and same == slots
+    assert graph._REMEMBERED == {}  # explicit slots: the process memory is left alone
 
 
 def test_diff_elements_added_removed_changed():
@@ -102,7 +196,7 @@ def test_diff_elements_added_removed_changed():
     changed = {e["data"]["id"]: e["data"] for e in delta["changed"]}
     assert set(changed) == {"ns-11/if2", "pf:ns-1:tcp:*:8080"}
     assert changed["ns-11/if2"]["addresses"] == ["172.17.0.99/16"]
-    assert changed["pf:ns-1:tcp:*:8080"]["label"] == "tcp 8080 → 81"
+    assert changed["pf:ns-1:tcp:*:8080"]["label"] == "tcp *:8080\n→ :81"
     assert delta["added"] == [] and delta["removed"] == []
 
 

@@ -27,7 +27,7 @@ from bridgescope.collector.model import (
     Snapshot,
 )
 from bridgescope.collector.packetpath import namespace_paths
-from bridgescope.collector.render.graph import masquerade_id, portforward_id
+from bridgescope.collector.render.graph import masquerade_id, portforward_id, served_masquerades
 from bridgescope.webui import verdicts
 from bridgescope.webui.app import runtime
 from bridgescope.webui.pages import page_or_fragment
@@ -215,8 +215,10 @@ def forward_details(snap: Snapshot, pf: PortForward, element_id: str) -> Details
              ("via", pf.via)]
     if pf.chain:
         facts.append(("chain", pf.chain))
+    # the hairpin and localhost MASQUERADE rules exist for this forward: shown here, not on the graph
+    served = {m.rule_text for m in served_masquerades(snap, pf) if m.rule_text}
     rules = tuple(r for r in snap.rules if r.netns == pf.netns and
-                  (r.text == pf.rule_text or _word(f"{pf.to_ip}:{pf.to_port}").search(r.text)))
+                  (r.text == pf.rule_text or r.text in served or _word(f"{pf.to_ip}:{pf.to_port}").search(r.text)))
     ns = snap.namespace(pf.netns)
     commands = [*_save_commands(snap, rules or [Rule(pf.netns, pf.backend, 4, "nat", "", "")]),
                 in_ns(ns, "conntrack", "-L", "-p", pf.proto, "--dport", str(pf.host_port))]

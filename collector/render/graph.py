@@ -1,59 +1,102 @@
 """Snapshot -> Cytoscape elements with deterministic positions, and deltas between two such lists.
 
-Layout (O(n), no iteration): the host namespace is a compound box in the middle with its
-interfaces in a mini-grid (bridges first, then bridge ports in their peers' order); every
-other namespace is a box on concentric rings around it, consecutive along the rings and
-grouped by the host bridge its veth reaches, so a bridge's containers sit together. A
-namespace's position depends only on its rank, so adding one at the end moves nothing else.
+The picture is the classic Docker bridge diagram. Inside the host box, top to bottom: the
+uplinks (physical NICs, the host's addresses); each bridge as a box of its own, its
+MASQUERADE drawn on an edge from the bridge up to the uplink it leaves through; beneath each
+bridge its containers in a grid, each a box named after the container, holding its eth0; the
+host-side veth port sits just left of the box, so a veth pair is a short edge; a port forward
+is a badge inside the container's box with a short arrow to the interface it reaches. Other
+namespaces stand in a column left of the host box, which grows to the right and down.
+
+Positions are a pure function of (snapshot, slots): slots remember, by identity, each bridge's
+column count and each container's cell, so a container arriving or leaving moves nothing else
+and every page (reloads, other tabs, the walk's follow view) gets the same picture. The
+serving process keeps the slots of each host it has drawn (`remembered_slots`).
 """
 from __future__ import annotations
 
 import ipaddress
 import math
+import re
 from collections.abc import Collection, Iterable
+from dataclasses import dataclass
 
+from bridgescope.collector.hostview import container_label, host_view
 from bridgescope.collector.model import Interface, Masquerade, Namespace, PortForward, Snapshot
 
-CELL_W, CELL_H = 130.0, 80.0  # one interface node and its label
-SLOT = 330.0  # arc length one namespace box takes on a ring
-RING_GAP = 300.0
-MARGIN = 260.0
+CELL_W, CELL_H = 220.0, 120.0  # one container's cell in a bridge's grid
+UPLINK_W = 240.0  # one uplink (and its label) in the top row
+BRIDGE_Y = 140.0  # bridges' label row, under the uplinks
+GRID_Y = 60.0  # a bridge's first grid row, below its label
+STRAY_W = 60.0  # bridge ports with no container, in a row over the grid
+BRIDGE_GAP = 70.0
+SIDE_GAP = 220.0  # between the column of other namespaces (left of the host box) and the host
+SIDE_ROW = 70.0  # one interface in that column
+MIN_COLS = 2
 
 
-def to_elements(snap: Snapshot, *, show_loopback: bool = False) -> list[dict]:
+@dataclass(frozen=True)
+class Slots:
+    """What the layout remembers by identity: bridge name -> columns (in order of arrival),
+    (bridge name, container key) -> cell index."""
+    bridges: tuple[tuple[str, int], ...] = ()
+    cells: tuple[tuple[str, str, int], ...] = ()
+
+
+_REMEMBERED: dict[str, Slots] = {}
+
+
+def remembered_slots(host_key: str) -> Slots:
+    return _REMEMBERED.get(host_key, Slots())
+
+
+def to_elements(snap: Snapshot, *, show_loopback: bool = False, slots: Slots | None = None) -> list[dict]:
+    """The elements; without `slots`, this process's memory of the host's slots is used and updated."""
+    host_key = snap.host or ""
+    elements, new_slots = build_elements(snap, remembered_slots(host_key) if slots is None else slots,
+                                         show_loopback=show_loopback)
+    if slots is None:
+        _REMEMBERED[host_key] = new_slots
+    return elements
+
+
+def build_elements(snap: Snapshot, slots: Slots, *, show_loopback: bool = False) -> tuple[list[dict], Slots]:
     visible = [i for i in snap.interfaces if show_loopback or i.kind != "loopback"]
     by_id = {i.id: i for i in snap.interfaces}
-    host = snap.host_namespace()
-    pf_nodes = _portforward_nodes(snap, by_id)
-    masq_nodes = _masquerade_nodes(snap)
-    nodes = [_namespace_node(ns) for ns in snap.namespaces]
+    picture = plan(snap, slots)
+    pf_nodes = _portforward_nodes(snap, by_id, picture)
+    nodes = [_namespace_node(ns, picture) for ns in snap.namespaces]
     ns_owner = {n["data"]["id"]: n["data"]["owner"] for n in nodes}
-    nodes += [_interface_node(i, by_id, snap.host, ns_owner.get(i.netns, "unknown")) for i in visible]
-    nodes += [n for n, _ in pf_nodes] + [n for n, _ in masq_nodes]
-    positions = layout(snap, nodes, host)
+    nodes += [_interface_node(i, by_id, snap.host, ns_owner.get(i.netns, "unknown"), picture) for i in visible]
+    nodes += [n for n, _ in pf_nodes]
+    positions = place(snap, picture, nodes)
     for node in nodes:
         x, y = positions.get(node["data"]["id"], (0.0, 0.0))
         node["position"] = {"x": round(x, 1), "y": round(y, 1)}
     shown = {i.id for i in visible}
-    edges = _interface_edges(visible, shown, by_id) + [e for _, e in pf_nodes if e] + [e for _, e in masq_nodes if e]
-    return nodes + edges
-
+    edges = _interface_edges(visible, shown, by_id) + [e for _, e in pf_nodes if e] + _masquerade_edges(snap, picture)
+    return nodes + edges, picture.slots
 
 # ---- nodes ----------------------------------------------------------------------------------
 
-def _namespace_node(ns: Namespace) -> dict:
+def _namespace_node(ns: Namespace, pic: Picture) -> dict:
+    home = pic.home.get(ns.id)
     return {"group": "nodes", "data": {
-        "id": ns.id, "kind": "namespace", "label": ns.name, "parent": None, "is_host": ns.is_host,
+        "id": ns.id, "kind": "namespace", "label": pic.names.get(ns.id, ns.name), "ns_name": ns.name,
+        "parent": home, "is_host": ns.is_host, "container": home is not None, "related": ns.id in pic.related,
         "owner": namespace_owner(ns), "inode": ns.inode, "paths": list(ns.paths),
         "ip_forward": ns.sysctl("net.ipv4.ip_forward"),
     }}
 
 
-def _interface_node(iface: Interface, by_id: dict[str, Interface], host: str | None, ns_owner: str) -> dict:
+def _interface_node(iface: Interface, by_id: dict[str, Interface], host: str | None, ns_owner: str,
+                    pic: Picture) -> dict:
     master = by_id.get(iface.master) if iface.master else None
     owner = interface_owner(iface, master)
     return {"group": "nodes", "data": {
-        "id": iface.id, "kind": iface.kind, "label": iface.name, "parent": iface.netns,
+        "id": iface.id, "kind": iface.kind, "label": iface.name, "parent": pic.parent.get(iface.id, iface.netns),
+        "netns": iface.netns, "port": iface.id in pic.parent, "uplink": iface.id == pic.way_out,
+        "side": iface.netns != host and iface.netns not in pic.home,
         "is_host": iface.netns == host, "owner": ns_owner if owner == "unknown" else owner, "state": iface.state,
         "addresses": list(iface.addresses), "mac": iface.mac, "mtu": iface.mtu, "ifindex": iface.ifindex,
         "master": iface.master, "peer": iface.peer, "hairpin": iface.hairpin,
@@ -64,7 +107,12 @@ def portforward_id(pf: PortForward) -> str:
     return f"pf:{pf.netns}:{pf.proto}:{pf.host_ip or '*'}:{pf.host_port}"
 
 
-def _portforward_nodes(snap: Snapshot, by_id: dict[str, Interface]) -> list[tuple[dict, dict | None]]:
+def badge_label(pf: PortForward) -> str:
+    """Where it listens (any host address: *) and where it goes, as a badge reads it."""
+    return f"{pf.proto} {pf.host_ip or '*'}:{pf.host_port}\n→ :{pf.to_port}"
+
+
+def _portforward_nodes(snap: Snapshot, by_id: dict[str, Interface], pic: Picture) -> list[tuple[dict, dict | None]]:
     if not snap.port_forwards:
         return []
     out, seen = [], set()
@@ -74,14 +122,15 @@ def _portforward_nodes(snap: Snapshot, by_id: dict[str, Interface]) -> list[tupl
         if node_id in seen:
             continue  # the same forward written by two backends/families: one node
         seen.add(node_id)
-        host_part = f"{pf.host_ip}:" if pf.host_ip else ""
+        target = pf.to_interface or owner_of_ip.get(pf.to_ip)
+        inside = by_id[target].netns if target in by_id else None
         node = {"group": "nodes", "data": {
-            "id": node_id, "kind": "portforward", "label": f"{pf.proto} {host_part}{pf.host_port} → {pf.to_port}",
-            "parent": pf.netns, "is_host": False, "owner": pf.owner, "proto": pf.proto,
+            "id": node_id, "kind": "portforward", "label": badge_label(pf),
+            "parent": inside if inside in pic.home else pf.netns, "netns": pf.netns,
+            "is_host": False, "owner": pf.owner, "proto": pf.proto,
             "host_ip": pf.host_ip, "host_port": pf.host_port, "to_ip": pf.to_ip, "to_port": pf.to_port,
             "container": pf.container, "backend": pf.backend, "reachable": pf.reachable,
         }}
-        target = pf.to_interface or owner_of_ip.get(pf.to_ip)
         edge = _edge(f"edge:{node_id}", node_id, target, "portforward", pf.owner) if target in by_id else None
         out.append((node, edge))
     return out
@@ -91,22 +140,45 @@ def masquerade_id(m: Masquerade) -> str:
     return f"masq:{m.netns}:{m.source or '*'}:{m.out_not or '*'}"
 
 
-def _masquerade_nodes(snap: Snapshot) -> list[tuple[dict, dict | None]]:
+def _masquerade_edges(snap: Snapshot, pic: Picture) -> list[dict]:
+    """A bridge's way out: an edge from the bridge up to the uplink it leaves through (a loop
+    on the bridge while the host has no uplink). The rules that serve a forward (hairpin,
+    localhost) are in that forward's panel instead."""
     out, seen = [], set()
+    names = {i.name: i.id for i in snap.interfaces if i.netns == pic.host}
     for m in snap.masquerades:
-        node_id = masquerade_id(m)
-        if node_id in seen:
-            continue
-        seen.add(node_id)
-        label = f"MASQUERADE {m.source or 'any'}" + (f" ! -o {m.out_not}" if m.out_not else "")
-        node = {"group": "nodes", "data": {
-            "id": node_id, "kind": "masquerade", "label": label, "parent": m.netns, "is_host": False,
-            "owner": m.owner, "source": m.source, "out_not": m.out_not, "backend": m.backend,
-        }}
+        edge_id = masquerade_id(m)
         bridge = _bridge_for_masquerade(m, snap.interfaces)
-        edge = _edge(f"edge:{node_id}", bridge.id, node_id, "masquerade", m.owner) if bridge else None
-        out.append((node, edge))
+        if edge_id in seen or bridge is None or not is_way_out(m):
+            continue
+        seen.add(edge_id)
+        edge = _edge(edge_id, bridge.id, names.get(m.out or "", pic.way_out) or bridge.id, "masquerade", m.owner)
+        edge["data"].update(label=f"MASQUERADE {m.source or 'any'}", source_net=m.source, out_not=m.out_not,
+                            backend=m.backend, rule=m.rule_text)
+        out.append(edge)
     return out
+
+
+def is_way_out(m: Masquerade) -> bool:
+    """A subnet's MASQUERADE (not one address's hairpin, not localhost's, not "any")."""
+    try:
+        net = ipaddress.ip_network(m.source or "", strict=False)
+    except ValueError:
+        return False
+    return net.prefixlen < net.max_prefixlen and not net.is_loopback
+
+
+def served_masquerades(snap: Snapshot, pf: PortForward) -> tuple[Masquerade, ...]:
+    """The MASQUERADE rules that exist for this forward: the hairpin (the container's own
+    address as source) and localhost publishing (loopback or any source)."""
+    out = []
+    for m in snap.masquerades:
+        if m.netns != pf.netns or is_way_out(m):
+            continue
+        source = (m.source or "").split("/", 1)[0]
+        if source in ("", pf.to_ip) or source.startswith("127."):
+            out.append(m)
+    return out and tuple(dict.fromkeys(out)) or ()
 
 
 def _bridge_for_masquerade(m: Masquerade, interfaces: Iterable[Interface]) -> Interface | None:
@@ -192,94 +264,187 @@ def _interface_edges(visible: list[Interface], shown: set[str], by_id: dict[str,
     return edges
 
 
-# ---- layout ---------------------------------------------------------------------------------
+# ---- the plan: who sits where, by identity ----------------------------------------------------
 
-def layout(snap: Snapshot, nodes: list[dict], host: Namespace | None) -> dict[str, tuple[float, float]]:
-    children: dict[str, list[dict]] = {}
-    for node in nodes:
-        parent = node["data"].get("parent")
-        if parent:
-            children.setdefault(parent, []).append(node)
-    order = namespace_order(snap)
-    rank = {ns_id: i for i, ns_id in enumerate(order)}
-    positions: dict[str, tuple[float, float]] = {}
-    host_radius = 0.0
-    if host is not None:
-        kids = sorted(children.get(host.id, []), key=lambda n: _host_child_key(n, snap, rank))
-        positions.update(grid(kids, (0.0, 0.0)))
-        positions[host.id] = (0.0, 0.0)
-        cols, rows = grid_shape(len(kids))
-        host_radius = math.hypot(cols * CELL_W, rows * CELL_H) / 2
-    # Rounded up to whole rings so a host growing by a port or two moves no container.
-    radius0 = math.ceil((host_radius + MARGIN) / RING_GAP) * RING_GAP
-    for ns_id, (x, y) in ring_slots(order, radius0).items():
-        positions[ns_id] = (x, y)
-        positions.update(grid(sorted(children.get(ns_id, []), key=_child_key), (x, y)))
-    return positions
+class Picture:
+    """Where everything belongs, decided once per snapshot: parents, cells, rows, columns."""
+
+    def __init__(self) -> None:
+        self.host: str | None = None
+        self.slots = Slots()
+        self.bridges: list[tuple[str, int]] = []  # (bridge id, columns), left to right
+        self.home: dict[str, str] = {}  # container namespace id -> id of the bridge it sits under
+        self.parent: dict[str, str] = {}  # host-side port id -> its bridge's id
+        self.cell: dict[tuple[str, str], int] = {}  # (bridge id, namespace id) -> cell index
+        self.port_cell: dict[str, tuple[str, str]] = {}  # port id -> (bridge id, namespace id)
+        self.inner: dict[str, list[str]] = {}  # container namespace id -> its interfaces toward bridges
+        self.strays: dict[str, list[str]] = {}  # bridge id -> ports with no container behind them
+        self.uplinks: list[str] = []  # host interfaces in the top row, the way out first
+        self.way_out: str | None = None
+        self.side: list[str] = []  # other namespaces, in the column beside the host
+        self.names: dict[str, str] = {}  # container namespace id -> its name
+        self.related: set[str] = set()  # namespaces wired to the host (veth by veth); the rest is unrelated
 
 
-def namespace_order(snap: Snapshot) -> list[str]:
-    """Non-host namespaces, grouped by the host bridge their veth reaches, then by name."""
-    host = snap.host
-    bridges = [i.id for i in snap.interfaces if i.netns == host and i.kind == "bridge"]
-    bridge_rank = {b: n for n, b in enumerate(bridges)}
+def plan(snap: Snapshot, slots: Slots) -> Picture:
+    pic = Picture()
+    view = host_view(snap)
+    if view.host is None:
+        pic.side = [ns.id for ns in snap.namespaces]
+        pic.related = set(pic.side)
+        pic.slots = slots
+        return pic
+    pic.host = view.host.id
+    remembered = dict(slots.bridges)
+    nets = sorted(view.bridges, key=lambda n: (n.bridge.name not in remembered,
+                                               list(remembered).index(n.bridge.name) if n.bridge.name in remembered else 0))
+    old_cells = {(b, key): i for b, key, i in slots.cells}
+    new_bridges, new_cells = [], []
+    for net in nets:
+        for att in net.attachments:
+            pic.home.setdefault(att.namespace.id, net.bridge.id)
+            pic.inner.setdefault(att.namespace.id, []).append(att.inner.id)
+            pic.names.setdefault(att.namespace.id, container_label(att.namespace, (att.port,)))
+    for net in nets:
+        name = net.bridge.name
+        cols = remembered.get(name) or max(MIN_COLS, math.ceil(math.sqrt(1.5 * len(net.attachments))))
+        new_bridges.append((name, cols))
+        pic.bridges.append((net.bridge.id, cols))
+        taken: set[int] = set()
+        keyed = sorted(((_natural(att.namespace.name), att) for att in net.attachments), key=lambda p: p[0])
+        waiting = []
+        for _, att in keyed:
+            key = att.namespace.name
+            index = old_cells.get((name, key))
+            if index is None or index in taken:
+                waiting.append(att)
+                continue
+            taken.add(index)
+            _seat(pic, net.bridge.id, att, index, new_cells, name)
+        free = (i for i in range(len(net.attachments) + len(taken) + 1) if i not in taken)
+        for att, index in zip(waiting, free):
+            _seat(pic, net.bridge.id, att, index, new_cells, name)
+    attached_ports = set(pic.parent)
+    bridge_ids = {net.bridge.id for net in nets}
+    host_ifaces = snap.interfaces_in(view.host.id)
+    for iface in host_ifaces:
+        if iface.master in bridge_ids and iface.id not in attached_ports:
+            pic.parent[iface.id] = iface.master
+            pic.strays.setdefault(iface.master, []).append(iface.id)
+    uplink = view.uplink()
+    top = [i for i in host_ifaces if i.kind != "bridge" and i.master not in bridge_ids]
+    top.sort(key=lambda i: (i.kind == "loopback", i.name != uplink, i.ifindex))
+    pic.uplinks = [i.id for i in top]
+    pic.way_out = next((i.id for i in top if i.kind != "loopback"), None)
+    pic.side, pic.related = _side_order(snap, view.host.id, set(pic.home))
+    pic.slots = Slots(tuple(new_bridges), tuple(new_cells))
+    return pic
+
+
+def _seat(pic: Picture, bridge_id: str, att, index: int, cells: list, bridge_name: str) -> None:
+    pic.cell[(bridge_id, att.namespace.id)] = index
+    pic.parent[att.port.id] = bridge_id
+    pic.port_cell[att.port.id] = (bridge_id, att.namespace.id)
+    cells.append((bridge_name, att.namespace.name, index))
+
+
+def _natural(text: str) -> tuple:
+    """c2 before c10."""
+    return tuple(int(part) if part.isdigit() else part for part in re.split(r"(\d+)", text))
+
+
+def _side_order(snap: Snapshot, host: str, containers: set[str]) -> tuple[list[str], set[str]]:
+    """Namespaces that are neither the host nor its containers: the ones wired to the host
+    (a lab's internet, its client) first, nearest first, then the rest by name."""
     by_id = {i.id: i for i in snap.interfaces}
-    group: dict[str, int] = {}
+    links: dict[str, set[str]] = {}
     for iface in snap.interfaces:
         peer = by_id.get(iface.peer) if iface.peer else None
-        if peer is not None and peer.netns == host and iface.netns != host and peer.master in bridge_rank:
-            rank = bridge_rank[peer.master]
-            group[iface.netns] = min(rank, group.get(iface.netns, rank))
-    others = [ns for ns in snap.namespaces if not ns.is_host]
-    return [ns.id for ns in sorted(others, key=lambda ns: (group.get(ns.id, len(bridges)), ns.name, ns.id))]
+        if peer is not None and peer.netns != iface.netns:
+            links.setdefault(iface.netns, set()).add(peer.netns)
+            links.setdefault(peer.netns, set()).add(iface.netns)
+    distance, todo = {host: 0}, [host]
+    for ns_id in todo:
+        for other in sorted(links.get(ns_id, ())):
+            if other not in distance:
+                distance[other] = distance[ns_id] + 1
+                todo.append(other)
+    others = [ns for ns in snap.namespaces if ns.id != host and ns.id not in containers]
+    far = len(distance) + 1
+    order = [ns.id for ns in sorted(others, key=lambda ns: (distance.get(ns.id, far), _natural(ns.name), ns.id))]
+    return order, set(distance)
 
 
-def ring_slots(order: list[str], radius0: float) -> dict[str, tuple[float, float]]:
-    slots, ring, index_in_ring = {}, 0, 0
-    capacity = _ring_capacity(radius0)
-    for ns_id in order:
-        if index_in_ring == capacity:
-            ring, index_in_ring = ring + 1, 0
-            capacity = _ring_capacity(radius0 + ring * RING_GAP)
-        radius = radius0 + ring * RING_GAP
-        angle = -math.pi / 2 + 2 * math.pi * index_in_ring / capacity
-        slots[ns_id] = (radius * math.cos(angle), radius * math.sin(angle))
-        index_in_ring += 1
-    return slots
+# ---- positions ---------------------------------------------------------------------------------
+
+def place(snap: Snapshot, pic: Picture, nodes: list[dict]) -> dict[str, tuple[float, float]]:
+    pos: dict[str, tuple[float, float]] = {}
+    for k, iface_id in enumerate(pic.uplinks):
+        pos[iface_id] = (k * UPLINK_W, 0.0)
+    left, origin = 0.0, {}
+    for bridge_id, cols in pic.bridges:
+        origin[bridge_id] = (left, cols)
+        pos[bridge_id] = (left + cols * CELL_W / 2, BRIDGE_Y)
+        for k, port in enumerate(pic.strays.get(bridge_id, ())):
+            pos[port] = (left + 15 + k * STRAY_W, BRIDGE_Y + 30)
+        left += cols * CELL_W + BRIDGE_GAP
+    cell_of = {}
+    for (bridge_id, ns_id), index in pic.cell.items():
+        x0, cols = origin[bridge_id]
+        cell_of[(bridge_id, ns_id)] = (x0 + (index % cols) * CELL_W, BRIDGE_Y + GRID_Y + (index // cols) * CELL_H)
+    for port, key in pic.port_cell.items():
+        ox, oy = cell_of[key]
+        pos[port] = (ox + 10, oy + 40)  # left of the box: the veth pair is a short edge
+    inside: dict[str, list[dict]] = {}
+    for node in nodes:
+        data = node["data"]
+        if data["kind"] != "namespace" and data["parent"] in pic.home:
+            inside.setdefault(data["parent"], []).append(node)
+    for ns_id, bridge_id in pic.home.items():
+        ox, oy = cell_of[(bridge_id, ns_id)]
+        pos[ns_id] = (ox + 120, oy + 50)
+        first = pic.inner.get(ns_id, [])
+        items = sorted(inside.get(ns_id, ()), key=lambda n: _in_box_key(n, first))
+        for k, node in enumerate(items):
+            pos[node["data"]["id"]] = (ox + 82 + 86 * k, oy + 40)
+    right = max(len(pic.uplinks) * UPLINK_W, left, CELL_W)
+    loose = [n["data"]["id"] for n in nodes if n["data"]["kind"] == "portforward" and n["data"]["parent"] == pic.host]
+    for k, node_id in enumerate(loose):
+        pos[node_id] = ((len(pic.uplinks) + k) * UPLINK_W, 0.0)
+    right = max(right, (len(pic.uplinks) + len(loose)) * UPLINK_W)
+    members: dict[str, list[str]] = {}
+    for node in nodes:
+        data = node["data"]
+        if data["kind"] != "namespace" and data["parent"] in pic.side:
+            members.setdefault(data["parent"], []).append(node["data"]["id"])
+    # labels sit right of the interfaces, so a wire down the column's left stays clear of them
+    x0, y = -SIDE_GAP, 0.0
+    for ns_id in pic.side:
+        pos[ns_id] = (x0, y)
+        for node_id in sorted(members.get(ns_id, ()), key=_id_rank):
+            pos[node_id] = (x0, y)
+            y += SIDE_ROW
+        y += SIDE_ROW
+    if pic.host:
+        pos[pic.host] = (right / 2, BRIDGE_Y)
+    return pos
 
 
-def _ring_capacity(radius: float) -> int:
-    return max(6, int(2 * math.pi * radius // SLOT))
-
-
-def grid_shape(count: int) -> tuple[int, int]:
-    cols = max(1, math.ceil(math.sqrt(count)))
-    return cols, max(1, math.ceil(count / cols))
-
-
-def grid(nodes: list[dict], center: tuple[float, float]) -> dict[str, tuple[float, float]]:
-    cols, rows = grid_shape(len(nodes))
-    x0 = center[0] - (cols - 1) * CELL_W / 2
-    y0 = center[1] - (rows - 1) * CELL_H / 2
-    return {node["data"]["id"]: (x0 + (i % cols) * CELL_W, y0 + (i // cols) * CELL_H)
-            for i, node in enumerate(nodes)}
-
-
-KIND_RANK = {"bridge": 0, "physical": 1, "vxlan": 2, "masquerade": 3, "portforward": 4}
-
-
-def _child_key(node: dict) -> tuple:
+def _in_box_key(node: dict, first: list[str]) -> tuple:
+    """In a container's box: its interfaces toward bridges in bridge order, then the rest
+    (loopback last), then its forwards."""
     data = node["data"]
-    return (KIND_RANK.get(data["kind"], 5), data.get("ifindex") or 0, data["id"])
+    if data["kind"] == "portforward":
+        return (2, data.get("host_port") or 0, data["id"])
+    if data["id"] in first:
+        return (0, first.index(data["id"]), "")
+    return (3 if data["kind"] == "loopback" else 1, data.get("ifindex") or 0, data["id"])
 
 
-def _host_child_key(node: dict, snap: Snapshot, rank: dict[str, int]) -> tuple:
-    """Ports follow their peers' ring order so veth edges fan out instead of crossing."""
-    data = node["data"]
-    peer = data.get("peer")
-    peer_ns = peer.split("/")[0] if peer else None
-    return (KIND_RANK.get(data["kind"], 5), data.get("master") or "", rank.get(peer_ns, -1),
-            data.get("ifindex") or 0, data["id"])
+def _id_rank(node_id: str) -> tuple:
+    head, _, tail = node_id.rpartition("/if")
+    return (head, int(tail) if tail.isdigit() else 0, node_id)
+
 
 
 # ---- incremental rebuild ------------------------------------------------------------------
@@ -291,105 +456,59 @@ def patch_elements(old: list[dict], snap: Snapshot, ns_ids: Iterable[str], *,
                    show_loopback: bool = False, only: Collection[str] | None = None
                    ) -> tuple[list[dict], dict] | None:
     """Rebuild only what belongs to `ns_ids` (plus the few NAT nodes), keeping every position.
+    `only` (interface ids a change touched) widens nothing: their namespaces are patched whole,
+    since positions come from remembered slots and a full layout moves nothing that stayed.
 
-    Returns (elements, delta): the elements to_elements(snap) would give, except that nodes
-    which appeared are placed beside their siblings instead of laying the namespace out anew;
-    or None when a namespace appeared or anything the layout depends on changed: then the
-    caller lays everything out again with to_elements. `only` (interface ids) narrows the
-    rebuild to those interfaces and their edges, besides the namespaces' own nodes: a change
-    to one link of a host with a thousand ports costs one link.
+    Returns (elements, delta), equal to (to_elements(snap), diff_elements(old, that)), or None
+    when those namespaces gained/lost elements or anything the layout depends on changed:
+    then the caller lays everything out again with to_elements.
     """
     touched = set(ns_ids)
-    only = set(only) if only is not None else None
-    fresh = _fresh_elements(snap, touched, show_loopback, only)
-    stale = {e["data"]["id"]: e for e in old if _belongs(e, touched, only)}
-    added = [e for i, e in fresh.items() if i not in stale]
-    if any(e["data"]["kind"] == "namespace" for e in added):
+    if only:
+        netns_of = {i.id: i.netns for i in snap.interfaces}
+        touched |= {netns_of[i] for i in only if i in netns_of}
+    fresh = _fresh_elements(snap, touched, show_loopback)
+    stale = {e["data"]["id"]: e for e in old if _belongs(e, touched)}
+    if stale.keys() != fresh.keys():
         return None
     for element_id, element in fresh.items():
-        before = stale.get(element_id)
-        if element["group"] == "nodes" and before is not None:
+        before = stale[element_id]
+        if element["group"] == "nodes":
             if _layout_key(element) != _layout_key(before):
                 return None
             element["position"] = before["position"]
-    _place_added([e for e in added if e["group"] == "nodes"], old)
-    removed = [i for i in stale if i not in fresh]
-    changed = [e for i, e in fresh.items() if i in stale and e != stale[i]]
-    if not (added or removed or changed):
+    changed = [e for i, e in fresh.items() if e != stale[i]]
+    if not changed:
         return old, {"added": [], "removed": [], "changed": []}
     replaced = {e["data"]["id"]: e for e in changed}
-    gone = set(removed)
-    kept = [replaced.get(e["data"]["id"], e) for e in old if e["data"]["id"] not in gone]
-    nodes = [e for e in kept if e["group"] == "nodes"] + [e for e in added if e["group"] == "nodes"]
-    edges = [e for e in kept if e["group"] == "edges"] + [e for e in added if e["group"] == "edges"]
-    return nodes + edges, {"added": added, "removed": removed, "changed": changed}
+    return [replaced.get(e["data"]["id"], e) for e in old], {"added": [], "removed": [], "changed": changed}
 
 
-def _place_added(nodes: list[dict], old: list[dict]) -> None:
-    """A node that appeared in a namespace goes on a new row under its siblings; nothing else
-    moves (the next full layout tidies up)."""
-    parents = {n["data"]["parent"] for n in nodes}
-    below: dict[str, tuple[float, float]] = {}
-    for e in old:
-        parent = e["data"].get("parent") if e["group"] == "nodes" else None
-        if parent in parents:
-            x, y = e["position"]["x"], e["position"]["y"]
-            left, bottom = below.get(parent, (x, y))
-            below[parent] = (min(left, x), max(bottom, y))
-    centers = {e["data"]["id"]: e["position"] for e in old if e["data"]["id"] in parents}
-    count: dict[str, int] = {}
-    for node in nodes:
-        parent = node["data"]["parent"]
-        k = count[parent] = count.get(parent, -1) + 1
-        if parent in below:
-            left, bottom = below[parent]
-            node["position"] = {"x": round(left + k * CELL_W, 1), "y": round(bottom + CELL_H, 1)}
-        else:
-            center = centers.get(parent, {"x": 0.0, "y": 0.0})
-            node["position"] = {"x": round(center["x"] + k * CELL_W, 1), "y": center["y"]}
-
-
-def _fresh_elements(snap: Snapshot, touched: set[str], show_loopback: bool,
-                    only: set[str] | None = None) -> dict[str, dict]:
+def _fresh_elements(snap: Snapshot, touched: set[str], show_loopback: bool) -> dict[str, dict]:
     by_id = {i.id: i for i in snap.interfaces}
+    visible = [i for i in snap.interfaces if i.netns in touched and (show_loopback or i.kind != "loopback")]
     shown = {i.id for i in snap.interfaces if show_loopback or i.kind != "loopback"}
-    if only is None:
-        visible = [i for i in snap.interfaces if i.netns in touched and i.id in shown]
-    else:
-        visible = [by_id[i] for i in sorted(only) if i in shown]
-    namespaces = [ns for ns in snap.namespaces if ns.id in (touched if only is None else touched | {i.netns for i in visible})]
-    ns_nodes = [_namespace_node(ns) for ns in namespaces]
-    ns_owner = {n["data"]["id"]: n["data"]["owner"] for n in ns_nodes}
-    nodes = [n for n in ns_nodes if n["data"]["id"] in touched]
-    nodes += [_interface_node(i, by_id, snap.host, ns_owner[i.netns]) for i in visible]
-    # a veth edge is emitted by its lower-id end, a member edge by the port: either may be left out
-    inside = (lambda i: i.netns in touched) if only is None else (lambda i: i.id in only)
-    far_ends = [by_id[i.peer] for i in visible if i.peer in shown and not inside(by_id[i.peer])]
-    if only is not None:
-        far_ends += [i for i in snap.interfaces if i.master in only and i.id in shown and i.id not in only]
+    namespaces = [ns for ns in snap.namespaces if ns.id in touched]
+    pic = plan(snap, remembered_slots(snap.host or ""))
+    nodes = [_namespace_node(ns, pic) for ns in namespaces]
+    ns_owner = {n["data"]["id"]: n["data"]["owner"] for n in nodes}
+    nodes += [_interface_node(i, by_id, snap.host, ns_owner[i.netns], pic) for i in visible]
+    # a veth edge is emitted by its lower-id end, which may sit in an untouched namespace
+    far_ends = [by_id[i.peer] for i in visible if i.peer in by_id and i.peer in shown and by_id[i.peer].netns not in touched]
     edges = [e for e in _interface_edges(visible + far_ends, shown, by_id)
-             if _edge_inside(e, touched, only)]
-    nat = _portforward_nodes(snap, by_id) + _masquerade_nodes(snap)
+             if _interface_ns(e["data"]["source"]) in touched or _interface_ns(e["data"]["target"]) in touched]
+    nat = _portforward_nodes(snap, by_id, pic)
     nodes += [n for n, _ in nat]
-    edges += [e for _, e in nat if e]
+    edges += [e for _, e in nat if e] + _masquerade_edges(snap, pic)
     return {e["data"]["id"]: e for e in nodes + edges}
 
 
-def _belongs(element: dict, touched: set[str], only: set[str] | None = None) -> bool:
+def _belongs(element: dict, touched: set[str]) -> bool:
     data = element["data"]
     if data["kind"] in NAT_KINDS:
         return True
     if element["group"] == "nodes":
-        if data["kind"] == "namespace":
-            return data["id"] in touched
-        return data["parent"] in touched if only is None else data["id"] in only
-    return _edge_inside(element, touched, only)
-
-
-def _edge_inside(edge: dict, touched: set[str], only: set[str] | None) -> bool:
-    data = edge["data"]
-    if only is not None:
-        return data["source"] in only or data["target"] in only
+        return data["id"] in touched if data["kind"] == "namespace" else data.get("netns", data["parent"]) in touched
     return _interface_ns(data["source"]) in touched or _interface_ns(data["target"]) in touched
 
 
