@@ -298,7 +298,8 @@ def details_for(snap: Snapshot, elements: list[dict], element_id: str,
         return forward_details(snap, pf, element_id)
     if (masq := masquerade_for_id(snap, element_id)) is not None:
         # the graph drew its way out from one bridge: the panel names the same one
-        edge = next((e["data"] for e in elements if e.get("data", {}).get("id") == f"edge:{element_id}"), {})
+        edge = next((e["data"] for e in elements if "source" in e.get("data", {})
+                     and e["data"]["id"] in (element_id, f"edge:{element_id}")), {})
         return masquerade_details(snap, masq, element_id, snap.interface(edge.get("source", "")))
     return generic_details(element) if element is not None else None
 
