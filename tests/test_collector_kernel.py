@@ -334,10 +334,10 @@ def test_firewall_forwards_and_masquerade_reach_json_and_graph(netns):
     assert [(m["source"], m["out_not"]) for m in masq] == [("172.17.0.0/16", "br0")]
     els = {e["data"]["id"]: e for e in to_elements(snap)}
     pf_id = f"pf:{host_id}:tcp:*:8080"
-    assert els[pf_id]["data"]["label"] == "tcp 8080 → 80"
+    assert els[pf_id]["data"]["label"] == "tcp *:8080\n→ :80"
     assert els[f"edge:{pf_id}"]["data"]["target"] == iface(doc, names["c1"], "eth0")["id"]
-    masq_id = f"masq:{host_id}:172.17.0.0/16:br0"
-    assert els[f"edge:{masq_id}"]["data"]["source"] == iface(doc, names["host"], "br0")["id"]
+    masq_id = f"masq:{host_id}:172.17.0.0/16:br0"  # the way out: an edge from the bridge
+    assert els[masq_id]["data"]["source"] == iface(doc, names["host"], "br0")["id"]
 
 
 def test_fd_budget_raises_a_low_soft_limit():
