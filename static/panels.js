@@ -101,19 +101,6 @@ function panelFollows(delta) {
 
 setInterval(() => { if (document.visibilityState === "visible") refreshPanel(); }, COUNTERS_MS);
 
-// ---- the status line -----------------------------------------------------------------------------
-
-function statusFollows(delta) {
-  const cy = window.cy;
-  const line = byId("graph-status");
-  if (!cy || !line) return;
-  const namespaces = cy.nodes('[kind = "namespace"]').not(".unrelated").length;
-  const unrelated = cy.nodes('[kind = "namespace"].unrelated').length;
-  const hidden = unrelated ? ` (${unrelated} unrelated hidden)` : "";
-  line.textContent = `${namespaces} namespaces${hidden}, ${cy.nodes(":visible").length} nodes, `
-    + `${cy.edges(":visible").length} edges · v${delta.version}`;
-}
-
 // ---- the forms' choices ----------------------------------------------------------------------------
 
 let choicesTimer = null;
@@ -146,7 +133,6 @@ function choicesFollow(delta) {
 
 document.addEventListener("bridgescope:delta", (evt) => {
   const delta = evt.detail || {};
-  statusFollows(delta);
   panelFollows(delta);
   choicesFollow(delta);
 });

@@ -10,6 +10,7 @@ import re
 import secrets
 
 import pytest
+from hostpicture import save_lines
 from conftest import RUN_PREFIX, sh
 from engines import (
     CNI_BIN,
@@ -127,14 +128,14 @@ def test_a_removed_container_loses_its_forward_on_reconcile(docker):
 
 
 def test_bad_targets_change_nothing(docker):
-    before = sh("iptables-nft-save", ns=docker.ns).stdout
+    before = save_lines(sh("iptables-nft-save", ns=docker.ns).stdout)
     with pytest.raises(ValidationError, match="no container named nosuch"):
         api.add_forward("nosuch", "9092:80", host=docker.ns)
     with pytest.raises(ValidationError, match="attached to no bridge"):
         api.add_forward(docker.client, "9092:80", host=docker.ns)  # a namespace, no bridge
     with pytest.raises(ValidationError, match="already"):
         api.add_forward(docker.web, "8080:80", host=docker.ns)  # Docker's own port
-    assert sh("iptables-nft-save", ns=docker.ns).stdout == before
+    assert save_lines(sh("iptables-nft-save", ns=docker.ns).stdout) == before
     assert api.load_state(docker.ns).adopted == ()
 
 

@@ -76,7 +76,7 @@ def _messages(q: queue.Queue, heartbeat: float, closing: threading.Event,
                 quiet_since = time.monotonic()
                 yield ": keepalive\n\n"
             continue
-        if event is None:  # the source is shutting down
+        if event is None or not signed_in():  # shutting down, or the session is gone: no more data
             return
         quiet_since = time.monotonic()
         yield ENCODED.text(event)
