@@ -10,7 +10,6 @@ import re
 import secrets
 
 import pytest
-from hostpicture import save_lines
 from conftest import RUN_PREFIX, sh
 from engines import (
     CNI_BIN,
@@ -26,6 +25,7 @@ from engines import (
     start_podman,
     wait_for,
 )
+from hostpicture import save_lines
 
 from bridgescope.collector.kernel import containers
 from bridgescope.plumbing import api
