@@ -122,17 +122,26 @@ class _State:
         return (self.flow, self.packet, self.binding) == (other.flow, other.packet, other.binding)
 
 
+# Rules a walk may visit: a match that cannot be decided is followed both ways, so loops of
+# jumps over undecidable matches would grow without bound; past this the answer is "unknown".
+MAX_VISITS = 20_000
+
+
 @dataclass(frozen=True)
 class _Walker:
     rules: RuleSet
     key: GroupKey
     nat: bool  # a nat base chain: its DNAT/SNAT/MASQUERADE bind
     masquerade_source: str | None
+    visits: list[int] = field(default_factory=lambda: [0], compare=False, repr=False)
 
     def run(self, chain: str, state: _State, end: str, depth: int, start: int = 0) -> _State:
         """chain's rules from start; falling off (or RETURN in a base chain) gives `end`."""
         rules = self.rules.chain(self.key, chain)
         for index in range(start, len(rules)):
+            self.visits[0] += 1
+            if self.visits[0] > MAX_VISITS:
+                return replace(state, flow=None)
             rule = rules[index]
             hit = matches(rule, state.packet)
             if hit is False:
