@@ -8,7 +8,7 @@ from bridgescope.collector.model import Interface, Namespace, Snapshot, to_plain
 
 
 def to_json(snap: Snapshot) -> dict:
-    """The `snapshot --json` object (architecture.md); ids come from kernel identities."""
+    """The `snapshot --json` object (docs/snapshot-json.md); ids come from kernel identities."""
     return {
         "host": snap.host,
         "taken_at": snap.taken_at,
