@@ -8,13 +8,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Blueprint, Response, abort, jsonify, request
+from flask import Blueprint, Response, abort, current_app, jsonify, request
 
 from bridgescope.collector.errors import BridgescopeError
 from bridgescope.plumbing import validate
 from bridgescope.webui import auth, bodies
 from bridgescope.webui.app import runtime
 from bridgescope.webui.changes import perform, refused
+from bridgescope.webui.fleet import routes as fleet_routes
 
 bp = Blueprint("api", __name__, url_prefix="/api")
 
@@ -189,11 +190,15 @@ def remove_container(name: str) -> Response:
 
 @bp.post("/forwards")
 def add_forward() -> Response:
+    if current_app.config.get("FLEET"):  # the agent of the named host does it
+        return fleet_routes.forward("POST")
     body = _body()
     return _run("add_forward", _fields(body, {"container": TEXT, "spec": TEXT}, {}), body)
 
 
 @bp.delete("/forwards")
 def remove_forward() -> Response:
+    if current_app.config.get("FLEET"):
+        return fleet_routes.forward("DELETE")
     body = _body()
     return _run("remove_forward", _fields(body, {"container": TEXT, "spec": TEXT}, {}), body)

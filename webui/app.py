@@ -28,6 +28,7 @@ BLUEPRINTS = [
     "bridgescope.webui.details:bp",
     "bridgescope.webui.tables:bp",
     "bridgescope.webui.workshop:bp",
+    "bridgescope.webui.fleet.routes:bp",
 ]
 
 
@@ -54,6 +55,7 @@ class Settings:
     firewall: str = "auto"
     heartbeat: float = 15.0  # seconds between SSE keepalive comments
     max_streams: int = 48  # below the server's threads, so pages stay served when tabs pile up
+    fleet: Any = None  # a fleet.source.FleetPlan: the agents' hosts, merged, instead of a local host
 
     @classmethod
     def from_config(cls, config: dict) -> Settings:
@@ -80,6 +82,10 @@ class Runtime:
     @property
     def source(self) -> TopologySource:
         with self._source_lock:
+            if self._source is None and self.settings.fleet is not None:
+                from bridgescope.webui.fleet.source import start
+
+                self._source = start(self.settings.fleet)
             if self._source is None:
                 from bridgescope.collector.live.watcher import Watcher
 
@@ -121,7 +127,7 @@ def _settings(config: dict) -> Settings:
 
 def create_app(config: dict | None = None) -> Flask:
     """config keys: HOST, READ_ONLY, TOKEN, NO_AUTH, LISTEN, ALLOWED_HOSTS, AUDIT_LOG,
-    FIREWALL, HEARTBEAT, MAX_STREAMS, and SOURCE (a ready topology source, for tests)."""
+    FIREWALL, HEARTBEAT, MAX_STREAMS, FLEET (a FleetPlan), and SOURCE (a ready topology source, for tests)."""
     config = dict(config or {})
     settings = _settings(config)
     here = Path(__file__).resolve().parent
@@ -131,7 +137,8 @@ def create_app(config: dict | None = None) -> Flask:
         template_folder=str(Path(bridgescope.templates.__file__).parent),
         static_folder=str(Path(bridgescope.static.__file__).parent),
     )
-    app.config.update(READ_ONLY=settings.read_only, TESTING=bool(config.get("TESTING")))
+    fleet = settings.fleet is not None or getattr(config.get("SOURCE"), "fleet", False)
+    app.config.update(READ_ONLY=settings.read_only, TESTING=bool(config.get("TESTING")), FLEET=fleet)
     listen_host, listen_port = auth.parse_listen(settings.listen)
     auth.install(app, auth.AccessPolicy(
         token=settings.token, csrf=auth.new_token(), listen_host=listen_host,
@@ -143,6 +150,6 @@ def create_app(config: dict | None = None) -> Flask:
         module, _, attr = spec.partition(":")
         app.register_blueprint(getattr(importlib.import_module(module), attr))
 
-    app.jinja_env.globals.update(read_only=settings.read_only, host_netns=settings.host)
+    app.jinja_env.globals.update(read_only=settings.read_only, host_netns=settings.host, fleet=fleet)
 
     return app

@@ -2,13 +2,18 @@
 
     bridgescope serve [--listen 127.0.0.1:8470] [--read-only] [--netns NAME] [--engine-socket PATH]...
                       [--token-file F] [--no-auth] [--allow-host NAME] [--audit-log PATH]
+                      [--agent URL]... [--agent-token-file F] [--agent-ca F] [--kubernetes-agents [NS/]SERVICE]
+
+With --agent or --kubernetes-agents it shows a fleet: every agent's host merged into one view,
+and no local host.
 """
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 from bridgescope.collector.errors import BridgescopeError
 from bridgescope.collector.kernel.containers import choose_engine_sockets
@@ -38,6 +43,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, default=96,
                    help="server threads (at least 64); each open tab holds one, 16 stay for pages")
     add_engine_socket_option(p)
+    fleet = p.add_argument_group("fleet", "show the hosts of bridgescope agents instead of this one")
+    fleet.add_argument("--agent", action="append", default=[], metavar="URL",
+                       help="an agent to show, http(s)://HOST:PORT (repeatable; plain http only on loopback)")
+    fleet.add_argument("--kubernetes-agents", metavar="[NAMESPACE/]SERVICE",
+                       help="follow the agents behind this headless Service (in a cluster, with the "
+                            "pod's service account; NAMESPACE defaults to the pod's own)")
+    fleet.add_argument("--agent-token-file", metavar="FILE",
+                       help="the agents' bearer token (else $BRIDGESCOPE_AGENT_TOKEN)")
+    fleet.add_argument("--agent-ca", metavar="FILE", help="CA certificate(s) the agents' TLS certificates are checked against")
     p.set_defaults(func=run)
 
 
@@ -53,12 +67,68 @@ def app_config(args: argparse.Namespace, environ: dict[str, str] | None = None) 
     if args.no_auth and args.token_file:
         raise BridgescopeError("--no-auth and --token-file contradict each other")
     token = None if args.no_auth else auth.read_token(args.token_file, environ)
-    return {
+    return {"FLEET": fleet_plan(args, environ), **{
         "LISTEN": args.listen, "HOST": args.netns, "READ_ONLY": args.read_only,
         "TOKEN": token, "NO_AUTH": args.no_auth, "ALLOWED_HOSTS": tuple(args.allow_host),
         "AUDIT_LOG": args.audit_log or str(state_dir() / "audit.jsonl"), "FIREWALL": args.firewall,
         "MAX_STREAMS": max(args.threads, 64) - 16,
-    }
+    }}
+
+
+SERVICE_ACCOUNT_NAMESPACE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
+
+
+def fleet_plan(args: argparse.Namespace, environ: dict[str, str] | None = None):
+    """The fleet options -> a FleetPlan, or None without them; raises BridgescopeError."""
+    from bridgescope.webui.auth import is_loopback
+    from bridgescope.webui.fleet.client import parse_url
+    from bridgescope.webui.fleet.source import FleetPlan
+
+    agents = getattr(args, "agent", None) or []
+    kube = getattr(args, "kubernetes_agents", None)
+    if not agents and not kube:
+        if getattr(args, "agent_token_file", None) or getattr(args, "agent_ca", None):
+            raise BridgescopeError("--agent-token-file and --agent-ca need --agent or --kubernetes-agents")
+        return None
+    if args.netns:
+        raise BridgescopeError("--netns and --agent/--kubernetes-agents contradict each other: "
+                               "a fleet dashboard shows its agents' hosts, no local one")
+    urls = tuple(dict.fromkeys(parse_url(u) for u in agents))
+    for url in urls:
+        parts = urlsplit(url)
+        if parts.scheme == "http" and parts.hostname != "localhost" and not is_loopback(parts.hostname):
+            raise BridgescopeError(f"--agent {url}: plain http sends the token in the clear; use https beyond loopback")
+    env = os.environ if environ is None else environ
+    token = _agent_token(args.agent_token_file, env)
+    if args.agent_ca and not os.access(args.agent_ca, os.R_OK):
+        raise BridgescopeError(f"cannot read the agents' CA file {args.agent_ca}")
+    kubernetes = None
+    if kube:
+        namespace, _, service = kube.rpartition("/")
+        if not service:
+            raise BridgescopeError(f"--kubernetes-agents {kube!r}: expected [NAMESPACE/]SERVICE")
+        kubernetes = (namespace or _pod_namespace(), service)
+    return FleetPlan(urls, token, args.agent_ca, kubernetes)
+
+
+def _agent_token(path: str | None, env) -> str:
+    if path:
+        try:
+            text = Path(path).read_text().strip()
+        except OSError as err:
+            raise BridgescopeError(f"cannot read the agents' token file {path}: {err.strerror}") from err
+    else:
+        text = env.get("BRIDGESCOPE_AGENT_TOKEN", "").strip()
+    if not text:
+        raise BridgescopeError("the agents need a token: --agent-token-file FILE or $BRIDGESCOPE_AGENT_TOKEN")
+    return text
+
+
+def _pod_namespace() -> str:
+    try:
+        return Path(SERVICE_ACCOUNT_NAMESPACE).read_text().strip() or "default"
+    except OSError:
+        return "default"
 
 
 def banner(config: dict) -> str:
@@ -67,8 +137,12 @@ def banner(config: dict) -> str:
     host, port = auth.parse_listen(config["LISTEN"])
     shown = "127.0.0.1" if host in ("0.0.0.0", "::") else (f"[{host}]" if ":" in host else host)
     url = f"http://{shown}:{port}/"
+    fleet = config.get("FLEET")
     lines = [f"bridgescope dashboard on {config['LISTEN']}"
              + (f" (host namespace: {config['HOST']})" if config["HOST"] else "")
+             + (f" (fleet: {len(fleet.agents)} agent(s)"
+                + (f", Kubernetes service {'/'.join(fleet.kubernetes)}" if fleet.kubernetes else "") + ")"
+                if fleet else "")
              + (" - read-only" if config["READ_ONLY"] else "")]
     lines.append(f"    open: {url}?token={quote(config['TOKEN'], safe='')}" if config["TOKEN"] else f"    open: {url}")
     lines.append(f"    audit log: {config['AUDIT_LOG']}")
@@ -97,11 +171,13 @@ def run(args: argparse.Namespace) -> int:
 
     config = app_config(args)
     choose_engine_sockets(args.engine_socket)
-    if not args.read_only and (rec := recover(host=args.netns)):  # a change a crash interrupted
+    if config["FLEET"] is not None:  # the agents change their hosts; nothing local to recover
+        pass
+    elif not args.read_only and (rec := recover(host=args.netns)):  # a change a crash interrupted
         print(rec.summary, file=sys.stderr)
         AuditLog(Path(config["AUDIT_LOG"])).record(
             "serve", {"action": "recover", "host": args.netns}, rec.commands, f"ok: {rec.summary}")
-    if not args.read_only:  # adopted containers may have moved while we were not running
+    if not args.read_only and config["FLEET"] is None:  # adopted containers may have moved meanwhile
         from bridgescope.webui import reconcile
         follow_audit = AuditLog(Path(config["AUDIT_LOG"]))
         reconcile.follow_once(args.netns, follow_audit)

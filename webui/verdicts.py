@@ -167,6 +167,8 @@ def for_source(source) -> Verdicts:
     bridgescope owns (the walk lab's has no saved state)."""
     from bridgescope.webui.app import runtime
 
+    if getattr(source, "fleet", False):  # the agents run the doctor on their own hosts
+        return source
     rt = runtime()
     if source is not rt.source:
         return worker(source)

@@ -98,12 +98,12 @@ def containers_of(elements: Iterable[dict]) -> int:
     return sum(1 for e in elements if e["data"].get("kind") == "namespace" and e["data"].get("container") is True)
 
 
-def state_text(view: HostView, now: float | None = None) -> str:
-    """`live`, `reconnecting`, `stale since 12:03:07 (41 s)`."""
+def state_text(view: HostView) -> str:
+    """`live`, `reconnecting since 12:03:05`, `stale since 12:03:07` (the host list shows the
+    age, ticking; the picture would need a delta a second for it)."""
     if view.state in ("reconnecting", "stale") and view.stale_since is not None:
-        age = max(0, int((time.time() if now is None else now) - view.stale_since))
         since = time.strftime("%H:%M:%S", time.localtime(view.stale_since))
-        return f"stale since {since} ({age} s)" if view.state == "stale" else f"reconnecting since {since}"
+        return f"stale since {since}" if view.state == "stale" else f"reconnecting since {since}"
     return view.state
 
 
@@ -112,9 +112,9 @@ def findings_text(counts: Mapping[str, int]) -> str:
     return ", ".join(parts) or "no problems"
 
 
-def host_box(view: HostView, origin: tuple[float, float], folded: bool, now: float | None = None) -> dict:
+def host_box(view: HostView, origin: tuple[float, float], folded: bool) -> dict:
     """The compound node holding a host's picture, or (folded) the one node standing for it."""
-    status = state_text(view, now)
+    status = state_text(view)
     data = {"id": host_box_id(view.name), "kind": "fleethost", "host": view.name, "state": view.state,
             "status": status, "folded": folded, "containers": containers_of(view.elements),
             "counts": dict(view.counts)}
@@ -131,9 +131,9 @@ def host_box(view: HostView, origin: tuple[float, float], folded: bool, now: flo
     return node
 
 
-def host_elements(view: HostView, origin: tuple[float, float], folded: bool, now: float | None = None) -> list[dict]:
+def host_elements(view: HostView, origin: tuple[float, float], folded: bool) -> list[dict]:
     """Everything of one host in the merged picture: its box first, then its elements."""
-    box = host_box(view, origin, folded, now)
+    box = host_box(view, origin, folded)
     if folded:
         return [box]
     bb = bounding_box(view.elements) or (0.0, 0.0, 0.0, 0.0)
@@ -200,9 +200,9 @@ def layout(views: Mapping[str, HostView], previous: Layout | None, opened: Itera
     return Layout(slots, grid_origins(sizes, slots), folded)
 
 
-def merge(views: Mapping[str, HostView], lay: Layout, now: float | None = None) -> dict[str, list[dict]]:
+def merge(views: Mapping[str, HostView], lay: Layout) -> dict[str, list[dict]]:
     """Each host's share of the merged picture, by host name."""
-    return {n: host_elements(v, lay.origins[n], n in lay.folded, now) for n, v in sorted(views.items())}
+    return {n: host_elements(v, lay.origins[n], n in lay.folded) for n, v in sorted(views.items())}
 
 
 def flatten(parts: Mapping[str, list[dict]]) -> list[dict]:
