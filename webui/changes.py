@@ -51,8 +51,9 @@ def refused(action: str, args: dict[str, Any], reason: str) -> None:
                             kind="invalid field")
 
 
-def perform(action: str, args: dict[str, Any], *, dry_run: bool):
+def perform(action: str, args: dict[str, Any], *, dry_run: bool, client: str | None = None):
     """Run `action` with keyword `args` against the dashboard's host; returns plumbing's Result.
+    `client` names who asked in the audit log (default: the request's address).
 
     Raises the plumbing's ValidationError / PlumbingError (both BridgescopeError) unchanged.
     """
@@ -61,7 +62,7 @@ def perform(action: str, args: dict[str, Any], *, dry_run: bool):
     common = {"host": rt.settings.host, "firewall": rt.settings.firewall}
     if dry_run:
         return fn(**args, **common, dry_run=True)
-    client = request.remote_addr or "?"
+    client = client or request.remote_addr or "?"
     with rt.change_lock:
         try:
             result = fn(**args, **common, dry_run=False)

@@ -28,6 +28,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
                 "re-apply the saved networks, containers and forwards (after a reboot) and clean up leftovers"),
     "doctor": ("bridgescope.webui.cli_doctor",
                "find what is broken in the host's container networking, and the fix"),
+    "agent": ("bridgescope.webui.cli_agent",
+              "serve one host's topology, doctor and metrics to a fleet dashboard (bearer-token API)"),
 }
 
 
