@@ -164,3 +164,16 @@ def test_doctor_events_sum_and_name_their_host():
 @pytest.mark.parametrize("name,ok", [("host-b", True), ("", False), ("a/b", False), ("x\n", False)])
 def test_host_names(name, ok):
     assert merge.valid_name(name) is ok
+
+
+def test_namespaces_unrelated_to_a_host_stay_out_of_its_box():
+    other = [{"group": "nodes", "data": {"id": "ns-9", "kind": "namespace", "label": "other-lab", "parent": None,
+                                         "related": False}, "position": {"x": 90000.0, "y": 0.0}},
+             {"group": "nodes", "data": {"id": "ns-9/if2", "kind": "veth", "label": "v", "parent": "ns-9",
+                                         "netns": "ns-9"}, "position": {"x": 90000.0, "y": 10.0}},
+             {"group": "edges", "data": {"id": "veth:x", "source": "ns-9/if2", "target": GRAPH["elements"][0]["data"]["id"],
+                                         "kind": "veth"}}]
+    views = {"a": live("a", GRAPH["elements"] + other), "b": live("b")}
+    _, elements = merged(views)
+    assert not any("ns-9" in e["data"]["id"] for e in elements)
+    assert boxes(elements)["a"][2] - boxes(elements)["a"][0] == boxes(elements)["b"][2] - boxes(elements)["b"][0]

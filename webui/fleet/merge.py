@@ -10,7 +10,7 @@ host not asked open is one summary node ("host-b: 20 containers, 1 warning").
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from bridgescope.collector.render.graph import diff_elements
@@ -74,6 +74,21 @@ def prefix_element(name: str, element: dict, offset: tuple[float, float]) -> dic
     return out
 
 
+def related_only(elements: Iterable[dict]) -> list[dict]:
+    """A host's elements without the namespaces that have nothing to do with it (the agent marks
+    them related: false; on a busy node they outnumber the picture many times over)."""
+    elements = list(elements)
+    away = {e["data"]["id"] for e in elements
+            if e["data"].get("kind") == "namespace" and e["data"].get("related") is False}
+    if not away:
+        return elements
+    nodes = [e for e in elements if e.get("group") == "nodes" and e["data"]["id"] not in away
+             and e["data"].get("netns") not in away and e["data"].get("parent") not in away]
+    ids = {e["data"]["id"] for e in nodes}
+    return nodes + [e for e in elements if e.get("group") == "edges"
+                    and e["data"].get("source") in ids and e["data"].get("target") in ids]
+
+
 def bounding_box(elements: Iterable[dict]) -> tuple[float, float, float, float] | None:
     """(x1, y1, x2, y2) of the positioned nodes, or None when nothing is placed."""
     xs, ys = [], []
@@ -87,7 +102,7 @@ def bounding_box(elements: Iterable[dict]) -> tuple[float, float, float, float] 
 
 def size_of(view: HostView, folded: bool) -> tuple[float, float]:
     """Room a host's box takes in the grid."""
-    box = None if folded else bounding_box(view.elements)
+    box = None if folded else bounding_box(related_only(view.elements))
     if box is None:
         return FOLDED_SIZE
     # positions are centres: leave room for the outermost boxes' own width and labels
@@ -136,10 +151,11 @@ def host_elements(view: HostView, origin: tuple[float, float], folded: bool) -> 
     box = host_box(view, origin, folded)
     if folded:
         return [box]
-    bb = bounding_box(view.elements) or (0.0, 0.0, 0.0, 0.0)
+    shown = related_only(view.elements)
+    bb = bounding_box(shown) or (0.0, 0.0, 0.0, 0.0)
     # the picture's top-left corner (plus the box's padding and the outer boxes' half size)
     offset = (origin[0] - bb[0] + PAD + 100.0, origin[1] - bb[1] + PAD + 60.0)
-    return [box] + [prefix_element(view.name, e, offset) for e in view.elements]
+    return [box] + [prefix_element(view.name, e, offset) for e in shown]
 
 
 # ---- the grid ------------------------------------------------------------------------------
@@ -193,10 +209,11 @@ class Layout:
 
 
 def layout(views: Mapping[str, HostView], previous: Layout | None, opened: Iterable[str] = (),
-           fold_at: int = FOLD_AT) -> Layout:
+           fold_at: int = FOLD_AT, size: Callable[[HostView, bool], tuple[float, float]] = size_of) -> Layout:
+    """`size`: size_of, or a memo of it (a change on one host need not measure all the others)."""
     slots = assign_slots(views, previous.slots if previous else {})
     folded = folded_hosts(views, opened, fold_at)
-    sizes = {n: size_of(v, n in folded) for n, v in views.items()}
+    sizes = {n: size(v, n in folded) for n, v in views.items()}
     return Layout(slots, grid_origins(sizes, slots), folded)
 
 

@@ -74,6 +74,7 @@ class FleetSource:
         self._opened: set[str] = set()
         self._layout: merge.Layout | None = None
         self._parts: dict[str, list[dict]] = {}
+        self._sizes: dict[str, tuple] = {}  # host -> ((elements, folded), size)
         self._made: dict[str, tuple] = {}  # host -> the (view, origin, folded) its part was made of
         self._elements: list[dict] = []
         self._version = 0
@@ -238,7 +239,7 @@ class FleetSource:
 
     def _changed(self) -> None:
         """Merge again what changed and send the difference (under the lock)."""
-        lay = merge.layout(self._views, self._layout, self._opened, self.fold_at)
+        lay = merge.layout(self._views, self._layout, self._opened, self.fold_at, self._size)
         parts = {}
         for name, view in sorted(self._views.items()):
             made = (view, lay.origins[name], name in lay.folded)
@@ -257,6 +258,14 @@ class FleetSource:
             self._version += 1
             self._fanout.publish({"type": "delta", "version": self._version, **delta}, self._elements)
         self._fanout.publish(self._fleet_event(), self._elements)
+
+    def _size(self, view: HostView, folded: bool) -> tuple[float, float]:
+        """merge.size_of, remembered per host while its elements stay the same object."""
+        key = (view.elements, folded)
+        hit = self._sizes.get(view.name)
+        if hit is None or hit[0][0] is not key[0] or hit[0][1] != folded:
+            hit = self._sizes[view.name] = (key, merge.size_of(view, folded))
+        return hit[1]
 
     def _fleet_event(self) -> dict:
         hosts = [{"name": v.name, "state": v.state, "status": merge.state_text(v), "stale_since": v.stale_since,
