@@ -340,7 +340,8 @@ function partition(elements) {
   const summaries = [...state.folded].map(([b, members]) => foldNode(b, members));
   // Every bridge folded: the fold nodes stand side by side, not each at the far start of its
   // bridge's reserved grid (which would leave the picture as wide as if nothing were folded).
-  if (summaries.length > 1 && summaries.length === new Set(near.map((e) => bridgeOf(e.data.id)).filter(Boolean)).size) {
+  // Not in a fleet: that would pull each host's folds out of its host's box.
+  if (!container.dataset.fleet && summaries.length > 1 && summaries.length === new Set(near.map((e) => bridgeOf(e.data.id)).filter(Boolean)).size) {
     summaries.sort((a, b) => a.position.x - b.position.x);
     const [x0, y0] = [summaries[0].position.x, summaries[0].position.y];
     summaries.forEach((f, i) => { f.position = { x: x0 + i * 260, y: y0 }; });

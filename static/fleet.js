@@ -33,10 +33,11 @@ function styleHosts() {
       width: 240, height: 70, "text-valign": "center", "text-margin-y": 0, "font-size": 15,
       "text-max-width": 220, "background-opacity": 1, "border-style": "double", "border-width": 5,
     })
-    .selector('node[kind = "fleethost"].fleet-stale').style({
+    // by data, not class: a delta changes an element's data (app.js), never its classes
+    .selector('node[kind = "fleethost"][state = "stale"]').style({
       "border-color": v("--danger"), "border-style": "dashed", opacity: 0.7,
     })
-    .selector('node[kind = "fleethost"].fleet-reconnecting, node[kind = "fleethost"].fleet-connecting').style({
+    .selector('node[kind = "fleethost"][state = "reconnecting"], node[kind = "fleethost"][state = "connecting"]').style({
       "border-color": v("--warn"), "border-style": "dashed",
     })
     .update();

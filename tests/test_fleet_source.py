@@ -173,3 +173,12 @@ def test_a_source_follows_an_agent_through_a_change_a_crash_and_a_restart(one_la
     finally:
         source.stop()
         agent.stop()
+
+
+def test_a_panel_in_fleet_mode_shows_what_the_agent_sent(fleet_app):
+    app, source, _ = fleet_app
+    client = app.test_client()
+    base = "http://127.0.0.1:8470"
+    r = client.get("/details/fleet:gone-host", base_url=base)
+    assert r.status_code == 200 and "gone-host" in r.get_data(as_text=True)
+    assert client.get("/details/gone-host/ns-1", base_url=base).status_code == 404

@@ -11,7 +11,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 
-from flask import Blueprint, Response, abort, request
+from flask import Blueprint, Response, abort, current_app, request
 from markupsafe import Markup, escape
 
 from bridgescope.collector.firewall import assemble_namespace
@@ -331,6 +331,11 @@ def with_fresh_counters(snap: Snapshot, details: Details) -> Details:
 def panel(element_id: str) -> str | Response:
     from bridgescope.webui.forms import form_choices
 
+    if current_app.config.get("FLEET"):  # an element of the merged picture: what its agent sent
+        from bridgescope.webui.fleet.routes import details_panel
+
+        html = details_panel(element_id)
+        return html if html is not None else Response(status=204 if request.args.get("follow") == "1" else 404)
     source = runtime().source
     choices = form_choices()
     # every container on a bridge of the served host gets "Add port forward" (adopt)

@@ -96,3 +96,23 @@ def forward(method: str) -> Response:
     if 400 <= status < 500:
         return _error(status, message)
     return _error(502, f"the agent of {body['host']} failed: {message}")
+
+
+def details_panel(element_id: str) -> str | None:
+    """The panel of an element of the merged picture: what its agent sent (names, addresses,
+    state, owner); None if there is no such element. The full panel (rules, counters, verdicts)
+    needs the host's own snapshot: `bridgescope serve` on that node."""
+    from markupsafe import escape
+
+    element = next((e for e in runtime().source.elements if e["data"]["id"] == element_id), None)
+    if element is None:
+        return None
+    d = element["data"]
+    rows = [("host", d.get("host")), ("kind", d.get("kind")), ("owner", d.get("owner")), ("state", d.get("state")),
+            ("addresses", ", ".join(d.get("addresses") or ()) or None), ("MAC", d.get("mac")), ("MTU", d.get("mtu")),
+            ("status", d.get("status"))]
+    facts = "".join(f"<dt>{escape(k)}</dt><dd>{escape(v)}</dd>" for k, v in rows if v not in (None, ""))
+    title = str(d.get("label") or d["id"]).replace("\n", " ")
+    return (f'<div class="details-head"><h2>{escape(title)}</h2></div><dl class="facts">{facts}</dl>'
+            f'<p class="hint">As the agent of {escape(d.get("host"))} reports it. Rules, counters and '
+            "verdicts: the doctor's findings in the host list, or <code>bridgescope serve</code> on that node.</p>")
