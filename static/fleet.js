@@ -28,6 +28,7 @@ function styleHosts() {
       "border-width": 3, "border-color": v("--c-host"), "border-style": "solid",
       label: "data(label)", "text-valign": "top", "text-halign": "center", "text-wrap": "wrap",
       "font-size": 26, "font-weight": 700, color: v("--fg"), padding: 40, "text-margin-y": -8,
+      "text-max-width": 2000,
     })
     .selector('node[kind = "fleethost"][?folded]').style({
       width: 240, height: 70, "text-valign": "center", "text-margin-y": 0, "font-size": 15,
@@ -132,15 +133,17 @@ function renderHosts() {
   statusLine().textContent = text;
 }
 
-// app.js rewrites the graph's status line on every change: the fleet's sum stands beside it
+// app.js rewrites the graph's status line on every change: the fleet's sum stands in the
+// graph's toolbar instead
 function statusLine() {
   let el = byId("fleet-status");
   if (!el) {
     el = document.createElement("span");
     el.id = "fleet-status";
-    el.className = "fleet-summary-line";
-    const status = byId("graph-status");
-    if (status) status.after(el); else document.body.append(el);
+    el.className = "chip fleet-summary-line";
+    el.setAttribute("aria-live", "polite");
+    const after = byId("search-count");
+    if (after) after.after(el); else document.body.append(el);
   }
   return el;
 }

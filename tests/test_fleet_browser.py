@@ -193,7 +193,7 @@ def test_screenshots_of_the_three_host_view(browser, dashboard, fleet, artifacts
     context, page, errors = open_page(browser, base, width, height)
     try:
         wait_js(page, "document.querySelectorAll('#fleet-hosts li[data-state=\"live\"]').length === 3", 60)
-        wait_js(page, "cy.nodes('[kind = \"namespace\"][?container]').length >= 6", 60)
+        wait_js(page, "cy.nodes('[kind = \"namespace\"][?is_host]').length === 3", 60)
         time.sleep(0.5)  # the fit's animation
         path = artifacts_dir / f"fleet-3-hosts-{width}.png"
         page.screenshot(path=str(path))

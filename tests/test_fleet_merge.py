@@ -177,3 +177,13 @@ def test_namespaces_unrelated_to_a_host_stay_out_of_its_box():
     _, elements = merged(views)
     assert not any("ns-9" in e["data"]["id"] for e in elements)
     assert boxes(elements)["a"][2] - boxes(elements)["a"][0] == boxes(elements)["b"][2] - boxes(elements)["b"][0]
+
+
+def test_hosts_not_yet_heard_take_cells_in_name_order_then_keep_them():
+    # agents start under their address, then /v1/info renames them: order by the real names
+    first = merge.layout({"127.0.0.1:9003": HostView("127.0.0.1:9003"), "127.0.0.1:9001": HostView("127.0.0.1:9001")}, None)
+    renamed = {"node-2": HostView("node-2"), "node-1": HostView("node-1")}
+    assert merge.layout(renamed, first).slots == {"node-1": 0, "node-2": 1}
+    # once a host has had a picture its cell is its own, whoever comes later
+    lay = merge.layout({"node-2": live("node-2")}, None)
+    assert merge.layout({"node-2": live("node-2"), "node-1": HostView("node-1")}, lay).slots == {"node-2": 0, "node-1": 1}

@@ -19,10 +19,11 @@ from bridgescope.collector.render.graph import diff_elements
 # "container" is a flag, a forward's is the id of the namespace it leads to).
 ID_FIELDS = ("id", "parent", "source", "target", "netns", "master", "peer", "container")
 COLUMNS = 3  # host boxes per row
-GAP = 160.0  # between host boxes, model units
+GAP = 100.0  # between host boxes, model units
 PAD = 60.0  # inside a host box, around its picture
 FOLD_AT = 6  # more hosts than this: each folds into one summary node unless opened
 FOLDED_SIZE = (260.0, 80.0)
+EDGE = (80.0, 80.0)  # beyond the outermost nodes' centres: half their boxes and labels, both sides
 STATES = ("connecting", "live", "reconnecting", "stale")
 
 
@@ -106,7 +107,7 @@ def size_of(view: HostView, folded: bool) -> tuple[float, float]:
     if box is None:
         return FOLDED_SIZE
     # positions are centres: leave room for the outermost boxes' own width and labels
-    return box[2] - box[0] + 2 * PAD + 200.0, box[3] - box[1] + 2 * PAD + 120.0
+    return box[2] - box[0] + 2 * PAD + EDGE[0], box[3] - box[1] + 2 * PAD + EDGE[1]
 
 
 def containers_of(elements: Iterable[dict]) -> int:
@@ -154,7 +155,7 @@ def host_elements(view: HostView, origin: tuple[float, float], folded: bool) -> 
     shown = related_only(view.elements)
     bb = bounding_box(shown) or (0.0, 0.0, 0.0, 0.0)
     # the picture's top-left corner (plus the box's padding and the outer boxes' half size)
-    offset = (origin[0] - bb[0] + PAD + 100.0, origin[1] - bb[1] + PAD + 60.0)
+    offset = (origin[0] - bb[0] + PAD + EDGE[0] / 2, origin[1] - bb[1] + PAD + EDGE[1] / 2)
     return [box] + [prefix_element(view.name, e, offset) for e in shown]
 
 
@@ -211,7 +212,11 @@ class Layout:
 def layout(views: Mapping[str, HostView], previous: Layout | None, opened: Iterable[str] = (),
            fold_at: int = FOLD_AT, size: Callable[[HostView, bool], tuple[float, float]] = size_of) -> Layout:
     """`size`: size_of, or a memo of it (a change on one host need not measure all the others)."""
-    slots = assign_slots(views, previous.slots if previous else {})
+    # a host keeps its cell once it has had a picture; until then (its agent not yet heard,
+    # its name not yet known) hosts take the free cells in name order
+    placed = {n: c for n, c in (previous.slots if previous else {}).items()
+              if n in views and (views[n].elements or views[n].state != "connecting")}
+    slots = assign_slots(views, placed)
     folded = folded_hosts(views, opened, fold_at)
     sizes = {n: size(v, n in folded) for n, v in views.items()}
     return Layout(slots, grid_origins(sizes, slots), folded)
