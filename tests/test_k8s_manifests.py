@@ -18,7 +18,7 @@ from bridgescope.webui.fleet import metrics
 
 ROOT = Path(__file__).resolve().parent.parent / "deploy"
 K8S_VERSION = "1.37"
-CAPABILITIES = {"NET_ADMIN", "SYS_ADMIN", "SYS_PTRACE", "DAC_READ_SEARCH"}
+CAPABILITIES = {"NET_ADMIN", "SYS_ADMIN", "SYS_PTRACE"}
 MANIFESTS = sorted((ROOT / "kubernetes").rglob("*.yaml"))
 
 
