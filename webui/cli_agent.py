@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 import socket
+import sys
 
 from bridgescope.collector.errors import BridgescopeError
 from bridgescope.webui.cli_snapshot import add_engine_socket_option
@@ -82,6 +83,8 @@ def run(args: argparse.Namespace) -> int:
     config = agent_config(args)
     choose_engine_sockets(args.engine_socket)
     tls = Tls(args.tls_cert, args.tls_key) if args.tls_cert else None
+    if args.allow_changes:
+        _keep_changes_whole(args.netns, config["AUDIT_LOG"])
 
     def ready() -> None:
         scheme = "https" if tls else "http"
@@ -90,5 +93,22 @@ def run(args: argparse.Namespace) -> int:
 
     serve_agent(config, tls=tls, when_ready=ready)
     return 0
+
+
+def _keep_changes_whole(host: str | None, audit_log: str) -> None:
+    """As `serve` does where changes are allowed: finish or roll back a change a crash
+    interrupted, then follow the adopted containers (their forwards move with them)."""
+    from pathlib import Path
+
+    from bridgescope.plumbing.api import recover
+    from bridgescope.webui import reconcile
+    from bridgescope.webui.audit import AuditLog
+
+    audit = AuditLog(Path(audit_log))
+    if rec := recover(host=host):
+        print(rec.summary, file=sys.stderr)
+        audit.record("agent", {"action": "recover", "host": host}, rec.commands, f"ok: {rec.summary}")
+    reconcile.follow_once(host, audit)
+    reconcile.start(host, audit)
 
 

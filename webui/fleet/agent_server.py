@@ -111,7 +111,7 @@ class TlsFront:
             sel.register(tls, selectors.EVENT_READ)
             sel.register(plain, selectors.EVENT_READ)
             while not self._closing.is_set():
-                ready = [key.fileobj for key, _ in sel.select(timeout=1.0)]
+                ready = [key.fileobj for key, _ in sel.select(timeout=0 if tls.pending() else 1.0)]
                 if tls.pending() and tls not in ready:
                     ready.append(tls)
                 for src in ready:
