@@ -191,7 +191,7 @@ def main() -> int:
         urls = [a.url for a in agents] + [f"http://127.0.0.1:{r.server_address[1]}" for r in replays]
         port = serve_process.free_port()
         argv = [sys.executable, "-m", "bridgescope.webui.cli", "serve", "--listen", f"127.0.0.1:{port}",
-                "--agent-token-file", str(agents[0].token_file), "--read-only"]
+                "--agent-token-file", str(agents[0].token_file)]
         for u in urls:
             argv += ["--agent", u]
         log = tmp / "serve.log"
@@ -202,6 +202,7 @@ def main() -> int:
         serve_process.wait_until_answering(proc, base + "/api/session", headers={"Authorization": f"Bearer {TOKEN}"},
                                            log=log, timeout=60)
         h = serve_process.login(base, TOKEN)
+        h["X-CSRF-Token"] = requests.get(base + "/api/session", headers=h, timeout=10).json()["csrf_token"]
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             states = [x["state"] for x in requests.get(base + "/api/fleet/hosts", headers=h, timeout=10).json()]
