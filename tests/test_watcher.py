@@ -180,3 +180,39 @@ def test_firewall_change_arrives_as_nat_nodes(netns):
         assert edge["data"]["target"] == element(watcher.elements, label="eth0", parent=ns_id(watcher, c1))["data"]["id"]
     finally:
         watcher.stop()
+
+
+def test_a_deleted_link_applies_to_the_cached_dump_without_a_redump(netns):
+    """The kernel announces RTM_DELLINK but not the routes that went with the link: applying
+    the event must give what a fresh dump gives (the old code asked for a re-dump)."""
+    import os
+
+    from bridgescope.collector.kernel.netlink import (
+        RTMGRP_TOPOLOGY,
+        NetnsSocket,
+        apply_events,
+        hop_each,
+        new_route_socket,
+    )
+    from bridgescope.collector.live.watcher import _drain_socket
+    ns = netns("del")
+    sh("ip", "-n", ns, "link", "add", "d0", "type", "veth", "peer", "name", "d1")
+    sh("ip", "-n", ns, "link", "set", "d0", "up")
+    sh("ip", "-n", ns, "link", "set", "d1", "up")
+    sh("ip", "-n", ns, "addr", "add", "10.61.0.1/24", "dev", "d0")
+    sh("ip", "-n", ns, "route", "add", "10.62.0.0/24", "via", "10.61.0.2")
+    fd = os.open(f"/run/netns/{ns}", os.O_RDONLY)
+    try:
+        [(rtnl, events)] = hop_each([(fd, None)], lambda _: (NetnsSocket(new_route_socket()),
+                                                              new_route_socket(RTMGRP_TOPOLOGY)))
+        before = rtnl.dump()
+        assert any(r.dst == "10.62.0.0/24" for r in before.routes)
+        sh("ip", "-n", ns, "link", "del", "d0")
+        time.sleep(0.2)
+        applied = apply_events(before, _drain_socket(events))
+        assert applied is not None
+        assert applied[0] == rtnl.dump()
+        rtnl.close()
+        events.close()
+    finally:
+        os.close(fd)

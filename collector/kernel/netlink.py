@@ -118,12 +118,14 @@ class NetnsSocket:
 def apply_events(dump: RtnlDump, chunks: Iterable[bytes]) -> tuple[RtnlDump, bool] | None:
     """Pure: the dump after the notifications in `chunks` (what an event socket received), and
     whether a netconf message said some sysctl changed; None when something came that only a
-    fresh dump settles: a deleted link (the kernel does not announce the routes that go with
-    it), a route replaced in place, or anything unparsable."""
+    fresh dump settles: a route replaced in place, a deleted link while a route without an
+    output device (multipath) might have used it, or anything unparsable. A deleted link takes
+    its addresses and the routes through it along without announcing them (docs/kernel-events.md)."""
     links = {link.ifindex: link for link in dump.links}
     addresses = {(a.ifindex, a.cidr): a for a in dump.addresses}
     routes = list(dump.routes)
     netconf = False
+    deleted: set[int] = set()
     try:
         for chunk in chunks:
             for msg in rtnl.messages(chunk):
@@ -134,6 +136,11 @@ def apply_events(dump: RtnlDump, chunks: Iterable[bytes]) -> tuple[RtnlDump, boo
                 elif msg.type == rtnl.RTM_NEWLINK:
                     link = rtnl.link_facts(msg)
                     links[link.ifindex] = link
+                    deleted.discard(link.ifindex)
+                elif msg.type == rtnl.RTM_DELLINK:
+                    ifindex = rtnl.link_facts(msg).ifindex
+                    links.pop(ifindex, None)
+                    deleted.add(ifindex)
                 elif msg.type in (rtnl.RTM_NEWADDR, rtnl.RTM_DELADDR):
                     addr = rtnl.address_facts(msg)
                     if addr is None:
@@ -158,6 +165,11 @@ def apply_events(dump: RtnlDump, chunks: Iterable[bytes]) -> tuple[RtnlDump, boo
                     return None
     except (IndexError, ValueError, KeyError, struct.error):
         return None
+    if deleted:
+        if any(r.oif is None for r in routes):
+            return None
+        routes = [r for r in routes if r.oif not in deleted]
+        addresses = {k: a for k, a in addresses.items() if a.ifindex not in deleted}
     # the order a dump gives: IPv4 before IPv6, by device, each device's in the order added
     ordered = sorted(addresses.values(), key=lambda a: (a.family != 4, a.ifindex))
     return RtnlDump(tuple(links[i] for i in sorted(links)), tuple(ordered), tuple(routes)), netconf

@@ -41,6 +41,7 @@ from bridgescope.collector.kernel.snapshot import path_or_blank, read_firewall, 
 from bridgescope.collector.kernel.veth import likely_homes, resolve_nsids
 from bridgescope.collector.live.fanout import GraphFanout
 from bridgescope.collector.live.incremental import Picture, Reads, advance, needs_nsids
+from bridgescope.collector.live.spans import Spans
 from bridgescope.collector.model import Namespace, Snapshot
 
 WATCHED_DIRS = ("/run/netns", "/run/docker/netns")
@@ -77,6 +78,7 @@ class Watcher:
         self._fw_watch = None
         self._rechecks: list[float] = []
         self.on_error: Callable[[BaseException], None] | None = None
+        self._spans = Spans.from_env()
 
     # ---- public -----------------------------------------------------------------------------
 
@@ -247,22 +249,32 @@ class Watcher:
         wanted = set(reread)
         namespaces = warnings = None
         dumps: dict[str, NamespaceRead] = {}
+        spans = self._spans
+        spans.begin()
         if discovery:
-            namespaces, dumps, warnings = self._sync_namespaces(discover(self._host))
-        applied = self._apply_events(events or {}, wanted)
-        fresh = reread_handles([self._handles[n] for n in wanted if n in self._handles])
+            with spans.span("discovery"):
+                namespaces, dumps, warnings = self._sync_namespaces(discover(self._host))
+        with spans.span("reads"):
+            applied = self._apply_events(events or {}, wanted)
+            fresh = reread_handles([self._handles[n] for n in wanted if n in self._handles])
         dumps.update({n: r for n, r in {**applied, **fresh}.items() if isinstance(r, NamespaceRead)})
         scanned = set(firewall or ()) | (dumps.keys() - self._picture.reads.keys())
-        fw = self._read_firewall(sorted(n for n in scanned if n in self._handles)) if self.firewall else {}
+        with spans.span("firewall"):
+            fw = self._read_firewall(sorted(n for n in scanned if n in self._handles)) if self.firewall else {}
         new = bool(namespaces is not None and namespaces.keys() - self._picture.namespaces.keys())
-        nsids = self._resolve(needs_nsids(self._picture, dumps, everything=full, new_namespaces=new), dumps)
-        picture, delta = advance(self._picture, Reads(taken_at=time.time(), namespaces=namespaces, dumps=dumps,
-                                                     nsids=nsids, firewall=fw, warnings=warnings, full=full))
-        with self._publishing:
+        with spans.span("nsids"):
+            nsids = self._resolve(needs_nsids(self._picture, dumps, everything=full, new_namespaces=new), dumps)
+        with spans.span("advance"):
+            picture, delta = advance(self._picture, Reads(taken_at=time.time(), namespaces=namespaces, dumps=dumps,
+                                                         nsids=nsids, firewall=fw, warnings=warnings, full=full))
+        with spans.span("publish"), self._publishing:
             self._picture = picture
             if delta["added"] or delta["removed"] or delta["changed"]:
                 self._version += 1
                 self._fanout.publish({"type": "delta", "version": self._version, **delta}, picture.elements)
+        spans.end(discovery=discovery, full=full, events=len(events or {}), reread=len(wanted), read=len(dumps),
+                  firewall_read=len(fw), namespaces=len(picture.namespaces),
+                  delta=[len(delta[k]) for k in ("added", "removed", "changed")])
 
     def _apply_events(self, events: Mapping[str, list[bytes]], redump: set[str]) -> dict[str, NamespaceRead]:
         """Cached dumps brought up to date by their events (the sysctls re-read alone when a
