@@ -216,3 +216,33 @@ def test_a_deleted_link_applies_to_the_cached_dump_without_a_redump(netns):
         events.close()
     finally:
         os.close(fd)
+
+
+def test_the_periodic_redump_comes_in_slices_and_sees_what_no_event_says(netns, monkeypatch):
+    """route_localnet changes without a netlink event: the periodic re-dump finds it, a few
+    namespaces at a time rather than all of them in one round that holds every change back."""
+    host, c1 = netns("host"), netns("c1")
+    sh("ip", "-n", host, "link", "add", "br0", "type", "bridge")
+    sh("ip", "-n", host, "link", "add", "vc1", "type", "veth", "peer", "name", "eth0", "netns", c1)
+    sh("ip", "-n", host, "link", "set", "vc1", "master", "br0")
+    watcher = Watcher(host, firewall=False, rescan_interval=3600, heal_interval=4.0)
+    rounds: list[tuple[int, bool]] = []
+    real_round = watcher._round
+    monkeypatch.setattr(watcher, "_round", lambda **kw: (rounds.append((len(list(kw.get("reread", ()))),
+                                                                         kw.get("full", False))),
+                                                         real_round(**kw))[1])
+    watcher.start()
+    try:
+        sh("ip", "netns", "exec", host, "sysctl", "-qw", "net.ipv4.conf.br0.route_localnet=1")
+        deadline = time.monotonic() + WAIT
+        while time.monotonic() < deadline:
+            if watcher.snapshot.namespace(ns_id(watcher, host)).sysctl("net.ipv4.conf.br0.route_localnet") == "1":
+                break
+            time.sleep(0.1)
+        else:
+            raise AssertionError("the periodic re-dump never saw route_localnet change")
+        everything = len(watcher.snapshot.namespaces)
+        periodic = [n for n, full in rounds[1:] if n]
+        assert periodic and max(periodic) < everything and not any(full for _, full in rounds)
+    finally:
+        watcher.stop()

@@ -4,8 +4,10 @@ One thread owns everything that changes: an epoll set of every namespace's event
 inotify on the netns directories, /proc/self/mountinfo (POLLPRI when the mount table
 changes, which is how a bind-mounted namespace appears or goes), and the handles. An event
 re-dumps only the namespace it came from; `incremental.advance` (pure) turns those reads into
-the next picture and its delta, which is published. ENOBUFS (the kernel dropped events) and
-every heal_interval trigger a full re-dump; every rescan_interval /proc is searched for
+the next picture and its delta, which is published. ENOBUFS (the kernel dropped events) or a
+failed round trigger a full re-dump; besides, every namespace is re-dumped once per
+heal_interval, a slice each second, so that no round holds a change back for long on a host
+with a thousand namespaces; every rescan_interval /proc is searched for
 namespaces only a process holds. Other threads ask for a re-read with `refresh`, which the
 loop performs, so no state is shared but the published picture.
 """
@@ -15,6 +17,7 @@ import atexit
 import ctypes
 import errno
 import logging
+import math
 import os
 import queue
 import select
@@ -53,6 +56,7 @@ SETTLE = 0.002  # after a first event, wait this long for the rest of its burst
 # inside a just-deleted namespace (another tool scanning it) keeps it alive for a moment.
 RECHECK_AFTER = (0.3, 2.0)
 QUEUE_LIMIT = 1000
+HEAL_STEP = 1.0  # seconds between two slices of the periodic re-dump
 
 _libc = ctypes.CDLL(None, use_errno=True)
 log = logging.getLogger(__name__)
@@ -77,6 +81,8 @@ class Watcher:
         self._epoll: select.epoll | None = None
         self._fw_watch = None
         self._rechecks: list[float] = []
+        self._heal_queue: list[str] = []  # namespaces the periodic re-dump has yet to visit this turn
+        self._heal_all = False  # a round failed: the next heal re-reads everything at once
         self.on_error: Callable[[BaseException], None] | None = None
         self._spans = Spans.from_env()
 
@@ -156,7 +162,7 @@ class Watcher:
         mountinfo = open("/proc/self/mountinfo", "rb")  # noqa: SIM115 - polled for the loop's life
         self._epoll.register(mountinfo.fileno(), select.EPOLLPRI | select.EPOLLERR)
         next_rescan = time.monotonic() + self.rescan_interval
-        next_heal = time.monotonic() + self.heal_interval
+        next_heal = time.monotonic() + HEAL_STEP
         try:
             while not self._stop.is_set():
                 timeout = max(0.0, min([next_rescan, next_heal, *self._rechecks]) - time.monotonic())
@@ -169,9 +175,13 @@ class Watcher:
                 try:
                     self._handle(ready, inotify, mountinfo)
                     now = time.monotonic()
-                    if now >= next_heal:
+                    if now >= next_heal and self._heal_all:
+                        self._heal_all = False
                         self._heal()
-                        next_heal, next_rescan = now + self.heal_interval, now + self.rescan_interval
+                        next_heal, next_rescan = now + HEAL_STEP, now + self.rescan_interval
+                    elif now >= next_heal:
+                        self._heal_slice()
+                        next_heal = now + HEAL_STEP
                     elif now >= next_rescan or any(now >= t for t in self._rechecks):
                         self._rechecks = [t for t in self._rechecks if t > now]
                         self._round(discovery=True)
@@ -179,6 +189,7 @@ class Watcher:
                             next_rescan = now + self.rescan_interval
                 except Exception as err:
                     log.exception("watcher: event handling failed; the next heal re-reads everything")
+                    self._heal_all = True
                     if self.on_error is not None:
                         self.on_error(err)
         finally:
@@ -237,6 +248,16 @@ class Watcher:
         """Full re-dump: after dropped events, and periodically in case anything slipped by."""
         self._round(discovery=True, reread=self._handles, firewall=None if self._fw_watch else self._handles,
                     full=True)
+
+    def _heal_slice(self) -> None:
+        """Re-dump the next share of the namespaces, so each is re-read once per heal_interval."""
+        if not self._heal_queue:
+            self._heal_queue = sorted(self._handles)
+        size = max(1, math.ceil(len(self._handles) * HEAL_STEP / self.heal_interval))
+        batch = [n for n in self._heal_queue[:size] if n in self._handles]
+        self._heal_queue = self._heal_queue[size:]
+        if batch:
+            self._round(reread=batch, firewall=None if self._fw_watch else batch)
 
     # ---- one round: read at the edge, then advance the pure picture --------------------------
 
