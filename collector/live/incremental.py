@@ -146,9 +146,12 @@ def _mark(dirty: Dirty, ns_id: str, ifindexes: Iterable[int] | None = None) -> N
 def _elements(picture: Picture, snap: Snapshot, ns_ids: set[str], if_ids: set[str], whole: set[str],
               everything: bool) -> tuple[list[dict], dict, Layout]:
     """Redraw what the round touched; a heal (or the first round) draws everything anew."""
-    if everything or not picture.elements:
+    if everything or not picture.elements or picture.layout is None:
         new, layout = drawn(snap)
         return new, diff_elements(picture.elements, new), layout
+    if not (ns_ids or if_ids or whole) and (snap.port_forwards, snap.masquerades) == \
+            (picture.snapshot.port_forwards, picture.snapshot.masquerades):
+        return picture.elements, {"added": [], "removed": [], "changed": []}, picture.layout  # a re-read found nothing new
     return patch_elements(picture.elements, picture.layout, snap, ns_ids, only=if_ids, whole=whole)
 
 
