@@ -27,6 +27,7 @@ from bridgescope.collector import firewall
 from bridgescope.collector.firewall import readers
 from bridgescope.collector.firewall.monitor import FirewallWatch
 from bridgescope.collector.firewall.savefmt import parse_body
+from bridgescope.collector.rules import nat
 from bridgescope.collector.rules.nat import interpret
 
 PREFIX = f"bsbfw{os.getpid()}"
@@ -89,6 +90,7 @@ def cold(ns: str):
         parse_body.cache_clear()
         firewall.assemble_namespace.cache_clear()
         readers.forget_reads()
+        nat.forget()
         return full_read(ns)
     return read
 
@@ -162,6 +164,7 @@ def bench_many(count: int) -> None:
         parse_body.cache_clear()
         firewall.assemble_namespace.cache_clear()
         readers.forget_reads()
+        nat.forget()
         scan = firewall.scan(paths)
         assert len(scan.rules) == 15 * count, len(scan.rules)
         interpret(scan.rules, scan.chains, (), ())

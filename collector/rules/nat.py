@@ -64,6 +64,11 @@ def interpret(rules: tuple[Rule, ...], chains: tuple[Chain, ...],
     return view
 
 
+def forget() -> None:
+    """Interpret the next rules from scratch (what a cold read measures)."""
+    _last.clear()
+
+
 def _interpret(rules: tuple[Rule, ...], chains: tuple[Chain, ...], interfaces: tuple[Interface, ...],
                namespaces: tuple[Namespace, ...], proxies: tuple[PortForward, ...]) -> NatView:
     tables = RuleSet(rules, chains)
