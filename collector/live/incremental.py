@@ -98,7 +98,12 @@ def advance(picture: Picture, reads: Reads) -> tuple[Picture, dict]:
             _mark(dirty, other, ifindexes)
     if reads.namespaces is not None:
         for ns_id in [n for n, ns in namespaces.items() if n in picture.namespaces and ns != picture.namespaces[n]]:
-            _mark(dirty, ns_id, ())
+            if dataclasses.replace(namespaces[ns_id], pids=()) != dataclasses.replace(picture.namespaces[ns_id], pids=()):
+                _mark(dirty, ns_id, ())
+            elif ns_id in store.parts:  # processes come and go all the time: nothing drawn shows them
+                part = store.parts[ns_id]
+                store.parts[ns_id] = dataclasses.replace(part, namespace=dataclasses.replace(
+                    part.namespace, pids=namespaces[ns_id].pids))
     for ns_id, read in reads.dumps.items():
         if ns_id in namespaces:
             for key, ifindexes in store.take_read(ns_id, read).items():

@@ -293,7 +293,7 @@ class Watcher:
             if delta["added"] or delta["removed"] or delta["changed"]:
                 self._version += 1
                 self._fanout.publish({"type": "delta", "version": self._version, **delta}, picture.elements)
-        spans.end(discovery=discovery, full=full, events=len(events or {}), reread=len(wanted), read=len(dumps),
+        spans.end(discovered=discovery, full=full, events=len(events or {}), reread=len(wanted), read=len(dumps),
                   firewall_read=len(fw), namespaces=len(picture.namespaces),
                   delta=[len(delta[k]) for k in ("added", "removed", "changed")])
 
