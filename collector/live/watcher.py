@@ -55,6 +55,10 @@ SETTLE = 0.002  # after a first event, wait this long for the rest of its burst
 # After a mount/netns-dir change, look again a little later: a process that happened to be
 # inside a just-deleted namespace (another tool scanning it) keeps it alive for a moment.
 RECHECK_AFTER = (0.3, 2.0)
+# Other tools creating and deleting namespaces in a burst would otherwise cost one discovery
+# (a walk of /proc and of the mount table) each, and the changes of namespaces already
+# watched would wait behind them: discoveries come at most this often, the rest is a recheck.
+DISCOVERY_GAP = 0.5
 QUEUE_LIMIT = 1000
 HEAL_STEP = 1.0  # seconds between two slices of the periodic re-dump
 
@@ -83,6 +87,7 @@ class Watcher:
         self._rechecks: list[float] = []
         self._heal_queue: list[str] = []  # namespaces the periodic re-dump has yet to visit this turn
         self._heal_all = False  # a round failed: the next heal re-reads everything at once
+        self._discovered_at = 0.0
         self.on_error: Callable[[BaseException], None] | None = None
         self._spans = Spans.from_env()
 
@@ -227,6 +232,9 @@ class Watcher:
         if rediscover:
             now = time.monotonic()
             self._rechecks = sorted(set(self._rechecks) | {now + delay for delay in RECHECK_AFTER})
+            if now - self._discovered_at < DISCOVERY_GAP:
+                self._rechecks = sorted({*self._rechecks, self._discovered_at + DISCOVERY_GAP})
+                rediscover = False
         if dirty or rediscover:
             self._round(discovery=rediscover, events=dirty)
 
@@ -273,6 +281,7 @@ class Watcher:
         spans = self._spans
         spans.begin()
         if discovery:
+            self._discovered_at = time.monotonic()
             with spans.span("discovery"):
                 namespaces, dumps, warnings = self._sync_namespaces(discover(self._host))
         with spans.span("reads"):
