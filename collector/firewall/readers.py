@@ -50,6 +50,7 @@ class NamespaceDump:
     problems: tuple[str, ...] = ()
 
 
+KEEP_READS = 4096
 _last: dict[str, tuple[tuple, NamespaceDump]] = {}  # namespace id -> (fingerprint, what was read)
 _last_lock = threading.Lock()
 
@@ -78,7 +79,10 @@ def dump_namespace(ns_id: str, path: str) -> NamespaceDump:
     dump = _run_tools(ns_id, path, legacy, tables)
     if fingerprint is not None and not dump.problems:
         with _last_lock:
+            _last.pop(ns_id, None)
             _last[ns_id] = (fingerprint, dump)
+            while len(_last) > KEEP_READS:  # namespaces come and go: forget the longest unchanged
+                _last.pop(next(iter(_last)))
     return dump
 
 
