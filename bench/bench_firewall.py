@@ -24,8 +24,10 @@ import time
 from pathlib import Path
 
 from bridgescope.collector import firewall
+from bridgescope.collector.firewall import readers
 from bridgescope.collector.firewall.monitor import FirewallWatch
 from bridgescope.collector.firewall.savefmt import parse_body
+from bridgescope.collector.rules import nat
 from bridgescope.collector.rules.nat import interpret
 
 PREFIX = f"bsbfw{os.getpid()}"
@@ -87,6 +89,8 @@ def cold(ns: str):
     def read():
         parse_body.cache_clear()
         firewall.assemble_namespace.cache_clear()
+        readers.forget_reads()
+        nat.forget()
         return full_read(ns)
     return read
 
@@ -159,6 +163,8 @@ def bench_many(count: int) -> None:
     def scan_all():
         parse_body.cache_clear()
         firewall.assemble_namespace.cache_clear()
+        readers.forget_reads()
+        nat.forget()
         scan = firewall.scan(paths)
         assert len(scan.rules) == 15 * count, len(scan.rules)
         interpret(scan.rules, scan.chains, (), ())

@@ -75,7 +75,8 @@ class HostView:
     def uplink(self) -> str | None:
         """The name of the host's way out: the device of its IPv4 default route."""
         host_id = self.host.id if self.host else ""
-        return next((r.dev for r in self.routes4(host_id) if is_default(r)), None)
+        # one pass over the routes: grouping every namespace's would cost the live view each round
+        return next((r.dev for r in self.snap.routes if r.netns == host_id and r.family == 4 and is_default(r)), None)
 
     def rule(self, netns: str, chain: str | None, text: str | None) -> Rule | None:
         """The parsed rule behind an interpreted forward or masquerade."""

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import subprocess
 import sys
 
@@ -10,7 +11,7 @@ import pytest
 
 from bridgescope.webui import cli
 
-HEAVY = ("flask", "pyroute2", "waitress", "bridgescope.plumbing", "bridgescope.collector.live")
+HEAVY = ("flask", "pyroute2", "waitress", "bridgescope.plumbing", "bridgescope.collector.live", "http.client", "email")
 
 
 def loaded_after(argv: list[str]) -> set[str]:
@@ -41,3 +42,15 @@ def test_the_listing_says_what_each_module_says():
 def test_each_command_is_parsed_by_its_module():
     args = cli.build_parser("snapshot").parse_args(["snapshot", "--json"])
     assert args.json and args.func.__module__ == "bridgescope.webui.cli_snapshot"
+
+
+def test_snapshot_json_into_a_pipe_is_compact_and_the_same_document(tmp_path):
+    """Into a pipe the document is written compact (the C encoder); it parses to what the
+    indented form says."""
+    code = ("import json, sys\nfrom bridgescope.collector.model import Snapshot\n"
+            "import bridgescope.webui.cli_snapshot as c\nc.collect = lambda *a, **k: Snapshot(host='ns-1')\n"
+            "c.run(type('A', (), {'json': True, 'dot': False, 'netns': None, 'no_firewall': True,"
+            " 'engine_socket': []})())\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.count("\n") == 1 and ": " not in out
+    assert json.loads(out)["host"] == "ns-1"

@@ -349,3 +349,32 @@ def test_fd_budget_raises_a_low_soft_limit():
             "print(resource.getrlimit(resource.RLIMIT_NOFILE)[0])\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert int(out) >= 500
+
+
+def test_sysctls_asked_over_netconf_equal_the_proc_files(netns):
+    """ip_forward and rp_filter come from one netconf question; they must read as the files do."""
+    import os
+
+    from bridgescope.collector.kernel.netlink import (
+        NetnsSocket,
+        hop_each,
+        namespace_sysctls,
+        new_route_socket,
+        read_sysctls,
+        sysctls_here,
+    )
+    ns = netns("conf")
+    sh("ip", "netns", "exec", ns, "sysctl", "-qw", "net.ipv4.ip_forward=1", "net.ipv4.conf.all.rp_filter=2")
+    fd = os.open(f"/run/netns/{ns}", os.O_RDONLY)
+    try:
+        def both(_):
+            sock = NetnsSocket(new_route_socket())
+            try:
+                return read_sysctls(namespace_sysctls(["lo"])), sysctls_here(sock, ["lo"])
+            finally:
+                sock.close()
+        [(files, asked)] = hop_each([(fd, None)], both)
+    finally:
+        os.close(fd)
+    assert asked == files
+    assert dict(asked)["net.ipv4.ip_forward"] == "1" and dict(asked)["net.ipv4.conf.all.rp_filter"] == "2"

@@ -398,3 +398,33 @@ def test_docker_proxy_process_is_reported_as_a_forward(netns, tmp_path):
     finally:
         fake.kill()
         fake.wait()
+
+
+@pytest.mark.parametrize("backend", ["legacy", "nft", "nftables"])
+def test_unchanged_rules_are_read_without_a_tool_and_a_change_is_read_again(netns, monkeypatch, backend):
+    """The kernel's own fingerprint (nf_tables' generation, a digest of each legacy table's
+    entries) says the rules did not change: no save tool runs. A changed rule is read anew."""
+    from bridgescope.collector.firewall import readers
+    ns = netns("fp")
+    rule = {"legacy": ["iptables-legacy", "-t", "nat", "-A", "PREROUTING", "-p", "tcp", "--dport"],
+            "nft": ["iptables-nft", "-t", "nat", "-A", "PREROUTING", "-p", "tcp", "--dport"]}
+
+    def add(port: int) -> None:
+        if backend == "nftables":
+            sh("nft", f"add rule ip fp pre tcp dport {port} dnat to 10.9.0.2:80", ns=ns)
+        else:
+            sh(*rule[backend], str(port), "-j", "DNAT", "--to-destination", "10.9.0.2:80", ns=ns)
+
+    if backend == "nftables":
+        sh("nft", "add table ip fp; add chain ip fp pre { type nat hook prerouting priority -100; }", ns=ns)
+    add(8080)
+    started: list[list[str]] = []
+    real_start = readers.start_tool
+    monkeypatch.setattr(readers, "start_tool", lambda p, argv: (started.append(argv), real_start(p, argv))[1])
+    first = readers.dump_namespace(ns, path(ns))
+    assert started and "8080" in "".join(s.text for s in first.saves) + "".join(first.nft_json)
+    started.clear()
+    assert readers.dump_namespace(ns, path(ns)) is first and started == []
+    add(9090)
+    again = readers.dump_namespace(ns, path(ns))
+    assert started and "9090" in "".join(s.text for s in again.saves) + "".join(again.nft_json)

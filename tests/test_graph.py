@@ -220,59 +220,91 @@ def _with_interface(snap: Snapshot, if_id: str, **changes) -> Snapshot:
         dataclasses.replace(i, **changes) if i.id == if_id else i for i in snap.interfaces))
 
 
+def _ids(items: list) -> list[str]:
+    return sorted(e if isinstance(e, str) else e["data"]["id"] for e in items)
+
+
+def patched(before: Snapshot, after: Snapshot, ns_ids=(), *, only=(), whole=()) -> tuple[list[dict], dict]:
+    """patch_elements from `before`'s drawing to `after`, checked against drawing `after` anew."""
+    from bridgescope.collector.render.graph import drawn, patch_elements
+    old, layout = drawn(before)
+    elements, delta, _ = patch_elements(old, layout, after, ns_ids, only=only, whole=whole)
+    full = to_elements(after)
+    assert by_id(elements) == by_id(full)
+    expected = diff_elements(old, full)
+    assert {k: _ids(v) for k, v in delta.items()} == {k: _ids(v) for k, v in expected.items()}
+    groups = [e["group"] for e in elements]
+    assert groups == sorted(groups, key=lambda g: g == "edges"), "nodes come before edges"
+    return elements, delta
+
+
+def moved(old: list[dict], new: list[dict]) -> list[str]:
+    before = {e["data"]["id"]: e.get("position") for e in old}
+    return [e["data"]["id"] for e in new if e["data"]["id"] in before and e.get("position") != before[e["data"]["id"]]]
+
+
 def test_patch_equals_a_full_rebuild_for_an_address_change():
-    from bridgescope.collector.render.graph import patch_elements
     old_snap = topology(20)
-    old = to_elements(old_snap)
     new_snap = _with_interface(old_snap, "ns-17/if2", addresses=("172.17.0.77/16",), state="down")
-    patched = patch_elements(old, new_snap, {"ns-17"})
-    assert patched is not None
-    elements, delta = patched
-    assert elements == to_elements(new_snap)
-    assert delta == diff_elements(old, elements)
+    _, delta = patched(old_snap, new_snap, {"ns-17"}, only={"ns-17/if2"})
     assert [e["data"]["id"] for e in delta["changed"]] == ["ns-17/if2"]
 
 
 def test_patch_of_an_unchanged_namespace_is_an_empty_delta():
-    from bridgescope.collector.render.graph import patch_elements
     snap = topology(5)
-    old = to_elements(snap)
-    elements, delta = patch_elements(old, snap, {"ns-12", "ns-1"})
-    assert elements is old and delta == {"added": [], "removed": [], "changed": []}
+    elements, delta = patched(snap, snap, {"ns-12", "ns-1"}, whole={"ns-12", "ns-1"})
+    assert elements == to_elements(snap) and delta == {"added": [], "removed": [], "changed": []}
 
 
-def test_patch_gives_up_when_the_layout_must_change():
-    from bridgescope.collector.render.graph import patch_elements
+def test_a_port_leaving_its_bridge_is_patched_and_the_container_moves_out():
+    """The plan says the container no longer sits under the bridge: the patch redraws it too,
+    although only the host's port was named as touched."""
     snap = topology(5)
-    old = to_elements(snap)
-    moved = _with_interface(snap, "ns-1/if3", master=None)  # a port leaves the bridge
-    assert patch_elements(old, moved, {"ns-1"}) is None
+    _, delta = patched(snap, _with_interface(snap, "ns-1/if3", master=None), {"ns-1"}, only={"ns-1/if3"})
+    assert "ns-10" in _ids(delta["changed"])
 
 
-def test_a_new_interface_is_laid_out_anew_and_moves_nothing():
-    """A namespace that gains an element is not patched: the layout runs again, and since
-    positions come from remembered slots, nothing that stayed moves."""
-    from bridgescope.collector.render.graph import patch_elements
+def test_a_new_interface_is_drawn_and_moves_nothing():
     snap = topology(5)
     old = to_elements(snap)
     extra = Interface("ns-12/if3", "ns-12", "eth1", 3, "veth", "up", 1500, None)
-    grown = dataclasses.replace(snap, interfaces=snap.interfaces + (extra,))
-    assert patch_elements(old, grown, {"ns-12"}) is None
-    elements = to_elements(grown)
-    delta = diff_elements(old, elements)
-    assert [e["data"]["id"] for e in delta["added"]] == ["ns-12/if3"]
-    before = {e["data"]["id"]: e.get("position") for e in old}
-    moved = [e["data"]["id"] for e in elements
-             if e["data"]["id"] in before and e.get("position") != before[e["data"]["id"]]]
-    assert moved == []
+    elements, delta = patched(snap, dataclasses.replace(snap, interfaces=snap.interfaces + (extra,)),
+                              {"ns-12"}, only={"ns-12/if3"})
+    assert _ids(delta["added"]) == ["ns-12/if3"]
+    assert moved(old, elements) == []
+
+
+def test_a_bridge_added_is_one_added_node_without_drawing_the_host_again():
+    snap = topology(30)
+    old = to_elements(snap)
+    br = Interface("ns-1/if999", "ns-1", "br-new", 999, "bridge", "up", 1500, None)
+    elements, delta = patched(snap, dataclasses.replace(snap, interfaces=snap.interfaces + (br,)),
+                              {"ns-1"}, only={"ns-1/if999"})
+    assert _ids(delta["added"]) == ["ns-1/if999"]
+    assert set(moved(old, elements)) <= {"ns-1"}
+    assert set(_ids(delta["changed"])) <= {"ns-1"}
+
+
+def test_a_container_that_comes_and_goes_is_patched():
+    snap = topology(4)
+    grown = topology(5)
+    patched(snap, grown, {"ns-1", "ns-14"}, only={"ns-1/if7"}, whole={"ns-14"})
+    patched(grown, snap, {"ns-1", "ns-14"}, only={"ns-1/if7"}, whole={"ns-14"})
+
+
+def test_a_namespace_beside_the_host_is_patched():
+    snap = topology(3)
+    side = Namespace("ns-500", "other-run", 500)
+    lo = Interface("ns-500/if1", "ns-500", "lo", 1, "loopback", "up", 65536, None, ("127.0.0.1/8",))
+    eth = Interface("ns-500/if2", "ns-500", "eth0", 2, "veth", "up", 1500, None)
+    grown = dataclasses.replace(snap, namespaces=snap.namespaces + (side,), interfaces=snap.interfaces + (lo, eth))
+    _, delta = patched(snap, grown, {"ns-500"}, whole={"ns-500"})
+    assert _ids(delta["added"]) == ["ns-500", "ns-500/if2"]
+    patched(grown, snap, {"ns-500"}, whole={"ns-500"})
 
 
 def test_veth_edge_emitted_by_the_untouched_end_is_kept():
-    from bridgescope.collector.render.graph import patch_elements
     snap = topology(3)
-    old = to_elements(snap)
     # the edge "veth:ns-1/if3--ns-10/if2" is emitted from the host side; patch only the container
-    new = _with_interface(snap, "ns-10/if2", mtu=9000)
-    elements, delta = patch_elements(old, new, {"ns-10"})
-    assert elements == to_elements(new)
+    elements, _ = patched(snap, _with_interface(snap, "ns-10/if2", mtu=9000), {"ns-10"}, only={"ns-10/if2"})
     assert any(e["data"]["id"] == "veth:ns-1/if3--ns-10/if2" for e in elements)

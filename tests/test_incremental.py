@@ -182,3 +182,15 @@ def test_a_main_table_route_event_applies_and_a_replace_asks_for_a_dump():
     assert (new.dst, new.oif, new.family) == ("10.99.0.0/24", 2, 4)
     assert apply_events(added, [_route_event(rtnl.RTM_DELROUTE)])[0] == dump
     assert apply_events(dump, [_route_event(rtnl.RTM_NEWROUTE, rtnl.NLM_F_REPLACE)]) is None
+
+
+def test_processes_coming_and_going_redraw_nothing():
+    """The host namespace's pids change at every discovery; the snapshot follows, the picture
+    needs no work."""
+    picture = started()
+    s = STAGES["start"]
+    moved = {**s["namespaces"], HOST: dataclasses.replace(s["namespaces"][HOST], pids=(1, 4242))}
+    after, delta = advance(picture, Reads(taken_at=2.0, namespaces=moved))
+    assert delta == {"added": [], "removed": [], "changed": []}
+    assert after.elements is picture.elements
+    assert after.snapshot.namespace(HOST).pids == (1, 4242)

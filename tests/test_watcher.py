@@ -180,3 +180,69 @@ def test_firewall_change_arrives_as_nat_nodes(netns):
         assert edge["data"]["target"] == element(watcher.elements, label="eth0", parent=ns_id(watcher, c1))["data"]["id"]
     finally:
         watcher.stop()
+
+
+def test_a_deleted_link_applies_to_the_cached_dump_without_a_redump(netns):
+    """The kernel announces RTM_DELLINK but not the routes that went with the link: applying
+    the event must give what a fresh dump gives (the old code asked for a re-dump)."""
+    import os
+
+    from bridgescope.collector.kernel.netlink import (
+        RTMGRP_TOPOLOGY,
+        NetnsSocket,
+        apply_events,
+        hop_each,
+        new_route_socket,
+    )
+    from bridgescope.collector.live.watcher import _drain_socket
+    ns = netns("del")
+    sh("ip", "-n", ns, "link", "add", "d0", "type", "veth", "peer", "name", "d1")
+    sh("ip", "-n", ns, "link", "set", "d0", "up")
+    sh("ip", "-n", ns, "link", "set", "d1", "up")
+    sh("ip", "-n", ns, "addr", "add", "10.61.0.1/24", "dev", "d0")
+    sh("ip", "-n", ns, "route", "add", "10.62.0.0/24", "via", "10.61.0.2")
+    fd = os.open(f"/run/netns/{ns}", os.O_RDONLY)
+    try:
+        [(rtnl, events)] = hop_each([(fd, None)], lambda _: (NetnsSocket(new_route_socket()),
+                                                              new_route_socket(RTMGRP_TOPOLOGY)))
+        before = rtnl.dump()
+        assert any(r.dst == "10.62.0.0/24" for r in before.routes)
+        sh("ip", "-n", ns, "link", "del", "d0")
+        time.sleep(0.2)
+        applied = apply_events(before, _drain_socket(events))
+        assert applied is not None
+        assert applied[0] == rtnl.dump()
+        rtnl.close()
+        events.close()
+    finally:
+        os.close(fd)
+
+
+def test_the_periodic_redump_comes_in_slices_and_sees_what_no_event_says(netns, monkeypatch):
+    """route_localnet changes without a netlink event: the periodic re-dump finds it, a few
+    namespaces at a time rather than all of them in one round that holds every change back."""
+    host, c1 = netns("host"), netns("c1")
+    sh("ip", "-n", host, "link", "add", "br0", "type", "bridge")
+    sh("ip", "-n", host, "link", "add", "vc1", "type", "veth", "peer", "name", "eth0", "netns", c1)
+    sh("ip", "-n", host, "link", "set", "vc1", "master", "br0")
+    watcher = Watcher(host, firewall=False, rescan_interval=3600, heal_interval=4.0)
+    rounds: list[tuple[int, bool]] = []
+    real_round = watcher._round
+    monkeypatch.setattr(watcher, "_round", lambda **kw: (rounds.append((len(list(kw.get("reread", ()))),
+                                                                         kw.get("full", False))),
+                                                         real_round(**kw))[1])
+    watcher.start()
+    try:
+        sh("ip", "netns", "exec", host, "sysctl", "-qw", "net.ipv4.conf.br0.route_localnet=1")
+        deadline = time.monotonic() + WAIT
+        while time.monotonic() < deadline:
+            if watcher.snapshot.namespace(ns_id(watcher, host)).sysctl("net.ipv4.conf.br0.route_localnet") == "1":
+                break
+            time.sleep(0.1)
+        else:
+            raise AssertionError("the periodic re-dump never saw route_localnet change")
+        everything = len(watcher.snapshot.namespaces)
+        periodic = [n for n, full in rounds[1:] if n]
+        assert periodic and max(periodic) < everything and not any(full for _, full in rounds)
+    finally:
+        watcher.stop()

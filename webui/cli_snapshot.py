@@ -44,7 +44,9 @@ def run(args: argparse.Namespace) -> int:
     choose_engine_sockets(args.engine_socket)
     snap = collect(args.netns, firewall=not args.no_firewall)
     if args.json:
-        json.dump(to_json(snap), sys.stdout, indent=2)
+        # indented for a person at a terminal; compact (C-encoded, 20x faster) into a pipe or file
+        layout = {"indent": 2} if sys.stdout.isatty() else {"separators": (",", ":")}
+        sys.stdout.write(json.dumps(to_json(snap), **layout))
         sys.stdout.write("\n")
     elif args.dot:
         sys.stdout.write(to_dot(snap))

@@ -8,16 +8,27 @@ and `nft -j list table` runs only for native tables (iptables-nft-save shows the
 """
 from __future__ import annotations
 
+import ctypes
+import hashlib
+import os
+import socket
+import struct
 import subprocess
+import threading
 from dataclasses import dataclass
 
 from bridgescope.collector.firewall import nftinfo
 from bridgescope.collector.firewall.nftjson import COMPAT_TABLES, FAMILIES
 from bridgescope.collector.kernel import tools
-from bridgescope.collector.kernel.setns import inside
+from bridgescope.collector.kernel.setns import inside, libc
 
 TIMEOUT = 20.0
 LEGACY_NAMES = {4: "ip_tables_names", 6: "ip6_tables_names"}
+# x_tables' own getsockopt interface (docs/kernel-events.md): the level and socket family per IP family
+LEGACY_SOCKOPT = {4: (socket.AF_INET, socket.IPPROTO_IP), 6: (socket.AF_INET6, socket.IPPROTO_IPV6)}
+SO_GET_INFO, SO_GET_ENTRIES = 64, 65
+_GETINFO = struct.Struct("=32sI5I5III")  # name, valid_hooks, hook_entry, underflow, num_entries, size
+_ENTRIES_HEAD = 40  # name[32], size, then the entries at 8-byte alignment
 SAVE_TOOLS = {("nft", 4): "iptables-nft-save", ("nft", 6): "ip6tables-nft-save",
               ("legacy", 4): "iptables-legacy-save", ("legacy", 6): "ip6tables-legacy-save"}
 
@@ -39,18 +50,49 @@ class NamespaceDump:
     problems: tuple[str, ...] = ()
 
 
+KEEP_READS = 4096
+_last: dict[str, tuple[tuple, NamespaceDump]] = {}  # namespace id -> (fingerprint, what was read)
+_last_lock = threading.Lock()
+
+
 def dump_namespace(ns_id: str, path: str) -> NamespaceDump:
     """Run the save tools for one namespace ({id}: nsfs path); never raises for tool trouble.
 
     One trip into the namespace asks the kernel which tables exist (legacy x_tables names,
-    nf_tables tables over netlink); only the tools with something to show are started, so a
-    container namespace without rules costs no process at all.
+    nf_tables tables over netlink) and for a fingerprint of the rules (nf_tables' generation,
+    a hash of each legacy table's entries); only the tools with something to show are
+    started, so a container namespace without rules costs no process at all, and nothing is
+    started when the fingerprint is the one of the previous read. The fingerprint is taken
+    before the tools run: a change meanwhile leaves a newer one next time, never a stale read.
+    nf_tables' generation ignores packet counters, so a read saved from the tools keeps the
+    counters of the last rule change (panels read fresh ones).
     """
     try:
-        legacy, tables = probe_tables(path)
+        legacy, tables, fingerprint = probe_tables(path)
     except OSError as err:
         return NamespaceDump(ns_id, problems=(f"namespace {ns_id} vanished during the firewall "
                                               f"scan ({err.strerror})",))
+    with _last_lock:
+        known = _last.get(ns_id)
+    if fingerprint is not None and known is not None and known[0] == fingerprint:
+        return known[1]
+    dump = _run_tools(ns_id, path, legacy, tables)
+    if fingerprint is not None and not dump.problems:
+        with _last_lock:
+            _last.pop(ns_id, None)
+            _last[ns_id] = (fingerprint, dump)
+            while len(_last) > KEEP_READS:  # namespaces come and go: forget the longest unchanged
+                _last.pop(next(iter(_last)))
+    return dump
+
+
+def forget_reads() -> None:
+    """Read every namespace's rules with the tools again (a cold read)."""
+    with _last_lock:
+        _last.clear()
+
+
+def _run_tools(ns_id: str, path: str, legacy: set[int], tables: list[tuple[str, str]]) -> NamespaceDump:
     compat = {FAMILIES[fam] for fam, name in tables if (fam, name) in COMPAT_TABLES and fam in FAMILIES}
     jobs = {key: start_tool(path, [tool, "-c"]) for key, tool in SAVE_TOOLS.items()
             if key[1] in (compat if key[0] == "nft" else legacy)}
@@ -74,10 +116,51 @@ def dump_namespace(ns_id: str, path: str) -> NamespaceDump:
     return NamespaceDump(ns_id, tuple(saves), tuple(nft_json), tuple(problems))
 
 
-def probe_tables(path: str) -> tuple[set[int], list[tuple[str, str]]]:
-    """(legacy families, nf_tables (family, name) pairs) of the namespace at path; creates nothing."""
+def probe_tables(path: str) -> tuple[set[int], list[tuple[str, str]], tuple | None]:
+    """(legacy families, nf_tables (family, name) pairs, fingerprint of every rule or None
+    when it cannot be had) of the namespace at path; creates nothing."""
     with inside(path):
-        return legacy_here(), [tuple(t.split(" ", 1)) for t in nftinfo.tables_here()]
+        legacy = legacy_here()
+        tables = [tuple(t.split(" ", 1)) for t in nftinfo.tables_here()]
+        try:
+            fingerprint = (tuple(sorted(legacy)), tuple(tables), nftinfo.generation_here() if tables else None,
+                           tuple(legacy_digests_here(legacy)))
+        except OSError:
+            fingerprint = None
+        return legacy, tables, fingerprint
+
+
+def legacy_digests_here(families: set[int]) -> list[tuple[int, str, str]]:
+    """(family, table, digest of its entries) for each legacy table in the calling thread's
+    namespace: one getsockopt each, instead of a save tool. Counters are part of the entries,
+    so a packet counted changes the digest, as it changes `-c`'s output."""
+    out = []
+    for family in sorted(families):
+        names = _read_names(f"/proc/thread-self/net/{LEGACY_NAMES[family]}").split()
+        if not names:
+            continue
+        domain, level = LEGACY_SOCKOPT[family]
+        with socket.socket(domain, socket.SOCK_RAW, socket.IPPROTO_RAW) as sock:
+            out += [(family, name, _table_digest(sock.fileno(), level, name)) for name in sorted(names)]
+    return out
+
+
+def _table_digest(fd: int, level: int, name: str) -> str:
+    info = ctypes.create_string_buffer(_GETINFO.pack(name.encode(), 0, *[0] * 10, 0, 0), _GETINFO.size)
+    _getsockopt(fd, level, SO_GET_INFO, info)
+    size = _GETINFO.unpack(info.raw)[-1]
+    entries = ctypes.create_string_buffer(_ENTRIES_HEAD + size)
+    struct.pack_into("=32sI", entries, 0, name.encode(), size)
+    _getsockopt(fd, level, SO_GET_ENTRIES, entries)  # EAGAIN when the table changed meanwhile
+    return hashlib.blake2b(entries.raw, digest_size=16).hexdigest()
+
+
+def _getsockopt(fd: int, level: int, option: int, buf: ctypes.Array) -> None:
+    """getsockopt with a buffer that carries input too (the table's name), which Python's cannot."""
+    length = ctypes.c_uint(len(buf))
+    if libc.getsockopt(fd, level, option, buf, ctypes.byref(length)) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"x_tables getsockopt {option}: {os.strerror(err)}")
 
 
 def without_comments(save: str) -> str:

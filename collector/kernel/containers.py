@@ -16,7 +16,6 @@ then a child of its conmon, whose `-n` argument is the container's name.
 """
 from __future__ import annotations
 
-import http.client
 import json
 import os
 import socket
@@ -33,21 +32,24 @@ CONMON_PIDS_CHECKED = 3  # a container's init is among its namespace's first pid
 NsKey = tuple[int, int]
 
 
-class _UnixHTTPConnection(http.client.HTTPConnection):
-    def __init__(self, path: str):
-        super().__init__("localhost", timeout=TIMEOUT)
-        self._path = path
+def _connection(path: str):
+    """An HTTP connection over a unix socket. http.client is imported here, when an engine
+    socket exists: it pulls in the email package, a fifth of `snapshot`'s start-up."""
+    import http.client
 
-    def connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(TIMEOUT)
-        sock.connect(self._path)
-        self.sock = sock
+    class UnixHTTPConnection(http.client.HTTPConnection):
+        def connect(self) -> None:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.settimeout(TIMEOUT)
+            sock.connect(path)
+            self.sock = sock
+
+    return UnixHTTPConnection("localhost", timeout=TIMEOUT), http.client.HTTPException
 
 
 def engine_get(socket_path: str, url: str) -> object:
     """GET url from the engine API on a unix socket; JSON decoded. Raises OSError/ValueError."""
-    conn = _UnixHTTPConnection(socket_path)
+    conn, http_error = _connection(socket_path)
     try:
         conn.request("GET", url, headers={"Host": "docker"})
         resp = conn.getresponse()
@@ -55,7 +57,7 @@ def engine_get(socket_path: str, url: str) -> object:
         if resp.status != 200:
             raise OSError(f"engine answered {resp.status} for {url}")
         return json.loads(body)
-    except http.client.HTTPException as err:
+    except http_error as err:
         raise OSError(str(err)) from err
     finally:
         conn.close()

@@ -23,7 +23,9 @@ RTM_NEWLINK, RTM_DELLINK, RTM_GETLINK = 16, 17, 18
 RTM_NEWADDR, RTM_DELADDR, RTM_GETADDR = 20, 21, 22
 RTM_NEWROUTE, RTM_DELROUTE, RTM_GETROUTE = 24, 25, 26
 RTM_NEWNSID, RTM_GETNSID = 88, 90
-RTM_NEWNETCONF, RTM_DELNETCONF = 80, 81
+RTM_NEWNETCONF, RTM_DELNETCONF, RTM_GETNETCONF = 80, 81, 82
+NETCONFA_IFINDEX, NETCONFA_FORWARDING, NETCONFA_RP_FILTER = 1, 2, 3
+NETCONFA_IFINDEX_ALL = -1
 
 IFLA_ADDRESS, IFLA_IFNAME, IFLA_MTU, IFLA_LINK, IFLA_MASTER = 1, 3, 4, 5, 10
 IFLA_OPERSTATE, IFLA_LINKINFO, IFLA_IFALIAS, IFLA_LINK_NETNSID = 16, 18, 20, 37
@@ -120,6 +122,18 @@ def route_dump(seq: int) -> bytes:
 def nsid_query(seq: int, fd: int) -> bytes:
     body = struct.pack("=Bxxx", socket.AF_UNSPEC) + _attr(NETNSA_FD, struct.pack("=I", fd))
     return request(RTM_GETNSID, NLM_F_REQUEST, seq, body)
+
+
+def netconf_all(seq: int) -> bytes:
+    """IPv4's "all" settings (ip_forward, rp_filter): one question instead of two /proc/sys files."""
+    body = struct.pack("=Bxxx", socket.AF_INET) + _attr(NETCONFA_IFINDEX, struct.pack("=i", NETCONFA_IFINDEX_ALL))
+    return request(RTM_GETNETCONF, NLM_F_REQUEST, seq, body)
+
+
+def netconf_facts(msg: Message) -> dict[int, int]:
+    """{NETCONFA_* attribute: value} of an RTM_NEWNETCONF answer."""
+    return {kind: value for kind, raw in attrs(msg.data, _HDR.size + 4).items()
+            if kind != NETCONFA_IFINDEX and (value := _u32(raw)) is not None}
 
 
 def _attr(kind: int, payload: bytes) -> bytes:

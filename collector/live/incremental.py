@@ -27,7 +27,8 @@ from bridgescope.collector.kernel.snapshot import (
 )
 from bridgescope.collector.kernel.veth import IfKey, pair, wanted_nsids
 from bridgescope.collector.model import Interface, Namespace, Snapshot
-from bridgescope.collector.render.graph import diff_elements, patch_elements, to_elements
+from bridgescope.collector.render.graph import Picture as Layout
+from bridgescope.collector.render.graph import diff_elements, drawn, patch_elements
 from bridgescope.collector.rules.nat import NatView
 
 
@@ -67,6 +68,7 @@ class Picture:
     warnings: tuple[str, ...] = ()
     snapshot: Snapshot = Snapshot()
     elements: list[dict] = field(default_factory=list)
+    layout: Layout | None = None  # the plan the elements were drawn from
 
 
 def needs_nsids(picture: Picture, reads: Mapping[str, NamespaceRead], *, everything: bool = False,
@@ -96,7 +98,12 @@ def advance(picture: Picture, reads: Reads) -> tuple[Picture, dict]:
             _mark(dirty, other, ifindexes)
     if reads.namespaces is not None:
         for ns_id in [n for n, ns in namespaces.items() if n in picture.namespaces and ns != picture.namespaces[n]]:
-            _mark(dirty, ns_id, ())
+            if dataclasses.replace(namespaces[ns_id], pids=()) != dataclasses.replace(picture.namespaces[ns_id], pids=()):
+                _mark(dirty, ns_id, ())
+            elif ns_id in store.parts:  # processes come and go all the time: nothing drawn shows them
+                part = store.parts[ns_id]
+                store.parts[ns_id] = dataclasses.replace(part, namespace=dataclasses.replace(
+                    part.namespace, pids=namespaces[ns_id].pids))
     for ns_id, read in reads.dumps.items():
         if ns_id in namespaces:
             for key, ifindexes in store.take_read(ns_id, read).items():
@@ -122,13 +129,13 @@ def advance(picture: Picture, reads: Reads) -> tuple[Picture, dict]:
     if picture.firewall:
         snap = store.with_nat(snap, order, reads.firewall, everything=everything,
                               moved_ips=moved_ips, gone=gone)
-    # a namespace that went takes its elements along and moves nothing; one that came needs a place
-    relayout = everything or bool(namespaces.keys() - picture.namespaces.keys())
-    elements, delta = _elements(picture.elements, snap, set(dirty) | gone, if_ids | gone_ids, relayout)
+    rebuilt = {n for n, ifindexes in dirty.items() if ifindexes is None}
+    elements, delta, layout = _elements(picture, snap, set(dirty) | gone, if_ids | gone_ids,
+                                        rebuilt | gone | (namespaces.keys() - picture.namespaces.keys()), everything)
     return Picture(firewall=picture.firewall, namespaces=namespaces, reads=store.reads, nsids=store.nsids,
                    parts=store.parts, targets=store.targets, pointing=store.pointing, pointed=store.pointed,
                    fw=store.fw, fw_merged=store.fw_merged, nat=store.nat, warnings=warnings, snapshot=snap,
-                   elements=elements), delta
+                   elements=elements, layout=layout), delta
 
 
 def _mark(dirty: Dirty, ns_id: str, ifindexes: Iterable[int] | None = None) -> None:
@@ -141,13 +148,16 @@ def _mark(dirty: Dirty, ns_id: str, ifindexes: Iterable[int] | None = None) -> N
         dirty[ns_id] |= set(ifindexes)
 
 
-def _elements(old: list[dict], snap: Snapshot, ns_ids: set[str], if_ids: set[str],
-              relayout: bool) -> tuple[list[dict], dict]:
-    patched = None if relayout or not old else patch_elements(old, snap, ns_ids, only=if_ids)
-    if patched is not None:
-        return patched
-    new = to_elements(snap)
-    return new, diff_elements(old, new)
+def _elements(picture: Picture, snap: Snapshot, ns_ids: set[str], if_ids: set[str], whole: set[str],
+              everything: bool) -> tuple[list[dict], dict, Layout]:
+    """Redraw what the round touched; a heal (or the first round) draws everything anew."""
+    if everything or not picture.elements or picture.layout is None:
+        new, layout = drawn(snap)
+        return new, diff_elements(picture.elements, new), layout
+    if not (ns_ids or if_ids or whole) and (snap.port_forwards, snap.masquerades) == \
+            (picture.snapshot.port_forwards, picture.snapshot.masquerades):
+        return picture.elements, {"added": [], "removed": [], "changed": []}, picture.layout  # a re-read found nothing new
+    return patch_elements(picture.elements, picture.layout, snap, ns_ids, only=if_ids, whole=whole)
 
 
 class _Store:

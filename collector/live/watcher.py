@@ -4,8 +4,10 @@ One thread owns everything that changes: an epoll set of every namespace's event
 inotify on the netns directories, /proc/self/mountinfo (POLLPRI when the mount table
 changes, which is how a bind-mounted namespace appears or goes), and the handles. An event
 re-dumps only the namespace it came from; `incremental.advance` (pure) turns those reads into
-the next picture and its delta, which is published. ENOBUFS (the kernel dropped events) and
-every heal_interval trigger a full re-dump; every rescan_interval /proc is searched for
+the next picture and its delta, which is published. ENOBUFS (the kernel dropped events) or a
+failed round trigger a full re-dump; besides, every namespace is re-dumped once per
+heal_interval, a slice each second, so that no round holds a change back for long on a host
+with a thousand namespaces; every rescan_interval /proc is searched for
 namespaces only a process holds. Other threads ask for a re-read with `refresh`, which the
 loop performs, so no state is shared but the published picture.
 """
@@ -15,6 +17,7 @@ import atexit
 import ctypes
 import errno
 import logging
+import math
 import os
 import queue
 import select
@@ -41,6 +44,7 @@ from bridgescope.collector.kernel.snapshot import path_or_blank, read_firewall, 
 from bridgescope.collector.kernel.veth import likely_homes, resolve_nsids
 from bridgescope.collector.live.fanout import GraphFanout
 from bridgescope.collector.live.incremental import Picture, Reads, advance, needs_nsids
+from bridgescope.collector.live.spans import Spans
 from bridgescope.collector.model import Namespace, Snapshot
 
 WATCHED_DIRS = ("/run/netns", "/run/docker/netns")
@@ -51,7 +55,12 @@ SETTLE = 0.002  # after a first event, wait this long for the rest of its burst
 # After a mount/netns-dir change, look again a little later: a process that happened to be
 # inside a just-deleted namespace (another tool scanning it) keeps it alive for a moment.
 RECHECK_AFTER = (0.3, 2.0)
+# Other tools creating and deleting namespaces in a burst would otherwise cost one discovery
+# (a walk of /proc and of the mount table) each, and the changes of namespaces already
+# watched would wait behind them: discoveries come at most this often, the rest is a recheck.
+DISCOVERY_GAP = 0.5
 QUEUE_LIMIT = 1000
+HEAL_STEP = 1.0  # seconds between two slices of the periodic re-dump
 
 _libc = ctypes.CDLL(None, use_errno=True)
 log = logging.getLogger(__name__)
@@ -76,7 +85,11 @@ class Watcher:
         self._epoll: select.epoll | None = None
         self._fw_watch = None
         self._rechecks: list[float] = []
+        self._heal_queue: list[str] = []  # namespaces the periodic re-dump has yet to visit this turn
+        self._heal_all = False  # a round failed: the next heal re-reads everything at once
+        self._discovered_at = 0.0
         self.on_error: Callable[[BaseException], None] | None = None
+        self._spans = Spans.from_env()
 
     # ---- public -----------------------------------------------------------------------------
 
@@ -154,7 +167,7 @@ class Watcher:
         mountinfo = open("/proc/self/mountinfo", "rb")  # noqa: SIM115 - polled for the loop's life
         self._epoll.register(mountinfo.fileno(), select.EPOLLPRI | select.EPOLLERR)
         next_rescan = time.monotonic() + self.rescan_interval
-        next_heal = time.monotonic() + self.heal_interval
+        next_heal = time.monotonic() + HEAL_STEP
         try:
             while not self._stop.is_set():
                 timeout = max(0.0, min([next_rescan, next_heal, *self._rechecks]) - time.monotonic())
@@ -167,9 +180,13 @@ class Watcher:
                 try:
                     self._handle(ready, inotify, mountinfo)
                     now = time.monotonic()
-                    if now >= next_heal:
+                    if now >= next_heal and self._heal_all:
+                        self._heal_all = False
                         self._heal()
-                        next_heal, next_rescan = now + self.heal_interval, now + self.rescan_interval
+                        next_heal, next_rescan = now + HEAL_STEP, now + self.rescan_interval
+                    elif now >= next_heal:
+                        self._heal_slice()
+                        next_heal = now + HEAL_STEP
                     elif now >= next_rescan or any(now >= t for t in self._rechecks):
                         self._rechecks = [t for t in self._rechecks if t > now]
                         self._round(discovery=True)
@@ -177,6 +194,7 @@ class Watcher:
                             next_rescan = now + self.rescan_interval
                 except Exception as err:
                     log.exception("watcher: event handling failed; the next heal re-reads everything")
+                    self._heal_all = True
                     if self.on_error is not None:
                         self.on_error(err)
         finally:
@@ -214,6 +232,9 @@ class Watcher:
         if rediscover:
             now = time.monotonic()
             self._rechecks = sorted(set(self._rechecks) | {now + delay for delay in RECHECK_AFTER})
+            if now - self._discovered_at < DISCOVERY_GAP:
+                self._rechecks = sorted({*self._rechecks, self._discovered_at + DISCOVERY_GAP})
+                rediscover = False
         if dirty or rediscover:
             self._round(discovery=rediscover, events=dirty)
 
@@ -236,6 +257,16 @@ class Watcher:
         self._round(discovery=True, reread=self._handles, firewall=None if self._fw_watch else self._handles,
                     full=True)
 
+    def _heal_slice(self) -> None:
+        """Re-dump the next share of the namespaces, so each is re-read once per heal_interval."""
+        if not self._heal_queue:
+            self._heal_queue = sorted(self._handles)
+        size = max(1, math.ceil(len(self._handles) * HEAL_STEP / self.heal_interval))
+        batch = [n for n in self._heal_queue[:size] if n in self._handles]
+        self._heal_queue = self._heal_queue[size:]
+        if batch:
+            self._round(reread=batch, firewall=None if self._fw_watch else batch)
+
     # ---- one round: read at the edge, then advance the pure picture --------------------------
 
     def _round(self, *, discovery: bool = False, reread: Iterable[str] = (), firewall: Iterable[str] | None = (),
@@ -247,22 +278,33 @@ class Watcher:
         wanted = set(reread)
         namespaces = warnings = None
         dumps: dict[str, NamespaceRead] = {}
+        spans = self._spans
+        spans.begin()
         if discovery:
-            namespaces, dumps, warnings = self._sync_namespaces(discover(self._host))
-        applied = self._apply_events(events or {}, wanted)
-        fresh = reread_handles([self._handles[n] for n in wanted if n in self._handles])
+            self._discovered_at = time.monotonic()
+            with spans.span("discovery"):
+                namespaces, dumps, warnings = self._sync_namespaces(discover(self._host))
+        with spans.span("reads"):
+            applied = self._apply_events(events or {}, wanted)
+            fresh = reread_handles([self._handles[n] for n in wanted if n in self._handles])
         dumps.update({n: r for n, r in {**applied, **fresh}.items() if isinstance(r, NamespaceRead)})
         scanned = set(firewall or ()) | (dumps.keys() - self._picture.reads.keys())
-        fw = self._read_firewall(sorted(n for n in scanned if n in self._handles)) if self.firewall else {}
+        with spans.span("firewall"):
+            fw = self._read_firewall(sorted(n for n in scanned if n in self._handles)) if self.firewall else {}
         new = bool(namespaces is not None and namespaces.keys() - self._picture.namespaces.keys())
-        nsids = self._resolve(needs_nsids(self._picture, dumps, everything=full, new_namespaces=new), dumps)
-        picture, delta = advance(self._picture, Reads(taken_at=time.time(), namespaces=namespaces, dumps=dumps,
-                                                     nsids=nsids, firewall=fw, warnings=warnings, full=full))
-        with self._publishing:
+        with spans.span("nsids"):
+            nsids = self._resolve(needs_nsids(self._picture, dumps, everything=full, new_namespaces=new), dumps)
+        with spans.span("advance"):
+            picture, delta = advance(self._picture, Reads(taken_at=time.time(), namespaces=namespaces, dumps=dumps,
+                                                         nsids=nsids, firewall=fw, warnings=warnings, full=full))
+        with spans.span("publish"), self._publishing:
             self._picture = picture
             if delta["added"] or delta["removed"] or delta["changed"]:
                 self._version += 1
                 self._fanout.publish({"type": "delta", "version": self._version, **delta}, picture.elements)
+        spans.end(discovered=discovery, full=full, events=len(events or {}), reread=len(wanted), read=len(dumps),
+                  firewall_read=len(fw), namespaces=len(picture.namespaces),
+                  delta=[len(delta[k]) for k in ("added", "removed", "changed")])
 
     def _apply_events(self, events: Mapping[str, list[bytes]], redump: set[str]) -> dict[str, NamespaceRead]:
         """Cached dumps brought up to date by their events (the sysctls re-read alone when a

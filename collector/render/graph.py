@@ -18,7 +18,7 @@ from __future__ import annotations
 import ipaddress
 import math
 import re
-from collections.abc import Collection, Iterable
+from collections.abc import Collection, Container, Iterable, Mapping
 from dataclasses import dataclass
 
 from bridgescope.collector.hostview import container_label, host_view
@@ -52,15 +52,24 @@ def remembered_slots(host_key: str) -> Slots:
 
 def to_elements(snap: Snapshot, *, show_loopback: bool = False, slots: Slots | None = None) -> list[dict]:
     """The elements; without `slots`, this process's memory of the host's slots is used and updated."""
+    return drawn(snap, show_loopback=show_loopback, slots=slots)[0]
+
+
+def drawn(snap: Snapshot, *, show_loopback: bool = False, slots: Slots | None = None) -> tuple[list[dict], Picture]:
+    """to_elements, with the plan they were drawn from (what patch_elements starts from next)."""
     host_key = snap.host or ""
-    elements, new_slots = build_elements(snap, remembered_slots(host_key) if slots is None else slots,
-                                         show_loopback=show_loopback)
+    elements, picture = _draw(snap, remembered_slots(host_key) if slots is None else slots, show_loopback)
     if slots is None:
-        _REMEMBERED[host_key] = new_slots
-    return elements
+        _REMEMBERED[host_key] = picture.slots
+    return elements, picture
 
 
 def build_elements(snap: Snapshot, slots: Slots, *, show_loopback: bool = False) -> tuple[list[dict], Slots]:
+    elements, picture = _draw(snap, slots, show_loopback)
+    return elements, picture.slots
+
+
+def _draw(snap: Snapshot, slots: Slots, show_loopback: bool) -> tuple[list[dict], Picture]:
     visible = [i for i in snap.interfaces if show_loopback or i.kind != "loopback"]
     by_id = {i.id: i for i in snap.interfaces}
     picture = plan(snap, slots)
@@ -75,7 +84,7 @@ def build_elements(snap: Snapshot, slots: Slots, *, show_loopback: bool = False)
         node["position"] = {"x": round(x, 1), "y": round(y, 1)}
     shown = {i.id for i in visible}
     edges = _interface_edges(visible, shown, by_id) + [e for _, e in pf_nodes if e] + _masquerade_edges(snap, picture)
-    return nodes + edges, picture.slots
+    return nodes + edges, picture
 
 # ---- nodes ----------------------------------------------------------------------------------
 
@@ -248,7 +257,7 @@ def _edge(edge_id: str, source: str, target: str, kind: str, owner: str = "unkno
                                        "kind": kind, "owner": owner}}
 
 
-def _interface_edges(visible: list[Interface], shown: set[str], by_id: dict[str, Interface]) -> list[dict]:
+def _interface_edges(visible: list[Interface], shown: Container[str], by_id: dict[str, Interface]) -> list[dict]:
     edges = []
     for iface in visible:
         master = by_id.get(iface.master) if iface.master else None
@@ -452,64 +461,143 @@ def _id_rank(node_id: str) -> tuple:
 NAT_KINDS = ("portforward", "masquerade")
 
 
-def patch_elements(old: list[dict], snap: Snapshot, ns_ids: Iterable[str], *,
-                   show_loopback: bool = False, only: Collection[str] | None = None
-                   ) -> tuple[list[dict], dict] | None:
-    """Rebuild only what belongs to `ns_ids` (plus the few NAT nodes), keeping every position.
-    `only` (interface ids a change touched) widens nothing: their namespaces are patched whole,
-    since positions come from remembered slots and a full layout moves nothing that stayed.
+def patch_elements(old: list[dict], before: Picture | None, snap: Snapshot, ns_ids: Iterable[str], *,
+                   only: Collection[str] = (), whole: Collection[str] = (), show_loopback: bool = False
+                   ) -> tuple[list[dict], dict, Picture]:
+    """Redraw only what a change touched: the nodes of `ns_ids`, the interfaces in `only`, every
+    element of the namespaces in `whole` (new, gone or rebuilt), the NAT elements, and whatever
+    the new plan says differently from `before` (the plan `old` was drawn from).
 
-    Returns (elements, delta), equal to (to_elements(snap), diff_elements(old, that)), or None
-    when those namespaces gained/lost elements or anything the layout depends on changed:
-    then the caller lays everything out again with to_elements.
+    Returns (elements, delta, plan), equal by id to to_elements(snap) and diff_elements(old, that).
+    Positions are recomputed only when nodes came or went, a node changed parent, or the plan's
+    shape changed; then only the nodes that moved join the delta. Without `before`, everything
+    is drawn anew.
     """
-    touched = set(ns_ids)
-    if only:
-        netns_of = {i.id: i.netns for i in snap.interfaces}
-        touched |= {netns_of[i] for i in only if i in netns_of}
-    fresh = _fresh_elements(snap, touched, show_loopback)
-    stale = {e["data"]["id"]: e for e in old if _belongs(e, touched)}
-    if stale.keys() != fresh.keys():
-        return None
+    host_key = snap.host or ""
+    if before is None or before.host != _host_id(snap):
+        new, picture = drawn(snap, show_loopback=show_loopback)
+        return new, diff_elements(old, new), picture
+    picture = plan(snap, remembered_slots(host_key))
+    _REMEMBERED[host_key] = picture.slots
+    whole = set(whole) | _changed_keys(before.home, picture.home)
+    nodes = set(ns_ids) | whole | _changed_keys(before.names, picture.names) | (before.related ^ picture.related)
+    ifaces = set(only) | _changed_keys(before.parent, picture.parent)
+    if before.way_out != picture.way_out:
+        ifaces |= {before.way_out, picture.way_out} - {None}
+    fresh = _fresh_elements(snap, picture, nodes, ifaces, whole, show_loopback)
+    index, first_edge, stale = {}, len(old), set()
+    for k, element in enumerate(old):
+        index[element["data"]["id"]] = k
+        if element["group"] == "edges" and first_edge == len(old):
+            first_edge = k
+        if _belongs(element, nodes, ifaces, whole):
+            stale.add(element["data"]["id"])
+    added = [e for i, e in fresh.items() if i not in index]
+    removed = [i for i in stale if i not in fresh]
+    changed: dict[str, dict] = {}
+    relayout = any(e["group"] == "nodes" for e in added) or any(old[index[i]]["group"] == "nodes" for i in removed)
+    relayout = relayout or _shape(before) != _shape(picture)
     for element_id, element in fresh.items():
-        before = stale[element_id]
+        k = index.get(element_id)
+        if k is None:
+            continue
+        previous = old[k]
         if element["group"] == "nodes":
-            if _layout_key(element) != _layout_key(before):
-                return None
-            element["position"] = before["position"]
-    changed = [e for i, e in fresh.items() if e != stale[i]]
-    if not changed:
-        return old, {"added": [], "removed": [], "changed": []}
-    replaced = {e["data"]["id"]: e for e in changed}
-    return [replaced.get(e["data"]["id"], e) for e in old], {"added": [], "removed": [], "changed": changed}
+            relayout = relayout or _layout_key(element) != _layout_key(previous)
+            element["position"] = previous["position"]
+        if element != previous:
+            changed[element_id] = element
+    gone = set(removed)
+    keep = [changed.get(e["data"]["id"], e) for e in old if e["data"]["id"] not in gone]
+    cut = first_edge - sum(1 for i in gone if index[i] < first_edge)
+    elements = keep[:cut] + [e for e in added if e["group"] == "nodes"] + keep[cut:] + \
+        [e for e in added if e["group"] == "edges"]
+    if relayout:
+        elements = _placed(snap, picture, elements, changed, {e["data"]["id"] for e in added})
+    delta = {"added": added, "removed": removed, "changed": list(changed.values())}
+    return elements, delta, picture
 
 
-def _fresh_elements(snap: Snapshot, touched: set[str], show_loopback: bool) -> dict[str, dict]:
+def _host_id(snap: Snapshot) -> str | None:
+    host = snap.namespace(snap.host) if snap.host else snap.host_namespace()
+    return host.id if host is not None else None
+
+
+def _changed_keys(before: Mapping, after: Mapping) -> set:
+    if before == after:
+        return set()
+    return {k for k in before.keys() | after.keys() if before.get(k) != after.get(k)}
+
+
+def _shape(pic: Picture) -> tuple:
+    """What positions depend on besides the nodes themselves."""
+    return (pic.bridges, pic.cell, pic.port_cell, pic.strays, pic.uplinks, pic.side, pic.inner)
+
+
+def _placed(snap: Snapshot, pic: Picture, elements: list[dict], changed: dict[str, dict],
+            added: set[str]) -> list[dict]:
+    """Lay the nodes out again; a node that moved is copied with its new place and joins `changed`."""
+    nodes = [e for e in elements if e["group"] == "nodes"]
+    positions = place(snap, pic, nodes)
+    out = []
+    for element in elements:
+        if element["group"] == "nodes":
+            x, y = positions.get(element["data"]["id"], (0.0, 0.0))
+            where = {"x": round(x, 1), "y": round(y, 1)}
+            if element.get("position") != where:
+                element_id = element["data"]["id"]
+                if element_id not in added and element_id not in changed:
+                    element = {**element}
+                    changed[element_id] = element
+                element["position"] = where
+        out.append(element)
+    return out
+
+
+def _fresh_elements(snap: Snapshot, pic: Picture, nodes: set[str], ifaces: set[str], whole: set[str],
+                    show_loopback: bool) -> dict[str, dict]:
+    """The touched elements, drawn from the new plan (positions are filled in by the caller)."""
     by_id = {i.id: i for i in snap.interfaces}
-    visible = [i for i in snap.interfaces if i.netns in touched and (show_loopback or i.kind != "loopback")]
-    shown = {i.id for i in snap.interfaces if show_loopback or i.kind != "loopback"}
-    namespaces = [ns for ns in snap.namespaces if ns.id in touched]
-    pic = plan(snap, remembered_slots(snap.host or ""))
-    nodes = [_namespace_node(ns, pic) for ns in namespaces]
-    ns_owner = {n["data"]["id"]: n["data"]["owner"] for n in nodes}
-    nodes += [_interface_node(i, by_id, snap.host, ns_owner[i.netns], pic) for i in visible]
-    # a veth edge is emitted by its lower-id end, which may sit in an untouched namespace
-    far_ends = [by_id[i.peer] for i in visible if i.peer in by_id and i.peer in shown and by_id[i.peer].netns not in touched]
+    namespaces = {ns.id: ns for ns in snap.namespaces}
+    wanted = [i for i in snap.interfaces if i.netns in whole] if whole else []
+    wanted += [by_id[i] for i in ifaces if i in by_id and by_id[i].netns not in whole]
+    visible = [i for i in wanted if show_loopback or i.kind != "loopback"]
+    owners = {n: namespace_owner(namespaces[n]) for n in {i.netns for i in visible} if n in namespaces}
+    out = [_namespace_node(namespaces[n], pic) for n in sorted(nodes) if n in namespaces]
+    out += [_interface_node(i, by_id, snap.host, owners.get(i.netns, "unknown"), pic) for i in visible]
+    drawn_ids = {i.id for i in visible}
+    # an edge is emitted by its lower-id end, which may not be touched
+    far_ends = [by_id[i.peer] for i in visible if i.peer in by_id and i.peer not in drawn_ids]
+    shown = _Shown(by_id, show_loopback)
     edges = [e for e in _interface_edges(visible + far_ends, shown, by_id)
-             if _interface_ns(e["data"]["source"]) in touched or _interface_ns(e["data"]["target"]) in touched]
+             if e["data"]["source"] in drawn_ids or e["data"]["target"] in drawn_ids]
     nat = _portforward_nodes(snap, by_id, pic)
-    nodes += [n for n, _ in nat]
+    out += [n for n, _ in nat]
     edges += [e for _, e in nat if e] + _masquerade_edges(snap, pic)
-    return {e["data"]["id"]: e for e in nodes + edges}
+    return {e["data"]["id"]: e for e in out + edges}
 
 
-def _belongs(element: dict, touched: set[str]) -> bool:
+class _Shown:
+    """`in` for "this interface is drawn" without building the set of every interface id."""
+
+    def __init__(self, by_id: Mapping[str, Interface], show_loopback: bool):
+        self._by_id, self._loopback = by_id, show_loopback
+
+    def __contains__(self, if_id: object) -> bool:
+        iface = self._by_id.get(if_id)  # type: ignore[arg-type]
+        return iface is not None and (self._loopback or iface.kind != "loopback")
+
+
+def _belongs(element: dict, nodes: set[str], ifaces: set[str], whole: set[str]) -> bool:
     data = element["data"]
     if data["kind"] in NAT_KINDS:
         return True
     if element["group"] == "nodes":
-        return data["id"] in touched if data["kind"] == "namespace" else data.get("netns", data["parent"]) in touched
-    return _interface_ns(data["source"]) in touched or _interface_ns(data["target"]) in touched
+        if data["kind"] == "namespace":
+            return data["id"] in nodes
+        return data["id"] in ifaces or data.get("netns", data["parent"]) in whole
+    source, target = data["source"], data["target"]
+    return source in ifaces or target in ifaces or _interface_ns(source) in whole or _interface_ns(target) in whole
 
 
 def _interface_ns(element_id: str) -> str:

@@ -45,10 +45,32 @@ class NatView:
     warnings: tuple[str, ...] = ()
 
 
+_last: list[tuple[tuple, NatView]] = []  # the previous interpretation and what it was made of
+
+
 def interpret(rules: tuple[Rule, ...], chains: tuple[Chain, ...],
               interfaces: tuple[Interface, ...], namespaces: tuple[Namespace, ...],
               *, proxies: tuple[PortForward, ...] = ()) -> NatView:
-    """Port forwards (DNAT and docker-proxy) and masquerades, each resolved to interfaces."""
+    """Port forwards (DNAT and docker-proxy) and masquerades, each resolved to interfaces.
+
+    The same rules read again (the firewall reader hands back the very Rule objects when the
+    kernel says nothing changed) cost one comparison, not a walk of every rule."""
+    inputs = (rules, chains, interfaces, namespaces, proxies)
+    last = _last[0] if _last else None
+    if last is not None and last[0] == inputs:
+        return last[1]
+    view = _interpret(rules, chains, interfaces, namespaces, proxies)
+    _last[:] = [(inputs, view)]
+    return view
+
+
+def forget() -> None:
+    """Interpret the next rules from scratch (what a cold read measures)."""
+    _last.clear()
+
+
+def _interpret(rules: tuple[Rule, ...], chains: tuple[Chain, ...], interfaces: tuple[Interface, ...],
+               namespaces: tuple[Namespace, ...], proxies: tuple[PortForward, ...]) -> NatView:
     tables = RuleSet(rules, chains)
     where = _locator(interfaces)
     filters = _ForwardFilter(tables, where.bridge_names())
