@@ -1,13 +1,16 @@
 """Adopting a container bridgescope did not make: find it, decide whether our forward can carry
 traffic past its engine's own filtering, and follow it when it restarts (docs/adopt.md).
 
-Pure, except `engine_ids` and `candidates_here`, which facts.py calls to read the machine.
+Pure, except `engine_ids` and `engine_lookup`, which facts.py calls to read the machine.
 """
 from __future__ import annotations
 
+import ipaddress
+import os
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
+from urllib.parse import quote
 
 from bridgescope.collector.model import Snapshot
 from bridgescope.plumbing.backends import Probe
@@ -47,16 +50,67 @@ def engine_ids(sockets: Iterable[str]) -> dict[int, tuple[str, str]]:
     for sock in sockets:
         try:
             listing = containers.engine_get(sock, "/containers/json")
-            version = containers.engine_get(sock, "/version")
         except (OSError, ValueError):
             continue
-        engine = "podman" if "podman" in str(version).lower() else "docker"
+        engine = _engine_kind(sock)
         for summary in listing if isinstance(listing, list) else ():
             cid = summary.get("Id") if isinstance(summary, dict) else None
             if isinstance(cid, str):
                 for _, ino in containers.namespace_keys(sock, cid):
                     out[ino] = (engine, cid)
     return out
+
+
+@dataclass(frozen=True)
+class Sighting:
+    """A running container an engine knows by the name or id a request gave."""
+    engine: str
+    engine_id: str
+    name: str
+    paths: tuple[str, ...]  # where its network namespace opens (SandboxKey, /proc/PID/ns/net)
+
+
+def engine_lookup(sockets: Iterable[str], target: str) -> list[Sighting]:
+    """The running container each engine answers to `target` with (one inspection per
+    socket, whatever the number of containers): an engine also accepts an id prefix shorter
+    than `_answers_to` does, so its answer is held to the same rule."""
+    from bridgescope.collector.kernel import containers
+    out = []
+    for sock in sockets:
+        if not os.path.exists(sock):
+            continue
+        try:
+            detail = containers.engine_get(sock, f"/containers/{quote(target, safe='')}/json")
+        except (OSError, ValueError):
+            continue
+        if not isinstance(detail, dict) or not (detail.get("State") or {}).get("Running"):
+            continue
+        cid, name = detail.get("Id"), str(detail.get("Name") or "").lstrip("/")
+        if not isinstance(cid, str) or not _engine_answers(cid, name, target):
+            continue
+        out.append(Sighting(_engine_kind(sock), cid, name, tuple(containers.namespace_paths(detail))))
+    return out
+
+
+def _engine_answers(cid: str, name: str, target: str) -> bool:
+    return target in (cid, name) or (len(target) >= 12 and cid.startswith(target))
+
+
+def _engine_kind(sock: str) -> str:
+    from bridgescope.collector.kernel import containers
+    try:
+        version = containers.engine_get(sock, "/version")
+    except (OSError, ValueError):
+        return "docker"
+    return "podman" if "podman" in str(version).lower() else "docker"
+
+
+def is_address(target: str) -> bool:
+    try:
+        ipaddress.ip_address(target)
+    except ValueError:
+        return False
+    return True
 
 
 def candidates(snap: Snapshot, ids: Mapping[int, tuple[str, str]]

@@ -27,8 +27,8 @@ from engines import (
 )
 from hostpicture import save_lines
 
-from bridgescope.collector.kernel import containers
-from bridgescope.plumbing import api
+from bridgescope.collector.kernel import containers, snapshot
+from bridgescope.plumbing import adopt, api
 from bridgescope.plumbing.errors import ValidationError
 
 pytestmark = [pytest.mark.kernel, pytest.mark.engines, pytest.mark.slow]
@@ -84,6 +84,26 @@ def test_docker_container_gets_a_forward_without_recreating_it(docker):
     assert len(jumps) == 1 and "-j BRIDGESCOPE-FORWARD" in jumps[0]
     [adopted] = api.load_state(docker.ns).adopted
     assert (adopted.engine, adopted.name, adopted.user_chain) == ("docker", docker.web, "DOCKER-USER")
+
+
+def test_adopting_by_name_reads_that_container_alone(docker, monkeypatch):
+    """A forward's cost does not grow with the machine: adding one to a container an engine
+    names reads neither every namespace nor every container of the engine, and sees it as the
+    whole-machine reading (reconcile's) does, so following it changes nothing."""
+    other = f"{RUN_PREFIX}-aone"
+    docker.run_web(other, "8082:80")
+    with monkeypatch.context() as patched:
+        patched.setattr(snapshot, "collect", lambda *_, **__: pytest.fail("read the whole machine"))
+        patched.setattr(adopt, "engine_ids", lambda *_: pytest.fail("asked about every container"))
+        api.add_forward(other, "9093:80", host=docker.ns)
+        api.add_forward(other, "9094:80", host=docker.ns)  # known now: asked by its engine id
+    wait_for(lambda: reaches(docker, 9093) and reaches(docker, 9094), "the forwards by name")
+    followed = api.reconcile(host=docker.ns)
+    assert followed.commands == (), followed.summary
+    api.remove_forward(other, "9093:80", host=docker.ns)
+    api.remove_forward(other, "9094:80", host=docker.ns)
+    docker.cli("rm", "-f", other)
+    assert other not in [a.name for a in api.load_state(docker.ns).adopted]
 
 
 def test_the_forward_follows_the_restarted_container(docker):
