@@ -96,13 +96,20 @@ def _engine_answers(cid: str, name: str, target: str) -> bool:
     return target in (cid, name) or (len(target) >= 12 and cid.startswith(target))
 
 
+_kinds: dict[tuple[str, int], str] = {}
+
+
 def _engine_kind(sock: str) -> str:
+    """docker or podman: asked once per socket file (a restarted daemon makes a new one)."""
     from bridgescope.collector.kernel import containers
     try:
-        version = containers.engine_get(sock, "/version")
+        key = (sock, os.stat(sock).st_ino)
+        if key not in _kinds:
+            version = containers.engine_get(sock, "/version")
+            _kinds[key] = "podman" if "podman" in str(version).lower() else "docker"
     except (OSError, ValueError):
         return "docker"
-    return "podman" if "podman" in str(version).lower() else "docker"
+    return _kinds[key]
 
 
 def is_address(target: str) -> bool:

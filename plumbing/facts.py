@@ -42,9 +42,11 @@ def gather(ns: netns.HostNs, st: State, request: Request, *,
     if isinstance(request, AddForwards):
         if st.container(request.container):
             return _ports(ns, probe)
-        return replace(_ports(ns, probe), **_containers(ns, st, snapshot, request.container))
+        return replace(_ports(ns, probe), **_containers(ns, st, snapshot, (request.container,)))
     if isinstance(request, Reconcile):
-        return Facts(probe=probe, **_containers(ns, st, snapshot)) if st.adopted else Facts(probe=probe)
+        if not st.adopted:
+            return Facts(probe=probe)
+        return Facts(probe=probe, **_containers(ns, st, snapshot, tuple(a.name for a in st.adopted)))
     if isinstance(request, RemoveForwards):
         return Facts(probe=probe)
     if isinstance(request, Restore):
@@ -65,15 +67,17 @@ def _network(ns: netns.HostNs, st: State, net: Network, probe: backends.Probe | 
 
 
 def _containers(ns: netns.HostNs, st: State, snapshot: Snapshot | None,
-                target: str | None = None) -> dict:
+                targets: tuple[str, ...] = ()) -> dict:
     """Every container namespace on a bridge of the host, bar bridgescope's own (adopt.py);
-    for a `target`, when its name settles it, only the ones it can name."""
+    for `targets`, when their names settle it, only the ones they name (a container gone or
+    in a namespace its name no longer leads to needs the whole machine's view)."""
     from bridgescope.collector.kernel import containers
     from bridgescope.collector.kernel.snapshot import collect
-    if snapshot is None and target is not None:
-        named = _named(ns, st, target)
-        if named is not None:
-            return _not_ours(st, named)
+    if snapshot is None and targets:
+        named = [_named(ns, st, t) for t in targets]
+        if all(n is not None for n in named):
+            unique = {c.inode: c for n in named for c in n or ()}
+            return _not_ours(st, tuple(unique.values()))
     snap = snapshot or collect(ns.path, firewall=False)
     found, others = adopt.candidates(snap, adopt.engine_ids(containers.configured_sockets()))
     return _not_ours(st, found, others)

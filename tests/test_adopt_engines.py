@@ -88,8 +88,8 @@ def test_docker_container_gets_a_forward_without_recreating_it(docker):
 
 def test_adopting_by_name_reads_that_container_alone(docker, monkeypatch):
     """A forward's cost does not grow with the machine: adding one to a container an engine
-    names reads neither every namespace nor every container of the engine, and sees it as the
-    whole-machine reading (reconcile's) does, so following it changes nothing."""
+    names, and following it, read neither every namespace nor every container of the engine,
+    and see it as the whole machine's view does (following that view changes nothing)."""
     other = f"{RUN_PREFIX}-aone"
     docker.run_web(other, "8082:80")
     with monkeypatch.context() as patched:
@@ -97,8 +97,10 @@ def test_adopting_by_name_reads_that_container_alone(docker, monkeypatch):
         patched.setattr(adopt, "engine_ids", lambda *_: pytest.fail("asked about every container"))
         api.add_forward(other, "9093:80", host=docker.ns)
         api.add_forward(other, "9094:80", host=docker.ns)  # known now: asked by its engine id
+        assert api.reconcile(host=docker.ns).commands == ()
     wait_for(lambda: reaches(docker, 9093) and reaches(docker, 9094), "the forwards by name")
-    followed = api.reconcile(host=docker.ns)
+    whole = snapshot.collect(docker.ns, firewall=False)
+    followed = api.reconcile(host=docker.ns, snapshot=whole)
     assert followed.commands == (), followed.summary
     api.remove_forward(other, "9093:80", host=docker.ns)
     api.remove_forward(other, "9094:80", host=docker.ns)
