@@ -8,6 +8,8 @@ import difflib
 import os
 import re
 import secrets
+import subprocess
+import sys
 
 import pytest
 from conftest import RUN_PREFIX, sh
@@ -147,6 +149,17 @@ def test_a_removed_container_loses_its_forward_on_reconcile(docker):
     assert f"removed the forwards of {other}" in followed.summary
     assert api.load_state(docker.ns).adopted == ()
     assert not reaches(docker, 9091)
+
+
+def test_the_cli_names_a_container_through_the_engine_socket_it_is_given(docker):
+    argv = [sys.executable, "-m", "bridgescope.webui.cli", "forward", "add", "--netns", docker.ns,
+            docker.web, "9095:80", "--dry-run"]
+    alone = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+    assert alone.returncode != 0 and "no container named" in alone.stderr  # not a default socket
+    given = subprocess.run([*argv, "--engine-socket", docker.socket], capture_output=True,
+                           text=True, timeout=120)
+    assert given.returncode == 0, given.stderr
+    assert "--dport 9095" in given.stdout and "dry run" in given.stderr
 
 
 def test_bad_targets_change_nothing(docker):
