@@ -93,7 +93,8 @@ def engine_lookup(sockets: Iterable[str], target: str) -> list[Sighting]:
 
 
 def _engine_answers(cid: str, name: str, target: str) -> bool:
-    return target in (cid, name) or (len(target) >= 12 and cid.startswith(target))
+    """A name, a whole id or an id prefix of 12 or more (an id of "": no engine's)."""
+    return bool(target) and (target in (cid, name) or (len(target) >= 12 and cid.startswith(target)))
 
 
 _kinds: dict[tuple[str, int], str] = {}
@@ -146,9 +147,9 @@ def candidates(snap: Snapshot, ids: Mapping[int, tuple[str, str]]
 # --- choosing the container --------------------------------------------------------------
 
 def _answers_to(c: Candidate, target: str) -> bool:
-    return (target in (c.name, c.ip, c.engine_id) or target in c.paths
+    return (target == c.ip or target in c.paths
             or any(p.rsplit("/", 1)[-1] == target for p in c.paths)
-            or (len(target) >= 12 and bool(c.engine_id) and c.engine_id.startswith(target)))
+            or _engine_answers(c.engine_id, c.name, target))
 
 
 def resolve(target: str, found: Iterable[Candidate], unbridged: Iterable[str]) -> Candidate:

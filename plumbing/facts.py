@@ -11,6 +11,7 @@ from __future__ import annotations
 import ipaddress
 import os
 from dataclasses import replace
+from typing import TYPE_CHECKING
 
 from bridgescope.collector.model import Namespace, Snapshot, namespace_id
 from bridgescope.plumbing import adopt, backends, conflicts, ipam, journal, links, netns, state
@@ -27,6 +28,9 @@ from bridgescope.plumbing.plan import (
     needs_probe,
 )
 from bridgescope.plumbing.state import Network, State
+
+if TYPE_CHECKING:
+    from bridgescope.collector.kernel.netlink import RtnlDump
 
 
 def gather(ns: netns.HostNs, st: State, request: Request, *,
@@ -123,10 +127,10 @@ def _bridged_view(host_path: str, spaces: list[Namespace]) -> Snapshot:
     host_links: dict[int, LinkFacts] = {}
     for space in spaces[1:]:
         dump, host_nsid = netns.run_in(open_path(space), lambda: _dump_here(host_path))
-        veths = [l for l in dump.links if l.kind == "veth" and l.link and l.link_netnsid == host_nsid]
+        veths = [v for v in dump.links if v.kind == "veth" and v.link and v.link_netnsid == host_nsid]
         for link in veths:
             found = netns.run_in(host_path, lambda i=link.link: links.port_and_bridge(i))
-            host_links.update({l.ifindex: l for l in found})
+            host_links.update({port.ifindex: port for port in found})
             peers[(space.id, link.ifindex)] = (host.id, link.link)
             peers[(host.id, link.link)] = (space.id, link.ifindex)
         parts.append(namespace_part(space, NamespaceRead(dump, ()), peers))
@@ -135,7 +139,7 @@ def _bridged_view(host_path: str, spaces: list[Namespace]) -> Snapshot:
     return join_parts(parts, taken_at=0.0)
 
 
-def _dump_here(host_path: str):
+def _dump_here(host_path: str) -> tuple[RtnlDump, int | None]:
     """This namespace's links, addresses and routes, and the nsid it gave the host's."""
     from bridgescope.collector.kernel.netlink import NetnsSocket, new_route_socket
     sock = NetnsSocket(new_route_socket())
