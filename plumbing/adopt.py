@@ -126,11 +126,15 @@ def candidates(snap: Snapshot, ids: Mapping[int, tuple[str, str]]
     """Pure: (every container namespace on a bridge of the snapshot's host, the names of the
     other namespaces, which are on no bridge of it)."""
     by_id = {i.id: i for i in snap.interfaces}
+    veths: dict[str, list] = {}  # by namespace: one pass, not one per namespace
+    for i in snap.interfaces:
+        if i.kind == "veth":
+            veths.setdefault(i.netns, []).append(i)
     found: list[Candidate] = []
     for ns in snap.namespaces:
         if ns.is_host:
             continue
-        for inside in (i for i in snap.interfaces if i.netns == ns.id and i.kind == "veth"):
+        for inside in veths.get(ns.id, ()):
             outside = by_id.get(inside.peer or "")
             bridge = by_id.get(outside.master or "") if outside else None
             ip = next((a.split("/")[0] for a in inside.addresses if "." in a), None)
