@@ -1,13 +1,16 @@
 """Adopting a container bridgescope did not make: find it, decide whether our forward can carry
 traffic past its engine's own filtering, and follow it when it restarts (docs/adopt.md).
 
-Pure, except `engine_ids` and `candidates_here`, which facts.py calls to read the machine.
+Pure, except `engine_ids` and `engine_lookup`, which facts.py calls to read the machine.
 """
 from __future__ import annotations
 
+import ipaddress
+import os
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
+from urllib.parse import quote
 
 from bridgescope.collector.model import Snapshot
 from bridgescope.plumbing.backends import Probe
@@ -47,10 +50,9 @@ def engine_ids(sockets: Iterable[str]) -> dict[int, tuple[str, str]]:
     for sock in sockets:
         try:
             listing = containers.engine_get(sock, "/containers/json")
-            version = containers.engine_get(sock, "/version")
         except (OSError, ValueError):
             continue
-        engine = "podman" if "podman" in str(version).lower() else "docker"
+        engine = _engine_kind(sock)
         for summary in listing if isinstance(listing, list) else ():
             cid = summary.get("Id") if isinstance(summary, dict) else None
             if isinstance(cid, str):
@@ -59,16 +61,80 @@ def engine_ids(sockets: Iterable[str]) -> dict[int, tuple[str, str]]:
     return out
 
 
+@dataclass(frozen=True)
+class Sighting:
+    """A running container an engine knows by the name or id a request gave."""
+    engine: str
+    engine_id: str
+    name: str
+    paths: tuple[str, ...]  # where its network namespace opens (SandboxKey, /proc/PID/ns/net)
+
+
+def engine_lookup(sockets: Iterable[str], target: str) -> list[Sighting]:
+    """The running container each engine answers to `target` with (one inspection per
+    socket, whatever the number of containers): an engine also accepts an id prefix shorter
+    than `_answers_to` does, so its answer is held to the same rule."""
+    from bridgescope.collector.kernel import containers
+    out = []
+    for sock in sockets:
+        if not os.path.exists(sock):
+            continue
+        try:
+            detail = containers.engine_get(sock, f"/containers/{quote(target, safe='')}/json")
+        except (OSError, ValueError):
+            continue
+        if not isinstance(detail, dict) or not (detail.get("State") or {}).get("Running"):
+            continue
+        cid, name = detail.get("Id"), str(detail.get("Name") or "").lstrip("/")
+        if not isinstance(cid, str) or not _engine_answers(cid, name, target):
+            continue
+        out.append(Sighting(_engine_kind(sock), cid, name, tuple(containers.namespace_paths(detail))))
+    return out
+
+
+def _engine_answers(cid: str, name: str, target: str) -> bool:
+    """A name, a whole id or an id prefix of 12 or more (an id of "": no engine's)."""
+    return bool(target) and (target in (cid, name) or (len(target) >= 12 and cid.startswith(target)))
+
+
+_kinds: dict[tuple[str, int], str] = {}
+
+
+def _engine_kind(sock: str) -> str:
+    """docker or podman: asked once per socket file (a restarted daemon makes a new one)."""
+    from bridgescope.collector.kernel import containers
+    try:
+        key = (sock, os.stat(sock).st_ino)
+        if key not in _kinds:
+            version = containers.engine_get(sock, "/version")
+            _kinds[key] = "podman" if "podman" in str(version).lower() else "docker"
+    except (OSError, ValueError):
+        return "docker"
+    return _kinds[key]
+
+
+def is_address(target: str) -> bool:
+    try:
+        ipaddress.ip_address(target)
+    except ValueError:
+        return False
+    return True
+
+
 def candidates(snap: Snapshot, ids: Mapping[int, tuple[str, str]]
                ) -> tuple[tuple[Candidate, ...], tuple[str, ...]]:
     """Pure: (every container namespace on a bridge of the snapshot's host, the names of the
     other namespaces, which are on no bridge of it)."""
     by_id = {i.id: i for i in snap.interfaces}
+    veths: dict[str, list] = {}  # by namespace: one pass, not one per namespace
+    for i in snap.interfaces:
+        if i.kind == "veth":
+            veths.setdefault(i.netns, []).append(i)
     found: list[Candidate] = []
     for ns in snap.namespaces:
         if ns.is_host:
             continue
-        for inside in (i for i in snap.interfaces if i.netns == ns.id and i.kind == "veth"):
+        for inside in veths.get(ns.id, ()):
             outside = by_id.get(inside.peer or "")
             bridge = by_id.get(outside.master or "") if outside else None
             ip = next((a.split("/")[0] for a in inside.addresses if "." in a), None)
@@ -85,9 +151,9 @@ def candidates(snap: Snapshot, ids: Mapping[int, tuple[str, str]]
 # --- choosing the container --------------------------------------------------------------
 
 def _answers_to(c: Candidate, target: str) -> bool:
-    return (target in (c.name, c.ip, c.engine_id) or target in c.paths
+    return (target == c.ip or target in c.paths
             or any(p.rsplit("/", 1)[-1] == target for p in c.paths)
-            or (len(target) >= 12 and bool(c.engine_id) and c.engine_id.startswith(target)))
+            or _engine_answers(c.engine_id, c.name, target))
 
 
 def resolve(target: str, found: Iterable[Candidate], unbridged: Iterable[str]) -> Candidate:

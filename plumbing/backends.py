@@ -6,6 +6,7 @@ nftables: our own `table ip bridgescope`, replaced atomically with `nft -f`
 """
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 from collections.abc import Callable, Sequence
@@ -43,9 +44,22 @@ def probe(path: str) -> Probe:
     if 4 in netns.run_in(path, readers.legacy_here):
         legacy_save = _run(path, ["iptables-legacy-save"]).stdout
     names = tuple(netns.run_in(path, nftinfo.tables_here))
-    version = subprocess.run(tools.command(["iptables", "-V"]), capture_output=True, text=True,
-                             env=tools.ENV).stdout
-    return Probe(nft_save, legacy_save, names, version.strip())
+    return Probe(nft_save, legacy_save, names, _iptables_version())
+
+
+_versions: dict[tuple[str, str], str] = {}
+
+
+def _iptables_version() -> str:
+    """Which iptables the bare command is, asked once per program and what its alternatives
+    link leads to (switching the link asks again). Run by its own name: a multi-call binary
+    tells its tools apart by it."""
+    program = tools.tool("iptables")
+    key = (program, os.path.realpath(program))
+    if key not in _versions:
+        _versions[key] = subprocess.run([program, "-V"], capture_output=True, text=True,
+                                        env=tools.ENV).stdout.strip()
+    return _versions[key]
 
 
 def _has_rules(save: str) -> bool:

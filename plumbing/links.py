@@ -15,6 +15,8 @@ import struct
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
+from bridgescope.collector.kernel import rtnl
+from bridgescope.collector.kernel.rtnl import LinkFacts
 from bridgescope.plumbing.state import TAG
 
 ENOENT, ENODEV, EEXIST = 2, 19, 17
@@ -186,3 +188,24 @@ def port_aliases(master: int) -> dict[str, str]:
                         name = attrs.get(IFLA_IFNAME, b"").rstrip(b"\0").decode()
                         out[name] = attrs.get(IFLA_IFALIAS, b"").rstrip(b"\0").decode()
                 pos += (length + 3) & ~3
+
+
+
+def link_by_index(index: int) -> LinkFacts | None:
+    """One interface of the calling thread's namespace, as the collector decodes it (one
+    question, however many interfaces the namespace holds); None when there is none."""
+    body = struct.pack("=BxHiII", 0, 0, index, 0, 0)
+    with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC,
+                       socket.NETLINK_ROUTE) as sock:
+        sock.send(rtnl.request(rtnl.RTM_GETLINK, rtnl.NLM_F_REQUEST, 1, body))
+        for msg in rtnl.messages(sock.recv(1 << 16)):
+            if msg.type == rtnl.RTM_NEWLINK:
+                return rtnl.link_facts(msg)
+    return None
+
+
+def port_and_bridge(index: int) -> tuple[LinkFacts, ...]:
+    """The interface with ifindex `index` and the bridge it is a port of (the ones there are)."""
+    port = link_by_index(index)
+    bridge = link_by_index(port.master) if port is not None and port.master else None
+    return tuple(link for link in (port, bridge) if link is not None)

@@ -8,6 +8,8 @@ import difflib
 import os
 import re
 import secrets
+import subprocess
+import sys
 
 import pytest
 from conftest import RUN_PREFIX, sh
@@ -27,8 +29,8 @@ from engines import (
 )
 from hostpicture import save_lines
 
-from bridgescope.collector.kernel import containers
-from bridgescope.plumbing import api
+from bridgescope.collector.kernel import containers, snapshot
+from bridgescope.plumbing import adopt, api
 from bridgescope.plumbing.errors import ValidationError
 
 pytestmark = [pytest.mark.kernel, pytest.mark.engines, pytest.mark.slow]
@@ -86,6 +88,28 @@ def test_docker_container_gets_a_forward_without_recreating_it(docker):
     assert (adopted.engine, adopted.name, adopted.user_chain) == ("docker", docker.web, "DOCKER-USER")
 
 
+def test_adopting_by_name_reads_that_container_alone(docker, monkeypatch):
+    """A forward's cost does not grow with the machine: adding one to a container an engine
+    names, and following it, read neither every namespace nor every container of the engine,
+    and see it as the whole machine's view does (following that view changes nothing)."""
+    other = f"{RUN_PREFIX}-aone"
+    docker.run_web(other, "8082:80")
+    with monkeypatch.context() as patched:
+        patched.setattr(snapshot, "collect", lambda *_, **__: pytest.fail("read the whole machine"))
+        patched.setattr(adopt, "engine_ids", lambda *_: pytest.fail("asked about every container"))
+        api.add_forward(other, "9093:80", host=docker.ns)
+        api.add_forward(other, "9094:80", host=docker.ns)  # known now: asked by its engine id
+        assert api.reconcile(host=docker.ns).commands == ()
+    wait_for(lambda: reaches(docker, 9093) and reaches(docker, 9094), "the forwards by name")
+    whole = snapshot.collect(docker.ns, firewall=False)
+    followed = api.reconcile(host=docker.ns, snapshot=whole)
+    assert followed.commands == (), followed.summary
+    api.remove_forward(other, "9093:80", host=docker.ns)
+    api.remove_forward(other, "9094:80", host=docker.ns)
+    docker.cli("rm", "-f", other)
+    assert other not in [a.name for a in api.load_state(docker.ns).adopted]
+
+
 def test_the_forward_follows_the_restarted_container(docker):
     old = api.load_state(docker.ns).adopted[0]
     docker.cli("restart", "-t", "0", docker.web)
@@ -125,6 +149,17 @@ def test_a_removed_container_loses_its_forward_on_reconcile(docker):
     assert f"removed the forwards of {other}" in followed.summary
     assert api.load_state(docker.ns).adopted == ()
     assert not reaches(docker, 9091)
+
+
+def test_the_cli_names_a_container_through_the_engine_socket_it_is_given(docker):
+    argv = [sys.executable, "-m", "bridgescope.webui.cli", "forward", "add", "--netns", docker.ns,
+            docker.web, "9095:80", "--dry-run"]
+    alone = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+    assert alone.returncode != 0 and "no container named" in alone.stderr  # not a default socket
+    given = subprocess.run([*argv, "--engine-socket", docker.socket], capture_output=True,
+                           text=True, timeout=120)
+    assert given.returncode == 0, given.stderr
+    assert "--dport 9095" in given.stdout and "dry run" in given.stderr
 
 
 def test_bad_targets_change_nothing(docker):

@@ -5,17 +5,22 @@ rules, or is refused with the reason and the daemon option. Plus the pure choice
 from __future__ import annotations
 
 import subprocess
+from pathlib import Path
 
 import pytest
 from conftest import sh
 from engines import BUSYBOX, fetch, wait_for
-from reference_layouts import DOCKER_27, DOCKER_28, DOCKER_29, DOCKER_29_NFT
+from reference_layouts import DOCKER_27, DOCKER_28, DOCKER_29, DOCKER_29_NFT, Layout
 from test_doctor_kernel import build
 
 from bridgescope.plumbing import adopt, api
 from bridgescope.plumbing.errors import ValidationError
 
 URL = "http://192.0.2.10:9090/"
+# Podman with netavark's nftables driver: `table inet netavark` with container 10.88.0.14 and its
+# published port 8080 (docs/kernel-layouts.md, "Podman (netavark)").
+NETAVARK_NFT = Layout("netavark-nftables", "podman0", "10.88.0.1/16", "10.88.0.14/16",
+                      nft=(Path(__file__).parent / "data/firewall/netavark-nftables.nft").read_text())
 
 
 def serve(site, tmp_path) -> subprocess.Popen:
@@ -61,6 +66,37 @@ def test_docker_29_nftables_is_refused_with_the_daemon_option(netns):
         api.add_forward(site.container_ip, "9090:80", host=site.host)
     assert sh("nft", "list", "ruleset", ns=site.host).stdout == before
     assert api.load_state(site.host).adopted == ()
+
+
+@pytest.mark.kernel
+def test_netavark_nftables_passes_forward_and_keeps_its_table(netns, tmp_path, web):
+    """netavark's own table only accepts (FORWARD's policy is accept, its drops are for invalid
+    packets and between its isolated networks): our forward needs no jump into it and no
+    daemon option. Shown with packets, and through netavark reloading its table."""
+    site = build(netns, NETAVARK_NFT)
+    web(serve(site, tmp_path))
+    world = site.host.rsplit("-", 1)[0] + "-world"
+
+    def netavark() -> str:
+        return sh("nft", "list", "table", "inet", "netavark", ns=site.host).stdout
+    before = netavark()
+    assert fetch(world, URL, timeout=1) is None
+    done = api.add_forward(site.ctr, "9090:80", host=site.host)
+    assert "accepted from" not in done.summary  # no engine chain to jump from
+    [adopted] = api.load_state(site.host).adopted
+    assert adopted.user_chain == "" and adopted.ip == "10.88.0.14"
+    wait_for(lambda: fetch(world, URL, timeout=2) == "adopted\n", "the adopted forward")
+    assert fetch(world, "http://192.0.2.10:8080/", timeout=2) == "adopted\n"  # netavark's own
+    assert netavark() == before
+    # "netavark restarted": its table deleted and written again; ours is elsewhere
+    sh("nft", "delete", "table", "inet", "netavark", ns=site.host)
+    sh("nft", "-f", "-", ns=site.host, input=NETAVARK_NFT.nft)
+    assert api.reconcile(host=site.host).commands == ()
+    wait_for(lambda: fetch(world, URL, timeout=2) == "adopted\n", "the forward after the reload")
+    api.remove_forward(site.ctr, "9090:80", host=site.host)
+    assert fetch(world, URL, timeout=1) is None
+    assert netavark() == before
+    assert "bridgescope" not in sh("nft", "list", "ruleset", ns=site.host).stdout
 
 
 # --- pure: which container ------------------------------------------------------------------

@@ -8,11 +8,13 @@ from __future__ import annotations
 import argparse
 import sys
 
+from bridgescope.collector.kernel.containers import choose_engine_sockets
 from bridgescope.plumbing import api, netns
 from bridgescope.plumbing.backends import CHOICES
 from bridgescope.plumbing.errors import ValidationError
 from bridgescope.plumbing.lab import sandbox as lab
 from bridgescope.plumbing.lab import walklab
+from bridgescope.webui.cli_snapshot import add_engine_socket_option
 
 
 def _common(p: argparse.ArgumentParser, *, mutating: bool = True) -> None:
@@ -113,7 +115,13 @@ def _register_forward(sub: argparse._SubParsersAction) -> None:
         p.add_argument("container")
         p.add_argument("spec", metavar="[IP:]HOSTPORT:CONTAINERPORT[/tcp|udp|sctp]")
         _common(p)
-        p.set_defaults(func=lambda a, fn=fn: _report(fn(a.container, a.spec, **_kw(a)), a))
+        add_engine_socket_option(p)  # a container another engine runs is named through its API
+        p.set_defaults(func=lambda a, fn=fn: _forward(fn, a))
+
+
+def _forward(fn, args: argparse.Namespace) -> int:
+    choose_engine_sockets(args.engine_socket)
+    return _report(fn(args.container, args.spec, **_kw(args)), args)
 
 
 def _register_lab(sub: argparse._SubParsersAction) -> None:

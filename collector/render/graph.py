@@ -138,7 +138,7 @@ def _portforward_nodes(snap: Snapshot, by_id: dict[str, Interface], pic: Picture
             "parent": inside if inside in pic.home else pf.netns, "netns": pf.netns,
             "is_host": False, "owner": pf.owner, "proto": pf.proto,
             "host_ip": pf.host_ip, "host_port": pf.host_port, "to_ip": pf.to_ip, "to_port": pf.to_port,
-            "container": pf.container, "backend": pf.backend, "reachable": pf.reachable,
+            "container": pf.container, "backend": pf.backend,
         }}
         edge = _edge(f"edge:{node_id}", node_id, target, "portforward", pf.owner) if target in by_id else None
         out.append((node, edge))
