@@ -42,23 +42,27 @@ class Candidate:
 
 # --- reading the machine ---------------------------------------------------------------
 
-def engine_ids(sockets: Iterable[str]) -> dict[int, tuple[str, str]]:
-    """{namespace inode: (engine, container id)} from every engine socket that answers; the
-    collector's inspection cache makes this one listing per socket once containers are known."""
+def engine_ids(sockets: Iterable[str]) -> tuple[dict[int, tuple[str, str]], frozenset[str]]:
+    """{namespace inode: (engine, container id)} from every engine socket that answers, and
+    the kinds of engine that answered (a container is gone only when its own engine says so:
+    a daemon that is restarting answers nothing). The collector's inspection cache makes this
+    one listing per socket once containers are known."""
     from bridgescope.collector.kernel import containers
     out: dict[int, tuple[str, str]] = {}
+    answered: set[str] = set()
     for sock in sockets:
         try:
             listing = containers.engine_get(sock, "/containers/json")
         except (OSError, ValueError):
             continue
         engine = _engine_kind(sock)
+        answered.add(engine)
         for summary in listing if isinstance(listing, list) else ():
             cid = summary.get("Id") if isinstance(summary, dict) else None
             if isinstance(cid, str):
                 for _, ino in containers.namespace_keys(sock, cid):
                     out[ino] = (engine, cid)
-    return out
+    return out, frozenset(answered)
 
 
 @dataclass(frozen=True)

@@ -83,13 +83,17 @@ def _containers(ns: netns.HostNs, st: State, snapshot: Snapshot | None,
             unique = {c.inode: c for n in named for c in n or ()}
             return _not_ours(st, tuple(unique.values()))
     snap = snapshot or collect(ns.path, firewall=False)
-    found, others = adopt.candidates(snap, adopt.engine_ids(containers.configured_sockets()))
-    return _not_ours(st, found, others)
+    ids, answered = adopt.engine_ids(containers.configured_sockets())
+    found, others = adopt.candidates(snap, ids)
+    return _not_ours(st, found, others, answered)
 
 
-def _not_ours(st: State, found: tuple[adopt.Candidate, ...], others: tuple[str, ...] = ()) -> dict:
+def _not_ours(st: State, found: tuple[adopt.Candidate, ...], others: tuple[str, ...] = (),
+              answered: frozenset[str] | None = None) -> dict:
     ours = {f"{netns.NETNS_DIR}/{c.netns}" for c in st.containers}
-    return {"candidates": tuple(c for c in found if not ours & set(c.paths)), "unbridged": others}
+    answered = frozenset(c.engine for c in found if c.engine) if answered is None else answered
+    return {"candidates": tuple(c for c in found if not ours & set(c.paths)), "unbridged": others,
+            "engines_answered": answered}
 
 
 # (name, nsfs mounts, pids, the engine's answer) of a namespace a target names
@@ -169,7 +173,7 @@ def _sightings(st: State, target: str) -> dict[tuple[int, int], _Named] | None:
     path = ask if "/" in ask else f"{netns.NETNS_DIR}/{ask}"
     key = namespaces.ns_key(path) if namespaces.is_netns(path) else None
     if key is not None and key not in found:
-        if os.path.dirname(path) not in namespaces.NETNS_DIRS or key[1] in adopt.engine_ids(sockets):
+        if os.path.dirname(path) not in namespaces.NETNS_DIRS or key[1] in adopt.engine_ids(sockets)[0]:
             return None
         found[key] = (os.path.basename(path), (path,), (), None)
     return found

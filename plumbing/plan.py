@@ -100,6 +100,7 @@ class Facts:
     # Adopting: the containers on a bridge of the host, and the namespaces on none.
     candidates: tuple[adopt.Candidate, ...] = ()
     unbridged: tuple[str, ...] = ()
+    engines_answered: frozenset[str] = frozenset()  # kinds of engine (docker, podman) that answered
 
 
 @dataclass(frozen=True)
@@ -671,7 +672,9 @@ def _reconcile(ns: netns.HostNs, facts: Facts, st: State, req: Reconcile) -> Pla
     after, notes = st, []
     for a in st.adopted:
         now = adopt.follow(a, facts.candidates)
-        if now is None:
+        if now is None and a.engine and a.engine not in facts.engines_answered:
+            notes.append(f"kept the forwards of {a.name}: {a.engine} did not answer (restarting?)")
+        elif now is None:
             after = _without(after, a, after.forwards_of(a.name))
             notes.append(f"removed the forwards of {a.name} ({', '.join(f.spec() for f in st.forwards_of(a.name))}): "
                          "the container is gone")

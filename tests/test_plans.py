@@ -189,3 +189,17 @@ def test_a_network_drops_unpublished_ports_after_its_accepts_and_removes_the_dro
     assert forward_chain[-1] == drop  # after the bridge's own accepts
     gone = planned(ONE, plan.RemoveNetwork("br0", force=True))
     assert drop.replace(" -A ", " -D ") in gone.commands
+
+
+def test_reconcile_keeps_an_adopted_forward_while_its_engine_is_silent():
+    """A daemon that is restarting answers nothing: its container is not gone until it says so."""
+    from bridgescope.plumbing import adopt
+    web = adopt.Candidate("web", "172.17.0.2", "docker0", "/run/docker/netns/abc", 11,
+                          ("/run/docker/netns/abc",), "docker", "e" * 64)
+    st = State("lab", "nft", forwards=(Forward("tcp", 9090, 80, container="web"),),
+               adopted=(web.adopted("DOCKER-USER"),))
+    silent = planned(st, plan.Reconcile("auto"), Facts(candidates=()))
+    assert silent.after == st and not silent.steps
+    said_gone = planned(st, plan.Reconcile("auto"), Facts(engines_answered=frozenset({"docker"})))
+    assert said_gone.after.forwards == () and said_gone.after.adopted == ()
+    assert "the container is gone" in said_gone.summary
