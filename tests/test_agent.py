@@ -9,6 +9,7 @@ import json
 import os
 import queue
 import secrets
+import ssl
 import subprocess
 import sys
 import threading
@@ -423,11 +424,11 @@ def test_without_a_token_the_agent_refuses_to_start():
     assert res.returncode == 1 and res.stderr.count("\n") == 1 and "token" in res.stderr
 
 
-def self_signed(tmp: Path) -> tuple[Path, Path]:
+def self_signed(tmp: Path, names: str = "IP:127.0.0.1") -> tuple[Path, Path]:
     cert, key = tmp / "agent.crt", tmp / "agent.key"
     subprocess.run(["/usr/bin/openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
                     "ec_paramgen_curve:prime256v1", "-nodes", "-days", "2", "-subj", "/CN=bridgescope-agent",
-                    "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+                    "-addext", f"subjectAltName={names}", "-keyout", str(key), "-out", str(cert)],
                    check=True, capture_output=True)
     return cert, key
 
@@ -450,5 +451,23 @@ def test_with_a_certificate_the_agent_serves_https(lab, tmp_path):
             events.close()
         refused = requests.get(tls.base + "/v1/info", verify=str(cert), timeout=30)
         assert refused.status_code == 401
+    finally:
+        stop(tls.proc)
+
+
+def test_the_dashboard_checks_an_agent_dialled_by_address_against_the_certificates_name(lab, tmp_path):
+    """In a cluster the agents answer at node IPs that one shared certificate cannot list:
+    --agent-server-name checks the certificate against its service name instead."""
+    from bridgescope.webui.fleet.client import Endpoint, request
+    cert, key = self_signed(tmp_path, "DNS:bridgescope-agent.bridgescope.svc")
+    tls = start_agent(tmp_path / "run", lab.host, "--tls-cert", str(cert), "--tls-key", str(key),
+                      scheme="https", verify=False)
+    try:
+        named = Endpoint(tls.base, tls.token, str(cert), "bridgescope-agent.bridgescope.svc")
+        assert request(named, "GET", "/v1/info")[0] == 200
+        with pytest.raises(ssl.SSLCertVerificationError):
+            request(Endpoint(tls.base, tls.token, str(cert)), "GET", "/v1/info")
+        with pytest.raises(ssl.SSLCertVerificationError):
+            request(Endpoint(tls.base, tls.token, str(cert), "someone-else.example"), "GET", "/v1/info")
     finally:
         stop(tls.proc)

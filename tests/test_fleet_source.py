@@ -59,11 +59,15 @@ def test_fleet_options(tmp_path):
     assert plan.agents == ("http://127.0.0.1:9477", "https://node-2:9477") and plan.token == "sekrit"
     plan = fleet_plan(args(kubernetes_agents="kube-system/bridgescope-agents"), {"BRIDGESCOPE_AGENT_TOKEN": "x"})
     assert plan.kubernetes == ("kube-system", "bridgescope-agents") and plan.agents == ()
+    named = fleet_plan(args(kubernetes_agents="agents", agent_server_name="agents.ns.svc"), {"BRIDGESCOPE_AGENT_TOKEN": "x"})
+    assert named.server_name == "agents.ns.svc"
     for bad, why in [({"agent": ["ftp://x"]}, r"http\(s\)://"), ({"agent": ["http://10.0.0.5:9477"]}, "in the clear"),
                      ({"agent": ["http://127.0.0.1:9477/v1"]}, "only scheme"),
                      ({"agent": ["http://127.0.0.1:9477"], "netns": "x"}, "contradict"),
                      ({"agent_ca": "/etc/hostname"}, "need --agent"),
-                     ({"agent": ["https://n:1"], "agent_ca": str(tmp_path / "none")}, "CA file")]:
+                     ({"agent": ["https://n:1"], "agent_ca": str(tmp_path / "none")}, "CA file"),
+                     ({"agent_server_name": "agents.example"}, "need --agent"),
+                     ({"agent": ["https://n:1"], "agent_server_name": "a b/../c"}, "expected a DNS name")]:
         with pytest.raises(BridgescopeError, match=why):
             fleet_plan(args(**{"agent_token_file": str(token), **bad}), {})
     with pytest.raises(BridgescopeError, match="need a token"):

@@ -2,7 +2,8 @@
 
     bridgescope serve [--listen 127.0.0.1:8470] [--read-only] [--netns NAME] [--engine-socket PATH]...
                       [--token-file F] [--no-auth] [--allow-host NAME] [--audit-log PATH]
-                      [--agent URL]... [--agent-token-file F] [--agent-ca F] [--kubernetes-agents [NS/]SERVICE]
+                      [--agent URL]... [--agent-token-file F] [--agent-ca F] [--agent-server-name NAME]
+                      [--kubernetes-agents [NS/]SERVICE]
 
 With --agent or --kubernetes-agents it shows a fleet: every agent's host merged into one view,
 and no local host.
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 from pathlib import Path
 from urllib.parse import quote, urlsplit
@@ -20,6 +22,7 @@ from bridgescope.collector.kernel.containers import choose_engine_sockets
 from bridgescope.webui.cli_snapshot import add_engine_socket_option
 
 DEFAULT_LISTEN = "127.0.0.1:8470"
+_DNS_NAME = re.compile(r"(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*", re.I)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -52,6 +55,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     fleet.add_argument("--agent-token-file", metavar="FILE",
                        help="the agents' bearer token (else $BRIDGESCOPE_AGENT_TOKEN)")
     fleet.add_argument("--agent-ca", metavar="FILE", help="CA certificate(s) the agents' TLS certificates are checked against")
+    fleet.add_argument("--agent-server-name", metavar="NAME",
+                       help="the DNS name the agents' certificate carries, checked instead of the address "
+                            "dialled (agents on the host network answer at node IPs; default: the address)")
     p.set_defaults(func=run)
 
 
@@ -87,8 +93,9 @@ def fleet_plan(args: argparse.Namespace, environ: dict[str, str] | None = None):
     agents = getattr(args, "agent", None) or []
     kube = getattr(args, "kubernetes_agents", None)
     if not agents and not kube:
-        if getattr(args, "agent_token_file", None) or getattr(args, "agent_ca", None):
-            raise BridgescopeError("--agent-token-file and --agent-ca need --agent or --kubernetes-agents")
+        if any(getattr(args, a, None) for a in ("agent_token_file", "agent_ca", "agent_server_name")):
+            raise BridgescopeError("--agent-token-file, --agent-ca and --agent-server-name need "
+                                   "--agent or --kubernetes-agents")
         return None
     if args.netns:
         raise BridgescopeError("--netns and --agent/--kubernetes-agents contradict each other: "
@@ -108,7 +115,10 @@ def fleet_plan(args: argparse.Namespace, environ: dict[str, str] | None = None):
         if not service:
             raise BridgescopeError(f"--kubernetes-agents {kube!r}: expected [NAMESPACE/]SERVICE")
         kubernetes = (namespace or _pod_namespace(), service)
-    return FleetPlan(urls, token, args.agent_ca, kubernetes)
+    server_name = getattr(args, "agent_server_name", None)
+    if server_name is not None and not _DNS_NAME.fullmatch(server_name):
+        raise BridgescopeError(f"--agent-server-name {server_name!r}: expected a DNS name")
+    return FleetPlan(urls, token, args.agent_ca, kubernetes, server_name)
 
 
 def _agent_token(path: str | None, env) -> str:

@@ -30,6 +30,9 @@ class Endpoint:
     url: str  # http(s)://HOST:PORT, no path
     token: str
     ca_file: str | None = None
+    # The name the agent's certificate carries when it is dialled by address: agents on the
+    # host network answer at node IPs that one shared certificate cannot list.
+    server_name: str | None = None
 
     @property
     def netloc(self) -> str:
@@ -54,8 +57,22 @@ def connection(endpoint: Endpoint, timeout: float) -> http.client.HTTPConnection
     parts = urlsplit(endpoint.url)
     if parts.scheme == "https":
         ctx = ssl.create_default_context(cafile=endpoint.ca_file)
-        return http.client.HTTPSConnection(parts.hostname, parts.port or 443, timeout=timeout, context=ctx)
+        return _HTTPSConnection(parts.hostname, parts.port or 443, timeout=timeout, context=ctx,
+                                server_name=endpoint.server_name)
     return http.client.HTTPConnection(parts.hostname, parts.port or 80, timeout=timeout)
+
+
+class _HTTPSConnection(http.client.HTTPSConnection):
+    """HTTPS whose certificate is checked against `server_name` rather than the host dialled."""
+
+    def __init__(self, host: str, port: int, *, context: ssl.SSLContext, server_name: str | None,
+                 timeout: float):
+        super().__init__(host, port, timeout=timeout, context=context)
+        self._server_name = server_name or host
+
+    def connect(self) -> None:
+        http.client.HTTPConnection.connect(self)
+        self.sock = self._context.wrap_socket(self.sock, server_hostname=self._server_name)
 
 
 class AgentError(Exception):

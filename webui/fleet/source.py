@@ -40,11 +40,12 @@ class FleetPlan:
     token: str
     ca_file: str | None = None
     kubernetes: tuple[str, str] | None = None  # (namespace, headless service) to discover agents from
+    server_name: str | None = None  # the name in the agents' certificate (client.Endpoint)
 
 
 def start(plan: FleetPlan) -> FleetSource:
     """A FleetSource following the plan's agents (and, in a cluster, whichever come and go)."""
-    source = FleetSource(plan.token, plan.ca_file)
+    source = FleetSource(plan.token, plan.ca_file, server_name=plan.server_name)
     source.set_agents(Agent(url) for url in plan.agents)
     if plan.kubernetes is not None:
         from bridgescope.webui.fleet import discovery
@@ -60,9 +61,10 @@ class FleetSource:
     fleet = True  # no local host: app and verdicts look for this
     follower = None  # discovery's, when agents are found in Kubernetes
 
-    def __init__(self, token: str, ca_file: str | None = None, *, fold_at: int = merge.FOLD_AT,
-                 client: Callable[..., AgentClient] = AgentClient):
+    def __init__(self, token: str, ca_file: str | None = None, *, server_name: str | None = None,
+                 fold_at: int = merge.FOLD_AT, client: Callable[..., AgentClient] = AgentClient):
         self.token, self.ca_file, self.fold_at = token, ca_file, fold_at
+        self.server_name = server_name
         self._client = client
         self.snapshot = Snapshot()  # no local host: pages that read one find it empty
         self._lock = threading.RLock()  # agents' threads and request threads all come through here
@@ -147,7 +149,7 @@ class FleetSource:
                 self._names[url] = name
                 self._views[name] = HostView(name)
                 self._clients[url] = client = self._client(
-                    Endpoint(url, self.token, self.ca_file),
+                    Endpoint(url, self.token, self.ca_file, self.server_name),
                     on_event=lambda kind, payload, u=url: self._on_event(u, kind, payload),
                     on_state=lambda state, error, u=url: self._on_state(u, state, error))
                 fresh.append(client)
@@ -161,7 +163,7 @@ class FleetSource:
         """Where the agent of a host (by its name in the picture) answers."""
         with self._lock:
             url = next((u for u, n in self._names.items() if n == host), None)
-            return Endpoint(url, self.token, self.ca_file) if url else None
+            return Endpoint(url, self.token, self.ca_file, self.server_name) if url else None
 
     def hosts(self) -> list[dict]:
         with self._lock:
