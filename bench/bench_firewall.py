@@ -80,7 +80,7 @@ def _cpu() -> float:
 
 
 def full_read(ns: str) -> int:
-    scan = firewall.scan({ns: f"/run/netns/{ns}"})
+    scan = firewall.scan({ns: f"/run/netns/{ns}"}, reuse=True)  # as the Watcher reads
     view = interpret(scan.rules, scan.chains, (), ())
     return len(view.port_forwards)
 

@@ -421,10 +421,18 @@ def test_unchanged_rules_are_read_without_a_tool_and_a_change_is_read_again(netn
     started: list[list[str]] = []
     real_start = readers.start_tool
     monkeypatch.setattr(readers, "start_tool", lambda p, argv: (started.append(argv), real_start(p, argv))[1])
-    first = readers.dump_namespace(ns, path(ns))
+    first = readers.dump_namespace(ns, path(ns), reuse=True)
     assert started and "8080" in "".join(s.text for s in first.saves) + "".join(first.nft_json)
     started.clear()
-    assert readers.dump_namespace(ns, path(ns)) is first and started == []
+    assert readers.dump_namespace(ns, path(ns), reuse=True) is first and started == []
     add(9090)
-    again = readers.dump_namespace(ns, path(ns))
+    again = readers.dump_namespace(ns, path(ns), reuse=True)
     assert started and "9090" in "".join(s.text for s in again.saves) + "".join(again.nft_json)
+    started.clear()
+    # Without `reuse` (one-shot reads: the CLI, the packet path, a panel) the tools always run:
+    # the counters must be today's, and a freed namespace's id may belong to a new one.
+    fresh = readers.dump_namespace(ns, path(ns))
+    assert started and fresh is not again
+    readers.forget_reads([ns])
+    started.clear()
+    assert readers.dump_namespace(ns, path(ns), reuse=True) is not again and started

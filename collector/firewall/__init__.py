@@ -31,13 +31,14 @@ class FirewallScan:
     proxies: tuple[PortForward, ...] = ()
 
 
-def scan(namespaces: Mapping[str, str]) -> FirewallScan:
-    """Read every backend in each namespace ({namespace id: nsfs path}) into one model."""
+def scan(namespaces: Mapping[str, str], *, reuse: bool = False) -> FirewallScan:
+    """Read every backend in each namespace ({namespace id: nsfs path}) into one model;
+    `reuse`: readers.dump_namespace's (for a caller that holds the namespaces open)."""
     items = sorted(namespaces.items())
     with ThreadPoolExecutor(max_workers=max(1, min(WORKERS, len(items))) + 1,
                             thread_name_prefix="bridgescope-fw") as pool:
         proxies = pool.submit(proxy.listeners, namespaces)  # /proc walk, meanwhile
-        dumps = list(pool.map(lambda item: readers.dump_namespace(*item), items))
+        dumps = list(pool.map(lambda item: readers.dump_namespace(*item, reuse=reuse), items))
         result = assemble(dumps)
         return FirewallScan(result.rules, result.chains, result.warnings, proxies.result())
 

@@ -15,6 +15,7 @@ import socket
 import struct
 import subprocess
 import threading
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from bridgescope.collector.firewall import nftinfo
@@ -55,7 +56,7 @@ _last: dict[str, tuple[tuple, NamespaceDump]] = {}  # namespace id -> (fingerpri
 _last_lock = threading.Lock()
 
 
-def dump_namespace(ns_id: str, path: str) -> NamespaceDump:
+def dump_namespace(ns_id: str, path: str, *, reuse: bool = False) -> NamespaceDump:
     """Run the save tools for one namespace ({id}: nsfs path); never raises for tool trouble.
 
     One trip into the namespace asks the kernel which tables exist (legacy x_tables names,
@@ -64,14 +65,20 @@ def dump_namespace(ns_id: str, path: str) -> NamespaceDump:
     started, so a container namespace without rules costs no process at all, and nothing is
     started when the fingerprint is the one of the previous read. The fingerprint is taken
     before the tools run: a change meanwhile leaves a newer one next time, never a stale read.
-    nf_tables' generation ignores packet counters, so a read saved from the tools keeps the
-    counters of the last rule change (panels read fresh ones).
+
+    Only a caller that holds the namespace open between reads passes `reuse` (the Watcher):
+    an nsfs inode, and with it the id, is given to a new namespace once the old one is freed,
+    and nf_tables' generation ignores packet counters, so a reused read keeps the counters of
+    the last rule change. Every other read (the CLI, the packet path, the doctor, a panel)
+    runs the tools and shows the counters the kernel has now.
     """
     try:
         legacy, tables, fingerprint = probe_tables(path)
     except OSError as err:
         return NamespaceDump(ns_id, problems=(f"namespace {ns_id} vanished during the firewall "
                                               f"scan ({err.strerror})",))
+    if not reuse:
+        return _run_tools(ns_id, path, legacy, tables)
     with _last_lock:
         known = _last.get(ns_id)
     if fingerprint is not None and known is not None and known[0] == fingerprint:
@@ -86,10 +93,14 @@ def dump_namespace(ns_id: str, path: str) -> NamespaceDump:
     return dump
 
 
-def forget_reads() -> None:
-    """Read every namespace's rules with the tools again (a cold read)."""
+def forget_reads(ns_ids: Iterable[str] | None = None) -> None:
+    """Read these namespaces' rules (None: every one's) with the tools again: a cold read, or
+    namespaces the Watcher let go of, whose ids a new namespace may get."""
     with _last_lock:
-        _last.clear()
+        if ns_ids is None:
+            _last.clear()
+        for ns_id in ns_ids or ():
+            _last.pop(ns_id, None)
 
 
 def _run_tools(ns_id: str, path: str, legacy: set[int], tables: list[tuple[str, str]]) -> NamespaceDump:

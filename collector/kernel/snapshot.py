@@ -151,10 +151,10 @@ def namespace_routes(ns_id: str, read: NamespaceRead) -> list[Route]:
     ]
 
 
-def read_firewall(paths: Mapping[str, str]) -> firewall_reader.FirewallScan:
+def read_firewall(paths: Mapping[str, str], *, reuse: bool = False) -> firewall_reader.FirewallScan:
     """Every backend's rules in the given namespaces; a failure becomes a warning."""
     try:
-        return firewall_reader.scan(paths)
+        return firewall_reader.scan(paths, reuse=reuse)
     except (OSError, BridgescopeError) as err:
         return firewall_reader.FirewallScan(warnings=(f"firewall could not be read: {err}",))
 

@@ -28,6 +28,7 @@ from collections.abc import Callable, Iterable, Mapping
 
 from bridgescope.collector.firewall import FirewallScan
 from bridgescope.collector.firewall.monitor import FirewallWatch
+from bridgescope.collector.firewall.readers import forget_reads
 from bridgescope.collector.kernel.namespaces import NetnsRef, discover, resolve_netns
 from bridgescope.collector.kernel.netlink import (
     NETLINK_ADD_MEMBERSHIP,
@@ -336,11 +337,13 @@ class Watcher:
         """Open (and read) what is new, close what is gone; (present namespaces, first reads of
         the new ones, warnings about those that vanished while being opened)."""
         current = {ns.id: ns for ns in found}
-        for ns_id in [n for n in self._handles if n not in current]:
+        gone = [n for n in self._handles if n not in current]
+        for ns_id in gone:
             handle = self._handles.pop(ns_id)
             if handle.events is not None:
                 self._epoll.unregister(handle.events.fileno())
             handle.close()  # drops our reference: the kernel may now free the namespace
+        forget_reads(gone)  # a new namespace may be given a freed one's inode, and so its id
         new = [ns for ns in found if ns.id not in self._handles]
         handles, reads, failures = open_handles({ns.id: path_or_blank(ns) for ns in new}, events=True)
         for ns_id, handle in handles.items():
@@ -356,7 +359,8 @@ class Watcher:
         """Each namespace's rules; the scan's warnings ride on the first one."""
         if not ns_ids:
             return {}
-        scanned = read_firewall({n: self._handles[n].proc_path for n in ns_ids})
+        # reuse: the handles keep these namespaces (and so their ids) alive between reads
+        scanned = read_firewall({n: self._handles[n].proc_path for n in ns_ids}, reuse=True)
         rules, chains, proxies = (_by_netns(items) for items in (scanned.rules, scanned.chains, scanned.proxies))
         out = {n: FirewallScan(rules=tuple(rules.get(n, ())), chains=tuple(chains.get(n, ())),
                                proxies=tuple(proxies.get(n, ()))) for n in ns_ids}
