@@ -91,12 +91,15 @@ def warnings(config: dict) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from bridgescope.collector.render.graph import keep_slots_in
     from bridgescope.plumbing.api import recover
+    from bridgescope.plumbing.state import state_dir
     from bridgescope.webui.audit import AuditLog
     from bridgescope.webui.server import serve
 
     config = app_config(args)
     choose_engine_sockets(args.engine_socket)
+    keep_slots_in(state_dir() / "picture" / "slots.json")  # the same picture after a restart
     if not args.read_only and (rec := recover(host=args.netns)):  # a change a crash interrupted
         print(rec.summary, file=sys.stderr)
         AuditLog(Path(config["AUDIT_LOG"])).record(
