@@ -27,10 +27,14 @@ function badge(findings) {
   const cy = window.cy;
   // the workshop pages badge the graph themselves (workshop.js)
   if (!cy || document.body.classList.contains("ws-page")) return;
-  cy.elements().removeClass(SEVERITIES.map((s) => `bs-sev-${s}`).join(" "));
-  for (const f of findings) {
-    for (const id of f.objects) cy.getElementById(id).addClass(`bs-sev-${f.severity}`);
-  }
+  // One batch: each class change outside it restyles the element's whole compound family
+  // (host box and bridge included) at once, so a finding per container grew with the square.
+  cy.batch(() => {
+    cy.elements().removeClass(SEVERITIES.map((s) => `bs-sev-${s}`).join(" "));
+    for (const f of findings) {
+      for (const id of f.objects) cy.getElementById(id).addClass(`bs-sev-${f.severity}`);
+    }
+  });
 }
 
 function styleBadges() {
