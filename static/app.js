@@ -383,6 +383,7 @@ function applyGraph(event) {
   }
   applySearch();
   showStatus(cy, Math.round(performance.now() - t0));
+  renderList();
 }
 
 function showStatus(cy, ms) {
@@ -590,6 +591,64 @@ function nextHit() {
   if (!state.hits.length) return;
   state.hitIndex = (state.hitIndex + 1) % state.hits.length;
   focusElement(state.hits[state.hitIndex].id);
+}
+
+// ---- the list view: every node reachable with the keyboard ----------------------------------------
+// The same elements as the graph (drawn and folded) as a tree of buttons; a button does what a
+// click on the node does. Built only while the list is open, so it costs the first render nothing.
+
+const LISTED = new Set(["namespace", "bridge", "physical", "portforward"]);
+const listBox = byId("graph-list");
+const listItems = byId("graph-list-items");
+
+function listedNodes() {
+  const cy = window.cy;
+  const all = cy ? cy.nodes().not(".fold").map((n) => ({ data: n.data(), position: n.position() })) : [];
+  for (const members of state.folded.values()) {
+    for (const e of members.values()) if (e.group === "nodes") all.push({ data: e.data, position: e.position || { x: 0, y: 0 } });
+  }
+  return all;
+}
+
+function renderList() {
+  if (!listBox || !listBox.open) return;
+  const all = listedNodes();
+  const parentOf = new Map(all.map((n) => [n.data.id, n.data.parent]));
+  const shown = all.filter((n) => LISTED.has(n.data.kind) || n.data.uplink);
+  const ids = new Set(shown.map((n) => n.data.id));
+  const listedParent = (id) => { let p = parentOf.get(id);
+    while (p && !ids.has(p)) p = parentOf.get(p); return p || null; };
+  const children = new Map();
+  for (const n of shown.sort((a, b) => a.position.y - b.position.y || a.position.x - b.position.x)) {
+    const p = listedParent(n.data.id);
+    if (!children.has(p)) children.set(p, []);
+    children.get(p).push(n.data);
+  }
+  const tree = (parent) => (children.get(parent) || []).map((d) => {
+    const li = document.createElement("li");
+    const button = document.createElement("button");
+    button.type = "button";
+    button.dataset.elementId = d.id;
+    button.textContent = displayLabel(d, "nodes").replace(/\s*\n\s*/g, " · ");
+    const kind = document.createElement("span");
+    kind.className = "node-kind";
+    kind.textContent = d.kind === "namespace" && parentOf.get(d.id) && !d.is_host ? "container" : (d.uplink ? "uplink" : d.kind);
+    button.append(kind);
+    li.append(button);
+    const sub = tree(d.id);
+    if (sub.length) { const ul = document.createElement("ul"); ul.append(...sub); li.append(ul); }
+    return li;
+  });
+  listItems.replaceChildren(...tree(null));
+}
+
+if (listBox) {
+  listBox.addEventListener("toggle", renderList);
+  listItems.addEventListener("click", (evt) => {
+    const button = evt.target.closest && evt.target.closest("button[data-element-id]");
+    if (button) focusElement(button.dataset.elementId);
+  });
+  document.addEventListener("bridgescope:delta", () => { if (listBox.open) renderList(); });
 }
 
 // ---- namespaces unrelated to the host ---------------------------------------------------------------
