@@ -121,6 +121,11 @@ function styleSheet(p) {
       "target-arrow-color": p.masq, "label": "data(display)", "color": p.fg, "source-endpoint": "-50% -50%",
       "text-border-color": p.masq, "text-border-width": 1, "text-border-opacity": 1,
     } },
+    // Boxes (namespaces, bridges) carry their label as a bypass set from the data (see boxLabels),
+    // not mapped: Cytoscape re-applies a mapped property whenever anything inside a box is
+    // restyled, and for a box that re-application touches every descendant, so the host box made
+    // drawing all nodes grow with the square of their number.
+    { selector: 'node[kind = "namespace"], node[kind = "bridge"]', style: { "label": "" } },
     { selector: ".hidden", style: { "display": "none" } },
     // other namespaces' names sit right of centre: the wire down the column's left stays clear
     { selector: 'node[kind = "namespace"][!is_host][!container]:parent', style: { "text-margin-x": 30 } },
@@ -282,7 +287,16 @@ function addElements(cy, incoming) {
     if (cy.getElementById(d.id).nonempty() || !have(d.source) || !have(d.target)) continue;
     adds.push(prepared(e));
   }
-  return adds.length ? cy.add(adds) : cy.collection();
+  const added = adds.length ? cy.add(adds) : cy.collection();
+  boxLabels(added);
+  return added;
+}
+
+const BOXES = '[kind = "namespace"], [kind = "bridge"]';
+
+function boxLabels(eles) {
+  const boxes = eles.nodes(BOXES);
+  if (boxes.nonempty()) boxes.cy().batch(() => boxes.forEach((n) => { n.style("label", n.data("display")); }));
 }
 
 function changeElement(cy, ele) {
@@ -307,6 +321,7 @@ function changeElement(cy, ele) {
     if (!existing.isParent()) existing.position(ele.position);
   }
   existing.data(next);
+  boxLabels(existing);
   return existing;
 }
 
