@@ -121,6 +121,11 @@ function styleSheet(p) {
       "target-arrow-color": p.masq, "label": "data(display)", "color": p.fg, "source-endpoint": "-50% -50%",
       "text-border-color": p.masq, "text-border-width": 1, "text-border-opacity": 1,
     } },
+    // Boxes (namespaces, bridges) carry their label as a bypass set from the data (see boxLabels),
+    // not mapped: Cytoscape re-applies a mapped property whenever anything inside a box is
+    // restyled, and for a box that re-application touches every descendant, so the host box made
+    // drawing all nodes grow with the square of their number.
+    { selector: 'node[kind = "namespace"], node[kind = "bridge"]', style: { "label": "" } },
     { selector: ".hidden", style: { "display": "none" } },
     // other namespaces' names sit right of centre: the wire down the column's left stays clear
     { selector: 'node[kind = "namespace"][!is_host][!container]:parent', style: { "text-margin-x": 30 } },
@@ -282,7 +287,16 @@ function addElements(cy, incoming) {
     if (cy.getElementById(d.id).nonempty() || !have(d.source) || !have(d.target)) continue;
     adds.push(prepared(e));
   }
-  return adds.length ? cy.add(adds) : cy.collection();
+  const added = adds.length ? cy.add(adds) : cy.collection();
+  boxLabels(added);
+  return added;
+}
+
+const BOXES = '[kind = "namespace"], [kind = "bridge"]';
+
+function boxLabels(eles) {
+  const boxes = eles.nodes(BOXES);
+  if (boxes.nonempty()) boxes.cy().batch(() => boxes.forEach((n) => { n.style("label", n.data("display")); }));
 }
 
 function changeElement(cy, ele) {
@@ -307,6 +321,7 @@ function changeElement(cy, ele) {
     if (!existing.isParent()) existing.position(ele.position);
   }
   existing.data(next);
+  boxLabels(existing);
   return existing;
 }
 
@@ -384,6 +399,7 @@ function applyGraph(event) {
   }
   applySearch();
   showStatus(cy, Math.round(performance.now() - t0));
+  renderList();
 }
 
 function showStatus(cy, ms) {
@@ -591,6 +607,64 @@ function nextHit() {
   if (!state.hits.length) return;
   state.hitIndex = (state.hitIndex + 1) % state.hits.length;
   focusElement(state.hits[state.hitIndex].id);
+}
+
+// ---- the list view: every node reachable with the keyboard ----------------------------------------
+// The same elements as the graph (drawn and folded) as a tree of buttons; a button does what a
+// click on the node does. Built only while the list is open, so it costs the first render nothing.
+
+const LISTED = new Set(["namespace", "bridge", "physical", "portforward"]);
+const listBox = byId("graph-list");
+const listItems = byId("graph-list-items");
+
+function listedNodes() {
+  const cy = window.cy;
+  const all = cy ? cy.nodes().not(".fold").map((n) => ({ data: n.data(), position: n.position() })) : [];
+  for (const members of state.folded.values()) {
+    for (const e of members.values()) if (e.group === "nodes") all.push({ data: e.data, position: e.position || { x: 0, y: 0 } });
+  }
+  return all;
+}
+
+function renderList() {
+  if (!listBox || !listBox.open) return;
+  const all = listedNodes();
+  const parentOf = new Map(all.map((n) => [n.data.id, n.data.parent]));
+  const shown = all.filter((n) => LISTED.has(n.data.kind) || n.data.uplink);
+  const ids = new Set(shown.map((n) => n.data.id));
+  const listedParent = (id) => { let p = parentOf.get(id);
+    while (p && !ids.has(p)) p = parentOf.get(p); return p || null; };
+  const children = new Map();
+  for (const n of shown.sort((a, b) => a.position.y - b.position.y || a.position.x - b.position.x)) {
+    const p = listedParent(n.data.id);
+    if (!children.has(p)) children.set(p, []);
+    children.get(p).push(n.data);
+  }
+  const tree = (parent) => (children.get(parent) || []).map((d) => {
+    const li = document.createElement("li");
+    const button = document.createElement("button");
+    button.type = "button";
+    button.dataset.elementId = d.id;
+    button.textContent = displayLabel(d, "nodes").replace(/\s*\n\s*/g, " · ");
+    const kind = document.createElement("span");
+    kind.className = "node-kind";
+    kind.textContent = d.kind === "namespace" && parentOf.get(d.id) && !d.is_host ? "container" : (d.uplink ? "uplink" : d.kind);
+    button.append(kind);
+    li.append(button);
+    const sub = tree(d.id);
+    if (sub.length) { const ul = document.createElement("ul"); ul.append(...sub); li.append(ul); }
+    return li;
+  });
+  listItems.replaceChildren(...tree(null));
+}
+
+if (listBox) {
+  listBox.addEventListener("toggle", renderList);
+  listItems.addEventListener("click", (evt) => {
+    const button = evt.target.closest && evt.target.closest("button[data-element-id]");
+    if (button) focusElement(button.dataset.elementId);
+  });
+  document.addEventListener("bridgescope:delta", () => { if (listBox.open) renderList(); });
 }
 
 // ---- namespaces unrelated to the host ---------------------------------------------------------------

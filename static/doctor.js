@@ -27,10 +27,20 @@ function badge(findings) {
   const cy = window.cy;
   // the workshop pages badge the graph themselves (workshop.js)
   if (!cy || document.body.classList.contains("ws-page")) return;
-  cy.elements().removeClass(SEVERITIES.map((s) => `bs-sev-${s}`).join(" "));
-  for (const f of findings) {
-    for (const id of f.objects) cy.getElementById(id).addClass(`bs-sev-${f.severity}`);
-  }
+  const wanted = new Map();
+  for (const f of findings) for (const id of f.objects) if (!wanted.has(id)) wanted.set(id, `bs-sev-${f.severity}`);
+  // Only elements whose badge changes are touched, in one batch: a class change restyles the
+  // element's whole compound family (the host box holds everything), and doctor events come
+  // every few seconds with the same findings.
+  cy.batch(() => {
+    cy.elements(SEVERITIES.map((s) => `.bs-sev-${s}`).join(", ")).forEach((ele) => {
+      for (const s of SEVERITIES) if (ele.hasClass(`bs-sev-${s}`) && wanted.get(ele.id()) !== `bs-sev-${s}`) ele.removeClass(`bs-sev-${s}`);
+    });
+    for (const [id, cls] of wanted) {
+      const ele = cy.getElementById(id);
+      if (ele.nonempty() && !ele.hasClass(cls)) ele.addClass(cls);
+    }
+  });
 }
 
 function styleBadges() {

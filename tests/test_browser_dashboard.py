@@ -215,6 +215,37 @@ def test_adding_and_removing_a_forward_through_the_form(page, lab):
     assert sh("curl", "-s", "-m", "2", f"http://{lab.host_ip}:9091/", ns=lab.client, check=False).returncode != 0
 
 
+def tab_to(page, js_test: str, presses: int = 80) -> None:
+    """Press Tab until the focused element passes js_test (an expression over `el`)."""
+    for _ in range(presses):
+        page.keyboard.press("Tab")
+        if page.evaluate(f"(() => {{ const el = document.activeElement; return !!el && ({js_test}); }})()"):
+            return
+    raise AssertionError(f"Tab never reached {js_test}")
+
+
+def test_every_node_is_reachable_from_the_keyboard_list(page, lab):
+    c1 = ns_id(page, "c1")
+    page.evaluate("document.activeElement && document.activeElement.blur()")
+    tab_to(page, "el.matches('#graph-list > summary')")
+    page.keyboard.press("Enter")  # opens the list
+    wait_js(page, "document.querySelectorAll('#graph-list-items button').length > 0", 10)
+    listed = set(page.evaluate("[...document.querySelectorAll('#graph-list-items button')].map(b => b.dataset.elementId)"))
+    drawn = set(page.evaluate("cy.nodes().filter(n => !n.hasClass('fold') && ['namespace', 'bridge', 'portforward']"
+                              ".includes(n.data('kind')) && n.visible()).map(n => n.id())"))
+    assert drawn <= listed
+    tab_to(page, f"el.dataset.elementId === {c1!r}")
+    page.keyboard.press("Enter")
+    page.wait_for_selector("#details .details-head h2", timeout=10000)
+    assert page.inner_text("#details .details-head h2") == f"{lab.host}-c1"
+    assert page.evaluate(f"cy.getElementById({c1!r}).selected()")
+    # the focus ring: at least 3:1 against the page behind the focused button
+    ring = page.evaluate("getComputedStyle(document.activeElement).outlineColor")
+    back = page.evaluate("getComputedStyle(document.body).backgroundColor")
+    assert page.evaluate("getComputedStyle(document.activeElement).outlineStyle") == "solid"
+    assert contrast(ring, back) >= 3
+
+
 def test_a_validation_error_shows_next_to_the_field(page):
     form = page.locator("#g-forward-form")
     form.get_by_label("Container", exact=True).select_option("c1")
