@@ -111,8 +111,6 @@ function styleSheet(p) {
       "text-background-opacity": 1, "text-background-padding": 2,
     } },
     { selector: 'edge[kind = "veth"]', style: { "width": 3, "line-color": p.veth } },
-    // A port sits inside its bridge's box: the box is the membership, a line to it would cross labels.
-    { selector: 'edge[kind = "member"]', style: { "display": "none" } },
     { selector: 'edge[kind = "portforward"]', style: {
       "width": 2.5, "line-color": p.pf, "target-arrow-shape": "triangle", "target-arrow-color": p.pf,
     } },
@@ -266,6 +264,12 @@ function foldNode(bridgeId, members) {
 
 // ---- adding and changing elements ------------------------------------------------------------------
 
+// A port sits inside its bridge's box: the box is the membership, a line to it would cross
+// labels, so the port -> bridge edge is never added. Not merely hidden: Cytoscape clears the
+// style cache of everything tied to a compound node's family on every property it applies, so
+// a bridge holding its ports' edges made each of its descendants' styling walk all those edges.
+const drawnEdge = (e) => e.data.kind !== "member";
+
 function addElements(cy, incoming) {
   const nodes = incoming.filter((e) => e.group === "nodes");
   // Parents before children, so Cytoscape can attach each child on the spot.
@@ -282,7 +286,7 @@ function addElements(cy, incoming) {
     if (n.position) state.home.set(n.data.id, { ...n.position });
     adds.push(el);
   }
-  for (const e of incoming.filter((x) => x.group === "edges")) {
+  for (const e of incoming.filter((x) => x.group === "edges" && drawnEdge(x))) {
     const d = e.data;
     if (cy.getElementById(d.id).nonempty() || !have(d.source) || !have(d.target)) continue;
     adds.push(prepared(e));
