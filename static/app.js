@@ -62,18 +62,21 @@ function palette() {
 
 function styleSheet(p) {
   return [
+    // Cytoscape clears cached styles across a node's compound family for every property it
+    // applies to the node, so each element gets only the properties it needs: no text ones for
+    // the unlabelled (bridge ports, edges but the way out), none that repeat Cytoscape's defaults.
     { selector: "node", style: {
+      "background-color": p.physical, "border-width": 1, "border-color": p.surface, "width": 18, "height": 18,
+    } },
+    { selector: "node[!port]", style: {
       "label": "data(display)", "font-size": FONT, "color": p.fg, "text-wrap": "wrap",
       "text-max-width": 160, "min-zoomed-font-size": 6, "text-valign": "bottom", "text-margin-y": 3,
-      "background-color": p.physical, "border-width": 1, "border-color": p.surface,
-      "width": 18, "height": 18, "font-family": "system-ui, sans-serif",
-      "text-background-color": p.bg, "text-background-opacity": 0, "line-height": 1.15,
+      "font-family": "system-ui, sans-serif", "line-height": 1.15,
     } },
     { selector: "node:parent", style: {
-      "shape": "round-rectangle", "background-color": p.ns, "background-opacity": 1,
+      "shape": "round-rectangle", "background-color": p.ns,
       "border-color": p.nsBorder, "border-width": 1.5, "padding": 10,
-      "text-valign": "top", "text-halign": "center", "text-margin-y": -3, "font-weight": 600,
-      "color": p.fg, "text-events": "yes",
+      "text-valign": "top", "text-margin-y": -3, "font-weight": 600, "text-events": "yes",
     } },
     { selector: 'node[kind = "namespace"]', style: {
       "shape": "round-rectangle", "background-color": p.ns, "border-color": p.nsBorder, "border-width": 1.5,
@@ -106,9 +109,7 @@ function styleSheet(p) {
       "background-color": p.down, "border-style": "dashed", "border-color": p.down, "border-width": 2,
     } },
     { selector: "edge", style: {
-      "width": 1.5, "line-color": p.edge, "curve-style": "straight", "target-arrow-shape": "none",
-      "font-size": FONT - 1, "color": p.fg, "min-zoomed-font-size": 6, "text-background-color": p.bg,
-      "text-background-opacity": 1, "text-background-padding": 2,
+      "width": 1.5, "line-color": p.edge, "curve-style": "straight",
     } },
     { selector: 'edge[kind = "veth"]', style: { "width": 3, "line-color": p.veth } },
     { selector: 'edge[kind = "portforward"]', style: {
@@ -117,6 +118,8 @@ function styleSheet(p) {
     { selector: 'edge[kind = "masquerade"]', style: {
       "width": 2.5, "line-color": p.masq, "line-style": "dashed", "target-arrow-shape": "triangle",
       "target-arrow-color": p.masq, "label": "data(display)", "color": p.fg, "source-endpoint": "-50% -50%",
+      "font-size": FONT - 1, "min-zoomed-font-size": 6, "text-background-color": p.bg,
+      "text-background-opacity": 1, "text-background-padding": 2,
       "text-border-color": p.masq, "text-border-width": 1, "text-border-opacity": 1,
     } },
     // Boxes (namespaces, bridges) carry their label as a bypass set from the data (see boxLabels),
