@@ -43,15 +43,6 @@ function badge(findings) {
   });
 }
 
-function styleBadges() {
-  const cy = window.cy;
-  if (!cy) return;
-  cy.style()
-    .selector(".bs-sev-error").style({ "border-width": 5, "border-color": "#dc2626", "border-style": "double" })
-    .selector(".bs-sev-warning").style({ "border-width": 4, "border-color": "#f59e0b", "border-style": "double" })
-    .update();
-}
-
 let lastFindings = [];
 
 function apply(event) {
@@ -66,10 +57,9 @@ function apply(event) {
 document.addEventListener("bridgescope:event", (evt) => {
   const { name, data } = evt.detail;
   if (name === "doctor") { fromStream = true; apply(JSON.parse(data)); }
-  else if (name === "graph") { styleBadges(); badge(lastFindings); }
+  else if (name === "graph") badge(lastFindings);
   else if (name === "delta") badge(lastFindings);
 });
-document.addEventListener("bridgescope:theme", () => setTimeout(() => { styleBadges(); badge(lastFindings); }, 0));
 
 async function poll() {
   if (fromStream || !link) return;

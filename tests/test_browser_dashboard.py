@@ -366,6 +366,9 @@ def test_ip_forward_off_shows_on_the_doctor_link_and_the_forward_panel(page, lab
         wait_js(page, "Number(document.getElementById('doctor-link').dataset.errors) > 0", 10)
         assert time.monotonic() - changed < 2.0
         assert page.inner_text("#doctor-count") != ""
+        # the objects concerned wear the badge (its look is part of the graph's stylesheet)
+        wait_js(page, "cy.$('.bs-sev-error').length > 0", 10)
+        assert page.evaluate("cy.$('.bs-sev-error')[0].style('border-style')") == "double"
         pf = wait_js(page, f"{forward_node(8080)}.length === 1 && {forward_node(8080)}[0].id()")
         page.evaluate(f"""() => htmx.ajax('GET', document.getElementById('topology').dataset.details
                           + encodeURIComponent({pf!r}), {{target: '#details', swap: 'innerHTML'}})""")
