@@ -76,6 +76,17 @@ def grow_to(have: int, want: int) -> int:
     return want
 
 
+def wait_for_containers(base: str, n: int, timeout: float = 600) -> None:
+    """Until the server's picture holds all n containers (the watcher takes a while under load)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        els = requests.get(f"{base}/api/graph", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=120).json()
+        if sum(str(e["data"].get("ns_name", "")).startswith(f"{PREFIX}-c") for e in els) >= n:
+            return
+        time.sleep(1)
+    raise SystemExit(f"the server never showed {n} containers")
+
+
 def teardown() -> None:
     for entry in os.listdir("/run/netns"):
         if entry.startswith(PREFIX + "-"):
@@ -350,7 +361,7 @@ def main() -> int:
             browser = p.chromium.launch(executable_path="/usr/bin/chromium", headless=True)
             for n in sizes:
                 have = grow_to(have, n)
-                time.sleep(3)  # let the watcher take in the new namespaces
+                wait_for_containers(base, n)
                 modes = [m == "expanded" for m in args.modes.split(",")]
                 *_, keep = first_render(browser, base, expanded=True)  # warm-up; what the yardstick draws
                 # rounds interleave the yardstick and each mode, so a change in the machine's
