@@ -62,18 +62,21 @@ function palette() {
 
 function styleSheet(p) {
   return [
+    // Cytoscape clears cached styles across a node's compound family for every property it
+    // applies to the node, so each element gets only the properties it needs: no text ones for
+    // the unlabelled (bridge ports, edges but the way out), none that repeat Cytoscape's defaults.
     { selector: "node", style: {
+      "background-color": p.physical, "border-width": 1, "border-color": p.surface, "width": 18, "height": 18,
+    } },
+    { selector: "node[!port]", style: {
       "label": "data(display)", "font-size": FONT, "color": p.fg, "text-wrap": "wrap",
       "text-max-width": 160, "min-zoomed-font-size": 6, "text-valign": "bottom", "text-margin-y": 3,
-      "background-color": p.physical, "border-width": 1, "border-color": p.surface,
-      "width": 18, "height": 18, "font-family": "system-ui, sans-serif",
-      "text-background-color": p.bg, "text-background-opacity": 0, "line-height": 1.15,
+      "font-family": "system-ui, sans-serif", "line-height": 1.15,
     } },
     { selector: "node:parent", style: {
-      "shape": "round-rectangle", "background-color": p.ns, "background-opacity": 1,
+      "shape": "round-rectangle", "background-color": p.ns,
       "border-color": p.nsBorder, "border-width": 1.5, "padding": 10,
-      "text-valign": "top", "text-halign": "center", "text-margin-y": -3, "font-weight": 600,
-      "color": p.fg, "text-events": "yes",
+      "text-valign": "top", "text-margin-y": -3, "font-weight": 600, "text-events": "yes",
     } },
     { selector: 'node[kind = "namespace"]', style: {
       "shape": "round-rectangle", "background-color": p.ns, "border-color": p.nsBorder, "border-width": 1.5,
@@ -106,21 +109,24 @@ function styleSheet(p) {
       "background-color": p.down, "border-style": "dashed", "border-color": p.down, "border-width": 2,
     } },
     { selector: "edge", style: {
-      "width": 1.5, "line-color": p.edge, "curve-style": "straight", "target-arrow-shape": "none",
-      "font-size": FONT - 1, "color": p.fg, "min-zoomed-font-size": 6, "text-background-color": p.bg,
-      "text-background-opacity": 1, "text-background-padding": 2,
+      "width": 1.5, "line-color": p.edge, "curve-style": "straight",
     } },
     { selector: 'edge[kind = "veth"]', style: { "width": 3, "line-color": p.veth } },
-    // A port sits inside its bridge's box: the box is the membership, a line to it would cross labels.
-    { selector: 'edge[kind = "member"]', style: { "display": "none" } },
     { selector: 'edge[kind = "portforward"]', style: {
       "width": 2.5, "line-color": p.pf, "target-arrow-shape": "triangle", "target-arrow-color": p.pf,
     } },
     { selector: 'edge[kind = "masquerade"]', style: {
       "width": 2.5, "line-color": p.masq, "line-style": "dashed", "target-arrow-shape": "triangle",
       "target-arrow-color": p.masq, "label": "data(display)", "color": p.fg, "source-endpoint": "-50% -50%",
+      "font-size": FONT - 1, "min-zoomed-font-size": 6, "text-background-color": p.bg,
+      "text-background-opacity": 1, "text-background-padding": 2,
       "text-border-color": p.masq, "text-border-width": 1, "text-border-opacity": 1,
     } },
+    // Boxes (namespaces, bridges) carry their label as a bypass set from the data (see boxLabels),
+    // not mapped: Cytoscape re-applies a mapped property whenever anything inside a box is
+    // restyled, and for a box that re-application touches every descendant, so the host box made
+    // drawing all nodes grow with the square of their number.
+    { selector: 'node[kind = "namespace"], node[kind = "bridge"]', style: { "label": "" } },
     { selector: ".hidden", style: { "display": "none" } },
     // other namespaces' names sit right of centre: the wire down the column's left stays clear
     { selector: 'node[kind = "namespace"][!is_host][!container]:parent', style: { "text-margin-x": 30 } },
@@ -132,6 +138,10 @@ function styleSheet(p) {
       // No style transition: animating it would redraw the whole graph for every frame.
       "border-color": p.flash, "border-width": 5, "line-color": p.flash, "target-arrow-color": p.flash,
     } },
+    // the doctor's badges (doctor.js sets the classes): here, not added once the graph is
+    // drawn, since any change to the stylesheet re-matches every element against all of it
+    { selector: ".bs-sev-error", style: { "border-width": 5, "border-color": "#dc2626", "border-style": "double" } },
+    { selector: ".bs-sev-warning", style: { "border-width": 4, "border-color": "#f59e0b", "border-style": "double" } },
     { selector: ":selected", style: { "border-color": p.match, "border-width": 4, "line-color": p.match, "overlay-opacity": 0 } },
   ];
 }
@@ -261,6 +271,12 @@ function foldNode(bridgeId, members) {
 
 // ---- adding and changing elements ------------------------------------------------------------------
 
+// A port sits inside its bridge's box: the box is the membership, a line to it would cross
+// labels, so the port -> bridge edge is never added. Not merely hidden: Cytoscape clears the
+// style cache of everything tied to a compound node's family on every property it applies, so
+// a bridge holding its ports' edges made each of its descendants' styling walk all those edges.
+const drawnEdge = (e) => e.data.kind !== "member";
+
 function addElements(cy, incoming) {
   const nodes = incoming.filter((e) => e.group === "nodes");
   // Parents before children, so Cytoscape can attach each child on the spot.
@@ -277,12 +293,21 @@ function addElements(cy, incoming) {
     if (n.position) state.home.set(n.data.id, { ...n.position });
     adds.push(el);
   }
-  for (const e of incoming.filter((x) => x.group === "edges")) {
+  for (const e of incoming.filter((x) => x.group === "edges" && drawnEdge(x))) {
     const d = e.data;
     if (cy.getElementById(d.id).nonempty() || !have(d.source) || !have(d.target)) continue;
     adds.push(prepared(e));
   }
-  return adds.length ? cy.add(adds) : cy.collection();
+  const added = adds.length ? cy.add(adds) : cy.collection();
+  boxLabels(added);
+  return added;
+}
+
+const BOXES = '[kind = "namespace"], [kind = "bridge"]';
+
+function boxLabels(eles) {
+  const boxes = eles.nodes(BOXES);
+  if (boxes.nonempty()) boxes.cy().batch(() => boxes.forEach((n) => { n.style("label", n.data("display")); }));
 }
 
 function changeElement(cy, ele) {
@@ -307,6 +332,7 @@ function changeElement(cy, ele) {
     if (!existing.isParent()) existing.position(ele.position);
   }
   existing.data(next);
+  boxLabels(existing);
   return existing;
 }
 
@@ -355,8 +381,9 @@ function applyGraph(event) {
   const elements = event.elements || [];
   let cy = window.cy;
   const first = !cy;
-  if (first) cy = makeCy(elements.length);
   const t0 = performance.now();
+  if (first) window.bridgescopeGraphAt = t0; // the benchmark tells drawing from arriving
+  if (first) cy = makeCy(elements.length);
   const shown = partition(elements);
   let touched = cy.collection();
   cy.batch(() => {
@@ -384,6 +411,7 @@ function applyGraph(event) {
   }
   applySearch();
   showStatus(cy, Math.round(performance.now() - t0));
+  renderList();
 }
 
 function showStatus(cy, ms) {
@@ -591,6 +619,64 @@ function nextHit() {
   if (!state.hits.length) return;
   state.hitIndex = (state.hitIndex + 1) % state.hits.length;
   focusElement(state.hits[state.hitIndex].id);
+}
+
+// ---- the list view: every node reachable with the keyboard ----------------------------------------
+// The same elements as the graph (drawn and folded) as a tree of buttons; a button does what a
+// click on the node does. Built only while the list is open, so it costs the first render nothing.
+
+const LISTED = new Set(["namespace", "bridge", "physical", "portforward"]);
+const listBox = byId("graph-list");
+const listItems = byId("graph-list-items");
+
+function listedNodes() {
+  const cy = window.cy;
+  const all = cy ? cy.nodes().not(".fold").map((n) => ({ data: n.data(), position: n.position() })) : [];
+  for (const members of state.folded.values()) {
+    for (const e of members.values()) if (e.group === "nodes") all.push({ data: e.data, position: e.position || { x: 0, y: 0 } });
+  }
+  return all;
+}
+
+function renderList() {
+  if (!listBox || !listBox.open) return;
+  const all = listedNodes();
+  const parentOf = new Map(all.map((n) => [n.data.id, n.data.parent]));
+  const shown = all.filter((n) => LISTED.has(n.data.kind) || n.data.uplink);
+  const ids = new Set(shown.map((n) => n.data.id));
+  const listedParent = (id) => { let p = parentOf.get(id);
+    while (p && !ids.has(p)) p = parentOf.get(p); return p || null; };
+  const children = new Map();
+  for (const n of shown.sort((a, b) => a.position.y - b.position.y || a.position.x - b.position.x)) {
+    const p = listedParent(n.data.id);
+    if (!children.has(p)) children.set(p, []);
+    children.get(p).push(n.data);
+  }
+  const tree = (parent) => (children.get(parent) || []).map((d) => {
+    const li = document.createElement("li");
+    const button = document.createElement("button");
+    button.type = "button";
+    button.dataset.elementId = d.id;
+    button.textContent = displayLabel(d, "nodes").replace(/\s*\n\s*/g, " · ");
+    const kind = document.createElement("span");
+    kind.className = "node-kind";
+    kind.textContent = d.kind === "namespace" && parentOf.get(d.id) && !d.is_host ? "container" : (d.uplink ? "uplink" : d.kind);
+    button.append(kind);
+    li.append(button);
+    const sub = tree(d.id);
+    if (sub.length) { const ul = document.createElement("ul"); ul.append(...sub); li.append(ul); }
+    return li;
+  });
+  listItems.replaceChildren(...tree(null));
+}
+
+if (listBox) {
+  listBox.addEventListener("toggle", renderList);
+  listItems.addEventListener("click", (evt) => {
+    const button = evt.target.closest && evt.target.closest("button[data-element-id]");
+    if (button) focusElement(button.dataset.elementId);
+  });
+  document.addEventListener("bridgescope:delta", () => { if (listBox.open) renderList(); });
 }
 
 // ---- namespaces unrelated to the host ---------------------------------------------------------------

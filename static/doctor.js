@@ -27,19 +27,20 @@ function badge(findings) {
   const cy = window.cy;
   // the workshop pages badge the graph themselves (workshop.js)
   if (!cy || document.body.classList.contains("ws-page")) return;
-  cy.elements().removeClass(SEVERITIES.map((s) => `bs-sev-${s}`).join(" "));
-  for (const f of findings) {
-    for (const id of f.objects) cy.getElementById(id).addClass(`bs-sev-${f.severity}`);
-  }
-}
-
-function styleBadges() {
-  const cy = window.cy;
-  if (!cy) return;
-  cy.style()
-    .selector(".bs-sev-error").style({ "border-width": 5, "border-color": "#dc2626", "border-style": "double" })
-    .selector(".bs-sev-warning").style({ "border-width": 4, "border-color": "#f59e0b", "border-style": "double" })
-    .update();
+  const wanted = new Map();
+  for (const f of findings) for (const id of f.objects) if (!wanted.has(id)) wanted.set(id, `bs-sev-${f.severity}`);
+  // Only elements whose badge changes are touched, in one batch: a class change restyles the
+  // element's whole compound family (the host box holds everything), and doctor events come
+  // every few seconds with the same findings.
+  cy.batch(() => {
+    cy.elements(SEVERITIES.map((s) => `.bs-sev-${s}`).join(", ")).forEach((ele) => {
+      for (const s of SEVERITIES) if (ele.hasClass(`bs-sev-${s}`) && wanted.get(ele.id()) !== `bs-sev-${s}`) ele.removeClass(`bs-sev-${s}`);
+    });
+    for (const [id, cls] of wanted) {
+      const ele = cy.getElementById(id);
+      if (ele.nonempty() && !ele.hasClass(cls)) ele.addClass(cls);
+    }
+  });
 }
 
 let lastFindings = [];
@@ -56,10 +57,9 @@ function apply(event) {
 document.addEventListener("bridgescope:event", (evt) => {
   const { name, data } = evt.detail;
   if (name === "doctor") { fromStream = true; apply(JSON.parse(data)); }
-  else if (name === "graph") { styleBadges(); badge(lastFindings); }
+  else if (name === "graph") badge(lastFindings);
   else if (name === "delta") badge(lastFindings);
 });
-document.addEventListener("bridgescope:theme", () => setTimeout(() => { styleBadges(); badge(lastFindings); }, 0));
 
 async function poll() {
   if (fromStream || !link) return;

@@ -79,7 +79,9 @@ function highlightPath(ids) {
     // namespaces are compound boxes: lighting them up would light up everything inside
     const nodes = cy.nodes().filter((n) => wanted.has(n.id()) && n.data("kind") !== "namespace");
     nodes.addClass("ws-path");
-    cy.edges().filter((e) => wanted.has(e.source().id()) && wanted.has(e.target().id())).addClass("ws-path");
+    // an edge lights up when the path names it (the MASQUERADE way out is an edge) or both its ends
+    cy.edges().filter((e) => wanted.has(e.id()) || (wanted.has(e.source().id()) && wanted.has(e.target().id())))
+      .addClass("ws-path");
   });
 }
 

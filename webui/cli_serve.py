@@ -175,19 +175,22 @@ def warnings(config: dict) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from bridgescope.collector.render.graph import keep_slots_in
     from bridgescope.plumbing.api import recover
+    from bridgescope.plumbing.state import state_dir
     from bridgescope.webui.audit import AuditLog
     from bridgescope.webui.server import serve
 
     config = app_config(args)
     choose_engine_sockets(args.engine_socket)
-    if config["FLEET"] is not None:  # the agents change their hosts; nothing local to recover
-        pass
-    elif not args.read_only and (rec := recover(host=args.netns)):  # a change a crash interrupted
+    local = config["FLEET"] is None  # a fleet's agents draw and change their own hosts
+    if local:
+        keep_slots_in(state_dir() / "picture" / "slots.json")  # the same picture after a restart
+    if local and not args.read_only and (rec := recover(host=args.netns)):  # a change a crash interrupted
         print(rec.summary, file=sys.stderr)
         AuditLog(Path(config["AUDIT_LOG"])).record(
             "serve", {"action": "recover", "host": args.netns}, rec.commands, f"ok: {rec.summary}")
-    if not args.read_only and config["FLEET"] is None:  # adopted containers may have moved meanwhile
+    if local and not args.read_only:  # adopted containers may have moved meanwhile
         from bridgescope.webui import reconcile
         follow_audit = AuditLog(Path(config["AUDIT_LOG"]))
         reconcile.follow_once(args.netns, follow_audit)

@@ -11,15 +11,22 @@ namespaces stand in a column left of the host box, which grows to the right and 
 Positions are a pure function of (snapshot, slots): slots remember, by identity, each bridge's
 column count and each container's cell, so a container arriving or leaving moves nothing else
 and every page (reloads, other tabs, the walk's follow view) gets the same picture. The
-serving process keeps the slots of each host it has drawn (`remembered_slots`).
+serving process keeps the slots of each host it has drawn (`remembered_slots`), and `serve`
+keeps them in a file too (`keep_slots_in`), so a restart draws the same picture.
 """
 from __future__ import annotations
 
 import ipaddress
+import json
+import logging
 import math
+import os
 import re
+import tempfile
+import threading
 from collections.abc import Collection, Container, Iterable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 from bridgescope.collector.hostview import container_label, host_view
 from bridgescope.collector.model import Interface, Masquerade, Namespace, PortForward, Snapshot
@@ -44,6 +51,12 @@ class Slots:
 
 
 _REMEMBERED: dict[str, Slots] = {}
+_STORE: list[Path] = []  # where this process keeps _REMEMBERED across restarts, if anywhere
+_LOCK = threading.Lock()  # the live source and API requests lay out from several threads
+MAX_STORED_HOSTS = 64  # the file stays small: the hosts drawn last, and
+MAX_STORED_CELLS = 50_000  # at most this many containers' cells of each
+MAX_STORE_BYTES = 16 << 20
+log = logging.getLogger(__name__)
 
 
 def remembered_slots(host_key: str) -> Slots:
@@ -60,8 +73,69 @@ def drawn(snap: Snapshot, *, show_loopback: bool = False, slots: Slots | None = 
     host_key = snap.host or ""
     elements, picture = _draw(snap, remembered_slots(host_key) if slots is None else slots, show_loopback)
     if slots is None:
-        _REMEMBERED[host_key] = picture.slots
+        _remember(host_key, picture.slots)
     return elements, picture
+
+
+def _remember(host_key: str, slots: Slots) -> None:
+    if _REMEMBERED.get(host_key) == slots:
+        return
+    with _LOCK:
+        _REMEMBERED.pop(host_key, None)  # the newest last: the oldest go first when the file is full
+        _REMEMBERED[host_key] = slots
+        if _STORE:
+            write_slots(_STORE[0], _REMEMBERED)
+
+
+# ---- slots kept across restarts -------------------------------------------------------------
+
+def keep_slots_in(path: Path) -> None:
+    """From now on the slots this process remembers are read from and written to `path`."""
+    _STORE[:] = [path]
+    _REMEMBERED.update(read_slots(path))
+
+
+def read_slots(path: Path) -> dict[str, Slots]:
+    """The slots stored at `path`; a missing file is none, a damaged one is none and a warning
+    (the picture is then laid out afresh, which only costs the old places)."""
+    try:
+        with path.open("rb") as fh:
+            raw = fh.read(MAX_STORE_BYTES + 1)
+        if len(raw) > MAX_STORE_BYTES:
+            raise ValueError("larger than any file bridgescope writes")
+        return {str(host): _slots_from(entry) for host, entry in json.loads(raw)["hosts"].items()}
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError, TypeError, KeyError, AttributeError) as err:
+        log.warning("ignoring the picture's remembered places in %s: %s", path, err)
+        return {}
+
+
+def _slots_from(entry: dict) -> Slots:
+    bridges = tuple((str(name), int(cols)) for name, cols in entry["bridges"])
+    cells = tuple((str(bridge), str(key), int(index)) for bridge, key, index in entry["cells"])
+    if any(cols < 1 for _, cols in bridges) or any(index < 0 for _, _, index in cells):
+        raise ValueError("negative place")
+    return Slots(bridges, cells)
+
+
+def write_slots(path: Path, remembered: dict[str, Slots]) -> None:
+    """Write-then-rename in the same directory: a reader sees the old file or the new one."""
+    hosts = list(remembered.items())[-MAX_STORED_HOSTS:]
+    body = {"hosts": {host: {"bridges": list(s.bridges), "cells": list(s.cells[:MAX_STORED_CELLS])}
+                      for host, s in hosts}}
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".slots.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                fh.write(json.dumps(body, separators=(",", ":")))
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+    except OSError as err:  # the picture still works; only a restart would lose the places
+        log.warning("could not keep the picture's places in %s: %s", path, err)
 
 
 def build_elements(snap: Snapshot, slots: Slots, *, show_loopback: bool = False) -> tuple[list[dict], Slots]:
@@ -478,7 +552,7 @@ def patch_elements(old: list[dict], before: Picture | None, snap: Snapshot, ns_i
         new, picture = drawn(snap, show_loopback=show_loopback)
         return new, diff_elements(old, new), picture
     picture = plan(snap, remembered_slots(host_key))
-    _REMEMBERED[host_key] = picture.slots
+    _remember(host_key, picture.slots)
     whole = set(whole) | _changed_keys(before.home, picture.home)
     nodes = set(ns_ids) | whole | _changed_keys(before.names, picture.names) | (before.related ^ picture.related)
     ifaces = set(only) | _changed_keys(before.parent, picture.parent)
