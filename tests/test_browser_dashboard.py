@@ -31,7 +31,8 @@ def wait_js(page, expr: str, timeout: float = 30.0):
         if value:
             return value
         if time.monotonic() > deadline:
-            raise AssertionError(f"never became true: {expr}")
+            status = page.evaluate("document.getElementById('graph-status')?.textContent")
+            raise AssertionError(f"never became true: {expr} (the status line says {status!r})")
         time.sleep(0.05)
 
 
