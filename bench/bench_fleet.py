@@ -29,6 +29,7 @@ import requests
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 import fleet_labs
 import serve_process
+from bench_webui import TWO_FRAMES, wait_js  # the same first-render probe as the single-host bench
 
 TOKEN = "bench-fleet-dashboard"
 PREFIX = "bsfleetbench"
@@ -134,24 +135,13 @@ def rss_mb(pid: int) -> float:
     return float("nan")
 
 
-def wait_js(page, expr: str, timeout: float = 120.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = page.evaluate(expr)
-        if value:
-            return value
-        time.sleep(0.02)
-    raise TimeoutError(expr)
-
-
-TWO_FRAMES = "() => new Promise(r => requestAnimationFrame(() => requestAnimationFrame(() => r(performance.now()))))"
 
 
 def render(browser, base: str, hosts: int, shot: Path | None = None) -> float:
     ctx = browser.new_context(viewport={"width": 1366, "height": 768})
     page = ctx.new_page()
     page.goto(f"{base}/?token={TOKEN}")
-    wait_js(page, f"window.bridgescopeFirstRender !== undefined && cy.nodes('[kind = \"fleethost\"]').length === {hosts}")
+    wait_js(page, f"window.bridgescopeFirstRender !== undefined && cy.nodes('[kind = \"fleethost\"]').length === {hosts}", 120)
     ms = page.evaluate(TWO_FRAMES)
     if shot is not None:
         page.screenshot(path=str(shot))
@@ -163,7 +153,7 @@ def changes(browser, base: str, lab_host: str, count: int, agent_url: str) -> tu
     ctx = browser.new_context(viewport={"width": 1366, "height": 768})
     page = ctx.new_page()
     page.goto(f"{base}/?token={TOKEN}")
-    wait_js(page, "!!(window.cy && cy.nodes().length > 0)")
+    wait_js(page, "!!(window.cy && cy.nodes().length > 0)", 120)
     page.evaluate("() => { window.__seen = {}; cy.on('add', 'node', e => { const l = e.target.data('label'); "
                   "if (e.target.data('host') === 'real-0' && !(l in window.__seen)) window.__seen[l] = Date.now(); }); }")
     watch = AgentWatch(agent_url)

@@ -131,3 +131,16 @@ def engines_confined() -> Iterator[None]:
     yield
     after = engine_processes_here()
     assert not after, f"engine processes left running in the host namespace: {after}"
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Debian's Chromium through Playwright, one per test module."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path="/usr/bin/chromium", headless=True)
+        try:
+            yield b
+        finally:
+            b.close()

@@ -12,7 +12,8 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
 
@@ -25,9 +26,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start(netns: str, port: int, *, args: Sequence[str] = (), env: dict[str, str] | None = None,
+def start(netns: str | None, port: int, *, args: Sequence[str] = (), env: dict[str, str] | None = None,
           output: IO | int = subprocess.DEVNULL) -> subprocess.Popen:
-    argv = [sys.executable, "-m", "bridgescope.webui.cli", "serve", "--netns", netns,
+    """serve on 127.0.0.1:port; netns None: no --netns (a fleet dashboard shows no local host)."""
+    argv = [sys.executable, "-m", "bridgescope.webui.cli", "serve", *(("--netns", netns) if netns else ()),
             "--listen", f"127.0.0.1:{port}", *args]
     return subprocess.Popen(argv, env={**os.environ, **(env or {})}, stdout=output,
                             stderr=subprocess.STDOUT, start_new_session=True)
@@ -49,6 +51,24 @@ def wait_until_answering(proc: subprocess.Popen, url: str, *, headers: dict[str,
         time.sleep(0.2)
     output = log.read_text() if log is not None and log.exists() else ""
     raise RuntimeError(f"bridgescope serve did not start (exit status {proc.poll()}):\n{output}")
+
+
+@contextmanager
+def serving(netns: str | None, token: str, state: Path, log: Path, *, args: Sequence[str] = (),
+            timeout: float = 600.0) -> Iterator[str]:
+    """A serve process for the with-block, its state in `state`, its output in `log`: its base
+    URL once it answers (a busy machine's Watcher reads every namespace first), stopped after."""
+    port = free_port()
+    with log.open("a") as out:
+        proc = start(netns, port, args=args, output=out,
+                     env={"BRIDGESCOPE_TOKEN": token, "BRIDGESCOPE_STATE_DIR": str(state)})
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_until_answering(proc, base + "/api/session", headers={"Authorization": f"Bearer {token}"},
+                             timeout=timeout, log=log)
+        yield base
+    finally:
+        stop(proc)
 
 
 def login(base: str, token: str) -> dict[str, str]:

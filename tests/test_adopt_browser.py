@@ -36,20 +36,9 @@ def docker(tmp_path_factory, engines_confined):
 @pytest.fixture(scope="module")
 def server(docker, tmp_path_factory):
     state = tmp_path_factory.mktemp("adopt-ui-state")
-    port = serve_process.free_port()
-    log = state / "serve.log"
-    with log.open("w") as out:
-        proc = serve_process.start(
-            docker.ns, port, output=out,
-            args=("--engine-socket", docker.socket, "--audit-log", str(state / "audit.jsonl")),
-            env={"BRIDGESCOPE_TOKEN": TOKEN, "BRIDGESCOPE_STATE_DIR": str(state)})
-    try:
-        # the Watcher reads every namespace of a busy machine before the first answer
-        serve_process.wait_until_answering(proc, f"http://127.0.0.1:{port}/api/session", timeout=600,
-                                           headers={"Authorization": f"Bearer {TOKEN}"}, log=log)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        serve_process.stop(proc)
+    args = ("--engine-socket", docker.socket, "--audit-log", str(state / "audit.jsonl"))
+    with serve_process.serving(docker.ns, TOKEN, state, state / "serve.log", args=args) as base:
+        yield base
 
 
 @pytest.fixture(scope="module")

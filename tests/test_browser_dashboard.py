@@ -61,29 +61,10 @@ def lab(state_dir):
 
 @pytest.fixture(scope="module")
 def server(lab, state_dir, tmp_path_factory):
-    port = serve_process.free_port()
     log = tmp_path_factory.mktemp("bs-serve") / "serve.log"
-    with log.open("w") as out:
-        proc = serve_process.start(
-            lab.host, port, args=("--audit-log", str(state_dir / "audit.jsonl")), output=out,
-            env={"BRIDGESCOPE_TOKEN": TOKEN, "BRIDGESCOPE_STATE_DIR": str(state_dir)})
-    try:
-        # the Watcher reads every namespace of a busy machine before the first answer
-        serve_process.wait_until_answering(proc, f"http://127.0.0.1:{port}/api/session", timeout=600,
-                                           headers={"Authorization": f"Bearer {TOKEN}"}, log=log)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        serve_process.stop(proc)
-
-
-@pytest.fixture(scope="module")
-def browser():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path="/usr/bin/chromium", headless=True)
-        yield b
-        b.close()
+    with serve_process.serving(lab.host, TOKEN, state_dir, log,
+                               args=("--audit-log", str(state_dir / "audit.jsonl"))) as base:
+        yield base
 
 
 @pytest.fixture

@@ -8,8 +8,6 @@ traffic from that lab's client."""
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -58,31 +56,12 @@ def fleet(tmp_path_factory):
 @pytest.fixture(scope="module")
 def dashboard(fleet, tmp_path_factory):
     _, agents, state = fleet
-    port = serve_process.free_port()
     log = tmp_path_factory.mktemp("fleet-serve") / "serve.log"
-    argv = [sys.executable, "-m", "bridgescope.webui.cli", "serve", "--listen", f"127.0.0.1:{port}",
-            "--agent-token-file", str(agents["node-1"].token_file), "--audit-log", str(state / "dashboard-audit.jsonl")]
+    args = ["--agent-token-file", str(agents["node-1"].token_file), "--audit-log", str(state / "dashboard-audit.jsonl")]
     for a in agents.values():
-        argv += ["--agent", a.url]
-    with log.open("w") as out:
-        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-                                env={**os.environ, "BRIDGESCOPE_TOKEN": TOKEN, "BRIDGESCOPE_STATE_DIR": str(state)})
-    try:
-        serve_process.wait_until_answering(proc, f"http://127.0.0.1:{port}/api/session", timeout=60,
-                                           headers={"Authorization": f"Bearer {TOKEN}"}, log=log)
-        yield f"http://127.0.0.1:{port}", state / "dashboard-audit.jsonl"
-    finally:
-        serve_process.stop(proc)
-
-
-@pytest.fixture(scope="module")
-def browser():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path="/usr/bin/chromium", headless=True)
-        yield b
-        b.close()
+        args += ["--agent", a.url]
+    with serve_process.serving(None, TOKEN, state, log, args=args, timeout=60) as base:
+        yield base, state / "dashboard-audit.jsonl"
 
 
 def open_page(browser, base: str, width: int, height: int, query: str = ""):
