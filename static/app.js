@@ -81,6 +81,8 @@ function styleSheet(p) {
     { selector: 'node[kind = "namespace"]', style: {
       "shape": "round-rectangle", "background-color": p.ns, "border-color": p.nsBorder, "border-width": 1.5,
     } },
+    // a container's name wraps inside its grid cell rather than widen its box over its neighbours
+    { selector: 'node[kind = "namespace"][?container]', style: { "text-max-width": 170, "text-overflow-wrap": "anywhere" } },
     { selector: 'node[kind = "namespace"][?is_host]', style: {
       "border-color": p.host, "border-width": 2.5, "background-color": p.bg, "padding": 24,
       "font-size": FONT + 2, "color": p.fg,
@@ -422,6 +424,14 @@ function showStatus(cy, ms) {
   statusLine.textContent = `${namespaces} namespaces${hidden}${folded}, ${cy.nodes(":visible").length} nodes, ${cy.edges(":visible").length} edges · v${state.version}${ms === undefined ? "" : ` · ${ms} ms`}`;
 }
 
+// The counts follow every delta, but a burst of deltas recounts once per frame.
+let statusPending = false;
+function statusSoon(cy, ms) {
+  if (statusPending) return;
+  statusPending = true;
+  requestAnimationFrame(() => { statusPending = false; showStatus(cy, ms); });
+}
+
 // A delta either goes to Cytoscape or, for a folded bridge's members, to the fold's store.
 function foldedHome(e) {
   for (const [b, members] of state.folded) {
@@ -435,6 +445,7 @@ function foldedHome(e) {
 
 function applyDelta(delta) {
   const cy = window.cy;
+  const t0 = performance.now();
   if (!cy || state.version === null || delta.version !== state.version + 1) {
     reconnect("missed an update; resynchronising");
     return;
@@ -472,6 +483,7 @@ function applyDelta(delta) {
   else if ((delta.added || []).length || (delta.removed || []).length) state.unrelatedCount = markUnrelated(cy);
   flash(touched);
   applySearch();
+  statusSoon(cy, Math.round(performance.now() - t0));
   window.bridgescopeLastDelta = { version: delta.version, at: performance.now() };
   // panels.js (open panel, status line, form choices) follows the kernel from here
   document.dispatchEvent(new CustomEvent("bridgescope:delta", { detail: delta }));
@@ -702,6 +714,20 @@ function redraw() {
   fitAll(cy, false);
   showStatus(cy);
 }
+
+// What the page holds, drawn or kept (folded, unrelated): id -> position of every node that is
+// not a box (a box's place follows from what it holds). Tests compare it with the server's.
+const BOX_KINDS = new Set(["namespace", "bridge", "fold"]);
+window.bridgescopeHeld = () => {
+  const cy = window.cy;
+  const out = {};
+  if (!cy) return out;
+  cy.nodes().filter((n) => !BOX_KINDS.has(n.data("kind"))).forEach((n) => { out[n.id()] = n.position(); });
+  const kept = [...state.away.values()];
+  for (const members of state.folded.values()) kept.push(...members.values());
+  for (const e of kept) if (e.group === "nodes" && !BOX_KINDS.has(e.data.kind)) out[e.data.id] = e.position || null;
+  return out;
+};
 
 // ---- loopback on demand ------------------------------------------------------------------------------
 

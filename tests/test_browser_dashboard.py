@@ -251,6 +251,20 @@ def test_a_kernel_change_made_outside_the_ui_shows_up_live(page, lab):
     wait_js(page, f"cy.nodes('[label = \"{name}\"]').length === 0")
 
 
+def test_the_status_line_counts_containers_that_arrive_after_the_page(page, lab):
+    # The count is what people check first: it follows the deltas, not only the first picture.
+    status = "document.getElementById('graph-status').textContent"
+    wait_js(page, f"/^\\d+ namespaces/.test({status})")
+    before = int(page.evaluate(status).split()[0])
+    try:
+        grow(lab, 0, 2, stem="late")
+        wait_js(page, f"{status}.startsWith('{before + 2} namespaces')")
+    finally:
+        for i in range(2):
+            sh("ip", "netns", "del", f"{RUN_PREFIX}late{i}", check=False)
+    wait_js(page, f"{status}.startsWith('{before} namespaces')")
+
+
 # Boxes tied by an edge to what they hold (a compound node's own contents): JS giving their labels.
 BOXES_TIED_TO_CONTENTS = """cy.nodes(':parent').filter(p => p.connectedEdges().some(e =>
     p.descendants().contains(e.source()) || p.descendants().contains(e.target()))).map(p => p.data('label'))"""
@@ -511,6 +525,14 @@ OVERLAPS = """(() => {
   }
   return bad; })()"""
 
+# For a failure message: where the page and the server put each of `ids`, and the box's contents.
+PLACES = """async (ids) => {
+  const served = new Map((await (await window.bridgescopeSession.fetch('/api/graph')).json()).map(e => [e.data.id, e]));
+  const box = (n) => n.boundingBox({includeLabels: false, includeOverlays: false});
+  return ids.map(id => { const n = cy.getElementById(id);
+    return {id, page: n.position(), box: box(n), served: (served.get(id) || {}).position,
+            holds: n.children().map(c => [c.id(), c.position(), c.style('label')])}; }); }"""
+
 OUTSIDE_HOST = """(() => { const host = cy.nodes('[kind = "namespace"][?is_host]').boundingBox();
   return cy.nodes('[kind = "namespace"][?container]').filter(n => { const b = n.boundingBox();
     return b.x1 < host.x1 || b.x2 > host.x2 || b.y1 < host.y1 || b.y2 > host.y2; }).map(n => n.id()); })()"""
@@ -610,15 +632,62 @@ def test_present_with_the_dark_theme_is_legible_and_whole(browser, server, lab, 
         context.close()
 
 
-def grow(lab, have: int, want: int) -> None:
+def grow(lab, have: int, want: int, stem: str = "uix") -> None:
     """Bare containers on the lab's docker0: a namespace, a veth, an address (as an engine would)."""
     for i in range(have, want):
-        ns = f"{RUN_PREFIX}uix{i}"
+        ns = f"{RUN_PREFIX}{stem}{i}"
         sh("ip", "netns", "add", ns)
-        sh("ip", "-n", lab.host, "-batch", "-", input=f"link add vx{i} type veth peer name eth0 netns {ns}\n"
-           f"link set vx{i} master docker0 up\n")
+        sh("ip", "-n", lab.host, "-batch", "-", input=f"link add {stem[:2]}p{i} type veth peer name eth0 netns {ns}\n"
+           f"link set {stem[:2]}p{i} master docker0 up\n")
         sh("ip", "-n", ns, "-batch", "-", input=f"link set lo up\nlink set eth0 up\n"
            f"addr add 172.17.{10 + i // 250}.{1 + i % 250}/16 dev eth0\n")
+
+
+HELD_VS_SERVED = """async () => {
+  const resp = await window.bridgescopeSession.fetch('/api/graph');
+  const served = {};
+  for (const e of await resp.json()) if (e.group === 'nodes' && !['namespace', 'bridge'].includes(e.data.kind)) served[e.data.id] = e.position;
+  const held = window.bridgescopeHeld();
+  const ids = new Set([...Object.keys(held), ...Object.keys(served)]);
+  const same = (p, q) => p && q && Math.abs(p.x - q.x) < 0.5 && Math.abs(p.y - q.y) < 0.5;
+  return [...ids].filter(id => !same(held[id], served[id])).slice(0, 8).map(id => [id, held[id] || null, served[id] || null]); }"""
+
+
+def test_a_container_with_a_long_name_keeps_to_its_cell(page, lab):
+    # Compose names run long ("shop-frontend-webserver-1"): the box wraps the name rather than
+    # grow over its bridge port and its neighbours
+    stem = "MWshopfrontendwebserver"
+    try:
+        grow(lab, 0, 2, stem=stem)
+        wait_js(page, f"cy.nodes('[label = \"{RUN_PREFIX}{stem}1\"]').length === 1")
+        time.sleep(0.5)
+        title = page.evaluate(f"""cy.nodes('[label = "{RUN_PREFIX}{stem}1"]').boundingBox(
+            {{includeNodes: false, includeEdges: false, includeLabels: true, includeOverlays: false}}).w""")
+        assert 0 < title <= 180  # wrapped within its cell (220 wide), not one line over its neighbours
+        assert page.evaluate(OVERLAPS) == []
+        assert page.evaluate(OUTSIDE_HOST) == []
+    finally:
+        for i in range(2):
+            sh("ip", "netns", "del", f"{RUN_PREFIX}{stem}{i}", check=False)
+
+
+def test_a_page_open_through_a_burst_holds_what_a_reload_would_draw(browser, server, lab):
+    # The page lives on deltas while containers arrive by the hundred, most into a folded
+    # bridge: once the kernel is quiet it must hold what a fresh page gets, every node in place.
+    context, pg = open_dashboard(browser, server, 1366, 768)
+    try:
+        grow(lab, 0, 300, stem="burst")
+        deadline, apart = time.monotonic() + 120, None
+        while time.monotonic() < deadline:
+            apart = pg.evaluate(HELD_VS_SERVED)
+            if not apart:
+                break
+            time.sleep(1)
+        assert apart == []
+    finally:
+        context.close()
+        for i in range(300):
+            sh("ip", "netns", "del", f"{RUN_PREFIX}burst{i}", check=False)
 
 
 def test_many_containers_fold_stay_apart_and_search_finds_one(browser, server, lab, artifacts_dir):
@@ -640,7 +709,8 @@ def test_many_containers_fold_stay_apart_and_search_finds_one(browser, server, l
                     wait_js(pg, f"cy.$(':selected').length === 1 && cy.$(':selected').data('label') === '{RUN_PREFIX}uix{total - 10}'")
                     pg.wait_for_selector("#details .details-head h2")
                     assert pg.evaluate("cy.zoom()") <= 1.31  # readable, never absurdly close
-                    assert pg.evaluate(OVERLAPS) == []  # expanded: still apart
+                    bad = pg.evaluate(OVERLAPS)  # expanded: still apart
+                    assert bad == [], pg.evaluate(PLACES, [x for pair in bad for x in pair])
                     assert pg.evaluate(OUTSIDE_HOST) == []
                     pg.screenshot(path=str(artifacts_dir / f"picture-{total}-search-{size[0]}.png"))
                 finally:

@@ -308,3 +308,33 @@ def test_veth_edge_emitted_by_the_untouched_end_is_kept():
     # the edge "veth:ns-1/if3--ns-10/if2" is emitted from the host side; patch only the container
     elements, _ = patched(snap, _with_interface(snap, "ns-10/if2", mtu=9000), {"ns-10"}, only={"ns-10/if2"})
     assert any(e["data"]["id"] == "veth:ns-1/if3--ns-10/if2" for e in elements)
+
+
+# A box spans its items, their labels and its padding: at most this far either side of an item's
+# centre (the widest label is an IPv4 address, about 124 px at the label size), this far above
+# (the box's title included) and below (two label lines).
+BOX_HALF, BOX_ABOVE, BOX_BELOW = 72, 45, 56
+PORT_HALF = 10
+
+
+@pytest.mark.parametrize("extra", [0, 1, 2, 4])
+def test_every_box_keeps_clear_of_its_port_and_its_neighbours(extra):
+    snap = topology(7)
+    more = tuple(Interface(f"ns-12/if{10 + k}", "ns-12", f"eth{k + 1}", 10 + k, "veth", "up", 1500, None,
+                           (f"10.{k}.255.255/16",)) for k in range(extra))
+    els = to_elements(dataclasses.replace(snap, interfaces=snap.interfaces + more))
+    nodes = {e["data"]["id"]: e for e in els if e["group"] == "nodes"}
+    ports = [e["position"] for e in nodes.values() if e["data"].get("port") is True]
+    boxes = {}
+    for e in nodes.values():
+        if e["data"]["parent"] in nodes and nodes[e["data"]["parent"]]["data"].get("container"):
+            boxes.setdefault(e["data"]["parent"], []).append(e["position"])
+    spans = {ns: (min(p["x"] for p in pts) - BOX_HALF, min(p["y"] for p in pts) - BOX_ABOVE,
+                  max(p["x"] for p in pts) + BOX_HALF, max(p["y"] for p in pts) + BOX_BELOW)
+             for ns, pts in boxes.items()}
+    assert len(spans) == 7
+    for ns, (x1, y1, x2, y2) in spans.items():
+        for p in ports:
+            assert not (x1 < p["x"] + PORT_HALF and p["x"] - PORT_HALF < x2 and y1 < p["y"] < y2), (ns, p)
+        for other, (a1, b1, a2, b2) in spans.items():
+            assert other == ns or x2 <= a1 or a2 <= x1 or y2 <= b1 or b2 <= y1, (ns, other)

@@ -32,6 +32,11 @@ from bridgescope.collector.hostview import container_label, host_view
 from bridgescope.collector.model import Interface, Masquerade, Namespace, PortForward, Snapshot
 
 CELL_W, CELL_H = 220.0, 120.0  # one container's cell in a bridge's grid
+# Inside a cell, what a box's contents keep clear of: left, its own bridge port (and the box's
+# padding and half the widest label, an IPv4 address); right, the same for the next cell's port.
+PORT_CLEAR, NEXT_CLEAR = 96.0, 76.0
+ITEM_W, ITEM_H = 130.0, 56.0  # one interface or forward (with its label) in a container's box
+BOX_ROW = 3  # items side by side in a box before the next row
 UPLINK_W = 240.0  # one uplink (and its label) in the top row
 BRIDGE_Y = 140.0  # bridges' label row, under the uplinks
 GRID_Y = 60.0  # a bridge's first grid row, below its label
@@ -464,32 +469,40 @@ def place(snap: Snapshot, pic: Picture, nodes: list[dict]) -> dict[str, tuple[fl
     pos: dict[str, tuple[float, float]] = {}
     for k, iface_id in enumerate(pic.uplinks):
         pos[iface_id] = (k * UPLINK_W, 0.0)
-    left, origin = 0.0, {}
-    for bridge_id, cols in pic.bridges:
-        origin[bridge_id] = (left, cols)
-        pos[bridge_id] = (left + cols * CELL_W / 2, BRIDGE_Y)
-        for k, port in enumerate(pic.strays.get(bridge_id, ())):
-            pos[port] = (left + 15 + k * STRAY_W, BRIDGE_Y + 30)
-        left += cols * CELL_W + BRIDGE_GAP
-    cell_of = {}
-    for (bridge_id, ns_id), index in pic.cell.items():
-        x0, cols = origin[bridge_id]
-        cell_of[(bridge_id, ns_id)] = (x0 + (index % cols) * CELL_W, BRIDGE_Y + GRID_Y + (index // cols) * CELL_H)
-    for port, key in pic.port_cell.items():
-        ox, oy = cell_of[key]
-        pos[port] = (ox + 10, oy + 40)  # left of the box: the veth pair is a short edge
     inside: dict[str, list[dict]] = {}
     for node in nodes:
         data = node["data"]
         if data["kind"] != "namespace" and data["parent"] in pic.home:
             inside.setdefault(data["parent"], []).append(node)
+    fullest: dict[str, int] = {}
+    for ns_id, items in inside.items():
+        bridge_id = pic.home[ns_id]
+        fullest[bridge_id] = max(fullest.get(bridge_id, 0), len(items))
+    left, origin = 0.0, {}
+    for bridge_id, cols in pic.bridges:
+        width, height = cell_size(fullest.get(bridge_id, 1))
+        origin[bridge_id] = (left, cols, width, height)
+        pos[bridge_id] = (left + cols * width / 2, BRIDGE_Y)
+        for k, port in enumerate(pic.strays.get(bridge_id, ())):
+            pos[port] = (left + 15 + k * STRAY_W, BRIDGE_Y + 30)
+        left += cols * width + BRIDGE_GAP
+    cell_of = {}
+    for (bridge_id, ns_id), index in pic.cell.items():
+        x0, cols, width, height = origin[bridge_id]
+        cell_of[(bridge_id, ns_id)] = (x0 + (index % cols) * width, BRIDGE_Y + GRID_Y + (index // cols) * height, width)
+    for port, key in pic.port_cell.items():
+        ox, oy, _ = cell_of[key]
+        pos[port] = (ox + 10, oy + 40)  # left of the box: the veth pair is a short edge
     for ns_id, bridge_id in pic.home.items():
-        ox, oy = cell_of[(bridge_id, ns_id)]
-        pos[ns_id] = (ox + 120, oy + 50)
+        ox, oy, width = cell_of[(bridge_id, ns_id)]
         first = pic.inner.get(ns_id, [])
         items = sorted(inside.get(ns_id, ()), key=lambda n: _in_box_key(n, first))
+        # a box grows to both sides of what it holds (labels included): its first item keeps
+        # clear of the box's own port, and a new item goes right (or below) without moving it
+        pos[ns_id] = (ox + PORT_CLEAR, oy + 50)  # a box's own place is where its first item is
         for k, node in enumerate(items):
-            pos[node["data"]["id"]] = (ox + 82 + 86 * k, oy + 40)
+            row, col = divmod(k, BOX_ROW)
+            pos[node["data"]["id"]] = (ox + PORT_CLEAR + ITEM_W * col, oy + 40 + ITEM_H * row)
     right = max(len(pic.uplinks) * UPLINK_W, left, CELL_W)
     loose = [n["data"]["id"] for n in nodes if n["data"]["kind"] == "portforward" and n["data"]["parent"] == pic.host]
     for k, node_id in enumerate(loose):
@@ -511,6 +524,14 @@ def place(snap: Snapshot, pic: Picture, nodes: list[dict]) -> dict[str, tuple[fl
     if pic.host:
         pos[pic.host] = (right / 2, BRIDGE_Y)
     return pos
+
+
+def cell_size(items: int) -> tuple[float, float]:
+    """A bridge's grid cell, big enough for its fullest container box: up to BOX_ROW items side
+    by side, then another row."""
+    across = min(max(items, 1), BOX_ROW)
+    rows = max(1, math.ceil(items / BOX_ROW))
+    return max(CELL_W, PORT_CLEAR + NEXT_CLEAR + ITEM_W * (across - 1)), CELL_H + ITEM_H * (rows - 1)
 
 
 def _in_box_key(node: dict, first: list[str]) -> tuple:
