@@ -202,9 +202,16 @@ def lab_part(doc: dict, prefix: str) -> dict:
 
 
 def test_snapshot_is_the_cli_snapshot_plus_the_doctor(agent, lab):
-    cli = json.loads(sh(sys.executable, "-m", "bridgescope.webui.cli", "snapshot", "--json", "--netns",
-                        lab.host, timeout=120).stdout)
-    got = agent.get("/v1/snapshot").json()
+    # A fresh lab's veths reach operstate UP up to a second after they were set up (the kernel's
+    # link watch batches carrier changes): the two reads are compared once the lab has settled.
+    deadline = time.monotonic() + 20
+    while True:
+        cli = json.loads(sh(sys.executable, "-m", "bridgescope.webui.cli", "snapshot", "--json", "--netns",
+                            lab.host, timeout=120).stdout)
+        got = agent.get("/v1/snapshot").json()
+        if lab_part(got["snapshot"], lab.prefix) == lab_part(cli, lab.prefix) or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
     assert set(got) == {"name", "version", "snapshot", "findings", "counts"}
     assert got["name"] == lab.host and isinstance(got["version"], int)
     assert set(got["snapshot"]) == set(cli)
