@@ -338,3 +338,11 @@ def test_every_box_keeps_clear_of_its_port_and_its_neighbours(extra):
             assert not (x1 < p["x"] + PORT_HALF and p["x"] - PORT_HALF < x2 and y1 < p["y"] < y2), (ns, p)
         for other, (a1, b1, a2, b2) in spans.items():
             assert other == ns or x2 <= a1 or a2 <= x1 or y2 <= b1 or b2 <= y1, (ns, other)
+
+
+def test_showing_loopback_moves_nothing_else():
+    """The page fetches loopback's nodes from a second drawing and adds them to the first."""
+    snap = topology(7)
+    hidden = {e["data"]["id"]: e.get("position") for e in to_elements(snap) if e["group"] == "nodes"}
+    shown = {e["data"]["id"]: e.get("position") for e in to_elements(snap, show_loopback=True) if e["group"] == "nodes"}
+    assert {k: shown[k] for k in hidden} == hidden

@@ -474,10 +474,11 @@ def place(snap: Snapshot, pic: Picture, nodes: list[dict]) -> dict[str, tuple[fl
         data = node["data"]
         if data["kind"] != "namespace" and data["parent"] in pic.home:
             inside.setdefault(data["parent"], []).append(node)
+    # loopback is left out: shown or not, the cells (and so every other place) stay the same
     fullest: dict[str, int] = {}
     for ns_id, items in inside.items():
         bridge_id = pic.home[ns_id]
-        fullest[bridge_id] = max(fullest.get(bridge_id, 0), len(items))
+        fullest[bridge_id] = max(fullest.get(bridge_id, 0), sum(n["data"]["kind"] != "loopback" for n in items))
     left, origin = 0.0, {}
     for bridge_id, cols in pic.bridges:
         width, height = cell_size(fullest.get(bridge_id, 1))
