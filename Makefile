@@ -21,7 +21,7 @@ DEB_PACKAGES := iproute2 iptables nftables conntrack procps util-linux kmod \
 ENGINE_PACKAGES := docker.io containerd podman netavark runc conmon busybox-static pipx
 ENGINE_DAEMONS := dockerd containerd podman conmon netavark
 
-.PHONY: help deps venv demo test lint bench clean lab-down
+.PHONY: help deps venv demo test lint bench clean lab-down screenshots
 
 help:
 	@echo "make demo   - build the sandbox lab and serve the dashboard on it ($(LISTEN))"
@@ -29,6 +29,7 @@ help:
 	@echo "make bench  - run the benchmarks (figures go to bench/RESULTS.md by hand)"
 	@echo "make lab-down - remove the sandbox lab"
 	@echo "make lint   - ruff and an unreachable-code check"
+	@echo "make screenshots - retake the README's pictures of one host from a real lab"
 
 deps:
 	@missing=$$(for p in $(DEB_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; done); \
@@ -85,6 +86,10 @@ lint: venv
 
 bench: deps venv
 	@for script in bench/bench_*.py; do echo "== $$script"; $(BIN)/python $$script || exit 1; done
+
+# the README's pictures of one host (3, 60 and 500 containers), retaken from a real lab
+screenshots: deps venv
+	$(BIN)/python tools/screenshots.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache test-artifacts

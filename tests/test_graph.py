@@ -310,10 +310,10 @@ def test_veth_edge_emitted_by_the_untouched_end_is_kept():
     assert any(e["data"]["id"] == "veth:ns-1/if3--ns-10/if2" for e in elements)
 
 
-# A box spans its items, their labels and its padding: at most this far either side of an item's
-# centre (the widest label is an IPv4 address, about 124 px at the label size), this far above
-# (the box's title included) and below (two label lines).
-BOX_HALF, BOX_ABOVE, BOX_BELOW = 72, 45, 56
+# A box spans its items, their labels and its padding: this far either side of an item's centre
+# for a 13-character address (measured in Chromium: 127 px wide for 172.17.11.241), this far
+# above (the box's title included) and below (two label lines).
+BOX_HALF, BOX_ABOVE, BOX_BELOW = 64, 45, 56
 PORT_HALF = 10
 
 
@@ -321,7 +321,7 @@ PORT_HALF = 10
 def test_every_box_keeps_clear_of_its_port_and_its_neighbours(extra):
     snap = topology(7)
     more = tuple(Interface(f"ns-12/if{10 + k}", "ns-12", f"eth{k + 1}", 10 + k, "veth", "up", 1500, None,
-                           (f"10.{k}.255.255/16",)) for k in range(extra))
+                           (f"10.{k}.255.255/16",)) for k in range(extra))  # 12 characters
     els = to_elements(dataclasses.replace(snap, interfaces=snap.interfaces + more))
     nodes = {e["data"]["id"]: e for e in els if e["group"] == "nodes"}
     ports = [e["position"] for e in nodes.values() if e["data"].get("port") is True]

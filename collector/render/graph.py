@@ -32,10 +32,13 @@ from bridgescope.collector.hostview import container_label, host_view
 from bridgescope.collector.model import Interface, Masquerade, Namespace, PortForward, Snapshot
 
 CELL_W, CELL_H = 220.0, 120.0  # one container's cell in a bridge's grid
-# Inside a cell, what a box's contents keep clear of: left, its own bridge port (and the box's
-# padding and half the widest label, an IPv4 address); right, the same for the next cell's port.
-PORT_CLEAR, NEXT_CLEAR = 96.0, 76.0
-ITEM_W, ITEM_H = 130.0, 56.0  # one interface or forward (with its label) in a container's box
+# Inside a cell, what a box's contents keep clear of: left, its own bridge port, the box's
+# padding and half the widest IPv4 label (255.255.255.255, 112 px at the label size); right,
+# the next cell's port, with room for a 13-character address (172.17.11.241, 95 px). The
+# cells stay as narrow as this allows: three containers with forwards still fit 1366 px wide
+# at a legible zoom.
+PORT_CLEAR, NEXT_CLEAR = 96.0, 66.0
+ITEM_W, ITEM_H = 86.0, 56.0  # one interface or forward (with its label) in a container's box
 BOX_ROW = 3  # items side by side in a box before the next row
 UPLINK_W = 240.0  # one uplink (and its label) in the top row
 BRIDGE_Y = 140.0  # bridges' label row, under the uplinks
