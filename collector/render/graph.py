@@ -26,6 +26,7 @@ import tempfile
 import threading
 from collections.abc import Collection, Container, Iterable, Mapping
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 from bridgescope.collector.hostview import container_label, host_view
@@ -439,6 +440,7 @@ def _seat(pic: Picture, bridge_id: str, att, index: int, cells: list, bridge_nam
     cells.append((bridge_name, att.namespace.name, index))
 
 
+@lru_cache(maxsize=1 << 16)
 def _natural(text: str) -> tuple:
     """c2 before c10."""
     return tuple(int(part) if part.isdigit() else part for part in re.split(r"(\d+)", text))
@@ -500,7 +502,9 @@ def place(snap: Snapshot, pic: Picture, nodes: list[dict]) -> dict[str, tuple[fl
     for ns_id, bridge_id in pic.home.items():
         ox, oy, width = cell_of[(bridge_id, ns_id)]
         first = pic.inner.get(ns_id, [])
-        items = sorted(inside.get(ns_id, ()), key=lambda n: _in_box_key(n, first))
+        items = inside.get(ns_id, [])
+        if len(items) > 1:  # most boxes hold one thing: nothing to order
+            items = sorted(items, key=lambda n: _in_box_key(n, first))
         # a box grows to both sides of what it holds (labels included): its first item keeps
         # clear of the box's own port, and a new item goes right (or below) without moving it
         pos[ns_id] = (ox + PORT_CLEAR, oy + 50)  # a box's own place is where its first item is
@@ -642,8 +646,10 @@ def _placed(snap: Snapshot, pic: Picture, elements: list[dict], changed: dict[st
     for element in elements:
         if element["group"] == "nodes":
             x, y = positions.get(element["data"]["id"], (0.0, 0.0))
-            where = {"x": round(x, 1), "y": round(y, 1)}
-            if element.get("position") != where:
+            x, y = round(x, 1), round(y, 1)
+            was = element.get("position")
+            if was is None or was["x"] != x or was["y"] != y:
+                where = {"x": x, "y": y}
                 element_id = element["data"]["id"]
                 if element_id not in added and element_id not in changed:
                     element = {**element}
