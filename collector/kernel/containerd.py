@@ -220,22 +220,15 @@ def first_grpc_message(body: bytes) -> bytes:
 
 
 class Connection:
-    """One HTTP/2 connection to a gRPC server on a unix socket; calls one at a time."""
+    """One HTTP/2 connection to a gRPC server over a connected socket; calls one at a time."""
 
-    def __init__(self, path: str, timeout: float = TIMEOUT) -> None:
-        self.timeout = timeout
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.settimeout(timeout)
+    def __init__(self, sock: socket.socket, timeout: float = TIMEOUT) -> None:
+        self.sock, self.timeout = sock, timeout
         self.next_stream = 1
         self.buffer = b""
-        try:
-            self.sock.connect(path)
-            settings = struct.pack(">HIHI", SETTINGS_ENABLE_PUSH, 0, SETTINGS_INITIAL_WINDOW_SIZE, MAX_ANSWER)
-            self.sock.sendall(PREFACE + frame(SETTINGS, 0, 0, settings)
-                              + frame(WINDOW_UPDATE, 0, 0, struct.pack(">I", MAX_ANSWER - DEFAULT_WINDOW)))
-        except BaseException:
-            self.sock.close()
-            raise
+        settings = struct.pack(">HIHI", SETTINGS_ENABLE_PUSH, 0, SETTINGS_INITIAL_WINDOW_SIZE, MAX_ANSWER)
+        sock.sendall(PREFACE + frame(SETTINGS, 0, 0, settings)
+                     + frame(WINDOW_UPDATE, 0, 0, struct.pack(">I", MAX_ANSWER - DEFAULT_WINDOW)))
 
     def close(self) -> None:
         self.sock.close()
@@ -294,6 +287,17 @@ class Connection:
         return out
 
 
+def connect(path: str, timeout: float = TIMEOUT) -> Connection:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.settimeout(timeout)
+        sock.connect(path)
+        return Connection(sock, timeout)
+    except BaseException:
+        sock.close()
+        raise
+
+
 def _unpadded(payload: bytes, flags: int) -> bytes:
     if not flags & PADDED:
         return payload
@@ -320,7 +324,7 @@ def pod_names(sockets: Iterable[str], proc: str = "/proc") -> dict[NsKey, str]:
 
 def _pods_of(path: str, proc: str) -> dict[NsKey, str]:
     try:
-        with Connection(path) as conn:
+        with connect(path) as conn:
             listed = conn.call(LIST_CONTAINERS, list_containers_request([SANDBOX_FILTER]), NAMESPACE)
             pods = {c.id: pod for c in parse_containers(listed) if (pod := pod_name(c))}
             where = _still_located(path, pods)

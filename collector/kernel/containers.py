@@ -11,8 +11,8 @@ Which sockets: those chosen on the command line (`--engine-socket`, any number),
 DOCKER_HOST and CONTAINER_HOST name (unix:// only: a remote engine's namespaces are not
 ours to open), then the engines' default places. A missing socket is skipped. Docker and
 Podman speak HTTP/1.1 on theirs, containerd gRPC (HTTP/2): which one a socket speaks is asked
-once per socket file (containerd.py reads containerd's; an HTTP/1 request would only make
-containerd log a bogus greeting).
+once per socket file (containerd.py reads containerd's; containerd resets an HTTP/1
+request, so none is sent).
 
 Podman needs no daemon, so its API socket is often absent; each container's first process is
 then a child of its conmon, whose `-n` argument is the container's name.
