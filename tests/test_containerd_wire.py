@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import socket
 import struct
+import threading
+import time
 from pathlib import Path
 
 import pytest
 
-from bridgescope.collector.kernel import containerd
+from bridgescope.collector.kernel import containerd, containers
 from bridgescope.collector.kernel.containerd import (
     ACK,
     PING,
@@ -166,3 +168,60 @@ def test_window_updates_return_what_each_data_frame_took():
             sent += chunk
     for size in (50, len(message) - 50):
         assert frame(containerd.WINDOW_UPDATE, 0, 0, struct.pack(">I", size)) in sent
+
+
+# --- which sockets speak it; dead and silent ones -------------------------------------------------
+
+def _serve_once(path: str, answer: bytes | None) -> threading.Thread:
+    """A unix socket server for one connection: reads what comes, answers `answer` (None:
+    nothing, until the client gives up), then hangs up."""
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(path)
+    listener.listen(1)
+
+    def serve() -> None:
+        with listener:
+            conn, _ = listener.accept()
+            with conn:
+                conn.recv(4096)
+                if answer is not None:
+                    conn.sendall(answer)
+                else:
+                    conn.settimeout(10)
+                    try:
+                        conn.recv(1)  # until the client closes
+                    except OSError:
+                        pass
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_http1_and_http2_servers_are_told_apart(tmp_path):
+    http1, http2 = str(tmp_path / "docker.sock"), str(tmp_path / "containerd.sock")
+    threads = [_serve_once(http1, b"HTTP/1.1 400 Bad Request\r\nConnection: close\r\n\r\n"),
+               _serve_once(http2, frame(SETTINGS, 0, 0))]
+    assert not containers.speaks_http2(http1)
+    assert containers.speaks_http2(http2)
+    for thread in threads:
+        thread.join(5)
+    assert containers.speaks_http2(http2)  # remembered: nobody listens any more
+
+
+def test_a_dead_socket_gives_no_names_at_once(tmp_path):
+    dead = str(tmp_path / "containerd.sock")  # a socket file nobody listens on
+    with socket.socket(socket.AF_UNIX) as s:
+        s.bind(dead)
+    started = time.monotonic()
+    assert containerd.pod_names([dead, str(tmp_path / "absent.sock")]) == {}
+    assert time.monotonic() - started < 1
+
+
+def test_a_silent_socket_gives_no_names_in_bounded_time(tmp_path):
+    silent = str(tmp_path / "containerd.sock")
+    thread = _serve_once(silent, None)
+    started = time.monotonic()
+    assert containerd.pod_names([silent]) == {}
+    assert time.monotonic() - started < 5  # generous: one TIMEOUT
+    thread.join(15)
