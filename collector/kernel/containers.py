@@ -16,11 +16,17 @@ request, so none is sent).
 
 Podman needs no daemon, so its API socket is often absent; each container's first process is
 then a child of its conmon, whose `-n` argument is the container's name.
+
+A Kubernetes pod's containers, where the runtime names them in the kubelet's format
+(`k8s_CONTAINER_POD_NAMESPACE_UID_ATTEMPT`: CRI-O, through its conmons, and cri-dockerd, through
+Docker), name their namespace `NAMESPACE/POD`, as containerd.py names containerd's pods.
+Kubernetes names hold no `_`, so the format reads one way only.
 """
 from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import threading
 from collections.abc import Iterable, Mapping
@@ -31,6 +37,7 @@ DEFAULT_SOCKETS = ("/run/docker.sock", "/run/podman/podman.sock", "/run/containe
 ENGINE_HOST_VARIABLES = ("DOCKER_HOST", "CONTAINER_HOST")
 TIMEOUT = 0.5
 CONMON_PIDS_CHECKED = 3  # a container's init is among its namespace's first pids
+KUBELET_NAME = re.compile(r"k8s_[^_]+_([^_]+)_([^_]+)_[^_]+_[0-9]+")
 
 NsKey = tuple[int, int]
 
@@ -216,8 +223,14 @@ def _key(path: str) -> NsKey | None:
 def container_name(summary: Mapping) -> str | None:
     names = summary.get("Names")
     if isinstance(names, list) and names and isinstance(names[0], str):
-        return names[0].lstrip("/") or None
+        return pod_or_container(names[0].lstrip("/")) or None
     return None
+
+
+def pod_or_container(name: str) -> str:
+    """`NAMESPACE/POD` for a pod's container named in the kubelet's format, else the name."""
+    kubelet = KUBELET_NAME.fullmatch(name)
+    return f"{kubelet[2]}/{kubelet[1]}" if kubelet else name
 
 
 def namespace_paths(detail: Mapping, proc: str = "/proc") -> list[str]:
@@ -267,5 +280,5 @@ def _conmon_name(proc: str, pid: int | None) -> str | None:
         return None
     for flag, value in zip(argv, argv[1:]):
         if flag in ("-n", "--name") and value:
-            return value
+            return pod_or_container(value)
     return None
