@@ -265,6 +265,8 @@ class Connection:
                     self.sock.sendall(frame(WINDOW_UPDATE, 0, 0, struct.pack(">I", len(payload))))
                 if on == stream:
                     body += _unpadded(payload, flags)
+                    if len(body) > MAX_ANSWER:  # flow control bounds it, unless the server ignores it
+                        raise ValueError("an answer larger than any node's sandboxes make")
             if on == stream and kind in (DATA, HEADERS) and flags & END_STREAM:
                 return bytes(body)
 
