@@ -16,11 +16,22 @@ import time
 
 import pytest
 from conftest import RUN_PREFIX, sh
-from engines import CONTAINERD, CTR, RUNC, SANDBOX_LABELS, confined, make_netns, needs, start_containerd
+from engines import (
+    CONTAINERD,
+    CTR,
+    RUNC,
+    SANDBOX_LABELS,
+    confined,
+    make_netns,
+    needs,
+    start_containerd,
+    wait_for,
+)
 
 from bridgescope.collector.kernel import containerd, containers
 from bridgescope.collector.kernel.namespaces import ns_key
 from bridgescope.collector.kernel.snapshot import collect
+from bridgescope.collector.live.watcher import Watcher
 from bridgescope.collector.render.graph import to_elements
 from bridgescope.plumbing import adopt
 
@@ -82,8 +93,28 @@ def test_the_dashboards_picture_labels_the_pods_box(node):
         elements = to_elements(collect(node.ns, firewall=False))
     finally:
         containers.choose_engine_sockets(())
-    labels = {e["data"]["label"] for e in elements if e["data"].get("kind") == "namespace"}
+    labels = labels_of(elements)
     assert "shop/web" in labels and node.other in labels and "shop/db" not in labels
+
+
+def test_the_live_picture_renames_a_namespace_when_its_sandbox_starts(node):
+    """The namespace exists first (CNI made it), then CRI starts the sandbox in it, as on a node."""
+    containers.choose_engine_sockets([node.socket])
+    watcher = Watcher(node.ns, firewall=False, rescan_interval=1.0, heal_interval=3600).start()
+    cid = f"{node.sandbox}live"
+    try:
+        assert node.moves[0] in labels_of(watcher.elements)
+        node.run_pod(cid, node.moves[0], {**SANDBOX_LABELS, **POD, "io.kubernetes.pod.name": "live"})
+        wait_for(lambda: "shop/live" in labels_of(watcher.elements), "the live picture to name the pod")
+        assert node.moves[0] not in labels_of(watcher.elements)
+    finally:
+        watcher.stop()
+        containers.choose_engine_sockets(())
+        node.remove(cid)
+
+
+def labels_of(elements: list[dict]) -> set[str]:
+    return {e["data"]["label"] for e in elements if e["data"].get("kind") == "namespace"}
 
 
 def test_docker_and_podmans_client_leaves_containerds_socket_alone(node):
