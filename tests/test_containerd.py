@@ -43,11 +43,11 @@ pytestmark = [pytest.mark.kernel, pytest.mark.engines, pytest.mark.slow, needs(C
 @pytest.fixture(scope="module")
 def node(tmp_path_factory, engines_confined):
     tag = secrets.token_hex(2)
-    pods = [f"{RUN_PREFIX}{tag}-{n}" for n in ("pod", "other", "mv1", "mv2")]
+    pods = [f"{RUN_PREFIX}{tag}-{n}" for n in ("pod", "other", "mv1", "mv2", "shared")]
     host = start_containerd(tmp_path_factory.mktemp("containerd"), tag)
     gen = confined(host, containers=pods)
     next(gen)
-    host.pod, host.other, host.moves = pods[0], pods[1], pods[2:]
+    host.pod, host.other, host.moves, host.shared = pods[0], pods[1], pods[2:4], pods[4]
     sh("ip", "-n", host.ns, "link", "add", "cni0", "type", "bridge")
     sh("ip", "-n", host.ns, "addr", "add", "10.244.0.1/24", "dev", "cni0")
     sh("ip", "-n", host.ns, "link", "set", "cni0", "up")
@@ -115,6 +115,20 @@ def test_the_live_picture_renames_a_namespace_when_its_sandbox_starts(node):
 
 def labels_of(elements: list[dict]) -> set[str]:
     return {e["data"]["label"] for e in elements if e["data"].get("kind") == "namespace"}
+
+
+def test_a_namespace_several_sandboxes_share_is_no_pods(node):
+    """As the node's own namespace is, where every host-network pod's sandbox runs."""
+    ids = [f"{node.sandbox}hn{i}" for i in range(2)]
+    try:
+        for i, cid in enumerate(ids):
+            node.run_pod(cid, node.shared, {**SANDBOX_LABELS, **POD, "io.kubernetes.pod.name": f"hostnet{i}"})
+        names = containerd.pod_names([node.socket])
+        assert key_of(node.shared) not in names and names[key_of(node.pod)] == "shop/web"
+        assert snapshot_names("--netns", node.ns, "--engine-socket", node.socket)[key_of(node.shared)[1]] == node.shared
+    finally:
+        for cid in ids:
+            node.remove(cid)
 
 
 def test_docker_and_podmans_client_leaves_containerds_socket_alone(node):

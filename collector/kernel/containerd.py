@@ -28,7 +28,8 @@ import socket
 import struct
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections import Counter
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
 from bridgescope.collector.kernel.containers import TIMEOUT, Located, NsKey, locate, speaks_http2
@@ -338,7 +339,15 @@ def _pods_of(path: str, proc: str) -> dict[NsKey, str]:
     except (OSError, ValueError) as err:
         log.debug("no pod names from containerd at %s: %s", path, err)
         return {}
-    return {key: pods[cid] for cid, w in where.items() if w is not None for _, key in w.found}
+    return only_pod_in_each(pods, where)
+
+
+def only_pod_in_each(pods: Mapping[str, str], where: Mapping[str, Located | None]) -> dict[NsKey, str]:
+    """{namespace: pod} where one sandbox alone is found: the sandboxes of host-network pods
+    all run in the node's own namespace, which is no pod's."""
+    claims = [(key, pods[cid]) for cid, w in where.items() if w is not None for _, key in w.found]
+    shared = {key for key, count in Counter(key for key, _ in claims).items() if count > 1}
+    return {key: pod for key, pod in claims if key not in shared}
 
 
 def _still_located(path: str, pods: Iterable[str]) -> dict[str, Located | None]:
