@@ -38,7 +38,7 @@ def recorded(name: str) -> bytes:
 
 # --- protobuf -----------------------------------------------------------------------------------
 
-def test_varints_as_the_protobuf_documentation_spells_them():
+def test_varints_seven_bits_a_byte_low_first():
     assert varint(1) == b"\x01"
     assert varint(150) == b"\x96\x01"
     assert varint(4223) == b"\xff\x20"
@@ -96,9 +96,9 @@ def test_a_number_where_a_message_belongs_is_refused():
 def test_frames_and_hpack_literals_byte_for_byte():
     assert frame(PING, ACK, 0, b"12345678") == b"\x00\x00\x08\x06\x01\x00\x00\x00\x00" + b"12345678"
     assert hpack_literals([(":method", "POST")]) == b"\x00\x07:method\x04POST"
-    # a length past the 7-bit prefix continues in 7-bit groups (RFC 7541, 5.1)
+    # a length past the 7-bit prefix continues in 7-bit groups (docs/fleet.md, "containerd's wire")
     assert hpack_literals([("x", "v" * 200)]) == b"\x00\x01x\x7f\x49" + b"v" * 200
-    assert containerd._hpack_int(1337, 5) == b"\x1f\x9a\x0a"  # the RFC's own example
+    assert containerd._hpack_int(1337, 5) == b"\x1f\x9a\x0a"  # 31 + 1306: 1306 in 7-bit groups, low first
 
 
 def test_grpc_messages_need_their_whole_length_and_no_compression():

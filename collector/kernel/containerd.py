@@ -12,13 +12,14 @@ namespace it led to.
 Why a client of our own rather than grpcio: grpcio adds about 20 MB to the resident size
 (measured: `import grpc` alone) of an agent whose budget is 60 MB (bench/RESULTS.md), and
 runs threads of its own. What is needed is small: unary calls over one unix socket, so
-HTTP/2 framing (RFC 7540) with every header sent as an HPACK literal and none decoded (a call
+HTTP/2 framing with every header sent as an HPACK literal and none decoded (a call
 succeeded when its stream carried a whole gRPC message; a failed call ends with trailers
 only), and the protobuf wire format for the few fields read. Memory is bounded by flow
 control itself: the window granted to a stream is the largest answer accepted.
 
 Optional by design, as the other engines are: no socket, a dead one, an answer that does not
 parse, or a containerd without CRI (Docker's own, namespace `moby`) all mean "no names".
+The wire, in our words: docs/fleet.md, "containerd's wire".
 """
 from __future__ import annotations
 
