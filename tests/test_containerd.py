@@ -12,7 +12,6 @@ import secrets
 import socket
 import subprocess
 import sys
-import time
 
 import pytest
 from conftest import RUN_PREFIX, sh
@@ -170,13 +169,12 @@ def test_a_sandbox_is_located_once_and_again_when_it_moves(node, monkeypatch):
         node.remove(f"{node.sandbox}mv")
 
 
-def test_a_stopped_containerd_gives_no_names_at_once(node, tmp_path):
-    """Its socket file outlives it when it dies unclean: connecting is refused."""
+def test_a_stopped_containerd_gives_no_names_and_no_error(node, tmp_path):
+    """Its socket file outlives it when it dies unclean: connecting is refused. (How long that
+    takes is test_containerd_wire's.)"""
     dead = tmp_path / "containerd.sock"
     with socket.socket(socket.AF_UNIX) as s:
         s.bind(str(dead))
-    started = time.monotonic()
     assert containerd.pod_names([str(dead)]) == {}
     names = snapshot_names("--netns", node.ns, "--engine-socket", str(dead))
     assert names[key_of(node.pod)[1]] == node.pod
-    assert time.monotonic() - started < 30  # generous: the CLI's start-up and one scan
