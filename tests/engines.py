@@ -362,3 +362,102 @@ def start_podman(workdir: Path, tag: str) -> Podman:
         teardown(host)
         raise
     return host
+
+
+# --- containerd, as a Kubernetes node runs it (its CRI plugin off: pods are made by hand) -------
+
+CONTAINERD, CTR, RUNC = "/usr/bin/containerd", "/usr/bin/ctr", "/usr/sbin/runc"
+RUN_CONTAINERD = "/run/containerd"  # shims bind their sockets in s/ under it, whatever --state says
+CRI_NAMESPACE = "k8s.io"
+SANDBOX_LABELS = {"io.cri-containerd.kind": "sandbox"}
+
+
+class Containerd(EngineHost):
+    """containerd with its own root, state and socket under the test's directory; a "pod
+    sandbox" is a container with CRI's labels whose task joins a namespace the test made."""
+
+    def cli(self, *args: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess:
+        return sh(CTR, "-a", str(self.socket), "-n", CRI_NAMESPACE, *args, check=check, timeout=timeout)
+
+    def start_daemon(self) -> None:
+        self._made_run = getattr(self, "_made_run", not os.path.exists(RUN_CONTAINERD))
+        d = self.workdir
+        config = d / "containerd.toml"
+        config.write_text(f'version = 2\nroot = "{d / "root"}"\nstate = "{d / "state"}"\n'
+                          'disabled_plugins = ["io.containerd.grpc.v1.cri"]\n'
+                          f'[grpc]\n  address = "{self.socket}"\n[ttrpc]\n  address = "{self.socket}.ttrpc"\n')
+        log = open(d / "containerd.log", "ab")  # noqa: SIM115 - the daemon keeps it
+        daemon = subprocess.Popen(["nsenter", f"--net=/run/netns/{self.ns}", "--", CONTAINERD, "--config",
+                                   str(config)], stdout=log, stderr=log, start_new_session=True)
+        log.close()
+        self.pids.append(daemon.pid)  # nsenter execs containerd: the same PID
+        self._daemon = daemon
+        wait_for(lambda: daemon.poll() is not None or self.cli("version", check=False, timeout=10).returncode == 0,
+                 "containerd to answer")
+        if daemon.poll() is not None:
+            raise AssertionError(f"containerd exited: {(d / 'containerd.log').read_text()[-2000:]}")
+
+    def run_pod(self, cid: str, netns: str, labels: dict[str, str]) -> int:
+        """A container whose task sleeps in /run/netns/NETNS; its pid. Its shim (the task's
+        parent, started by containerd) is recorded to be stopped."""
+        rootfs = self.workdir / cid / "rootfs"
+        if not rootfs.exists():  # a container made again under the same id reuses its root
+            busybox_rootfs(rootfs.parent)
+        flags = [arg for key, value in labels.items() for arg in ("--label", f"{key}={value}")]
+        self.cli("run", "-d", "--null-io", "--rootfs", *flags, "--with-ns", f"network:/run/netns/{netns}",
+                 str(rootfs), cid, "/bin/busybox", "sleep", "600")
+        pid = self.task_pid(cid)
+        shim = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        self.pids.append(shim)
+        self._shims = {**getattr(self, "_shims", {}), cid: shim}
+        return pid
+
+    def task_pid(self, cid: str) -> int:
+        for line in self.cli("tasks", "ls").stdout.splitlines()[1:]:
+            task, pid, *_ = line.split()
+            if task == cid:
+                return int(pid)
+        raise AssertionError(f"no task {cid}")
+
+    def remove(self, cid: str) -> None:
+        self.cli("tasks", "kill", "-s", "KILL", cid, check=False)
+        wait_for(lambda: self.cli("tasks", "delete", cid, check=False).returncode == 0
+                 or cid not in self.cli("tasks", "ls", check=False).stdout, f"task {cid} to go")
+        self.cli("containers", "delete", cid, check=False)
+        shim = getattr(self, "_shims", {}).pop(cid, None)
+        if shim is None:
+            return
+        try:
+            wait_for(lambda: not _alive(shim), f"the shim of {cid} to exit", timeout=10)
+            self.pids.remove(shim)  # gone: its pid may be reused, never to be signalled
+        except AssertionError:
+            pass  # still there: teardown stops it by its pid
+
+    def stop(self) -> None:
+        daemon = getattr(self, "_daemon", None)
+        if daemon is None:
+            return
+        for cid in list(getattr(self, "_shims", {})):
+            self.remove(cid)
+        stop_pid(daemon.pid)
+        daemon.wait(timeout=30)
+        self.pids.remove(daemon.pid)
+        self._daemon = None
+        if getattr(self, "_made_run", False):  # its one mark outside its roots
+            for empty in (f"{RUN_CONTAINERD}/s", RUN_CONTAINERD):
+                try:
+                    os.rmdir(empty)
+                except OSError:
+                    break  # not empty: another containerd uses it
+
+
+def start_containerd(workdir: Path, tag: str) -> Containerd:
+    """containerd in its own namespace (a client namespace too, as for every engine host)."""
+    ns, client = new_namespaces(tag)
+    host = Containerd("containerd", ns, client, workdir, socket=str(workdir / "containerd.sock"))
+    try:
+        host.start_daemon()
+    except BaseException:
+        teardown(host)
+        raise
+    return host

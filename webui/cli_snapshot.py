@@ -29,8 +29,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 def add_engine_socket_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--engine-socket", action="append", default=[], metavar="PATH",
                         type=_engine_socket,
-                        help="a Docker or Podman API socket to ask for container names (repeatable; "
-                             "DOCKER_HOST, CONTAINER_HOST and the default sockets are asked too)")
+                        help="a Docker or Podman API socket to ask for container names, or a containerd "
+                             "socket for Kubernetes pods' (repeatable; DOCKER_HOST, CONTAINER_HOST and the "
+                             "default sockets are asked too)")
 
 
 def _engine_socket(value: str) -> str:

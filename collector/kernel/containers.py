@@ -9,25 +9,35 @@ led to (the container restarted or went away): a rediscovery costs one list call
 
 Which sockets: those chosen on the command line (`--engine-socket`, any number), the ones
 DOCKER_HOST and CONTAINER_HOST name (unix:// only: a remote engine's namespaces are not
-ours to open), then the engines' default places. A missing socket is skipped.
+ours to open), then the engines' default places. A missing socket is skipped. Docker and
+Podman speak HTTP/1.1 on theirs, containerd gRPC (HTTP/2): which one a socket speaks is asked
+once per socket file (containerd.py reads containerd's; containerd resets an HTTP/1
+request, so none is sent).
 
 Podman needs no daemon, so its API socket is often absent; each container's first process is
 then a child of its conmon, whose `-n` argument is the container's name.
+
+A Kubernetes pod's containers, where the runtime names them in the kubelet's format
+(`k8s_CONTAINER_POD_NAMESPACE_UID_ATTEMPT`: CRI-O, through its conmons, and cri-dockerd, through
+Docker), name their namespace `NAMESPACE/POD`, as containerd.py names containerd's pods.
+Kubernetes names hold no `_`, so the format reads one way only.
 """
 from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from urllib.parse import quote
 
-DEFAULT_SOCKETS = ("/run/docker.sock", "/run/podman/podman.sock")
+DEFAULT_SOCKETS = ("/run/docker.sock", "/run/podman/podman.sock", "/run/containerd/containerd.sock")
 ENGINE_HOST_VARIABLES = ("DOCKER_HOST", "CONTAINER_HOST")
 TIMEOUT = 0.5
 CONMON_PIDS_CHECKED = 3  # a container's init is among its namespace's first pids
+KUBELET_NAME = re.compile(r"k8s_[^_]+_([^_]+)_([^_]+)_[^_]+_[0-9]+")
 
 NsKey = tuple[int, int]
 
@@ -49,6 +59,8 @@ def _connection(path: str):
 
 def engine_get(socket_path: str, url: str) -> object:
     """GET url from the engine API on a unix socket; JSON decoded. Raises OSError/ValueError."""
+    if speaks_http2(socket_path):
+        raise OSError(f"{socket_path} speaks HTTP/2 (containerd's gRPC), not an engine's HTTP API")
     conn, http_error = _connection(socket_path)
     try:
         conn.request("GET", url, headers={"Host": "docker"})
@@ -64,6 +76,43 @@ def engine_get(socket_path: str, url: str) -> object:
 
 
 # --- which sockets ---------------------------------------------------------------------------
+
+HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+EMPTY_SETTINGS = b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
+_http2: dict[tuple[str, int, int], bool] = {}
+
+
+def speaks_http2(path: str) -> bool:
+    """Whether the server on this unix socket speaks HTTP/2: it answers the client preface
+    with a SETTINGS frame, where an HTTP/1 server answers a status line or hangs up. Asked once
+    per socket file (a restarted daemon binds a new one); a dead socket is not remembered."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return False
+    known = _http2.get((path, st.st_dev, st.st_ino))
+    if known is None:
+        try:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+                sock.settimeout(TIMEOUT)
+                sock.connect(path)
+                sock.sendall(HTTP2_PREFACE + EMPTY_SETTINGS)
+                head = _recv_exactly(sock, 9)
+        except OSError:
+            return False
+        known = _http2[(path, st.st_dev, st.st_ino)] = head[3] == 0x4 and head[5:9] == bytes(4)
+    return known
+
+
+def _recv_exactly(sock: socket.socket, size: int) -> bytes:
+    data = b""
+    while len(data) < size:
+        chunk = sock.recv(size - len(data))
+        if not chunk:
+            break
+        data += chunk
+    return data.ljust(size, b"\xff")
+
 
 _chosen: tuple[str, ...] = ()
 
@@ -98,15 +147,21 @@ def configured_sockets() -> tuple[str, ...]:
 # --- names from the engines' APIs ------------------------------------------------------------
 
 @dataclass(frozen=True)
-class _Inspected:
-    """Where an inspected container's namespace was found: each path with the key it had."""
+class Located:
+    """Where a container's namespace was found: each path with the key it had."""
     found: tuple[tuple[str, NsKey], ...]
 
     def still_there(self) -> bool:
         return bool(self.found) and all(_key(path) == key for path, key in self.found)
 
 
-_inspected: dict[tuple[str, str], _Inspected] = {}
+def locate(paths: Iterable[str]) -> Located:
+    """The paths that open a namespace now, with its key."""
+    found = [(path, _key(path)) for path in paths]
+    return Located(tuple((path, key) for path, key in found if key is not None))
+
+
+_inspected: dict[tuple[str, str], Located] = {}
 _inspected_lock = threading.Lock()
 
 
@@ -143,15 +198,12 @@ def namespace_keys(socket_path: str, cid: str, proc: str = "/proc") -> list[NsKe
     return [key for _, key in known.found]
 
 
-def _inspect(socket_path: str, cid: str, proc: str) -> _Inspected:
+def _inspect(socket_path: str, cid: str, proc: str) -> Located:
     try:
         detail = engine_get(socket_path, f"/containers/{quote(cid, safe='')}/json")
     except (OSError, ValueError):
-        return _Inspected(())
-    if not isinstance(detail, dict):
-        return _Inspected(())
-    found = [(path, _key(path)) for path in namespace_paths(detail, proc)]
-    return _Inspected(tuple((path, key) for path, key in found if key is not None))
+        return Located(())
+    return locate(namespace_paths(detail, proc) if isinstance(detail, dict) else ())
 
 
 def _forget_others(socket_path: str, listed: set) -> None:
@@ -171,8 +223,14 @@ def _key(path: str) -> NsKey | None:
 def container_name(summary: Mapping) -> str | None:
     names = summary.get("Names")
     if isinstance(names, list) and names and isinstance(names[0], str):
-        return names[0].lstrip("/") or None
+        return pod_or_container(names[0].lstrip("/")) or None
     return None
+
+
+def pod_or_container(name: str) -> str:
+    """`NAMESPACE/POD` for a pod's container named in the kubelet's format, else the name."""
+    kubelet = KUBELET_NAME.fullmatch(name)
+    return f"{kubelet[2]}/{kubelet[1]}" if kubelet else name
 
 
 def namespace_paths(detail: Mapping, proc: str = "/proc") -> list[str]:
@@ -222,5 +280,5 @@ def _conmon_name(proc: str, pid: int | None) -> str | None:
         return None
     for flag, value in zip(argv, argv[1:]):
         if flag in ("-n", "--name") and value:
-            return value
+            return pod_or_container(value)
     return None

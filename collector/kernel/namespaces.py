@@ -16,6 +16,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from bridgescope.collector.errors import NamespaceNotFound
+from bridgescope.collector.kernel.containerd import pod_names
 from bridgescope.collector.kernel.containers import (
     configured_sockets,
     conmon_container_names,
@@ -166,8 +167,7 @@ def discover(host: NetnsRef | None = None, *, mountinfo: str = "/proc/self/mount
     keys = set(mounts) | set(holders) | {host_key}
     sockets = configured_sockets() if engine_sockets is None else tuple(engine_sockets)
     guests = {key: pids for key, pids in holders.items() if key != host_key}
-    containers = {**conmon_container_names(guests, proc),
-                  **(engine_container_names(sockets, proc=proc) if _engines_present(sockets) else {})}
+    containers = {**conmon_container_names(guests, proc), **_engine_names(sockets, proc)}
     found = [
         _namespace(key, mounts.get(key, []), sorted(holders.get(key, [])), key == host_key,
                    containers, proc, host)
@@ -176,8 +176,11 @@ def discover(host: NetnsRef | None = None, *, mountinfo: str = "/proc/self/mount
     return sorted(found, key=lambda ns: (not ns.is_host, ns.inode))
 
 
-def _engines_present(sockets: Iterable[str]) -> bool:
-    return any(os.path.exists(path) for path in sockets)
+def _engine_names(sockets: tuple[str, ...], proc: str) -> dict[NsKey, str]:
+    """Docker's and Podman's container names, and containerd's pods as `namespace/pod`."""
+    if not any(os.path.exists(path) for path in sockets):
+        return {}
+    return {**engine_container_names(sockets, proc=proc), **pod_names(sockets, proc)}
 
 
 def _namespace(key: NsKey, paths: list[str], pids: list[int], is_host: bool,
