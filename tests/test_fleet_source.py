@@ -186,3 +186,25 @@ def test_a_panel_in_fleet_mode_shows_what_the_agent_sent(fleet_app):
     r = client.get("/details/fleet:gone-host", base_url=base)
     assert r.status_code == 200 and "gone-host" in r.get_data(as_text=True)
     assert client.get("/details/gone-host/ns-1", base_url=base).status_code == 404
+
+
+def test_a_read_only_fleet_dashboard_opens_hosts_but_changes_none(tmp_path):
+    # Opening a folded host changes what is shown, not a host: a read-only dashboard of many
+    # hosts would otherwise show nothing but summary boxes.
+    source = FleetSource("tok")
+    source.set_agents([Agent("http://127.0.0.1:9", "gone-host")])
+    app = create_app({"NO_AUTH": True, "SOURCE": source, "AUDIT_LOG": str(tmp_path / "audit.jsonl"),
+                      "TESTING": True, "READ_ONLY": True})
+    try:
+        client = app.test_client()
+        base = "http://127.0.0.1:8470"
+        csrf = client.get("/api/session", base_url=base).get_json()["csrf_token"]
+        headers = {"X-CSRF-Token": csrf}
+        r = client.post("/api/fleet/open", base_url=base, headers=headers, json={"host": "gone-host"})
+        assert r.status_code == 200 and r.get_json() == {"host": "gone-host"}
+        assert client.post("/api/fleet/open", base_url=base, json={"host": "gone-host"}).status_code == 403  # CSRF
+        r = client.post("/api/forwards", base_url=base, headers=headers,
+                        json={"host": "gone-host", "container": "c1", "spec": "8080:80"})
+        assert r.status_code == 403 and "read-only" in r.get_data(as_text=True)
+    finally:
+        source.stop()

@@ -321,12 +321,23 @@ def guard() -> Response | None:
         return refuse(403, f"origin: {why}", f"Cross-site request refused: {why}.")
     if request.path == LOGIN_PATH:
         return None
-    if current_app.config.get("READ_ONLY"):
+    if current_app.config.get("READ_ONLY") and not _view_only():
         return refuse(403, "read-only", "This dashboard is read-only (started with --read-only).")
     given = request.headers.get(CSRF_HEADER) or request.form.get(CSRF_FIELD)
     if not _same(given, principal.csrf):
         return refuse(403, "CSRF token", "Missing or stale CSRF token: reload the page and try again.")
     return None
+
+
+def view_only(view: Callable) -> Callable:
+    """Marks a route whose POST changes what the dashboard shows, never a host: a read-only
+    dashboard still serves it (CSRF and origin checks still apply)."""
+    view.view_only = True  # type: ignore[attr-defined]
+    return view
+
+
+def _view_only() -> bool:
+    return bool(getattr(current_app.view_functions.get(request.endpoint or ""), "view_only", False))
 
 
 def login() -> Response:

@@ -12,7 +12,7 @@ from typing import Any
 
 from flask import Blueprint, Response, abort, current_app, jsonify, request
 
-from bridgescope.webui import bodies
+from bridgescope.webui import auth, bodies
 from bridgescope.webui.app import runtime
 from bridgescope.webui.audit import scrub
 from bridgescope.webui.fleet import client
@@ -44,6 +44,7 @@ def hosts() -> Response:
 
 
 @bp.post("/open")
+@auth.view_only  # unfolds a host in the picture: a read-only dashboard of many hosts needs it most
 def open_host() -> Response:
     body = _json()
     host = body.get("host")
