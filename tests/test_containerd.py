@@ -178,3 +178,11 @@ def test_a_stopped_containerd_gives_no_names_and_no_error(node, tmp_path):
     assert containerd.pod_names([str(dead)]) == {}
     names = snapshot_names("--netns", node.ns, "--engine-socket", str(dead))
     assert names[key_of(node.pod)[1]] == node.pod
+
+
+def test_a_forward_to_a_pod_by_its_name(node):
+    # `shop/web` is a pod's name here, not a path: the plan finds its namespace and address
+    res = subprocess.run([*CLI, "forward", "add", "shop/web", "18080:80", "--dry-run", "--netns", node.ns,
+                          "--engine-socket", node.socket], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert "10.244.0.2" in res.stdout
