@@ -11,14 +11,19 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import queue
 import ssl
+import subprocess
+import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 import kubernetes_validate
+
+from bridgescope.webui.fleet.discovery import SERVICE_ACCOUNT
 
 K8S_VERSION = "1.37"
 NS, SERVICE, TOKEN = "bridgescope", "bridgescope-agents", "sa-token"
@@ -189,3 +194,36 @@ def gone_event() -> dict:
                                        "message": "too old resource version"}}
 
 
+
+
+# ---- the service account as a pod sees it ---------------------------------------------------
+
+def as_pod(account: Path) -> list[str]:
+    """The argv prefix that runs a command in a mount namespace of its own where `account` (a
+    directory with token, ca.crt and namespace) is the pod's service account directory. The
+    host's mounts and directories stay as they were; the namespace ends with the command."""
+    return ["/usr/bin/unshare", "--mount", "--propagation", "private",
+            sys.executable, "-I", str(Path(__file__).resolve()), str(account)]
+
+
+def _mount_account(account: Path) -> None:
+    """Inside as_pod's namespace only: bind `account` at SERVICE_ACCOUNT. Where that path
+    does not exist a tmpfs over its deepest existing ancestor makes room, since a directory
+    made there would land on the host's own file system."""
+    if os.readlink("/proc/self/ns/mnt") == os.readlink(f"/proc/{os.getppid()}/ns/mnt"):
+        raise SystemExit("fake_kube: refusing to mount in the mount namespace of the test that started us")
+    target = Path(os.path.realpath(SERVICE_ACCOUNT))
+    base = target
+    while not base.exists():
+        base = base.parent
+    if base != target:
+        if base == Path("/") or account.resolve().is_relative_to(base):
+            raise SystemExit(f"fake_kube: a tmpfs on {base} would hide too much")
+        subprocess.run(["/usr/bin/mount", "-t", "tmpfs", "-o", "mode=0755,size=1m", "tmpfs", str(base)], check=True)
+        target.mkdir(parents=True)
+    subprocess.run(["/usr/bin/mount", "--bind", "-o", "ro", str(account), str(target)], check=True)
+
+
+if __name__ == "__main__":  # as_pod's second half: mount, then become the command (same PID)
+    _mount_account(Path(sys.argv[1]))
+    os.execv(sys.argv[2], sys.argv[2:])
