@@ -8,9 +8,9 @@ import time
 import pytest
 from fake_kube import NS, SERVICE, TOKEN, FakeApi, endpoint, endpoint_slice
 
+from bridgescope.collector.errors import BridgescopeError
 from bridgescope.webui.fleet import discovery
 from bridgescope.webui.fleet.discovery import Agent, ApiAccess, agents_of, apply_event
-
 
 # ---- pure --------------------------------------------------------------------------------
 
@@ -160,5 +160,8 @@ def test_in_cluster_access_reads_the_service_account(tmp_path):
     (tmp_path / "ca.crt").write_text("")
     access = ApiAccess.in_cluster(tmp_path, {"KUBERNETES_SERVICE_HOST": "fd00::1", "KUBERNETES_SERVICE_PORT": "6443"})
     assert access == ApiAccess("https://[fd00::1]:6443", "abc", str(tmp_path / "ca.crt"), "bridgescope")
-    with pytest.raises(RuntimeError):
+    with pytest.raises(BridgescopeError, match="KUBERNETES_SERVICE_HOST"):
         ApiAccess.in_cluster(tmp_path, {})
+    (tmp_path / "token").unlink()
+    with pytest.raises(BridgescopeError, match="token"):
+        ApiAccess.in_cluster(tmp_path, {"KUBERNETES_SERVICE_HOST": "10.96.0.1"})
