@@ -77,6 +77,7 @@ class FakeApi:
         self.rv = 100
         self.oldest = 0  # a watch from a version below this gets ERROR 410
         self.watches: list[queue.Queue] = []
+        self.token = TOKEN  # the one bearer token it accepts (a test may rotate it)
         self.lists = 0
         self.watched_from: list[str] = []
         self.lock = threading.Lock()
@@ -139,7 +140,7 @@ class FakeApi:
             def do_GET(self) -> None:
                 parts = urlsplit(self.path)
                 query = {k: v[0] for k, v in parse_qs(parts.query).items()}
-                if self.headers.get("Authorization") != f"Bearer {TOKEN}":
+                if self.headers.get("Authorization") != f"Bearer {api.token}":
                     return self._json(401, {"kind": "Status", "code": 401})
                 if parts.path != f"/apis/discovery.k8s.io/v1/namespaces/{NS}/endpointslices" or \
                         query.get("labelSelector") != f"kubernetes.io/service-name={SERVICE}":

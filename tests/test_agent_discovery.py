@@ -159,7 +159,10 @@ def test_in_cluster_access_reads_the_service_account(tmp_path):
     (tmp_path / "namespace").write_text("bridgescope")
     (tmp_path / "ca.crt").write_text("")
     access = ApiAccess.in_cluster(tmp_path, {"KUBERNETES_SERVICE_HOST": "fd00::1", "KUBERNETES_SERVICE_PORT": "6443"})
-    assert access == ApiAccess("https://[fd00::1]:6443", "abc", str(tmp_path / "ca.crt"), "bridgescope")
+    assert access == ApiAccess("https://[fd00::1]:6443", "abc", str(tmp_path / "ca.crt"), "bridgescope",
+                               str(tmp_path / "token"))
+    (tmp_path / "token").write_text("rotated\n")
+    assert access.bearer() == "rotated"
     with pytest.raises(BridgescopeError, match="KUBERNETES_SERVICE_HOST"):
         ApiAccess.in_cluster(tmp_path, {})
     (tmp_path / "token").unlink()

@@ -53,6 +53,15 @@ def service_account(tmp: Path, api_ca: Path) -> Path:
     return account
 
 
+def rotate(account: Path, api: FakeApi) -> None:
+    """What the kubelet does before a projected token expires: a new one, swapped in atomically;
+    the API server then accepts only the new one."""
+    fresh = account / "token.new"
+    fresh.write_text(secrets.token_urlsafe(16) + "\n")
+    os.replace(fresh, account / "token")
+    api.token = (account / "token").read_text().strip()
+
+
 def until(fn: Callable[[], object], what: str, explain: Callable[[], str]) -> object:
     deadline = time.monotonic() + WAIT
     while not (value := fn()):
@@ -86,11 +95,12 @@ def test_serve_follows_the_agents_the_api_lists_and_watches(labs, tmp_path):
                                   port=ports[node])
 
         api.change("ADDED", slice_of("node-a"))
+        account = service_account(tmp_path, api_cert)
         with serving(None, dashboard_token, tmp_path / "state", log, timeout=WAIT,
                      args=["--kubernetes-agents", SERVICE, "--agent-token-file", str(token_file),
                            "--agent-ca", str(cert), "--agent-server-name", AGENTS_NAME],
                      env={"KUBERNETES_SERVICE_HOST": "127.0.0.1", "KUBERNETES_SERVICE_PORT": str(api.port)},
-                     prefix=as_pod(service_account(tmp_path, api_cert))) as base:
+                     prefix=as_pod(account)) as base:
             def hosts() -> dict[str, dict]:
                 resp = requests.get(base + "/api/fleet/hosts", timeout=10,
                                     headers={"Authorization": f"Bearer {dashboard_token}"})
@@ -109,13 +119,17 @@ def test_serve_follows_the_agents_the_api_lists_and_watches(labs, tmp_path):
 
             until(lambda: live("node-a"), "node-a, listed by the API, live with its lab's containers", explain)
             until(lambda: api.watches, "the dashboard watching the EndpointSlices", explain)
+            rotate(account, api)
+            api.expire()  # the watch ends: the list after it must carry the rotated token
+            until(lambda: api.lists == 2 and len(api.watched_from) == 2,
+                  "a list and a watch again, with the token the kubelet rotated", explain)
             api.change("ADDED", slice_of("node-b"))
             until(lambda: live("node-a", "node-b"), "node-b, added by a watch event, live beside node-a", explain)
             api.change("MODIFIED", slice_of("node-a", ready=False))
             until(lambda: live("node-b"), "node-a gone once its endpoint is not ready", explain)
             api.change("DELETED", api.slices["agents-node-b"])
             until(lambda: hosts() == {}, "no host once the last slice is deleted", explain)
-            assert api.lists == 1, f"the watch was lost and listed again\n{explain()}"
+            assert api.lists == 2, f"the watch was lost and listed again\n{explain()}"
     finally:
         api.close()
         for a in agents:
