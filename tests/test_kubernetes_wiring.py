@@ -1,11 +1,12 @@
 """`serve --kubernetes-agents` end to end: a real dashboard process finds real agents through
 the Kubernetes API and shows their hosts as the agents come and go.
 
-Only the API server is simulated (tests/fake_kube.py, over TLS with its own CA). The dashboard
-runs as in a pod: its service account (token, ca.crt, namespace) mounted at the usual path in
-a mount namespace of its own, KUBERNETES_SERVICE_HOST/PORT naming the fake API. Two sandbox
-labs each have a real TLS agent named after its node, both with one certificate for the
-Service's name, as deploy/kubernetes sets them up.
+Only the API server is simulated (tests/fake_kube.py, over TLS with its own CA; it answers
+only for the namespace the account names). The dashboard runs as in a pod: its service
+account (token, ca.crt, namespace) mounted at the usual path in a mount namespace of its own,
+KUBERNETES_SERVICE_HOST/PORT naming the fake API; the token is rotated while it runs, as the
+kubelet does. Two sandbox labs each have a real TLS agent named after its node, both with one
+certificate for the Service's name, as deploy/kubernetes sets them up.
 """
 from __future__ import annotations
 
@@ -137,22 +138,22 @@ def test_serve_follows_the_agents_the_api_lists_and_watches(labs, tmp_path):
     assert SERVICE_ACCOUNT.exists() == account_there, "the pod's service account mount reached the host"
 
 
-def serve_once(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
+def serve_once(env: dict[str, str]) -> subprocess.CompletedProcess:
     environ = {k: v for k, v in os.environ.items() if not k.startswith(("KUBERNETES_", "BRIDGESCOPE_"))}
     return subprocess.run([sys.executable, "-m", "bridgescope.webui.cli", "serve", "--listen",
-                           f"127.0.0.1:{free_port()}", "--kubernetes-agents", SERVICE, *args],
+                           f"127.0.0.1:{free_port()}", "--kubernetes-agents", SERVICE],
                           capture_output=True, text=True, timeout=60,
                           env={**environ, "BRIDGESCOPE_AGENT_TOKEN": AGENT_TOKEN, **env})
 
 
 def test_outside_a_pod_serve_refuses_in_one_line_before_serving(tmp_path):
-    res = serve_once(env={"BRIDGESCOPE_STATE_DIR": str(tmp_path)})
+    res = serve_once({"BRIDGESCOPE_STATE_DIR": str(tmp_path)})
     assert res.returncode == 1 and res.stdout == "", res.stdout + res.stderr
     assert res.stderr.count("\n") == 1 and "KUBERNETES_SERVICE_HOST" in res.stderr, res.stderr
 
 
 @pytest.mark.skipif(SERVICE_ACCOUNT.exists(), reason="this machine has a service account")
 def test_without_the_service_account_serve_refuses_in_one_line_before_serving(tmp_path):
-    res = serve_once(env={"BRIDGESCOPE_STATE_DIR": str(tmp_path), "KUBERNETES_SERVICE_HOST": "127.0.0.1"})
+    res = serve_once({"BRIDGESCOPE_STATE_DIR": str(tmp_path), "KUBERNETES_SERVICE_HOST": "127.0.0.1"})
     assert res.returncode == 1 and res.stdout == "", res.stdout + res.stderr
     assert res.stderr.count("\n") == 1 and str(SERVICE_ACCOUNT / "token") in res.stderr, res.stderr
