@@ -27,9 +27,10 @@ def free_port() -> int:
 
 
 def start(netns: str | None, port: int, *, args: Sequence[str] = (), env: dict[str, str] | None = None,
-          output: IO | int = subprocess.DEVNULL) -> subprocess.Popen:
-    """serve on 127.0.0.1:port; netns None: no --netns (a fleet dashboard shows no local host)."""
-    argv = [sys.executable, "-m", "bridgescope.webui.cli", "serve", *(("--netns", netns) if netns else ()),
+          output: IO | int = subprocess.DEVNULL, prefix: Sequence[str] = ()) -> subprocess.Popen:
+    """serve on 127.0.0.1:port; netns None: no --netns (a fleet dashboard shows no local host).
+    prefix: argv that runs the rest (and must exec it, keeping the PID that stop() signals)."""
+    argv = [*prefix, sys.executable, "-m", "bridgescope.webui.cli", "serve", *(("--netns", netns) if netns else ()),
             "--listen", f"127.0.0.1:{port}", *args]
     return subprocess.Popen(argv, env={**os.environ, **(env or {})}, stdout=output,
                             stderr=subprocess.STDOUT, start_new_session=True)
@@ -55,13 +56,15 @@ def wait_until_answering(proc: subprocess.Popen, url: str, *, headers: dict[str,
 
 @contextmanager
 def serving(netns: str | None, token: str, state: Path, log: Path, *, args: Sequence[str] = (),
-            timeout: float = 600.0) -> Iterator[str]:
+            timeout: float = 600.0, env: dict[str, str] | None = None,
+            prefix: Sequence[str] = ()) -> Iterator[str]:
     """A serve process for the with-block, its state in `state`, its output in `log`: its base
-    URL once it answers (a busy machine's Watcher reads every namespace first), stopped after."""
+    URL once it answers (a busy machine's Watcher reads every namespace first), stopped after.
+    env and prefix as for start()."""
     port = free_port()
     with log.open("a") as out:
-        proc = start(netns, port, args=args, output=out,
-                     env={"BRIDGESCOPE_TOKEN": token, "BRIDGESCOPE_STATE_DIR": str(state)})
+        proc = start(netns, port, args=args, output=out, prefix=prefix,
+                     env={**(env or {}), "BRIDGESCOPE_TOKEN": token, "BRIDGESCOPE_STATE_DIR": str(state)})
     base = f"http://127.0.0.1:{port}"
     try:
         wait_until_answering(proc, base + "/api/session", headers={"Authorization": f"Bearer {token}"},

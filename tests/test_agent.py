@@ -54,9 +54,10 @@ class Agent:
 
 
 def start_agent(tmp: Path, host: str, *args: str, scheme: str = "http",
-                verify: str | bool = True) -> Agent:
+                verify: str | bool = True, token: str | None = None) -> Agent:
+    """token: one several agents share (a fleet dashboard has one for all); default a fresh one."""
     tmp.mkdir(parents=True, exist_ok=True)
-    token = secrets.token_urlsafe(16)
+    token = token or secrets.token_urlsafe(16)
     (tmp / "token").write_text(token + "\n")
     port = free_port()
     log, audit = tmp / "agent.log", tmp / "audit.jsonl"

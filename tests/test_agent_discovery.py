@@ -1,55 +1,16 @@
-"""Discovery against a fake Kubernetes API server: EndpointSlice list + watch, as the API sends them.
-
-The server is a few lines of http.server on 127.0.0.1 speaking the list and watch protocol
-(a JSON list with its resourceVersion; a watch stream of one JSON event per line, BOOKMARKs,
-and ERROR 410 when the version it starts from is too old). Every object it serves is checked
-against the Kubernetes schemas (kubernetes-validate, offline, strict) first, so the test
-speaks the API's own shapes, not ones made up to fit the code.
-"""
+"""Discovery against a fake Kubernetes API server (tests/fake_kube.py): EndpointSlice list +
+watch, as the API sends them; the pure parts on the same objects."""
 from __future__ import annotations
 
-import copy
-import json
 import queue
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import parse_qs, urlsplit
 
-import kubernetes_validate
 import pytest
+from fake_kube import NS, SERVICE, TOKEN, FakeApi, endpoint, endpoint_slice
 
+from bridgescope.collector.errors import BridgescopeError
 from bridgescope.webui.fleet import discovery
 from bridgescope.webui.fleet.discovery import Agent, ApiAccess, agents_of, apply_event
-
-K8S_VERSION = "1.37"
-NS, SERVICE, TOKEN = "bridgescope", "bridgescope-agents", "sa-token"
-
-
-def endpoint(ip: str, node: str | None, pod: str, ready: bool | None = True) -> dict:
-    ep: dict = {"addresses": [ip], "targetRef": {"kind": "Pod", "name": pod, "namespace": NS,
-                                                 "uid": f"uid-{pod}"}}
-    if ready is not None:
-        ep["conditions"] = {"ready": ready, "serving": ready, "terminating": not ready}
-    if node:
-        ep["nodeName"] = node
-    return ep
-
-
-def endpoint_slice(name: str, *endpoints: dict, address_type: str = "IPv4", port: int = 9477) -> dict:
-    obj = {"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
-           "metadata": {"name": name, "namespace": NS, "resourceVersion": "1",
-                        "labels": {"kubernetes.io/service-name": SERVICE,
-                                   "endpointslice.kubernetes.io/managed-by": "endpointslice-controller.k8s.io"},
-                        "ownerReferences": [{"apiVersion": "v1", "kind": "Service", "name": SERVICE,
-                                             "uid": "uid-svc", "controller": True,
-                                             "blockOwnerDeletion": True}]},
-           "addressType": address_type,
-           "ports": [{"name": "api", "port": port, "protocol": "TCP"}],
-           "endpoints": list(endpoints)}
-    kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
-    return obj
-
 
 # ---- pure --------------------------------------------------------------------------------
 
@@ -83,125 +44,6 @@ def test_watch_events_update_the_slices():
         apply_event(slices, {"type": "ERROR", "object": {"kind": "Status", "apiVersion": "v1", "status": "Failure",
                                                          "reason": "Expired", "code": 410,
                                                          "message": "too old resource version"}})
-
-
-# ---- the fake API server -----------------------------------------------------------------
-
-class FakeApi:
-    def __init__(self) -> None:
-        self.slices: dict[str, dict] = {}
-        self.rv = 100
-        self.oldest = 0  # a watch from a version below this gets ERROR 410
-        self.watches: list[queue.Queue] = []
-        self.lists = 0
-        self.watched_from: list[str] = []
-        self.lock = threading.Lock()
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self.server.daemon_threads = True
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-        self.base = f"http://127.0.0.1:{self.server.server_address[1]}"
-
-    def close(self) -> None:
-        with self.lock:
-            for q in self.watches:
-                q.put(None)
-        self.server.shutdown()
-        self.server.server_close()
-
-    def _stamp(self, obj: dict) -> dict:
-        self.rv += 1
-        obj = copy.deepcopy(obj)
-        obj["metadata"]["resourceVersion"] = str(self.rv)
-        kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
-        return obj
-
-    def change(self, kind: str, obj: dict, *, announce: bool = True) -> None:
-        with self.lock:
-            obj = self._stamp(obj)
-            if kind == "DELETED":
-                self.slices.pop(obj["metadata"]["name"], None)
-            else:
-                self.slices[obj["metadata"]["name"]] = obj
-            if announce:
-                for q in self.watches:
-                    q.put({"type": kind, "object": obj})
-
-    def send(self, event: dict | None) -> None:
-        with self.lock:
-            for q in self.watches:
-                q.put(event)
-
-    def expire(self) -> None:
-        """Compaction: every version before the current one is too old; open watches get
-        ERROR 410."""
-        with self.lock:
-            self.oldest = self.rv
-            for q in self.watches:
-                q.put(gone_event())
-
-    def _handler(self):
-        api = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args) -> None:
-                pass
-
-            def do_GET(self) -> None:
-                parts = urlsplit(self.path)
-                query = {k: v[0] for k, v in parse_qs(parts.query).items()}
-                if self.headers.get("Authorization") != f"Bearer {TOKEN}":
-                    return self._json(401, {"kind": "Status", "code": 401})
-                if parts.path != f"/apis/discovery.k8s.io/v1/namespaces/{NS}/endpointslices" or \
-                        query.get("labelSelector") != f"kubernetes.io/service-name={SERVICE}":
-                    return self._json(404, {"kind": "Status", "code": 404})
-                if query.get("watch") in ("1", "true"):
-                    return self._watch(query)
-                with api.lock:
-                    api.lists += 1
-                    body = {"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSliceList",
-                            "metadata": {"resourceVersion": str(api.rv)},
-                            "items": list(api.slices.values())}
-                self._json(200, body)
-
-            def _json(self, status: int, body: dict) -> None:
-                data = json.dumps(body).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def _watch(self, query: dict) -> None:
-                assert query.get("allowWatchBookmarks") == "true"
-                q: queue.Queue = queue.Queue()
-                with api.lock:
-                    api.watched_from.append(query["resourceVersion"])
-                    if int(query["resourceVersion"]) < api.oldest:
-                        q.put(gone_event())
-                    api.watches.append(q)
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.end_headers()  # HTTP/1.0: the stream ends when we close
-                try:
-                    while True:
-                        event = q.get()
-                        if event is None:
-                            return
-                        self.wfile.write(json.dumps(event).encode() + b"\n")
-                        self.wfile.flush()
-                        if event["type"] == "ERROR":
-                            return
-                finally:
-                    with api.lock:
-                        api.watches.remove(q)
-
-        return Handler
-
-
-def gone_event() -> dict:
-    return {"type": "ERROR", "object": {"kind": "Status", "apiVersion": "v1", "metadata": {},
-                                       "status": "Failure", "reason": "Expired", "code": 410,
-                                       "message": "too old resource version"}}
 
 
 @pytest.fixture
@@ -317,6 +159,12 @@ def test_in_cluster_access_reads_the_service_account(tmp_path):
     (tmp_path / "namespace").write_text("bridgescope")
     (tmp_path / "ca.crt").write_text("")
     access = ApiAccess.in_cluster(tmp_path, {"KUBERNETES_SERVICE_HOST": "fd00::1", "KUBERNETES_SERVICE_PORT": "6443"})
-    assert access == ApiAccess("https://[fd00::1]:6443", "abc", str(tmp_path / "ca.crt"), "bridgescope")
-    with pytest.raises(RuntimeError):
+    assert access == ApiAccess("https://[fd00::1]:6443", "abc", str(tmp_path / "ca.crt"), "bridgescope",
+                               str(tmp_path / "token"))
+    (tmp_path / "token").write_text("rotated\n")
+    assert access.bearer() == "rotated"
+    with pytest.raises(BridgescopeError, match="KUBERNETES_SERVICE_HOST"):
         ApiAccess.in_cluster(tmp_path, {})
+    (tmp_path / "token").unlink()
+    with pytest.raises(BridgescopeError, match="token"):
+        ApiAccess.in_cluster(tmp_path, {"KUBERNETES_SERVICE_HOST": "10.96.0.1"})

@@ -14,6 +14,7 @@ import argparse
 import os
 import re
 import sys
+from dataclasses import replace
 from pathlib import Path
 from urllib.parse import quote, urlsplit
 
@@ -182,6 +183,10 @@ def run(args: argparse.Namespace) -> int:
     from bridgescope.webui.server import serve
 
     config = app_config(args)
+    plan = config["FLEET"]
+    if plan is not None and plan.kubernetes is not None:  # outside a pod: one line now, not a traceback once serving
+        from bridgescope.webui.fleet.discovery import ApiAccess
+        config["FLEET"] = replace(plan, api=ApiAccess.in_cluster())
     choose_engine_sockets(args.engine_socket)
     local = config["FLEET"] is None  # a fleet's agents draw and change their own hosts
     if local:

@@ -25,6 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote, urlsplit
 
+from bridgescope.collector.errors import BridgescopeError
+
 log = logging.getLogger(__name__)
 
 SERVICE_ACCOUNT = Path("/var/run/secrets/kubernetes.io/serviceaccount")
@@ -46,17 +48,33 @@ class ApiAccess:
     token: str
     ca: str | None = None  # PEM file the server's certificate is checked against
     namespace: str | None = None  # the pod's own namespace
+    token_file: str | None = None  # read again for every request: the kubelet rotates the token in place
+
+    def bearer(self) -> str:
+        """The token as it is now (the file's, while it reads; else the one first read)."""
+        if self.token_file:
+            try:
+                return Path(self.token_file).read_text().strip() or self.token
+            except OSError:
+                pass
+        return self.token
 
     @classmethod
     def in_cluster(cls, root: Path = SERVICE_ACCOUNT, environ: Mapping[str, str] | None = None) -> ApiAccess:
+        """The pod's own access; BridgescopeError outside a pod or without its service account."""
         env = os.environ if environ is None else environ
         host, port = env.get("KUBERNETES_SERVICE_HOST"), env.get("KUBERNETES_SERVICE_PORT", "443")
         if not host:
-            raise RuntimeError("not in a Kubernetes pod: KUBERNETES_SERVICE_HOST is not set")
+            raise BridgescopeError("--kubernetes-agents: not in a Kubernetes pod (KUBERNETES_SERVICE_HOST is not set)")
         shown = f"[{host}]" if ":" in host else host
         ns_file = root / "namespace"
-        return cls(f"https://{shown}:{port}", (root / "token").read_text().strip(), str(root / "ca.crt"),
-                   ns_file.read_text().strip() if ns_file.exists() else None)
+        try:
+            token = (root / "token").read_text().strip()
+        except OSError as err:
+            raise BridgescopeError(f"--kubernetes-agents: cannot read the pod's service account token "
+                                   f"{root / 'token'}: {err.strerror}") from None
+        return cls(f"https://{shown}:{port}", token, str(root / "ca.crt"),
+                   ns_file.read_text().strip() if ns_file.exists() else None, str(root / "token"))
 
 
 class Gone(Exception):
@@ -133,7 +151,7 @@ class Api:
         conn = self._connect(timeout)
         conn.connect()
         self._conn, self._sock = conn, conn.sock  # the response keeps reading this socket
-        conn.request("GET", path, headers={"Authorization": f"Bearer {self.access.token}",
+        conn.request("GET", path, headers={"Authorization": f"Bearer {self.access.bearer()}",
                                            "Accept": "application/json"})
         resp = conn.getresponse()
         if resp.status == 410:

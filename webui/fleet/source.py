@@ -16,6 +16,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
+from typing import Any
 
 from bridgescope.collector.live.fanout import GraphFanout
 from bridgescope.collector.model import Snapshot
@@ -41,6 +42,7 @@ class FleetPlan:
     ca_file: str | None = None
     kubernetes: tuple[str, str] | None = None  # (namespace, headless service) to discover agents from
     server_name: str | None = None  # the name in the agents' certificate (client.Endpoint)
+    api: Any = None  # discovery.ApiAccess the command line found (else the pod's, on start)
 
 
 def start(plan: FleetPlan) -> FleetSource:
@@ -53,7 +55,8 @@ def start(plan: FleetPlan) -> FleetSource:
         namespace, service = plan.kubernetes
         fixed = [Agent(url) for url in plan.agents]
         source.follower = discovery.follow(
-            service, namespace, lambda found: source.set_agents(fixed + [Agent(a.url, a.name) for a in found]))
+            service, namespace, lambda found: source.set_agents(fixed + [Agent(a.url, a.name) for a in found]),
+            api=plan.api)
     return source
 
 
