@@ -8,9 +8,11 @@ bridge), serves it with `bridgescope serve`, and measures with Debian's Chromium
     `ip monitor link` (raw netlink), so the ratio is what bridgescope adds;
   * first render (navigation start -> graph drawn, two animation frames later) at 60, 500 and
     2,000 containers, folded (the default: a bridge too big to read folds into one node) and
-    expanded (?fold=never: every container drawn); yardstick: bare Cytoscape drawing the
-    elements the expanded page drew, from /api/graph with their positions, in the same run
-    (rounds interleaved);
+    expanded (?fold=never: every container drawn); two yardsticks in the same run (rounds
+    interleaved): bare Cytoscape with its default style (unlabelled dots) drawing the elements
+    the expanded page drew, from /api/graph with their positions; and bare Cytoscape drawing
+    exactly what the page drew in each mode, with the page's stylesheet and labels (box titles
+    as a mapped label), from the elements in hand: like for like with the page's drawing time;
   * 50 open streams: latency of GET /, /api/graph, /api/topology with and without them.
 
 Everything lives in namespaces named bsdbench<hex>-*, removed at the end even on failure.
@@ -174,20 +176,41 @@ TWO_FRAMES = "() => new Promise(r => requestAnimationFrame(() => requestAnimatio
 
 
 def first_render(browser, base: str, screenshot: Path | None = None,
-                 expanded: bool = False) -> tuple[float, float, list[str]]:
+                 expanded: bool = False) -> tuple[float, float, list[str], str]:
     """Navigation start -> graph drawn, and of that the drawing (the whole graph in hand ->
-    drawn), in ms; and the ids of the elements the page drew."""
+    drawn), in ms; the ids of the elements the page drew; and what a like-for-like yardstick
+    draws: the page's stylesheet and its elements as drawn (display labels included), JSON."""
     ctx = browser.new_context(viewport={"width": 1500, "height": 950})
     page = ctx.new_page()
     page.goto(f"{base}/?token={TOKEN}" + ("&fold=never" if expanded else ""))
-    wait_js(page, "window.bridgescopeFirstRender !== undefined", 600)
-    ms = page.evaluate(TWO_FRAMES)
+    wait_js(page, "window.bridgescopeDrawn !== undefined", 600)
+    ms = page.evaluate("window.bridgescopeDrawn")  # stamped by the page itself, two frames after drawing
     drawn = page.evaluate("cy.elements().map(e => e.id())")
     drawing = ms - page.evaluate("window.bridgescopeGraphAt")
+    styled = page.evaluate(AS_DRAWN)
     if screenshot is not None:
         page.screenshot(path=str(screenshot))
     ctx.close()
-    return ms, drawing, drawn
+    return ms, drawing, drawn, styled
+
+
+# The page's stylesheet and elements as they were drawn; box titles, which the page sets as a
+# style bypass (see static/app.js), become a mapped label so the yardstick draws them too.
+AS_DRAWN = """JSON.stringify({style: cy.style().json(), elements: cy.elements().jsons().map(j => ({
+  group: j.group, data: j.data, position: j.position, classes: j.classes}))})"""
+
+BARE_STYLED = """async (json) => {
+  const t0 = performance.now();
+  const {style, elements} = JSON.parse(json);
+  for (const e of elements) if (['namespace', 'bridge'].includes(e.data.kind)) e.data.title = e.data.display;
+  style.push({selector: 'node[title]', style: {label: 'data(title)'}});
+  const div = document.createElement('div');
+  div.style.width = '1500px'; div.style.height = '900px';
+  document.body.appendChild(div);
+  window.bareStyled = cytoscape({container: div, elements, style, layout: {name: 'preset'}});
+  await new Promise(r => requestAnimationFrame(() => requestAnimationFrame(r)));
+  return performance.now() - t0;
+}"""
 
 
 # The yardstick draws exactly the elements the expanded page drew (`keep`): /api/graph also
@@ -207,8 +230,10 @@ BARE = """async (keep) => {
 }"""
 
 
-def bare_render(browser, base: str, keep: list[str]) -> float:
-    """Baseline: the same elements, plain Cytoscape, no app (script already cached and parsed)."""
+def bare_render(browser, base: str, keep: list[str], styled: str | None = None) -> float:
+    """Baseline: the same elements, plain Cytoscape, no app (script already cached and parsed):
+    with Cytoscape's default style (unlabelled dots), or with `styled` (first_render's last
+    value), the page's own stylesheet and labels."""
     ctx = browser.new_context(viewport={"width": 1500, "height": 950})
     page = ctx.new_page()
     page.goto(f"{base}/audit?token={TOKEN}")  # a page of ours without the app's script
@@ -216,8 +241,12 @@ def bare_render(browser, base: str, keep: list[str]) -> float:
     wait_js(page, "!!document.getElementById('theme-toggle') && !!window.bridgescopeSession")
     page.add_script_tag(url=f"{base}/static/vendor/cytoscape/cytoscape.min.js")
     wait_js(page, "typeof cytoscape === 'function'")
-    ms = page.evaluate(BARE, keep)
-    count = page.evaluate("window.bare.elements().length")
+    if styled is None:
+        ms = page.evaluate(BARE, keep)
+        count = page.evaluate("window.bare.elements().length")
+    else:
+        ms = page.evaluate(BARE_STYLED, styled)
+        count = page.evaluate("window.bareStyled.elements().length")
     assert count > 0, "the yardstick drew nothing"
     ctx.close()
     return ms
@@ -363,24 +392,29 @@ def main() -> int:
                 have = grow_to(have, n)
                 wait_for_containers(base, n)
                 modes = [m == "expanded" for m in args.modes.split(",")]
-                *_, keep = first_render(browser, base, expanded=True)  # warm-up; what the yardstick draws
-                # rounds interleave the yardstick and each mode, so a change in the machine's
+                *_, keep, _ = first_render(browser, base, expanded=True)  # warm-up; what the yardstick draws
+                # rounds interleave the yardsticks and each mode, so a change in the machine's
                 # load (other runs share it) weighs on all of them alike
                 times: dict[str, list[float]] = {"bare": []}
+                styled: dict[str, str] = {}
                 for rnd in range(3):
                     times["bare"].append(bare_render(browser, base, keep))
                     for expanded in modes:
                         how = "expanded" if expanded else "folded"
                         shot = ARTIFACTS / f"dashboard-{n}-containers-{how}.png" if rnd == 0 else None
-                        ms, drawing, _ = first_render(browser, base, shot, expanded)
+                        ms, drawing, _, styled[how] = first_render(browser, base, shot, expanded)
                         times.setdefault(how, []).append(ms)
                         times.setdefault(how + " drawing", []).append(drawing)
+                        times.setdefault(how + " styled", []).append(bare_render(browser, base, keep, styled[how]))
                 bare = statistics.median(times["bare"])
-                for how in [h for h in times if h != "bare" and not h.endswith("drawing")]:
+                for how in [h for h in times if h != "bare" and " " not in h]:
                     ours, drawing = statistics.median(times[how]), statistics.median(times[how + " drawing"])
+                    like = statistics.median(times[how + " styled"])
                     print(f"  {n} containers, {how:8s}: first render {ours:7.0f} ms, of which drawing "
                           f"{drawing:6.0f} ms  (bare Cytoscape, same {len(keep)} elements {bare:6.0f} ms; "
-                          f"ratio {ours / bare:.2f}x, drawing {drawing / bare:.2f}x)", flush=True)
+                          f"ratio {ours / bare:.2f}x, drawing {drawing / bare:.2f}x; bare Cytoscape drawing what "
+                          f"the page drew, with its style and labels, {like:6.0f} ms: drawing {drawing / like:.2f}x)",
+                          flush=True)
                 if not args.no_changes and (n in (5, 500) or n == sizes[-1]):
                     report_changes(n, measure_changes(browser, base, args.changes, str(n)))
             if args.no_changes:

@@ -408,6 +408,8 @@ function applyGraph(event) {
     fitAll(cy, false);
     foldWhileIllegible(cy);
     window.bridgescopeFirstRender = performance.now();
+    // on screen two frames later: what the benchmark times, from here rather than from its polling
+    requestAnimationFrame(() => requestAnimationFrame(() => { window.bridgescopeDrawn = performance.now(); }));
   } else {
     flash(touched);
   }

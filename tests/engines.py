@@ -444,7 +444,9 @@ class Containerd(EngineHost):
         self.pids.remove(daemon.pid)
         self._daemon = None
         if getattr(self, "_made_run", False):  # its one mark outside its roots
-            for empty in (f"{RUN_CONTAINERD}/s", RUN_CONTAINERD):
+            # shims' sockets in s/, runc's state of our containers in runc/k8s.io
+            for empty in (f"{RUN_CONTAINERD}/s", f"{RUN_CONTAINERD}/runc/{CRI_NAMESPACE}", f"{RUN_CONTAINERD}/runc",
+                          RUN_CONTAINERD):
                 try:
                     os.rmdir(empty)
                 except OSError:
