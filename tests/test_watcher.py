@@ -246,3 +246,25 @@ def test_the_periodic_redump_comes_in_slices_and_sees_what_no_event_says(netns, 
         assert periodic and max(periodic) < everything and not any(full for _, full in rounds)
     finally:
         watcher.stop()
+
+
+def test_a_redump_that_finds_nothing_new_keeps_the_picture(netns):
+    """The doctor's worker reruns whenever the snapshot is another object: a heal slice that
+    read only what was known must leave it as it was (an idle agent ran the doctor every second)."""
+    host, c1 = netns("host"), netns("c1")
+    sh("ip", "-n", host, "link", "add", "br0", "type", "bridge")
+    sh("ip", "-n", host, "link", "add", "vc1", "type", "veth", "peer", "name", "eth0", "netns", c1)
+    sh("ip", "-n", host, "link", "set", "vc1", "master", "br0")
+    watcher = Watcher(host, firewall=False, rescan_interval=3600, heal_interval=2.0).start()
+    try:
+        time.sleep(2.5)  # past the rechecks that follow the namespaces' creation (RECHECK_AFTER)
+        before = watcher.snapshot
+        time.sleep(3.5)  # more than a whole turn of slices over every namespace
+        assert watcher.snapshot is before
+        sh("ip", "netns", "exec", host, "sysctl", "-qw", "net.ipv4.conf.br0.route_localnet=1")
+        deadline = time.monotonic() + WAIT
+        while watcher.snapshot is before and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert watcher.snapshot is not before  # what no event says still comes through
+    finally:
+        watcher.stop()

@@ -289,6 +289,12 @@ class Watcher:
             applied = self._apply_events(events or {}, wanted)
             fresh = reread_handles([self._handles[n] for n in wanted if n in self._handles])
         dumps.update({n: r for n, r in {**applied, **fresh}.items() if isinstance(r, NamespaceRead)})
+        if not (discovery or full or (self.firewall and firewall)) and \
+                all(r == self._picture.reads.get(n) for n, r in dumps.items()):
+            # the usual heal slice: nothing new, so the picture (and its snapshot's identity,
+            # which the doctor's worker watches) stays as it was
+            spans.end(unchanged=True, events=len(events or {}), reread=len(wanted), read=len(dumps))
+            return
         scanned = set(firewall or ()) | (dumps.keys() - self._picture.reads.keys())
         with spans.span("firewall"):
             fw = self._read_firewall(sorted(n for n in scanned if n in self._handles)) if self.firewall else {}
