@@ -124,11 +124,14 @@ def have(tool: str) -> bool:
 def engines_confined() -> Iterator[None]:
     """No engine process runs in this (the host's) network namespace, before or after the engine
     tests: theirs must stay in the namespaces they made."""
-    from engines import engine_processes_here
+    from engines import RUN_CONTAINERD, engine_processes_here, remove_empty_dirs
 
     before = engine_processes_here()
     assert not before, f"engine processes already run in the host namespace: {before}"
+    made_run = not os.path.exists(RUN_CONTAINERD)
     yield
+    if made_run:  # the engines' shims made it: what they left empty goes
+        remove_empty_dirs(RUN_CONTAINERD)
     after = engine_processes_here()
     assert not after, f"engine processes left running in the host namespace: {after}"
 

@@ -8,6 +8,7 @@ A client namespace joined to the engine's by a veth sends the real traffic.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -380,7 +381,6 @@ class Containerd(EngineHost):
         return sh(CTR, "-a", str(self.socket), "-n", CRI_NAMESPACE, *args, check=check, timeout=timeout)
 
     def start_daemon(self) -> None:
-        self._made_run = getattr(self, "_made_run", not os.path.exists(RUN_CONTAINERD))
         d = self.workdir
         config = d / "containerd.toml"
         config.write_text(f'version = 2\nroot = "{d / "root"}"\nstate = "{d / "state"}"\n'
@@ -443,14 +443,15 @@ class Containerd(EngineHost):
         daemon.wait(timeout=30)
         self.pids.remove(daemon.pid)
         self._daemon = None
-        if getattr(self, "_made_run", False):  # its one mark outside its roots
-            # shims' sockets in s/, runc's state of our containers in runc/k8s.io
-            for empty in (f"{RUN_CONTAINERD}/s", f"{RUN_CONTAINERD}/runc/{CRI_NAMESPACE}", f"{RUN_CONTAINERD}/runc",
-                          RUN_CONTAINERD):
-                try:
-                    os.rmdir(empty)
-                except OSError:
-                    break  # not empty: another containerd uses it
+
+
+def remove_empty_dirs(root: str) -> None:
+    """The directories under root (and root) that are empty, deepest first: containerd's shims
+    (Docker's too) leave /run/containerd/{s,runc/NS} behind, their one mark outside their roots.
+    A file in it means a real containerd uses it: nothing is removed above that file."""
+    for path, _, _ in os.walk(root, topdown=False):
+        with contextlib.suppress(OSError):
+            os.rmdir(path)
 
 
 def start_containerd(workdir: Path, tag: str) -> Containerd:
