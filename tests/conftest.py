@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -134,6 +135,18 @@ def engines_confined() -> Iterator[None]:
         remove_empty_dirs(RUN_CONTAINERD)
     after = engine_processes_here()
     assert not after, f"engine processes left running in the host namespace: {after}"
+
+
+@contextmanager
+def sandbox_lab(run_prefix: str) -> Iterator:
+    """The sandbox lab under a prefix of its own; taken down after, also when the test failed."""
+    from bridgescope.plumbing.lab.sandbox import lab_down, lab_up
+
+    prefix = f"{run_prefix}{secrets.token_hex(2)}"
+    try:
+        yield lab_up(prefix)
+    finally:
+        lab_down(prefix)
 
 
 @pytest.fixture(scope="module")

@@ -42,17 +42,6 @@ def served_walk(run_prefix, tmp_path, monkeypatch):
     assert not [n for n in os.listdir("/run/netns") if n.startswith(lab.names.prefix)]
 
 
-@pytest.fixture
-def browser():
-    from playwright.sync_api import sync_playwright
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path="/usr/bin/chromium", headless=True)
-        try:
-            yield b
-        finally:
-            b.close()
-
-
 CSP_WATCH = ("document.addEventListener('securitypolicyviolation', (e) => console.error("
              "'CSP violation: ' + e.violatedDirective + ' ' + e.sourceFile + ':' + e.lineNumber));")
 

@@ -4,11 +4,10 @@ one way per finding id. Each breakage must yield that finding and no other."""
 from __future__ import annotations
 
 import os
-import secrets
 from dataclasses import dataclass
 
 import pytest
-from conftest import sh
+from conftest import sandbox_lab, sh
 from reference_layouts import CNI, DOCKER_27, DOCKER_29, DOCKER_29_NOPROXY, HEALTHY, Layout
 
 from bridgescope.collector.doctor import diagnose
@@ -249,12 +248,8 @@ def test_mtu_larger_than_the_uplink(netns):
 
 @pytest.fixture
 def lab(run_prefix):
-    from bridgescope.plumbing.lab.sandbox import lab_down, lab_up
-    prefix = f"{run_prefix}{secrets.token_hex(2)}"
-    try:
-        yield lab_up(prefix)
-    finally:
-        lab_down(prefix)
+    with sandbox_lab(run_prefix) as info:
+        yield info
 
 
 def test_the_bridgescope_lab_is_healthy(lab):

@@ -8,7 +8,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from conftest import sh
+from conftest import sandbox_lab, sh
 
 from bridgescope.collector.firewall import assemble
 from bridgescope.collector.firewall.readers import NamespaceDump
@@ -190,12 +190,8 @@ def test_two_tables_at_one_priority_that_both_rewrite_are_unknown():
 
 @pytest.fixture(scope="module")
 def lab(run_prefix):
-    from bridgescope.plumbing.lab.sandbox import lab_down, lab_up
-    prefix = f"{run_prefix}{secrets.token_hex(2)}"
-    try:
-        yield lab_up(prefix)
-    finally:
-        lab_down(prefix)
+    with sandbox_lab(run_prefix) as info:
+        yield info
 
 
 def lab_snapshot(lab):

@@ -2,9 +2,8 @@
 names must be drawn, the MASQUERADE among them (an edge from the bridge to the uplink)."""
 from __future__ import annotations
 
-import secrets
-
 import pytest
+from conftest import sandbox_lab
 
 from bridgescope.collector.packetpath import namespace_by_name, trace_live
 from bridgescope.collector.render.graph import to_elements
@@ -14,12 +13,8 @@ pytestmark = pytest.mark.kernel
 
 @pytest.fixture(scope="module")
 def lab(run_prefix):
-    from bridgescope.plumbing.lab.sandbox import lab_down, lab_up
-    prefix = f"{run_prefix}{secrets.token_hex(2)}"
-    try:
-        yield lab_up(prefix)
-    finally:
-        lab_down(prefix)
+    with sandbox_lab(run_prefix) as info:
+        yield info
 
 
 def test_the_way_out_names_the_drawn_masquerade_edge(lab):
