@@ -426,12 +426,14 @@ function showStatus(cy, ms) {
   statusLine.textContent = `${namespaces} namespaces${hidden}${folded}, ${cy.nodes(":visible").length} nodes, ${cy.edges(":visible").length} edges · v${state.version}${ms === undefined ? "" : ` · ${ms} ms`}`;
 }
 
-// The counts follow every delta, but a burst of deltas recounts once per frame.
-let statusPending = false;
+// The counts follow every delta, but a burst of deltas recounts once per frame (with the
+// time the last of them took).
+let statusPending = false, statusMs;
 function statusSoon(cy, ms) {
+  statusMs = ms;
   if (statusPending) return;
   statusPending = true;
-  requestAnimationFrame(() => { statusPending = false; showStatus(cy, ms); });
+  requestAnimationFrame(() => { statusPending = false; showStatus(cy, statusMs); });
 }
 
 // A delta either goes to Cytoscape or, for a folded bridge's members, to the fold's store.
