@@ -204,16 +204,20 @@ function fitAll(cy, animate) {
 // ---- folding: which bridge an element belongs to ------------------------------------------------
 
 function bridgeIndex(elements) {
-  const nodes = new Map(elements.filter((e) => e.group === "nodes").map((e) => [e.data.id, e]));
-  const kindOf = (id) => (nodes.get(id) || { data: {} }).data.kind;
-  return (id) => {
-    const n = nodes.get(id);
-    if (!n || !n.data.parent) return null;
-    const parent = n.data.parent;
-    if (kindOf(parent) === "bridge") return n.data.kind === "namespace" || n.data.port ? parent : null;
-    const up = (nodes.get(parent) || { data: {} }).data.parent;
-    return kindOf(parent) === "namespace" && up && kindOf(up) === "bridge" ? up : null;
-  };
+  const data = new Map();
+  for (const e of elements) if (e.group === "nodes") data.set(e.data.id, e.data);
+  const grid = new Map();
+  for (const d of data.values()) {
+    const p = d.parent ? data.get(d.parent) : undefined;
+    if (p === undefined) continue;
+    if (p.kind === "bridge") {
+      if (d.kind === "namespace" || d.port) grid.set(d.id, p.id);
+    } else if (p.kind === "namespace" && p.parent) {
+      const up = data.get(p.parent);
+      if (up !== undefined && up.kind === "bridge") grid.set(d.id, up.id);
+    }
+  }
+  return (id) => grid.get(id) || null;
 }
 
 // The bridge whose grid an element is part of (container boxes, what is in them, its ports,
@@ -224,51 +228,60 @@ function owningBridge(bridgeOf, e) {
   return s || t;
 }
 
+const NO_EXTENT = { x1: Infinity, y1: Infinity, x2: -Infinity, y2: -Infinity };
+const grow = (bb, p) => ({ x1: Math.min(bb.x1, p.x), y1: Math.min(bb.y1, p.y), x2: Math.max(bb.x2, p.x), y2: Math.max(bb.y2, p.y) });
+const above = (p, q) => p.y < q.y || (p.y === q.y && p.x < q.x);
+const joined = (a, b) => ({ x1: Math.min(a.x1, b.x1), y1: Math.min(a.y1, b.y1), x2: Math.max(a.x2, b.x2), y2: Math.max(a.y2, b.y2) });
+
 // Bridges to fold so that labels stay legible at fit in this viewport: the biggest first.
+// (Unrelated namespaces never get here: partition keeps them apart first.)
 function chooseFolds(elements, bridgeOf) {
   if (state.neverFold) return new Set();
   const w = Math.max(200, container.clientWidth), h = Math.max(200, container.clientHeight);
-  const groups = new Map();
-  const rest = [];
-  const away = new Set(state.showUnrelated ? [] : elements.filter((e) => e.data.related === false).map((e) => e.data.id));
+  const groups = new Map(); // bridge -> {count, first position, extent of all}
+  let rest = NO_EXTENT;
   for (const e of elements) {
-    if (e.group !== "nodes" || !e.position) continue;
-    if (e.data.kind === "loopback" || away.has(e.data.id) || away.has(e.data.parent)) continue;
+    if (e.group !== "nodes" || !e.position || e.data.kind === "loopback") continue;
     const b = bridgeOf(e.data.id);
-    if (b) { if (!groups.has(b)) groups.set(b, []); groups.get(b).push(e.position); } else rest.push(e.position);
+    if (!b) { rest = grow(rest, e.position); continue; }
+    const g = groups.get(b) || { count: 0, first: null, all: NO_EXTENT };
+    if (!g.count) groups.set(b, g);
+    g.count += 1;
+    g.all = grow(g.all, e.position);
+    if (e.data.kind === "namespace" && (!g.first || above(e.position, g.first))) g.first = e.position;
   }
-  const extent = (points) => {
-    let x1 = Infinity, y1 = Infinity, x2 = -Infinity, y2 = -Infinity;
-    for (const p of points) { x1 = Math.min(x1, p.x); y1 = Math.min(y1, p.y); x2 = Math.max(x2, p.x); y2 = Math.max(y2, p.y); }
-    return { x1, y1, x2, y2 };
-  };
   const zoomFor = (open) => {
-    const pts = rest.slice();
-    for (const [b, ps] of groups) { if (open.has(b)) pts.push(...ps); else pts.push(ps[0]); }
-    const bb = extent(pts);
+    let bb = rest;
+    // a folded bridge takes the room of its fold node, at its top-left container
+    for (const [b, g] of groups) bb = open.has(b) || !g.first ? joined(bb, g.all) : grow(bb, g.first);
     // positions are centres: add what labels and box paddings take around them
     // (an optimistic guess: the drawn picture is checked after the fit, see applyGraph)
     return Math.min((w - 2 * FIT_PAD) / (bb.x2 - bb.x1 + 200), (h - 2 * FIT_PAD) / (bb.y2 - bb.y1 + 120));
   };
   const open = new Set(groups.keys());
-  const bySize = [...groups.keys()].sort((a, b) => groups.get(b).length - groups.get(a).length);
+  const bySize = [...groups.keys()].sort((a, b) => groups.get(b).count - groups.get(a).count);
   for (const b of bySize) {
     const must = state.foldAll || state.tooBig.has(b);
     if (!must && (state.expanded.has(b) || zoomFor(open) * FONT >= LEGIBLE_PX)) continue;
     // a fold node takes the room of two containers: folding one or two hides for nothing
-    if (!must && groups.get(b).length <= FOLD_GAIN) continue;
+    if (!must && groups.get(b).count <= FOLD_GAIN) continue;
     open.delete(b);
   }
   return new Set(bySize.filter((b) => !open.has(b)));
 }
 
 function foldNode(bridgeId, members) {
-  const boxes = [...members.values()].filter((e) => e.data.kind === "namespace");
-  const first = boxes.map((e) => e.position).filter(Boolean)
-    .sort((a, b) => a.y - b.y || a.x - b.x)[0] || { x: 0, y: 0 };
+  let boxes = 0, first = null;
+  for (const e of members.values()) {
+    if (e.data.kind !== "namespace") continue;
+    boxes += 1;
+    const p = e.position;
+    if (p && (!first || above(p, first))) first = p;
+  }
+  first = first || { x: 0, y: 0 };
   return { group: "nodes", classes: "fold", position: { x: first.x, y: first.y },
     data: { id: `fold:${bridgeId}`, kind: "fold", bridge: bridgeId, parent: bridgeId,
-      display: `${boxes.length} containers\n(click to expand)`, label: `${boxes.length} containers` } };
+      display: `${boxes} containers\n(click to expand)`, label: `${boxes} containers` } };
 }
 
 // ---- adding and changing elements ------------------------------------------------------------------
@@ -350,18 +363,18 @@ function isAway(e) {
 // Splits elements into what Cytoscape draws and what folded bridges and hidden namespaces keep.
 function partition(elements) {
   state.away = new Map();
-  const nodesFirst = elements.filter((e) => e.group === "nodes" && e.data.kind === "namespace")
-    .concat(elements.filter((e) => !(e.group === "nodes" && e.data.kind === "namespace")));
-  const near = [];
-  for (const e of nodesFirst) {
-    if (isAway(e)) state.away.set(e.data.id, e); else near.push(e);
-  }
+  const isBox = (e) => e.group === "nodes" && e.data.kind === "namespace";
+  // the namespaces first: whether anything else is away follows from its namespace
+  for (const e of elements) if (isBox(e) && isAway(e)) state.away.set(e.data.id, e);
+  if (state.away.size) for (const e of elements) if (!isBox(e) && isAway(e)) state.away.set(e.data.id, e);
+  const near = state.away.size ? elements.filter((e) => !state.away.has(e.data.id)) : elements;
   const bridgeOf = bridgeIndex(near);
   const folds = chooseFolds(near, bridgeOf);
   state.folded = new Map([...folds].map((b) => [b, new Map()]));
-  const shown = [];
+  const shown = [], bridges = new Set();
   for (const e of near) {
     const b = owningBridge(bridgeOf, e);
+    if (b) bridges.add(b);
     if (b && folds.has(b)) state.folded.get(b).set(e.data.id, e);
     else shown.push(e);
   }
@@ -369,7 +382,7 @@ function partition(elements) {
   // Every bridge folded: the fold nodes stand side by side, not each at the far start of its
   // bridge's reserved grid (which would leave the picture as wide as if nothing were folded).
   // Not in a fleet: that would pull each host's folds out of its host's box.
-  if (!container.dataset.fleet && summaries.length > 1 && summaries.length === new Set(near.map((e) => bridgeOf(e.data.id)).filter(Boolean)).size) {
+  if (!container.dataset.fleet && summaries.length > 1 && summaries.length === bridges.size) {
     summaries.sort((a, b) => a.position.x - b.position.x);
     const [x0, y0] = [summaries[0].position.x, summaries[0].position.y];
     summaries.forEach((f, i) => { f.position = { x: x0 + i * 260, y: y0 }; });
@@ -419,8 +432,8 @@ function applyGraph(event) {
 }
 
 function showStatus(cy, ms) {
-  const namespaces = cy.nodes('[kind = "namespace"]').not(".unrelated").length
-    + [...state.folded.values()].reduce((n, m) => n + [...m.values()].filter((e) => e.data.kind === "namespace").length, 0);
+  let namespaces = cy.nodes('[kind = "namespace"]').not(".unrelated").length;
+  for (const members of state.folded.values()) for (const e of members.values()) if (e.data.kind === "namespace") namespaces += 1;
   const hidden = state.showUnrelated || !state.unrelatedCount ? "" : ` (${state.unrelatedCount} unrelated hidden)`;
   const folded = state.folded.size ? ` · ${state.folded.size} bridge${state.folded.size > 1 ? "s" : ""} folded` : "";
   statusLine.textContent = `${namespaces} namespaces${hidden}${folded}, ${cy.nodes(":visible").length} nodes, ${cy.edges(":visible").length} edges · v${state.version}${ms === undefined ? "" : ` · ${ms} ms`}`;
