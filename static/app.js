@@ -149,8 +149,7 @@ function styleSheet(p) {
 }
 
 function restyle() {
-  if (!window.cy) return;
-  window.cy.style(styleSheet(palette()));
+  (window.cy || readyCy).style(styleSheet(palette()));
   document.dispatchEvent(new CustomEvent("bridgescope:restyled")); // pages that add styles add them again
 }
 
@@ -175,20 +174,34 @@ function prepared(ele) {
 
 // ---- the Cytoscape instance ---------------------------------------------------------------------
 
-function makeCy(count) {
-  const big = count > BIG_GRAPH;
+function makeCy() {
   const cy = cytoscape({
     container, elements: [], style: styleSheet(palette()), layout: { name: "preset" },
     minZoom: 0.02, maxZoom: 4, boxSelectionEnabled: false, autoungrabify: false,
-    textureOnViewport: big, hideEdgesOnViewport: big, pixelRatio: big ? 1 : "auto",
   });
   cy.on("tap", "node, edge", (evt) => {
     if (evt.target.hasClass("fold")) { expand(evt.target.data("bridge")); return; }
     showDetails(evt.target.id());
   });
-  window.cy = cy;
+  // The first label Cytoscape measures pays for finding the font: done here too.
+  cy.add({ group: "nodes", data: { id: "bridgescope-warm", display: "warm" } }).boundingBox();
+  cy.remove("#bridgescope-warm");
   return cy;
 }
+
+// A big picture pans and zooms on a snapshot of itself, edges hidden, at one pixel per pixel:
+// options Cytoscape only takes when it is made, and the instance is made before the picture
+// arrives, so they are set on its renderer.
+function drawFast(cy) {
+  const r = cy.renderer();
+  r.textureOnViewport = true;
+  r.hideEdgesOnViewport = true;
+  r.forcedPixelRatio = 1;
+  cy.resize();
+}
+
+// Made while the stream connects: the first picture then costs only its own elements.
+const readyCy = makeCy();
 
 function flash(eles) {
   eles.addClass("flash");
@@ -398,7 +411,10 @@ function applyGraph(event) {
   const first = !cy;
   const t0 = performance.now();
   if (first) window.bridgescopeGraphAt = t0; // the benchmark tells drawing from arriving
-  if (first) cy = makeCy(elements.length);
+  if (first) {
+    cy = window.cy = readyCy;
+    if (elements.length > BIG_GRAPH) drawFast(cy);
+  }
   const shown = partition(elements);
   let touched = cy.collection();
   cy.batch(() => {
