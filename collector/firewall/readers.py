@@ -19,7 +19,6 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from bridgescope.collector.firewall import nftinfo
-from bridgescope.collector.firewall.nftjson import COMPAT_TABLES, FAMILIES
 from bridgescope.collector.kernel import tools
 from bridgescope.collector.kernel.setns import inside, libc
 
@@ -104,6 +103,9 @@ def forget_reads(ns_ids: Iterable[str] | None = None) -> None:
 
 
 def _run_tools(ns_id: str, path: str, legacy: set[int], tables: list[tuple[str, str]]) -> NamespaceDump:
+    # here, not at the top: a snapshot of namespaces without tables asks has_tables_here only
+    from bridgescope.collector.firewall.nftjson import COMPAT_TABLES, FAMILIES
+
     compat = {FAMILIES[fam] for fam, name in tables if (fam, name) in COMPAT_TABLES and fam in FAMILIES}
     jobs = {key: start_tool(path, [tool, "-c"]) for key, tool in SAVE_TOOLS.items()
             if key[1] in (compat if key[0] == "nft" else legacy)}
@@ -184,6 +186,12 @@ def legacy_families(path: str) -> set[int]:
     """Families (4, 6) for which the namespace at path already has legacy x_tables."""
     with inside(path):
         return legacy_here()
+
+
+def has_tables_here() -> bool:
+    """Whether the calling thread's namespace has any legacy or nf_tables table: without one,
+    dump_namespace would start no tool and find no rule (a container's namespace, usually)."""
+    return bool(legacy_here()) or bool(nftinfo.tables_here())
 
 
 def legacy_here() -> set[int]:
