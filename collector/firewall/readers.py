@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 from bridgescope.collector.firewall import nftinfo
 from bridgescope.collector.kernel import tools
+from bridgescope.collector.kernel.procfs import read_small
 from bridgescope.collector.kernel.setns import inside, libc
 
 TIMEOUT = 20.0
@@ -203,8 +204,7 @@ def legacy_here() -> set[int]:
 
 def _read_names(proc_file: str) -> str:
     try:
-        with open(proc_file) as names:
-            return names.read().strip()
+        return read_small(proc_file).strip()
     except FileNotFoundError:  # x_tables not loaded at all: certainly no legacy tables
         return ""
 

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from bridgescope.collector.kernel import rtnl
+from bridgescope.collector.kernel.procfs import read_small
 from bridgescope.collector.kernel.rtnl import AddressFacts, LinkFacts, Message, RouteFacts
 from bridgescope.collector.kernel.setns import hop as hop_each
 from bridgescope.collector.kernel.setns import setns
@@ -205,8 +206,7 @@ def read_sysctls(paths: Iterable[tuple[str, str]]) -> tuple[tuple[str, str], ...
     found = []
     for key, path in paths:
         try:
-            with open(path, encoding="ascii") as fh:
-                found.append((key, fh.read().strip()))
+            found.append((key, read_small(path).strip()))
         except OSError:
             continue
     return tuple(found)
