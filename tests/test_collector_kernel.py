@@ -458,35 +458,3 @@ def test_docker_proxy_in_a_namespace_without_tables_is_still_a_forward(netns, tm
     finally:
         fake.kill()
         fake.wait()
-
-
-@pytest.mark.parametrize("child", ["reads", "dies"])
-def test_half_read_by_a_forked_child_is_the_same_snapshot(netns, monkeypatch, child):
-    """hop_split: a forked child reads half of the namespaces and hands its sockets back; the
-    snapshot equals the one read on one thread, nsids (asked over the child's sockets)
-    included, and nothing stays open. A child that dies leaves its half to the parent."""
-    from bridgescope.collector.kernel import netlink
-    from bridgescope.collector.model import namespace_id
-
-    names = list(blog_topology(netns).values())
-    for i in range(3):
-        names.append(netns(f"x{i}"))
-        sh("ip", "-n", names[0], "link", "add", f"vx{i}", "type", "veth", "peer", "name", "eth0", "netns", names[-1])
-    ids = {namespace_id(os.stat(f"/run/netns/{n}").st_ino) for n in names}
-    mine = [ns for ns in discover(resolve_netns(names[0])) if ns.id in ids]
-    assert len(mine) == 6
-    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
-    monkeypatch.setattr(netlink, "SPLIT_FROM", 10**9)
-    serial = to_json(scan(mine, taken_at=1.0))
-    forks: list[int] = []
-    real_fork = os.fork
-    monkeypatch.setattr(os, "fork", lambda: forks.append(1) or real_fork())
-    monkeypatch.setattr(netlink, "SPLIT_FROM", 2)
-    if child == "dies":
-        monkeypatch.setattr(netlink, "_send_reads", lambda sock, results: os._exit(3))
-    open_before = len(os.listdir("/proc/self/fd"))
-    split = to_json(scan(mine, taken_at=1.0))
-    assert forks == [1]
-    assert split == serial
-    assert any(i["peer"] for i in split["interfaces"])  # the pairs were found through nsids
-    assert len(os.listdir("/proc/self/fd")) == open_before

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import pickle
 import resource
 import socket
 import struct
@@ -284,11 +283,10 @@ def _ask(probe: Callable[[], bool] | None) -> bool | None:
         return None  # unknown: the firewall reader looks for itself
 
 
-def open_handles(paths: Mapping[str, str], *, events: bool = False, probe: Callable[[], bool] | None = None,
-                 workers: int = 1) -> tuple[dict[str, NamespaceHandle], dict[str, NamespaceRead], dict[str, OSError]]:
+def open_handles(paths: Mapping[str, str], *, events: bool = False, probe: Callable[[], bool] | None = None
+                 ) -> tuple[dict[str, NamespaceHandle], dict[str, NamespaceRead], dict[str, OSError]]:
     """Open sockets in every namespace ({id: path}) and read each once, in one setns pass;
-    `probe`, called inside each, says whether it has firewall tables (NamespaceRead.has_tables);
-    `workers` 2: a forked process reads half of them meanwhile (hop_split).
+    `probe`, called inside each, says whether it has firewall tables (NamespaceRead.has_tables).
 
     Returns (handles, first reads, failures); a namespace that vanished or cannot be entered
     lands in failures with its OSError and holds nothing open.
@@ -316,97 +314,13 @@ def open_handles(paths: Mapping[str, str], *, events: bool = False, probe: Calla
 
     handles: dict[str, NamespaceHandle] = {}
     reads: dict[str, NamespaceRead] = {}
-    split = workers > 1 and len(fds) >= SPLIT_FROM
-    results = hop_split(fds, open_here, fd_of) if split else hop_each(fds, open_here)
-    for (fd, ns_id), result in zip(fds, results):
+    for (fd, ns_id), result in zip(fds, hop_each(fds, open_here)):
         if isinstance(result, tuple):
             handles[ns_id], reads[ns_id] = result
         else:
             os.close(fd)
             failures[ns_id] = result if isinstance(result, OSError) else OSError(str(result))
     return handles, reads, failures
-
-
-# Below this many namespaces a fork costs more than the half of the reads it takes over.
-SPLIT_FROM = 64
-_SCM_MAX_FD = 250  # descriptors one message may carry (the kernel's limit is 253)
-
-
-def hop_split(items: list[tuple[int, str]], open_here: Callable[[str], tuple[NamespaceHandle, NamespaceRead]],
-              fd_of: Mapping[str, int]) -> list[tuple[NamespaceHandle, NamespaceRead] | Exception]:
-    """hop_each(items, open_here), the first half read by a forked child meanwhile, on the
-    other CPU: decoding is Python, so threads would share one. The child's sockets come back
-    over a unix socket (SCM_RIGHTS) and stay in the namespaces they were opened in; what it
-    read comes back pickled. Results are in the order of items, as hop_each's."""
-    theirs, mine = items[:len(items) // 2], items[len(items) // 2:]
-    parent_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - the child's own coverage is not collected
-        status = 1
-        try:
-            parent_end.close()
-            _send_reads(child_end, hop_each(theirs, open_here))
-            status = 0
-        finally:
-            os._exit(status)
-    child_end.close()
-    try:
-        own = hop_each(mine, open_here)
-        received = _receive_reads(parent_end, fd_of)
-    finally:
-        parent_end.close()
-        os.waitpid(pid, 0)
-    return (received if len(received) == len(theirs) else hop_each(theirs, open_here)) + own
-
-
-def _send_reads(sock: socket.socket, results: list[tuple[NamespaceHandle, NamespaceRead] | Exception]) -> None:
-    """Each result as (ns_id, read, whether an event socket follows) or (errno, text); then
-    the sockets in that order, then the end."""
-    plain: list[tuple] = []
-    fds: list[int] = []
-    for result in results:
-        if isinstance(result, tuple):
-            handle, read = result
-            plain.append((handle.ns_id, read, handle.events is not None))
-            fds += [handle.rtnl.sock.fileno()] + ([handle.events.fileno()] if handle.events is not None else [])
-        else:
-            plain.append((getattr(result, "errno", None), str(getattr(result, "strerror", None) or result)))
-    for start in range(0, len(fds), _SCM_MAX_FD):
-        socket.send_fds(sock, [b"F"], fds[start:start + _SCM_MAX_FD])
-    data = pickle.dumps(plain, protocol=pickle.HIGHEST_PROTOCOL)
-    for start in range(0, len(data), 1 << 16):
-        sock.send(b"D" + data[start:start + (1 << 16)])
-    sock.send(b"E")
-
-
-def _receive_reads(sock: socket.socket, fd_of: Mapping[str, int]
-                   ) -> list[tuple[NamespaceHandle, NamespaceRead] | Exception]:
-    """What _send_reads sent, rebuilt into handles; [] when the child failed before the end
-    (its sockets are closed again)."""
-    fds: list[int] = []
-    chunks: list[bytes] = []
-    while True:
-        data, got, _, _ = socket.recv_fds(sock, (1 << 16) + 1, _SCM_MAX_FD)
-        fds += got
-        if data[:1] == b"D":
-            chunks.append(data[1:])
-        elif data[:1] != b"F":
-            break
-    if data != b"E":
-        for fd in fds:
-            os.close(fd)
-        return []
-    sockets = iter(fds)
-    out: list[tuple[NamespaceHandle, NamespaceRead] | Exception] = []
-    for entry in pickle.loads(b"".join(chunks)):
-        if len(entry) == 3:
-            ns_id, read, has_events = entry
-            rtnl_sock = socket.socket(fileno=next(sockets))
-            events = socket.socket(fileno=next(sockets)) if has_events else None
-            out.append((NamespaceHandle(ns_id, fd_of[ns_id], NetnsSocket(rtnl_sock), events), read))
-        else:
-            out.append(OSError(*entry) if entry[0] is not None else OSError(entry[1]))
-    return out
 
 
 def ensure_fd_budget(needed: int) -> None:

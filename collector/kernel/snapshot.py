@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import os
 import time
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
@@ -39,8 +38,7 @@ def scan(namespaces: list[Namespace], *, firewall: bool = True, taken_at: float 
     # Whether each namespace has firewall tables is asked on the same visit as its dump: a
     # container's namespace usually has none, and then the firewall reader need not enter it.
     handles, reads, failures = open_handles({ns.id: path_or_blank(ns) for ns in namespaces},
-                                            probe=has_tables_here if firewall else None,
-                                            workers=min(2, len(os.sched_getaffinity(0))))
+                                            probe=has_tables_here if firewall else None)
     try:
         nsid_maps = resolve_all_nsids(handles, reads)
         present = [ns for ns in namespaces if ns.id in reads]
