@@ -107,8 +107,8 @@ def request(mtype: int, flags: int, seq: int, body: bytes) -> bytes:
 
 
 def link_dump(seq: int) -> bytes:
-    """Every link, without its statistics (a fifth of each message, never read; kernels
-    before 4.20 ignore the filter and send them anyway)."""
+    """Every link, without its statistics (a fifth of each message, never read; a kernel
+    that does not know the filter ignores the bit and sends them anyway)."""
     body = _IFINFO.pack(0, 0, 0, 0, 0) + _attr(IFLA_EXT_MASK, struct.pack("=I", RTEXT_FILTER_SKIP_STATS))
     return request(RTM_GETLINK, NLM_F_REQUEST | NLM_F_DUMP, seq, body)
 
