@@ -1,8 +1,8 @@
 """Firewall readers: iptables-legacy, iptables-nft and native nftables, one rule model.
 
-`scan` is the entry point the snapshot calls: it dumps every namespace (readers, the only
-part that touches the kernel, a few namespaces at a time) and hands the text to `assemble`,
-a pure function that parses, attributes owners and flags split brains.
+`scan` is the entry point the snapshot calls: it dumps every namespace that has tables
+(readers, the only part that touches the kernel, a few namespaces at a time) and hands the
+text to `assemble`, a pure function that parses, attributes owners and flags split brains.
 """
 from __future__ import annotations
 
