@@ -458,3 +458,36 @@ def test_docker_proxy_in_a_namespace_without_tables_is_still_a_forward(netns, tm
     finally:
         fake.kill()
         fake.wait()
+
+
+def test_a_namespace_whose_tables_cannot_be_asked_is_read_by_the_firewall_reader(netns, monkeypatch):
+    """When the question fails inside a namespace (an nf_tables socket refused, say) it is
+    not taken for one without tables: the reader enters it and looks for itself."""
+    from bridgescope.collector.firewall import readers
+    from bridgescope.collector.kernel import snapshot
+    from bridgescope.collector.model import namespace_id
+
+    names = blog_topology(netns)
+    ids = {namespace_id(os.stat(f"/run/netns/{n}").st_ino): n for n in names.values()}
+    mine = [ns for ns in discover(resolve_netns(names["host"])) if ns.id in ids]
+
+    def refused() -> bool:
+        raise OSError(93, "Protocol not supported")
+    monkeypatch.setattr(snapshot, "has_tables_here", refused)
+    entered: list[str] = []
+    real_dump = readers.dump_namespace
+    monkeypatch.setattr(readers, "dump_namespace", lambda ns_id, path, **kw: (entered.append(ids[ns_id]),
+                                                                                real_dump(ns_id, path, **kw))[1])
+    snap = scan(mine)
+    assert sorted(entered) == sorted(names.values()) and snap.rules == ()
+
+
+def test_small_proc_files_are_read_whole(tmp_path):
+    from bridgescope.collector.kernel.procfs import read_small
+
+    text = "é" + "x" * 9000 + "\n"  # longer than one read
+    (tmp_path / "f").write_text(text, encoding="utf-8")
+    assert read_small(str(tmp_path / "f")) == text
+    assert read_small("/proc/sys/net/ipv4/ip_forward").strip() in ("0", "1")
+    with pytest.raises(FileNotFoundError):
+        read_small(str(tmp_path / "absent"))
