@@ -51,22 +51,34 @@ def build(prefix: str, n: int) -> str:
     return host
 
 
+def compile_bytecode(root: str) -> None:
+    """Write the package's .pyc files first: an installed package has them, while a checkout
+    run with PYTHONDONTWRITEBYTECODE=1 would compile every module in every timed run."""
+    subprocess.run([sys.executable, "-m", "compileall", "-q", *(os.path.join(root, d) for d in ("collector", "webui"))],
+                   check=True, capture_output=True)
+
+
+def package_root() -> str:
+    import bridgescope.collector
+    return os.path.dirname(os.path.dirname(bridgescope.collector.__file__))
+
+
 def teardown(prefix: str) -> None:
     for entry in sorted(os.listdir("/run/netns")):
         if entry.startswith(prefix + "-"):
             subprocess.run(["ip", "netns", "del", entry], capture_output=True)
 
 
-def timed_child(argv: list[str]) -> tuple[float, int]:
-    """(wall seconds, peak RSS in KiB) of one child process."""
+def timed_child(argv: list[str], env: dict[str, str] | None = None) -> tuple[float, int, float]:
+    """(wall seconds, peak RSS in KiB, CPU seconds, its children's included) of one child process."""
     start = time.perf_counter()
-    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
     _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - start
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(argv)} failed: {proc.stderr.read().decode().strip()}")
-    return wall, usage.ru_maxrss
+    return wall, usage.ru_maxrss, usage.ru_utime + usage.ru_stime
 
 
 def retried(fn, attempts: int = 5):
@@ -79,18 +91,19 @@ def retried(fn, attempts: int = 5):
                 raise
 
 
-def best(fn, runs: int) -> tuple[float, int]:
+def best(fn, runs: int) -> tuple[float, int, float]:
+    """Best wall time, the largest peak RSS, the least CPU time of `runs` runs."""
     results = [fn() for _ in range(runs)]
-    return min(r[0] for r in results), max(r[1] for r in results)
+    return min(r[0] for r in results), max(r[1] for r in results), min(r[2] for r in results)
 
 
-def iproute2_loop() -> tuple[float, int]:
+def iproute2_loop() -> tuple[float, int, float]:
     """What a shell script does today: three `ip -j -d` per namespace in /run/netns."""
     start = time.perf_counter()
     for ns in sorted(os.listdir("/run/netns")):
         for what in (["link", "show"], ["addr", "show"], ["route", "show"]):
             subprocess.run(["ip", "-n", ns, "-j", "-d", *what], capture_output=True)
-    return time.perf_counter() - start, 0
+    return time.perf_counter() - start, 0, 0.0
 
 
 def plotnetcfg_argv() -> list[str] | None:
@@ -143,30 +156,42 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="50,200,500")
     parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--changes", type=int, default=60)
+    parser.add_argument("--changes", type=int, default=60, help="address changes timed through the watcher (0: none)")
+    parser.add_argument("--baseline", metavar="DIR",
+                        help="also time `snapshot --json` of another copy of the code, side by side: DIR "
+                             "holds it as DIR/bridgescope (e.g. `git archive REV | tar -x -C DIR/bridgescope`)")
     args = parser.parse_args()
     if os.geteuid() != 0:
         print("run as root: the benchmark builds network namespaces", file=sys.stderr)
         return 1
     prefix = "bsb" + secrets.token_hex(2)
     plot = plotnetcfg_argv()
+    compile_bytecode(package_root())
+    baseline_env = {**os.environ, "PYTHONPATH": args.baseline} if args.baseline else None
+    if args.baseline:
+        compile_bytecode(os.path.join(args.baseline, "bridgescope"))
     print(f"prefix {prefix}; namespaces already on the machine: {len(os.listdir('/run/netns'))}")
     header = ("N", "namespaces seen", "ours --json", "ours --no-firewall", "iproute2 loop", "plotnetcfg", "loop/ours (fw / no-fw)",
-              "ours/plotnetcfg", "RSS MiB", "delta p50 ms", "delta p95 ms", "watch start s")
+              "ours/plotnetcfg", "CPU ours / plotnetcfg", "baseline --json (wall / CPU)", "RSS MiB", "delta p50 ms",
+              "delta p95 ms", "watch start s")
     print(" | ".join(header))
     try:
         for n in (int(s) for s in args.sizes.split(",")):
             host = build(prefix, n)
             cli = BRIDGESCOPE + ["snapshot", "--json", "--netns", host]
-            ours, rss = best(lambda cli=cli: timed_child(cli), args.runs)
-            fast, _ = best(lambda cli=cli: timed_child(cli + ["--no-firewall"]), args.runs)
-            loop, _ = best(iproute2_loop, 1)
-            plot_s = best(lambda: retried(lambda: timed_child(plot)), args.runs)[0] if plot else float("nan")
+            ours, rss, ours_cpu = best(lambda cli=cli: timed_child(cli), args.runs)
+            fast, _, _ = best(lambda cli=cli: timed_child(cli + ["--no-firewall"]), args.runs)
+            base, _, base_cpu = best(lambda cli=cli: timed_child(cli, baseline_env), args.runs) if args.baseline else (
+                float("nan"), 0, float("nan"))
+            loop, _, _ = best(iproute2_loop, 1)
+            plot_s, _, plot_cpu = best(lambda: retried(lambda: timed_child(plot)), args.runs) if plot else (
+                float("nan"), 0, float("nan"))
             seen = len(discover())
-            lat, startup, _ = delta_latency(host, prefix, n, args.changes)
+            lat, startup, _ = delta_latency(host, prefix, n, args.changes) if args.changes else ([float("nan")], 0.0, 0)
             print(" | ".join([
                 str(n), str(seen), f"{ours:.3f}", f"{fast:.3f}", f"{loop:.3f}", f"{plot_s:.3f}", f"{loop / ours:.1f}x / {loop / fast:.1f}x",
-                f"{ours / plot_s:.2f}x / {fast / plot_s:.2f}x", f"{rss / 1024:.0f}",
+                f"{ours / plot_s:.2f}x / {fast / plot_s:.2f}x", f"{ours_cpu:.3f} / {plot_cpu:.3f} s",
+                f"{base:.3f} / {base_cpu:.3f} s", f"{rss / 1024:.0f}",
                 f"{statistics.median(lat) * 1000:.1f}", f"{percentile(lat, 95) * 1000:.1f}", f"{startup:.2f}",
             ]), flush=True)
             teardown(prefix)

@@ -192,7 +192,11 @@ def to_plain(obj: Any) -> Any:
     if names is None and is_dataclass(obj) and not isinstance(obj, type):
         names = _FIELD_NAMES.setdefault(kind, tuple(f.name for f in fields(obj)))  # fields() is slow
     if names is not None:
-        return {name: to_plain(getattr(obj, name)) for name in names}
+        plain = {name: getattr(obj, name) for name in names}
+        for name, value in plain.items():
+            if type(value) not in _PLAIN:  # most fields are: no call for them
+                plain[name] = to_plain(value)
+        return plain
     if isinstance(obj, (list, tuple)):
         return [to_plain(x) for x in obj]
     if isinstance(obj, dict):

@@ -162,6 +162,9 @@ def test_own_decoder_agrees_with_pyroute2(netns):
     names = blog_topology(netns)
     from pyroute2 import IPRoute
 
+    sh("ip", "-n", names["host"], "link", "set", "veth1", "type", "bridge_slave", "hairpin", "on")
+    sh("ip", "-n", names["host"], "link", "set", "veth2", "alias", "to c2")
+
     fd = os.open(f"/run/netns/{names['host']}", os.O_RDONLY)
     try:
         [sock] = hop_each([(fd, None)], lambda _: NetnsSocket(new_route_socket()))
@@ -175,6 +178,18 @@ def test_own_decoder_agrees_with_pyroute2(netns):
     theirs = {(l["index"], l.get_attr("IFLA_IFNAME"), l.get_attr("IFLA_MTU"), l.get_attr("IFLA_MASTER"),
                l.get_attr("IFLA_LINK_NETNSID")) for l in links}
     assert {(l.ifindex, l.name, l.mtu, l.master, l.link_netnsid) for l in ours.links} == theirs
+
+    def info(link, *path):
+        return link.get_nested("IFLA_LINKINFO", *path)
+    # the decoder keeps only the attributes it shows, and stops at a bridge port's mode
+    theirs = {(l["index"], l.get_attr("IFLA_ADDRESS") if l["ifi_type"] == 1 else None, l.get_attr("IFLA_OPERSTATE"),
+               info(l, "IFLA_INFO_KIND"), l.get_attr("IFLA_IFALIAS"),
+               l.get_attr("IFLA_LINK") if info(l, "IFLA_INFO_KIND") == "veth" else None,
+               None if (mode := info(l, "IFLA_INFO_SLAVE_DATA", "IFLA_BRPORT_MODE")) is None else bool(mode))
+              for l in links}
+    assert {(l.ifindex, l.mac, l.operstate, None if l.kind == "loopback" else l.kind, l.alias, l.link, l.hairpin)
+            for l in ours.links} == theirs
+    assert any(l.hairpin for l in ours.links) and any(l.alias == "to c2" for l in ours.links)
     assert {(a.ifindex, a.cidr) for a in ours.addresses} == \
         {(a["index"], f"{a.get_attr('IFA_LOCAL') or a.get_attr('IFA_ADDRESS')}/{a['prefixlen']}") for a in addrs}
 
@@ -378,3 +393,101 @@ def test_sysctls_asked_over_netconf_equal_the_proc_files(netns):
         os.close(fd)
     assert asked == files
     assert dict(asked)["net.ipv4.ip_forward"] == "1" and dict(asked)["net.ipv4.conf.all.rp_filter"] == "2"
+
+
+def test_namespaces_without_tables_are_not_read_by_the_firewall_reader(netns, monkeypatch):
+    """The dump's visit asks each namespace whether it has any table; the firewall reader
+    enters only those that do, and the snapshot is what reading every namespace gave."""
+    from bridgescope.collector import firewall
+    from bridgescope.collector.firewall import readers
+    from bridgescope.collector.kernel.snapshot import with_firewall
+    from bridgescope.collector.model import namespace_id
+
+    names = blog_topology(netns)
+    legacy, nft, bare = names["host"], names["c1"], names["c2"]
+    sh("iptables-legacy", "-t", "nat", "-A", "PREROUTING", "-p", "tcp", "--dport", "8080", "-j", "DNAT",
+       "--to-destination", "172.17.0.2:80", ns=legacy)
+    sh("nft", "add table ip mine; add chain ip mine pre { type nat hook prerouting priority -100; }; "
+       "add rule ip mine pre tcp dport 9090 dnat to 172.17.0.3:80", ns=nft)
+    sh("iptables-nft", "-t", "nat", "-A", "POSTROUTING", "-s", "172.17.0.0/16", "-j", "MASQUERADE", ns=nft)
+    ids = {namespace_id(os.stat(f"/run/netns/{n}").st_ino): n for n in names.values()}
+    mine = [ns for ns in discover(resolve_netns(legacy)) if ns.id in ids]
+    entered: list[str] = []
+    real_dump = readers.dump_namespace
+    monkeypatch.setattr(readers, "dump_namespace", lambda ns_id, path, **kw: (entered.append(ids[ns_id]),
+                                                                                real_dump(ns_id, path, **kw))[1])
+
+    snap = scan(mine, taken_at=1.0)
+    assert sorted(entered) == sorted([legacy, nft])
+    by_ns = {ids[r.netns]: r for r in snap.rules}
+    assert by_ns[legacy].backend == "legacy" and {r.backend for r in snap.rules if ids[r.netns] == nft} == {
+        "nft", "nftables"}
+    assert bare not in by_ns
+    entered.clear()
+    paths = {ns.id: f"/run/netns/{ids[ns.id]}" for ns in mine}
+    everything = with_firewall(scan(mine, firewall=False, taken_at=1.0), firewall.scan(paths))
+    assert sorted(entered) == sorted(names.values())  # the old way: every namespace entered
+    assert to_json(snap) == to_json(everything)
+
+
+def test_docker_proxy_in_a_namespace_without_tables_is_still_a_forward(netns, tmp_path):
+    """docker-proxy serves published ports where Docker writes no rules (`"iptables": false`):
+    a namespace the firewall reader skips for want of tables still has its proxies looked for."""
+    import shutil
+    import threading
+
+    from bridgescope.collector.model import namespace_id
+
+    names = blog_topology(netns)
+    fake_binary = tmp_path / "docker-proxy"
+    fake_binary.symlink_to(shutil.which("bash"))
+    fake = subprocess.Popen(["ip", "netns", "exec", names["host"], str(fake_binary), "-c", "read -r _",
+                             "-proto", "tcp", "-host-port", "8080", "-container-ip", "172.17.0.2",
+                             "-container-port", "80"], stdin=subprocess.PIPE)
+    try:
+        host_id = namespace_id(os.stat(f"/run/netns/{names['host']}").st_ino)
+        mine = [ns for ns in discover(resolve_netns(names["host"])) if ns.id == host_id]
+        for _ in range(50):  # until the exec has happened
+            snap = scan(mine)
+            if snap.port_forwards:
+                break
+            threading.Event().wait(0.1)
+        assert [(f.netns, f.host_port, f.to_ip, f.via) for f in snap.port_forwards] == [
+            (host_id, 8080, "172.17.0.2", "proxy")]
+        assert snap.rules == ()
+    finally:
+        fake.kill()
+        fake.wait()
+
+
+def test_a_namespace_whose_tables_cannot_be_asked_is_read_by_the_firewall_reader(netns, monkeypatch):
+    """When the question fails inside a namespace (an nf_tables socket refused, say) it is
+    not taken for one without tables: the reader enters it and looks for itself."""
+    from bridgescope.collector.firewall import readers
+    from bridgescope.collector.kernel import snapshot
+    from bridgescope.collector.model import namespace_id
+
+    names = blog_topology(netns)
+    ids = {namespace_id(os.stat(f"/run/netns/{n}").st_ino): n for n in names.values()}
+    mine = [ns for ns in discover(resolve_netns(names["host"])) if ns.id in ids]
+
+    def refused() -> bool:
+        raise OSError(93, "Protocol not supported")
+    monkeypatch.setattr(snapshot, "has_tables_here", refused)
+    entered: list[str] = []
+    real_dump = readers.dump_namespace
+    monkeypatch.setattr(readers, "dump_namespace", lambda ns_id, path, **kw: (entered.append(ids[ns_id]),
+                                                                                real_dump(ns_id, path, **kw))[1])
+    snap = scan(mine)
+    assert sorted(entered) == sorted(names.values()) and snap.rules == ()
+
+
+def test_small_proc_files_are_read_whole(tmp_path):
+    from bridgescope.collector.kernel.procfs import read_small
+
+    text = "é" + "x" * 9000 + "\n"  # longer than one read
+    (tmp_path / "f").write_text(text, encoding="utf-8")
+    assert read_small(str(tmp_path / "f")) == text
+    assert read_small("/proc/sys/net/ipv4/ip_forward").strip() in ("0", "1")
+    with pytest.raises(FileNotFoundError):
+        read_small(str(tmp_path / "absent"))

@@ -21,7 +21,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--netns", metavar="NAME", default=None,
                         help="treat this namespace (name in /run/netns or nsfs path) as the host")
     parser.add_argument("--no-firewall", action="store_true",
-                        help="skip reading iptables/nftables (much faster with hundreds of namespaces)")
+                        help="skip reading iptables/nftables (faster where many namespaces hold rules; "
+                             "those without any table cost one question each either way)")
     add_engine_socket_option(parser)
     parser.set_defaults(func=run)
 

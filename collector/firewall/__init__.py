@@ -1,21 +1,25 @@
 """Firewall readers: iptables-legacy, iptables-nft and native nftables, one rule model.
 
-`scan` is the entry point the snapshot calls: it dumps every namespace (readers, the only
-part that touches the kernel, a few namespaces at a time) and hands the text to `assemble`,
-a pure function that parses, attributes owners and flags split brains.
+`scan` is the entry point the snapshot calls: it dumps every namespace that has tables
+(readers, the only part that touches the kernel, a few namespaces at a time) and hands the
+text to `assemble`, a pure function that parses, attributes owners and flags split brains.
 """
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import TYPE_CHECKING
 
 from bridgescope.collector.errors import BridgescopeError
-from bridgescope.collector.firewall import nftjson, owners, proxy, readers, savefmt
-from bridgescope.collector.firewall.readers import NamespaceDump
+from bridgescope.collector.firewall import proxy
 from bridgescope.collector.model import Chain, PortForward, Rule
+
+if TYPE_CHECKING:
+    from bridgescope.collector.firewall.readers import NamespaceDump
+# The readers and parsers are imported where they are used: a snapshot whose namespaces have
+# no tables at all (bare) needs none of them, and they are most of the CLI's import time.
 
 # Each namespace costs ~3 short processes; beyond a few workers the 2-4 CPUs of a typical
 # host are saturated and more threads only add contention.
@@ -31,10 +35,18 @@ class FirewallScan:
     proxies: tuple[PortForward, ...] = ()
 
 
-def scan(namespaces: Mapping[str, str], *, reuse: bool = False) -> FirewallScan:
+def scan(namespaces: Mapping[str, str], *, reuse: bool = False, bare: Collection[str] = ()) -> FirewallScan:
     """Read every backend in each namespace ({namespace id: nsfs path}) into one model;
-    `reuse`: readers.dump_namespace's (for a caller that holds the namespaces open)."""
-    items = sorted(namespaces.items())
+    `reuse`: readers.dump_namespace's (for a caller that holds the namespaces open); `bare`:
+    namespaces the caller saw without any table (readers.has_tables_here), whose dump would be
+    empty: only their docker-proxy listeners are looked for."""
+    items = sorted((ns_id, path) for ns_id, path in namespaces.items() if ns_id not in bare)
+    if not items:
+        return FirewallScan(proxies=proxy.listeners(namespaces))
+    from concurrent.futures import ThreadPoolExecutor
+
+    from bridgescope.collector.firewall import readers
+
     with ThreadPoolExecutor(max_workers=max(1, min(WORKERS, len(items))) + 1,
                             thread_name_prefix="bridgescope-fw") as pool:
         proxies = pool.submit(proxy.listeners, namespaces)  # /proc walk, meanwhile
@@ -63,6 +75,8 @@ def assemble_namespace(dump: NamespaceDump) -> FirewallScan:
     Cached on the exact tool output: the watcher re-reads namespaces whose rules (and
     counters) did not change, and then this costs one string comparison.
     """
+    from bridgescope.collector.firewall import nftjson, owners, savefmt
+
     rules: list[Rule] = []
     chains: list[Chain] = []
     warnings: list[str] = list(dump.problems)

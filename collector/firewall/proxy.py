@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 
+from bridgescope.collector.kernel.procfs import read_small
 from bridgescope.collector.model import PortForward
 
 _FLAGS = {"-proto": "proto", "-host-ip": "host_ip", "-host-port": "host_port",
@@ -65,8 +66,7 @@ def _inodes(namespaces: Mapping[str, str]) -> dict[int, str]:
 
 def _comm(pid: str) -> str:
     try:
-        with open(f"/proc/{pid}/comm", "rb") as f:
-            return f.read().decode(errors="replace").strip()
+        return read_small(f"/proc/{pid}/comm").strip()
     except OSError:
         return ""
 

@@ -9,19 +9,22 @@ and `nft -j list table` runs only for native tables (iptables-nft-save shows the
 from __future__ import annotations
 
 import ctypes
-import hashlib
 import os
 import socket
 import struct
-import subprocess
 import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from bridgescope.collector.firewall import nftinfo
-from bridgescope.collector.firewall.nftjson import COMPAT_TABLES, FAMILIES
-from bridgescope.collector.kernel import tools
+from bridgescope.collector.kernel.procfs import read_small
 from bridgescope.collector.kernel.setns import inside, libc
+
+if TYPE_CHECKING:
+    import subprocess
+# hashlib, subprocess and the tool finder are imported where a table is digested or a tool
+# started: `snapshot` of namespaces without tables asks has_tables_here only.
 
 TIMEOUT = 20.0
 LEGACY_NAMES = {4: "ip_tables_names", 6: "ip6_tables_names"}
@@ -104,6 +107,9 @@ def forget_reads(ns_ids: Iterable[str] | None = None) -> None:
 
 
 def _run_tools(ns_id: str, path: str, legacy: set[int], tables: list[tuple[str, str]]) -> NamespaceDump:
+    # here, not at the top: a snapshot of namespaces without tables asks has_tables_here only
+    from bridgescope.collector.firewall.nftjson import COMPAT_TABLES, FAMILIES
+
     compat = {FAMILIES[fam] for fam, name in tables if (fam, name) in COMPAT_TABLES and fam in FAMILIES}
     jobs = {key: start_tool(path, [tool, "-c"]) for key, tool in SAVE_TOOLS.items()
             if key[1] in (compat if key[0] == "nft" else legacy)}
@@ -163,6 +169,8 @@ def _table_digest(fd: int, level: int, name: str) -> str:
     entries = ctypes.create_string_buffer(_ENTRIES_HEAD + size)
     struct.pack_into("=32sI", entries, 0, name.encode(), size)
     _getsockopt(fd, level, SO_GET_ENTRIES, entries)  # EAGAIN when the table changed meanwhile
+    import hashlib
+
     return hashlib.blake2b(entries.raw, digest_size=16).hexdigest()
 
 
@@ -186,6 +194,12 @@ def legacy_families(path: str) -> set[int]:
         return legacy_here()
 
 
+def has_tables_here() -> bool:
+    """Whether the calling thread's namespace has any legacy or nf_tables table: without one,
+    dump_namespace would start no tool and find no rule (a container's namespace, usually)."""
+    return bool(legacy_here()) or bool(nftinfo.tables_here())
+
+
 def legacy_here() -> set[int]:
     """Families with legacy x_tables in the calling thread's namespace; none when the ip_tables
     modules were never loaded (the /proc files do not exist then)."""
@@ -195,13 +209,16 @@ def legacy_here() -> set[int]:
 
 def _read_names(proc_file: str) -> str:
     try:
-        with open(proc_file) as names:
-            return names.read().strip()
+        return read_small(proc_file).strip()
     except FileNotFoundError:  # x_tables not loaded at all: certainly no legacy tables
         return ""
 
 
 def start_tool(path: str, argv: list[str]) -> subprocess.Popen | OSError:
+    import subprocess
+
+    from bridgescope.collector.kernel import tools
+
     try:
         return subprocess.Popen(tools.nsenter(path, argv), stdin=subprocess.DEVNULL, env=tools.ENV,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -213,6 +230,8 @@ def finish_tool(job: subprocess.Popen | OSError, what: str, ns_id: str) -> tuple
     """Wait for a started tool -> (stdout, None) or ("", a one-line problem)."""
     if isinstance(job, OSError):
         return "", f"cannot run {what} in namespace {ns_id}: {job.strerror}"
+    import subprocess
+
     try:
         out, err = job.communicate(timeout=TIMEOUT)
     except subprocess.TimeoutExpired:

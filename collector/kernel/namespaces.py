@@ -16,7 +16,6 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from bridgescope.collector.errors import NamespaceNotFound
-from bridgescope.collector.kernel.containerd import pod_names
 from bridgescope.collector.kernel.containers import (
     configured_sockets,
     conmon_container_names,
@@ -180,6 +179,9 @@ def _engine_names(sockets: tuple[str, ...], proc: str) -> dict[NsKey, str]:
     """Docker's and Podman's container names, and containerd's pods as `namespace/pod`."""
     if not any(os.path.exists(path) for path in sockets):
         return {}
+    # containerd's gRPC framing (and logging) only when an engine socket exists
+    from bridgescope.collector.kernel.containerd import pod_names
+
     return {**engine_container_names(sockets, proc=proc), **pod_names(sockets, proc)}
 
 

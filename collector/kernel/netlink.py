@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from bridgescope.collector.kernel import rtnl
+from bridgescope.collector.kernel.procfs import read_small
 from bridgescope.collector.kernel.rtnl import AddressFacts, LinkFacts, Message, RouteFacts
 from bridgescope.collector.kernel.setns import hop as hop_each
 from bridgescope.collector.kernel.setns import setns
@@ -205,8 +206,7 @@ def read_sysctls(paths: Iterable[tuple[str, str]]) -> tuple[tuple[str, str], ...
     found = []
     for key, path in paths:
         try:
-            with open(path, encoding="ascii") as fh:
-                found.append((key, fh.read().strip()))
+            found.append((key, read_small(path).strip()))
         except OSError:
             continue
     return tuple(found)
@@ -264,18 +264,29 @@ class NamespaceHandle:
 class NamespaceRead:
     dump: RtnlDump
     sysctls: tuple[tuple[str, str], ...]
+    # whether the namespace has any firewall table; None when not asked or the kernel would not say
+    has_tables: bool | None = None
 
 
-def read_here(handle: NamespaceHandle) -> NamespaceRead:
-    """Dump links/addresses/routes and read sysctls; call on a thread inside the namespace."""
+def read_here(handle: NamespaceHandle, probe: Callable[[], bool] | None = None) -> NamespaceRead:
+    """Dump links/addresses/routes and read sysctls, and ask `probe` whether the namespace has
+    firewall tables; call on a thread inside the namespace."""
     dump = handle.rtnl.dump()
     bridges = [link.name for link in dump.links if link.kind == "bridge"]
-    return NamespaceRead(dump, sysctls_here(handle.rtnl, bridges))
+    return NamespaceRead(dump, sysctls_here(handle.rtnl, bridges), _ask(probe))
 
 
-def open_handles(paths: Mapping[str, str], *, events: bool = False
+def _ask(probe: Callable[[], bool] | None) -> bool | None:
+    try:
+        return probe() if probe is not None else None
+    except OSError:
+        return None  # unknown: the firewall reader looks for itself
+
+
+def open_handles(paths: Mapping[str, str], *, events: bool = False, probe: Callable[[], bool] | None = None
                  ) -> tuple[dict[str, NamespaceHandle], dict[str, NamespaceRead], dict[str, OSError]]:
-    """Open sockets in every namespace ({id: path}) and read each once, in one setns pass.
+    """Open sockets in every namespace ({id: path}) and read each once, in one setns pass;
+    `probe`, called inside each, says whether it has firewall tables (NamespaceRead.has_tables).
 
     Returns (handles, first reads, failures); a namespace that vanished or cannot be entered
     lands in failures with its OSError and holds nothing open.
@@ -294,7 +305,7 @@ def open_handles(paths: Mapping[str, str], *, events: bool = False
         handle = NamespaceHandle(ns_id, fd_of[ns_id], NetnsSocket(new_route_socket()),
                                  new_route_socket(RTMGRP_TOPOLOGY) if events else None)
         try:
-            return handle, read_here(handle)
+            return handle, read_here(handle, probe)
         except OSError:
             handle.rtnl.close()
             if handle.events is not None:

@@ -11,14 +11,18 @@ import itertools
 import time
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from bridgescope.collector import firewall as firewall_reader
 from bridgescope.collector.errors import BridgescopeError
+from bridgescope.collector.firewall.readers import has_tables_here
 from bridgescope.collector.kernel.namespaces import discover, open_path, resolve_netns
 from bridgescope.collector.kernel.netlink import NamespaceHandle, NamespaceRead, open_handles
 from bridgescope.collector.kernel.veth import IfKey, likely_homes, pair, resolve_nsids
 from bridgescope.collector.model import Interface, Namespace, Route, Snapshot, interface_id
-from bridgescope.collector.rules import nat
+
+if TYPE_CHECKING:
+    from bridgescope.collector.rules import nat
 
 
 def collect(host: str | None = None, *, firewall: bool = True) -> Snapshot:
@@ -31,14 +35,19 @@ def collect(host: str | None = None, *, firewall: bool = True) -> Snapshot:
 def scan(namespaces: list[Namespace], *, firewall: bool = True, taken_at: float | None = None) -> Snapshot:
     """Read the given (already discovered) namespaces; ones that vanished become warnings."""
     taken_at = time.time() if taken_at is None else taken_at
-    handles, reads, failures = open_handles({ns.id: path_or_blank(ns) for ns in namespaces})
+    # Whether each namespace has firewall tables is asked on the same visit as its dump: a
+    # container's namespace usually has none, and then the firewall reader need not enter it.
+    handles, reads, failures = open_handles({ns.id: path_or_blank(ns) for ns in namespaces},
+                                            probe=has_tables_here if firewall else None)
     try:
         nsid_maps = resolve_all_nsids(handles, reads)
         present = [ns for ns in namespaces if ns.id in reads]
         snap = assemble(present, reads, nsid_maps, taken_at=taken_at,
                         warnings=vanished_warnings(namespaces, failures))
         if firewall:
-            snap = with_firewall(snap, read_firewall({ns_id: h.proc_path for ns_id, h in handles.items()}))
+            bare = {ns_id for ns_id, read in reads.items() if read.has_tables is False}
+            snap = with_firewall(snap, read_firewall({ns_id: h.proc_path for ns_id, h in handles.items()},
+                                                     bare=bare))
         return snap
     finally:
         for handle in handles.values():
@@ -151,10 +160,12 @@ def namespace_routes(ns_id: str, read: NamespaceRead) -> list[Route]:
     ]
 
 
-def read_firewall(paths: Mapping[str, str], *, reuse: bool = False) -> firewall_reader.FirewallScan:
-    """Every backend's rules in the given namespaces; a failure becomes a warning."""
+def read_firewall(paths: Mapping[str, str], *, reuse: bool = False, bare: Collection[str] = ()
+                  ) -> firewall_reader.FirewallScan:
+    """Every backend's rules in the given namespaces (`bare` ones known to have no table);
+    a failure becomes a warning."""
     try:
-        return firewall_reader.scan(paths, reuse=reuse)
+        return firewall_reader.scan(paths, reuse=reuse, bare=bare)
     except (OSError, BridgescopeError) as err:
         return firewall_reader.FirewallScan(warnings=(f"firewall could not be read: {err}",))
 
@@ -171,11 +182,15 @@ def merge_firewall(scans: Iterable[firewall_reader.FirewallScan]) -> firewall_re
 
 def with_firewall(snap: Snapshot, fw: firewall_reader.FirewallScan) -> Snapshot:
     """Pure: add rules and chains, and the forwards/masquerades they amount to."""
+    if not fw.rules and not fw.proxies:
+        return with_nat(snap, fw, ())  # nothing to interpret: the rule engine is not even imported
     return with_nat(snap, fw, [nat_view(fw, snap)])
 
 
 def nat_view(fw: firewall_reader.FirewallScan, snap: Snapshot) -> nat.NatView:
     """Forwards and masquerades the rules amount to, resolved against the snapshot's interfaces."""
+    from bridgescope.collector.rules import nat
+
     if not fw.rules and not fw.proxies:
         return nat.NatView()
     return nat.interpret(fw.rules, fw.chains, snap.interfaces, snap.namespaces, proxies=fw.proxies)
