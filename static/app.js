@@ -712,7 +712,13 @@ function renderList() {
     if (sub.length) { const ul = document.createElement("ul"); ul.append(...sub); li.append(ul); }
     return li;
   });
+  // the list is rebuilt on every delta: a keyboard user keeps their place in it
+  const focused = listItems.contains(document.activeElement) ? document.activeElement.dataset.elementId : null;
   listItems.replaceChildren(...tree(null));
+  if (focused) {
+    const again = [...listItems.querySelectorAll("button[data-element-id]")].find((b) => b.dataset.elementId === focused);
+    if (again) again.focus();
+  }
 }
 
 if (listBox) {

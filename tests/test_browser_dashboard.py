@@ -228,6 +228,24 @@ def test_every_node_is_reachable_from_the_keyboard_list(page, lab):
     assert contrast(ring, back) >= 3
 
 
+def test_the_keyboard_list_keeps_its_focus_through_a_delta(page, lab):
+    # The list is rebuilt whenever the picture changes: on a busy host a keyboard user would
+    # otherwise be thrown out of it at every change.
+    c1 = ns_id(page, "c1")
+    page.evaluate("document.activeElement && document.activeElement.blur()")
+    tab_to(page, "el.matches('#graph-list > summary')")
+    page.keyboard.press("Enter")
+    wait_js(page, "document.querySelectorAll('#graph-list-items button').length > 0", 10)
+    tab_to(page, f"el.dataset.elementId === {c1!r}")
+    name = "bstuifocus0"
+    sh("ip", "-n", lab.host, "link", "add", name, "type", "bridge")
+    try:
+        wait_js(page, f"[...document.querySelectorAll('#graph-list-items button')].some(b => b.textContent.includes({name!r}))")
+        assert page.evaluate("document.activeElement.dataset.elementId") == c1
+    finally:
+        sh("ip", "-n", lab.host, "link", "del", name, check=False)
+
+
 def test_a_validation_error_shows_next_to_the_field(page):
     form = page.locator("#g-forward-form")
     form.get_by_label("Container", exact=True).select_option("c1")
