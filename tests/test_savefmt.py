@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 
 from bridgescope.collector.errors import BridgescopeError
 from bridgescope.collector.firewall.savefmt import ParseError, parse_body, parse_save, split_simple, tokenize
+from firewall_corpus import GOLDEN, corpus, fingerprint, interfaces
 
 DATA = Path(__file__).parent / "data" / "firewall"
 
@@ -177,3 +178,13 @@ def test_quoted_values_round_trip(options):
                     for neg, opt, vals in options)
     matches = parse_body(body + " -j ACCEPT")[0] if options else ()
     assert matches == tuple((opt, tuple(vals), neg) for neg, opt, vals in options)
+
+
+def test_a_large_corpus_reads_exactly_as_the_golden_file_says():
+    """Rule by rule (and chain, forward, masquerade, warning): what the corpus read as when
+    the golden file was made (`python tests/firewall_corpus.py` writes it; only when a change
+    of the output is intended)."""
+    got = fingerprint(corpus(), interfaces())
+    want = GOLDEN.read_text().splitlines()
+    differ = [f"{w!r} -> {g!r}" for w, g in zip(want, got) if w != g]
+    assert not differ and len(got) == len(want), (len(want), len(got), differ[:5])
