@@ -4,12 +4,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from firewall_corpus import GOLDEN, corpus, fingerprint, interfaces
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bridgescope.collector.errors import BridgescopeError
 from bridgescope.collector.firewall.savefmt import ParseError, parse_body, parse_save, split_simple, tokenize
-from firewall_corpus import GOLDEN, corpus, fingerprint, interfaces
 
 DATA = Path(__file__).parent / "data" / "firewall"
 
