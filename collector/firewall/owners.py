@@ -11,10 +11,9 @@ from __future__ import annotations
 import re
 from collections import Counter, defaultdict
 from collections.abc import Iterable
-from dataclasses import replace
 from functools import lru_cache
 
-from bridgescope.collector.model import Owner, Rule
+from bridgescope.collector.model import Owner, Rule, built
 
 BRIDGESCOPE_TAG = "bridgescope:"
 _CHAIN_OWNERS = (  # (compiled chain-name pattern, owner), first match wins
@@ -56,7 +55,7 @@ def attribute(rules: Iterable[Rule]) -> tuple[Rule, ...]:
 
 
 def _with_owner(rule: Rule, owner: Owner) -> Rule:
-    return rule if rule.owner == owner else replace(rule, owner=owner)
+    return rule if rule.owner == owner else built(Rule, {**rule.__dict__, "owner": owner})
 
 
 def owner_of(rule: Rule, docker: _DockerTraits) -> Owner:

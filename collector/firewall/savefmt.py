@@ -12,7 +12,7 @@ import re
 from functools import lru_cache
 
 from bridgescope.collector.errors import BridgescopeError
-from bridgescope.collector.model import Backend, Chain, Rule
+from bridgescope.collector.model import Backend, Chain, Rule, built
 
 # A quoted string (iptables-save escapes `"` and `\` inside it) or a run of non-blanks.
 _TOKEN = re.compile(r'"((?:[^"\\]|\\.)*)"|(\S+)')
@@ -115,9 +115,10 @@ def _rule(line: str, netns: str, backend: Backend, family: int, table: str,
     if counted:
         packets, nbytes = counted
     positions[chain] = position = positions.get(chain, 0) + 1
-    return Rule(netns=netns, backend=backend, family=family, table=table, chain=chain,
-                text=line, packets=packets, bytes=nbytes, matches=matches, target=target,
-                target_args=target_args, goto=goto, comment=comment, position=position)
+    return built(Rule, {"netns": netns, "backend": backend, "family": family, "table": table,
+                        "chain": chain, "text": line, "packets": packets, "bytes": nbytes,
+                        "matches": matches, "target": target, "target_args": target_args,
+                        "goto": goto, "comment": comment, "position": position})
 
 
 def _split_append(line: str) -> tuple[str, str]:

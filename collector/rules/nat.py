@@ -22,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from functools import lru_cache
 
-from bridgescope.collector.model import Chain, Interface, Masquerade, Namespace, PortForward, Rule
+from bridgescope.collector.model import Chain, Interface, Masquerade, Namespace, PortForward, Rule, built
 from bridgescope.collector.rules.evaluator import ACCEPT, DROP, HookRun, run_hook
 from bridgescope.collector.rules.matcher import Packet
 from bridgescope.collector.rules.model import (
@@ -80,7 +80,7 @@ def _interpret(rules: tuple[Rule, ...], chains: tuple[Chain, ...], interfaces: t
         made, problem = forwards_of(rule, reach)
         if problem:
             warnings.append(problem)
-        forwards.extend(PortForward(**_resolve(f, rule, where, filters)) for f in made)
+        forwards.extend(built(PortForward, _resolve(f, rule, where, filters)) for f in made)
     forwards.extend(replace(p, **_resolve(vars(p), None, where, None)) for p in proxies)
     masquerades, unreached = _masquerades(tables)
     warnings.extend(f"{r.backend} rule `{r.text}` in {r.netns} ({r.table}/{r.chain}) is never "
