@@ -14,7 +14,7 @@ import re
 from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache, lru_cache
 
 from bridgescope.collector.model import Chain, Rule
 
@@ -44,6 +44,13 @@ _NAT_PRIORITY = {"prerouting": -100, "output": -100, "input": 100, "postrouting"
 def canonical(option: str) -> str:
     """One name per option: `--destination-ports` and `--dports` are `--dport`."""
     return ALIASES.get(option, option)
+
+
+@cache
+def spellings(option: str) -> frozenset[str]:
+    """Every name whose canonical name is option: a hot loop asks `opt in spellings(...)`
+    rather than calling canonical for each match of each rule."""
+    return frozenset(name for name in (*ALIASES, option) if canonical(name) == option)
 
 
 # -- values ------------------------------------------------------------------------------
@@ -138,8 +145,9 @@ def parse_destination(text: str) -> tuple[str, int | None, int | None] | None:
 
 def last_value(matches: tuple[Match, ...], option: str) -> str | None:
     """The innermost non-negated value of an option along a path."""
+    names = spellings(option)
     for opt, args, negated in reversed(matches):
-        if canonical(opt) == option and args and not negated:
+        if opt in names and args and not negated:
             return args[0]
     return None
 

@@ -31,10 +31,10 @@ from bridgescope.collector.rules.model import (
     address,
     canonical,
     canonical_ip,
-    last_value,
     network,
     parse_destination,
     port_spans,
+    spellings,
 )
 
 
@@ -125,12 +125,10 @@ def forwards_of(rule: Rule, reach: _Reach) -> tuple[list[dict], str | None]:
         return [], (f"cannot understand DNAT destination {dest!r} of `{rule.text}` in "
                     f"{rule.netns}; that forward is not shown")
     to_ip, to_lo, to_hi = parsed
-    proto = last_value(rule.matches, "-p") or last_value(path, "-p") or "all"
-    host_ip = _host_ip(path)
-    forwards = []
-    spans = _ports(rule.matches) or _ports(path) or [(0, None)]
+    proto, spans, host_ip = _conditions(path)
     if None in spans:
         return [], f"cannot understand the ports of `{rule.text}` in {rule.netns}; that forward is not shown"
+    forwards = []
     for host_lo, host_hi in spans:
         forwards.append(dict(
             netns=rule.netns, proto=proto, host_ip=host_ip, host_port=host_lo,
@@ -141,23 +139,24 @@ def forwards_of(rule: Rule, reach: _Reach) -> tuple[list[dict], str | None]:
     return forwards, None
 
 
-def _ports(matches: tuple[Match, ...]) -> list[tuple[int, int | None] | None]:
-    """Destination port spans of the innermost port match; None marks an unreadable one."""
-    for opt, args, negated in reversed(matches):
+_PROTO, _DPORT, _PORTS, _DEST = spellings("-p"), spellings("--dport"), spellings("--ports"), spellings("-d")
+
+
+def _conditions(path: tuple[Match, ...]) -> tuple[str, list[tuple[int, int | None] | None], str | None]:
+    """(protocol, destination port spans, host address) a DNAT's path asks for: each the
+    innermost non-negated one (the rule's own matches end the path), in one pass; a host
+    `-d` that names no single address or network (0/0, junk) is passed over."""
+    proto = spans = host = None
+    for opt, args, negated in reversed(path):
         if negated or not args:
             continue
-        if canonical(opt) in ("--dport", "--ports"):
-            return port_spans(args[0])
-    return []
-
-
-def _host_ip(path: tuple[Match, ...]) -> str | None:
-    for opt, args, negated in reversed(path):
-        if canonical(opt) == "-d" and args and not negated:
+        if opt in _PROTO:
+            proto = proto if proto is not None else args[0]
+        elif opt in _DPORT or opt in _PORTS:
+            spans = spans if spans is not None else port_spans(args[0])
+        elif host is None and opt in _DEST:
             host = _host_text(args[0])
-            if host is not None:
-                return host
-    return None
+    return proto or "all", spans or [(0, None)], host
 
 
 @lru_cache(maxsize=65536)
