@@ -36,7 +36,7 @@ _COMMENT_OWNERS = (
     (re.compile(r"^kubernetes |^kube-|KUBE-"), "kube-proxy"),
 )
 _DOCKER_BRIDGE = re.compile(r"docker0$|br-[0-9a-f]{12}$")
-_INTERFACE_OPTIONS = ("-i", "-o", "--in-interface", "--out-interface")
+_INTERFACE_OPTIONS = frozenset({"-i", "-o", "--in-interface", "--out-interface"})
 
 
 @lru_cache(maxsize=4096)
@@ -105,17 +105,27 @@ class _DockerTraits:
     def claims(self, rule: Rule) -> bool:
         if rule.backend == "nftables":
             return False
-        if any(_DOCKER_BRIDGE.match(name) or name in self.bridges.get(rule.netns, ())
-               for name in _interfaces(rule)):
-            return True
-        if (option(rule, "--match-set") or "").startswith("docker-ext-bridges"):
+        bridges = self.bridges.get(rule.netns, ())
+        match_set = None  # the first (non-negated) ipset matched
+        for opt, args, negated in rule.matches:  # one pass: every rule of the host comes here
+            if not args:
+                continue
+            if opt in _INTERFACE_OPTIONS:
+                if _DOCKER_BRIDGE.match(args[0]) or args[0] in bridges:
+                    return True
+            elif opt == "--match-set" and match_set is None and not negated:
+                match_set = args[0]
+        if match_set is not None and match_set.startswith("docker-ext-bridges"):
             return True  # 28.0.0 matched its bridges through this ipset
-        proto, port = option(rule, "-p"), option(rule, "--dport")
-        if rule.target == "MASQUERADE" and proto and port:  # <=27 hairpin: -s C -d C --dport P
-            dest = (option(rule, "-d") or "").removesuffix("/32").removesuffix("/128")
-            return (dest, port) in self.targets.get(rule.netns, ())
-        if rule.table == "raw" and rule.target == "DROP" and proto and port:
-            return (proto, port) in self.ports.get(rule.netns, ())
+        if rule.target == "MASQUERADE":  # <=27 hairpin: -s C -d C --dport P
+            proto, port = option(rule, "-p"), option(rule, "--dport")
+            if proto and port:
+                dest = (option(rule, "-d") or "").removesuffix("/32").removesuffix("/128")
+                return (dest, port) in self.targets.get(rule.netns, ())
+        elif rule.table == "raw" and rule.target == "DROP":
+            proto, port = option(rule, "-p"), option(rule, "--dport")
+            if proto and port:
+                return (proto, port) in self.ports.get(rule.netns, ())
         return False
 
 

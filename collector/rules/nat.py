@@ -110,7 +110,7 @@ def _dnat_rules(tables: RuleSet) -> list[tuple[Rule, _Reach]]:
             for rule in chain_rules:
                 if rule.target == "DNAT":
                     found.setdefault(id(rule), (rule, {}))
-    return [(rule, _Reach(paths.get("prerouting"), paths.get("output")))
+    return [(rule, built(_Reach, {"prerouting": paths.get("prerouting"), "output": paths.get("output")}))
             for rule, paths in found.values()]
 
 
@@ -270,11 +270,19 @@ class _ForwardFilter:
         self.tables = tables
         self.bridges = bridges  # netns -> bridge names
         self.cache: dict[tuple, bool | None] = {}
+        self.has_bases: dict[str, bool] = {}
+
+    def filtered(self, netns: str) -> bool:
+        """Does any base chain sit on netns's forward hook? (Asked once per forward.)"""
+        known = self.has_bases.get(netns)
+        if known is None:
+            known = self.has_bases[netns] = bool(self.tables.bases(netns, "forward"))
+        return known
 
     def accepts(self, forward: dict, rule: Rule, bridge: Callable[[], str | None]) -> bool | None:
         """True/False when every forward-hook base chain accepts/one drops; None: unsure."""
         netns = forward["netns"]
-        if not self.tables.bases(netns, "forward"):
+        if not self.filtered(netns):
             return True  # nothing filters forwarded traffic here
         packet = forward_packet(forward, rule, bridge(), self.bridges.get(netns, frozenset()))
         key = (netns, packet)
