@@ -44,7 +44,9 @@ def parse_save(text: str, *, netns: str, backend: Backend, family: int
         try:
             if not line or line[0] == "#":
                 continue
-            if line[0] == "*":
+            if table is not None and line[0] in "-[":  # a rule: nearly every line
+                rules.append(_rule(line, netns, backend, family, table, declared, positions))
+            elif line[0] == "*":
                 if table is not None:
                     raise _Bad(f"table {line[1:]!r} starts before table {table!r} was committed")
                 table = _table_name(line)
@@ -60,8 +62,7 @@ def parse_save(text: str, *, netns: str, backend: Backend, family: int
                 declared.add(chain.name)
                 chains.append(chain)
             else:
-                rule = _rule(line, netns, backend, family, table, declared, positions)
-                rules.append(rule)
+                rules.append(_rule(line, netns, backend, family, table, declared, positions))
         except _Bad as bad:
             raise ParseError(f"cannot read the {backend} IPv{family} rules of {netns}: "
                              f"line {number}: {bad} in {_excerpt(line)}") from None
@@ -95,6 +96,8 @@ def _chain(line: str, netns: str, backend: Backend, family: int, table: str) -> 
 
 
 def _counters(token: str) -> tuple[int, int]:
+    if token == "[0:0]":  # most rules never saw a packet
+        return 0, 0
     found = _COUNTERS.match(token)
     if not found:
         raise _Bad(f"malformed counters {token!r} (expected [packets:bytes])")
