@@ -7,7 +7,9 @@ for the same kernel objects.
 """
 from __future__ import annotations
 
-from collections.abc import Iterable
+import gc
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import MISSING, dataclass, fields, is_dataclass
 from typing import Any, TypeVar
 
@@ -196,6 +198,21 @@ def built(cls: type[T], values: dict[str, Any]) -> T:
     made.__dict__.update(defaults)
     made.__dict__.update(values)
     return made
+
+
+@contextmanager
+def no_cycle_collection() -> Iterator[None]:
+    """Build many of these objects without the cyclic collector running meanwhile: reading
+    5,000 rules allocates ~100,000 containers, which trigger collections that walk every
+    object of the process (~12% of a cold firewall read) and can free nothing, since plain
+    immutable records form no cycles. The collector resumes afterwards (unless it was off)."""
+    was_on = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_on:
+            gc.enable()
 
 
 _PLAIN = (str, int, float, bool, type(None))

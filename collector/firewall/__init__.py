@@ -15,7 +15,7 @@ from functools import lru_cache
 from bridgescope.collector.errors import BridgescopeError
 from bridgescope.collector.firewall import nftjson, owners, proxy, readers, savefmt
 from bridgescope.collector.firewall.readers import NamespaceDump
-from bridgescope.collector.model import Chain, PortForward, Rule
+from bridgescope.collector.model import Chain, PortForward, Rule, no_cycle_collection
 
 # Each namespace costs ~3 short processes; beyond a few workers the 2-4 CPUs of a typical
 # host are saturated and more threads only add contention.
@@ -48,11 +48,12 @@ def assemble(dumps: Iterable[NamespaceDump]) -> FirewallScan:
     rules: list[Rule] = []
     chains: list[Chain] = []
     warnings: list[str] = []
-    for dump in dumps:
-        one = assemble_namespace(dump)
-        rules.extend(one.rules)
-        chains.extend(one.chains)
-        warnings.extend(one.warnings)
+    with no_cycle_collection():
+        for dump in dumps:
+            one = assemble_namespace(dump)
+            rules.extend(one.rules)
+            chains.extend(one.chains)
+            warnings.extend(one.warnings)
     return FirewallScan(tuple(rules), tuple(chains), tuple(warnings))
 
 

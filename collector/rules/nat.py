@@ -22,7 +22,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from functools import lru_cache
 
-from bridgescope.collector.model import Chain, Interface, Masquerade, Namespace, PortForward, Rule, built
+from bridgescope.collector.model import (
+    Chain,
+    Interface,
+    Masquerade,
+    Namespace,
+    PortForward,
+    Rule,
+    built,
+    no_cycle_collection,
+)
 from bridgescope.collector.rules.evaluator import ACCEPT, DROP, HookRun, run_hook
 from bridgescope.collector.rules.matcher import Packet
 from bridgescope.collector.rules.model import (
@@ -59,7 +68,8 @@ def interpret(rules: tuple[Rule, ...], chains: tuple[Chain, ...],
     last = _last[0] if _last else None
     if last is not None and last[0] == inputs:
         return last[1]
-    view = _interpret(rules, chains, interfaces, namespaces, proxies)
+    with no_cycle_collection():
+        view = _interpret(rules, chains, interfaces, namespaces, proxies)
     _last[:] = [(inputs, view)]
     return view
 
