@@ -145,9 +145,10 @@ def split_brain_warnings(rules: Iterable[Rule]) -> tuple[str, ...]:
     """One warning per namespace whose rules live in iptables-legacy AND nf_tables."""
     counts: dict[str, Counter] = defaultdict(Counter)
     tables: dict[tuple[str, str], set[str]] = defaultdict(set)
-    for rule in rules:
-        counts[rule.netns][rule.backend] += 1
-        tables[(rule.netns, rule.backend)].add(rule.table)
+    # counted in C, then grouped: one namespace holds thousands of rules but few tables
+    for (netns, backend, table), count in Counter((r.netns, r.backend, r.table) for r in rules).items():
+        counts[netns][backend] += count
+        tables[(netns, backend)].add(table)
     warnings = []
     for netns, by_backend in sorted(counts.items()):
         if by_backend["legacy"] and (by_backend["nft"] or by_backend["nftables"]):

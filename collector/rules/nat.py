@@ -118,8 +118,8 @@ def _dnat_rules(tables: RuleSet) -> list[tuple[Rule, _Reach]]:
     for by_chain in tables.rules.values():  # DNATs no base chain leads to
         for chain_rules in by_chain.values():
             for rule in chain_rules:
-                if rule.target == "DNAT":
-                    found.setdefault(id(rule), (rule, {}))
+                if rule.target == "DNAT" and id(rule) not in found:
+                    found[id(rule)] = (rule, {})
     return [(rule, built(_Reach, {"prerouting": paths.get("prerouting"), "output": paths.get("output")}))
             for rule, paths in found.values()]
 
