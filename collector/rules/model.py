@@ -191,6 +191,8 @@ class RuleSet:
                 self.hooks[(chain.netns, chain.hook)].append(Base(key, chain, priority(chain)))
         for bases in self.hooks.values():
             bases.sort(key=lambda b: b.priority)  # stable: listing order within a priority
+        # per (table, chain): what the evaluator's matcher indexed, built when first asked
+        self.indexes: dict[tuple[GroupKey, str], tuple] = {}
 
     def chain(self, key: GroupKey, name: str) -> list[Rule]:
         return self.rules.get(key, {}).get(name, [])
