@@ -35,6 +35,8 @@ _COMMENT_OWNERS = (
     (re.compile(r'CNI |^(?:dnat )?name: ".*" id: "'), "cni"),
     (re.compile(r"^kubernetes |^kube-|KUBE-"), "kube-proxy"),
 )
+# Whether any of them matches, in one search: most comments name no owner at all
+_ANY_COMMENT_OWNER = re.compile("|".join(f"(?:{p.pattern})" for p, _ in _COMMENT_OWNERS))
 _DOCKER_BRIDGE = re.compile(r"docker0$|br-[0-9a-f]{12}$")
 _INTERFACE_OPTIONS = frozenset({"-i", "-o", "--in-interface", "--out-interface"})
 
@@ -68,7 +70,7 @@ def owner_of(rule: Rule, docker: _DockerTraits) -> Owner:
         by_target = chain_owner(rule.backend, rule.table, rule.target)
         if by_target:
             return by_target
-    if rule.comment:
+    if rule.comment and _ANY_COMMENT_OWNER.search(rule.comment):
         by_comment = next((o for p, o in _COMMENT_OWNERS if p.search(rule.comment)), None)
         if by_comment:
             return by_comment
