@@ -147,8 +147,9 @@ class _Walker:
             last = index
             if self.visits[0] > MAX_VISITS:
                 return replace(state, flow=None)
-            if state.packet.dst != packet.dst:  # never so far (a rewrite ends the chain), but then
-                return self._rescan(chain, state, end, depth, index)
+            if state.packet.dst != packet.dst:  # a rewrite the chain goes on after (none does today)
+                self.visits[0] -= 1  # the run from index counts it again
+                return self.run(chain, state, end, depth, index)
             rule = rules[index]
             hit = matches(rule, state.packet)
             if hit is False:
@@ -176,11 +177,6 @@ class _Walker:
         if found is None:
             found = self.rules.indexes[(self.key, chain)] = dst_index(rules)
         return found
-
-    def _rescan(self, chain: str, state: _State, end: str, depth: int, index: int) -> _State:
-        """Go on from index with the rules the new destination may match."""
-        self.visits[0] -= 1  # run counts index again
-        return self.run(chain, state, end, depth, index)
 
     def _effect(self, rule: Rule, state: _State, depth: int) -> _State:
         target = rule.target or ""

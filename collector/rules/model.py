@@ -143,15 +143,6 @@ def parse_destination(text: str) -> tuple[str, int | None, int | None] | None:
     return None if span is None else (addr, *span)
 
 
-def last_value(matches: tuple[Match, ...], option: str) -> str | None:
-    """The innermost non-negated value of an option along a path."""
-    names = spellings(option)
-    for opt, args, negated in reversed(matches):
-        if opt in names and args and not negated:
-            return args[0]
-    return None
-
-
 # -- the rule set: tables, chains, base chains per hook --------------------------------------
 
 @dataclass(frozen=True)
