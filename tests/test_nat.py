@@ -427,3 +427,26 @@ def test_nft_json_decoder_gives_rules_or_one_clear_error(objects, chains):
         assert "\n" not in str(err)
         return
     interpret(rules, chains, INTERFACES, ())
+
+
+def test_forward_verdicts_of_many_published_ports_grow_with_the_ports_not_their_square(monkeypatch):
+    """Docker's filter DOCKER chain holds one ACCEPT per published port (`-d C/32 ... --dport
+    P`); each forward's packet is shown the rules that name its container, not all of them."""
+    from bridgescope.collector.rules import evaluator
+    count = 300
+    ips = [f"172.17.{1 + i // 250}.{i % 250 + 2}" for i in range(count)]
+    text = "\n".join(
+        ["*filter", ":FORWARD DROP [0:0]", ":DOCKER - [0:0]", "-A FORWARD -o docker0 -j DOCKER",
+         *[f"-A DOCKER -d {ip}/32 ! -i docker0 -o docker0 -p tcp -m tcp --dport 80 -j ACCEPT" for ip in ips],
+         "COMMIT", "*nat", ":PREROUTING ACCEPT [0:0]", ":DOCKER - [0:0]",
+         "-A PREROUTING -m addrtype --dst-type LOCAL -j DOCKER",
+         *[f"-A DOCKER ! -i docker0 -p tcp -m tcp --dport {10000 + i} -j DNAT --to-destination {ip}:80"
+           for i, ip in enumerate(ips)],
+         "COMMIT", ""])
+    scan = assemble([NamespaceDump(HOST, (SaveText("nft", 4, text),))])
+    calls = []
+    real = evaluator.matches
+    monkeypatch.setattr(evaluator, "matches", lambda rule, packet: calls.append(rule) or real(rule, packet))
+    forwards = view(scan).port_forwards
+    assert len(forwards) == count and {f.forward_accept for f in forwards} == {True}
+    assert len(calls) < 5 * count, f"{len(calls)} rules tried for {count} forwards"

@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from firewall_corpus import GOLDEN, corpus, fingerprint, interfaces
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -177,3 +178,13 @@ def test_quoted_values_round_trip(options):
                     for neg, opt, vals in options)
     matches = parse_body(body + " -j ACCEPT")[0] if options else ()
     assert matches == tuple((opt, tuple(vals), neg) for neg, opt, vals in options)
+
+
+def test_a_large_corpus_reads_exactly_as_the_golden_file_says():
+    """Rule by rule (and chain, forward, masquerade, warning): what the corpus read as when
+    the golden file was made (`python tests/firewall_corpus.py` writes it; only when a change
+    of the output is intended)."""
+    got = fingerprint(corpus(), interfaces())
+    want = GOLDEN.read_text().splitlines()
+    differ = [f"{w!r} -> {g!r}" for w, g in zip(want, got) if w != g]
+    assert not differ and len(got) == len(want), (len(want), len(got), differ[:5])

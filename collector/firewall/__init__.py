@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 from bridgescope.collector.errors import BridgescopeError
 from bridgescope.collector.firewall import proxy
-from bridgescope.collector.model import Chain, PortForward, Rule
+from bridgescope.collector.model import Chain, PortForward, Rule, no_cycle_collection
 
 if TYPE_CHECKING:
     from bridgescope.collector.firewall.readers import NamespaceDump
@@ -60,11 +60,12 @@ def assemble(dumps: Iterable[NamespaceDump]) -> FirewallScan:
     rules: list[Rule] = []
     chains: list[Chain] = []
     warnings: list[str] = []
-    for dump in dumps:
-        one = assemble_namespace(dump)
-        rules.extend(one.rules)
-        chains.extend(one.chains)
-        warnings.extend(one.warnings)
+    with no_cycle_collection():
+        for dump in dumps:
+            one = assemble_namespace(dump)
+            rules.extend(one.rules)
+            chains.extend(one.chains)
+            warnings.extend(one.warnings)
     return FirewallScan(tuple(rules), tuple(chains), tuple(warnings))
 
 

@@ -11,10 +11,9 @@ from __future__ import annotations
 import re
 from collections import Counter, defaultdict
 from collections.abc import Iterable
-from dataclasses import replace
 from functools import lru_cache
 
-from bridgescope.collector.model import Owner, Rule
+from bridgescope.collector.model import Owner, Rule, built
 
 BRIDGESCOPE_TAG = "bridgescope:"
 _CHAIN_OWNERS = (  # (compiled chain-name pattern, owner), first match wins
@@ -36,8 +35,10 @@ _COMMENT_OWNERS = (
     (re.compile(r'CNI |^(?:dnat )?name: ".*" id: "'), "cni"),
     (re.compile(r"^kubernetes |^kube-|KUBE-"), "kube-proxy"),
 )
+# Whether any of them matches, in one search: most comments name no owner at all
+_ANY_COMMENT_OWNER = re.compile("|".join(f"(?:{p.pattern})" for p, _ in _COMMENT_OWNERS))
 _DOCKER_BRIDGE = re.compile(r"docker0$|br-[0-9a-f]{12}$")
-_INTERFACE_OPTIONS = ("-i", "-o", "--in-interface", "--out-interface")
+_INTERFACE_OPTIONS = frozenset({"-i", "-o", "--in-interface", "--out-interface"})
 
 
 @lru_cache(maxsize=4096)
@@ -56,7 +57,7 @@ def attribute(rules: Iterable[Rule]) -> tuple[Rule, ...]:
 
 
 def _with_owner(rule: Rule, owner: Owner) -> Rule:
-    return rule if rule.owner == owner else replace(rule, owner=owner)
+    return rule if rule.owner == owner else built(Rule, {**rule.__dict__, "owner": owner})
 
 
 def owner_of(rule: Rule, docker: _DockerTraits) -> Owner:
@@ -69,7 +70,7 @@ def owner_of(rule: Rule, docker: _DockerTraits) -> Owner:
         by_target = chain_owner(rule.backend, rule.table, rule.target)
         if by_target:
             return by_target
-    if rule.comment:
+    if rule.comment and _ANY_COMMENT_OWNER.search(rule.comment):
         by_comment = next((o for p, o in _COMMENT_OWNERS if p.search(rule.comment)), None)
         if by_comment:
             return by_comment
@@ -106,17 +107,27 @@ class _DockerTraits:
     def claims(self, rule: Rule) -> bool:
         if rule.backend == "nftables":
             return False
-        if any(_DOCKER_BRIDGE.match(name) or name in self.bridges.get(rule.netns, ())
-               for name in _interfaces(rule)):
-            return True
-        if (option(rule, "--match-set") or "").startswith("docker-ext-bridges"):
+        bridges = self.bridges.get(rule.netns, ())
+        match_set = None  # the first (non-negated) ipset matched
+        for opt, args, negated in rule.matches:  # one pass: every rule of the host comes here
+            if not args:
+                continue
+            if opt in _INTERFACE_OPTIONS:
+                if _DOCKER_BRIDGE.match(args[0]) or args[0] in bridges:
+                    return True
+            elif opt == "--match-set" and match_set is None and not negated:
+                match_set = args[0]
+        if match_set is not None and match_set.startswith("docker-ext-bridges"):
             return True  # 28.0.0 matched its bridges through this ipset
-        proto, port = option(rule, "-p"), option(rule, "--dport")
-        if rule.target == "MASQUERADE" and proto and port:  # <=27 hairpin: -s C -d C --dport P
-            dest = (option(rule, "-d") or "").removesuffix("/32").removesuffix("/128")
-            return (dest, port) in self.targets.get(rule.netns, ())
-        if rule.table == "raw" and rule.target == "DROP" and proto and port:
-            return (proto, port) in self.ports.get(rule.netns, ())
+        if rule.target == "MASQUERADE":  # <=27 hairpin: -s C -d C --dport P
+            proto, port = option(rule, "-p"), option(rule, "--dport")
+            if proto and port:
+                dest = (option(rule, "-d") or "").removesuffix("/32").removesuffix("/128")
+                return (dest, port) in self.targets.get(rule.netns, ())
+        elif rule.table == "raw" and rule.target == "DROP":
+            proto, port = option(rule, "-p"), option(rule, "--dport")
+            if proto and port:
+                return (proto, port) in self.ports.get(rule.netns, ())
         return False
 
 
@@ -136,9 +147,10 @@ def split_brain_warnings(rules: Iterable[Rule]) -> tuple[str, ...]:
     """One warning per namespace whose rules live in iptables-legacy AND nf_tables."""
     counts: dict[str, Counter] = defaultdict(Counter)
     tables: dict[tuple[str, str], set[str]] = defaultdict(set)
-    for rule in rules:
-        counts[rule.netns][rule.backend] += 1
-        tables[(rule.netns, rule.backend)].add(rule.table)
+    # counted in C, then grouped: one namespace holds thousands of rules but few tables
+    for (netns, backend, table), count in Counter((r.netns, r.backend, r.table) for r in rules).items():
+        counts[netns][backend] += count
+        tables[(netns, backend)].add(table)
     warnings = []
     for netns, by_backend in sorted(counts.items()):
         if by_backend["legacy"] and (by_backend["nft"] or by_backend["nftables"]):

@@ -12,7 +12,7 @@ import re
 from functools import lru_cache
 
 from bridgescope.collector.errors import BridgescopeError
-from bridgescope.collector.model import Backend, Chain, Rule
+from bridgescope.collector.model import Backend, Chain, Rule, built
 
 # A quoted string (iptables-save escapes `"` and `\` inside it) or a run of non-blanks.
 _TOKEN = re.compile(r'"((?:[^"\\]|\\.)*)"|(\S+)')
@@ -44,7 +44,9 @@ def parse_save(text: str, *, netns: str, backend: Backend, family: int
         try:
             if not line or line[0] == "#":
                 continue
-            if line[0] == "*":
+            if table is not None and line[0] in "-[":  # a rule: nearly every line
+                rules.append(_rule(line, netns, backend, family, table, declared, positions))
+            elif line[0] == "*":
                 if table is not None:
                     raise _Bad(f"table {line[1:]!r} starts before table {table!r} was committed")
                 table = _table_name(line)
@@ -60,8 +62,7 @@ def parse_save(text: str, *, netns: str, backend: Backend, family: int
                 declared.add(chain.name)
                 chains.append(chain)
             else:
-                rule = _rule(line, netns, backend, family, table, declared, positions)
-                rules.append(rule)
+                rules.append(_rule(line, netns, backend, family, table, declared, positions))
         except _Bad as bad:
             raise ParseError(f"cannot read the {backend} IPv{family} rules of {netns}: "
                              f"line {number}: {bad} in {_excerpt(line)}") from None
@@ -95,6 +96,8 @@ def _chain(line: str, netns: str, backend: Backend, family: int, table: str) -> 
 
 
 def _counters(token: str) -> tuple[int, int]:
+    if token == "[0:0]":  # most rules never saw a packet
+        return 0, 0
     found = _COUNTERS.match(token)
     if not found:
         raise _Bad(f"malformed counters {token!r} (expected [packets:bytes])")
@@ -115,9 +118,10 @@ def _rule(line: str, netns: str, backend: Backend, family: int, table: str,
     if counted:
         packets, nbytes = counted
     positions[chain] = position = positions.get(chain, 0) + 1
-    return Rule(netns=netns, backend=backend, family=family, table=table, chain=chain,
-                text=line, packets=packets, bytes=nbytes, matches=matches, target=target,
-                target_args=target_args, goto=goto, comment=comment, position=position)
+    return built(Rule, {"netns": netns, "backend": backend, "family": family, "table": table,
+                        "chain": chain, "text": line, "packets": packets, "bytes": nbytes,
+                        "matches": matches, "target": target, "target_args": target_args,
+                        "goto": goto, "comment": comment, "position": position})
 
 
 def _split_append(line: str) -> tuple[str, str]:

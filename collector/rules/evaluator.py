@@ -19,7 +19,7 @@ from dataclasses import dataclass, field, replace
 from itertools import groupby
 
 from bridgescope.collector.model import Rule
-from bridgescope.collector.rules.matcher import Packet, interface, matches
+from bridgescope.collector.rules.matcher import DstIndex, Packet, dst_index, interface, matches, may_match
 from bridgescope.collector.rules.model import (
     MAX_DEPTH,
     NAT_TARGETS,
@@ -138,10 +138,18 @@ class _Walker:
     def run(self, chain: str, state: _State, end: str, depth: int, start: int = 0) -> _State:
         """chain's rules from start; falling off (or RETURN in a base chain) gives `end`."""
         rules = self.rules.chain(self.key, chain)
-        for index in range(start, len(rules)):
-            self.visits[0] += 1
+        packet = state.packet
+        order = may_match(self._index(chain, rules), len(rules), packet, start)
+        last = start - 1
+        for index in order:
+            # the rules passed over cannot match, yet count as visited (as when each was tried)
+            self.visits[0] += index - last
+            last = index
             if self.visits[0] > MAX_VISITS:
                 return replace(state, flow=None)
+            if state.packet.dst != packet.dst:  # a rewrite the chain goes on after (none does today)
+                self.visits[0] -= 1  # the run from index counts it again
+                return self.run(chain, state, end, depth, index)
             rule = rules[index]
             hit = matches(rule, state.packet)
             if hit is False:
@@ -159,7 +167,16 @@ class _Walker:
                 other = self.run(chain, state, end, depth + 1, index + 1)
                 return other if other.same_outcome(taken) else replace(other, flow=None)
             return taken
+        self.visits[0] += len(rules) - 1 - last
+        if self.visits[0] > MAX_VISITS:
+            return replace(state, flow=None)
         return replace(state, flow=end, rule=None)
+
+    def _index(self, chain: str, rules: list[Rule]) -> DstIndex:
+        found = self.rules.indexes.get((self.key, chain))
+        if found is None:
+            found = self.rules.indexes[(self.key, chain)] = dst_index(rules)
+        return found
 
     def _effect(self, rule: Rule, state: _State, depth: int) -> _State:
         target = rule.target or ""

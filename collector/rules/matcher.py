@@ -8,10 +8,13 @@ follows both ways and keeps the answer only if they agree. Pure.
 """
 from __future__ import annotations
 
+from bisect import bisect_left
+from collections.abc import Sequence
 from dataclasses import dataclass
+from heapq import merge
 
 from bridgescope.collector.model import Rule
-from bridgescope.collector.rules.model import ALIASES, address_number, port_in, span
+from bridgescope.collector.rules.model import ALIASES, address_number, port_in, span, spellings
 
 _ALWAYS = frozenset({"-m", "--comment", "vmap"})  # vmap keys are judged per element
 _LAST = {4: (1 << 32) - 1, 6: (1 << 128) - 1}  # the last address: 0.0.0.0/0 spans 0.._LAST[4]
@@ -51,6 +54,49 @@ def matches(rule: Rule, packet: Packet) -> bool | None:
         if one is None:
             result = None
     return result
+
+
+# -- which rules of a chain can match a packet at all ---------------------------------------
+
+# (rules without a one-address `-d`, {(IP version, address): rules with that one}), as indexes
+DstIndex = tuple[list[int], dict[tuple[int, int], list[int]]]
+_DEST = spellings("-d")
+
+
+def dst_index(rules: Sequence[Rule]) -> DstIndex:
+    """Index a chain by the one address a rule's plain `-d` names (`-d 172.17.0.2/32`, one
+    per published port in Docker's filter chains): `matches` answers False for such a rule
+    and any other destination, so a packet need not be shown the others at all."""
+    others: list[int] = []
+    by_address: dict[tuple[int, int], list[int]] = {}
+    for index, rule in enumerate(rules):
+        only = _one_destination(rule)
+        if only is None:
+            others.append(index)
+        else:
+            by_address.setdefault(only, []).append(index)
+    return others, by_address
+
+
+def _one_destination(rule: Rule) -> tuple[int, int] | None:
+    for opt, args, negated in rule.matches:
+        if opt in _DEST and args and not negated and "," not in args[0]:
+            net = span(args[0])
+            if net is not None and net[1] == net[2]:
+                return net[0], net[1]
+    return None
+
+
+def may_match(index: DstIndex, count: int, packet: Packet, start: int) -> Sequence[int]:
+    """Indexes (from start, ascending) of a chain's rules that `matches` may not reject for
+    packet by its destination alone; the others certainly fail (see `_contains`)."""
+    others, by_address = index
+    if packet.dst is None:
+        return range(start, count)  # `-d` is undecidable: every rule may match
+    number = address_number(packet.dst)
+    same = by_address.get(number) if number is not None and number[0] == packet.family else None
+    order = others if not same else list(merge(others, same))
+    return order[bisect_left(order, start):]
 
 
 def match(opt: str, args: tuple[str, ...], packet: Packet) -> bool | None:

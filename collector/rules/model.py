@@ -10,10 +10,11 @@ hook in the kernel's priority order, Pure.
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache, lru_cache
 
 from bridgescope.collector.model import Chain, Rule
 
@@ -43,6 +44,13 @@ _NAT_PRIORITY = {"prerouting": -100, "output": -100, "input": 100, "postrouting"
 def canonical(option: str) -> str:
     """One name per option: `--destination-ports` and `--dports` are `--dport`."""
     return ALIASES.get(option, option)
+
+
+@cache
+def spellings(option: str) -> frozenset[str]:
+    """Every name whose canonical name is option: a hot loop asks `opt in spellings(...)`
+    rather than calling canonical for each match of each rule."""
+    return frozenset(name for name in (*ALIASES, option) if canonical(name) == option)
 
 
 # -- values ------------------------------------------------------------------------------
@@ -101,12 +109,14 @@ def address_number(text: str) -> tuple[int, int] | None:
     return found.version, int(found)
 
 
+_OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"  # 0-255, no leading zero
+_DOTTED_QUAD = re.compile(rf"{_OCTET}(?:\.{_OCTET}){{3}}")
+
+
 def canonical_ip(text: str) -> str | None:
     """The address in its usual spelling, or None. Dotted quads take a short cut: 5,000
     DNAT rules mean 10,000 distinct addresses, and ipaddress costs ~10 us each."""
-    parts = text.split(".")
-    if len(parts) == 4 and all(p.isdecimal() and p.isascii() and len(p) <= 3 and
-                               (p == "0" or p[0] != "0") and int(p) <= 255 for p in parts):
+    if _DOTTED_QUAD.fullmatch(text):
         return text
     try:
         return str(address(text))
@@ -131,14 +141,6 @@ def parse_destination(text: str) -> tuple[str, int | None, int | None] | None:
         return addr, None, None
     span = port_range(ports.split("/")[0])
     return None if span is None else (addr, *span)
-
-
-def last_value(matches: tuple[Match, ...], option: str) -> str | None:
-    """The innermost non-negated value of an option along a path."""
-    for opt, args, negated in reversed(matches):
-        if canonical(opt) == option and args and not negated:
-            return args[0]
-    return None
 
 
 # -- the rule set: tables, chains, base chains per hook --------------------------------------
@@ -180,6 +182,8 @@ class RuleSet:
                 self.hooks[(chain.netns, chain.hook)].append(Base(key, chain, priority(chain)))
         for bases in self.hooks.values():
             bases.sort(key=lambda b: b.priority)  # stable: listing order within a priority
+        # per (table, chain): what the evaluator's matcher indexed, built when first asked
+        self.indexes: dict[tuple[GroupKey, str], tuple] = {}
 
     def chain(self, key: GroupKey, name: str) -> list[Rule]:
         return self.rules.get(key, {}).get(name, [])

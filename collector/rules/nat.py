@@ -22,7 +22,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from functools import lru_cache
 
-from bridgescope.collector.model import Chain, Interface, Masquerade, Namespace, PortForward, Rule
+from bridgescope.collector.model import (
+    Chain,
+    Interface,
+    Masquerade,
+    Namespace,
+    PortForward,
+    Rule,
+    built,
+    no_cycle_collection,
+)
 from bridgescope.collector.rules.evaluator import ACCEPT, DROP, HookRun, run_hook
 from bridgescope.collector.rules.matcher import Packet
 from bridgescope.collector.rules.model import (
@@ -31,10 +40,10 @@ from bridgescope.collector.rules.model import (
     address,
     canonical,
     canonical_ip,
-    last_value,
     network,
     parse_destination,
     port_spans,
+    spellings,
 )
 
 
@@ -59,7 +68,8 @@ def interpret(rules: tuple[Rule, ...], chains: tuple[Chain, ...],
     last = _last[0] if _last else None
     if last is not None and last[0] == inputs:
         return last[1]
-    view = _interpret(rules, chains, interfaces, namespaces, proxies)
+    with no_cycle_collection():
+        view = _interpret(rules, chains, interfaces, namespaces, proxies)
     _last[:] = [(inputs, view)]
     return view
 
@@ -80,7 +90,7 @@ def _interpret(rules: tuple[Rule, ...], chains: tuple[Chain, ...], interfaces: t
         made, problem = forwards_of(rule, reach)
         if problem:
             warnings.append(problem)
-        forwards.extend(PortForward(**_resolve(f, rule, where, filters)) for f in made)
+        forwards.extend(built(PortForward, _resolve(f, rule, where, filters)) for f in made)
     forwards.extend(replace(p, **_resolve(vars(p), None, where, None)) for p in proxies)
     masquerades, unreached = _masquerades(tables)
     warnings.extend(f"{r.backend} rule `{r.text}` in {r.netns} ({r.table}/{r.chain}) is never "
@@ -108,9 +118,9 @@ def _dnat_rules(tables: RuleSet) -> list[tuple[Rule, _Reach]]:
     for by_chain in tables.rules.values():  # DNATs no base chain leads to
         for chain_rules in by_chain.values():
             for rule in chain_rules:
-                if rule.target == "DNAT":
-                    found.setdefault(id(rule), (rule, {}))
-    return [(rule, _Reach(paths.get("prerouting"), paths.get("output")))
+                if rule.target == "DNAT" and id(rule) not in found:
+                    found[id(rule)] = (rule, {})
+    return [(rule, built(_Reach, {"prerouting": paths.get("prerouting"), "output": paths.get("output")}))
             for rule, paths in found.values()]
 
 
@@ -125,12 +135,10 @@ def forwards_of(rule: Rule, reach: _Reach) -> tuple[list[dict], str | None]:
         return [], (f"cannot understand DNAT destination {dest!r} of `{rule.text}` in "
                     f"{rule.netns}; that forward is not shown")
     to_ip, to_lo, to_hi = parsed
-    proto = last_value(rule.matches, "-p") or last_value(path, "-p") or "all"
-    host_ip = _host_ip(path)
-    forwards = []
-    spans = _ports(rule.matches) or _ports(path) or [(0, None)]
+    proto, spans, host_ip = _conditions(path)
     if None in spans:
         return [], f"cannot understand the ports of `{rule.text}` in {rule.netns}; that forward is not shown"
+    forwards = []
     for host_lo, host_hi in spans:
         forwards.append(dict(
             netns=rule.netns, proto=proto, host_ip=host_ip, host_port=host_lo,
@@ -141,23 +149,24 @@ def forwards_of(rule: Rule, reach: _Reach) -> tuple[list[dict], str | None]:
     return forwards, None
 
 
-def _ports(matches: tuple[Match, ...]) -> list[tuple[int, int | None] | None]:
-    """Destination port spans of the innermost port match; None marks an unreadable one."""
-    for opt, args, negated in reversed(matches):
+_PROTO, _DPORT, _PORTS, _DEST = spellings("-p"), spellings("--dport"), spellings("--ports"), spellings("-d")
+
+
+def _conditions(path: tuple[Match, ...]) -> tuple[str, list[tuple[int, int | None] | None], str | None]:
+    """(protocol, destination port spans, host address) a DNAT's path asks for: each the
+    innermost non-negated one (the rule's own matches end the path), in one pass; a host
+    `-d` that names no single address or network (0/0, junk) is passed over."""
+    proto = spans = host = None
+    for opt, args, negated in reversed(path):
         if negated or not args:
             continue
-        if canonical(opt) in ("--dport", "--ports"):
-            return port_spans(args[0])
-    return []
-
-
-def _host_ip(path: tuple[Match, ...]) -> str | None:
-    for opt, args, negated in reversed(path):
-        if canonical(opt) == "-d" and args and not negated:
+        if opt in _PROTO:
+            proto = proto if proto is not None else args[0]
+        elif opt in _DPORT or opt in _PORTS:
+            spans = spans if spans is not None else port_spans(args[0])
+        elif host is None and opt in _DEST:
             host = _host_text(args[0])
-            if host is not None:
-                return host
-    return None
+    return proto or "all", spans or [(0, None)], host
 
 
 @lru_cache(maxsize=65536)
@@ -271,11 +280,19 @@ class _ForwardFilter:
         self.tables = tables
         self.bridges = bridges  # netns -> bridge names
         self.cache: dict[tuple, bool | None] = {}
+        self.has_bases: dict[str, bool] = {}
+
+    def filtered(self, netns: str) -> bool:
+        """Does any base chain sit on netns's forward hook? (Asked once per forward.)"""
+        known = self.has_bases.get(netns)
+        if known is None:
+            known = self.has_bases[netns] = bool(self.tables.bases(netns, "forward"))
+        return known
 
     def accepts(self, forward: dict, rule: Rule, bridge: Callable[[], str | None]) -> bool | None:
         """True/False when every forward-hook base chain accepts/one drops; None: unsure."""
         netns = forward["netns"]
-        if not self.tables.bases(netns, "forward"):
+        if not self.filtered(netns):
             return True  # nothing filters forwarded traffic here
         packet = forward_packet(forward, rule, bridge(), self.bridges.get(netns, frozenset()))
         key = (netns, packet)
