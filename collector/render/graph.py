@@ -376,6 +376,9 @@ class Picture:
         self.side: list[str] = []  # other namespaces, in the column beside the host
         self.names: dict[str, str] = {}  # container namespace id -> its name
         self.related: set[str] = set()  # namespaces wired to the host (veth by veth); the rest is unrelated
+        # kept by `place`, so that a relayout can size the cells without counting every box again
+        self.load: dict[str, int] = {}  # container namespace id -> items in its box, loopback left out
+        self.grid: dict[str, Grid] = {}  # bridge id -> its grid
 
 
 def plan(snap: Snapshot, slots: Slots) -> Picture:
@@ -470,7 +473,24 @@ def _side_order(snap: Snapshot, host: str, containers: set[str]) -> tuple[list[s
 
 # ---- positions ---------------------------------------------------------------------------------
 
-def place(snap: Snapshot, pic: Picture, nodes: list[dict]) -> dict[str, tuple[float, float]]:
+Grid = tuple[float, int, float, float]  # a bridge's grid: left edge, columns, cell width, cell height
+
+
+@dataclass(frozen=True)
+class Scope:
+    """What a relayout places again when the plan went from `before` to the one at hand: these
+    boxes (the box, its ports, what it holds) and perhaps the column of other namespaces; a box
+    whose bridge's grid moved or resized joins them. The rest keeps the places `before` gave it,
+    and the other boxes' loads (what sizes the cells) are `before`'s."""
+    before: Picture
+    boxes: frozenset[str] = frozenset()
+    side: bool = False
+
+
+def place(snap: Snapshot, pic: Picture, nodes: list[dict], scope: Scope | None = None
+          ) -> dict[str, tuple[float, float]]:
+    """Positions of the nodes; with a scope, of what it reaches (its boxes' nodes and every
+    forward must be among `nodes`). Keeps each box's load and each bridge's grid in `pic`."""
     pos: dict[str, tuple[float, float]] = {}
     for k, iface_id in enumerate(pic.uplinks):
         pos[iface_id] = (k * UPLINK_W, 0.0)
@@ -479,28 +499,29 @@ def place(snap: Snapshot, pic: Picture, nodes: list[dict]) -> dict[str, tuple[fl
         data = node["data"]
         if data["kind"] != "namespace" and data["parent"] in pic.home:
             inside.setdefault(data["parent"], []).append(node)
-    # loopback is left out: shown or not, the cells (and so every other place) stay the same
-    fullest: dict[str, int] = {}
-    for ns_id, items in inside.items():
-        bridge_id = pic.home[ns_id]
-        fullest[bridge_id] = max(fullest.get(bridge_id, 0), sum(n["data"]["kind"] != "loopback" for n in items))
-    left, origin = 0.0, {}
-    for bridge_id, cols in pic.bridges:
-        width, height = cell_size(fullest.get(bridge_id, 1))
-        origin[bridge_id] = (left, cols, width, height)
+    if scope is None:
+        load, boxes = {}, pic.home.keys()
+    else:
+        load = {ns_id: n for ns_id, n in scope.before.load.items() if ns_id in pic.home}
+        boxes = set(scope.boxes & pic.home.keys())
+    for ns_id in boxes:
+        # loopback is left out: shown or not, the cells (and so every other place) stay the same
+        load[ns_id] = sum(n["data"]["kind"] != "loopback" for n in inside.get(ns_id, ()))
+    pic.load = load
+    pic.grid = _grids(pic)
+    moved = set() if scope is None else {b for b, g in pic.grid.items() if scope.before.grid.get(b) != g}
+    if moved:
+        boxes |= {ns_id for ns_id, bridge_id in pic.home.items() if bridge_id in moved}
+    for bridge_id, (left, cols, width, _) in pic.grid.items():
         pos[bridge_id] = (left + cols * width / 2, BRIDGE_Y)
         for k, port in enumerate(pic.strays.get(bridge_id, ())):
             pos[port] = (left + 15 + k * STRAY_W, BRIDGE_Y + 30)
-        left += cols * width + BRIDGE_GAP
-    cell_of = {}
-    for (bridge_id, ns_id), index in pic.cell.items():
-        x0, cols, width, height = origin[bridge_id]
-        cell_of[(bridge_id, ns_id)] = (x0 + (index % cols) * width, BRIDGE_Y + GRID_Y + (index // cols) * height, width)
     for port, key in pic.port_cell.items():
-        ox, oy, _ = cell_of[key]
-        pos[port] = (ox + 10, oy + 40)  # left of the box: the veth pair is a short edge
-    for ns_id, bridge_id in pic.home.items():
-        ox, oy, width = cell_of[(bridge_id, ns_id)]
+        if scope is None or key[1] in boxes or key[0] in moved:
+            ox, oy = _cell_at(pic, key)
+            pos[port] = (ox + 10, oy + 40)  # left of the box: the veth pair is a short edge
+    for ns_id in boxes:
+        ox, oy = _cell_at(pic, (pic.home[ns_id], ns_id))
         first = pic.inner.get(ns_id, [])
         items = inside.get(ns_id, [])
         if len(items) > 1:  # most boxes hold one thing: nothing to order
@@ -511,16 +532,48 @@ def place(snap: Snapshot, pic: Picture, nodes: list[dict]) -> dict[str, tuple[fl
         for k, node in enumerate(items):
             row, col = divmod(k, BOX_ROW)
             pos[node["data"]["id"]] = (ox + PORT_CLEAR + ITEM_W * col, oy + 40 + ITEM_H * row)
+    left = max((g[0] + g[1] * g[2] + BRIDGE_GAP for g in pic.grid.values()), default=0.0)
     right = max(len(pic.uplinks) * UPLINK_W, left, CELL_W)
     loose = [n["data"]["id"] for n in nodes if n["data"]["kind"] == "portforward" and n["data"]["parent"] == pic.host]
     for k, node_id in enumerate(loose):
         pos[node_id] = ((len(pic.uplinks) + k) * UPLINK_W, 0.0)
     right = max(right, (len(pic.uplinks) + len(loose)) * UPLINK_W)
+    if scope is None or scope.side:
+        _place_side(pic, nodes, pos)
+    if pic.host:
+        pos[pic.host] = (right / 2, BRIDGE_Y)
+    return pos
+
+
+def _grids(pic: Picture) -> dict[str, Grid]:
+    """Each bridge's grid, left to right, its cells big enough for its fullest box."""
+    fullest: dict[str, int] = {}
+    for ns_id, n in pic.load.items():
+        bridge_id = pic.home[ns_id]
+        if n > fullest.get(bridge_id, 0):
+            fullest[bridge_id] = n
+    left, grids = 0.0, {}
+    for bridge_id, cols in pic.bridges:
+        width, height = cell_size(fullest.get(bridge_id, 1))
+        grids[bridge_id] = (left, cols, width, height)
+        left += cols * width + BRIDGE_GAP
+    return grids
+
+
+def _cell_at(pic: Picture, key: tuple[str, str]) -> tuple[float, float]:
+    """The top-left corner of a container's cell under a bridge."""
+    x0, cols, width, height = pic.grid[key[0]]
+    index = pic.cell[key]
+    return x0 + (index % cols) * width, BRIDGE_Y + GRID_Y + (index // cols) * height
+
+
+def _place_side(pic: Picture, nodes: list[dict], pos: dict[str, tuple[float, float]]) -> None:
+    side = set(pic.side)
     members: dict[str, list[str]] = {}
     for node in nodes:
         data = node["data"]
-        if data["kind"] != "namespace" and data["parent"] in pic.side:
-            members.setdefault(data["parent"], []).append(node["data"]["id"])
+        if data["kind"] != "namespace" and data["parent"] in side:
+            members.setdefault(data["parent"], []).append(data["id"])
     # labels sit right of the interfaces, so a wire down the column's left stays clear of them
     x0, y = -SIDE_GAP, 0.0
     for ns_id in pic.side:
@@ -529,9 +582,6 @@ def place(snap: Snapshot, pic: Picture, nodes: list[dict]) -> dict[str, tuple[fl
             pos[node_id] = (x0, y)
             y += SIDE_ROW
         y += SIDE_ROW
-    if pic.host:
-        pos[pic.host] = (right / 2, BRIDGE_Y)
-    return pos
 
 
 def cell_size(items: int) -> tuple[float, float]:
@@ -616,7 +666,14 @@ def patch_elements(old: list[dict], before: Picture | None, snap: Snapshot, ns_i
     elements = keep[:cut] + [e for e in added if e["group"] == "nodes"] + keep[cut:] + \
         [e for e in added if e["group"] == "edges"]
     if relayout:
-        elements = _placed(snap, picture, elements, changed, {e["data"]["id"] for e in added})
+        touched = [e for e in added if e["group"] == "nodes"] + \
+            [old[index[i]] for i in removed if old[index[i]]["group"] == "nodes"] + \
+            [e for i, e in changed.items() if e["group"] == "nodes"] + \
+            [old[index[i]] for i, e in changed.items() if e["group"] == "nodes"]
+        elements = _placed(snap, picture, elements, changed, {e["data"]["id"] for e in added},
+                           scope_of(before, picture, touched))
+    else:  # nothing that sizes a cell or fills a box changed
+        picture.load, picture.grid = before.load, before.grid
     delta = {"added": added, "removed": removed, "changed": list(changed.values())}
     return elements, delta, picture
 
@@ -637,24 +694,49 @@ def _shape(pic: Picture) -> tuple:
     return (pic.bridges, pic.cell, pic.port_cell, pic.strays, pic.uplinks, pic.side, pic.inner)
 
 
+def scope_of(before: Picture, after: Picture, touched: Iterable[dict]) -> Scope:
+    """What must be placed again when the plan went from `before` to `after` and the nodes
+    `touched` (added, removed or changed; old and new versions) came, went or changed."""
+    boxes = {ns_id for _, ns_id in _changed_keys(before.cell, after.cell)}
+    boxes |= _changed_keys(before.home, after.home) | _changed_keys(before.inner, after.inner)
+    boxes |= {after.port_cell[port][1] for port in _changed_keys(before.port_cell, after.port_cell)
+              if port in after.port_cell}
+    boxes |= after.home.keys() - before.load.keys()  # never counted: count it now
+    side = before.side != after.side
+    side_ids = set(after.side)
+    for node in touched:
+        data = node["data"]
+        for ref in (data["id"], data.get("parent")):
+            if ref in after.home:
+                boxes.add(ref)
+            elif ref in side_ids:
+                side = True
+        if data["id"] in after.port_cell:
+            boxes.add(after.port_cell[data["id"]][1])
+    return Scope(before, frozenset(boxes & after.home.keys()), side)
+
+
 def _placed(snap: Snapshot, pic: Picture, elements: list[dict], changed: dict[str, dict],
-            added: set[str]) -> list[dict]:
-    """Lay the nodes out again; a node that moved is copied with its new place and joins `changed`."""
+            added: set[str], scope: Scope | None = None) -> list[dict]:
+    """Lay the nodes out again (with a scope: what it reaches); a node that moved is copied
+    with its new place and joins `changed`."""
     nodes = [e for e in elements if e["group"] == "nodes"]
-    positions = place(snap, pic, nodes)
+    positions = place(snap, pic, nodes, scope)
     out = []
     for element in elements:
         if element["group"] == "nodes":
-            x, y = positions.get(element["data"]["id"], (0.0, 0.0))
+            element_id = element["data"]["id"]
+            if scope is not None and element_id not in positions and element_id not in added:
+                out.append(element)  # out of the scope: where it was
+                continue
+            x, y = positions.get(element_id, (0.0, 0.0))
             x, y = round(x, 1), round(y, 1)
             was = element.get("position")
             if was is None or was["x"] != x or was["y"] != y:
-                where = {"x": x, "y": y}
-                element_id = element["data"]["id"]
                 if element_id not in added and element_id not in changed:
                     element = {**element}
                     changed[element_id] = element
-                element["position"] = where
+                element["position"] = {"x": x, "y": y}
         out.append(element)
     return out
 
