@@ -412,16 +412,47 @@ def test_scoped_relayouts_equal_a_layout_from_scratch_through_a_story():
     forward = PortForward("ns-1", "tcp", None, 9090, "172.17.0.5", 80, "docker", "nft", container="ns-13")
     forwarded = _add(filled, forwards=(dataclasses.replace(forward, to_ip="172.17.0.4", container="ns-12"),))
     emptied = _without(forwarded, *(i.id for i in extra))
-    no_br1 = dataclasses.replace(emptied, interfaces=tuple(
-        dataclasses.replace(i, master=None) if i.master == "ns-1/if800" else i
-        for i in emptied.interfaces if i.id != "ns-1/if800"))
-    story = [start, joined, left, bridged, filled, forwarded, emptied, no_br1, _without(no_br1, "ns-1/if850")]
+    # a namespace beside the host, wired to a container (two hops from the host), then renamed
+    side = Namespace("ns-600", "lab-client", 600)
+    wire = (Interface("ns-600/if2", "ns-600", "eth0", 2, "veth", "up", 1500, None, peer="ns-14/if9"),
+            Interface("ns-14/if9", "ns-14", "eth9", 9, "veth", "up", 1500, None, peer="ns-600/if2"))
+    wired = dataclasses.replace(emptied, namespaces=emptied.namespaces + (side,), interfaces=emptied.interfaces + wire)
+    renamed = dataclasses.replace(wired, namespaces=tuple(
+        dataclasses.replace(n, name="c007-renamed") if n.id == "ns-17" else n for n in wired.namespaces))
+    # a second port of ns-16 on br2: the container sits on two bridges
+    second = (Interface("ns-1/if860", "ns-1", "vx", 860, "veth", "up", 1500, None, master="ns-1/if850",
+                        peer="ns-16/if7"),
+              Interface("ns-16/if7", "ns-16", "eth1", 7, "veth", "up", 1500, None, peer="ns-1/if860"))
+    two = _add(renamed, *second)
+    # a port whose peer is not read yet stands alone over the grid; its container's end arrives
+    late = dataclasses.replace(two, namespaces=two.namespaces + (Namespace("ns-700", "c700", 700),))
+    stray = _add(late, Interface("ns-1/if870", "ns-1", "vlate", 870, "veth", "up", 1500, None,
+                                 master="ns-1/if2", peer="ns-700/if2"))
+    arrived = _add(stray, Interface("ns-700/if2", "ns-700", "eth0", 2, "veth", "up", 1500, None, peer="ns-1/if870"))
+    story = [start, joined, left, bridged, filled, forwarded, emptied, wired, renamed, two, late, stray, arrived,
+             _without(arrived, "ns-600"), no_br1 := _drop_bridge(_without(arrived, "ns-600"), "ns-1/if800"),
+             _without(no_br1, "ns-1/if850")]
     elements, layout = drawn(story[0])
     widths = set()
     for before, after in zip(story, story[1:]):
         ns_ids, only, whole = _step(before, after)
+        ns_ids |= {n.id for n in after.namespaces if n not in before.namespaces}  # renamed
         elements, delta, layout = patch_elements(elements, layout, after, ns_ids, only=only, whole=whole)
-        fresh = to_elements(after, slots=layout.slots)
+        fresh, scratch = drawn(after, slots=layout.slots)
         assert by_id(elements) == by_id(fresh)
+        assert _plan_of(layout) == _plan_of(scratch)
         widths.add(by_id(fresh)["ns-1/if800"]["position"]["x"] if "ns-1/if800" in by_id(fresh) else None)
     assert len(widths) >= 3  # br1 moved right when br0's cells grew, and back
+
+
+def _drop_bridge(snap: Snapshot, bridge_id: str) -> Snapshot:
+    return dataclasses.replace(snap, interfaces=tuple(
+        dataclasses.replace(i, master=None) if i.master == bridge_id else i
+        for i in snap.interfaces if i.id != bridge_id))
+
+
+def _plan_of(pic: graph.Picture) -> dict:
+    """What a plan says, without what it keeps to make the next one (the cells remembered in
+    the order seated, which differs once a container took a free cell: the same cells)."""
+    out = {k: v for k, v in vars(pic).items() if k not in ("plans", "reach", "load", "grid", "slots")}
+    return {**out, "bridges_remembered": pic.slots.bridges, "cells": sorted(pic.slots.cells)}

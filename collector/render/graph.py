@@ -16,6 +16,7 @@ keeps them in a file too (`keep_slots_in`), so a restart draws the same picture.
 """
 from __future__ import annotations
 
+import atexit
 import ipaddress
 import json
 import logging
@@ -24,12 +25,13 @@ import os
 import re
 import tempfile
 import threading
+import time
 from collections.abc import Collection, Container, Iterable, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-from bridgescope.collector.hostview import container_label, host_view
+from bridgescope.collector.hostview import HostView, container_label
 from bridgescope.collector.model import Interface, Masquerade, Namespace, PortForward, Snapshot
 
 CELL_W, CELL_H = 220.0, 120.0  # one container's cell in a bridge's grid
@@ -92,16 +94,53 @@ def _remember(host_key: str, slots: Slots) -> None:
     with _LOCK:
         _REMEMBERED.pop(host_key, None)  # the newest last: the oldest go first when the file is full
         _REMEMBERED[host_key] = slots
-        if _STORE:
-            write_slots(_STORE[0], _REMEMBERED)
+    if _STORE:
+        _WRITER.wanted.set()
 
 
 # ---- slots kept across restarts -------------------------------------------------------------
+
+WRITE_GAP = 0.5  # seconds between two writes of the file: a burst of changes is one write
+
+
+class _SlotWriter:
+    """Writes the remembered slots off the caller's thread: a live round publishes its delta
+    without waiting for the file (tens of milliseconds at a thousand containers), and a burst
+    of changes costs one write. What is pending at exit is written then."""
+
+    def __init__(self) -> None:
+        self.wanted = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="bridgescope-slots", daemon=True)
+            self._thread.start()
+            atexit.register(self.flush)
+
+    def _run(self) -> None:
+        while True:
+            self.wanted.wait()
+            self.flush()
+            time.sleep(WRITE_GAP)
+
+    def flush(self) -> None:
+        if not _STORE or not self.wanted.is_set():
+            return
+        with _LOCK:
+            self.wanted.clear()
+            remembered = dict(_REMEMBERED)
+        write_slots(_STORE[0], remembered)
+
+
+_WRITER = _SlotWriter()
+
 
 def keep_slots_in(path: Path) -> None:
     """From now on the slots this process remembers are read from and written to `path`."""
     _STORE[:] = [path]
     _REMEMBERED.update(read_slots(path))
+    _WRITER.start()
 
 
 def read_slots(path: Path) -> dict[str, Slots]:
@@ -379,68 +418,207 @@ class Picture:
         # kept by `place`, so that a relayout can size the cells without counting every box again
         self.load: dict[str, int] = {}  # container namespace id -> items in its box, loopback left out
         self.grid: dict[str, Grid] = {}  # bridge id -> its grid
+        # kept by `plan`, so that the next plan redoes only what a change reaches
+        self.plans: dict[str, BridgePlan] = {}  # bridge id -> its share, left to right
+        self.reach: dict[str, frozenset[str]] = {}  # namespace, port or inner interface id -> bridges it sits on
+        self.crossing: frozenset[str] = frozenset()  # interfaces whose veth peer is in another namespace
 
 
-def plan(snap: Snapshot, slots: Slots) -> Picture:
+def plan(snap: Snapshot, slots: Slots, before: Picture | None = None, *,
+         ifaces: Collection[str] = (), namespaces: Collection[str] = ()) -> Picture:
+    """Who sits where. With `before` (the plan of the previous snapshot, from the same slots)
+    and what changed since (interface ids, namespace ids; the interfaces of a namespace that
+    came or went included), the bridges the change cannot reach keep their share of `before`
+    and the column beside the host is kept when no veth between namespaces changed: the work
+    follows the change, and the result is the plan made from scratch."""
     pic = Picture()
-    view = host_view(snap)
-    if view.host is None:
+    host = snap.namespace(snap.host) if snap.host else snap.host_namespace()
+    if host is None:
         pic.side = [ns.id for ns in snap.namespaces]
         pic.related = set(pic.side)
         pic.slots = slots
         return pic
-    pic.host = view.host.id
+    pic.host = host.id
+    if before is not None and (before.host != host.id or before.slots != slots):
+        before = None
+    by_id = {i.id: i for i in snap.interfaces}
+    mine = snap.interfaces_in(host.id)
+    bridges = [i for i in mine if i.kind == "bridge"]
+    bridge_ids = {b.id for b in bridges}
+    dirty = bridge_ids if before is None else _reached(before, by_id, ifaces, namespaces) & bridge_ids
     remembered = dict(slots.bridges)
-    nets = sorted(view.bridges, key=lambda n: (n.bridge.name not in remembered,
-                                               list(remembered).index(n.bridge.name) if n.bridge.name in remembered else 0))
-    old_cells = {(b, key): i for b, key, i in slots.cells}
-    new_bridges, new_cells = [], []
-    for net in nets:
-        for att in net.attachments:
-            pic.home.setdefault(att.namespace.id, net.bridge.id)
-            pic.inner.setdefault(att.namespace.id, []).append(att.inner.id)
-            pic.names.setdefault(att.namespace.id, container_label(att.namespace, (att.port,)))
-    for net in nets:
-        name = net.bridge.name
-        cols = remembered.get(name) or max(MIN_COLS, math.ceil(math.sqrt(1.5 * len(net.attachments))))
-        new_bridges.append((name, cols))
-        pic.bridges.append((net.bridge.id, cols))
-        taken: set[int] = set()
-        keyed = sorted(((_natural(att.namespace.name), att) for att in net.attachments), key=lambda p: p[0])
-        waiting = []
-        for _, att in keyed:
-            key = att.namespace.name
-            index = old_cells.get((name, key))
-            if index is None or index in taken:
-                waiting.append(att)
-                continue
-            taken.add(index)
-            _seat(pic, net.bridge.id, att, index, new_cells, name)
-        free = (i for i in range(len(net.attachments) + len(taken) + 1) if i not in taken)
-        for att, index in zip(waiting, free):
-            _seat(pic, net.bridge.id, att, index, new_cells, name)
-    attached_ports = set(pic.parent)
-    bridge_ids = {net.bridge.id for net in nets}
-    host_ifaces = snap.interfaces_in(view.host.id)
-    for iface in host_ifaces:
-        if iface.master in bridge_ids and iface.id not in attached_ports:
-            pic.parent[iface.id] = iface.master
-            pic.strays.setdefault(iface.master, []).append(iface.id)
-    uplink = view.uplink()
-    top = [i for i in host_ifaces if i.kind != "bridge" and i.master not in bridge_ids]
+    old_cells = _cells_by_bridge(slots.cells) if dirty else {}
+    ports: dict[str, list[Interface]] = {}
+    if dirty:
+        for iface in mine:
+            if iface.master in dirty:
+                ports.setdefault(iface.master, []).append(iface)
+    ns_by_id = {n.id: n for n in snap.namespaces} if dirty else {}
+    plans = {}
+    for bridge in bridges:
+        if bridge.id in dirty or bridge.id not in before.plans:
+            plans[bridge.id] = _plan_bridge(bridge, ports.get(bridge.id, ()), by_id, ns_by_id, host.id,
+                                            remembered.get(bridge.name), old_cells.get(bridge.name, ()))
+        else:
+            plans[bridge.id] = before.plans[bridge.id]
+    order = sorted(plans.values(), key=lambda p: (p.name not in remembered,
+                                                  list(remembered).index(p.name) if p.name in remembered else 0))
+    pic.plans = {p.id: p for p in order}
+    pic.bridges = [(p.id, p.cols) for p in order]
+    _seat_all(pic, before, order)
+    uplink = HostView(snap, host, ()).uplink()
+    top = [i for i in mine if i.kind != "bridge" and i.master not in bridge_ids]
     top.sort(key=lambda i: (i.kind == "loopback", i.name != uplink, i.ifindex))
     pic.uplinks = [i.id for i in top]
     pic.way_out = next((i.id for i in top if i.kind != "loopback"), None)
-    pic.side, pic.related = _side_order(snap, view.host.id, set(pic.home))
-    pic.slots = Slots(tuple(new_bridges), tuple(new_cells))
+    if before is not None and _side_kept(before, pic, by_id, ifaces, namespaces):
+        pic.side, pic.related, pic.crossing = before.side, before.related, before.crossing
+    else:
+        pic.side, pic.related, pic.crossing = _side_order(snap, host.id, pic.home.keys(), by_id)
+    pic.slots = Slots(tuple((p.name, p.cols) for p in order), tuple(c for p in order for c in p.cells))
     return pic
 
 
-def _seat(pic: Picture, bridge_id: str, att, index: int, cells: list, bridge_name: str) -> None:
-    pic.cell[(bridge_id, att.namespace.id)] = index
-    pic.parent[att.port.id] = bridge_id
-    pic.port_cell[att.port.id] = (bridge_id, att.namespace.id)
-    cells.append((bridge_name, att.namespace.name, index))
+@dataclass(frozen=True)
+class BridgePlan:
+    """One bridge's share of the plan, kept so that a change elsewhere reuses it."""
+    id: str
+    name: str
+    cols: int
+    cells: tuple[tuple[str, str, int], ...]  # the slots it remembers: (bridge name, container key, cell index)
+    cell_of: dict[str, int]  # container namespace id -> its cell
+    port_of: dict[str, str]  # port id -> the container namespace behind it
+    inner: dict[str, tuple[tuple[str, str], ...]]  # namespace id -> (inner interface id, label) per port
+    strays: tuple[str, ...]
+
+    def reach(self) -> set[str]:
+        """The ids whose change reaches this share: the bridge, its ports, what is behind them."""
+        return {self.id, *self.strays, *self.port_of, *self.inner,
+                *(inner for pairs in self.inner.values() for inner, _ in pairs)}
+
+
+def _plan_bridge(bridge: Interface, ports: Iterable[Interface], by_id: Mapping[str, Interface],
+                 namespaces: Mapping[str, Namespace], host: str, cols: int | None,
+                 remembered: tuple[tuple[str, int], ...]) -> BridgePlan:
+    atts, strays = [], []
+    inner: dict[str, list[tuple[str, str]]] = {}
+    for port in ports:
+        peer = by_id.get(port.peer) if port.peer else None
+        ns = namespaces.get(peer.netns) if peer is not None and peer.netns != host else None
+        if ns is None:
+            strays.append(port.id)
+            continue
+        atts.append((ns, port))
+        inner.setdefault(ns.id, []).append((peer.id, container_label(ns, (port,))))
+    cols = cols or max(MIN_COLS, math.ceil(math.sqrt(1.5 * len(atts))))
+    seats = _seats(tuple(ns.name for ns, _ in atts), remembered)
+    cell_of = {atts[k][0].id: index for k, index in seats}  # two ports of one container: the last seated
+    port_of = {port.id: ns.id for ns, port in atts}
+    cells = tuple((bridge.name, atts[k][0].name, index) for k, index in seats)
+    return BridgePlan(bridge.id, bridge.name, cols, cells, cell_of, port_of,
+                      {ns_id: tuple(pairs) for ns_id, pairs in inner.items()}, tuple(strays))
+
+
+@lru_cache(maxsize=256)
+def _seats(keys: tuple[str, ...], remembered: tuple[tuple[str, int], ...]) -> tuple[tuple[int, int], ...]:
+    """(position in keys, cell index) for one bridge's containers, in the order seated: a
+    remembered cell is kept, the others take the first free cells in natural order. Cached:
+    a bridge whose containers and cells are as they were is seated as it was."""
+    old = dict(remembered)
+    taken: set[int] = set()
+    out, waiting = [], []
+    for k in sorted(range(len(keys)), key=lambda k: _natural(keys[k])):
+        index = old.get(keys[k])
+        if index is None or index in taken:
+            waiting.append(k)
+            continue
+        taken.add(index)
+        out.append((k, index))
+    free = (i for i in range(len(keys) + len(taken) + 1) if i not in taken)
+    out += zip(waiting, free)
+    return tuple(out)
+
+
+@lru_cache(maxsize=8)
+def _cells_by_bridge(cells: tuple[tuple[str, str, int], ...]) -> dict[str, tuple[tuple[str, int], ...]]:
+    grouped: dict[str, list[tuple[str, int]]] = {}
+    for bridge, key, index in cells:
+        grouped.setdefault(bridge, []).append((key, index))
+    return {bridge: tuple(pairs) for bridge, pairs in grouped.items()}
+
+
+def _reached(before: Picture, by_id: Mapping[str, Interface], ifaces: Iterable[str],
+             namespaces: Iterable[str]) -> set[str]:
+    """The bridges whose share of the plan a change of these interfaces and namespaces may
+    alter: where they sat before, and where they (or their veth peers) are ports now."""
+    out: set[str] = set()
+    for ref in (*ifaces, *namespaces):
+        out |= before.reach.get(ref, set())
+        iface = by_id.get(ref)
+        if iface is not None:
+            out.add(iface.id)
+            out.add(iface.master)
+            peer = by_id.get(iface.peer) if iface.peer else None
+            if peer is not None:
+                out.add(peer.master)
+    return out
+
+
+def _seat_all(pic: Picture, before: Picture | None, order: list[BridgePlan]) -> None:
+    """The flat maps from the bridges' shares: from scratch, or `before`'s with the entries of
+    the shares that changed taken out and put in again."""
+    old_plans: dict[str, BridgePlan] = {}
+    if before is not None and [b for b, _ in before.bridges if b in pic.plans] == \
+            [p.id for p in order if p.id in before.plans]:
+        old_plans = before.plans
+        for name in ("parent", "cell", "port_cell", "strays", "home", "inner", "names", "reach"):
+            setattr(pic, name, dict(getattr(before, name)))
+    pairs = [(old_plans.get(b), pic.plans.get(b)) for b in old_plans.keys() | pic.plans.keys()]
+    pairs = [(old, new) for old, new in pairs if old is not new]
+    touched: set[str] = set()
+    for old, new in pairs:  # every entry that goes first: a port may pass from one bridge to another
+        if old is None:
+            continue
+        keep = new if new is not None else BridgePlan(old.id, old.name, 0, (), {}, {}, {}, ())
+        for ns_id in old.cell_of.keys() - keep.cell_of.keys():
+            del pic.cell[(old.id, ns_id)]
+        for port in old.port_of.keys() - keep.port_of.keys():
+            del pic.parent[port], pic.port_cell[port]
+        for port in set(old.strays) - set(keep.strays):
+            del pic.parent[port]
+        pic.strays.pop(old.id, None)
+        touched |= _changed_keys(old.inner, keep.inner)
+        for ref in old.reach() - keep.reach():
+            rest = pic.reach[ref] - {old.id}
+            if rest:
+                pic.reach[ref] = rest
+            else:
+                del pic.reach[ref]
+    for old, new in pairs:
+        if new is None:
+            continue
+        keep = old if old is not None else BridgePlan(new.id, new.name, 0, (), {}, {}, {}, ())
+        for ns_id in _changed_keys(keep.cell_of, new.cell_of) & new.cell_of.keys():
+            pic.cell[(new.id, ns_id)] = new.cell_of[ns_id]
+        for port in _changed_keys(keep.port_of, new.port_of) & new.port_of.keys():
+            pic.parent[port] = new.id
+            pic.port_cell[port] = (new.id, new.port_of[port])
+        for port in new.strays:
+            pic.parent[port] = new.id
+        if new.strays:
+            pic.strays[new.id] = list(new.strays)
+        touched |= _changed_keys(keep.inner, new.inner)
+        for ref in new.reach() - keep.reach():
+            pic.reach[ref] = pic.reach.get(ref, frozenset()) | {new.id}
+    for ns_id in touched:  # home: the first bridge, left to right; the interfaces toward bridges in that order
+        pic.home.pop(ns_id, None)
+        pic.inner.pop(ns_id, None)
+        pic.names.pop(ns_id, None)
+        for p in order:
+            for inner, label in p.inner.get(ns_id, ()):
+                pic.home.setdefault(ns_id, p.id)
+                pic.inner.setdefault(ns_id, []).append(inner)
+                pic.names.setdefault(ns_id, label)
 
 
 @lru_cache(maxsize=1 << 16)
@@ -449,14 +627,17 @@ def _natural(text: str) -> tuple:
     return tuple(int(part) if part.isdigit() else part for part in re.split(r"(\d+)", text))
 
 
-def _side_order(snap: Snapshot, host: str, containers: set[str]) -> tuple[list[str], set[str]]:
+def _side_order(snap: Snapshot, host: str, containers: Container[str], by_id: Mapping[str, Interface]
+                ) -> tuple[list[str], set[str], frozenset[str]]:
     """Namespaces that are neither the host nor its containers: the ones wired to the host
-    (a lab's internet, its client) first, nearest first, then the rest by name."""
-    by_id = {i.id: i for i in snap.interfaces}
+    (a lab's internet, its client) first, nearest first, then the rest by name. Also which
+    namespaces are wired to the host, and the interfaces whose veth crosses to another namespace."""
     links: dict[str, set[str]] = {}
+    crossing = []
     for iface in snap.interfaces:
         peer = by_id.get(iface.peer) if iface.peer else None
         if peer is not None and peer.netns != iface.netns:
+            crossing.append(iface.id)
             links.setdefault(iface.netns, set()).add(peer.netns)
             links.setdefault(peer.netns, set()).add(iface.netns)
     distance, todo = {host: 0}, [host]
@@ -468,7 +649,23 @@ def _side_order(snap: Snapshot, host: str, containers: set[str]) -> tuple[list[s
     others = [ns for ns in snap.namespaces if ns.id != host and ns.id not in containers]
     far = len(distance) + 1
     order = [ns.id for ns in sorted(others, key=lambda ns: (distance.get(ns.id, far), _natural(ns.name), ns.id))]
-    return order, set(distance)
+    return order, set(distance), frozenset(crossing)
+
+
+def _side_kept(before: Picture, pic: Picture, by_id: Mapping[str, Interface], ifaces: Iterable[str],
+               namespaces: Iterable[str]) -> bool:
+    """Whether the column beside the host is `before`'s: the same containers, no other
+    namespace touched (come, gone, renamed), and no veth between namespaces changed."""
+    if pic.home.keys() != before.home.keys():
+        return False
+    if any(ns_id != pic.host and ns_id not in pic.home for ns_id in namespaces):
+        return False
+    for if_id in ifaces:
+        iface = by_id.get(if_id)
+        peer = by_id.get(iface.peer) if iface is not None and iface.peer else None
+        if if_id in before.crossing or peer is not None and peer.netns != iface.netns:
+            return False
+    return True
 
 
 # ---- positions ---------------------------------------------------------------------------------
@@ -630,10 +827,12 @@ def patch_elements(old: list[dict], before: Picture | None, snap: Snapshot, ns_i
     if before is None or before.host != _host_id(snap):
         new, picture = drawn(snap, show_loopback=show_loopback)
         return new, diff_elements(old, new), picture
-    picture = plan(snap, remembered_slots(host_key))
+    ns_ids, whole = set(ns_ids), set(whole)
+    inside = [i.id for i in snap.interfaces if i.netns in whole] if whole else []
+    picture = plan(snap, remembered_slots(host_key), before, ifaces=[*only, *inside], namespaces={*ns_ids, *whole})
     _remember(host_key, picture.slots)
-    whole = set(whole) | _changed_keys(before.home, picture.home)
-    nodes = set(ns_ids) | whole | _changed_keys(before.names, picture.names) | (before.related ^ picture.related)
+    whole |= _changed_keys(before.home, picture.home)
+    nodes = ns_ids | whole | _changed_keys(before.names, picture.names) | (before.related ^ picture.related)
     ifaces = set(only) | _changed_keys(before.parent, picture.parent)
     if before.way_out != picture.way_out:
         ifaces |= {before.way_out, picture.way_out} - {None}
