@@ -441,6 +441,7 @@ def test_scoped_relayouts_equal_a_layout_from_scratch_through_a_story():
         fresh, scratch = drawn(after, slots=layout.slots)
         assert by_id(elements) == by_id(fresh)
         assert _plan_of(layout) == _plan_of(scratch)
+        assert _indexes(layout.drawing) == _indexes(scratch.drawing)
         widths.add(by_id(fresh)["ns-1/if800"]["position"]["x"] if "ns-1/if800" in by_id(fresh) else None)
     assert len(widths) >= 3  # br1 moved right when br0's cells grew, and back
 
@@ -454,5 +455,9 @@ def _drop_bridge(snap: Snapshot, bridge_id: str) -> Snapshot:
 def _plan_of(pic: graph.Picture) -> dict:
     """What a plan says, without what it keeps to make the next one (the cells remembered in
     the order seated, which differs once a container took a free cell: the same cells)."""
-    out = {k: v for k, v in vars(pic).items() if k not in ("plans", "reach", "load", "grid", "slots")}
+    out = {k: v for k, v in vars(pic).items() if k not in ("plans", "reach", "load", "grid", "slots", "drawing")}
     return {**out, "bridges_remembered": pic.slots.bridges, "cells": sorted(pic.slots.cells)}
+
+
+def _indexes(drawing: graph.Drawing) -> tuple:
+    return drawing.nodes.keys(), drawing.edges.keys(), drawing.by_ns, drawing.by_end, drawing.nat

@@ -26,7 +26,7 @@ import re
 import tempfile
 import threading
 import time
-from collections.abc import Collection, Container, Iterable, Mapping
+from collections.abc import Callable, Collection, Container, Iterable, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -206,6 +206,7 @@ def _draw(snap: Snapshot, slots: Slots, show_loopback: bool) -> tuple[list[dict]
         node["position"] = {"x": round(x, 1), "y": round(y, 1)}
     shown = {i.id for i in visible}
     edges = _interface_edges(visible, shown, by_id) + [e for _, e in pf_nodes if e] + _masquerade_edges(snap, picture)
+    picture.drawing = Drawing.of(nodes + edges)
     return nodes + edges, picture
 
 # ---- nodes ----------------------------------------------------------------------------------
@@ -247,7 +248,7 @@ def _portforward_nodes(snap: Snapshot, by_id: dict[str, Interface], pic: Picture
     if not snap.port_forwards:
         return []
     out, seen = [], set()
-    owner_of_ip = _ip_index(snap.interfaces)
+    owner_of_ip = _ip_index(snap.interfaces, {pf.to_ip for pf in snap.port_forwards if not pf.to_interface})
     for pf in snap.port_forwards:
         node_id = portforward_id(pf)
         if node_id in seen:
@@ -276,10 +277,16 @@ def _masquerade_edges(snap: Snapshot, pic: Picture) -> list[dict]:
     on the bridge while the host has no uplink). The rules that serve a forward (hairpin,
     localhost) are in that forward's panel instead."""
     out, seen = [], set()
+    if not snap.masquerades:
+        return out
     names = {i.name: i.id for i in snap.interfaces if i.netns == pic.host}
+    bridges: dict[str, list[Interface]] = {}  # one pass for every rule: a host holds many of both
+    for iface in snap.interfaces:
+        if iface.kind == "bridge":
+            bridges.setdefault(iface.netns, []).append(iface)
     for m in snap.masquerades:
         edge_id = masquerade_id(m)
-        bridge = _bridge_for_masquerade(m, snap.interfaces)
+        bridge = _bridge_for_masquerade(m, bridges.get(m.netns, ()))
         if edge_id in seen or bridge is None or not is_way_out(m):
             continue
         seen.add(edge_id)
@@ -312,9 +319,9 @@ def served_masquerades(snap: Snapshot, pf: PortForward) -> tuple[Masquerade, ...
     return out and tuple(dict.fromkeys(out)) or ()
 
 
-def _bridge_for_masquerade(m: Masquerade, interfaces: Iterable[Interface]) -> Interface | None:
-    """The bridge the masqueraded subnet lives on: its way out goes through this rule."""
-    candidates = [i for i in interfaces if i.netns == m.netns and i.kind == "bridge"]
+def _bridge_for_masquerade(m: Masquerade, candidates: list[Interface]) -> Interface | None:
+    """The bridge the masqueraded subnet lives on (among the bridges of its namespace): its way
+    out goes through this rule."""
     if m.out_not:
         named = [i for i in candidates if i.name == m.out_not]
         if named:
@@ -326,13 +333,18 @@ def _bridge_for_masquerade(m: Masquerade, interfaces: Iterable[Interface]) -> In
     return None
 
 
-def _ip_index(interfaces: Iterable[Interface]) -> dict[str, str]:
-    """address -> id of the first interface holding it (loopback addresses are everywhere)."""
+def _ip_index(interfaces: Iterable[Interface], wanted: Container[str]) -> dict[str, str]:
+    """address -> id of the first interface holding it (loopback addresses are everywhere), for
+    the addresses wanted."""
     index: dict[str, str] = {}
+    if not wanted:
+        return index
     for iface in interfaces:
-        if iface.kind != "loopback":
+        if iface.addresses and iface.kind != "loopback":
             for cidr in iface.addresses:
-                index.setdefault(cidr.split("/", 1)[0], iface.id)
+                ip = cidr.split("/", 1)[0]
+                if ip in wanted:
+                    index.setdefault(ip, iface.id)
     return index
 
 
@@ -422,6 +434,7 @@ class Picture:
         self.plans: dict[str, BridgePlan] = {}  # bridge id -> its share, left to right
         self.reach: dict[str, frozenset[str]] = {}  # namespace, port or inner interface id -> bridges it sits on
         self.crossing: frozenset[str] = frozenset()  # interfaces whose veth peer is in another namespace
+        self.drawing = Drawing()  # the elements drawn from this plan, by id, with their indexes
 
 
 def plan(snap: Snapshot, slots: Slots, before: Picture | None = None, *,
@@ -680,30 +693,35 @@ class Scope:
     whose bridge's grid moved or resized joins them. The rest keeps the places `before` gave it,
     and the other boxes' loads (what sizes the cells) are `before`'s."""
     before: Picture
-    boxes: frozenset[str] = frozenset()
-    side: bool = False
+    boxes: frozenset[str]
+    side: bool
+    items: Callable[[str], list[dict]]  # the nodes a container's box (or a namespace beside the host) holds
+    forwards: list[dict]  # every forward's node
 
 
 def place(snap: Snapshot, pic: Picture, nodes: list[dict], scope: Scope | None = None
           ) -> dict[str, tuple[float, float]]:
-    """Positions of the nodes; with a scope, of what it reaches (its boxes' nodes and every
-    forward must be among `nodes`). Keeps each box's load and each bridge's grid in `pic`."""
+    """Positions of the nodes; with a scope, of what it reaches (`nodes` unused: the scope
+    says what each box holds). Keeps each box's load and each bridge's grid in `pic`."""
     pos: dict[str, tuple[float, float]] = {}
     for k, iface_id in enumerate(pic.uplinks):
         pos[iface_id] = (k * UPLINK_W, 0.0)
-    inside: dict[str, list[dict]] = {}
-    for node in nodes:
-        data = node["data"]
-        if data["kind"] != "namespace" and data["parent"] in pic.home:
-            inside.setdefault(data["parent"], []).append(node)
     if scope is None:
+        inside: dict[str, list[dict]] = {}
+        for node in nodes:
+            data = node["data"]
+            if data["kind"] != "namespace":
+                inside.setdefault(data["parent"], []).append(node)
+        items: Callable[[str], list[dict]] = lambda ns_id: inside.get(ns_id, [])
+        forwards = [n for n in nodes if n["data"]["kind"] == "portforward"]
         load, boxes = {}, pic.home.keys()
     else:
+        items, forwards = scope.items, scope.forwards
         load = {ns_id: n for ns_id, n in scope.before.load.items() if ns_id in pic.home}
         boxes = set(scope.boxes & pic.home.keys())
     for ns_id in boxes:
         # loopback is left out: shown or not, the cells (and so every other place) stay the same
-        load[ns_id] = sum(n["data"]["kind"] != "loopback" for n in inside.get(ns_id, ()))
+        load[ns_id] = sum(n["data"]["kind"] != "loopback" for n in items(ns_id))
     pic.load = load
     pic.grid = _grids(pic)
     moved = set() if scope is None else {b for b, g in pic.grid.items() if scope.before.grid.get(b) != g}
@@ -720,23 +738,23 @@ def place(snap: Snapshot, pic: Picture, nodes: list[dict], scope: Scope | None =
     for ns_id in boxes:
         ox, oy = _cell_at(pic, (pic.home[ns_id], ns_id))
         first = pic.inner.get(ns_id, [])
-        items = inside.get(ns_id, [])
-        if len(items) > 1:  # most boxes hold one thing: nothing to order
-            items = sorted(items, key=lambda n: _in_box_key(n, first))
+        held = items(ns_id)
+        if len(held) > 1:  # most boxes hold one thing: nothing to order
+            held = sorted(held, key=lambda n: _in_box_key(n, first))
         # a box grows to both sides of what it holds (labels included): its first item keeps
         # clear of the box's own port, and a new item goes right (or below) without moving it
         pos[ns_id] = (ox + PORT_CLEAR, oy + 50)  # a box's own place is where its first item is
-        for k, node in enumerate(items):
+        for k, node in enumerate(held):
             row, col = divmod(k, BOX_ROW)
             pos[node["data"]["id"]] = (ox + PORT_CLEAR + ITEM_W * col, oy + 40 + ITEM_H * row)
     left = max((g[0] + g[1] * g[2] + BRIDGE_GAP for g in pic.grid.values()), default=0.0)
     right = max(len(pic.uplinks) * UPLINK_W, left, CELL_W)
-    loose = [n["data"]["id"] for n in nodes if n["data"]["kind"] == "portforward" and n["data"]["parent"] == pic.host]
+    loose = [n["data"]["id"] for n in forwards if n["data"]["parent"] == pic.host]
     for k, node_id in enumerate(loose):
         pos[node_id] = ((len(pic.uplinks) + k) * UPLINK_W, 0.0)
     right = max(right, (len(pic.uplinks) + len(loose)) * UPLINK_W)
     if scope is None or scope.side:
-        _place_side(pic, nodes, pos)
+        _place_side(pic, items, pos)
     if pic.host:
         pos[pic.host] = (right / 2, BRIDGE_Y)
     return pos
@@ -764,18 +782,12 @@ def _cell_at(pic: Picture, key: tuple[str, str]) -> tuple[float, float]:
     return x0 + (index % cols) * width, BRIDGE_Y + GRID_Y + (index // cols) * height
 
 
-def _place_side(pic: Picture, nodes: list[dict], pos: dict[str, tuple[float, float]]) -> None:
-    side = set(pic.side)
-    members: dict[str, list[str]] = {}
-    for node in nodes:
-        data = node["data"]
-        if data["kind"] != "namespace" and data["parent"] in side:
-            members.setdefault(data["parent"], []).append(data["id"])
+def _place_side(pic: Picture, items: Callable[[str], list[dict]], pos: dict[str, tuple[float, float]]) -> None:
     # labels sit right of the interfaces, so a wire down the column's left stays clear of them
     x0, y = -SIDE_GAP, 0.0
     for ns_id in pic.side:
         pos[ns_id] = (x0, y)
-        for node_id in sorted(members.get(ns_id, ()), key=_id_rank):
+        for node_id in sorted((n["data"]["id"] for n in items(ns_id)), key=_id_rank):
             pos[node_id] = (x0, y)
             y += SIDE_ROW
         y += SIDE_ROW
@@ -837,44 +849,33 @@ def patch_elements(old: list[dict], before: Picture | None, snap: Snapshot, ns_i
     if before.way_out != picture.way_out:
         ifaces |= {before.way_out, picture.way_out} - {None}
     fresh = _fresh_elements(snap, picture, nodes, ifaces, whole, show_loopback)
-    index, first_edge, stale = {}, len(old), set()
-    for k, element in enumerate(old):
-        index[element["data"]["id"]] = k
-        if element["group"] == "edges" and first_edge == len(old):
-            first_edge = k
-        if _belongs(element, nodes, ifaces, whole):
-            stale.add(element["data"]["id"])
-    added = [e for i, e in fresh.items() if i not in index]
+    was = before.drawing if before.drawing.size() == len(old) else Drawing.of(old)
+    stale = was.touching(nodes, ifaces, whole)
+    added = [e for i, e in fresh.items() if was.get(i) is None]
     removed = [i for i in stale if i not in fresh]
     changed: dict[str, dict] = {}
-    relayout = any(e["group"] == "nodes" for e in added) or any(old[index[i]]["group"] == "nodes" for i in removed)
+    relayout = any(e["group"] == "nodes" for e in added) or any(i in was.nodes for i in removed)
     relayout = relayout or _shape(before) != _shape(picture)
     for element_id, element in fresh.items():
-        k = index.get(element_id)
-        if k is None:
+        previous = was.get(element_id)
+        if previous is None:
             continue
-        previous = old[k]
         if element["group"] == "nodes":
             relayout = relayout or _layout_key(element) != _layout_key(previous)
             element["position"] = previous["position"]
         if element != previous:
             changed[element_id] = element
-    gone = set(removed)
-    keep = [changed.get(e["data"]["id"], e) for e in old if e["data"]["id"] not in gone]
-    cut = first_edge - sum(1 for i in gone if index[i] < first_edge)
-    elements = keep[:cut] + [e for e in added if e["group"] == "nodes"] + keep[cut:] + \
-        [e for e in added if e["group"] == "edges"]
+    picture.drawing = drawing = was.patched(added, [was.get(i) for i in removed], changed)
     if relayout:
         touched = [e for e in added if e["group"] == "nodes"] + \
-            [old[index[i]] for i in removed if old[index[i]]["group"] == "nodes"] + \
+            [was.nodes[i] for i in removed if i in was.nodes] + \
             [e for i, e in changed.items() if e["group"] == "nodes"] + \
-            [old[index[i]] for i, e in changed.items() if e["group"] == "nodes"]
-        elements = _placed(snap, picture, elements, changed, {e["data"]["id"] for e in added},
-                           scope_of(before, picture, touched))
+            [was.nodes[i] for i in changed if i in was.nodes]
+        _placed(snap, picture, changed, {e["data"]["id"] for e in added}, scope_of(before, picture, touched))
     else:  # nothing that sizes a cell or fills a box changed
         picture.load, picture.grid = before.load, before.grid
     delta = {"added": added, "removed": removed, "changed": list(changed.values())}
-    return elements, delta, picture
+    return drawing.elements(), delta, picture
 
 
 def _host_id(snap: Snapshot) -> str | None:
@@ -912,32 +913,126 @@ def scope_of(before: Picture, after: Picture, touched: Iterable[dict]) -> Scope:
                 side = True
         if data["id"] in after.port_cell:
             boxes.add(after.port_cell[data["id"]][1])
-    return Scope(before, frozenset(boxes & after.home.keys()), side)
+    return Scope(before, frozenset(boxes & after.home.keys()), side, after.drawing.held, after.drawing.forwards())
 
 
-def _placed(snap: Snapshot, pic: Picture, elements: list[dict], changed: dict[str, dict],
-            added: set[str], scope: Scope | None = None) -> list[dict]:
-    """Lay the nodes out again (with a scope: what it reaches); a node that moved is copied
-    with its new place and joins `changed`."""
-    nodes = [e for e in elements if e["group"] == "nodes"]
-    positions = place(snap, pic, nodes, scope)
-    out = []
-    for element in elements:
-        if element["group"] == "nodes":
+def _placed(snap: Snapshot, pic: Picture, changed: dict[str, dict], added: set[str], scope: Scope) -> None:
+    """Place what the scope reaches again; a node that moved is copied with its new place
+    (in the drawing too) and joins `changed`."""
+    nodes = pic.drawing.nodes
+    positions = place(snap, pic, [], scope)
+    for element_id in positions.keys() | added:
+        element = nodes.get(element_id)
+        if element is None:
+            continue  # placed but not drawn: loopback, unless shown
+        x, y = positions.get(element_id, (0.0, 0.0))
+        x, y = round(x, 1), round(y, 1)
+        was = element.get("position")
+        if was is None or was["x"] != x or was["y"] != y:
+            if element_id not in added and element_id not in changed:
+                element = {**element}
+                changed[element_id] = element
+                nodes[element_id] = element
+            element["position"] = {"x": x, "y": y}
+
+
+class Drawing:
+    """The elements by id (nodes, then edges, each in the order drawn), with what finds the
+    ones a change touches without a pass over all of them: a namespace's interfaces and the
+    edges with an end in it, an interface's edges, and the NAT elements (redrawn each time)."""
+
+    def __init__(self) -> None:
+        self.nodes: dict[str, dict] = {}
+        self.edges: dict[str, dict] = {}
+        self.by_ns: dict[str, frozenset[str]] = {}
+        self.by_end: dict[str, frozenset[str]] = {}
+        self.nat: frozenset[str] = frozenset()
+
+    @classmethod
+    def of(cls, elements: list[dict]) -> Drawing:
+        drawing = cls()
+        drawing._add(elements)
+        return drawing
+
+    def size(self) -> int:
+        return len(self.nodes) + len(self.edges)
+
+    def get(self, element_id: str) -> dict | None:
+        return self.nodes.get(element_id) or self.edges.get(element_id)
+
+    def elements(self) -> list[dict]:
+        return [*self.nodes.values(), *self.edges.values()]
+
+    def touching(self, nodes: set[str], ifaces: set[str], whole: set[str]) -> set[str]:
+        """Ids of what a redraw of these namespace nodes, interfaces and whole namespaces
+        replaces: those nodes, every element of the namespaces, the interfaces' edges, NAT."""
+        out = set(self.nat)
+        out.update(i for i in nodes if i in self.nodes)
+        out.update(i for i in ifaces if i in self.nodes)
+        for ns_id in whole:
+            out |= self.by_ns.get(ns_id, frozenset())
+        for if_id in ifaces:
+            out |= self.by_end.get(if_id, frozenset())
+        return out
+
+    def held(self, parent: str) -> list[dict]:
+        """The nodes inside a namespace's box (or beside the host): its interfaces, its forwards."""
+        out = [self.nodes[i] for i in self.by_ns.get(parent, ()) if i in self.nodes]
+        return out + [n for n in self.forwards() if n["data"]["parent"] == parent]
+
+    def forwards(self) -> list[dict]:
+        return [self.nodes[i] for i in self.nat if i in self.nodes]
+
+    def patched(self, added: list[dict], removed: list[dict], changed: dict[str, dict]) -> Drawing:
+        """A new drawing (this one unchanged): removed ones out, changed ones in their place,
+        added ones at the end of their group."""
+        out = Drawing()
+        out.nodes, out.edges = dict(self.nodes), dict(self.edges)
+        out.by_ns, out.by_end, out.nat = dict(self.by_ns), dict(self.by_end), self.nat
+        out._remove(removed)
+        for element_id, element in changed.items():
+            (out.nodes if element["group"] == "nodes" else out.edges)[element_id] = element
+        out._add(added)
+        return out
+
+    def _add(self, elements: Iterable[dict]) -> None:
+        nat = set()
+        for element in elements:
             element_id = element["data"]["id"]
-            if scope is not None and element_id not in positions and element_id not in added:
-                out.append(element)  # out of the scope: where it was
-                continue
-            x, y = positions.get(element_id, (0.0, 0.0))
-            x, y = round(x, 1), round(y, 1)
-            was = element.get("position")
-            if was is None or was["x"] != x or was["y"] != y:
-                if element_id not in added and element_id not in changed:
-                    element = {**element}
-                    changed[element_id] = element
-                element["position"] = {"x": x, "y": y}
-        out.append(element)
-    return out
+            (self.nodes if element["group"] == "nodes" else self.edges)[element_id] = element
+            for index, key in self._keys(element):
+                if index is None:
+                    nat.add(element_id)
+                else:
+                    index[key] = index.get(key, frozenset()) | {element_id}
+        if nat:
+            self.nat = self.nat | nat
+
+    def _remove(self, elements: Iterable[dict]) -> None:
+        nat = set()
+        for element in elements:
+            element_id = element["data"]["id"]
+            (self.nodes if element["group"] == "nodes" else self.edges).pop(element_id, None)
+            for index, key in self._keys(element):
+                if index is None:
+                    nat.add(element_id)
+                elif rest := index.get(key, frozenset()) - {element_id}:
+                    index[key] = rest
+                else:
+                    index.pop(key, None)
+        if nat:
+            self.nat = self.nat - nat
+
+    def _keys(self, element: dict) -> list[tuple[dict | None, str]]:
+        """Which index entries an element has (None: it is a NAT element)."""
+        data = element["data"]
+        if data["kind"] in NAT_KINDS:
+            return [(None, "")]
+        if element["group"] == "nodes":
+            return [] if data["kind"] == "namespace" else [(self.by_ns, data["netns"])]
+        source, target = data["source"], data["target"]
+        return [(self.by_ns, _interface_ns(source)), (self.by_ns, _interface_ns(target)),
+                (self.by_end, source), (self.by_end, target)]
 
 
 def _fresh_elements(snap: Snapshot, pic: Picture, nodes: set[str], ifaces: set[str], whole: set[str],
@@ -972,18 +1067,6 @@ class _Shown:
     def __contains__(self, if_id: object) -> bool:
         iface = self._by_id.get(if_id)  # type: ignore[arg-type]
         return iface is not None and (self._loopback or iface.kind != "loopback")
-
-
-def _belongs(element: dict, nodes: set[str], ifaces: set[str], whole: set[str]) -> bool:
-    data = element["data"]
-    if data["kind"] in NAT_KINDS:
-        return True
-    if element["group"] == "nodes":
-        if data["kind"] == "namespace":
-            return data["id"] in nodes
-        return data["id"] in ifaces or data.get("netns", data["parent"]) in whole
-    source, target = data["source"], data["target"]
-    return source in ifaces or target in ifaces or _interface_ns(source) in whole or _interface_ns(target) in whole
 
 
 def _interface_ns(element_id: str) -> str:
