@@ -199,7 +199,9 @@ class _Store:
         old_links = {link.ifindex: link for link in before.dump.links}
         new_links = {link.ifindex: link for link in read.dump.links}
         came_or_went = old_links.keys() ^ new_links.keys()
-        changed = came_or_went | {i for i, link in new_links.items() if old_links.get(i, link) != link}
+        # the links an event left alone are the same objects: no field-by-field comparison
+        changed = came_or_went | {i for i, link in new_links.items()
+                                  if old_links.get(i, link) is not link and old_links.get(i, link) != link}
         changed |= {a.ifindex for a in set(before.dump.addresses) ^ set(read.dump.addresses)}
         out = {ns_id: changed}  # a link that went is rebuilt as nothing
         # veths elsewhere that point at a link that came or went must be paired again

@@ -206,7 +206,6 @@ def _draw(snap: Snapshot, slots: Slots, show_loopback: bool) -> tuple[list[dict]
         node["position"] = {"x": round(x, 1), "y": round(y, 1)}
     shown = {i.id for i in visible}
     edges = _interface_edges(visible, shown, by_id) + [e for _, e in pf_nodes if e] + _masquerade_edges(snap, picture)
-    picture.drawing = Drawing.of(nodes + edges)
     return nodes + edges, picture
 
 # ---- nodes ----------------------------------------------------------------------------------
@@ -434,7 +433,7 @@ class Picture:
         self.plans: dict[str, BridgePlan] = {}  # bridge id -> its share, left to right
         self.reach: dict[str, frozenset[str]] = {}  # namespace, port or inner interface id -> bridges it sits on
         self.crossing: frozenset[str] = frozenset()  # interfaces whose veth peer is in another namespace
-        self.drawing = Drawing()  # the elements drawn from this plan, by id, with their indexes
+        self.drawing = Drawing()  # the elements drawn from this plan, by id, with their indexes (once patched)
 
 
 def plan(snap: Snapshot, slots: Slots, before: Picture | None = None, *,
@@ -607,6 +606,7 @@ def _seat_all(pic: Picture, before: Picture | None, order: list[BridgePlan]) -> 
                 pic.reach[ref] = rest
             else:
                 del pic.reach[ref]
+    reached: dict[str, set[str]] = {}
     for old, new in pairs:
         if new is None:
             continue
@@ -622,7 +622,9 @@ def _seat_all(pic: Picture, before: Picture | None, order: list[BridgePlan]) -> 
             pic.strays[new.id] = list(new.strays)
         touched |= _changed_keys(keep.inner, new.inner)
         for ref in new.reach() - keep.reach():
-            pic.reach[ref] = pic.reach.get(ref, frozenset()) | {new.id}
+            reached.setdefault(ref, set()).add(new.id)
+    for ref, ids in reached.items():
+        pic.reach[ref] = pic.reach.get(ref, frozenset()) | ids
     for ns_id in touched:  # home: the first bridge, left to right; the interfaces toward bridges in that order
         pic.home.pop(ns_id, None)
         pic.inner.pop(ns_id, None)
@@ -996,43 +998,48 @@ class Drawing:
         return out
 
     def _add(self, elements: Iterable[dict]) -> None:
-        nat = set()
-        for element in elements:
-            element_id = element["data"]["id"]
-            (self.nodes if element["group"] == "nodes" else self.edges)[element_id] = element
-            for index, key in self._keys(element):
-                if index is None:
-                    nat.add(element_id)
-                else:
-                    index[key] = index.get(key, frozenset()) | {element_id}
-        if nat:
-            self.nat = self.nat | nat
+        by_ns, by_end, nat = self._sort(elements, add=True)
+        for index, entries in ((self.by_ns, by_ns), (self.by_end, by_end)):
+            for key, ids in entries.items():
+                index[key] = index.get(key, frozenset()) | ids
+        self.nat = self.nat | nat if nat else self.nat
 
     def _remove(self, elements: Iterable[dict]) -> None:
-        nat = set()
-        for element in elements:
-            element_id = element["data"]["id"]
-            (self.nodes if element["group"] == "nodes" else self.edges).pop(element_id, None)
-            for index, key in self._keys(element):
-                if index is None:
-                    nat.add(element_id)
-                elif rest := index.get(key, frozenset()) - {element_id}:
+        by_ns, by_end, nat = self._sort(elements, add=False)
+        for index, entries in ((self.by_ns, by_ns), (self.by_end, by_end)):
+            for key, ids in entries.items():
+                if rest := index.get(key, frozenset()) - ids:
                     index[key] = rest
                 else:
                     index.pop(key, None)
-        if nat:
-            self.nat = self.nat - nat
+        self.nat = self.nat - nat if nat else self.nat
 
-    def _keys(self, element: dict) -> list[tuple[dict | None, str]]:
-        """Which index entries an element has (None: it is a NAT element)."""
-        data = element["data"]
-        if data["kind"] in NAT_KINDS:
-            return [(None, "")]
-        if element["group"] == "nodes":
-            return [] if data["kind"] == "namespace" else [(self.by_ns, data["netns"])]
-        source, target = data["source"], data["target"]
-        return [(self.by_ns, _interface_ns(source)), (self.by_ns, _interface_ns(target)),
-                (self.by_end, source), (self.by_end, target)]
+    def _sort(self, elements: Iterable[dict], *, add: bool
+              ) -> tuple[dict[str, set[str]], dict[str, set[str]], set[str]]:
+        """Put the elements in (or take them out of) their group; their index entries, one set
+        per entry (a namespace holds a thousand elements: one union each, not a thousand)."""
+        by_ns: dict[str, set[str]] = {}
+        by_end: dict[str, set[str]] = {}
+        nat: set[str] = set()
+        for element in elements:
+            data = element["data"]
+            element_id, kind = data["id"], data["kind"]
+            nodes = element["group"] == "nodes"
+            group = self.nodes if nodes else self.edges
+            if add:
+                group[element_id] = element
+            else:
+                group.pop(element_id, None)
+            if kind in NAT_KINDS:
+                nat.add(element_id)
+            elif nodes:
+                if kind != "namespace":
+                    by_ns.setdefault(data["netns"], set()).add(element_id)
+            else:
+                for end in (data["source"], data["target"]):
+                    by_ns.setdefault(_interface_ns(end), set()).add(element_id)
+                    by_end.setdefault(end, set()).add(element_id)
+        return by_ns, by_end, nat
 
 
 def _fresh_elements(snap: Snapshot, pic: Picture, nodes: set[str], ifaces: set[str], whole: set[str],
