@@ -236,8 +236,10 @@ class Watcher:
             if now - self._discovered_at < DISCOVERY_GAP:
                 self._rechecks = sorted({*self._rechecks, self._discovered_at + DISCOVERY_GAP})
                 rediscover = False
-        if dirty or rediscover:
-            self._round(discovery=rediscover, events=dirty)
+        if dirty:  # first, so that a change in a watched namespace never waits behind arrivals
+            self._round(events=dirty)
+        if rediscover:
+            self._round(discovery=True)
 
     def _serve_requests(self) -> None:
         while not self._requests.empty():
