@@ -6,10 +6,11 @@ changes, which is how a bind-mounted namespace appears or goes), and the handles
 re-dumps only the namespace it came from; `incremental.advance` (pure) turns those reads into
 the next picture and its delta, which is published. ENOBUFS (the kernel dropped events) or a
 failed round trigger a full re-dump; besides, every namespace is re-dumped once per
-heal_interval, a slice each second, so that no round holds a change back for long on a host
-with a thousand namespaces; every rescan_interval /proc is searched for
-namespaces only a process holds. Other threads ask for a re-read with `refresh`, which the
-loop performs, so no state is shared but the published picture.
+heal_interval, a few at a time, so that no round holds a change back for long on a host
+with a thousand namespaces. A netns file or a mount coming or going is looked up in the mount
+table; every rescan_interval /proc is searched too, for namespaces only a process holds.
+Other threads ask for a re-read with `refresh`, which the loop performs, so no state is
+shared but the published picture.
 """
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ from collections.abc import Callable, Iterable, Mapping
 from bridgescope.collector.firewall import FirewallScan
 from bridgescope.collector.firewall.monitor import FirewallWatch
 from bridgescope.collector.firewall.readers import forget_reads
-from bridgescope.collector.kernel.namespaces import NetnsRef, discover, resolve_netns
+from bridgescope.collector.kernel.namespaces import NetnsRef, discover, rediscover, resolve_netns
 from bridgescope.collector.kernel.netlink import (
     NETLINK_ADD_MEMBERSHIP,
     SOL_NETLINK,
@@ -61,7 +62,8 @@ RECHECK_AFTER = (0.3, 2.0)
 # watched would wait behind them: discoveries come at most this often, the rest is a recheck.
 DISCOVERY_GAP = 0.5
 QUEUE_LIMIT = 1000
-HEAL_STEP = 1.0  # seconds between two slices of the periodic re-dump
+HEAL_STEP = 1.0  # seconds between two slices of the periodic re-dump, at most
+HEAL_SLICE = 4  # namespaces re-dumped in one slice, at most: a change waits behind one slice
 
 _libc = ctypes.CDLL(None, use_errno=True)
 log = logging.getLogger(__name__)
@@ -168,7 +170,7 @@ class Watcher:
         mountinfo = open("/proc/self/mountinfo", "rb")  # noqa: SIM115 - polled for the loop's life
         self._epoll.register(mountinfo.fileno(), select.EPOLLPRI | select.EPOLLERR)
         next_rescan = time.monotonic() + self.rescan_interval
-        next_heal = time.monotonic() + HEAL_STEP
+        next_heal = time.monotonic() + self._heal_step()
         try:
             while not self._stop.is_set():
                 timeout = max(0.0, min([next_rescan, next_heal, *self._rechecks]) - time.monotonic())
@@ -184,13 +186,13 @@ class Watcher:
                     if now >= next_heal and self._heal_all:
                         self._heal_all = False
                         self._heal()
-                        next_heal, next_rescan = now + HEAL_STEP, now + self.rescan_interval
+                        next_heal, next_rescan = now + self._heal_step(), now + self.rescan_interval
                     elif now >= next_heal:
                         self._heal_slice()
-                        next_heal = now + HEAL_STEP
+                        next_heal = now + self._heal_step()
                     elif now >= next_rescan or any(now >= t for t in self._rechecks):
                         self._rechecks = [t for t in self._rechecks if t > now]
-                        self._round(discovery=True)
+                        self._round(discovery=True, walk_proc=now >= next_rescan)
                         if now >= next_rescan:
                             next_rescan = now + self.rescan_interval
                 except Exception as err:
@@ -239,7 +241,7 @@ class Watcher:
         if dirty:  # first, so that a change in a watched namespace never waits behind arrivals
             self._round(events=dirty)
         if rediscover:
-            self._round(discovery=True)
+            self._round(discovery=True, walk_proc=False)
 
     def _serve_requests(self) -> None:
         while not self._requests.empty():
@@ -260,11 +262,18 @@ class Watcher:
         self._round(discovery=True, reread=self._handles, firewall=None if self._fw_watch else self._handles,
                     full=True)
 
+    def _heal_size(self) -> int:
+        return max(1, min(HEAL_SLICE, math.ceil(len(self._handles) * HEAL_STEP / self.heal_interval)))
+
+    def _heal_step(self) -> float:
+        """Seconds between slices, so that each namespace is re-read once per heal_interval."""
+        return self.heal_interval * self._heal_size() / max(1, len(self._handles))
+
     def _heal_slice(self) -> None:
-        """Re-dump the next share of the namespaces, so each is re-read once per heal_interval."""
+        """Re-dump the next share of the namespaces."""
         if not self._heal_queue:
             self._heal_queue = sorted(self._handles)
-        size = max(1, math.ceil(len(self._handles) * HEAL_STEP / self.heal_interval))
+        size = self._heal_size()
         batch = [n for n in self._heal_queue[:size] if n in self._handles]
         self._heal_queue = self._heal_queue[size:]
         if batch:
@@ -272,12 +281,15 @@ class Watcher:
 
     # ---- one round: read at the edge, then advance the pure picture --------------------------
 
-    def _round(self, *, discovery: bool = False, reread: Iterable[str] = (), firewall: Iterable[str] | None = (),
-               full: bool = False, events: Mapping[str, list[bytes]] | None = None) -> None:
+    def _round(self, *, discovery: bool = False, walk_proc: bool = True, reread: Iterable[str] = (),
+               firewall: Iterable[str] | None = (), full: bool = False,
+               events: Mapping[str, list[bytes]] | None = None) -> None:
         """Read what is asked (and whatever discovery finds new), advance the picture, publish.
 
-        `events` ({namespace: what its event socket received}) are applied to the cached dump
-        where they say all there is to know; the others are re-dumped."""
+        Discovery without `walk_proc` reads the mount table alone (what a netns file or a mount
+        coming or going changes), leaving the walk of /proc to the rescan. `events` ({namespace:
+        what its event socket received}) are applied to the cached dump where they say all
+        there is to know; the others are re-dumped."""
         wanted = set(reread)
         namespaces = warnings = None
         dumps: dict[str, NamespaceRead] = {}
@@ -286,7 +298,9 @@ class Watcher:
         if discovery:
             self._discovered_at = time.monotonic()
             with spans.span("discovery"):
-                namespaces, dumps, warnings = self._sync_namespaces(discover(self._host))
+                found = discover(self._host) if walk_proc else \
+                    rediscover(self._picture.namespaces.values(), self._host)
+                namespaces, dumps, warnings = self._sync_namespaces(found)
         with spans.span("reads"):
             applied = self._apply_events(events or {}, wanted)
             fresh = reread_handles([self._handles[n] for n in wanted if n in self._handles])
@@ -311,8 +325,8 @@ class Watcher:
             if delta["added"] or delta["removed"] or delta["changed"]:
                 self._version += 1
                 self._fanout.publish({"type": "delta", "version": self._version, **delta}, picture.elements)
-        spans.end(discovered=discovery, full=full, events=len(events or {}), reread=len(wanted), read=len(dumps),
-                  firewall_read=len(fw), namespaces=len(picture.namespaces),
+        spans.end(discovered=discovery and ("proc" if walk_proc else "mounts"), full=full, events=len(events or {}),
+                  reread=len(wanted), read=len(dumps), firewall_read=len(fw), namespaces=len(picture.namespaces),
                   delta=[len(delta[k]) for k in ("added", "removed", "changed")])
 
     def _apply_events(self, events: Mapping[str, list[bytes]], redump: set[str]) -> dict[str, NamespaceRead]:
