@@ -123,9 +123,12 @@ def advance(picture: Picture, reads: Reads) -> tuple[Picture, dict]:
         _mark(dirty, ns_id)
     dirty = {n: v for n, v in dirty.items() if n in present}
     moved_ips, if_ids = store.rebuild_parts(namespaces, dirty)
-    order = sorted(namespaces.values(), key=lambda ns: (not ns.is_host, ns.inode))
+    if reads.namespaces is None and namespaces.keys() == picture.namespaces.keys():
+        order = [ns.id for ns in picture.snapshot.namespaces]  # no discovery: the same namespaces, in order
+    else:
+        order = [ns.id for ns in sorted(namespaces.values(), key=lambda ns: (not ns.is_host, ns.inode))]
     warnings = picture.warnings if reads.warnings is None else reads.warnings
-    snap = join_parts((store.parts[ns.id] for ns in order), taken_at=reads.taken_at, warnings=warnings)
+    snap = join_parts((store.parts[ns_id] for ns_id in order), taken_at=reads.taken_at, warnings=warnings)
     if picture.firewall:
         snap = store.with_nat(snap, order, reads.firewall, everything=everything,
                               moved_ips=moved_ips, gone=gone)
@@ -257,24 +260,24 @@ class _Store:
         for far_ns in far_after - far_before:
             self.pointing[far_ns] = self.pointing.get(far_ns, frozenset()) | {ns_id}
 
-    def with_nat(self, snap: Snapshot, order: list[Namespace], fresh: Mapping[str, FirewallScan], *,
+    def with_nat(self, snap: Snapshot, order: list[str], fresh: Mapping[str, FirewallScan], *,
                  everything: bool, moved_ips: set[str], gone: set[str]) -> Snapshot:
         """Re-interpret NAT only where rules changed, or where a forward's target address
         moved or its container went away; at N namespaces most hold no rules at all."""
-        present = {ns.id for ns in order}
+        present = set(order)
         fresh = {n: scan for n, scan in fresh.items() if n in present}
         if fresh:
             self.fw.update(fresh)
             self.fw_merged = None
         if self.fw_merged is None:
-            self.fw_merged = merge_firewall(self.fw[ns.id] for ns in order if ns.id in self.fw)
+            self.fw_merged = merge_firewall(self.fw[ns_id] for ns_id in order if ns_id in self.fw)
         redo = set(self.fw) if everything else set(fresh)
         if moved_ips or gone:
             redo |= {n for n, v in self.nat.items()
                      if any(p.to_ip in moved_ips or p.container in gone for p in v.port_forwards)}
         for ns_id in redo & self.fw.keys():
             self.nat[ns_id] = nat_view(self.fw[ns_id], snap)
-        return with_nat(snap, self.fw_merged, (self.nat[ns.id] for ns in order if ns.id in self.nat))
+        return with_nat(snap, self.fw_merged, (self.nat[ns_id] for ns_id in order if ns_id in self.nat))
 
 
 def _put(mapping: dict, key, value: frozenset) -> None:

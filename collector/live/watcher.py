@@ -78,6 +78,7 @@ class Watcher:
         self.firewall = firewall
         self._picture = Picture(firewall=firewall)
         self._handles: dict[str, NamespaceHandle] = {}  # the loop's alone (before start: start's)
+        self._by_fd: dict[int, str] = {}  # event socket -> its namespace, kept with the handles
         self._version = 0
         self._publishing = threading.Lock()  # a new subscriber's graph and later deltas must not interleave
         self._fanout = GraphFanout(QUEUE_LIMIT)
@@ -208,7 +209,7 @@ class Watcher:
                 self._requests.get_nowait()[1].set()
 
     def _handle(self, ready: list[tuple[int, int]], inotify: int | None, mountinfo) -> None:
-        by_fd = {h.events.fileno(): ns_id for ns_id, h in self._handles.items() if h.events is not None}
+        by_fd = self._by_fd
         dirty: dict[str, list[bytes]] = {}
         overflow = rediscover = False
         for fd, _ in ready:
@@ -364,12 +365,14 @@ class Watcher:
             handle = self._handles.pop(ns_id)
             if handle.events is not None:
                 self._epoll.unregister(handle.events.fileno())
+                del self._by_fd[handle.events.fileno()]
             handle.close()  # drops our reference: the kernel may now free the namespace
         forget_reads(gone)  # a new namespace may be given a freed one's inode, and so its id
         new = [ns for ns in found if ns.id not in self._handles]
         handles, reads, failures = open_handles({ns.id: path_or_blank(ns) for ns in new}, events=True)
         for ns_id, handle in handles.items():
             self._handles[ns_id] = handle
+            self._by_fd[handle.events.fileno()] = ns_id
             self._epoll.register(handle.events.fileno(), select.EPOLLIN)
             _join_group(handle.events, RTNLGRP_IPV4_NETCONF)
         if self._fw_watch is not None:
