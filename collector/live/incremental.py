@@ -26,7 +26,7 @@ from bridgescope.collector.kernel.snapshot import (
     with_nat,
 )
 from bridgescope.collector.kernel.veth import IfKey, pair, wanted_nsids
-from bridgescope.collector.model import Interface, Namespace, Snapshot
+from bridgescope.collector.model import Interface, Namespace, Route, Snapshot
 from bridgescope.collector.render.graph import Picture as Layout
 from bridgescope.collector.render.graph import diff_elements, drawn, patch_elements
 from bridgescope.collector.rules.nat import NatView
@@ -176,6 +176,7 @@ class _Store:
         self.fw = dict(picture.fw)
         self.fw_merged = picture.fw_merged
         self.nat = dict(picture.nat)
+        self.replaced: dict[str, NamespaceRead] = {}  # the reads this round's took the place of
 
     def forget(self, ns_id: str) -> dict[str, set[int]]:
         """Drop a namespace that went; returns the veths that lost their peer ({namespace: ifindexes})."""
@@ -205,7 +206,9 @@ class _Store:
         # the links an event left alone are the same objects: no field-by-field comparison
         changed = came_or_went | {i for i, link in new_links.items()
                                   if old_links.get(i, link) is not link and old_links.get(i, link) != link}
-        changed |= {a.ifindex for a in set(before.dump.addresses) ^ set(read.dump.addresses)}
+        if before.dump.addresses != read.dump.addresses:  # the same objects when no event touched them
+            changed |= {a.ifindex for a in set(before.dump.addresses) ^ set(read.dump.addresses)}
+        self.replaced[ns_id] = before
         out = {ns_id: changed}  # a link that went is rebuilt as nothing
         # veths elsewhere that point at a link that came or went must be paired again
         for ifindex in came_or_went:
@@ -232,13 +235,24 @@ class _Store:
                                     key=lambda i: i.ifindex)
             rebuilt = [i for i in interfaces if ifindexes is None or before is None or i.ifindex in ifindexes]
             part = NamespacePart(dataclasses.replace(namespaces[ns_id], sysctls=read.sysctls), tuple(interfaces),
-                                 tuple(namespace_routes(ns_id, read)))
+                                 self._routes(ns_id, read, before, ifindexes))
             self.parts[ns_id] = part
             moved |= _ips(old) ^ _ips(rebuilt)
             if_ids |= {i.id for i in old} | {i.id for i in rebuilt}
             if_ids |= {i.id for i in interfaces if i.master in if_ids}  # a bridge's ports show its owner
             self._point(ns_id, _veth_targets(ns_id, read, self.nsids.get(ns_id, {})))
         return moved, if_ids
+
+    def _routes(self, ns_id: str, read: NamespaceRead, before: NamespacePart | None,
+                ifindexes: set[int] | None) -> tuple[Route, ...]:
+        """The namespace's routes: the part's own when the routes read are the same and none
+        goes through a link rebuilt (its name may have changed); a host with a thousand veths
+        has a thousand link-local routes."""
+        was = self.replaced.get(ns_id, read)
+        if before is not None and ifindexes is not None and was.dump.routes == read.dump.routes \
+                and not any(r.oif in ifindexes for r in read.dump.routes):
+            return before.routes
+        return tuple(namespace_routes(ns_id, read))
 
     def _point(self, ns_id: str, targets: frozenset[tuple[int, IfKey]]) -> None:
         before = self.targets.get(ns_id, frozenset())
