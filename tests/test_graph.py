@@ -442,6 +442,7 @@ def test_scoped_relayouts_equal_a_layout_from_scratch_through_a_story():
         assert by_id(elements) == by_id(fresh)
         assert _plan_of(layout) == _plan_of(scratch)
         assert _indexes(layout.drawing) == _indexes(graph.Drawing.of(fresh))
+        assert (layout.load, layout.fullest, layout.grid) == (scratch.load, scratch.fullest, scratch.grid)
         widths.add(by_id(fresh)["ns-1/if800"]["position"]["x"] if "ns-1/if800" in by_id(fresh) else None)
     assert len(widths) >= 3  # br1 moved right when br0's cells grew, and back
 
@@ -455,7 +456,7 @@ def _drop_bridge(snap: Snapshot, bridge_id: str) -> Snapshot:
 def _plan_of(pic: graph.Picture) -> dict:
     """What a plan says, without what it keeps to make the next one (the cells remembered in
     the order seated, which differs once a container took a free cell: the same cells)."""
-    out = {k: v for k, v in vars(pic).items() if k not in ("plans", "reach", "load", "grid", "slots", "drawing")}
+    out = {k: v for k, v in vars(pic).items() if k not in ("plans", "reach", "load", "grid", "fullest", "slots", "drawing")}
     return {**out, "bridges_remembered": pic.slots.bridges, "cells": sorted(pic.slots.cells)}
 
 

@@ -429,6 +429,7 @@ class Picture:
         # kept by `place`, so that a relayout can size the cells without counting every box again
         self.load: dict[str, int] = {}  # container namespace id -> items in its box, loopback left out
         self.grid: dict[str, Grid] = {}  # bridge id -> its grid
+        self.fullest: dict[str, int] = {}  # bridge id -> the most items one of its boxes holds
         # kept by `plan`, so that the next plan redoes only what a change reaches
         self.plans: dict[str, BridgePlan] = {}  # bridge id -> its share, left to right
         self.reach: dict[str, frozenset[str]] = {}  # namespace, port or inner interface id -> bridges it sits on
@@ -502,6 +503,7 @@ class BridgePlan:
     port_of: dict[str, str]  # port id -> the container namespace behind it
     inner: dict[str, tuple[tuple[str, str], ...]]  # namespace id -> (inner interface id, label) per port
     strays: tuple[str, ...]
+    ports_of: dict[str, tuple[str, ...]]  # container namespace id -> its ports
 
     def reach(self) -> set[str]:
         """The ids whose change reaches this share: the bridge, its ports, what is behind them."""
@@ -526,9 +528,13 @@ def _plan_bridge(bridge: Interface, ports: Iterable[Interface], by_id: Mapping[s
     seats = _seats(tuple(ns.name for ns, _ in atts), remembered)
     cell_of = {atts[k][0].id: index for k, index in seats}  # two ports of one container: the last seated
     port_of = {port.id: ns.id for ns, port in atts}
+    ports_of: dict[str, list[str]] = {}
+    for ns, port in atts:
+        ports_of.setdefault(ns.id, []).append(port.id)
     cells = tuple((bridge.name, atts[k][0].name, index) for k, index in seats)
     return BridgePlan(bridge.id, bridge.name, cols, cells, cell_of, port_of,
-                      {ns_id: tuple(pairs) for ns_id, pairs in inner.items()}, tuple(strays))
+                      {ns_id: tuple(pairs) for ns_id, pairs in inner.items()}, tuple(strays),
+                      {ns_id: tuple(ports) for ns_id, ports in ports_of.items()})
 
 
 @lru_cache(maxsize=256)
@@ -591,7 +597,7 @@ def _seat_all(pic: Picture, before: Picture | None, order: list[BridgePlan]) -> 
     for old, new in pairs:  # every entry that goes first: a port may pass from one bridge to another
         if old is None:
             continue
-        keep = new if new is not None else BridgePlan(old.id, old.name, 0, (), {}, {}, {}, ())
+        keep = new if new is not None else BridgePlan(old.id, old.name, 0, (), {}, {}, {}, (), {})
         for ns_id in old.cell_of.keys() - keep.cell_of.keys():
             del pic.cell[(old.id, ns_id)]
         for port in old.port_of.keys() - keep.port_of.keys():
@@ -610,7 +616,7 @@ def _seat_all(pic: Picture, before: Picture | None, order: list[BridgePlan]) -> 
     for old, new in pairs:
         if new is None:
             continue
-        keep = old if old is not None else BridgePlan(new.id, new.name, 0, (), {}, {}, {}, ())
+        keep = old if old is not None else BridgePlan(new.id, new.name, 0, (), {}, {}, {}, (), {})
         for ns_id in _changed_keys(keep.cell_of, new.cell_of) & new.cell_of.keys():
             pic.cell[(new.id, ns_id)] = new.cell_of[ns_id]
         for port in _changed_keys(keep.port_of, new.port_of) & new.port_of.keys():
@@ -719,24 +725,33 @@ def place(snap: Snapshot, pic: Picture, nodes: list[dict], scope: Scope | None =
         load, boxes = {}, pic.home.keys()
     else:
         items, forwards = scope.items, scope.forwards
-        load = {ns_id: n for ns_id, n in scope.before.load.items() if ns_id in pic.home}
+        load = dict(scope.before.load)
+        gone = scope.before.load.keys() - pic.home.keys()
+        for ns_id in gone:
+            del load[ns_id]
         boxes = set(scope.boxes & pic.home.keys())
     for ns_id in boxes:
         # loopback is left out: shown or not, the cells (and so every other place) stay the same
         load[ns_id] = sum(n["data"]["kind"] != "loopback" for n in items(ns_id))
     pic.load = load
+    if scope is None:
+        pic.fullest = _fullest(pic, pic.plans)
+    else:
+        before = scope.before
+        reached = {b for ns_id in boxes | gone for b in (before.home.get(ns_id), pic.home.get(ns_id))}
+        pic.fullest = {b: n for b, n in before.fullest.items() if b in pic.plans}
+        pic.fullest.update(_fullest(pic, reached | (pic.plans.keys() - before.fullest.keys())))
     pic.grid = _grids(pic)
     moved = set() if scope is None else {b for b, g in pic.grid.items() if scope.before.grid.get(b) != g}
-    if moved:
-        boxes |= {ns_id for ns_id, bridge_id in pic.home.items() if bridge_id in moved}
+    for bridge_id in moved:
+        boxes |= {ns_id for ns_id in pic.plans[bridge_id].cell_of if pic.home.get(ns_id) == bridge_id}
     for bridge_id, (left, cols, width, _) in pic.grid.items():
         pos[bridge_id] = (left + cols * width / 2, BRIDGE_Y)
         for k, port in enumerate(pic.strays.get(bridge_id, ())):
             pos[port] = (left + 15 + k * STRAY_W, BRIDGE_Y + 30)
-    for port, key in pic.port_cell.items():
-        if scope is None or key[1] in boxes or key[0] in moved:
-            ox, oy = _cell_at(pic, key)
-            pos[port] = (ox + 10, oy + 40)  # left of the box: the veth pair is a short edge
+    for port in pic.port_cell if scope is None else _ports(pic, boxes, moved):
+        ox, oy = _cell_at(pic, pic.port_cell[port])
+        pos[port] = (ox + 10, oy + 40)  # left of the box: the veth pair is a short edge
     for ns_id in boxes:
         ox, oy = _cell_at(pic, (pic.home[ns_id], ns_id))
         first = pic.inner.get(ns_id, [])
@@ -762,19 +777,34 @@ def place(snap: Snapshot, pic: Picture, nodes: list[dict], scope: Scope | None =
     return pos
 
 
+def _fullest(pic: Picture, bridges: Iterable[str | None]) -> dict[str, int]:
+    """The most items a box under each of these bridges holds (a box is under its home bridge)."""
+    out = {}
+    for bridge_id in bridges:
+        if bridge_id in pic.plans:
+            home = [pic.load.get(ns_id, 0) for ns_id in pic.plans[bridge_id].cell_of
+                    if pic.home.get(ns_id) == bridge_id]
+            out[bridge_id] = max(home, default=0)
+    return out
+
+
 def _grids(pic: Picture) -> dict[str, Grid]:
     """Each bridge's grid, left to right, its cells big enough for its fullest box."""
-    fullest: dict[str, int] = {}
-    for ns_id, n in pic.load.items():
-        bridge_id = pic.home[ns_id]
-        if n > fullest.get(bridge_id, 0):
-            fullest[bridge_id] = n
     left, grids = 0.0, {}
     for bridge_id, cols in pic.bridges:
-        width, height = cell_size(fullest.get(bridge_id, 1))
+        width, height = cell_size(pic.fullest.get(bridge_id, 1))
         grids[bridge_id] = (left, cols, width, height)
         left += cols * width + BRIDGE_GAP
     return grids
+
+
+def _ports(pic: Picture, boxes: Iterable[str], bridges: Iterable[str]) -> set[str]:
+    """The ports of these boxes (on any bridge) and every port of these bridges."""
+    out = {port for bridge_id in bridges for port in pic.plans[bridge_id].port_of}
+    for ns_id in boxes:
+        for bridge_id in pic.reach.get(ns_id, ()):
+            out.update(pic.plans[bridge_id].ports_of.get(ns_id, ()))
+    return out
 
 
 def _cell_at(pic: Picture, key: tuple[str, str]) -> tuple[float, float]:
@@ -875,7 +905,7 @@ def patch_elements(old: list[dict], before: Picture | None, snap: Snapshot, ns_i
             [was.nodes[i] for i in changed if i in was.nodes]
         _placed(snap, picture, changed, {e["data"]["id"] for e in added}, scope_of(before, picture, touched))
     else:  # nothing that sizes a cell or fills a box changed
-        picture.load, picture.grid = before.load, before.grid
+        picture.load, picture.grid, picture.fullest = before.load, before.grid, before.fullest
     delta = {"added": added, "removed": removed, "changed": list(changed.values())}
     return drawing.elements(), delta, picture
 
