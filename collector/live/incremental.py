@@ -11,7 +11,7 @@ where rules changed or a forward's target moved, and elements are patched in pla
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from bridgescope.collector.firewall import FirewallScan
@@ -240,7 +240,10 @@ class _Store:
             moved |= _ips(old) ^ _ips(rebuilt)
             if_ids |= {i.id for i in old} | {i.id for i in rebuilt}
             if_ids |= {i.id for i in interfaces if i.master in if_ids}  # a bridge's ports show its owner
-            self._point(ns_id, _veth_targets(ns_id, read, self.nsids.get(ns_id, {})))
+            targets = _veth_targets(ns_id, read, self.nsids.get(ns_id, {}), ifindexes if before else None)
+            if ifindexes is not None and before is not None:  # the links not rebuilt point where they did
+                targets |= {t for t in self.targets.get(ns_id, ()) if t[0] not in ifindexes}
+            self._point(ns_id, targets)
         return moved, if_ids
 
     def _routes(self, ns_id: str, read: NamespaceRead, before: NamespacePart | None,
@@ -301,11 +304,13 @@ def _put(mapping: dict, key, value: frozenset) -> None:
         mapping.pop(key, None)
 
 
-def _veth_targets(ns_id: str, read: NamespaceRead, nsids: Mapping[int, str]) -> frozenset[tuple[int, IfKey]]:
-    """(own ifindex, (namespace, ifindex) it points at) for this namespace's veths, when known."""
+def _veth_targets(ns_id: str, read: NamespaceRead, nsids: Mapping[int, str],
+                  only: Collection[int] | None = None) -> frozenset[tuple[int, IfKey]]:
+    """(own ifindex, (namespace, ifindex) it points at) for this namespace's veths (`only`
+    those links), when known."""
     out = set()
     for link in read.dump.links:
-        if link.kind == "veth" and link.link:
+        if link.kind == "veth" and link.link and (only is None or link.ifindex in only):
             far = ns_id if link.link_netnsid is None else nsids.get(link.link_netnsid)
             if far is not None and far != ns_id:
                 out.add((link.ifindex, (far, link.link)))
