@@ -23,6 +23,7 @@ import os
 import queue
 import select
 import socket
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -64,6 +65,11 @@ DISCOVERY_GAP = 0.5
 QUEUE_LIMIT = 1000
 HEAL_STEP = 1.0  # seconds between two slices of the periodic re-dump, at most
 HEAL_SLICE = 4  # namespaces re-dumped in one slice, at most: a change waits behind one slice
+# A round lets go of the interpreter at every read (netlink, a setns hop, the publish); taking
+# it back waits up to one switch interval while another thread computes (the doctor's worker
+# runs for tens of milliseconds after each change at a thousand containers). The default 5 ms,
+# paid at each of a round's reads, was most of a delta's latency there.
+SWITCH_INTERVAL = 0.0005
 
 _libc = ctypes.CDLL(None, use_errno=True)
 log = logging.getLogger(__name__)
@@ -116,6 +122,7 @@ class Watcher:
         self._round(discovery=True)
         self._start_firewall_watch()
         atexit.register(self.stop)  # an exception in the caller must not orphan rule monitors
+        sys.setswitchinterval(min(sys.getswitchinterval(), SWITCH_INTERVAL))
         self._thread = threading.Thread(target=self._run, name="bridgescope-watcher", daemon=True)
         self._thread.start()
         return self
