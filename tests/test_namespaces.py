@@ -213,3 +213,14 @@ def test_rediscover_reads_the_mount_table_and_keeps_what_it_knew(netns, monkeypa
     assert found[host].is_host
     mine = next(ns for ns in known if os.getpid() in ns.pids)
     assert os.getpid() in next(ns for ns in found.values() if ns.inode == mine.inode).pids
+
+
+def test_rediscover_returns_what_it_knew_unchanged_as_the_same_objects(netns):
+    """The watcher takes a rediscovery that found the very objects it holds as "nothing new":
+    no round, no new snapshot (other tools' namespaces coming and going trigger many)."""
+    host, other = netns("host"), netns("other")
+    ref = resolve_netns(host)
+    known = rediscover(discover(ref, engine_sockets=[]), ref, engine_sockets=[])
+    again = {ns.name: ns for ns in rediscover(known, ref, engine_sockets=[])}
+    before = {ns.name: ns for ns in known}
+    assert again[host] is before[host] and again[other] is before[other]

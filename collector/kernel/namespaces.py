@@ -221,6 +221,8 @@ def _renewed(ns: Namespace, key: NsKey, paths: list[str], pids: list[int], is_ho
     """A known namespace with its current mounts and holders. Its name (perhaps an engine's)
     stays, unless it was the name of a netns file that is gone."""
     if _paths(paths, is_host, host) == ns.paths:
+        if ns.pids == tuple(pids) and ns.is_host == is_host:
+            return ns  # the same object: nothing to compare or take in downstream
         return dataclasses.replace(ns, pids=tuple(pids), is_host=is_host)
     fresh = _namespace(key, paths, pids, is_host, {}, proc, host)
     if ns.name in _file_names(ns.paths) and ns.name not in _file_names(fresh.paths):

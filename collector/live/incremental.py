@@ -97,7 +97,8 @@ def advance(picture: Picture, reads: Reads) -> tuple[Picture, dict]:
         for other, ifindexes in store.forget(ns_id).items():
             _mark(dirty, other, ifindexes)
     if reads.namespaces is not None:
-        for ns_id in [n for n, ns in namespaces.items() if n in picture.namespaces and ns != picture.namespaces[n]]:
+        for ns_id in [n for n, ns in namespaces.items()
+                      if n in picture.namespaces and ns is not picture.namespaces[n] and ns != picture.namespaces[n]]:
             if dataclasses.replace(namespaces[ns_id], pids=()) != dataclasses.replace(picture.namespaces[ns_id], pids=()):
                 _mark(dirty, ns_id, ())
             elif ns_id in store.parts:  # processes come and go all the time: nothing drawn shows them

@@ -309,11 +309,13 @@ class Watcher:
                 found = discover(self._host) if walk_proc else \
                     rediscover(self._picture.namespaces.values(), self._host)
                 namespaces, dumps, warnings = self._sync_namespaces(found)
+            if _known(namespaces, self._picture.namespaces) and warnings == self._picture.warnings:
+                namespaces = warnings = None  # found what the picture holds: nothing to take in
         with spans.span("reads"):
             applied = self._apply_events(events or {}, wanted)
             fresh = reread_handles([self._handles[n] for n in wanted if n in self._handles])
         dumps.update({n: r for n, r in {**applied, **fresh}.items() if isinstance(r, NamespaceRead)})
-        if not (discovery or full or (self.firewall and firewall)) and \
+        if not (namespaces is not None or full or (self.firewall and firewall)) and \
                 all(r == self._picture.reads.get(n) for n, r in dumps.items()):
             # the usual heal slice: nothing new, so the picture (and its snapshot's identity,
             # which the doctor's worker watches) stays as it was
@@ -438,6 +440,12 @@ class Watcher:
             _libc.inotify_add_watch(fd, directory.encode(), IN_CREATE | IN_DELETE | IN_MOVED_FROM | IN_MOVED_TO)
         self._epoll.register(fd, select.EPOLLIN)
         return fd
+
+
+def _known(found: Mapping[str, Namespace], known: Mapping[str, Namespace]) -> bool:
+    """The same namespaces, each the very object the picture holds (rediscovery keeps those
+    it finds unchanged)."""
+    return found.keys() == known.keys() and all(ns is known[ns_id] for ns_id, ns in found.items())
 
 
 def _bridges(dump: RtnlDump) -> set[str]:
