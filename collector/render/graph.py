@@ -438,7 +438,8 @@ class Picture:
 
 
 def plan(snap: Snapshot, slots: Slots, before: Picture | None = None, *,
-         ifaces: Collection[str] = (), namespaces: Collection[str] = ()) -> Picture:
+         ifaces: Collection[str] = (), namespaces: Collection[str] = (),
+         by_id: Mapping[str, Interface] | None = None) -> Picture:
     """Who sits where. With `before` (the plan of the previous snapshot, from the same slots)
     and what changed since (interface ids, namespace ids; the interfaces of a namespace that
     came or went included), the bridges the change cannot reach keep their share of `before`
@@ -454,7 +455,7 @@ def plan(snap: Snapshot, slots: Slots, before: Picture | None = None, *,
     pic.host = host.id
     if before is not None and (before.host != host.id or before.slots != slots):
         before = None
-    by_id = {i.id: i for i in snap.interfaces}
+    by_id = {i.id: i for i in snap.interfaces} if by_id is None else by_id
     mine = snap.interfaces_in(host.id)
     bridges = [i for i in mine if i.kind == "bridge"]
     bridge_ids = {b.id for b in bridges}
@@ -873,14 +874,16 @@ def patch_elements(old: list[dict], before: Picture | None, snap: Snapshot, ns_i
         return new, diff_elements(old, new), picture
     ns_ids, whole = set(ns_ids), set(whole)
     inside = [i.id for i in snap.interfaces if i.netns in whole] if whole else []
-    picture = plan(snap, remembered_slots(host_key), before, ifaces=[*only, *inside], namespaces={*ns_ids, *whole})
+    by_id = {i.id: i for i in snap.interfaces}  # one map for the plan and the redraw
+    picture = plan(snap, remembered_slots(host_key), before, ifaces=[*only, *inside], namespaces={*ns_ids, *whole},
+                   by_id=by_id)
     _remember(host_key, picture.slots)
     whole |= _changed_keys(before.home, picture.home)
     nodes = ns_ids | whole | _changed_keys(before.names, picture.names) | (before.related ^ picture.related)
     ifaces = set(only) | _changed_keys(before.parent, picture.parent)
     if before.way_out != picture.way_out:
         ifaces |= {before.way_out, picture.way_out} - {None}
-    fresh = _fresh_elements(snap, picture, nodes, ifaces, whole, show_loopback)
+    fresh = _fresh_elements(snap, picture, nodes, ifaces, whole, show_loopback, by_id)
     was = before.drawing if before.drawing.size() == len(old) else Drawing.of(old)
     stale = was.touching(nodes, ifaces, whole)
     added = [e for i, e in fresh.items() if was.get(i) is None]
@@ -1073,13 +1076,13 @@ class Drawing:
 
 
 def _fresh_elements(snap: Snapshot, pic: Picture, nodes: set[str], ifaces: set[str], whole: set[str],
-                    show_loopback: bool) -> dict[str, dict]:
+                    show_loopback: bool, by_id: Mapping[str, Interface]) -> dict[str, dict]:
     """The touched elements, drawn from the new plan (positions are filled in by the caller)."""
-    by_id = {i.id: i for i in snap.interfaces}
-    namespaces = {ns.id: ns for ns in snap.namespaces}
     wanted = [i for i in snap.interfaces if i.netns in whole] if whole else []
     wanted += [by_id[i] for i in ifaces if i in by_id and by_id[i].netns not in whole]
     visible = [i for i in wanted if show_loopback or i.kind != "loopback"]
+    needed = nodes | {i.netns for i in visible}
+    namespaces = {ns.id: ns for ns in snap.namespaces if ns.id in needed}
     owners = {n: namespace_owner(namespaces[n]) for n in {i.netns for i in visible} if n in namespaces}
     out = [_namespace_node(namespaces[n], pic) for n in sorted(nodes) if n in namespaces]
     out += [_interface_node(i, by_id, snap.host, owners.get(i.netns, "unknown"), pic) for i in visible]
