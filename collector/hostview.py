@@ -165,14 +165,18 @@ def host_view(snap: Snapshot) -> HostView:
     by_id = {i.id: i for i in snap.interfaces}
     namespaces = {n.id: n for n in snap.namespaces}
     mine = snap.interfaces_in(host.id)
+    ports: dict[str, list[Interface]] = {}  # one pass, not one per bridge: the live view plans each round
+    for port in mine:
+        if port.master is not None and port.peer:
+            ports.setdefault(port.master, []).append(port)
     nets = []
     for bridge in mine:
         if bridge.kind != "bridge":
             continue
         atts = []
-        for port in mine:
-            inner = by_id.get(port.peer or "")
-            if port.master != bridge.id or inner is None or inner.netns == host.id:
+        for port in ports.get(bridge.id, ()):
+            inner = by_id.get(port.peer)
+            if inner is None or inner.netns == host.id:
                 continue
             ns = namespaces.get(inner.netns)
             if ns is not None:

@@ -346,3 +346,119 @@ def test_showing_loopback_moves_nothing_else():
     hidden = {e["data"]["id"]: e.get("position") for e in to_elements(snap) if e["group"] == "nodes"}
     shown = {e["data"]["id"]: e.get("position") for e in to_elements(snap, show_loopback=True) if e["group"] == "nodes"}
     assert {k: shown[k] for k in hidden} == hidden
+
+
+def _two_bridges(containers: int) -> Snapshot:
+    """topology(containers) with a second bridge br1 holding the odd-numbered containers."""
+    snap = topology(containers)
+    br1 = Interface("ns-1/if800", "ns-1", "br1", 800, "bridge", "up", 1500, None, ("10.9.0.1/16",))
+    ifs = [dataclasses.replace(i, master="ns-1/if800") if i.master == "ns-1/if2" and i.ifindex % 2 == 0 else i
+           for i in snap.interfaces]
+    return dataclasses.replace(snap, interfaces=tuple(ifs) + (br1,))
+
+
+def _counting_place(monkeypatch) -> list[int]:
+    """How many positions each call of graph.place computed."""
+    counts: list[int] = []
+    real = graph.place
+    monkeypatch.setattr(graph, "place", lambda *a, **kw: (counts.append(len(p := real(*a, **kw))), p)[1])
+    return counts
+
+
+def test_a_container_joining_one_bridge_places_its_box_alone(monkeypatch):
+    """The work follows the change: a new container's box is placed, not every box of the host."""
+    snap = _two_bridges(40)
+    grown = _two_bridges(41)
+    counts = _counting_place(monkeypatch)
+    _, delta = patched(snap, grown, {"ns-1", "ns-50"}, only={"ns-1/if43"}, whole={"ns-50"})
+    assert {"ns-50", "ns-50/if2", "ns-1/if43"} <= set(_ids(delta["added"]))
+    assert counts[0] > 100  # the first drawing places all
+    assert counts[1] < 12, counts  # the box, its port and eth0; bridges, uplinks, forward, host
+
+
+def _step(before: Snapshot, after: Snapshot) -> tuple[set[str], set[str], set[str]]:
+    """(namespaces, interfaces, whole namespaces) a change touched, as the live path names them."""
+    old = {i.id: i for i in before.interfaces}
+    new = {i.id: i for i in after.interfaces}
+    only = {k for k in old.keys() | new.keys() if old.get(k) != new.get(k)}
+    whole = {n.id for n in before.namespaces} ^ {n.id for n in after.namespaces}
+    return {i.split("/", 1)[0] for i in only} | whole, only, whole
+
+
+def _add(snap: Snapshot, *ifaces: Interface, forwards: tuple[PortForward, ...] = ()) -> Snapshot:
+    return dataclasses.replace(snap, interfaces=snap.interfaces + ifaces, port_forwards=snap.port_forwards + forwards)
+
+
+def _without(snap: Snapshot, *ids: str) -> Snapshot:
+    return dataclasses.replace(snap, namespaces=tuple(n for n in snap.namespaces if n.id not in ids),
+                               interfaces=tuple(i for i in snap.interfaces
+                                                if i.id not in ids and i.netns not in ids and i.peer not in ids))
+
+
+def test_scoped_relayouts_equal_a_layout_from_scratch_through_a_story():
+    """Each change is patched onto the previous patch (never a fresh drawing), and every
+    position equals a layout of the same snapshot from scratch with the same remembered slots:
+    a container joins a bridge and leaves it, a bridge comes and goes, a box fills past its
+    cell so the bridge's cells (and the bridges right of it) grow, then shrinks back."""
+    from bridgescope.collector.render.graph import drawn, patch_elements
+    start = _two_bridges(12)
+    joined = _two_bridges(13)  # ns-22 on br0
+    left = _without(joined, "ns-13")  # a container of br1 goes
+    br2 = Interface("ns-1/if850", "ns-1", "br2", 850, "bridge", "up", 1500, None)
+    bridged = _add(left, br2)
+    extra = tuple(Interface(f"ns-12/if{10 + k}", "ns-12", f"eth{k + 1}", 10 + k, "veth", "up", 1500, None)
+                  for k in range(4))  # ns-12 sits on br0: five items, two rows of a wider cell
+    filled = _add(bridged, *extra)
+    forward = PortForward("ns-1", "tcp", None, 9090, "172.17.0.5", 80, "docker", "nft", container="ns-13")
+    forwarded = _add(filled, forwards=(dataclasses.replace(forward, to_ip="172.17.0.4", container="ns-12"),))
+    emptied = _without(forwarded, *(i.id for i in extra))
+    # a namespace beside the host, wired to a container (two hops from the host), then renamed
+    side = Namespace("ns-600", "lab-client", 600)
+    wire = (Interface("ns-600/if2", "ns-600", "eth0", 2, "veth", "up", 1500, None, peer="ns-14/if9"),
+            Interface("ns-14/if9", "ns-14", "eth9", 9, "veth", "up", 1500, None, peer="ns-600/if2"))
+    wired = dataclasses.replace(emptied, namespaces=emptied.namespaces + (side,), interfaces=emptied.interfaces + wire)
+    renamed = dataclasses.replace(wired, namespaces=tuple(
+        dataclasses.replace(n, name="c007-renamed") if n.id == "ns-17" else n for n in wired.namespaces))
+    # a second port of ns-16 on br2: the container sits on two bridges
+    second = (Interface("ns-1/if860", "ns-1", "vx", 860, "veth", "up", 1500, None, master="ns-1/if850",
+                        peer="ns-16/if7"),
+              Interface("ns-16/if7", "ns-16", "eth1", 7, "veth", "up", 1500, None, peer="ns-1/if860"))
+    two = _add(renamed, *second)
+    # a port whose peer is not read yet stands alone over the grid; its container's end arrives
+    late = dataclasses.replace(two, namespaces=two.namespaces + (Namespace("ns-700", "c700", 700),))
+    stray = _add(late, Interface("ns-1/if870", "ns-1", "vlate", 870, "veth", "up", 1500, None,
+                                 master="ns-1/if2", peer="ns-700/if2"))
+    arrived = _add(stray, Interface("ns-700/if2", "ns-700", "eth0", 2, "veth", "up", 1500, None, peer="ns-1/if870"))
+    story = [start, joined, left, bridged, filled, forwarded, emptied, wired, renamed, two, late, stray, arrived,
+             _without(arrived, "ns-600"), no_br1 := _drop_bridge(_without(arrived, "ns-600"), "ns-1/if800"),
+             _without(no_br1, "ns-1/if850")]
+    elements, layout = drawn(story[0])
+    widths = set()
+    for before, after in zip(story, story[1:]):
+        ns_ids, only, whole = _step(before, after)
+        ns_ids |= {n.id for n in after.namespaces if n not in before.namespaces}  # renamed
+        elements, delta, layout = patch_elements(elements, layout, after, ns_ids, only=only, whole=whole)
+        fresh, scratch = drawn(after, slots=layout.slots)
+        assert by_id(elements) == by_id(fresh)
+        assert _plan_of(layout) == _plan_of(scratch)
+        assert _indexes(layout.drawing) == _indexes(graph.Drawing.of(fresh))
+        assert (layout.load, layout.fullest, layout.grid) == (scratch.load, scratch.fullest, scratch.grid)
+        widths.add(by_id(fresh)["ns-1/if800"]["position"]["x"] if "ns-1/if800" in by_id(fresh) else None)
+    assert len(widths) >= 3  # br1 moved right when br0's cells grew, and back
+
+
+def _drop_bridge(snap: Snapshot, bridge_id: str) -> Snapshot:
+    return dataclasses.replace(snap, interfaces=tuple(
+        dataclasses.replace(i, master=None) if i.master == bridge_id else i
+        for i in snap.interfaces if i.id != bridge_id))
+
+
+def _plan_of(pic: graph.Picture) -> dict:
+    """What a plan says, without what it keeps to make the next one (the cells remembered in
+    the order seated, which differs once a container took a free cell: the same cells)."""
+    out = {k: v for k, v in vars(pic).items() if k not in ("plans", "reach", "load", "grid", "fullest", "slots", "drawing")}
+    return {**out, "bridges_remembered": pic.slots.bridges, "cells": sorted(pic.slots.cells)}
+
+
+def _indexes(drawing: graph.Drawing) -> tuple:
+    return drawing.nodes.keys(), drawing.edges.keys(), drawing.by_ns, drawing.by_end, drawing.nat

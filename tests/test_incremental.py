@@ -194,3 +194,17 @@ def test_processes_coming_and_going_redraw_nothing():
     assert delta == {"added": [], "removed": [], "changed": []}
     assert after.elements is picture.elements
     assert after.snapshot.namespace(HOST).pids == (1, 4242)
+
+
+def test_routes_follow_a_route_event_and_are_kept_when_no_route_changed():
+    """A host with a thousand veths has a thousand link-local routes: a bridge added must not
+    build them all again, and a route that came must reach the snapshot."""
+    from bridgescope.collector.kernel import rtnl
+    from bridgescope.collector.kernel.netlink import apply_events
+    picture = started()
+    after, _ = step(picture, "bridge", [HOST])
+    assert after.parts[HOST].routes is picture.parts[HOST].routes
+    added, _ = apply_events(picture.reads[C1].dump, [_route_event(rtnl.RTM_NEWROUTE)])
+    routed, _ = advance(picture, Reads(taken_at=2.0, dumps={C1: dataclasses.replace(picture.reads[C1], dump=added)}))
+    assert [r.dst for r in routed.snapshot.routes if r.netns == C1 and r not in picture.snapshot.routes] \
+        == ["10.99.0.0/24"]

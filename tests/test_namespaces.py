@@ -2,6 +2,7 @@
 socket (the one thing that cannot exist here), and the rtnetlink decoder's pure parts."""
 from __future__ import annotations
 
+import dataclasses
 import http.server
 import json
 import os
@@ -17,7 +18,7 @@ from conftest import sh
 
 from bridgescope.collector.kernel import rtnl
 from bridgescope.collector.kernel.containers import container_name, engine_container_names, namespace_paths
-from bridgescope.collector.kernel.namespaces import discover, nsfs_mounts, resolve_netns
+from bridgescope.collector.kernel.namespaces import discover, nsfs_mounts, rediscover, resolve_netns
 
 DATA = Path(__file__).parent / "data"
 
@@ -192,3 +193,34 @@ def _wait_netns(pid: int) -> None:
             pass
         time.sleep(0.01)
     raise AssertionError(f"pid {pid} never entered its own namespace")
+
+
+def test_rediscover_reads_the_mount_table_and_keeps_what_it_knew(netns, monkeypatch):
+    """A netns file coming or going is found without walking /proc; a known namespace keeps
+    its name and its holders, a deleted netns file's namespace is gone."""
+    from bridgescope.collector.kernel import namespaces as ns_module
+    host, gone, stays = netns("host"), netns("gone"), netns("stays")
+    ref = resolve_netns(host)
+    known = discover(ref, engine_sockets=[])
+    names = {gone: "engine-gone", stays: "engine-stays"}  # as if an engine had named them
+    renamed = [dataclasses.replace(ns, name=names.get(ns.name, ns.name)) for ns in known]
+    late = netns("late")
+    sh("ip", "netns", "del", gone)
+    monkeypatch.setattr(ns_module, "_proc_holders", lambda proc: pytest.fail("walked /proc"))
+    found = {ns.name: ns for ns in rediscover(renamed, ref, engine_sockets=[])}
+    assert late in found and host in found and "engine-stays" in found
+    assert gone not in found and "engine-gone" not in found and stays not in found
+    assert found[host].is_host
+    mine = next(ns for ns in known if os.getpid() in ns.pids)
+    assert os.getpid() in next(ns for ns in found.values() if ns.inode == mine.inode).pids
+
+
+def test_rediscover_returns_what_it_knew_unchanged_as_the_same_objects(netns):
+    """The watcher takes a rediscovery that found the very objects it holds as "nothing new":
+    no round, no new snapshot (other tools' namespaces coming and going trigger many)."""
+    host, other = netns("host"), netns("other")
+    ref = resolve_netns(host)
+    known = rediscover(discover(ref, engine_sockets=[]), ref, engine_sockets=[])
+    again = {ns.name: ns for ns in rediscover(known, ref, engine_sockets=[])}
+    before = {ns.name: ns for ns in known}
+    assert again[host] is before[host] and again[other] is before[other]

@@ -8,6 +8,7 @@ Nothing here ever creates a namespace.
 """
 from __future__ import annotations
 
+import dataclasses
 import errno
 import fcntl
 import os
@@ -185,18 +186,73 @@ def _engine_names(sockets: tuple[str, ...], proc: str) -> dict[NsKey, str]:
     return {**engine_container_names(sockets, proc=proc), **pod_names(sockets, proc)}
 
 
+def rediscover(known: Iterable[Namespace], host: NetnsRef, *, mountinfo: str = "/proc/self/mountinfo",
+               proc: str = "/proc", engine_sockets: Iterable[str] | None = None) -> list[Namespace]:
+    """`discover` from the mount table alone, for when it or a netns directory changed: the
+    processes known to hold a namespace are asked again, but /proc is not walked (a namespace
+    that only a new process holds waits for the next full discovery). Known namespaces keep
+    their names; only new ones ask the engines."""
+    before = {ns.inode: ns for ns in known}
+    mounts: dict[NsKey, list[str]] = {}
+    for path in nsfs_mounts(mountinfo):
+        key = ns_key(path)
+        if key is not None:
+            mounts.setdefault(key, []).append(path)
+    host_key = ns_key(host.path)
+    if host_key is None:
+        raise NamespaceNotFound(host.name)
+    holders: dict[NsKey, list[int]] = {}
+    for ns in before.values():
+        for pid in ns.pids:
+            key = ns_key(f"{proc}/{pid}/ns/net")
+            if key is not None and key[1] == ns.inode:
+                holders.setdefault(key, []).append(pid)
+    keys = set(mounts) | set(holders) | {host_key}
+    new = [key for key in keys if key[1] not in before]
+    sockets = configured_sockets() if engine_sockets is None else tuple(engine_sockets)
+    containers = _engine_names(sockets, proc) if new else {}
+    found = [_namespace(key, mounts.get(key, []), holders.get(key, []), key == host_key, containers, proc, host)
+             if key[1] not in before else
+             _renewed(before[key[1]], key, mounts.get(key, []), holders.get(key, []), key == host_key, proc, host)
+             for key in keys]
+    return sorted(found, key=lambda ns: (not ns.is_host, ns.inode))
+
+
+def _renewed(ns: Namespace, key: NsKey, paths: list[str], pids: list[int], is_host: bool, proc: str,
+             host: NetnsRef) -> Namespace:
+    """A known namespace with its current mounts and holders. Its name (perhaps an engine's)
+    stays, unless it was the name of a netns file that is gone."""
+    if _paths(paths, is_host, host) == ns.paths:
+        if ns.pids == tuple(pids) and ns.is_host == is_host:
+            return ns  # the same object: nothing to compare or take in downstream
+        return dataclasses.replace(ns, pids=tuple(pids), is_host=is_host)
+    fresh = _namespace(key, paths, pids, is_host, {}, proc, host)
+    if ns.name in _file_names(ns.paths) and ns.name not in _file_names(fresh.paths):
+        return fresh
+    return dataclasses.replace(fresh, name=ns.name)
+
+
+def _file_names(paths: Iterable[str]) -> set[str]:
+    return {os.path.basename(p) for p in paths if os.path.dirname(p) in NETNS_DIRS}
+
+
 def _namespace(key: NsKey, paths: list[str], pids: list[int], is_host: bool,
                containers: Mapping[NsKey, str], proc: str, host: NetnsRef) -> Namespace:
-    if is_host and host.path not in paths and not host.path.startswith("/proc/"):
-        paths = [host.path, *paths]
+    paths = _paths(paths, is_host, host)
     return Namespace(
         id=namespace_id(key[1]),
-        name=_name(key, paths, pids, is_host, containers, proc, host),
+        name=_name(key, list(paths), pids, is_host, containers, proc, host),
         inode=key[1],
-        paths=tuple(dict.fromkeys(paths)),
+        paths=paths,
         pids=tuple(pids),
         is_host=is_host,
     )
+
+
+def _paths(paths: list[str], is_host: bool, host: NetnsRef) -> tuple[str, ...]:
+    if is_host and host.path not in paths and not host.path.startswith("/proc/"):
+        paths = [host.path, *paths]
+    return tuple(dict.fromkeys(paths))
 
 
 def _name(key: NsKey, paths: list[str], pids: list[int], is_host: bool,

@@ -126,7 +126,8 @@ def namespace_interfaces(ns_id: str, read: NamespaceRead, peers: Mapping[IfKey, 
     """The namespace's interfaces by ifindex; `only` those ifindexes (the watcher's path)."""
     addresses: dict[int, list[str]] = {}
     for addr in read.dump.addresses:
-        addresses.setdefault(addr.ifindex, []).append(addr.cidr)
+        if only is None or addr.ifindex in only:  # a host's thousand veths: a thousand link-local addresses
+            addresses.setdefault(addr.ifindex, []).append(addr.cidr)
     out = []
     links = read.dump.links if only is None else [link for link in read.dump.links if link.ifindex in only]
     for link in sorted(links, key=lambda l: l.ifindex):

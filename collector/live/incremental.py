@@ -11,7 +11,7 @@ where rules changed or a forward's target moved, and elements are patched in pla
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from bridgescope.collector.firewall import FirewallScan
@@ -26,7 +26,7 @@ from bridgescope.collector.kernel.snapshot import (
     with_nat,
 )
 from bridgescope.collector.kernel.veth import IfKey, pair, wanted_nsids
-from bridgescope.collector.model import Interface, Namespace, Snapshot
+from bridgescope.collector.model import Interface, Namespace, Route, Snapshot
 from bridgescope.collector.render.graph import Picture as Layout
 from bridgescope.collector.render.graph import diff_elements, drawn, patch_elements
 from bridgescope.collector.rules.nat import NatView
@@ -97,7 +97,8 @@ def advance(picture: Picture, reads: Reads) -> tuple[Picture, dict]:
         for other, ifindexes in store.forget(ns_id).items():
             _mark(dirty, other, ifindexes)
     if reads.namespaces is not None:
-        for ns_id in [n for n, ns in namespaces.items() if n in picture.namespaces and ns != picture.namespaces[n]]:
+        for ns_id in [n for n, ns in namespaces.items()
+                      if n in picture.namespaces and ns is not picture.namespaces[n] and ns != picture.namespaces[n]]:
             if dataclasses.replace(namespaces[ns_id], pids=()) != dataclasses.replace(picture.namespaces[ns_id], pids=()):
                 _mark(dirty, ns_id, ())
             elif ns_id in store.parts:  # processes come and go all the time: nothing drawn shows them
@@ -123,9 +124,12 @@ def advance(picture: Picture, reads: Reads) -> tuple[Picture, dict]:
         _mark(dirty, ns_id)
     dirty = {n: v for n, v in dirty.items() if n in present}
     moved_ips, if_ids = store.rebuild_parts(namespaces, dirty)
-    order = sorted(namespaces.values(), key=lambda ns: (not ns.is_host, ns.inode))
+    if reads.namespaces is None and namespaces.keys() == picture.namespaces.keys():
+        order = [ns.id for ns in picture.snapshot.namespaces]  # no discovery: the same namespaces, in order
+    else:
+        order = [ns.id for ns in sorted(namespaces.values(), key=lambda ns: (not ns.is_host, ns.inode))]
     warnings = picture.warnings if reads.warnings is None else reads.warnings
-    snap = join_parts((store.parts[ns.id] for ns in order), taken_at=reads.taken_at, warnings=warnings)
+    snap = join_parts((store.parts[ns_id] for ns_id in order), taken_at=reads.taken_at, warnings=warnings)
     if picture.firewall:
         snap = store.with_nat(snap, order, reads.firewall, everything=everything,
                               moved_ips=moved_ips, gone=gone)
@@ -173,6 +177,7 @@ class _Store:
         self.fw = dict(picture.fw)
         self.fw_merged = picture.fw_merged
         self.nat = dict(picture.nat)
+        self.replaced: dict[str, NamespaceRead] = {}  # the reads this round's took the place of
 
     def forget(self, ns_id: str) -> dict[str, set[int]]:
         """Drop a namespace that went; returns the veths that lost their peer ({namespace: ifindexes})."""
@@ -199,8 +204,12 @@ class _Store:
         old_links = {link.ifindex: link for link in before.dump.links}
         new_links = {link.ifindex: link for link in read.dump.links}
         came_or_went = old_links.keys() ^ new_links.keys()
-        changed = came_or_went | {i for i, link in new_links.items() if old_links.get(i, link) != link}
-        changed |= {a.ifindex for a in set(before.dump.addresses) ^ set(read.dump.addresses)}
+        # the links an event left alone are the same objects: no field-by-field comparison
+        changed = came_or_went | {i for i, link in new_links.items()
+                                  if old_links.get(i, link) is not link and old_links.get(i, link) != link}
+        if before.dump.addresses != read.dump.addresses:  # the same objects when no event touched them
+            changed |= {a.ifindex for a in set(before.dump.addresses) ^ set(read.dump.addresses)}
+        self.replaced[ns_id] = before
         out = {ns_id: changed}  # a link that went is rebuilt as nothing
         # veths elsewhere that point at a link that came or went must be paired again
         for ifindex in came_or_went:
@@ -227,13 +236,27 @@ class _Store:
                                     key=lambda i: i.ifindex)
             rebuilt = [i for i in interfaces if ifindexes is None or before is None or i.ifindex in ifindexes]
             part = NamespacePart(dataclasses.replace(namespaces[ns_id], sysctls=read.sysctls), tuple(interfaces),
-                                 tuple(namespace_routes(ns_id, read)))
+                                 self._routes(ns_id, read, before, ifindexes))
             self.parts[ns_id] = part
             moved |= _ips(old) ^ _ips(rebuilt)
             if_ids |= {i.id for i in old} | {i.id for i in rebuilt}
             if_ids |= {i.id for i in interfaces if i.master in if_ids}  # a bridge's ports show its owner
-            self._point(ns_id, _veth_targets(ns_id, read, self.nsids.get(ns_id, {})))
+            targets = _veth_targets(ns_id, read, self.nsids.get(ns_id, {}), ifindexes if before else None)
+            if ifindexes is not None and before is not None:  # the links not rebuilt point where they did
+                targets |= {t for t in self.targets.get(ns_id, ()) if t[0] not in ifindexes}
+            self._point(ns_id, targets)
         return moved, if_ids
+
+    def _routes(self, ns_id: str, read: NamespaceRead, before: NamespacePart | None,
+                ifindexes: set[int] | None) -> tuple[Route, ...]:
+        """The namespace's routes: the part's own when the routes read are the same and none
+        goes through a link rebuilt (its name may have changed); a host with a thousand veths
+        has a thousand link-local routes."""
+        was = self.replaced.get(ns_id, read)
+        if before is not None and ifindexes is not None and was.dump.routes == read.dump.routes \
+                and not any(r.oif in ifindexes for r in read.dump.routes):
+            return before.routes
+        return tuple(namespace_routes(ns_id, read))
 
     def _point(self, ns_id: str, targets: frozenset[tuple[int, IfKey]]) -> None:
         before = self.targets.get(ns_id, frozenset())
@@ -255,24 +278,24 @@ class _Store:
         for far_ns in far_after - far_before:
             self.pointing[far_ns] = self.pointing.get(far_ns, frozenset()) | {ns_id}
 
-    def with_nat(self, snap: Snapshot, order: list[Namespace], fresh: Mapping[str, FirewallScan], *,
+    def with_nat(self, snap: Snapshot, order: list[str], fresh: Mapping[str, FirewallScan], *,
                  everything: bool, moved_ips: set[str], gone: set[str]) -> Snapshot:
         """Re-interpret NAT only where rules changed, or where a forward's target address
         moved or its container went away; at N namespaces most hold no rules at all."""
-        present = {ns.id for ns in order}
+        present = set(order)
         fresh = {n: scan for n, scan in fresh.items() if n in present}
         if fresh:
             self.fw.update(fresh)
             self.fw_merged = None
         if self.fw_merged is None:
-            self.fw_merged = merge_firewall(self.fw[ns.id] for ns in order if ns.id in self.fw)
+            self.fw_merged = merge_firewall(self.fw[ns_id] for ns_id in order if ns_id in self.fw)
         redo = set(self.fw) if everything else set(fresh)
         if moved_ips or gone:
             redo |= {n for n, v in self.nat.items()
                      if any(p.to_ip in moved_ips or p.container in gone for p in v.port_forwards)}
         for ns_id in redo & self.fw.keys():
             self.nat[ns_id] = nat_view(self.fw[ns_id], snap)
-        return with_nat(snap, self.fw_merged, (self.nat[ns.id] for ns in order if ns.id in self.nat))
+        return with_nat(snap, self.fw_merged, (self.nat[ns_id] for ns_id in order if ns_id in self.nat))
 
 
 def _put(mapping: dict, key, value: frozenset) -> None:
@@ -282,11 +305,13 @@ def _put(mapping: dict, key, value: frozenset) -> None:
         mapping.pop(key, None)
 
 
-def _veth_targets(ns_id: str, read: NamespaceRead, nsids: Mapping[int, str]) -> frozenset[tuple[int, IfKey]]:
-    """(own ifindex, (namespace, ifindex) it points at) for this namespace's veths, when known."""
+def _veth_targets(ns_id: str, read: NamespaceRead, nsids: Mapping[int, str],
+                  only: Collection[int] | None = None) -> frozenset[tuple[int, IfKey]]:
+    """(own ifindex, (namespace, ifindex) it points at) for this namespace's veths (`only`
+    those links), when known."""
     out = set()
     for link in read.dump.links:
-        if link.kind == "veth" and link.link:
+        if link.kind == "veth" and link.link and (only is None or link.ifindex in only):
             far = ns_id if link.link_netnsid is None else nsids.get(link.link_netnsid)
             if far is not None and far != ns_id:
                 out.add((link.ifindex, (far, link.link)))

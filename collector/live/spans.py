@@ -1,7 +1,8 @@
 """Where a watcher round's time goes, recorded only when $BRIDGESCOPE_PROFILE names a directory.
 
 Each round appends one JSON line to DIR/rounds.jsonl: what started it, the milliseconds spent
-in each phase (discovery, reads, firewall, nsids, advance, publish) and in all. The rounds also
+in each phase (discovery, reads, firewall, nsids, advance, publish) and in all, and the CPU
+time the watcher's thread spent on the round. The rounds also
 run under cProfile, whose statistics are written to DIR/watcher.prof at most every few seconds
 (read them with `python -m pstats`). Off, every call is a no-op and costs one attribute lookup.
 """
@@ -21,6 +22,7 @@ class Spans:
         self._dir = directory or ""
         self._phases: dict[str, float] = {}
         self._started = 0.0
+        self._cpu = 0.0
         self._profile = None
         self._dumped = 0.0
         if self.enabled:
@@ -37,6 +39,7 @@ class Spans:
         if self.enabled:
             self._phases = {}
             self._started = time.perf_counter()
+            self._cpu = time.thread_time()
             self._profile.enable()
 
     @contextmanager
@@ -55,7 +58,8 @@ class Spans:
             return
         self._profile.disable()
         total = (time.perf_counter() - self._started) * 1000
-        line = {"at": time.time(), "total_ms": round(total, 2),
+        cpu = (time.thread_time() - self._cpu) * 1000  # the loop thread's own: load inflates it less
+        line = {"at": time.time(), "total_ms": round(total, 2), "cpu_ms": round(cpu, 2),
                 **{k: round(v, 2) for k, v in self._phases.items()}, **info}
         with open(os.path.join(self._dir, "rounds.jsonl"), "a", encoding="utf-8") as fh:
             fh.write(json.dumps(line, default=str) + "\n")

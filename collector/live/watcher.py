@@ -6,10 +6,11 @@ changes, which is how a bind-mounted namespace appears or goes), and the handles
 re-dumps only the namespace it came from; `incremental.advance` (pure) turns those reads into
 the next picture and its delta, which is published. ENOBUFS (the kernel dropped events) or a
 failed round trigger a full re-dump; besides, every namespace is re-dumped once per
-heal_interval, a slice each second, so that no round holds a change back for long on a host
-with a thousand namespaces; every rescan_interval /proc is searched for
-namespaces only a process holds. Other threads ask for a re-read with `refresh`, which the
-loop performs, so no state is shared but the published picture.
+heal_interval, a few at a time, so that no round holds a change back for long on a host
+with a thousand namespaces. A netns file or a mount coming or going is looked up in the mount
+table; every rescan_interval /proc is searched too, for namespaces only a process holds.
+Other threads ask for a re-read with `refresh`, which the loop performs, so no state is
+shared but the published picture.
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ import os
 import queue
 import select
 import socket
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -29,7 +31,7 @@ from collections.abc import Callable, Iterable, Mapping
 from bridgescope.collector.firewall import FirewallScan
 from bridgescope.collector.firewall.monitor import FirewallWatch
 from bridgescope.collector.firewall.readers import forget_reads
-from bridgescope.collector.kernel.namespaces import NetnsRef, discover, resolve_netns
+from bridgescope.collector.kernel.namespaces import NetnsRef, discover, rediscover, resolve_netns
 from bridgescope.collector.kernel.netlink import (
     NETLINK_ADD_MEMBERSHIP,
     SOL_NETLINK,
@@ -61,7 +63,13 @@ RECHECK_AFTER = (0.3, 2.0)
 # watched would wait behind them: discoveries come at most this often, the rest is a recheck.
 DISCOVERY_GAP = 0.5
 QUEUE_LIMIT = 1000
-HEAL_STEP = 1.0  # seconds between two slices of the periodic re-dump
+HEAL_STEP = 1.0  # seconds between two slices of the periodic re-dump, at most
+HEAL_SLICE = 4  # namespaces re-dumped in one slice, at most: a change waits behind one slice
+# A round lets go of the interpreter at every read (netlink, a setns hop, the publish); taking
+# it back waits up to one switch interval while another thread computes (the doctor's worker
+# runs for tens of milliseconds after each change at a thousand containers). The default 5 ms,
+# paid at each of a round's reads, was most of a delta's latency there.
+SWITCH_INTERVAL = 0.0005
 
 _libc = ctypes.CDLL(None, use_errno=True)
 log = logging.getLogger(__name__)
@@ -76,6 +84,7 @@ class Watcher:
         self.firewall = firewall
         self._picture = Picture(firewall=firewall)
         self._handles: dict[str, NamespaceHandle] = {}  # the loop's alone (before start: start's)
+        self._by_fd: dict[int, str] = {}  # event socket -> its namespace, kept with the handles
         self._version = 0
         self._publishing = threading.Lock()  # a new subscriber's graph and later deltas must not interleave
         self._fanout = GraphFanout(QUEUE_LIMIT)
@@ -113,6 +122,7 @@ class Watcher:
         self._round(discovery=True)
         self._start_firewall_watch()
         atexit.register(self.stop)  # an exception in the caller must not orphan rule monitors
+        sys.setswitchinterval(min(sys.getswitchinterval(), SWITCH_INTERVAL))
         self._thread = threading.Thread(target=self._run, name="bridgescope-watcher", daemon=True)
         self._thread.start()
         return self
@@ -168,7 +178,7 @@ class Watcher:
         mountinfo = open("/proc/self/mountinfo", "rb")  # noqa: SIM115 - polled for the loop's life
         self._epoll.register(mountinfo.fileno(), select.EPOLLPRI | select.EPOLLERR)
         next_rescan = time.monotonic() + self.rescan_interval
-        next_heal = time.monotonic() + HEAL_STEP
+        next_heal = time.monotonic() + self._heal_step()
         try:
             while not self._stop.is_set():
                 timeout = max(0.0, min([next_rescan, next_heal, *self._rechecks]) - time.monotonic())
@@ -184,13 +194,13 @@ class Watcher:
                     if now >= next_heal and self._heal_all:
                         self._heal_all = False
                         self._heal()
-                        next_heal, next_rescan = now + HEAL_STEP, now + self.rescan_interval
+                        next_heal, next_rescan = now + self._heal_step(), now + self.rescan_interval
                     elif now >= next_heal:
                         self._heal_slice()
-                        next_heal = now + HEAL_STEP
+                        next_heal = now + self._heal_step()
                     elif now >= next_rescan or any(now >= t for t in self._rechecks):
                         self._rechecks = [t for t in self._rechecks if t > now]
-                        self._round(discovery=True)
+                        self._round(discovery=True, walk_proc=now >= next_rescan)
                         if now >= next_rescan:
                             next_rescan = now + self.rescan_interval
                 except Exception as err:
@@ -206,7 +216,7 @@ class Watcher:
                 self._requests.get_nowait()[1].set()
 
     def _handle(self, ready: list[tuple[int, int]], inotify: int | None, mountinfo) -> None:
-        by_fd = {h.events.fileno(): ns_id for ns_id, h in self._handles.items() if h.events is not None}
+        by_fd = self._by_fd
         dirty: dict[str, list[bytes]] = {}
         overflow = rediscover = False
         for fd, _ in ready:
@@ -236,8 +246,10 @@ class Watcher:
             if now - self._discovered_at < DISCOVERY_GAP:
                 self._rechecks = sorted({*self._rechecks, self._discovered_at + DISCOVERY_GAP})
                 rediscover = False
-        if dirty or rediscover:
-            self._round(discovery=rediscover, events=dirty)
+        if dirty:  # first, so that a change in a watched namespace never waits behind arrivals
+            self._round(events=dirty)
+        if rediscover:
+            self._round(discovery=True, walk_proc=False)
 
     def _serve_requests(self) -> None:
         while not self._requests.empty():
@@ -258,11 +270,18 @@ class Watcher:
         self._round(discovery=True, reread=self._handles, firewall=None if self._fw_watch else self._handles,
                     full=True)
 
+    def _heal_size(self) -> int:
+        return max(1, min(HEAL_SLICE, math.ceil(len(self._handles) * HEAL_STEP / self.heal_interval)))
+
+    def _heal_step(self) -> float:
+        """Seconds between slices, so that each namespace is re-read once per heal_interval."""
+        return self.heal_interval * self._heal_size() / max(1, len(self._handles))
+
     def _heal_slice(self) -> None:
-        """Re-dump the next share of the namespaces, so each is re-read once per heal_interval."""
+        """Re-dump the next share of the namespaces."""
         if not self._heal_queue:
             self._heal_queue = sorted(self._handles)
-        size = max(1, math.ceil(len(self._handles) * HEAL_STEP / self.heal_interval))
+        size = self._heal_size()
         batch = [n for n in self._heal_queue[:size] if n in self._handles]
         self._heal_queue = self._heal_queue[size:]
         if batch:
@@ -270,12 +289,15 @@ class Watcher:
 
     # ---- one round: read at the edge, then advance the pure picture --------------------------
 
-    def _round(self, *, discovery: bool = False, reread: Iterable[str] = (), firewall: Iterable[str] | None = (),
-               full: bool = False, events: Mapping[str, list[bytes]] | None = None) -> None:
+    def _round(self, *, discovery: bool = False, walk_proc: bool = True, reread: Iterable[str] = (),
+               firewall: Iterable[str] | None = (), full: bool = False,
+               events: Mapping[str, list[bytes]] | None = None) -> None:
         """Read what is asked (and whatever discovery finds new), advance the picture, publish.
 
-        `events` ({namespace: what its event socket received}) are applied to the cached dump
-        where they say all there is to know; the others are re-dumped."""
+        Discovery without `walk_proc` reads the mount table alone (what a netns file or a mount
+        coming or going changes), leaving the walk of /proc to the rescan. `events` ({namespace:
+        what its event socket received}) are applied to the cached dump where they say all
+        there is to know; the others are re-dumped."""
         wanted = set(reread)
         namespaces = warnings = None
         dumps: dict[str, NamespaceRead] = {}
@@ -284,12 +306,16 @@ class Watcher:
         if discovery:
             self._discovered_at = time.monotonic()
             with spans.span("discovery"):
-                namespaces, dumps, warnings = self._sync_namespaces(discover(self._host))
+                found = discover(self._host) if walk_proc else \
+                    rediscover(self._picture.namespaces.values(), self._host)
+                namespaces, dumps, warnings = self._sync_namespaces(found)
+            if _known(namespaces, self._picture.namespaces) and warnings == self._picture.warnings:
+                namespaces = warnings = None  # found what the picture holds: nothing to take in
         with spans.span("reads"):
             applied = self._apply_events(events or {}, wanted)
             fresh = reread_handles([self._handles[n] for n in wanted if n in self._handles])
         dumps.update({n: r for n, r in {**applied, **fresh}.items() if isinstance(r, NamespaceRead)})
-        if not (discovery or full or (self.firewall and firewall)) and \
+        if not (namespaces is not None or full or (self.firewall and firewall)) and \
                 all(r == self._picture.reads.get(n) for n, r in dumps.items()):
             # the usual heal slice: nothing new, so the picture (and its snapshot's identity,
             # which the doctor's worker watches) stays as it was
@@ -309,8 +335,8 @@ class Watcher:
             if delta["added"] or delta["removed"] or delta["changed"]:
                 self._version += 1
                 self._fanout.publish({"type": "delta", "version": self._version, **delta}, picture.elements)
-        spans.end(discovered=discovery, full=full, events=len(events or {}), reread=len(wanted), read=len(dumps),
-                  firewall_read=len(fw), namespaces=len(picture.namespaces),
+        spans.end(discovered=discovery and ("proc" if walk_proc else "mounts"), full=full, events=len(events or {}),
+                  reread=len(wanted), read=len(dumps), firewall_read=len(fw), namespaces=len(picture.namespaces),
                   delta=[len(delta[k]) for k in ("added", "removed", "changed")])
 
     def _apply_events(self, events: Mapping[str, list[bytes]], redump: set[str]) -> dict[str, NamespaceRead]:
@@ -348,12 +374,14 @@ class Watcher:
             handle = self._handles.pop(ns_id)
             if handle.events is not None:
                 self._epoll.unregister(handle.events.fileno())
+                del self._by_fd[handle.events.fileno()]
             handle.close()  # drops our reference: the kernel may now free the namespace
         forget_reads(gone)  # a new namespace may be given a freed one's inode, and so its id
         new = [ns for ns in found if ns.id not in self._handles]
         handles, reads, failures = open_handles({ns.id: path_or_blank(ns) for ns in new}, events=True)
         for ns_id, handle in handles.items():
             self._handles[ns_id] = handle
+            self._by_fd[handle.events.fileno()] = ns_id
             self._epoll.register(handle.events.fileno(), select.EPOLLIN)
             _join_group(handle.events, RTNLGRP_IPV4_NETCONF)
         if self._fw_watch is not None:
@@ -412,6 +440,12 @@ class Watcher:
             _libc.inotify_add_watch(fd, directory.encode(), IN_CREATE | IN_DELETE | IN_MOVED_FROM | IN_MOVED_TO)
         self._epoll.register(fd, select.EPOLLIN)
         return fd
+
+
+def _known(found: Mapping[str, Namespace], known: Mapping[str, Namespace]) -> bool:
+    """The same namespaces, each the very object the picture holds (rediscovery keeps those
+    it finds unchanged)."""
+    return found.keys() == known.keys() and all(ns is known[ns_id] for ns_id, ns in found.items())
 
 
 def _bridges(dump: RtnlDump) -> set[str]:

@@ -16,6 +16,7 @@ keeps them in a file too (`keep_slots_in`), so a restart draws the same picture.
 """
 from __future__ import annotations
 
+import atexit
 import ipaddress
 import json
 import logging
@@ -24,12 +25,13 @@ import os
 import re
 import tempfile
 import threading
-from collections.abc import Collection, Container, Iterable, Mapping
+import time
+from collections.abc import Callable, Collection, Container, Iterable, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-from bridgescope.collector.hostview import container_label, host_view
+from bridgescope.collector.hostview import HostView, container_label
 from bridgescope.collector.model import Interface, Masquerade, Namespace, PortForward, Snapshot
 
 CELL_W, CELL_H = 220.0, 120.0  # one container's cell in a bridge's grid
@@ -92,16 +94,53 @@ def _remember(host_key: str, slots: Slots) -> None:
     with _LOCK:
         _REMEMBERED.pop(host_key, None)  # the newest last: the oldest go first when the file is full
         _REMEMBERED[host_key] = slots
-        if _STORE:
-            write_slots(_STORE[0], _REMEMBERED)
+    if _STORE:
+        _WRITER.wanted.set()
 
 
 # ---- slots kept across restarts -------------------------------------------------------------
+
+WRITE_GAP = 0.5  # seconds between two writes of the file: a burst of changes is one write
+
+
+class _SlotWriter:
+    """Writes the remembered slots off the caller's thread: a live round publishes its delta
+    without waiting for the file (tens of milliseconds at a thousand containers), and a burst
+    of changes costs one write. What is pending at exit is written then."""
+
+    def __init__(self) -> None:
+        self.wanted = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="bridgescope-slots", daemon=True)
+            self._thread.start()
+            atexit.register(self.flush)
+
+    def _run(self) -> None:
+        while True:
+            self.wanted.wait()
+            self.flush()
+            time.sleep(WRITE_GAP)
+
+    def flush(self) -> None:
+        if not _STORE or not self.wanted.is_set():
+            return
+        with _LOCK:
+            self.wanted.clear()
+            remembered = dict(_REMEMBERED)
+        write_slots(_STORE[0], remembered)
+
+
+_WRITER = _SlotWriter()
+
 
 def keep_slots_in(path: Path) -> None:
     """From now on the slots this process remembers are read from and written to `path`."""
     _STORE[:] = [path]
     _REMEMBERED.update(read_slots(path))
+    _WRITER.start()
 
 
 def read_slots(path: Path) -> dict[str, Slots]:
@@ -208,7 +247,7 @@ def _portforward_nodes(snap: Snapshot, by_id: dict[str, Interface], pic: Picture
     if not snap.port_forwards:
         return []
     out, seen = [], set()
-    owner_of_ip = _ip_index(snap.interfaces)
+    owner_of_ip = _ip_index(snap.interfaces, {pf.to_ip for pf in snap.port_forwards if not pf.to_interface})
     for pf in snap.port_forwards:
         node_id = portforward_id(pf)
         if node_id in seen:
@@ -237,10 +276,16 @@ def _masquerade_edges(snap: Snapshot, pic: Picture) -> list[dict]:
     on the bridge while the host has no uplink). The rules that serve a forward (hairpin,
     localhost) are in that forward's panel instead."""
     out, seen = [], set()
+    if not snap.masquerades:
+        return out
     names = {i.name: i.id for i in snap.interfaces if i.netns == pic.host}
+    bridges: dict[str, list[Interface]] = {}  # one pass for every rule: a host holds many of both
+    for iface in snap.interfaces:
+        if iface.kind == "bridge":
+            bridges.setdefault(iface.netns, []).append(iface)
     for m in snap.masquerades:
         edge_id = masquerade_id(m)
-        bridge = _bridge_for_masquerade(m, snap.interfaces)
+        bridge = _bridge_for_masquerade(m, bridges.get(m.netns, ()))
         if edge_id in seen or bridge is None or not is_way_out(m):
             continue
         seen.add(edge_id)
@@ -273,9 +318,9 @@ def served_masquerades(snap: Snapshot, pf: PortForward) -> tuple[Masquerade, ...
     return out and tuple(dict.fromkeys(out)) or ()
 
 
-def _bridge_for_masquerade(m: Masquerade, interfaces: Iterable[Interface]) -> Interface | None:
-    """The bridge the masqueraded subnet lives on: its way out goes through this rule."""
-    candidates = [i for i in interfaces if i.netns == m.netns and i.kind == "bridge"]
+def _bridge_for_masquerade(m: Masquerade, candidates: list[Interface]) -> Interface | None:
+    """The bridge the masqueraded subnet lives on (among the bridges of its namespace): its way
+    out goes through this rule."""
     if m.out_not:
         named = [i for i in candidates if i.name == m.out_not]
         if named:
@@ -287,13 +332,18 @@ def _bridge_for_masquerade(m: Masquerade, interfaces: Iterable[Interface]) -> In
     return None
 
 
-def _ip_index(interfaces: Iterable[Interface]) -> dict[str, str]:
-    """address -> id of the first interface holding it (loopback addresses are everywhere)."""
+def _ip_index(interfaces: Iterable[Interface], wanted: Container[str]) -> dict[str, str]:
+    """address -> id of the first interface holding it (loopback addresses are everywhere), for
+    the addresses wanted."""
     index: dict[str, str] = {}
+    if not wanted:
+        return index
     for iface in interfaces:
-        if iface.kind != "loopback":
+        if iface.addresses and iface.kind != "loopback":
             for cidr in iface.addresses:
-                index.setdefault(cidr.split("/", 1)[0], iface.id)
+                ip = cidr.split("/", 1)[0]
+                if ip in wanted:
+                    index.setdefault(ip, iface.id)
     return index
 
 
@@ -376,68 +426,221 @@ class Picture:
         self.side: list[str] = []  # other namespaces, in the column beside the host
         self.names: dict[str, str] = {}  # container namespace id -> its name
         self.related: set[str] = set()  # namespaces wired to the host (veth by veth); the rest is unrelated
+        # kept by `place`, so that a relayout can size the cells without counting every box again
+        self.load: dict[str, int] = {}  # container namespace id -> items in its box, loopback left out
+        self.grid: dict[str, Grid] = {}  # bridge id -> its grid
+        self.fullest: dict[str, int] = {}  # bridge id -> the most items one of its boxes holds
+        # kept by `plan`, so that the next plan redoes only what a change reaches
+        self.plans: dict[str, BridgePlan] = {}  # bridge id -> its share, left to right
+        self.reach: dict[str, frozenset[str]] = {}  # namespace, port or inner interface id -> bridges it sits on
+        self.crossing: frozenset[str] = frozenset()  # interfaces whose veth peer is in another namespace
+        self.drawing = Drawing()  # the elements drawn from this plan, by id, with their indexes (once patched)
 
 
-def plan(snap: Snapshot, slots: Slots) -> Picture:
+def plan(snap: Snapshot, slots: Slots, before: Picture | None = None, *,
+         ifaces: Collection[str] = (), namespaces: Collection[str] = (),
+         by_id: Mapping[str, Interface] | None = None) -> Picture:
+    """Who sits where. With `before` (the plan of the previous snapshot, from the same slots)
+    and what changed since (interface ids, namespace ids; the interfaces of a namespace that
+    came or went included), the bridges the change cannot reach keep their share of `before`
+    and the column beside the host is kept when no veth between namespaces changed: the work
+    follows the change, and the result is the plan made from scratch."""
     pic = Picture()
-    view = host_view(snap)
-    if view.host is None:
+    host = snap.namespace(snap.host) if snap.host else snap.host_namespace()
+    if host is None:
         pic.side = [ns.id for ns in snap.namespaces]
         pic.related = set(pic.side)
         pic.slots = slots
         return pic
-    pic.host = view.host.id
+    pic.host = host.id
+    if before is not None and (before.host != host.id or before.slots != slots):
+        before = None
+    by_id = {i.id: i for i in snap.interfaces} if by_id is None else by_id
+    mine = snap.interfaces_in(host.id)
+    bridges = [i for i in mine if i.kind == "bridge"]
+    bridge_ids = {b.id for b in bridges}
+    dirty = bridge_ids if before is None else _reached(before, by_id, ifaces, namespaces) & bridge_ids
     remembered = dict(slots.bridges)
-    nets = sorted(view.bridges, key=lambda n: (n.bridge.name not in remembered,
-                                               list(remembered).index(n.bridge.name) if n.bridge.name in remembered else 0))
-    old_cells = {(b, key): i for b, key, i in slots.cells}
-    new_bridges, new_cells = [], []
-    for net in nets:
-        for att in net.attachments:
-            pic.home.setdefault(att.namespace.id, net.bridge.id)
-            pic.inner.setdefault(att.namespace.id, []).append(att.inner.id)
-            pic.names.setdefault(att.namespace.id, container_label(att.namespace, (att.port,)))
-    for net in nets:
-        name = net.bridge.name
-        cols = remembered.get(name) or max(MIN_COLS, math.ceil(math.sqrt(1.5 * len(net.attachments))))
-        new_bridges.append((name, cols))
-        pic.bridges.append((net.bridge.id, cols))
-        taken: set[int] = set()
-        keyed = sorted(((_natural(att.namespace.name), att) for att in net.attachments), key=lambda p: p[0])
-        waiting = []
-        for _, att in keyed:
-            key = att.namespace.name
-            index = old_cells.get((name, key))
-            if index is None or index in taken:
-                waiting.append(att)
-                continue
-            taken.add(index)
-            _seat(pic, net.bridge.id, att, index, new_cells, name)
-        free = (i for i in range(len(net.attachments) + len(taken) + 1) if i not in taken)
-        for att, index in zip(waiting, free):
-            _seat(pic, net.bridge.id, att, index, new_cells, name)
-    attached_ports = set(pic.parent)
-    bridge_ids = {net.bridge.id for net in nets}
-    host_ifaces = snap.interfaces_in(view.host.id)
-    for iface in host_ifaces:
-        if iface.master in bridge_ids and iface.id not in attached_ports:
-            pic.parent[iface.id] = iface.master
-            pic.strays.setdefault(iface.master, []).append(iface.id)
-    uplink = view.uplink()
-    top = [i for i in host_ifaces if i.kind != "bridge" and i.master not in bridge_ids]
+    old_cells = _cells_by_bridge(slots.cells) if dirty else {}
+    ports: dict[str, list[Interface]] = {}
+    if dirty:
+        for iface in mine:
+            if iface.master in dirty:
+                ports.setdefault(iface.master, []).append(iface)
+    ns_by_id = {n.id: n for n in snap.namespaces} if dirty else {}
+    plans = {}
+    for bridge in bridges:
+        if bridge.id in dirty or bridge.id not in before.plans:
+            plans[bridge.id] = _plan_bridge(bridge, ports.get(bridge.id, ()), by_id, ns_by_id, host.id,
+                                            remembered.get(bridge.name), old_cells.get(bridge.name, ()))
+        else:
+            plans[bridge.id] = before.plans[bridge.id]
+    order = sorted(plans.values(), key=lambda p: (p.name not in remembered,
+                                                  list(remembered).index(p.name) if p.name in remembered else 0))
+    pic.plans = {p.id: p for p in order}
+    pic.bridges = [(p.id, p.cols) for p in order]
+    _seat_all(pic, before, order)
+    uplink = HostView(snap, host, ()).uplink()
+    top = [i for i in mine if i.kind != "bridge" and i.master not in bridge_ids]
     top.sort(key=lambda i: (i.kind == "loopback", i.name != uplink, i.ifindex))
     pic.uplinks = [i.id for i in top]
     pic.way_out = next((i.id for i in top if i.kind != "loopback"), None)
-    pic.side, pic.related = _side_order(snap, view.host.id, set(pic.home))
-    pic.slots = Slots(tuple(new_bridges), tuple(new_cells))
+    if before is not None and _side_kept(before, pic, by_id, ifaces, namespaces):
+        pic.side, pic.related, pic.crossing = before.side, before.related, before.crossing
+    else:
+        pic.side, pic.related, pic.crossing = _side_order(snap, host.id, pic.home.keys(), by_id)
+    pic.slots = Slots(tuple((p.name, p.cols) for p in order), tuple(c for p in order for c in p.cells))
     return pic
 
 
-def _seat(pic: Picture, bridge_id: str, att, index: int, cells: list, bridge_name: str) -> None:
-    pic.cell[(bridge_id, att.namespace.id)] = index
-    pic.parent[att.port.id] = bridge_id
-    pic.port_cell[att.port.id] = (bridge_id, att.namespace.id)
-    cells.append((bridge_name, att.namespace.name, index))
+@dataclass(frozen=True)
+class BridgePlan:
+    """One bridge's share of the plan, kept so that a change elsewhere reuses it."""
+    id: str
+    name: str
+    cols: int
+    cells: tuple[tuple[str, str, int], ...]  # the slots it remembers: (bridge name, container key, cell index)
+    cell_of: dict[str, int]  # container namespace id -> its cell
+    port_of: dict[str, str]  # port id -> the container namespace behind it
+    inner: dict[str, tuple[tuple[str, str], ...]]  # namespace id -> (inner interface id, label) per port
+    strays: tuple[str, ...]
+    ports_of: dict[str, tuple[str, ...]]  # container namespace id -> its ports
+
+    def reach(self) -> set[str]:
+        """The ids whose change reaches this share: the bridge, its ports, what is behind them."""
+        return {self.id, *self.strays, *self.port_of, *self.inner,
+                *(inner for pairs in self.inner.values() for inner, _ in pairs)}
+
+
+def _plan_bridge(bridge: Interface, ports: Iterable[Interface], by_id: Mapping[str, Interface],
+                 namespaces: Mapping[str, Namespace], host: str, cols: int | None,
+                 remembered: tuple[tuple[str, int], ...]) -> BridgePlan:
+    atts, strays = [], []
+    inner: dict[str, list[tuple[str, str]]] = {}
+    for port in ports:
+        peer = by_id.get(port.peer) if port.peer else None
+        ns = namespaces.get(peer.netns) if peer is not None and peer.netns != host else None
+        if ns is None:
+            strays.append(port.id)
+            continue
+        atts.append((ns, port))
+        inner.setdefault(ns.id, []).append((peer.id, container_label(ns, (port,))))
+    cols = cols or max(MIN_COLS, math.ceil(math.sqrt(1.5 * len(atts))))
+    seats = _seats(tuple(ns.name for ns, _ in atts), remembered)
+    cell_of = {atts[k][0].id: index for k, index in seats}  # two ports of one container: the last seated
+    port_of = {port.id: ns.id for ns, port in atts}
+    ports_of: dict[str, list[str]] = {}
+    for ns, port in atts:
+        ports_of.setdefault(ns.id, []).append(port.id)
+    cells = tuple((bridge.name, atts[k][0].name, index) for k, index in seats)
+    return BridgePlan(bridge.id, bridge.name, cols, cells, cell_of, port_of,
+                      {ns_id: tuple(pairs) for ns_id, pairs in inner.items()}, tuple(strays),
+                      {ns_id: tuple(ports) for ns_id, ports in ports_of.items()})
+
+
+@lru_cache(maxsize=256)
+def _seats(keys: tuple[str, ...], remembered: tuple[tuple[str, int], ...]) -> tuple[tuple[int, int], ...]:
+    """(position in keys, cell index) for one bridge's containers, in the order seated: a
+    remembered cell is kept, the others take the first free cells in natural order. Cached:
+    a bridge whose containers and cells are as they were is seated as it was."""
+    old = dict(remembered)
+    taken: set[int] = set()
+    out, waiting = [], []
+    for k in sorted(range(len(keys)), key=lambda k: _natural(keys[k])):
+        index = old.get(keys[k])
+        if index is None or index in taken:
+            waiting.append(k)
+            continue
+        taken.add(index)
+        out.append((k, index))
+    free = (i for i in range(len(keys) + len(taken) + 1) if i not in taken)
+    out += zip(waiting, free)
+    return tuple(out)
+
+
+@lru_cache(maxsize=8)
+def _cells_by_bridge(cells: tuple[tuple[str, str, int], ...]) -> dict[str, tuple[tuple[str, int], ...]]:
+    grouped: dict[str, list[tuple[str, int]]] = {}
+    for bridge, key, index in cells:
+        grouped.setdefault(bridge, []).append((key, index))
+    return {bridge: tuple(pairs) for bridge, pairs in grouped.items()}
+
+
+def _reached(before: Picture, by_id: Mapping[str, Interface], ifaces: Iterable[str],
+             namespaces: Iterable[str]) -> set[str]:
+    """The bridges whose share of the plan a change of these interfaces and namespaces may
+    alter: where they sat before, and where they (or their veth peers) are ports now."""
+    out: set[str] = set()
+    for ref in (*ifaces, *namespaces):
+        out |= before.reach.get(ref, set())
+        iface = by_id.get(ref)
+        if iface is not None:
+            out.add(iface.id)
+            out.add(iface.master)
+            peer = by_id.get(iface.peer) if iface.peer else None
+            if peer is not None:
+                out.add(peer.master)
+    return out
+
+
+def _seat_all(pic: Picture, before: Picture | None, order: list[BridgePlan]) -> None:
+    """The flat maps from the bridges' shares: from scratch, or `before`'s with the entries of
+    the shares that changed taken out and put in again."""
+    old_plans: dict[str, BridgePlan] = {}
+    if before is not None and [b for b, _ in before.bridges if b in pic.plans] == \
+            [p.id for p in order if p.id in before.plans]:
+        old_plans = before.plans
+        for name in ("parent", "cell", "port_cell", "strays", "home", "inner", "names", "reach"):
+            setattr(pic, name, dict(getattr(before, name)))
+    pairs = [(old_plans.get(b), pic.plans.get(b)) for b in old_plans.keys() | pic.plans.keys()]
+    pairs = [(old, new) for old, new in pairs if old is not new]
+    touched: set[str] = set()
+    for old, new in pairs:  # every entry that goes first: a port may pass from one bridge to another
+        if old is None:
+            continue
+        keep = new if new is not None else BridgePlan(old.id, old.name, 0, (), {}, {}, {}, (), {})
+        for ns_id in old.cell_of.keys() - keep.cell_of.keys():
+            del pic.cell[(old.id, ns_id)]
+        for port in old.port_of.keys() - keep.port_of.keys():
+            del pic.parent[port], pic.port_cell[port]
+        for port in set(old.strays) - set(keep.strays):
+            del pic.parent[port]
+        pic.strays.pop(old.id, None)
+        touched |= _changed_keys(old.inner, keep.inner)
+        for ref in old.reach() - keep.reach():
+            rest = pic.reach[ref] - {old.id}
+            if rest:
+                pic.reach[ref] = rest
+            else:
+                del pic.reach[ref]
+    reached: dict[str, set[str]] = {}
+    for old, new in pairs:
+        if new is None:
+            continue
+        keep = old if old is not None else BridgePlan(new.id, new.name, 0, (), {}, {}, {}, (), {})
+        for ns_id in _changed_keys(keep.cell_of, new.cell_of) & new.cell_of.keys():
+            pic.cell[(new.id, ns_id)] = new.cell_of[ns_id]
+        for port in _changed_keys(keep.port_of, new.port_of) & new.port_of.keys():
+            pic.parent[port] = new.id
+            pic.port_cell[port] = (new.id, new.port_of[port])
+        for port in new.strays:
+            pic.parent[port] = new.id
+        if new.strays:
+            pic.strays[new.id] = list(new.strays)
+        touched |= _changed_keys(keep.inner, new.inner)
+        for ref in new.reach() - keep.reach():
+            reached.setdefault(ref, set()).add(new.id)
+    for ref, ids in reached.items():
+        pic.reach[ref] = pic.reach.get(ref, frozenset()) | ids
+    for ns_id in touched:  # home: the first bridge, left to right; the interfaces toward bridges in that order
+        pic.home.pop(ns_id, None)
+        pic.inner.pop(ns_id, None)
+        pic.names.pop(ns_id, None)
+        for p in order:
+            for inner, label in p.inner.get(ns_id, ()):
+                pic.home.setdefault(ns_id, p.id)
+                pic.inner.setdefault(ns_id, []).append(inner)
+                pic.names.setdefault(ns_id, label)
 
 
 @lru_cache(maxsize=1 << 16)
@@ -446,14 +649,17 @@ def _natural(text: str) -> tuple:
     return tuple(int(part) if part.isdigit() else part for part in re.split(r"(\d+)", text))
 
 
-def _side_order(snap: Snapshot, host: str, containers: set[str]) -> tuple[list[str], set[str]]:
+def _side_order(snap: Snapshot, host: str, containers: Container[str], by_id: Mapping[str, Interface]
+                ) -> tuple[list[str], set[str], frozenset[str]]:
     """Namespaces that are neither the host nor its containers: the ones wired to the host
-    (a lab's internet, its client) first, nearest first, then the rest by name."""
-    by_id = {i.id: i for i in snap.interfaces}
+    (a lab's internet, its client) first, nearest first, then the rest by name. Also which
+    namespaces are wired to the host, and the interfaces whose veth crosses to another namespace."""
     links: dict[str, set[str]] = {}
+    crossing = []
     for iface in snap.interfaces:
         peer = by_id.get(iface.peer) if iface.peer else None
         if peer is not None and peer.netns != iface.netns:
+            crossing.append(iface.id)
             links.setdefault(iface.netns, set()).add(peer.netns)
             links.setdefault(peer.netns, set()).add(iface.netns)
     distance, todo = {host: 0}, [host]
@@ -465,73 +671,159 @@ def _side_order(snap: Snapshot, host: str, containers: set[str]) -> tuple[list[s
     others = [ns for ns in snap.namespaces if ns.id != host and ns.id not in containers]
     far = len(distance) + 1
     order = [ns.id for ns in sorted(others, key=lambda ns: (distance.get(ns.id, far), _natural(ns.name), ns.id))]
-    return order, set(distance)
+    return order, set(distance), frozenset(crossing)
+
+
+def _side_kept(before: Picture, pic: Picture, by_id: Mapping[str, Interface], ifaces: Iterable[str],
+               namespaces: Iterable[str]) -> bool:
+    """Whether the column beside the host is `before`'s: the same containers, no other
+    namespace touched (come, gone, renamed), and no veth between namespaces changed."""
+    if pic.home.keys() != before.home.keys():
+        return False
+    if any(ns_id != pic.host and ns_id not in pic.home for ns_id in namespaces):
+        return False
+    for if_id in ifaces:
+        iface = by_id.get(if_id)
+        peer = by_id.get(iface.peer) if iface is not None and iface.peer else None
+        if if_id in before.crossing or peer is not None and peer.netns != iface.netns:
+            return False
+    return True
 
 
 # ---- positions ---------------------------------------------------------------------------------
 
-def place(snap: Snapshot, pic: Picture, nodes: list[dict]) -> dict[str, tuple[float, float]]:
+Grid = tuple[float, int, float, float]  # a bridge's grid: left edge, columns, cell width, cell height
+
+
+@dataclass(frozen=True)
+class Scope:
+    """What a relayout places again when the plan went from `before` to the one at hand: these
+    boxes (the box, its ports, what it holds) and perhaps the column of other namespaces; a box
+    whose bridge's grid moved or resized joins them. The rest keeps the places `before` gave it,
+    and the other boxes' loads (what sizes the cells) are `before`'s."""
+    before: Picture
+    boxes: frozenset[str]
+    side: bool
+    items: Callable[[str], list[dict]]  # the nodes a container's box (or a namespace beside the host) holds
+    forwards: list[dict]  # every forward's node
+
+
+def place(snap: Snapshot, pic: Picture, nodes: list[dict], scope: Scope | None = None
+          ) -> dict[str, tuple[float, float]]:
+    """Positions of the nodes; with a scope, of what it reaches (`nodes` unused: the scope
+    says what each box holds). Keeps each box's load and each bridge's grid in `pic`."""
     pos: dict[str, tuple[float, float]] = {}
     for k, iface_id in enumerate(pic.uplinks):
         pos[iface_id] = (k * UPLINK_W, 0.0)
-    inside: dict[str, list[dict]] = {}
-    for node in nodes:
-        data = node["data"]
-        if data["kind"] != "namespace" and data["parent"] in pic.home:
-            inside.setdefault(data["parent"], []).append(node)
-    # loopback is left out: shown or not, the cells (and so every other place) stay the same
-    fullest: dict[str, int] = {}
-    for ns_id, items in inside.items():
-        bridge_id = pic.home[ns_id]
-        fullest[bridge_id] = max(fullest.get(bridge_id, 0), sum(n["data"]["kind"] != "loopback" for n in items))
-    left, origin = 0.0, {}
-    for bridge_id, cols in pic.bridges:
-        width, height = cell_size(fullest.get(bridge_id, 1))
-        origin[bridge_id] = (left, cols, width, height)
+    if scope is None:
+        inside: dict[str, list[dict]] = {}
+        for node in nodes:
+            data = node["data"]
+            if data["kind"] != "namespace":
+                inside.setdefault(data["parent"], []).append(node)
+        items: Callable[[str], list[dict]] = lambda ns_id: inside.get(ns_id, [])
+        forwards = [n for n in nodes if n["data"]["kind"] == "portforward"]
+        load, boxes = {}, pic.home.keys()
+    else:
+        items, forwards = scope.items, scope.forwards
+        load = dict(scope.before.load)
+        gone = scope.before.load.keys() - pic.home.keys()
+        for ns_id in gone:
+            del load[ns_id]
+        boxes = set(scope.boxes & pic.home.keys())
+    for ns_id in boxes:
+        # loopback is left out: shown or not, the cells (and so every other place) stay the same
+        load[ns_id] = sum(n["data"]["kind"] != "loopback" for n in items(ns_id))
+    pic.load = load
+    if scope is None:
+        pic.fullest = _fullest(pic, pic.plans)
+    else:
+        before = scope.before
+        reached = {b for ns_id in boxes | gone for b in (before.home.get(ns_id), pic.home.get(ns_id))}
+        pic.fullest = {b: n for b, n in before.fullest.items() if b in pic.plans}
+        pic.fullest.update(_fullest(pic, reached | (pic.plans.keys() - before.fullest.keys())))
+    pic.grid = _grids(pic)
+    moved = set() if scope is None else {b for b, g in pic.grid.items() if scope.before.grid.get(b) != g}
+    for bridge_id in moved:
+        boxes |= {ns_id for ns_id in pic.plans[bridge_id].cell_of if pic.home.get(ns_id) == bridge_id}
+    for bridge_id, (left, cols, width, _) in pic.grid.items():
         pos[bridge_id] = (left + cols * width / 2, BRIDGE_Y)
         for k, port in enumerate(pic.strays.get(bridge_id, ())):
             pos[port] = (left + 15 + k * STRAY_W, BRIDGE_Y + 30)
-        left += cols * width + BRIDGE_GAP
-    cell_of = {}
-    for (bridge_id, ns_id), index in pic.cell.items():
-        x0, cols, width, height = origin[bridge_id]
-        cell_of[(bridge_id, ns_id)] = (x0 + (index % cols) * width, BRIDGE_Y + GRID_Y + (index // cols) * height, width)
-    for port, key in pic.port_cell.items():
-        ox, oy, _ = cell_of[key]
+    for port in pic.port_cell if scope is None else _ports(pic, boxes, moved):
+        ox, oy = _cell_at(pic, pic.port_cell[port])
         pos[port] = (ox + 10, oy + 40)  # left of the box: the veth pair is a short edge
-    for ns_id, bridge_id in pic.home.items():
-        ox, oy, width = cell_of[(bridge_id, ns_id)]
+    for ns_id in boxes:
+        ox, oy = _cell_at(pic, (pic.home[ns_id], ns_id))
         first = pic.inner.get(ns_id, [])
-        items = inside.get(ns_id, [])
-        if len(items) > 1:  # most boxes hold one thing: nothing to order
-            items = sorted(items, key=lambda n: _in_box_key(n, first))
+        held = items(ns_id)
+        if len(held) > 1:  # most boxes hold one thing: nothing to order
+            held = sorted(held, key=lambda n: _in_box_key(n, first))
         # a box grows to both sides of what it holds (labels included): its first item keeps
         # clear of the box's own port, and a new item goes right (or below) without moving it
         pos[ns_id] = (ox + PORT_CLEAR, oy + 50)  # a box's own place is where its first item is
-        for k, node in enumerate(items):
+        for k, node in enumerate(held):
             row, col = divmod(k, BOX_ROW)
             pos[node["data"]["id"]] = (ox + PORT_CLEAR + ITEM_W * col, oy + 40 + ITEM_H * row)
+    left = max((g[0] + g[1] * g[2] + BRIDGE_GAP for g in pic.grid.values()), default=0.0)
     right = max(len(pic.uplinks) * UPLINK_W, left, CELL_W)
-    loose = [n["data"]["id"] for n in nodes if n["data"]["kind"] == "portforward" and n["data"]["parent"] == pic.host]
+    loose = [n["data"]["id"] for n in forwards if n["data"]["parent"] == pic.host]
     for k, node_id in enumerate(loose):
         pos[node_id] = ((len(pic.uplinks) + k) * UPLINK_W, 0.0)
     right = max(right, (len(pic.uplinks) + len(loose)) * UPLINK_W)
-    members: dict[str, list[str]] = {}
-    for node in nodes:
-        data = node["data"]
-        if data["kind"] != "namespace" and data["parent"] in pic.side:
-            members.setdefault(data["parent"], []).append(node["data"]["id"])
+    if scope is None or scope.side:
+        _place_side(pic, items, pos)
+    if pic.host:
+        pos[pic.host] = (right / 2, BRIDGE_Y)
+    return pos
+
+
+def _fullest(pic: Picture, bridges: Iterable[str | None]) -> dict[str, int]:
+    """The most items a box under each of these bridges holds (a box is under its home bridge)."""
+    out = {}
+    for bridge_id in bridges:
+        if bridge_id in pic.plans:
+            home = [pic.load.get(ns_id, 0) for ns_id in pic.plans[bridge_id].cell_of
+                    if pic.home.get(ns_id) == bridge_id]
+            out[bridge_id] = max(home, default=0)
+    return out
+
+
+def _grids(pic: Picture) -> dict[str, Grid]:
+    """Each bridge's grid, left to right, its cells big enough for its fullest box."""
+    left, grids = 0.0, {}
+    for bridge_id, cols in pic.bridges:
+        width, height = cell_size(pic.fullest.get(bridge_id, 1))
+        grids[bridge_id] = (left, cols, width, height)
+        left += cols * width + BRIDGE_GAP
+    return grids
+
+
+def _ports(pic: Picture, boxes: Iterable[str], bridges: Iterable[str]) -> set[str]:
+    """The ports of these boxes (on any bridge) and every port of these bridges."""
+    out = {port for bridge_id in bridges for port in pic.plans[bridge_id].port_of}
+    for ns_id in boxes:
+        for bridge_id in pic.reach.get(ns_id, ()):
+            out.update(pic.plans[bridge_id].ports_of.get(ns_id, ()))
+    return out
+
+
+def _cell_at(pic: Picture, key: tuple[str, str]) -> tuple[float, float]:
+    """The top-left corner of a container's cell under a bridge."""
+    x0, cols, width, height = pic.grid[key[0]]
+    index = pic.cell[key]
+    return x0 + (index % cols) * width, BRIDGE_Y + GRID_Y + (index // cols) * height
+
+
+def _place_side(pic: Picture, items: Callable[[str], list[dict]], pos: dict[str, tuple[float, float]]) -> None:
     # labels sit right of the interfaces, so a wire down the column's left stays clear of them
     x0, y = -SIDE_GAP, 0.0
     for ns_id in pic.side:
         pos[ns_id] = (x0, y)
-        for node_id in sorted(members.get(ns_id, ()), key=_id_rank):
+        for node_id in sorted((n["data"]["id"] for n in items(ns_id)), key=_id_rank):
             pos[node_id] = (x0, y)
             y += SIDE_ROW
         y += SIDE_ROW
-    if pic.host:
-        pos[pic.host] = (right / 2, BRIDGE_Y)
-    return pos
 
 
 def cell_size(items: int) -> tuple[float, float]:
@@ -580,45 +872,45 @@ def patch_elements(old: list[dict], before: Picture | None, snap: Snapshot, ns_i
     if before is None or before.host != _host_id(snap):
         new, picture = drawn(snap, show_loopback=show_loopback)
         return new, diff_elements(old, new), picture
-    picture = plan(snap, remembered_slots(host_key))
+    ns_ids, whole = set(ns_ids), set(whole)
+    inside = [i.id for i in snap.interfaces if i.netns in whole] if whole else []
+    by_id = {i.id: i for i in snap.interfaces}  # one map for the plan and the redraw
+    picture = plan(snap, remembered_slots(host_key), before, ifaces=[*only, *inside], namespaces={*ns_ids, *whole},
+                   by_id=by_id)
     _remember(host_key, picture.slots)
-    whole = set(whole) | _changed_keys(before.home, picture.home)
-    nodes = set(ns_ids) | whole | _changed_keys(before.names, picture.names) | (before.related ^ picture.related)
+    whole |= _changed_keys(before.home, picture.home)
+    nodes = ns_ids | whole | _changed_keys(before.names, picture.names) | (before.related ^ picture.related)
     ifaces = set(only) | _changed_keys(before.parent, picture.parent)
     if before.way_out != picture.way_out:
         ifaces |= {before.way_out, picture.way_out} - {None}
-    fresh = _fresh_elements(snap, picture, nodes, ifaces, whole, show_loopback)
-    index, first_edge, stale = {}, len(old), set()
-    for k, element in enumerate(old):
-        index[element["data"]["id"]] = k
-        if element["group"] == "edges" and first_edge == len(old):
-            first_edge = k
-        if _belongs(element, nodes, ifaces, whole):
-            stale.add(element["data"]["id"])
-    added = [e for i, e in fresh.items() if i not in index]
+    fresh = _fresh_elements(snap, picture, nodes, ifaces, whole, show_loopback, by_id)
+    was = before.drawing if before.drawing.size() == len(old) else Drawing.of(old)
+    stale = was.touching(nodes, ifaces, whole)
+    added = [e for i, e in fresh.items() if was.get(i) is None]
     removed = [i for i in stale if i not in fresh]
     changed: dict[str, dict] = {}
-    relayout = any(e["group"] == "nodes" for e in added) or any(old[index[i]]["group"] == "nodes" for i in removed)
+    relayout = any(e["group"] == "nodes" for e in added) or any(i in was.nodes for i in removed)
     relayout = relayout or _shape(before) != _shape(picture)
     for element_id, element in fresh.items():
-        k = index.get(element_id)
-        if k is None:
+        previous = was.get(element_id)
+        if previous is None:
             continue
-        previous = old[k]
         if element["group"] == "nodes":
             relayout = relayout or _layout_key(element) != _layout_key(previous)
             element["position"] = previous["position"]
         if element != previous:
             changed[element_id] = element
-    gone = set(removed)
-    keep = [changed.get(e["data"]["id"], e) for e in old if e["data"]["id"] not in gone]
-    cut = first_edge - sum(1 for i in gone if index[i] < first_edge)
-    elements = keep[:cut] + [e for e in added if e["group"] == "nodes"] + keep[cut:] + \
-        [e for e in added if e["group"] == "edges"]
+    picture.drawing = drawing = was.patched(added, [was.get(i) for i in removed], changed)
     if relayout:
-        elements = _placed(snap, picture, elements, changed, {e["data"]["id"] for e in added})
+        touched = [e for e in added if e["group"] == "nodes"] + \
+            [was.nodes[i] for i in removed if i in was.nodes] + \
+            [e for i, e in changed.items() if e["group"] == "nodes"] + \
+            [was.nodes[i] for i in changed if i in was.nodes]
+        _placed(snap, picture, changed, {e["data"]["id"] for e in added}, scope_of(before, picture, touched))
+    else:  # nothing that sizes a cell or fills a box changed
+        picture.load, picture.grid, picture.fullest = before.load, before.grid, before.fullest
     delta = {"added": added, "removed": removed, "changed": list(changed.values())}
-    return elements, delta, picture
+    return drawing.elements(), delta, picture
 
 
 def _host_id(snap: Snapshot) -> str | None:
@@ -637,36 +929,160 @@ def _shape(pic: Picture) -> tuple:
     return (pic.bridges, pic.cell, pic.port_cell, pic.strays, pic.uplinks, pic.side, pic.inner)
 
 
-def _placed(snap: Snapshot, pic: Picture, elements: list[dict], changed: dict[str, dict],
-            added: set[str]) -> list[dict]:
-    """Lay the nodes out again; a node that moved is copied with its new place and joins `changed`."""
-    nodes = [e for e in elements if e["group"] == "nodes"]
-    positions = place(snap, pic, nodes)
-    out = []
-    for element in elements:
-        if element["group"] == "nodes":
-            x, y = positions.get(element["data"]["id"], (0.0, 0.0))
-            x, y = round(x, 1), round(y, 1)
-            was = element.get("position")
-            if was is None or was["x"] != x or was["y"] != y:
-                where = {"x": x, "y": y}
-                element_id = element["data"]["id"]
-                if element_id not in added and element_id not in changed:
-                    element = {**element}
-                    changed[element_id] = element
-                element["position"] = where
-        out.append(element)
-    return out
+def scope_of(before: Picture, after: Picture, touched: Iterable[dict]) -> Scope:
+    """What must be placed again when the plan went from `before` to `after` and the nodes
+    `touched` (added, removed or changed; old and new versions) came, went or changed."""
+    boxes = {ns_id for _, ns_id in _changed_keys(before.cell, after.cell)}
+    boxes |= _changed_keys(before.home, after.home) | _changed_keys(before.inner, after.inner)
+    boxes |= {after.port_cell[port][1] for port in _changed_keys(before.port_cell, after.port_cell)
+              if port in after.port_cell}
+    boxes |= after.home.keys() - before.load.keys()  # never counted: count it now
+    side = before.side != after.side
+    side_ids = set(after.side)
+    for node in touched:
+        data = node["data"]
+        for ref in (data["id"], data.get("parent")):
+            if ref in after.home:
+                boxes.add(ref)
+            elif ref in side_ids:
+                side = True
+        if data["id"] in after.port_cell:
+            boxes.add(after.port_cell[data["id"]][1])
+    return Scope(before, frozenset(boxes & after.home.keys()), side, after.drawing.held, after.drawing.forwards())
+
+
+def _placed(snap: Snapshot, pic: Picture, changed: dict[str, dict], added: set[str], scope: Scope) -> None:
+    """Place what the scope reaches again; a node that moved is copied with its new place
+    (in the drawing too) and joins `changed`."""
+    nodes = pic.drawing.nodes
+    positions = place(snap, pic, [], scope)
+    for element_id in positions.keys() | added:
+        element = nodes.get(element_id)
+        if element is None:
+            continue  # placed but not drawn: loopback, unless shown
+        x, y = positions.get(element_id, (0.0, 0.0))
+        x, y = round(x, 1), round(y, 1)
+        was = element.get("position")
+        if was is None or was["x"] != x or was["y"] != y:
+            if element_id not in added and element_id not in changed:
+                element = {**element}
+                changed[element_id] = element
+                nodes[element_id] = element
+            element["position"] = {"x": x, "y": y}
+
+
+class Drawing:
+    """The elements by id (nodes, then edges, each in the order drawn), with what finds the
+    ones a change touches without a pass over all of them: a namespace's interfaces and the
+    edges with an end in it, an interface's edges, and the NAT elements (redrawn each time)."""
+
+    def __init__(self) -> None:
+        self.nodes: dict[str, dict] = {}
+        self.edges: dict[str, dict] = {}
+        self.by_ns: dict[str, frozenset[str]] = {}
+        self.by_end: dict[str, frozenset[str]] = {}
+        self.nat: frozenset[str] = frozenset()
+
+    @classmethod
+    def of(cls, elements: list[dict]) -> Drawing:
+        drawing = cls()
+        drawing._add(elements)
+        return drawing
+
+    def size(self) -> int:
+        return len(self.nodes) + len(self.edges)
+
+    def get(self, element_id: str) -> dict | None:
+        return self.nodes.get(element_id) or self.edges.get(element_id)
+
+    def elements(self) -> list[dict]:
+        return [*self.nodes.values(), *self.edges.values()]
+
+    def touching(self, nodes: set[str], ifaces: set[str], whole: set[str]) -> set[str]:
+        """Ids of what a redraw of these namespace nodes, interfaces and whole namespaces
+        replaces: those nodes, every element of the namespaces, the interfaces' edges, NAT."""
+        out = set(self.nat)
+        out.update(i for i in nodes if i in self.nodes)
+        out.update(i for i in ifaces if i in self.nodes)
+        for ns_id in whole:
+            out |= self.by_ns.get(ns_id, frozenset())
+        for if_id in ifaces:
+            out |= self.by_end.get(if_id, frozenset())
+        return out
+
+    def held(self, parent: str) -> list[dict]:
+        """The nodes inside a namespace's box (or beside the host): its interfaces, its forwards."""
+        out = [self.nodes[i] for i in self.by_ns.get(parent, ()) if i in self.nodes]
+        return out + [n for n in self.forwards() if n["data"]["parent"] == parent]
+
+    def forwards(self) -> list[dict]:
+        return [self.nodes[i] for i in self.nat if i in self.nodes]
+
+    def patched(self, added: list[dict], removed: list[dict], changed: dict[str, dict]) -> Drawing:
+        """A new drawing (this one unchanged): removed ones out, changed ones in their place,
+        added ones at the end of their group."""
+        out = Drawing()
+        out.nodes, out.edges = dict(self.nodes), dict(self.edges)
+        out.by_ns, out.by_end, out.nat = dict(self.by_ns), dict(self.by_end), self.nat
+        out._remove(removed)
+        for element_id, element in changed.items():
+            (out.nodes if element["group"] == "nodes" else out.edges)[element_id] = element
+        out._add(added)
+        return out
+
+    def _add(self, elements: Iterable[dict]) -> None:
+        by_ns, by_end, nat = self._sort(elements, add=True)
+        for index, entries in ((self.by_ns, by_ns), (self.by_end, by_end)):
+            for key, ids in entries.items():
+                index[key] = index.get(key, frozenset()) | ids
+        self.nat = self.nat | nat if nat else self.nat
+
+    def _remove(self, elements: Iterable[dict]) -> None:
+        by_ns, by_end, nat = self._sort(elements, add=False)
+        for index, entries in ((self.by_ns, by_ns), (self.by_end, by_end)):
+            for key, ids in entries.items():
+                if rest := index.get(key, frozenset()) - ids:
+                    index[key] = rest
+                else:
+                    index.pop(key, None)
+        self.nat = self.nat - nat if nat else self.nat
+
+    def _sort(self, elements: Iterable[dict], *, add: bool
+              ) -> tuple[dict[str, set[str]], dict[str, set[str]], set[str]]:
+        """Put the elements in (or take them out of) their group; their index entries, one set
+        per entry (a namespace holds a thousand elements: one union each, not a thousand)."""
+        by_ns: dict[str, set[str]] = {}
+        by_end: dict[str, set[str]] = {}
+        nat: set[str] = set()
+        for element in elements:
+            data = element["data"]
+            element_id, kind = data["id"], data["kind"]
+            nodes = element["group"] == "nodes"
+            group = self.nodes if nodes else self.edges
+            if add:
+                group[element_id] = element
+            else:
+                group.pop(element_id, None)
+            if kind in NAT_KINDS:
+                nat.add(element_id)
+            elif nodes:
+                if kind != "namespace":
+                    by_ns.setdefault(data["netns"], set()).add(element_id)
+            else:
+                for end in (data["source"], data["target"]):
+                    by_ns.setdefault(_interface_ns(end), set()).add(element_id)
+                    by_end.setdefault(end, set()).add(element_id)
+        return by_ns, by_end, nat
 
 
 def _fresh_elements(snap: Snapshot, pic: Picture, nodes: set[str], ifaces: set[str], whole: set[str],
-                    show_loopback: bool) -> dict[str, dict]:
+                    show_loopback: bool, by_id: Mapping[str, Interface]) -> dict[str, dict]:
     """The touched elements, drawn from the new plan (positions are filled in by the caller)."""
-    by_id = {i.id: i for i in snap.interfaces}
-    namespaces = {ns.id: ns for ns in snap.namespaces}
     wanted = [i for i in snap.interfaces if i.netns in whole] if whole else []
     wanted += [by_id[i] for i in ifaces if i in by_id and by_id[i].netns not in whole]
     visible = [i for i in wanted if show_loopback or i.kind != "loopback"]
+    needed = nodes | {i.netns for i in visible}
+    namespaces = {ns.id: ns for ns in snap.namespaces if ns.id in needed}
     owners = {n: namespace_owner(namespaces[n]) for n in {i.netns for i in visible} if n in namespaces}
     out = [_namespace_node(namespaces[n], pic) for n in sorted(nodes) if n in namespaces]
     out += [_interface_node(i, by_id, snap.host, owners.get(i.netns, "unknown"), pic) for i in visible]
@@ -691,18 +1107,6 @@ class _Shown:
     def __contains__(self, if_id: object) -> bool:
         iface = self._by_id.get(if_id)  # type: ignore[arg-type]
         return iface is not None and (self._loopback or iface.kind != "loopback")
-
-
-def _belongs(element: dict, nodes: set[str], ifaces: set[str], whole: set[str]) -> bool:
-    data = element["data"]
-    if data["kind"] in NAT_KINDS:
-        return True
-    if element["group"] == "nodes":
-        if data["kind"] == "namespace":
-            return data["id"] in nodes
-        return data["id"] in ifaces or data.get("netns", data["parent"]) in whole
-    source, target = data["source"], data["target"]
-    return source in ifaces or target in ifaces or _interface_ns(source) in whole or _interface_ns(target) in whole
 
 
 def _interface_ns(element_id: str) -> str:
