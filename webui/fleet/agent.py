@@ -30,7 +30,7 @@ from werkzeug.exceptions import HTTPException
 
 from bridgescope.collector.live.watcher import Watcher
 from bridgescope.webui import bodies, verdicts
-from bridgescope.webui.app import Runtime, Settings, runtime
+from bridgescope.webui.app import Runtime, Settings, runtime, settle_heap
 from bridgescope.webui.audit import AuditLog
 from bridgescope.webui.fleet import metrics
 
@@ -139,6 +139,7 @@ class AgentRuntime(Runtime):
             if self._source is None:
                 watcher = TimedWatcher(self.settings.host, self._observe)
                 watcher.start()
+                settle_heap()
                 self._source = watcher
                 threading.Thread(target=self.history.follow, args=(watcher, self.closing),
                                  name="bridgescope-history", daemon=True).start()
