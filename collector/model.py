@@ -25,6 +25,14 @@ def interface_id(netns_id: str, ifindex: int) -> str:
     return f"{netns_id}/if{ifindex}"
 
 
+def portforward_id(pf: PortForward) -> str:
+    return f"pf:{pf.netns}:{pf.proto}:{pf.host_ip or '*'}:{pf.host_port}"
+
+
+def masquerade_id(m: Masquerade) -> str:
+    return f"masq:{m.netns}:{m.source or '*'}:{m.out_not or '*'}"
+
+
 @dataclass(frozen=True)
 class Namespace:
     id: str

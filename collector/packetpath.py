@@ -20,8 +20,7 @@ from bridgescope.collector.hostview import ipv4_addresses
 from bridgescope.collector.kernel import listeners as kernel_listeners
 from bridgescope.collector.kernel.listeners import ListenerRead
 from bridgescope.collector.kernel.routelookup import RouteAnswer, RouteLookup
-from bridgescope.collector.model import Interface, Namespace, Rule, Snapshot
-from bridgescope.collector.render.graph import masquerade_id, portforward_id
+from bridgescope.collector.model import Interface, Namespace, Rule, Snapshot, masquerade_id, portforward_id
 from bridgescope.collector.rules.evaluator import DROP, ChainRun, describe, run_hook
 from bridgescope.collector.rules.matcher import Packet
 from bridgescope.collector.rules.model import Base, RuleSet

@@ -5,21 +5,29 @@ import dataclasses
 
 import pytest
 
-from bridgescope.collector.model import Interface, Masquerade, Namespace, PortForward, Route, Snapshot
+from bridgescope.collector.model import (
+    Interface,
+    Masquerade,
+    Namespace,
+    PortForward,
+    Route,
+    Snapshot,
+    portforward_id,
+)
 from bridgescope.collector.render import graph
+from bridgescope.collector.render import slots as stored
 from bridgescope.collector.render.graph import (
-    Slots,
     build_elements,
     diff_elements,
-    portforward_id,
     to_elements,
 )
+from bridgescope.collector.render.slots import Slots
 
 
 @pytest.fixture(autouse=True)
 def fresh_memory(monkeypatch):
     """Each test starts as a freshly started server: no slots remembered."""
-    monkeypatch.setattr(graph, "_REMEMBERED", {})
+    monkeypatch.setattr(stored, "_REMEMBERED", {})
 
 
 def topology(containers: int = 2) -> Snapshot:
@@ -122,7 +130,7 @@ def test_show_loopback():
 
 def test_every_node_has_a_position_and_it_is_deterministic():
     a = to_elements(topology(30))
-    graph._REMEMBERED.clear()  # another server process, same snapshot: same picture
+    stored._REMEMBERED.clear()  # another server process, same snapshot: same picture
     b = to_elements(topology(30))
     assert a == b
     for e in a:
@@ -182,7 +190,7 @@ def test_slots_are_a_pure_input_and_output():
     assert sorted(c[1] for c in slots.cells) == ["c000", "c001", "c002", "c003"]
     again, same = build_elements(snap, slots)
     assert again == els and same == slots
-    assert graph._REMEMBERED == {}  # explicit slots: the process memory is left alone
+    assert stored._REMEMBERED == {}  # explicit slots: the process memory is left alone
 
 
 def test_diff_elements_added_removed_changed():

@@ -13,9 +13,16 @@ from conftest import sandbox_lab, sh
 from bridgescope.collector.firewall import assemble
 from bridgescope.collector.firewall.readers import NamespaceDump
 from bridgescope.collector.kernel.routelookup import RouteAnswer
-from bridgescope.collector.model import Chain, Interface, Namespace, Rule, Snapshot
+from bridgescope.collector.model import (
+    Chain,
+    Interface,
+    Namespace,
+    Rule,
+    Snapshot,
+    masquerade_id,
+    portforward_id,
+)
 from bridgescope.collector.packetpath import namespace_by_name, rule_key, trace, trace_live
-from bridgescope.collector.render.graph import masquerade_id, portforward_id
 from bridgescope.collector.rules.evaluator import run_hook
 from bridgescope.collector.rules.matcher import Packet, matches
 from bridgescope.collector.rules.model import RuleSet

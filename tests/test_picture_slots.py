@@ -9,8 +9,8 @@ import requests
 import serve_process
 from conftest import sh
 
-from bridgescope.collector.render import graph
-from bridgescope.collector.render.graph import Slots
+from bridgescope.collector.render import slots as stored
+from bridgescope.collector.render.slots import Slots
 
 TOKEN = "slots-test-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -19,16 +19,16 @@ AUTH = {"Authorization": f"Bearer {TOKEN}"}
 def test_slots_written_are_read_back(tmp_path):
     path = tmp_path / "picture" / "slots.json"
     slots = {"h1": Slots((("br0", 3),), (("br0", "c1", 0), ("br0", "c2", 4)))}
-    graph.write_slots(path, slots)
-    assert graph.read_slots(path) == slots
+    stored.write_slots(path, slots)
+    assert stored.read_slots(path) == slots
     assert [p.name for p in path.parent.iterdir()] == ["slots.json"]  # no temporary left behind
 
 
 def test_the_file_keeps_only_the_hosts_drawn_last(tmp_path):
     path = tmp_path / "slots.json"
-    most = graph.MAX_STORED_HOSTS
-    graph.write_slots(path, {f"h{i}": Slots((("br0", 2),)) for i in range(most + 5)})
-    kept = graph.read_slots(path)
+    most = stored.MAX_STORED_HOSTS
+    stored.write_slots(path, {f"h{i}": Slots((("br0", 2),)) for i in range(most + 5)})
+    kept = stored.read_slots(path)
     assert len(kept) == most and "h0" not in kept and f"h{most + 4}" in kept
 
 
@@ -38,9 +38,9 @@ def test_a_damaged_file_is_ignored_with_a_warning(tmp_path, caplog, text):
     path = tmp_path / "slots.json"
     path.write_text(text)
     with caplog.at_level(logging.WARNING):
-        assert graph.read_slots(path) == {}
+        assert stored.read_slots(path) == {}
     assert "ignoring" in caplog.text and str(path) in caplog.text
-    assert graph.read_slots(tmp_path / "missing.json") == {}
+    assert stored.read_slots(tmp_path / "missing.json") == {}
 
 
 # ---- a real server, restarted ----------------------------------------------------------------

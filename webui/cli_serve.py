@@ -176,7 +176,7 @@ def warnings(config: dict) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from bridgescope.collector.render.graph import keep_slots_in
+    from bridgescope.collector.render.slots import keep_slots_in
     from bridgescope.plumbing.api import recover
     from bridgescope.plumbing.state import state_dir
     from bridgescope.webui.audit import AuditLog

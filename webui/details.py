@@ -25,9 +25,11 @@ from bridgescope.collector.model import (
     Route,
     Rule,
     Snapshot,
+    masquerade_id,
+    portforward_id,
 )
 from bridgescope.collector.packetpath import namespace_paths
-from bridgescope.collector.render.graph import masquerade_id, portforward_id, served_masquerades
+from bridgescope.collector.render.graph import served_masquerades
 from bridgescope.webui import verdicts
 from bridgescope.webui.app import runtime
 from bridgescope.webui.pages import page_or_fragment

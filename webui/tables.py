@@ -14,8 +14,7 @@ from dataclasses import dataclass
 from flask import Blueprint, request
 
 from bridgescope.collector.kernel.listeners import ListenerRead
-from bridgescope.collector.model import PortForward, Rule, Snapshot
-from bridgescope.collector.render.graph import portforward_id
+from bridgescope.collector.model import PortForward, Rule, Snapshot, portforward_id
 from bridgescope.collector.rules.reach import HOST, OUTSIDE, reach
 from bridgescope.plumbing.rules import SHARD_CHAINS, SHARD_TAG
 from bridgescope.plumbing.state import TAG

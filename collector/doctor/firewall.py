@@ -15,8 +15,7 @@ from ipaddress import IPv4Address, IPv4Network
 from bridgescope.collector.doctor.finding import Finding
 from bridgescope.collector.hostview import Attachment, BridgeNet, HostView, in_ns, ipv4_addresses, netns_name
 from bridgescope.collector.kernel.listeners import ListenerRead
-from bridgescope.collector.model import Masquerade, Namespace, PortForward, Rule
-from bridgescope.collector.render.graph import portforward_id
+from bridgescope.collector.model import Masquerade, Namespace, PortForward, Rule, portforward_id
 from bridgescope.collector.rules import access
 from bridgescope.collector.rules.evaluator import DROP, HookRun, describe
 from bridgescope.collector.rules.matcher import Packet

@@ -16,23 +16,24 @@ keeps them in a file too (`keep_slots_in`), so a restart draws the same picture.
 """
 from __future__ import annotations
 
-import atexit
 import ipaddress
-import json
-import logging
 import math
-import os
 import re
-import tempfile
-import threading
-import time
 from collections.abc import Callable, Collection, Container, Iterable, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
-from pathlib import Path
 
 from bridgescope.collector.hostview import HostView, container_label
-from bridgescope.collector.model import Interface, Masquerade, Namespace, PortForward, Snapshot
+from bridgescope.collector.model import (
+    Interface,
+    Masquerade,
+    Namespace,
+    PortForward,
+    Snapshot,
+    masquerade_id,
+    portforward_id,
+)
+from bridgescope.collector.render.slots import Slots, remember, remembered_slots
 
 CELL_W, CELL_H = 220.0, 120.0  # one container's cell in a bridge's grid
 # Inside a cell, what a box's contents keep clear of: left, its own bridge port, the box's
@@ -53,27 +54,6 @@ SIDE_ROW = 70.0  # one interface in that column
 MIN_COLS = 2
 
 
-@dataclass(frozen=True)
-class Slots:
-    """What the layout remembers by identity: bridge name -> columns (in order of arrival),
-    (bridge name, container key) -> cell index."""
-    bridges: tuple[tuple[str, int], ...] = ()
-    cells: tuple[tuple[str, str, int], ...] = ()
-
-
-_REMEMBERED: dict[str, Slots] = {}
-_STORE: list[Path] = []  # where this process keeps _REMEMBERED across restarts, if anywhere
-_LOCK = threading.Lock()  # the live source and API requests lay out from several threads
-MAX_STORED_HOSTS = 64  # the file stays small: the hosts drawn last, and
-MAX_STORED_CELLS = 50_000  # at most this many containers' cells of each
-MAX_STORE_BYTES = 16 << 20
-log = logging.getLogger(__name__)
-
-
-def remembered_slots(host_key: str) -> Slots:
-    return _REMEMBERED.get(host_key, Slots())
-
-
 def to_elements(snap: Snapshot, *, show_loopback: bool = False, slots: Slots | None = None) -> list[dict]:
     """The elements; without `slots`, this process's memory of the host's slots is used and updated."""
     return drawn(snap, show_loopback=show_loopback, slots=slots)[0]
@@ -84,106 +64,8 @@ def drawn(snap: Snapshot, *, show_loopback: bool = False, slots: Slots | None = 
     host_key = snap.host or ""
     elements, picture = _draw(snap, remembered_slots(host_key) if slots is None else slots, show_loopback)
     if slots is None:
-        _remember(host_key, picture.slots)
+        remember(host_key, picture.slots)
     return elements, picture
-
-
-def _remember(host_key: str, slots: Slots) -> None:
-    if _REMEMBERED.get(host_key) == slots:
-        return
-    with _LOCK:
-        _REMEMBERED.pop(host_key, None)  # the newest last: the oldest go first when the file is full
-        _REMEMBERED[host_key] = slots
-    if _STORE:
-        _WRITER.wanted.set()
-
-
-# ---- slots kept across restarts -------------------------------------------------------------
-
-WRITE_GAP = 0.5  # seconds between two writes of the file: a burst of changes is one write
-
-
-class _SlotWriter:
-    """Writes the remembered slots off the caller's thread: a live round publishes its delta
-    without waiting for the file (tens of milliseconds at a thousand containers), and a burst
-    of changes costs one write. What is pending at exit is written then."""
-
-    def __init__(self) -> None:
-        self.wanted = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def start(self) -> None:
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name="bridgescope-slots", daemon=True)
-            self._thread.start()
-            atexit.register(self.flush)
-
-    def _run(self) -> None:
-        while True:
-            self.wanted.wait()
-            self.flush()
-            time.sleep(WRITE_GAP)
-
-    def flush(self) -> None:
-        if not _STORE or not self.wanted.is_set():
-            return
-        with _LOCK:
-            self.wanted.clear()
-            remembered = dict(_REMEMBERED)
-        write_slots(_STORE[0], remembered)
-
-
-_WRITER = _SlotWriter()
-
-
-def keep_slots_in(path: Path) -> None:
-    """From now on the slots this process remembers are read from and written to `path`."""
-    _STORE[:] = [path]
-    _REMEMBERED.update(read_slots(path))
-    _WRITER.start()
-
-
-def read_slots(path: Path) -> dict[str, Slots]:
-    """The slots stored at `path`; a missing file is none, a damaged one is none and a warning
-    (the picture is then laid out afresh, which only costs the old places)."""
-    try:
-        with path.open("rb") as fh:
-            raw = fh.read(MAX_STORE_BYTES + 1)
-        if len(raw) > MAX_STORE_BYTES:
-            raise ValueError("larger than any file bridgescope writes")
-        return {str(host): _slots_from(entry) for host, entry in json.loads(raw)["hosts"].items()}
-    except FileNotFoundError:
-        return {}
-    except (OSError, ValueError, TypeError, KeyError, AttributeError) as err:
-        log.warning("ignoring the picture's remembered places in %s: %s", path, err)
-        return {}
-
-
-def _slots_from(entry: dict) -> Slots:
-    bridges = tuple((str(name), int(cols)) for name, cols in entry["bridges"])
-    cells = tuple((str(bridge), str(key), int(index)) for bridge, key, index in entry["cells"])
-    if any(cols < 1 for _, cols in bridges) or any(index < 0 for _, _, index in cells):
-        raise ValueError("negative place")
-    return Slots(bridges, cells)
-
-
-def write_slots(path: Path, remembered: dict[str, Slots]) -> None:
-    """Write-then-rename in the same directory: a reader sees the old file or the new one."""
-    hosts = list(remembered.items())[-MAX_STORED_HOSTS:]
-    body = {"hosts": {host: {"bridges": list(s.bridges), "cells": list(s.cells[:MAX_STORED_CELLS])}
-                      for host, s in hosts}}
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".slots.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                fh.write(json.dumps(body, separators=(",", ":")))
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-    except OSError as err:  # the picture still works; only a restart would lose the places
-        log.warning("could not keep the picture's places in %s: %s", path, err)
 
 
 def build_elements(snap: Snapshot, slots: Slots, *, show_loopback: bool = False) -> tuple[list[dict], Slots]:
@@ -234,10 +116,6 @@ def _interface_node(iface: Interface, by_id: dict[str, Interface], host: str | N
     }}
 
 
-def portforward_id(pf: PortForward) -> str:
-    return f"pf:{pf.netns}:{pf.proto}:{pf.host_ip or '*'}:{pf.host_port}"
-
-
 def badge_label(pf: PortForward) -> str:
     """Where it listens (any host address: *) and where it goes, as a badge reads it."""
     return f"{pf.proto} {pf.host_ip or '*'}:{pf.host_port}\n→ :{pf.to_port}"
@@ -265,10 +143,6 @@ def _portforward_nodes(snap: Snapshot, by_id: dict[str, Interface], pic: Picture
         edge = _edge(f"edge:{node_id}", node_id, target, "portforward", pf.owner) if target in by_id else None
         out.append((node, edge))
     return out
-
-
-def masquerade_id(m: Masquerade) -> str:
-    return f"masq:{m.netns}:{m.source or '*'}:{m.out_not or '*'}"
 
 
 def _masquerade_edges(snap: Snapshot, pic: Picture) -> list[dict]:
@@ -877,7 +751,7 @@ def patch_elements(old: list[dict], before: Picture | None, snap: Snapshot, ns_i
     by_id = {i.id: i for i in snap.interfaces}  # one map for the plan and the redraw
     picture = plan(snap, remembered_slots(host_key), before, ifaces=[*only, *inside], namespaces={*ns_ids, *whole},
                    by_id=by_id)
-    _remember(host_key, picture.slots)
+    remember(host_key, picture.slots)
     whole |= _changed_keys(before.home, picture.home)
     nodes = ns_ids | whole | _changed_keys(before.names, picture.names) | (before.related ^ picture.related)
     ifaces = set(only) | _changed_keys(before.parent, picture.parent)

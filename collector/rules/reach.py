@@ -21,8 +21,7 @@ from ipaddress import IPv4Address, IPv4Network
 
 from bridgescope.collector.hostview import HostView, host_view, ipv4_addresses, is_default
 from bridgescope.collector.kernel.listeners import Listener, ListenerRead
-from bridgescope.collector.model import Interface, PortForward, Snapshot
-from bridgescope.collector.render.graph import portforward_id
+from bridgescope.collector.model import Interface, PortForward, Snapshot, portforward_id
 from bridgescope.collector.rules.evaluator import ACCEPT, DROP, HookRun, describe, run_hook
 from bridgescope.collector.rules.matcher import Packet
 from bridgescope.collector.rules.nat import forward_packet
