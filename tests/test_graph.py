@@ -14,8 +14,9 @@ from bridgescope.collector.model import (
     Snapshot,
     portforward_id,
 )
-from bridgescope.collector.render import graph
+from bridgescope.collector.render import graph, layout
 from bridgescope.collector.render import slots as stored
+from bridgescope.collector.render.drawing import Drawing
 from bridgescope.collector.render.graph import (
     build_elements,
     diff_elements,
@@ -158,8 +159,8 @@ def test_container_boxes_keep_their_distance(n):
     assert len(boxes) == n
     for i, a in enumerate(boxes):
         for b in boxes[i + 1:i + 40]:
-            apart_x = b[0] - a[2] >= graph.CELL_W - 100 or a[0] - b[2] >= graph.CELL_W - 100
-            apart_y = abs(b[1] - a[1]) >= graph.CELL_H - 1
+            apart_x = b[0] - a[2] >= layout.CELL_W - 100 or a[0] - b[2] >= layout.CELL_W - 100
+            apart_y = abs(b[1] - a[1]) >= layout.CELL_H - 1
             assert apart_x or apart_y, (a, b)
 
 
@@ -449,7 +450,7 @@ def test_scoped_relayouts_equal_a_layout_from_scratch_through_a_story():
         fresh, scratch = drawn(after, slots=layout.slots)
         assert by_id(elements) == by_id(fresh)
         assert _plan_of(layout) == _plan_of(scratch)
-        assert _indexes(layout.drawing) == _indexes(graph.Drawing.of(fresh))
+        assert _indexes(layout.drawing) == _indexes(Drawing.of(fresh))
         assert (layout.load, layout.fullest, layout.grid) == (scratch.load, scratch.fullest, scratch.grid)
         widths.add(by_id(fresh)["ns-1/if800"]["position"]["x"] if "ns-1/if800" in by_id(fresh) else None)
     assert len(widths) >= 3  # br1 moved right when br0's cells grew, and back
@@ -461,12 +462,12 @@ def _drop_bridge(snap: Snapshot, bridge_id: str) -> Snapshot:
         for i in snap.interfaces if i.id != bridge_id))
 
 
-def _plan_of(pic: graph.Picture) -> dict:
+def _plan_of(pic: layout.Picture) -> dict:
     """What a plan says, without what it keeps to make the next one (the cells remembered in
     the order seated, which differs once a container took a free cell: the same cells)."""
     out = {k: v for k, v in vars(pic).items() if k not in ("plans", "reach", "load", "grid", "fullest", "slots", "drawing")}
     return {**out, "bridges_remembered": pic.slots.bridges, "cells": sorted(pic.slots.cells)}
 
 
-def _indexes(drawing: graph.Drawing) -> tuple:
+def _indexes(drawing: Drawing) -> tuple:
     return drawing.nodes.keys(), drawing.edges.keys(), drawing.by_ns, drawing.by_end, drawing.nat

@@ -27,8 +27,8 @@ from bridgescope.collector.kernel.snapshot import (
 )
 from bridgescope.collector.kernel.veth import IfKey, pair, wanted_nsids
 from bridgescope.collector.model import Interface, Namespace, Route, Snapshot
-from bridgescope.collector.render.graph import Picture as Layout
 from bridgescope.collector.render.graph import diff_elements, drawn, patch_elements
+from bridgescope.collector.render.layout import Picture as Layout
 from bridgescope.collector.rules.nat import NatView
 
 
