@@ -22,6 +22,7 @@ from bridgescope.collector.kernel.containers import (
     conmon_container_names,
     engine_container_names,
 )
+from bridgescope.collector.kernel.procfs import read_small
 from bridgescope.collector.kernel.setns import CLONE_NEWNET
 from bridgescope.collector.model import Namespace, namespace_id
 
@@ -145,25 +146,35 @@ def _proc_holders(proc: str) -> dict[NsKey, list[int]]:
 
 def _comm(proc: str, pid: int) -> str | None:
     try:
-        with open(f"{proc}/{pid}/comm", encoding="utf-8", errors="replace") as fh:
-            return fh.read().strip()
+        return read_small(f"{proc}/{pid}/comm").strip()
     except OSError:
         return None
+
+
+def _mounted(mountinfo: str) -> dict[NsKey, list[str]]:
+    """The namespaces the mount table shows (netns files and other bind mounts), with their paths."""
+    mounts: dict[NsKey, list[str]] = {}
+    for path in nsfs_mounts(mountinfo):
+        key = ns_key(path)
+        if key is not None:
+            mounts.setdefault(key, []).append(path)
+    return mounts
+
+
+def _host_key(host: NetnsRef) -> NsKey:
+    key = ns_key(host.path)
+    if key is None:
+        raise NamespaceNotFound(host.name)
+    return key
 
 
 def discover(host: NetnsRef | None = None, *, mountinfo: str = "/proc/self/mountinfo",
              proc: str = "/proc", engine_sockets: Iterable[str] | None = None) -> list[Namespace]:
     """Every network namespace visible from here, host first, the rest sorted by inode."""
     host = host or resolve_netns(None)
-    mounts: dict[NsKey, list[str]] = {}
-    for path in nsfs_mounts(mountinfo):
-        key = ns_key(path)
-        if key is not None:
-            mounts.setdefault(key, []).append(path)
+    mounts = _mounted(mountinfo)
     holders = _proc_holders(proc)
-    host_key = ns_key(host.path)
-    if host_key is None:
-        raise NamespaceNotFound(host.name)
+    host_key = _host_key(host)
     keys = set(mounts) | set(holders) | {host_key}
     sockets = configured_sockets() if engine_sockets is None else tuple(engine_sockets)
     guests = {key: pids for key, pids in holders.items() if key != host_key}
@@ -193,14 +204,8 @@ def rediscover(known: Iterable[Namespace], host: NetnsRef, *, mountinfo: str = "
     that only a new process holds waits for the next full discovery). Known namespaces keep
     their names; only new ones ask the engines."""
     before = {ns.inode: ns for ns in known}
-    mounts: dict[NsKey, list[str]] = {}
-    for path in nsfs_mounts(mountinfo):
-        key = ns_key(path)
-        if key is not None:
-            mounts.setdefault(key, []).append(path)
-    host_key = ns_key(host.path)
-    if host_key is None:
-        raise NamespaceNotFound(host.name)
+    mounts = _mounted(mountinfo)
+    host_key = _host_key(host)
     holders: dict[NsKey, list[int]] = {}
     for ns in before.values():
         for pid in ns.pids:

@@ -162,7 +162,9 @@ def messages(buf: bytes) -> Iterator[Message]:
 
 def attrs(data: bytes, offset: int, wanted: frozenset[int] | None = None) -> dict[int, bytes]:
     """{type: payload} of the attributes from offset on (the last one wins on repeats); only
-    the `wanted` types when given (a link carries ~40 attributes, a handful of them read)."""
+    the `wanted` types when given (a link carries ~40 attributes, a handful of them read),
+    and then the walk stops once each has been seen (the kernel does not repeat a type at one
+    level: a bridge port's mode comes fourth of its ~40)."""
     found = {}
     end = len(data)
     unpack = _NLA.unpack_from
@@ -171,25 +173,14 @@ def attrs(data: bytes, offset: int, wanted: frozenset[int] | None = None) -> dic
         if length < 4:
             break
         kind &= 0x3FFF
-        if wanted is None or kind in wanted:
+        if wanted is None:
             found[kind] = data[offset + 4:offset + length]
+        elif kind in wanted:
+            found[kind] = data[offset + 4:offset + length]
+            if len(found) == len(wanted):
+                break
         offset += (length + 3) & ~3
     return found
-
-
-def first_attr(data: bytes, offset: int, wanted: int) -> bytes | None:
-    """The payload of the first attribute of type `wanted` from offset on; None when absent.
-    Stops there: a bridge port's mode comes fourth of its ~40 attributes."""
-    end = len(data)
-    unpack = _NLA.unpack_from
-    while offset + 4 <= end:
-        length, kind = unpack(data, offset)
-        if length < 4:
-            break
-        if kind & 0x3FFF == wanted:
-            return data[offset + 4:offset + length]
-        offset += (length + 3) & ~3
-    return None
 
 
 def _u32(raw: bytes | None) -> int | None:
@@ -256,10 +247,13 @@ def link_kind(info_kind: str | None, ifi_type: int) -> str:
     return "other"
 
 
+_BRPORT_MODE = frozenset({IFLA_BRPORT_MODE})
+
+
 def _hairpin(info: dict[int, bytes]) -> bool | None:
     if _text(info.get(IFLA_INFO_SLAVE_KIND)) != "bridge" or IFLA_INFO_SLAVE_DATA not in info:
         return None
-    mode = first_attr(info[IFLA_INFO_SLAVE_DATA], 0, IFLA_BRPORT_MODE)
+    mode = attrs(info[IFLA_INFO_SLAVE_DATA], 0, _BRPORT_MODE).get(IFLA_BRPORT_MODE)
     return None if not mode else bool(mode[0] & BRIDGE_MODE_HAIRPIN)
 
 
@@ -267,7 +261,7 @@ def bridge_port_facts(msg: Message) -> tuple[int, int | None, bool | None]:
     """(ifindex, master, hairpin) from an AF_BRIDGE link message (the bridge's own view of a port)."""
     _, _, index, _, _ = _IFINFO.unpack_from(msg.data, _HDR.size)
     a = attrs(msg.data, _HDR.size + _IFINFO.size)
-    mode = attrs(a[IFLA_PROTINFO], 0).get(IFLA_BRPORT_MODE) if IFLA_PROTINFO in a else None
+    mode = attrs(a[IFLA_PROTINFO], 0, _BRPORT_MODE).get(IFLA_BRPORT_MODE) if IFLA_PROTINFO in a else None
     return index, _u32(a.get(IFLA_MASTER)) or None, None if mode is None else bool(mode[0] & BRIDGE_MODE_HAIRPIN)
 
 
