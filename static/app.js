@@ -7,9 +7,12 @@
 // client never runs a layout. A bridge whose containers would make labels unreadable at fit
 // is folded into one summary node: its elements then stay out of Cytoscape (kept here, still
 // searchable) until it is expanded.
-// The Cytoscape instance lives at window.cy for automation and tests.
+// The Cytoscape instance lives at window.cy for automation and tests; what each box holds at
+// window.bridgescopeBoxes (boxes.js: boxes are plain nodes, not Cytoscape compounds).
 
 /* global cytoscape, htmx */
+
+import { Boxes, EDGE_Z, FITTED, LEAF_Z } from "./boxes.js";
 
 const BIG_GRAPH = 1500; // elements: above this, cheaper rendering while panning/zooming
 const FONT = 13; // label size in model units
@@ -62,18 +65,19 @@ function palette() {
 
 function styleSheet(p) {
   return [
-    // Cytoscape clears cached styles across a node's compound family for every property it
-    // applies to the node, so each element gets only the properties it needs: no text ones for
-    // the unlabelled (bridge ports, edges but the way out), none that repeat Cytoscape's defaults.
+    // Each element gets only the properties it needs: no text ones for the unlabelled (bridge
+    // ports, edges but the way out), none that repeat Cytoscape's defaults. Boxes are drawn by
+    // depth under the edges, leaves over them (boxes.js sets a box's z-index and size).
     { selector: "node", style: {
       "background-color": p.physical, "border-width": 1, "border-color": p.surface, "width": 18, "height": 18,
+      "z-index-compare": "manual", "z-index": LEAF_Z,
     } },
     { selector: "node[!port]", style: {
       "label": "data(display)", "font-size": FONT, "color": p.fg, "text-wrap": "wrap",
       "text-max-width": 160, "min-zoomed-font-size": 6, "text-valign": "bottom", "text-margin-y": 3,
       "font-family": "system-ui, sans-serif", "line-height": 1.15,
     } },
-    { selector: "node:parent", style: {
+    { selector: "node.holds", style: {
       "shape": "round-rectangle", "background-color": p.ns,
       "border-color": p.nsBorder, "border-width": 1.5, "padding": 10,
       "text-valign": "top", "text-margin-y": -3, "font-weight": 600, "text-events": "yes",
@@ -90,7 +94,7 @@ function styleSheet(p) {
     { selector: 'node[kind = "bridge"]', style: {
       "shape": "round-rectangle", "width": 60, "height": 22, "background-color": p.bridge, "font-weight": 700,
     } },
-    { selector: 'node[kind = "bridge"]:parent', style: {
+    { selector: 'node[kind = "bridge"].holds', style: {
       "background-color": p.surface, "border-color": p.bridge, "border-width": 2.5, "padding": 12,
     } },
     { selector: 'node[kind = "veth"]', style: { "shape": "ellipse", "background-color": p.veth, "width": 16, "height": 16 } },
@@ -111,7 +115,7 @@ function styleSheet(p) {
       "background-color": p.down, "border-style": "dashed", "border-color": p.down, "border-width": 2,
     } },
     { selector: "edge", style: {
-      "width": 1.5, "line-color": p.edge, "curve-style": "straight",
+      "width": 1.5, "line-color": p.edge, "curve-style": "straight", "z-index-compare": "manual", "z-index": EDGE_Z,
     } },
     { selector: 'edge[kind = "veth"]', style: { "width": 3, "line-color": p.veth } },
     { selector: 'edge[kind = "portforward"]', style: {
@@ -124,16 +128,13 @@ function styleSheet(p) {
       "text-background-opacity": 1, "text-background-padding": 2,
       "text-border-color": p.masq, "text-border-width": 1, "text-border-opacity": 1,
     } },
-    // Boxes (namespaces, bridges) carry their label as a bypass set from the data (see boxLabels),
-    // not mapped: Cytoscape re-applies a mapped property whenever anything inside a box is
-    // restyled, and for a box that re-application touches every descendant, so the host box made
-    // drawing all nodes grow with the square of their number.
-    { selector: 'node[kind = "namespace"], node[kind = "bridge"]', style: { "label": "" } },
     { selector: ".hidden", style: { "display": "none" } },
     // other namespaces' names sit right of centre: the wire down the column's left stays clear
-    { selector: 'node[kind = "namespace"][!is_host][!container]:parent', style: { "text-margin-x": 30 } },
+    { selector: 'node[kind = "namespace"][!is_host][!container].holds', style: { "text-margin-x": 30 } },
     { selector: "node[?side]", style: { "text-valign": "center", "text-halign": "right", "text-margin-x": 5, "text-margin-y": 0 } },
-    { selector: 'node[kind = "bridge"]:parent', style: { "text-max-width": 400 } },
+    { selector: 'node[kind = "bridge"].holds', style: { "text-max-width": 400 } },
+    // a box's size and depth (boxes.js), over any size its kind has when it holds nothing
+    { selector: "node.holds", style: { "width": "data(bw)", "height": "data(bh)", "z-index": "data(zd)" } },
     { selector: ".faded", style: { "opacity": 0.25 } },
     { selector: ".match", style: { "border-color": p.match, "border-width": 4, "line-color": p.match } },
     { selector: ".flash", style: {
@@ -151,6 +152,7 @@ function styleSheet(p) {
 function restyle() {
   (window.cy || readyCy).style(styleSheet(palette()));
   document.dispatchEvent(new CustomEvent("bridgescope:restyled")); // pages that add styles add them again
+  boxes.refit();
 }
 
 // Label text: the server's label, plus what a reader looks for (addresses).
@@ -164,8 +166,11 @@ function displayLabel(d, group) {
   return addrs.length ? `${label}\n${addrs[0].split("/")[0]}` : label;
 }
 
+// What Cytoscape is given: the server's element with its display label, its box named `box`
+// (a `parent` would make it a Cytoscape compound), and its classes.
 function prepared(ele) {
   const copy = { group: ele.group, data: { ...ele.data } };
+  if (copy.data.parent !== undefined) { copy.data.box = copy.data.parent; delete copy.data.parent; }
   if (ele.position) copy.position = { ...ele.position };
   copy.data.display = displayLabel(copy.data, ele.group);
   copy.classes = [ele.classes || "", copy.data.kind === "loopback" && !state.showLoopback ? "hidden" : ""].join(" ").trim();
@@ -189,6 +194,19 @@ function makeCy() {
   return cy;
 }
 
+function sameData(a, b) {
+  const keys = Object.keys(a);
+  return keys.length === Object.keys(b).length && keys.every((k) => JSON.stringify(a[k]) === JSON.stringify(b[k]));
+}
+
+// The server's element again, from a drawn one.
+function asServer(ele) {
+  const data = { ...ele.data() };
+  if (data.box !== undefined) { data.parent = data.box; delete data.box; }
+  for (const key of ["display", ...FITTED]) delete data[key];
+  return { group: ele.group(), data, position: state.home.get(ele.id()) };
+}
+
 // A big picture pans and zooms on a snapshot of itself, edges hidden, at one pixel per pixel:
 // options Cytoscape only takes when it is made, and the instance is made before the picture
 // arrives, so they are set on its renderer.
@@ -200,8 +218,11 @@ function drawFast(cy) {
   cy.resize();
 }
 
-// Made while the stream connects: the first picture then costs only its own elements.
+// Made while the stream connects (asked for first, so the server builds the picture
+// meanwhile): the first picture then costs only its own elements.
+connect();
 const readyCy = makeCy();
+const boxes = window.bridgescopeBoxes = new Boxes(readyCy);
 
 function flash(eles) {
   eles.addClass("flash");
@@ -300,14 +321,12 @@ function foldNode(bridgeId, members) {
 // ---- adding and changing elements ------------------------------------------------------------------
 
 // A port sits inside its bridge's box: the box is the membership, a line to it would cross
-// labels, so the port -> bridge edge is never added. Not merely hidden: Cytoscape clears the
-// style cache of everything tied to a compound node's family on every property it applies, so
-// a bridge holding its ports' edges made each of its descendants' styling walk all those edges.
+// labels, so the port -> bridge edge is never added.
 const drawnEdge = (e) => e.data.kind !== "member";
 
 function addElements(cy, incoming) {
   const nodes = incoming.filter((e) => e.group === "nodes");
-  // Parents before children, so Cytoscape can attach each child on the spot.
+  // Boxes before what they hold: a member whose box is not there is drawn outside any box.
   const ids = new Map(nodes.map((x) => [x.data.id, x]));
   const depth = (e) => { let n = 0, p = e.data.parent;
     while (p && ids.has(p) && n < 8) { n += 1; p = ids.get(p).data.parent; } return n; };
@@ -317,7 +336,7 @@ function addElements(cy, incoming) {
   for (const n of nodes) {
     if (cy.getElementById(n.data.id).nonempty()) continue;
     const el = prepared(n);
-    if (el.data.parent && !have(el.data.parent)) delete el.data.parent;
+    if (el.data.box && !have(el.data.box)) delete el.data.box;
     if (n.position) state.home.set(n.data.id, { ...n.position });
     adds.push(el);
   }
@@ -326,16 +345,7 @@ function addElements(cy, incoming) {
     if (cy.getElementById(d.id).nonempty() || !have(d.source) || !have(d.target)) continue;
     adds.push(prepared(e));
   }
-  const added = adds.length ? cy.add(adds) : cy.collection();
-  boxLabels(added);
-  return added;
-}
-
-const BOXES = '[kind = "namespace"], [kind = "bridge"]';
-
-function boxLabels(eles) {
-  const boxes = eles.nodes(BOXES);
-  if (boxes.nonempty()) boxes.cy().batch(() => boxes.forEach((n) => { n.style("label", n.data("display")); }));
+  return adds.length ? cy.add(adds) : cy.collection();
 }
 
 function changeElement(cy, ele) {
@@ -351,16 +361,17 @@ function changeElement(cy, ele) {
     existing.data(next);
     return existing;
   }
-  if ((existing.data("parent") || null) !== (next.parent || null)
-      && (!next.parent || cy.getElementById(next.parent).nonempty())) {
-    existing.move({ parent: next.parent || null });
+  if ((existing.data("box") || null) !== (next.box || null)
+      && (!next.box || cy.getElementById(next.box).nonempty())) {
+    boxes.move(existing, next.box);
   }
+  next.box = existing.data("box");
   if (ele.position) {
     state.home.set(ele.data.id, { ...ele.position });
-    if (!existing.isParent()) existing.position(ele.position);
+    if (!existing.hasClass("holds")) existing.position(ele.position);
   }
   existing.data(next);
-  boxLabels(existing);
+  boxes.touch(existing);
   return existing;
 }
 
@@ -425,12 +436,13 @@ function applyGraph(event) {
     if (!first) {
       for (const e of shown) {
         const old = cy.getElementById(e.data.id);
-        if (old.nonempty() && !touched.contains(old) && JSON.stringify(old.data()) !== JSON.stringify(prepared(e).data)) {
+        if (old.nonempty() && !touched.contains(old) && !sameData(asServer(old).data, e.data)) {
           touched.merge(changeElement(cy, e));
         }
       }
     }
   });
+  boxes.settle();
   state.version = event.version;
   state.unrelatedCount = markUnrelated(cy);
   if (first) {
@@ -511,6 +523,7 @@ function applyDelta(delta) {
       if (node.nonempty() && node.data("label") !== label.label) node.data(label);
     }
   });
+  boxes.settle();
   state.version = delta.version;
   if (regroup) redraw();
   else if ((delta.added || []).length || (delta.removed || []).length) state.unrelatedCount = markUnrelated(cy);
@@ -528,9 +541,9 @@ function foldWhileIllegible(cy) {
   if (state.neverFold) return;
   for (let round = 0; round < 8 && cy.zoom() * FONT < LEGIBLE_PX; round += 1) {
     const open = cy.nodes('[kind = "bridge"]').filter((b) => !state.folded.has(b.id()) && !state.expanded.has(b.id())
-      && b.children('[kind = "namespace"]').nonempty());
+      && boxes.children(b).filter('[kind = "namespace"]').nonempty());
     if (open.empty()) return;
-    const biggest = open.max((b) => b.children('[kind = "namespace"]').length);
+    const biggest = open.max((b) => boxes.children(b).filter('[kind = "namespace"]').length);
     if (biggest.value <= FOLD_GAIN) return;
     state.tooBig.add(biggest.ele.id());
     redraw();
@@ -547,6 +560,7 @@ function expand(bridgeId) {
     cy.getElementById(`fold:${bridgeId}`).remove();
     addElements(cy, [...members.values()]);
   });
+  boxes.settle();
   markUnrelated(cy);
   showStatus(cy);
 }
@@ -653,7 +667,7 @@ function applySearch() {
   if (!q) { count.textContent = ""; state.hits = []; return; }
   state.hits = searchHits(q);
   const drawn = cy.collection(state.hits.map((h) => cy.getElementById(h.id)).filter((e) => e.nonempty()));
-  const keep = drawn.union(drawn.ancestors()).union(drawn.descendants()).union(drawn.connectedNodes());
+  const keep = drawn.union(boxes.ancestors(drawn)).union(boxes.descendants(drawn)).union(drawn.connectedNodes());
   cy.nodes().not(keep).addClass("faded");
   cy.edges().not(drawn.connectedEdges()).addClass("faded");
   drawn.addClass("match");
@@ -686,7 +700,7 @@ function listedNodes() {
 function renderList() {
   if (!listBox || !listBox.open) return;
   const all = listedNodes();
-  const parentOf = new Map(all.map((n) => [n.data.id, n.data.parent]));
+  const parentOf = new Map(all.map((n) => [n.data.id, n.data.box !== undefined ? n.data.box : n.data.parent]));
   const shown = all.filter((n) => LISTED.has(n.data.kind) || n.data.uplink);
   const ids = new Set(shown.map((n) => n.data.id));
   const listedParent = (id) => { let p = parentOf.get(id);
@@ -744,11 +758,12 @@ function markUnrelated(cy) {
 function redraw() {
   const cy = window.cy;
   if (!cy) return;
-  const all = cy.elements().not(".fold").map((e) => ({ group: e.group(), data: e.data(), position: state.home.get(e.id()) }));
+  const all = cy.elements().not(".fold").map(asServer);
   for (const members of state.folded.values()) all.push(...members.values());
   all.push(...state.away.values());
   cy.elements().remove();
   addElements(cy, partition(all));
+  boxes.settle();
   state.unrelatedCount = markUnrelated(cy);
   fitAll(cy, false);
   showStatus(cy);
@@ -775,16 +790,19 @@ async function setLoopback(on) {
   const cy = window.cy;
   if (!cy) return;
   if (!on) {
-    cy.nodes('[kind = "loopback"]').addClass("hidden");
+    boxes.touch(cy.nodes('[kind = "loopback"]').addClass("hidden"));
+    boxes.settle();
     return;
   }
-  cy.nodes('[kind = "loopback"]').removeClass("hidden");
+  boxes.touch(cy.nodes('[kind = "loopback"]').removeClass("hidden"));
+  boxes.settle();
   // The live stream may leave loopback out; fetch it once from the graph API.
   const resp = await session.fetch("/api/graph?loopback=1");
   if (!resp.ok) return;
   const all = await resp.json();
   const lo = all.filter((e) => e.data.kind === "loopback");
   cy.batch(() => addElements(cy, lo.map((e) => ({ ...e }))));
+  boxes.settle();
 }
 
 // Tidy: everything back where the server put it (after dragging nodes around).
@@ -793,8 +811,10 @@ function tidy() {
   if (!cy) return;
   cy.batch(() => cy.nodes().forEach((n) => {
     const home = state.home.get(n.id());
-    if (home && !n.isParent()) n.position(home);
+    if (home && !n.hasClass("holds")) n.position(home);
   }));
+  boxes.touch(cy.nodes());
+  boxes.settle();
   fitAll(cy, true);
 }
 
@@ -856,4 +876,3 @@ function wireToolbar() {
 }
 
 wireToolbar();
-connect();

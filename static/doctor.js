@@ -30,8 +30,7 @@ function badge(findings) {
   const wanted = new Map();
   for (const f of findings) for (const id of f.objects) if (!wanted.has(id)) wanted.set(id, `bs-sev-${f.severity}`);
   // Only elements whose badge changes are touched, in one batch: a class change restyles the
-  // element's whole compound family (the host box holds everything), and doctor events come
-  // every few seconds with the same findings.
+  // element, and doctor events come every few seconds with the same findings.
   cy.batch(() => {
     cy.elements(SEVERITIES.map((s) => `.bs-sev-${s}`).join(", ")).forEach((ele) => {
       for (const s of SEVERITIES) if (ele.hasClass(`bs-sev-${s}`) && wanted.get(ele.id()) !== `bs-sev-${s}`) ele.removeClass(`bs-sev-${s}`);

@@ -42,6 +42,7 @@ function styleHosts() {
       "border-color": v("--warn"), "border-style": "dashed",
     })
     .update();
+  window.bridgescopeBoxes.refit(); // the host boxes' padding and titles
 }
 
 function whenGraph(fn) {
@@ -74,7 +75,7 @@ function zoomTo(name) {
   if (box.data("folded")) { openHost(name); return; }
   cy.elements().unselect();
   box.select();
-  cy.animate({ fit: { eles: box.union(box.descendants()), padding: 30 }, duration: 250 });
+  cy.animate({ fit: { eles: box.union(window.bridgescopeBoxes.descendants(box)), padding: 30 }, duration: 250 });
 }
 
 // ---- the host list --------------------------------------------------------------------------

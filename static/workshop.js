@@ -26,6 +26,7 @@ function decorate(cy) {
     .selector("edge.ws-path").style({ "line-color": "#eab308", width: 6, "target-arrow-color": "#eab308" })
     .selector("node").style(present ? { "font-size": 17, "font-weight": "bold" } : {})
     .update();
+  window.bridgescopeBoxes.refit(); // Present's bigger labels need bigger boxes
 }
 
 async function getJSON(url) {
@@ -76,7 +77,7 @@ function highlightPath(ids) {
   whenCy((cy) => {
     cy.elements().removeClass("ws-path");
     const wanted = new Set(ids);
-    // namespaces are compound boxes: lighting them up would light up everything inside
+    // a namespace's box would light up everything it holds: only the interfaces on the path light up
     const nodes = cy.nodes().filter((n) => wanted.has(n.id()) && n.data("kind") !== "namespace");
     nodes.addClass("ws-path");
     // an edge lights up when the path names it (the MASQUERADE way out is an edge) or both its ends

@@ -98,6 +98,13 @@ def ns_id(page, label: str) -> str:
 
 def click_namespace(page, label: str) -> None:
     """A real mouse click on the namespace box, at a point where nothing else lies on top."""
+    point = free_spot(page, label)
+    page.evaluate("() => { window.__taps = []; cy.on('tap', e => window.__taps.push(e.target === cy ? 'bg' : e.target.id())); }")
+    page.mouse.click(*point)
+
+
+def free_spot(page, label: str) -> tuple[float, float]:
+    """A point of the page on the namespace's box where nothing else lies on top."""
     box = f"JSON.stringify(cy.nodes('[kind = \"namespace\"]').filter(x => [x.data('ns_name'), x.data('label')].includes({label!r})).renderedBoundingBox())"
     before, deadline = None, time.monotonic() + 15
     while time.monotonic() < deadline:  # the first layout may still be settling
@@ -120,8 +127,15 @@ def click_namespace(page, label: str) -> None:
         }}
         return null; }})()""")
     assert point, f"no free spot to click on {label}"
-    page.evaluate("() => { window.__taps = []; cy.on('tap', e => window.__taps.push(e.target === cy ? 'bg' : e.target.id())); }")
-    page.mouse.click(*point)
+    return tuple(point)
+
+
+def drag(page, start: tuple[float, float], dx: float, dy: float) -> None:
+    page.mouse.move(*start)
+    page.mouse.down()
+    for k in range(1, 11):
+        page.mouse.move(start[0] + dx * k / 10, start[1] + dy * k / 10)
+    page.mouse.up()
 
 
 HOST_LABEL = f"{RUN_PREFIX}ui-host"
@@ -150,7 +164,7 @@ def test_the_page_shows_the_lab_containers_and_forward_live(page, lab, artifacts
     wait_js(page, forward_node(8080) + ".length === 1")
     # the forward is a badge in c1's box, its arrow ends at c1's eth0
     target = page.evaluate(f"""(() => {{ const e = {forward_node(8080)}.connectedEdges()[0];
-        return [e.target().data('label'), e.target().parent().data('label'), {forward_node(8080)}.parent().data('label')]; }})()""")
+        return [e.target().data('label'), bridgescopeBoxes.parent(e.target()).data('label'), bridgescopeBoxes.parent({forward_node(8080)}).data('label')]; }})()""")
     assert target == ["eth0", "c1", "c1"]
     assert page.inner_text("#live") == "live"
     assert "Add port forward" in page.inner_text("#forward-section")
@@ -184,7 +198,7 @@ def test_adding_and_removing_a_forward_through_the_form(page, lab):
 
     page.locator("#g-forward-form").get_by_role("button", name="Add port forward").click()
     wait_js(page, forward_node(9091) + ".length === 1")
-    target = page.evaluate(forward_node(9091) + ".connectedEdges()[0].target().parent().data('label')")
+    target = page.evaluate("bridgescopeBoxes.parent(" + forward_node(9091) + ".connectedEdges()[0].target()).data('label')")
     assert target == "c2"
     page.wait_for_selector("#g-forward-form .outcome.applied")
     res = curl_from_client(lab, 9091)
@@ -262,7 +276,7 @@ def test_a_kernel_change_made_outside_the_ui_shows_up_live(page, lab):
     sh("ip", "-n", lab.host, "link", "add", name, "type", "bridge")
     try:
         wait_js(page, f"cy.nodes('[label = \"{name}\"]').length === 1")
-        parent = page.evaluate(f"cy.nodes('[label = \"{name}\"]').parent().data('label')")
+        parent = page.evaluate(f"bridgescopeBoxes.parent(cy.nodes('[label = \"{name}\"]')).data('label')")
         assert parent == lab.host
     finally:
         sh("ip", "-n", lab.host, "link", "del", name, check=False)
@@ -283,21 +297,21 @@ def test_the_status_line_counts_containers_that_arrive_after_the_page(page, lab)
     wait_js(page, f"{status}.startsWith('{before} namespaces')")
 
 
-# Boxes tied by an edge to what they hold (a compound node's own contents): JS giving their labels.
-BOXES_TIED_TO_CONTENTS = """cy.nodes(':parent').filter(p => p.connectedEdges().some(e =>
-    p.descendants().contains(e.source()) || p.descendants().contains(e.target()))).map(p => p.data('label'))"""
+# Boxes tied by an edge to what they hold: JS giving their labels.
+BOXES_TIED_TO_CONTENTS = """cy.nodes('.holds').filter(p => p.connectedEdges().some(e =>
+    bridgescopeBoxes.descendants(p).contains(e.source()) || bridgescopeBoxes.descendants(p).contains(e.target()))).map(p => p.data('label'))"""
 
 
 def test_bridge_ports_sit_in_the_bridge_box_with_no_edge_to_it(page, lab):
-    # The box is the membership. An edge from a port to its own bridge, even hidden, made every
-    # style application inside the bridge walk all of them (first render grew with ports x styles).
-    ports = "cy.nodes('[?port]').filter(n => n.parent().data('kind') === 'bridge' && n.parent().data('label') === 'docker0').length"
+    # The box is the membership: an edge from a port to its own bridge would only cross the
+    # labels inside the box.
+    ports = "cy.nodes('[?port]').filter(n => bridgescopeBoxes.parent(n).data('kind') === 'bridge' && bridgescopeBoxes.parent(n).data('label') === 'docker0').length"
     assert page.evaluate(ports) >= 2
     assert page.evaluate(BOXES_TIED_TO_CONTENTS) == []
     sh("ip", "-n", lab.host, "link", "add", "bstuiv0", "type", "veth", "peer", "name", "bstuiv1")
     try:  # a port arriving live (a delta) is the same
         sh("ip", "-n", lab.host, "link", "set", "bstuiv0", "master", "docker0", "up")
-        wait_js(page, "cy.nodes('[label = \"bstuiv0\"]').parent().data('label') === 'docker0'")
+        wait_js(page, "bridgescopeBoxes.parent(cy.nodes('[label = \"bstuiv0\"]')).data('label') === 'docker0'")
         assert page.evaluate(BOXES_TIED_TO_CONTENTS) == []
     finally:
         sh("ip", "-n", lab.host, "link", "del", "bstuiv0", check=False)
@@ -306,7 +320,7 @@ def test_bridge_ports_sit_in_the_bridge_box_with_no_edge_to_it(page, lab):
 def test_search_export_and_reconnect_indicator(page, lab):
     page.fill("#graph-search", "172.17.0.3")
     wait_js(page, "document.getElementById('search-count').textContent.startsWith('1 found')")
-    assert page.evaluate("cy.$('.match').map(e => e.parent().data('label'))") == ["c2"]
+    assert page.evaluate("cy.$('.match').map(e => bridgescopeBoxes.parent(e).data('label'))") == ["c2"]
     with page.expect_download() as dl:
         page.click("#export-png")
     assert dl.value.suggested_filename == "bridgescope-topology.png"
@@ -526,7 +540,7 @@ def test_no_csp_violation_on_any_page_or_swap(page, server, lab, artifacts_dir):
 
 # ---- the picture ------------------------------------------------------------------------------
 
-POSITIONS = """(() => { const out = {}; cy.nodes().forEach(n => { if (!n.isParent()) out[n.id()] = n.position(); });
+POSITIONS = """(() => { const out = {}; cy.nodes().forEach(n => { if (!n.hasClass('holds')) out[n.id()] = n.position(); });
     return JSON.stringify(out); })()"""
 
 # Pairs of node boxes that overlap, leaving out a box and what it holds.
@@ -537,7 +551,7 @@ OVERLAPS = """(() => {
   for (let i = 0; i < boxes.length; i++) for (let j = i + 1; j < boxes.length; j++) {
     const [a, p] = boxes[i], [b, q] = boxes[j];
     if (p.x2 <= q.x1 || q.x2 <= p.x1 || p.y2 <= q.y1 || q.y2 <= p.y1) continue;
-    if (a.ancestors().contains(b) || b.ancestors().contains(a)) continue;
+    if (bridgescopeBoxes.ancestors(a).contains(b) || bridgescopeBoxes.ancestors(b).contains(a)) continue;
     bad.push([a.id(), b.id()]);
     if (bad.length > 5) return bad;
   }
@@ -549,7 +563,7 @@ PLACES = """async (ids) => {
   const box = (n) => n.boundingBox({includeLabels: false, includeOverlays: false});
   return ids.map(id => { const n = cy.getElementById(id);
     return {id, page: n.position(), box: box(n), served: (served.get(id) || {}).position,
-            holds: n.children().map(c => [c.id(), c.position(), c.style('label')])}; }); }"""
+            holds: bridgescopeBoxes.children(n).map(c => [c.id(), c.position(), c.style('label')])}; }); }"""
 
 OUTSIDE_HOST = """(() => { const host = cy.nodes('[kind = "namespace"][?is_host]').boundingBox();
   return cy.nodes('[kind = "namespace"][?container]').filter(n => { const b = n.boundingBox();
@@ -578,9 +592,35 @@ def test_positions_are_the_same_after_a_reload_in_another_tab_and_after_tidy(pag
         assert other.evaluate(POSITIONS) == first
     finally:
         context.close()
-    page.evaluate(f"cy.getElementById({ns_id(page, 'c1')!r}).children().positions({{x: 5000, y: 5000}})")
+    page.evaluate(f"bridgescopeBoxes.children(cy.getElementById({ns_id(page, 'c1')!r})).positions({{x: 5000, y: 5000}})")
     page.click("#tidy")
     wait_js(page, f"{POSITIONS} === {first!r}", 10)
+
+
+def test_dragging_a_box_takes_what_it_holds_and_a_member_dragged_out_grows_its_box(page):
+    c1 = ns_id(page, "c1")
+    held = f"Object.fromEntries(bridgescopeBoxes.children(cy.getElementById({c1!r})).map(n => [n.id(), n.position()]))"
+    before = page.evaluate(held)
+    assert before, "c1's box holds nothing"
+    home = page.evaluate(POSITIONS)
+    zoom = page.evaluate("cy.zoom()")
+    drag(page, free_spot(page, "c1"), 80, 40)
+    after = page.evaluate(held)
+    assert after.keys() == before.keys()
+    for key, p in before.items():  # everything in the box went with it, by the same distance
+        assert abs(after[key]["x"] - p["x"] - 80 / zoom) < 2 / zoom and abs(after[key]["y"] - p["y"] - 40 / zoom) < 2 / zoom
+    eth0 = page.evaluate(f"bridgescopeBoxes.children(cy.getElementById({c1!r})).filter('[kind = \"veth\"]')[0].id()")
+    at = page.evaluate(f"""(() => {{ const r = document.getElementById('topology').getBoundingClientRect();
+        const p = cy.getElementById({eth0!r}).renderedPosition(); return [r.left + p.x, r.top + p.y]; }})()""")
+    drag(page, tuple(at), 300, 150)  # well out of the box as it was
+    inside = f"""(() => {{ const b = cy.getElementById({c1!r}).boundingBox({{includeLabels: false}});
+        const e = cy.getElementById({eth0!r}).boundingBox({{includeLabels: false}});
+        return e.x1 >= b.x1 && e.x2 <= b.x2 && e.y1 >= b.y1 && e.y2 <= b.y2; }})()"""
+    wait_js(page, inside, 5)  # the box grew to hold it
+    moved = page.evaluate(f"cy.getElementById({eth0!r}).position().x") - after[eth0]["x"]
+    assert abs(moved - 300 / zoom) < 2 / zoom
+    page.click("#tidy")  # and all back where the server put it, each in its box
+    wait_js(page, f"{POSITIONS} === {home!r} && {inside}", 10)
 
 
 @pytest.mark.parametrize("size", [(1366, 768), (1920, 1080)])
@@ -599,9 +639,10 @@ def test_the_lab_at_fit_is_legible_and_tidy(browser, server, lab, artifacts_dir,
         # no edge inside the host box runs through a label
         crossed = pg.evaluate("""(() => {
           const host = cy.nodes('[kind = "namespace"][?is_host]');
-          const labelled = host.descendants().filter(n => n.visible() && n.data('display') && !n.isParent());
+          const inside = bridgescopeBoxes.descendants(host);
+          const labelled = inside.filter(n => n.visible() && n.data('display') && !n.hasClass('holds'));
           const hits = [];
-          cy.edges(':visible').filter(e => host.descendants().contains(e.source()) && host.descendants().contains(e.target()))
+          cy.edges(':visible').filter(e => inside.contains(e.source()) && inside.contains(e.target()))
             .forEach(e => { const s = e.sourceEndpoint(), t = e.targetEndpoint();
               labelled.forEach(n => { const b = n.boundingBox({includeNodes: false, includeEdges: false, includeLabels: true});
                 for (let k = 0; k <= 40; k++) { const x = s.x + (t.x - s.x) * k / 40, y = s.y + (t.y - s.y) * k / 40;
@@ -631,10 +672,10 @@ def test_present_with_the_dark_theme_is_legible_and_whole(browser, server, lab, 
         time.sleep(0.8)
         colours = pg.evaluate("""(() => { const h = cy.nodes('[kind = "namespace"][?is_host]')[0];
             const c = cy.nodes('[kind = "bridge"]')[0];  // its name is drawn on the host box
-            const side = cy.nodes('[kind = "namespace"][!is_host]').filter(n => n.children().nonempty())[0];
+            const side = cy.nodes('[kind = "namespace"][!is_host]').filter(n => bridgescopeBoxes.children(n).nonempty())[0];
             return [h.style('color'), h.style('background-color'), c.style('color'), c.style('background-color'),
                     getComputedStyle(document.getElementById('topology')).backgroundColor,
-                    side.children()[0].style('color'), side.style('background-color')]; })()""")
+                    bridgescopeBoxes.children(side)[0].style('color'), side.style('background-color')]; })()""")
         host_fg, host_bg, ctr_fg, ctr_bg, page_bg, side_fg, side_bg = colours
         assert contrast(side_fg, side_bg) >= 4.5, colours  # an interface's label in another namespace's box
         assert contrast(host_fg, page_bg) >= 4.5, colours  # the host's name stands on the page
@@ -726,6 +767,7 @@ def test_many_containers_fold_stay_apart_and_search_finds_one(browser, server, l
                     pg.keyboard.press("Enter")
                     wait_js(pg, f"cy.$(':selected').length === 1 && cy.$(':selected').data('label') === '{RUN_PREFIX}uix{total - 10}'")
                     pg.wait_for_selector("#details .details-head h2")
+                    wait_js(pg, "!cy.animated()")  # where the zoom ends, not a frame of the way there
                     assert pg.evaluate("cy.zoom()") <= 1.31  # readable, never absurdly close
                     bad = pg.evaluate(OVERLAPS)  # expanded: still apart
                     assert bad == [], pg.evaluate(PLACES, [x for pair in bad for x in pair])

@@ -162,7 +162,7 @@ def test_the_walk_end_to_end(served_walk, browser, artifacts_dir):
     assert attendee.locator("[data-ws-post]").count() == 0
     assert attendee.locator(".ws-step[data-status=done]").count() == len(keys)
     # the attendees see the instructor's picture: the same nodes at the same places
-    where = """JSON.stringify(Object.fromEntries(window.cy.nodes().filter(n => !n.isParent())
+    where = """JSON.stringify(Object.fromEntries(window.cy.nodes().filter(n => !n.hasClass('holds'))
         .map(n => [n.id(), n.position()]).sort()))"""
     attendee.wait_for_function("() => window.cy && window.cy.nodes().some(n => n.data('label') === 'vethweb0')",
                                timeout=30000)

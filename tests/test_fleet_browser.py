@@ -99,7 +99,7 @@ def test_three_hosts_live_change_stale_back_and_a_forward_through_the_form(brows
         # every host in its own box, with its own containers and its own forward
         for n in NODES:
             wait_js(page, labelled(page, n, "c1") + ".length === 1", 60)
-            assert page.evaluate(labelled(page, n, "c1") + "[0].ancestors().last().id()") == f"fleet:{n}"
+            assert page.evaluate("bridgescopeBoxes.ancestors(" + labelled(page, n, "c1") + "[0]).last().id()") == f"fleet:{n}"
         # search across hosts: who publishes 8080? one forward on every host
         page.fill("#graph-search", "8080")
         wait_js(page, "cy.$('.match').length >= 3")

@@ -2,7 +2,7 @@
 
 Each agent sends the elements of its own host, with its own ids and its own server-side
 positions. Here every id is prefixed `HOSTNAME/`, each host's picture goes into a box of its
-own (a compound node, label = name and state), and the boxes stand in a grid. A host keeps
+own (a box node: the `parent` of what it holds; label = name and state), and the boxes stand in a grid. A host keeps
 its cell for as long as it is known, so a host coming or going moves no other; only a host
 whose picture outgrew its column or row pushes the ones after it. Beyond FOLD_AT hosts, every
 host not asked open is one summary node ("host-b: 20 containers, 1 warning").
@@ -129,7 +129,7 @@ def findings_text(counts: Mapping[str, int]) -> str:
 
 
 def host_box(view: HostView, origin: tuple[float, float], folded: bool) -> dict:
-    """The compound node holding a host's picture, or (folded) the one node standing for it."""
+    """The box holding a host's picture, or (folded) the one node standing for it."""
     status = state_text(view)
     data = {"id": host_box_id(view.name), "kind": "fleethost", "host": view.name, "state": view.state,
             "status": status, "folded": folded, "containers": containers_of(view.elements),
