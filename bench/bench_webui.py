@@ -8,11 +8,13 @@ bridge), serves it with `bridgescope serve`, and measures with Debian's Chromium
     `ip monitor link` (raw netlink), so the ratio is what bridgescope adds;
   * first render (navigation start -> graph drawn, two animation frames later) at 60, 500 and
     2,000 containers, folded (the default: a bridge too big to read folds into one node) and
-    expanded (?fold=never: every container drawn); two yardsticks in the same run (rounds
-    interleaved): bare Cytoscape with its default style (unlabelled dots) drawing the elements
-    the expanded page drew, from /api/graph with their positions; and bare Cytoscape drawing
-    exactly what the page drew in each mode, with the page's stylesheet and labels (box titles
-    as a mapped label), from the elements in hand: like for like with the page's drawing time;
+    expanded (?fold=never: every container drawn); three yardsticks in the same run (rounds
+    interleaved), each drawing the elements the expanded page drew: bare Cytoscape's own first
+    render (navigation -> drawn, a page holding only Cytoscape that fetches /api/graph and draws
+    with the default style: unlabelled dots); the same with the page already loaded (fetch +
+    draw); and bare Cytoscape drawing exactly what the page drew in each mode, with the page's
+    stylesheet, labels and box sizes, from the elements in hand: like for like with the page's
+    drawing time;
   * 50 open streams: latency of GET /, /api/graph, /api/topology with and without them.
 
 Everything lives in namespaces named bsdbench<hex>-*, removed at the end even on failure.
@@ -194,16 +196,14 @@ def first_render(browser, base: str, screenshot: Path | None = None,
     return ms, drawing, drawn, styled
 
 
-# The page's stylesheet and elements as they were drawn; box titles, which the page sets as a
-# style bypass (see static/app.js), become a mapped label so the yardstick draws them too.
+# The page's stylesheet and elements as they were drawn (a box's size is in its data, which the
+# stylesheet maps: static/boxes.js), so the yardstick draws the same picture.
 AS_DRAWN = """JSON.stringify({style: cy.style().json(), elements: cy.elements().jsons().map(j => ({
   group: j.group, data: j.data, position: j.position, classes: j.classes}))})"""
 
 BARE_STYLED = """async (json) => {
   const t0 = performance.now();
   const {style, elements} = JSON.parse(json);
-  for (const e of elements) if (['namespace', 'bridge'].includes(e.data.kind)) e.data.title = e.data.display;
-  style.push({selector: 'node[title]', style: {label: 'data(title)'}});
   const div = document.createElement('div');
   div.style.width = '1500px'; div.style.height = '900px';
   document.body.appendChild(div);
@@ -228,6 +228,37 @@ BARE = """async (keep) => {
   await new Promise(r => requestAnimationFrame(() => requestAnimationFrame(r)));
   return performance.now() - t0;
 }"""
+
+
+# A page with nothing but Cytoscape, on the dashboard's origin (served by the browser itself, not
+# by bridgescope): it fetches the graph, keeps what the page drew and draws it with Cytoscape's
+# default style. Timed from navigation, as the page's first render is.
+BARE_PAGE = """<!doctype html><html><head><meta charset="utf-8"><title>bare Cytoscape</title></head>
+<body style="margin:0"><div id="c" style="width:1500px;height:900px"></div>
+<script src="/static/vendor/cytoscape/cytoscape.min.js"></script>
+<script>
+(async () => {
+  const keep = new Set(KEEP);
+  const resp = await fetch('/api/graph', {headers: {Authorization: 'Bearer TOKEN'}});
+  const els = (await resp.json()).filter((e) => keep.has(e.data.id));
+  window.bare = cytoscape({container: document.getElementById('c'), elements: els, layout: {name: 'preset'}});
+  requestAnimationFrame(() => requestAnimationFrame(() => { window.bareDrawn = performance.now(); }));
+})();
+</script></body></html>"""
+
+
+def bare_first_render(browser, base: str, keep: list[str]) -> float:
+    """Baseline for the page's first render: navigation -> drawn on a page holding only
+    Cytoscape (no session, no panels), the same elements, Cytoscape's default style."""
+    ctx = browser.new_context(viewport={"width": 1500, "height": 950})
+    page = ctx.new_page()
+    html = BARE_PAGE.replace("KEEP", json.dumps(keep)).replace("TOKEN", TOKEN)
+    page.route(f"{base}/bench-bare", lambda route: route.fulfill(status=200, content_type="text/html", body=html))
+    page.goto(f"{base}/bench-bare")
+    ms = wait_js(page, "window.bareDrawn", 600)
+    assert page.evaluate("window.bare.elements().length") > 0, "the yardstick drew nothing"
+    ctx.close()
+    return ms
 
 
 def bare_render(browser, base: str, keep: list[str], styled: str | None = None) -> float:
@@ -395,10 +426,11 @@ def main() -> int:
                 *_, keep, _ = first_render(browser, base, expanded=True)  # warm-up; what the yardstick draws
                 # rounds interleave the yardsticks and each mode, so a change in the machine's
                 # load (other runs share it) weighs on all of them alike
-                times: dict[str, list[float]] = {"bare": []}
+                times: dict[str, list[float]] = {"bare": [], "bare page": []}
                 styled: dict[str, str] = {}
                 for rnd in range(3):
                     times["bare"].append(bare_render(browser, base, keep))
+                    times["bare page"].append(bare_first_render(browser, base, keep))
                     for expanded in modes:
                         how = "expanded" if expanded else "folded"
                         shot = ARTIFACTS / f"dashboard-{n}-containers-{how}.png" if rnd == 0 else None
@@ -407,11 +439,15 @@ def main() -> int:
                         times.setdefault(how + " drawing", []).append(drawing)
                         times.setdefault(how + " styled", []).append(bare_render(browser, base, keep, styled[how]))
                 bare = statistics.median(times["bare"])
-                for how in [h for h in times if h != "bare" and " " not in h]:
+                page_bare = statistics.median(times["bare page"])
+                print(f"  {n} containers: bare Cytoscape's first render (navigation -> drawn, a page holding only "
+                      f"Cytoscape, default style, the same {len(keep)} elements) {page_bare:6.0f} ms", flush=True)
+                for how in [h for h in times if not h.startswith("bare") and " " not in h]:
                     ours, drawing = statistics.median(times[how]), statistics.median(times[how + " drawing"])
                     like = statistics.median(times[how + " styled"])
-                    print(f"  {n} containers, {how:8s}: first render {ours:7.0f} ms, of which drawing "
-                          f"{drawing:6.0f} ms  (bare Cytoscape, same {len(keep)} elements {bare:6.0f} ms; "
+                    print(f"  {n} containers, {how:8s}: first render {ours:7.0f} ms ({ours / page_bare:.2f}x bare "
+                          f"Cytoscape's first render), of which drawing "
+                          f"{drawing:6.0f} ms  (bare Cytoscape, page loaded, same {len(keep)} elements {bare:6.0f} ms; "
                           f"ratio {ours / bare:.2f}x, drawing {drawing / bare:.2f}x; bare Cytoscape drawing what "
                           f"the page drew, with its style and labels, {like:6.0f} ms: drawing {drawing / like:.2f}x)",
                           flush=True)
