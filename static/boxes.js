@@ -127,7 +127,11 @@ export class Boxes {
   // then worked out once, with its size, when it is first measured; a style bypass would work
   // it out a second time.
   fitOne(box, depth) {
-    const inside = this.children(box).filter((n) => n.visible());
+    // A changed style (a stylesheet swapped, new data) is applied when first asked for; until
+    // then a member's cached bounds are its old ones: ask first, then measure.
+    const members = this.children(box);
+    members.forEach((n) => { n.pstyle("display"); });
+    const inside = members.filter((n) => n.visible());
     if (inside.empty()) {
       if (box.hasClass("holds")) { box.removeClass("holds"); box.removeData("bw bh zd"); }
       return;

@@ -565,6 +565,22 @@ PLACES = """async (ids) => {
     return {id, page: n.position(), box: box(n), served: (served.get(id) || {}).position,
             holds: bridgescopeBoxes.children(n).map(c => [c.id(), c.position(), c.style('label')])}; }); }"""
 
+# What sticks out of the box holding it, labels included (pairs of box and member ids): a box is
+# sized around what it holds, and again whenever a stylesheet change resizes labels (Present).
+STICKING_OUT = """[].concat(...cy.nodes('.holds').map(b => { const o = b.boundingBox({includeLabels: false});
+  return bridgescopeBoxes.children(b).filter(n => n.visible()).filter(n => {
+    const i = n.boundingBox({includeLabels: true, includeOverlays: false});
+    return i.x1 < o.x1 - 0.5 || i.x2 > o.x2 + 0.5 || i.y1 < o.y1 - 0.5 || i.y2 > o.y2 + 0.5; }).map(n => [b.id(), n.id()]); }))"""
+
+# Labels Cytoscape would draw cut (node ids): its label bounds, which size the texture it draws
+# the label on, narrower than the text in the font it has now (measured afresh on a canvas).
+LABELS_CUT = """(() => { const ctx = document.createElement('canvas').getContext('2d');
+  return cy.nodes(':visible').filter(n => n.pstyle('label').strValue && !n.hasClass('holds')).filter(n => {
+    ctx.font = `${n.pstyle('font-weight').strValue} ${n.pstyle('font-size').pfValue}px ${n.pstyle('font-family').strValue}`;
+    const w = Math.max(...n.pstyle('label').strValue.split('\\n').map(l => ctx.measureText(l).width));
+    const b = n.boundingBox({includeNodes: false, includeEdges: false, includeLabels: true, includeOverlays: false});
+    return Math.min(w, n.pstyle('text-max-width').pfValue) > b.w + 1; }).map(n => n.id()); })()"""
+
 OUTSIDE_HOST = """(() => { const host = cy.nodes('[kind = "namespace"][?is_host]').boundingBox();
   return cy.nodes('[kind = "namespace"][?container]').filter(n => { const b = n.boundingBox();
     return b.x1 < host.x1 || b.x2 > host.x2 || b.y1 < host.y1 || b.y2 > host.y2; }).map(n => n.id()); })()"""
@@ -632,6 +648,8 @@ def test_the_lab_at_fit_is_legible_and_tidy(browser, server, lab, artifacts_dir,
         time.sleep(0.3)
         assert pg.evaluate(OVERLAPS) == []
         assert pg.evaluate(OUTSIDE_HOST) == []
+        assert pg.evaluate(STICKING_OUT) == []
+        assert pg.evaluate(LABELS_CUT) == []
         # every label drawn at 11 px or more on screen
         small = pg.evaluate("""cy.nodes(':visible').filter(n => n.data('display'))
             .filter(n => parseFloat(n.style('font-size')) * cy.zoom() < 11).map(n => n.id())""")
@@ -681,6 +699,8 @@ def test_present_with_the_dark_theme_is_legible_and_whole(browser, server, lab, 
         assert contrast(host_fg, page_bg) >= 4.5, colours  # the host's name stands on the page
         assert contrast(ctr_fg, host_bg) >= 4.5, colours  # a bridge's name stands on the host box
         assert contrast(ctr_fg, ctr_bg) >= 4.5, colours  # and in its own box
+        assert pg.evaluate(STICKING_OUT) == []  # Present's bigger labels: bigger boxes
+        assert pg.evaluate(LABELS_CUT) == []  # and measured in Present's font, not the one before
         # the whole graph is on screen
         bb = pg.evaluate("JSON.stringify(cy.elements(':visible').renderedBoundingBox())")
         box = json.loads(bb)
