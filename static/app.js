@@ -783,6 +783,9 @@ window.bridgescopeHeld = () => {
   return out;
 };
 
+// Automation and tests: resynchronise as after a reconnect (the whole graph again, then deltas).
+window.bridgescopeResync = () => reconnect("resynchronising");
+
 // ---- loopback on demand ------------------------------------------------------------------------------
 
 async function setLoopback(on) {

@@ -9,9 +9,9 @@
 // named by `data.box` (the server's `parent`) and indexed here.
 //
 // What compound nodes did that this keeps: a box fits what it holds (labels included) plus its
-// padding; it is drawn under what it holds (z-index by depth, edges above boxes, leaves on top:
-// the box's bw, bh and zd data, which the stylesheet maps);
-// dragging a box moves what it holds; a box grows when something inside is dragged.
+// padding; it is drawn under what it holds (z-index by depth, edges above boxes, leaves on
+// top); dragging a box moves what it holds; a box grows when something inside is dragged out.
+// A box's size and depth are its bw, bh and zd data, which the stylesheet maps (node.holds).
 
 export const LEAF_Z = 100; // leaves above edges above every box
 export const EDGE_Z = 90;
@@ -133,7 +133,7 @@ export class Boxes {
     members.forEach((n) => { n.pstyle("display"); });
     const inside = members.filter((n) => n.visible());
     if (inside.empty()) {
-      if (box.hasClass("holds")) { box.removeClass("holds"); box.removeData("bw bh zd"); }
+      if (box.hasClass("holds")) { box.removeClass("holds"); box.removeData(FITTED.join(" ")); }
       return;
     }
     const bb = inside.boundingBox({ includeLabels: true, includeOverlays: false });

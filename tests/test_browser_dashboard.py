@@ -327,6 +327,18 @@ def test_search_export_and_reconnect_indicator(page, lab):
     page.fill("#graph-search", "")
 
 
+def test_a_resync_flashes_and_moves_nothing_that_did_not_change(page, lab):
+    ns_id(page, "c2")
+    before = page.evaluate(POSITIONS)
+    page.evaluate("window.__flashed = []; cy.on('class', e => { if (e.target.hasClass('flash')) __flashed.push(e.target.id()); })")
+    page.evaluate("bridgescopeResync()")
+    wait_js(page, "document.getElementById('graph-status').textContent.includes('namespaces')")  # the graph again
+    time.sleep(0.3)
+    assert page.evaluate("__flashed") == []  # every element the same as drawn: none "changed"
+    assert page.evaluate(POSITIONS) == before
+    assert page.evaluate(STICKING_OUT) == []
+
+
 def test_folding_a_bridge_and_searching_into_the_fold(page, lab):
     c1 = ns_id(page, "c1")
     page.check("#collapse-ns")
