@@ -61,6 +61,7 @@
       }
       session.set(sid);
     }
+    if (box.dataset.stream) session.openEarly(box.dataset.stream);
     const resp = await fetch(url, { credentials: "same-origin", headers: session.headers({ Accept: "text/html" }) });
     if (resp.status === 401) {
       session.clear();

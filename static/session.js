@@ -8,6 +8,7 @@
   const HEADER = "X-Bridgescope-Session";
   const CHANNEL = "bridgescope-session";  // BroadcastChannel: same-origin documents only
   const ASK_MS = 600;
+  const EARLY_MS = 10000;  // a stream asked for early that no page takes by then is closed
 
   function make() {
     const read = () => { try { return sessionStorage.getItem(KEY); } catch (e) { return null; } };
@@ -60,7 +61,8 @@
       return resp;
     }
 
-    return { HEADER, id: read, set: write, clear, askOtherTabs, headers, fetch: authFetch, signOut, wasSignedOut, eventStream };
+    return { HEADER, id: read, set: write, clear, askOtherTabs, headers, fetch: authFetch, signOut, wasSignedOut,
+      eventStream, openEarly };
   }
 
   // ---- Server-Sent Events over fetch (EventSource cannot send a header) -------------------------
@@ -98,6 +100,31 @@
     }
   }
 
+  // A stream asked for before the page that reads it is shown (boot.js asks for the dashboard's
+  // while it fetches the page): the server's first answer, the whole graph, is then already here
+  // when the page's script connects, rather than asked for only once its scripts have run.
+  let early = null;
+
+  function openEarly(url) {
+    const ctl = new AbortController();
+    const response = window.bridgescopeSession.fetch(url, {
+      headers: { Accept: "text/event-stream" }, signal: ctl.signal, cache: "no-store",
+    });
+    response.catch(() => { /* whoever takes it sees the failure */ });
+    const timer = setTimeout(() => { if (early && early.ctl === ctl) { early = null; ctl.abort(); } }, EARLY_MS);
+    early = { url, ctl, response, timer };
+  }
+
+  // The early answer for this url, once (then aborted with `signal`), or null.
+  function takeEarly(url, signal) {
+    if (!early || early.url !== url) return null;
+    const { ctl, response, timer } = early;
+    early = null;
+    clearTimeout(timer);
+    signal.addEventListener("abort", () => ctl.abort());
+    return response;
+  }
+
   // One live stream: calls on.open when it answers, on.event(name, data) per message, on.down
   // when it breaks, and reconnects with backoff (1 s doubling to 15 s), sending Last-Event-ID.
   // restart() drops it and connects at once; close() ends it for good.
@@ -108,7 +135,8 @@
       const extra = { Accept: "text/event-stream" };
       if (lastId !== null) extra["Last-Event-ID"] = lastId;
       try {
-        const resp = await window.bridgescopeSession.fetch(url, { headers: extra, signal: ctl.signal, cache: "no-store" });
+        const asked = lastId === null ? takeEarly(url, ctl.signal) : null;
+        const resp = await (asked || window.bridgescopeSession.fetch(url, { headers: extra, signal: ctl.signal, cache: "no-store" }));
         if (resp.status === 401) return;  // signed out: the page goes back to the boot page
         if (!resp.ok || !resp.body) throw new Error(`HTTP ${resp.status}`);
         retryMs = 1000;
