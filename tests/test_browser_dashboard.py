@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from urllib.parse import urlparse
 
 import pytest
 import serve_process
@@ -386,6 +387,29 @@ def test_a_tab_without_a_session_says_how_to_get_one(browser, server, page, arti
     assert "session has expired" in tab.inner_text("#boot")
     tab.screenshot(path=str(artifacts_dir / "boot-expired.png"))
     context.close()
+
+
+def test_the_stream_is_asked_for_while_the_page_is_fetched(browser, server):
+    """The boot page asks for the dashboard's stream as soon as the tab has its session, so the
+    graph is on its way before the page's scripts arrive; the page takes that answer (one
+    stream per tab, not two). A page without the graph asks for none."""
+    context = browser.new_context(viewport={"width": 1366, "height": 768})
+    tab = context.new_page()
+    errors: list[str] = []
+    tab.on("pageerror", lambda e: errors.append(str(e)))
+    asked: list[str] = []
+    tab.on("request", lambda r: asked.append(urlparse(r.url).path))
+    tab.goto(f"{server}/?token={TOKEN}")
+    wait_js(tab, "window.bridgescopeDrawn !== undefined", 120)
+    wait_js(tab, "document.getElementById('live').dataset.state === 'live'")
+    assert asked.count("/api/events") == 1, asked
+    assert asked.index("/api/events") < asked.index("/static/app.js"), asked
+    asked.clear()
+    tab.goto(f"{server}/audit")
+    wait_js(tab, "!!document.getElementById('theme-toggle')")
+    assert "/api/events" not in asked, asked
+    context.close()
+    assert not errors, errors
 
 
 def test_json_export_downloads_with_the_session(page):
