@@ -105,10 +105,14 @@
   // when the page's script connects, rather than asked for only once its scripts have run.
   let early = null;
 
+  // Asked without the sign-out on a 401 the session's fetch does: the boot page, fetching the
+  // page at the same time, is the one that tells an expired session (the page that takes a 401
+  // here signs out then).
   function openEarly(url) {
     const ctl = new AbortController();
-    const response = window.bridgescopeSession.fetch(url, {
-      headers: { Accept: "text/event-stream" }, signal: ctl.signal, cache: "no-store",
+    const response = fetch(url, {
+      headers: window.bridgescopeSession.headers({ Accept: "text/event-stream" }), credentials: "same-origin",
+      signal: ctl.signal, cache: "no-store",
     });
     response.catch(() => { /* whoever takes it sees the failure */ });
     const timer = setTimeout(() => { if (early && early.ctl === ctl) { early = null; ctl.abort(); } }, EARLY_MS);
@@ -137,7 +141,10 @@
       try {
         const asked = lastId === null ? takeEarly(url, ctl.signal) : null;
         const resp = await (asked || window.bridgescopeSession.fetch(url, { headers: extra, signal: ctl.signal, cache: "no-store" }));
-        if (resp.status === 401) return;  // signed out: the page goes back to the boot page
+        if (resp.status === 401) {  // signed out: the page goes back to the boot page
+          if (asked) window.bridgescopeSession.signOut();
+          return;
+        }
         if (!resp.ok || !resp.body) throw new Error(`HTTP ${resp.status}`);
         retryMs = 1000;
         on.open();
