@@ -379,25 +379,29 @@ def test_a_tab_without_a_session_says_how_to_get_one(browser, server, page, arti
     # a session the server no longer knows (expired, or a restart): said so, no reload loop;
     # the dashboard's boot page also asks for its stream with that session (session.openEarly)
     for path in ("/audit", "/"):
-        context = browser.new_context(viewport={"width": 1366, "height": 768})
-        tab = context.new_page()
-        tab.goto(f"{server}{path}?token={TOKEN}")
-        wait_js(tab, "!!document.getElementById('theme-toggle')")
-        tab.evaluate("sessionStorage.setItem('bridgescope-session', 'forgotten-by-the-server')")
-        # the page's own fetch answers late, so the early stream's 401 comes first: the boot page,
-        # not that 401, tells the session has expired (no second load of the tab)
-        tab.route(f"{server}{path}", lambda route: (time.sleep(0.4), route.continue_())
-                  if route.request.resource_type == "fetch" else route.continue_())
-        loads: list[str] = []
-        tab.on("load", lambda: loads.append("load"))
-        tab.reload()
-        wait_js(tab, "!!document.getElementById('boot') && document.getElementById('boot').dataset.state === 'signed-out'")
-        assert "session has expired" in tab.inner_text("#boot")
-        time.sleep(1)  # a reload loop would have left this page by now
-        assert tab.evaluate("document.getElementById('boot')?.dataset.state") == "signed-out"
-        assert loads == ["load"]
-        tab.screenshot(path=str(artifacts_dir / "boot-expired.png"))
-        context.close()
+        expired_session_is_told(browser, server, path, artifacts_dir)
+
+
+def expired_session_is_told(browser, server, path: str, artifacts_dir) -> None:
+    context = browser.new_context(viewport={"width": 1366, "height": 768})
+    tab = context.new_page()
+    tab.goto(f"{server}{path}?token={TOKEN}")
+    wait_js(tab, "!!document.getElementById('theme-toggle')")
+    tab.evaluate("sessionStorage.setItem('bridgescope-session', 'forgotten-by-the-server')")
+    # the page's own fetch answers late, so the early stream's 401 comes first: the boot page,
+    # not that 401, tells the session has expired (no second load of the tab)
+    tab.route(f"{server}{path}", lambda route: (time.sleep(0.4), route.continue_())
+              if route.request.resource_type == "fetch" else route.continue_())
+    loads: list[str] = []
+    tab.on("load", lambda: loads.append("load"))
+    tab.reload()
+    wait_js(tab, "!!document.getElementById('boot') && document.getElementById('boot').dataset.state === 'signed-out'")
+    assert "session has expired" in tab.inner_text("#boot")
+    time.sleep(1)  # a reload loop would have left this page by now
+    assert tab.evaluate("document.getElementById('boot')?.dataset.state") == "signed-out"
+    assert loads == ["load"]
+    tab.screenshot(path=str(artifacts_dir / "boot-expired.png"))
+    context.close()
 
 
 def test_the_stream_is_asked_for_while_the_page_is_fetched(browser, server):
