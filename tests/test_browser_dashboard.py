@@ -387,14 +387,16 @@ def expired_session_is_told(browser, server, path: str, artifacts_dir) -> None:
     tab = context.new_page()
     tab.goto(f"{server}{path}?token={TOKEN}")
     wait_js(tab, "!!document.getElementById('theme-toggle')")
-    tab.evaluate("sessionStorage.setItem('bridgescope-session', 'forgotten-by-the-server')")
     # the page's own fetch answers late, so the early stream's 401 comes first: the boot page,
     # not that 401, tells the session has expired (no second load of the tab)
     tab.route(f"{server}{path}", lambda route: (time.sleep(0.4), route.continue_())
               if route.request.resource_type == "fetch" else route.continue_())
     loads: list[str] = []
     tab.on("load", lambda: loads.append("load"))
-    tab.reload()
+    # forgotten and reloaded in one task: a poll of the page in between would get its 401 and
+    # reload the tab itself, racing this reload
+    with tab.expect_navigation():
+        tab.evaluate("sessionStorage.setItem('bridgescope-session', 'forgotten-by-the-server'); location.reload()")
     wait_js(tab, "!!document.getElementById('boot') && document.getElementById('boot').dataset.state === 'signed-out'")
     assert "session has expired" in tab.inner_text("#boot")
     time.sleep(1)  # a reload loop would have left this page by now
