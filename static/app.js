@@ -690,7 +690,7 @@ const listItems = byId("graph-list-items");
 
 function listedNodes() {
   const cy = window.cy;
-  const all = cy ? cy.nodes().not(".fold").map((n) => ({ data: n.data(), position: n.position() })) : [];
+  const all = cy ? cy.nodes().not(".fold").map((n) => ({ data: asServer(n).data, position: n.position() })) : [];
   for (const members of state.folded.values()) {
     for (const e of members.values()) if (e.group === "nodes") all.push({ data: e.data, position: e.position || { x: 0, y: 0 } });
   }
@@ -700,7 +700,7 @@ function listedNodes() {
 function renderList() {
   if (!listBox || !listBox.open) return;
   const all = listedNodes();
-  const parentOf = new Map(all.map((n) => [n.data.id, n.data.box !== undefined ? n.data.box : n.data.parent]));
+  const parentOf = new Map(all.map((n) => [n.data.id, n.data.parent]));
   const shown = all.filter((n) => LISTED.has(n.data.kind) || n.data.uplink);
   const ids = new Set(shown.map((n) => n.data.id));
   const listedParent = (id) => { let p = parentOf.get(id);

@@ -22,6 +22,7 @@ export class Boxes {
     this.cy = cy;
     this.members = new Map(); // box id -> Set of member ids (drawn)
     this.dirty = new Set(); // ids of boxes whose members changed since the last settle()
+    this.refitting = false; // a refit() is due at the end of this task
     cy.on("add", "node", (evt) => this.enter(evt.target));
     cy.on("remove", "node", (evt) => this.leave(evt.target));
     this.wireDragging();
@@ -54,10 +55,14 @@ export class Boxes {
     nodes.nodes().forEach((n) => { if (n.data("box")) this.dirty.add(n.data("box")); if (n.hasClass("holds")) this.dirty.add(n.id()); });
   }
 
-  // After a stylesheet change, which may have resized labels: every box fitted again.
+  // After a stylesheet change, which may have resized labels: every box fitted again, once for
+  // all the changes made in one task (a theme change restyles here, then again in each page
+  // module that adds styles of its own).
   refit() {
     this.touch(this.cy.nodes());
-    this.settle();
+    if (this.refitting) return;
+    this.refitting = true;
+    queueMicrotask(() => { this.refitting = false; this.settle(); });
   }
 
   // Fit every box something changed in, and the boxes around them.
