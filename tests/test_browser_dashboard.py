@@ -331,7 +331,7 @@ def test_search_export_and_reconnect_indicator(page, lab):
 def test_a_resync_flashes_and_moves_nothing_that_did_not_change(page, lab):
     ns_id(page, "c2")
     before = page.evaluate(POSITIONS)
-    page.evaluate("window.__flashed = []; cy.on('class', e => { if (e.target.hasClass('flash')) __flashed.push(e.target.id()); })")
+    page.evaluate("window.__flashed = []; void cy.on('class', e => { if (e.target.hasClass('flash')) __flashed.push(e.target.id()); })")
     page.evaluate("bridgescopeResync()")
     wait_js(page, "document.getElementById('graph-status').textContent.includes('namespaces')")  # the graph again
     time.sleep(0.3)
@@ -470,7 +470,9 @@ def test_ip_forward_off_shows_on_the_doctor_link_and_the_forward_panel(page, lab
 def tap(page, selector_js: str) -> None:
     """Open an element's panel as a click on it does (Cytoscape's tap event), once it is drawn."""
     wait_js(page, f"{selector_js}.nonempty()")
-    page.evaluate(f"{selector_js}[0].emit('tap')")
+    # `void`: emit() returns the element, and Playwright would copy its whole object graph
+    # (the Cytoscape instance, its caches) back to Python: gigabytes, the renderer's V8 OOM
+    page.evaluate(f"void {selector_js}[0].emit('tap')")
     page.wait_for_selector("#details-panel")
 
 
@@ -661,7 +663,7 @@ def test_positions_are_the_same_after_a_reload_in_another_tab_and_after_tidy(pag
         assert other.evaluate(POSITIONS) == first
     finally:
         context.close()
-    page.evaluate(f"bridgescopeBoxes.children(cy.getElementById({ns_id(page, 'c1')!r})).positions({{x: 5000, y: 5000}})")
+    page.evaluate(f"void bridgescopeBoxes.children(cy.getElementById({ns_id(page, 'c1')!r})).positions({{x: 5000, y: 5000}})")
     page.click("#tidy")
     wait_js(page, f"{POSITIONS} === {first!r}", 10)
 
