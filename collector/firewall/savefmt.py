@@ -189,8 +189,7 @@ def _group(tokens: list[str], quoted: tuple[int, ...]) -> list[tuple[bool, str, 
     for i, token in enumerate(tokens):
         if quoted and i in quoted:
             pass
-        elif token[0] == "-" and len(token) > 1 and (token[1].isalpha() or
-                                                     (token[1] == "-" and len(token) > 2)):
+        elif token[0] == "-" and (_OPTION_WORDS.get(token) or _is_option(token)):
             values = []
             groups.append((negate, token, values))
             negate = False
@@ -206,6 +205,19 @@ def _group(tokens: list[str], quoted: tuple[int, ...]) -> list[tuple[bool, str, 
     if negate:
         raise _Bad("'!' at the end of the rule")
     return groups
+
+
+_OPTION_WORDS: dict[str, bool] = {}  # a listing names few options, each thousands of times
+
+
+def _is_option(token: str) -> bool:
+    """`-p` and `--dport` are options; `-1`, `-` and `--` are values."""
+    known = _OPTION_WORDS.get(token)
+    if known is None:
+        known = len(token) > 1 and (token[1].isalpha() or (token[1] == "-" and len(token) > 2))
+        if len(_OPTION_WORDS) < 4096:
+            _OPTION_WORDS[token] = known
+    return known
 
 
 def _assemble(groups: list[tuple[bool, str, list[str]]]) -> ParsedBody:
