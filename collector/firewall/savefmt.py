@@ -20,6 +20,7 @@ _UNESCAPE = re.compile(r"\\(.)")
 _COUNTERS = re.compile(r"\[(\d+):(\d+)\]\Z")
 BUILTIN_CHAINS = frozenset({"PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING"})
 _TARGET_OPTIONS = {"-j": False, "--jump": False, "-g": True, "--goto": True}
+_NOT_PLAIN_MATCHES = frozenset({*_TARGET_OPTIONS, "-c", "--set-counters", "--comment"})
 
 Match = tuple[str, tuple[str, ...], bool]
 # matches, target, target_args, goto, counters from `-c P B`, comment
@@ -228,7 +229,9 @@ def _assemble(groups: list[tuple[bool, str, list[str]]]) -> ParsedBody:
     counters: tuple[int, int] | None = None
     comment: str | None = None
     for negate, option, args in groups:
-        if target is not None:
+        if target is None and option not in _NOT_PLAIN_MATCHES:  # nearly every option
+            matches.append((option, tuple(args), negate))
+        elif target is not None:
             target_args.append((f"! {option}" if negate else option, " ".join(args)))
         elif option in _TARGET_OPTIONS:
             if negate or not args:
