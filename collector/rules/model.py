@@ -103,6 +103,12 @@ def network(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network | None:
 def span(text: str) -> tuple[int, int, int] | None:
     """A network as (IP version, first address, last address) as integers: the matcher's hot
     path compares integers instead of building ipaddress objects per rule and packet."""
+    usual = _QUAD_NET.fullmatch(text)  # `-d 172.17.0.2/32`: one per published port
+    if usual is not None:
+        quad, bits = usual.groups()
+        number = _quad_number(quad)
+        host = (1 << (32 - int(bits))) - 1 if bits is not None else 0
+        return 4, number & ~host, number | host
     net = network(text)
     if net is None:
         return None
@@ -112,6 +118,8 @@ def span(text: str) -> tuple[int, int, int] | None:
 @lru_cache(maxsize=65536)
 def address_number(text: str) -> tuple[int, int] | None:
     """An address as (IP version, integer); None when it is not one."""
+    if _DOTTED_QUAD.fullmatch(text):
+        return 4, _quad_number(text)
     try:
         found = address(text)
     except ValueError:
@@ -119,10 +127,17 @@ def address_number(text: str) -> tuple[int, int] | None:
     return found.version, int(found)
 
 
+def _quad_number(quad: str) -> int:
+    """A dotted quad (already matched) as its integer, without ipaddress's ~10 us parse."""
+    a, b, c, d = quad.split(".")
+    return int(a) << 24 | int(b) << 16 | int(c) << 8 | int(d)
+
+
 _OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"  # 0-255, no leading zero
 _DOTTED_QUAD = re.compile(rf"{_OCTET}(?:\.{_OCTET}){{3}}")
 # A DNAT destination as Docker and most others write it, `IP` or `IP:PORT`, in one match
 _QUAD_PORT = re.compile(rf"({_OCTET}(?:\.{_OCTET}){{3}})(?::([0-9]+))?")
+_QUAD_NET = re.compile(rf"({_OCTET}(?:\.{_OCTET}){{3}})(?:/(3[0-2]|[12]?[0-9]))?")  # `IP[/BITS]`
 
 
 def canonical_ip(text: str) -> str | None:
@@ -163,14 +178,13 @@ def _any_destination(text: str) -> tuple[str, int | None, int | None] | None:
     return None if span is None else (addr, *span)
 
 
-_QUAD_HOST = re.compile(rf"({_OCTET}(?:\.{_OCTET}){{3}})(?:/32)?")
-
-
 def host_text(cidr: str) -> str | None:
     """A `-d` value as a host: `192.0.2.10/32` -> `192.0.2.10`; a wider prefix stays a CIDR;
     0/0 and junk -> None."""
-    one = _QUAD_HOST.fullmatch(cidr)  # most are one IPv4 address: no cache to miss
-    return one.group(1) if one is not None else _host_network(cidr)
+    usual = _QUAD_NET.fullmatch(cidr)  # most are one IPv4 address: no cache to miss
+    if usual is not None and usual.group(2) in (None, "32"):
+        return usual.group(1)
+    return _host_network(cidr)
 
 
 @lru_cache(maxsize=4096)

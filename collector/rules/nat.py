@@ -36,6 +36,7 @@ from bridgescope.collector.rules.model import (
     Match,
     RuleSet,
     address,
+    address_number,
     canonical,
     host_text,
     network,
@@ -289,7 +290,8 @@ def forward_packet(forward: dict | PortForward, rule: Rule | None, out: str | No
     some uplink (none of the namespace's bridges), leaving by bridge `out` (None: unknown)."""
     get = forward.get if isinstance(forward, dict) else lambda name: getattr(forward, name)
     dst = get("to_ip")
-    return Packet(address(dst).version, get("proto"), dst, get("to_port"),
+    number = address_number(dst)
+    return Packet(number[0] if number else address(dst).version, get("proto"), dst, get("to_port"),
                   oif=out, not_iif=bridges | ({out} if out else set()), src_remote=True,
                   bridges=bridges, ctstate=frozenset({"NEW", "DNAT"}),
                   ctmark=_ctmark(rule) if rule is not None else 0)
