@@ -102,7 +102,8 @@ class _DockerTraits:
         for rule in rules:
             bridges[rule.netns].update(_interfaces(rule))
             if rule.target == "DNAT":
-                proto, port = option(rule, "-p"), option(rule, "--dport")
+                firsts = _firsts(rule)
+                proto, port = firsts.get("-p"), firsts.get("--dport")
                 dest = dict(rule.target_args).get("--to-destination", "")
                 ip, _, to_port = dest.rpartition(":")
                 if proto and port:
@@ -126,12 +127,14 @@ class _DockerTraits:
         if match_set is not None and match_set.startswith("docker-ext-bridges"):
             return True  # 28.0.0 matched its bridges through this ipset
         if rule.target == "MASQUERADE":  # <=27 hairpin: -s C -d C --dport P
-            proto, port = option(rule, "-p"), option(rule, "--dport")
+            firsts = _firsts(rule)
+            proto, port = firsts.get("-p"), firsts.get("--dport")
             if proto and port:
-                dest = (option(rule, "-d") or "").removesuffix("/32").removesuffix("/128")
+                dest = (firsts.get("-d") or "").removesuffix("/32").removesuffix("/128")
                 return (dest, port) in self.targets.get(rule.netns, ())
         elif rule.table == "raw" and rule.target == "DROP":
-            proto, port = option(rule, "-p"), option(rule, "--dport")
+            firsts = _firsts(rule)
+            proto, port = firsts.get("-p"), firsts.get("--dport")
             if proto and port:
                 return (proto, port) in self.ports.get(rule.netns, ())
         return False
@@ -143,12 +146,9 @@ def _docker_bridge(name: str) -> bool:
     return _DOCKER_BRIDGE.match(name) is not None
 
 
-def option(rule: Rule, name: str, *, negated: bool | None = False) -> str | None:
-    """First value of an option (`-p`, `--dport`, ...) with the given negation, or None."""
-    for opt, args, neg in rule.matches:
-        if opt == name and args and (negated is None or neg == negated):
-            return args[0]
-    return None
+def _firsts(rule: Rule) -> dict[str, str]:
+    """The first non-negated value of each option (`-p`, `--dport`, ...), in one pass."""
+    return {opt: args[0] for opt, args, negated in reversed(rule.matches) if args and not negated}
 
 
 def _interfaces(rule: Rule) -> list[str]:
