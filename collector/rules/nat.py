@@ -16,7 +16,6 @@ parsers and the matcher are the shared ones of collector/rules.
 """
 from __future__ import annotations
 
-import ipaddress
 from collections import defaultdict
 from dataclasses import dataclass, replace
 
@@ -39,9 +38,9 @@ from bridgescope.collector.rules.model import (
     address_number,
     canonical,
     host_text,
-    network,
     parse_destination,
     port_spans,
+    span,
     spellings,
 )
 
@@ -264,11 +263,13 @@ class _Locator:
         if peer is not None and peer.netns == netns:
             master = self.by_id.get(peer.master) if peer.master else None
             return master.name if master else peer.name
-        address = ipaddress.ip_address(ip)
+        number = address_number(ip)
+        if number is None:
+            raise ValueError(f"{ip!r} is not an IP address")
         for bridge in self.bridges.get(netns, []):
             for cidr in bridge.addresses:
-                net = network(cidr)
-                if net is not None and net.version == address.version and address in net:
+                net = span(cidr)
+                if net is not None and net[0] == number[0] and net[1] <= number[1] <= net[2]:
                     return bridge.name
         return None
 
@@ -341,17 +342,22 @@ def _ctmark(rule: Rule) -> int:
 
 # -- masquerades -----------------------------------------------------------------------------
 
+_MASQUERADE_ASKS = frozenset({"-d", "-s", "-o"})
+
+
 def _masquerade(rule: Rule, path: tuple[Match, ...]) -> Masquerade:
-    def pick(option: str, negated: bool) -> str | None:
-        for opt, args, neg in reversed(path):
-            if canonical(opt) == option and args and neg == negated:
-                return args[0]
-        return None
-    dest, dest_not = pick("-d", False), False
+    """What a MASQUERADE/SNAT's path asks (each the innermost), read in one pass."""
+    asks: dict[tuple[str, bool], str] = {}  # (option, negated) -> value; inner ones come later
+    for opt, args, negated in path:
+        name = canonical(opt)
+        if name in _MASQUERADE_ASKS and args:
+            asks[(name, negated)] = args[0]
+    dest, dest_not = asks.get(("-d", False)), False
     if dest is None:
-        dest = pick("-d", True)
+        dest = asks.get(("-d", True))
         dest_not = dest is not None
-    return Masquerade(netns=rule.netns, source=pick("-s", False), out_not=pick("-o", True),
-                      owner=rule.owner, backend=rule.backend, out=pick("-o", False),
-                      to_source=dict(rule.target_args).get("--to-source"), destination=dest,
-                      dest_not=dest_not, chain=rule.chain, rule_text=rule.text)
+    return built(Masquerade, {
+        "netns": rule.netns, "source": asks.get(("-s", False)), "out_not": asks.get(("-o", True)),
+        "owner": rule.owner, "backend": rule.backend, "out": asks.get(("-o", False)),
+        "to_source": dict(rule.target_args).get("--to-source"), "destination": dest,
+        "dest_not": dest_not, "chain": rule.chain, "rule_text": rule.text})
