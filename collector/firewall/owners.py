@@ -58,12 +58,13 @@ def attribute(rules: Iterable[Rule]) -> tuple[Rule, ...]:
     # per run of rules, and only Docker's own chains are read for its traits
     runs = [(chain_owner(*place), tuple(run)) for place, run in groupby(rules, _PLACE)]
     docker = _DockerTraits.of(rule for by_place, run in runs if by_place == "docker" for rule in run)
-    return tuple(_with_owner(rule, owner_of(rule, docker, by_place))
-                 for by_place, run in runs for rule in run)
-
-
-def _with_owner(rule: Rule, owner: Owner) -> Rule:
-    return rule if rule.owner == owner else built(Rule, {**rule.__dict__, "owner": owner})
+    attributed: list[Rule] = []
+    for by_place, run in runs:
+        for rule in run:
+            owner = owner_of(rule, docker, by_place)
+            attributed.append(rule if rule.owner == owner else
+                              built(Rule, {**rule.__dict__, "owner": owner}))
+    return tuple(attributed)
 
 
 def owner_of(rule: Rule, docker: _DockerTraits, by_place: Owner | None) -> Owner:

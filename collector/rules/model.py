@@ -155,8 +155,8 @@ def parse_destination(text: str) -> tuple[str, int | None, int | None] | None:
     """`IP[:PORT[-PORT][/BASE]]`, `[IPv6]:PORT`, `IP-IP:PORT` -> (ip, first port, last port)."""
     usual = _QUAD_PORT.fullmatch(text)  # one regex, cheaper than a cache that misses
     if usual is not None:
-        port = usual.group(2)
-        return usual.group(1), int(port) if port is not None else None, None
+        ip, port = usual.groups()
+        return ip, int(port) if port is not None else None, None
     return _any_destination(text)
 
 
