@@ -12,6 +12,8 @@ import re
 from collections import Counter, defaultdict
 from collections.abc import Iterable
 from functools import lru_cache
+from itertools import groupby
+from operator import attrgetter
 
 from bridgescope.collector.model import Owner, Rule, built
 
@@ -39,6 +41,7 @@ _COMMENT_OWNERS = (
 _ANY_COMMENT_OWNER = re.compile("|".join(f"(?:{p.pattern})" for p, _ in _COMMENT_OWNERS))
 _DOCKER_BRIDGE = re.compile(r"docker0$|br-[0-9a-f]{12}$")
 _INTERFACE_OPTIONS = frozenset({"-i", "-o", "--in-interface", "--out-interface"})
+_PLACE = attrgetter("backend", "table", "chain")
 
 
 @lru_cache(maxsize=4096)
@@ -51,27 +54,32 @@ def chain_owner(backend: str, table: str, chain: str) -> Owner | None:
 
 def attribute(rules: Iterable[Rule]) -> tuple[Rule, ...]:
     """Return the rules with `owner` filled in (same order)."""
-    rules = tuple(rules)
-    docker = _DockerTraits.of(rules)
-    return tuple(_with_owner(rule, owner_of(rule, docker)) for rule in rules)
+    # a listing holds each chain's rules together: the owner its place implies is found once
+    # per run of rules, and only Docker's own chains are read for its traits
+    runs = [(chain_owner(*place), tuple(run)) for place, run in groupby(rules, _PLACE)]
+    docker = _DockerTraits.of(rule for by_place, run in runs if by_place == "docker" for rule in run)
+    attributed: list[Rule] = []
+    for by_place, run in runs:
+        for rule in run:
+            owner = owner_of(rule, docker, by_place)
+            attributed.append(rule if rule.owner == owner else
+                              built(Rule, {**rule.__dict__, "owner": owner}))
+    return tuple(attributed)
 
 
-def _with_owner(rule: Rule, owner: Owner) -> Rule:
-    return rule if rule.owner == owner else built(Rule, {**rule.__dict__, "owner": owner})
-
-
-def owner_of(rule: Rule, docker: _DockerTraits) -> Owner:
-    if rule.comment and rule.comment.startswith(BRIDGESCOPE_TAG):
+def owner_of(rule: Rule, docker: _DockerTraits, by_place: Owner | None) -> Owner:
+    """Who wrote rule; by_place: what `chain_owner` says of where it lives."""
+    comment = rule.comment
+    if comment and comment.startswith(BRIDGESCOPE_TAG):
         return "bridgescope"
-    by_place = chain_owner(rule.backend, rule.table, rule.chain)
     if by_place:
         return by_place
     if rule.target and rule.backend != "nftables":
         by_target = chain_owner(rule.backend, rule.table, rule.target)
         if by_target:
             return by_target
-    if rule.comment and _ANY_COMMENT_OWNER.search(rule.comment):
-        by_comment = next((o for p, o in _COMMENT_OWNERS if p.search(rule.comment)), None)
+    if comment and _ANY_COMMENT_OWNER.search(comment):
+        by_comment = next((o for p, o in _COMMENT_OWNERS if p.search(comment)), None)
         if by_comment:
             return by_comment
     return "docker" if docker.claims(rule) else "unknown"
@@ -87,16 +95,16 @@ class _DockerTraits:
         self.targets = targets  # netns -> {(container ip, port)}
 
     @classmethod
-    def of(cls, rules: tuple[Rule, ...]) -> _DockerTraits:
+    def of(cls, rules: Iterable[Rule]) -> _DockerTraits:
+        """From the rules of Docker's own chains."""
         bridges: dict[str, set[str]] = defaultdict(set)
         ports: dict[str, set[tuple[str, str]]] = defaultdict(set)
         targets: dict[str, set[tuple[str, str]]] = defaultdict(set)
         for rule in rules:
-            if chain_owner(rule.backend, rule.table, rule.chain) != "docker":
-                continue
             bridges[rule.netns].update(_interfaces(rule))
             if rule.target == "DNAT":
-                proto, port = option(rule, "-p"), option(rule, "--dport")
+                firsts = _firsts(rule)
+                proto, port = firsts.get("-p"), firsts.get("--dport")
                 dest = dict(rule.target_args).get("--to-destination", "")
                 ip, _, to_port = dest.rpartition(":")
                 if proto and port:
@@ -113,30 +121,35 @@ class _DockerTraits:
             if not args:
                 continue
             if opt in _INTERFACE_OPTIONS:
-                if _DOCKER_BRIDGE.match(args[0]) or args[0] in bridges:
+                if _docker_bridge(args[0]) or args[0] in bridges:
                     return True
             elif opt == "--match-set" and match_set is None and not negated:
                 match_set = args[0]
         if match_set is not None and match_set.startswith("docker-ext-bridges"):
             return True  # 28.0.0 matched its bridges through this ipset
         if rule.target == "MASQUERADE":  # <=27 hairpin: -s C -d C --dport P
-            proto, port = option(rule, "-p"), option(rule, "--dport")
+            firsts = _firsts(rule)
+            proto, port = firsts.get("-p"), firsts.get("--dport")
             if proto and port:
-                dest = (option(rule, "-d") or "").removesuffix("/32").removesuffix("/128")
+                dest = (firsts.get("-d") or "").removesuffix("/32").removesuffix("/128")
                 return (dest, port) in self.targets.get(rule.netns, ())
         elif rule.table == "raw" and rule.target == "DROP":
-            proto, port = option(rule, "-p"), option(rule, "--dport")
+            firsts = _firsts(rule)
+            proto, port = firsts.get("-p"), firsts.get("--dport")
             if proto and port:
                 return (proto, port) in self.ports.get(rule.netns, ())
         return False
 
 
-def option(rule: Rule, name: str, *, negated: bool | None = False) -> str | None:
-    """First value of an option (`-p`, `--dport`, ...) with the given negation, or None."""
-    for opt, args, neg in rule.matches:
-        if opt == name and args and (negated is None or neg == negated):
-            return args[0]
-    return None
+@lru_cache(maxsize=4096)
+def _docker_bridge(name: str) -> bool:
+    """Named as Docker names its bridges (a host has few: every rule names the same ones)."""
+    return _DOCKER_BRIDGE.match(name) is not None
+
+
+def _firsts(rule: Rule) -> dict[str, str]:
+    """The first non-negated value of each option (`-p`, `--dport`, ...), in one pass."""
+    return {opt: args[0] for opt, args, negated in reversed(rule.matches) if args and not negated}
 
 
 def _interfaces(rule: Rule) -> list[str]:

@@ -20,6 +20,7 @@ _UNESCAPE = re.compile(r"\\(.)")
 _COUNTERS = re.compile(r"\[(\d+):(\d+)\]\Z")
 BUILTIN_CHAINS = frozenset({"PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING"})
 _TARGET_OPTIONS = {"-j": False, "--jump": False, "-g": True, "--goto": True}
+_NOT_PLAIN_MATCHES = frozenset({*_TARGET_OPTIONS, "-c", "--set-counters", "--comment"})
 
 Match = tuple[str, tuple[str, ...], bool]
 # matches, target, target_args, goto, counters from `-c P B`, comment
@@ -189,8 +190,7 @@ def _group(tokens: list[str], quoted: tuple[int, ...]) -> list[tuple[bool, str, 
     for i, token in enumerate(tokens):
         if quoted and i in quoted:
             pass
-        elif token[0] == "-" and len(token) > 1 and (token[1].isalpha() or
-                                                     (token[1] == "-" and len(token) > 2)):
+        elif token[0] == "-" and (_OPTION_WORDS.get(token) or _is_option(token)):
             values = []
             groups.append((negate, token, values))
             negate = False
@@ -208,6 +208,19 @@ def _group(tokens: list[str], quoted: tuple[int, ...]) -> list[tuple[bool, str, 
     return groups
 
 
+_OPTION_WORDS: dict[str, bool] = {}  # a listing names few options, each thousands of times
+
+
+def _is_option(token: str) -> bool:
+    """`-p` and `--dport` are options; `-1`, `-` and `--` are values."""
+    known = _OPTION_WORDS.get(token)
+    if known is None:
+        known = len(token) > 1 and (token[1].isalpha() or (token[1] == "-" and len(token) > 2))
+        if len(_OPTION_WORDS) < 4096:
+            _OPTION_WORDS[token] = known
+    return known
+
+
 def _assemble(groups: list[tuple[bool, str, list[str]]]) -> ParsedBody:
     matches: list[Match] = []
     target_args: list[tuple[str, str]] = []
@@ -216,7 +229,9 @@ def _assemble(groups: list[tuple[bool, str, list[str]]]) -> ParsedBody:
     counters: tuple[int, int] | None = None
     comment: str | None = None
     for negate, option, args in groups:
-        if target is not None:
+        if target is None and option not in _NOT_PLAIN_MATCHES:  # nearly every option
+            matches.append((option, tuple(args), negate))
+        elif target is not None:
             target_args.append((f"! {option}" if negate else option, " ".join(args)))
         elif option in _TARGET_OPTIONS:
             if negate or not args:

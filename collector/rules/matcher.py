@@ -95,7 +95,7 @@ def may_match(index: DstIndex, count: int, packet: Packet, start: int) -> Sequen
         return range(start, count)  # `-d` is undecidable: every rule may match
     number = address_number(packet.dst)
     same = by_address.get(number) if number is not None and number[0] == packet.family else None
-    order = others if not same else list(merge(others, same))
+    order = others if not same else same if not others else list(merge(others, same))
     return order[bisect_left(order, start):]
 
 

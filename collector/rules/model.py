@@ -15,6 +15,8 @@ from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cache, lru_cache
+from itertools import groupby
+from operator import attrgetter
 
 from bridgescope.collector.model import Chain, Rule
 
@@ -39,6 +41,7 @@ ALIASES = {
 # iptables-nft register at the same ones. Native nftables chains carry their own.
 _TABLE_PRIORITY = {"raw": -300, "mangle": -150, "filter": 0, "security": 50}
 _NAT_PRIORITY = {"prerouting": -100, "output": -100, "input": 100, "postrouting": 100}
+_PLACE = attrgetter("netns", "backend", "family", "table", "chain")
 
 
 def canonical(option: str) -> str:
@@ -63,9 +66,16 @@ def port_range(text: str) -> tuple[int, int | None] | None:
     return int(lo), int(hi) if hi else None
 
 
-def port_spans(text: str) -> list[tuple[int, int | None] | None]:
+def port_spans(text: str) -> tuple[tuple[int, int | None] | None, ...]:
     """A port match's value, `8000-8009,9000` or `80,443:450`, as spans (None: unreadable)."""
-    return [port_range(part.strip()) for part in text.split(",")]
+    if text.isdecimal() and text.isascii():  # one port, as most matches name: no split
+        return ((int(text), None),)
+    return _port_list(text)
+
+
+@lru_cache(maxsize=4096)
+def _port_list(text: str) -> tuple[tuple[int, int | None] | None, ...]:
+    return tuple(port_range(part.strip()) for part in text.split(","))
 
 
 def port_in(port: int, text: str) -> bool | None:
@@ -93,6 +103,12 @@ def network(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network | None:
 def span(text: str) -> tuple[int, int, int] | None:
     """A network as (IP version, first address, last address) as integers: the matcher's hot
     path compares integers instead of building ipaddress objects per rule and packet."""
+    usual = _QUAD_NET.fullmatch(text)  # `-d 172.17.0.2/32`: one per published port
+    if usual is not None:
+        quad, bits = usual.groups()
+        number = _quad_number(quad)
+        host = (1 << (32 - int(bits))) - 1 if bits is not None else 0
+        return 4, number & ~host, number | host
     net = network(text)
     if net is None:
         return None
@@ -102,6 +118,8 @@ def span(text: str) -> tuple[int, int, int] | None:
 @lru_cache(maxsize=65536)
 def address_number(text: str) -> tuple[int, int] | None:
     """An address as (IP version, integer); None when it is not one."""
+    if _DOTTED_QUAD.fullmatch(text):
+        return 4, _quad_number(text)
     try:
         found = address(text)
     except ValueError:
@@ -109,8 +127,17 @@ def address_number(text: str) -> tuple[int, int] | None:
     return found.version, int(found)
 
 
+def _quad_number(quad: str) -> int:
+    """A dotted quad (already matched) as its integer, without ipaddress's ~10 us parse."""
+    a, b, c, d = quad.split(".")
+    return int(a) << 24 | int(b) << 16 | int(c) << 8 | int(d)
+
+
 _OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"  # 0-255, no leading zero
 _DOTTED_QUAD = re.compile(rf"{_OCTET}(?:\.{_OCTET}){{3}}")
+# A DNAT destination as Docker and most others write it, `IP` or `IP:PORT`, in one match
+_QUAD_PORT = re.compile(rf"({_OCTET}(?:\.{_OCTET}){{3}})(?::([0-9]+))?")
+_QUAD_NET = re.compile(rf"({_OCTET}(?:\.{_OCTET}){{3}})(?:/(3[0-2]|[12]?[0-9]))?")  # `IP[/BITS]`
 
 
 def canonical_ip(text: str) -> str | None:
@@ -124,9 +151,17 @@ def canonical_ip(text: str) -> str | None:
         return None
 
 
-@lru_cache(maxsize=65536)
 def parse_destination(text: str) -> tuple[str, int | None, int | None] | None:
     """`IP[:PORT[-PORT][/BASE]]`, `[IPv6]:PORT`, `IP-IP:PORT` -> (ip, first port, last port)."""
+    usual = _QUAD_PORT.fullmatch(text)  # one regex, cheaper than a cache that misses
+    if usual is not None:
+        ip, port = usual.groups()
+        return ip, int(port) if port is not None else None, None
+    return _any_destination(text)
+
+
+@lru_cache(maxsize=4096)
+def _any_destination(text: str) -> tuple[str, int | None, int | None] | None:
     if text.startswith("["):
         addr, _, rest = text[1:].partition("]")
         ports = rest[1:] if rest.startswith(":") else ""
@@ -141,6 +176,26 @@ def parse_destination(text: str) -> tuple[str, int | None, int | None] | None:
         return addr, None, None
     span = port_range(ports.split("/")[0])
     return None if span is None else (addr, *span)
+
+
+def host_text(cidr: str) -> str | None:
+    """A `-d` value as a host: `192.0.2.10/32` -> `192.0.2.10`; a wider prefix stays a CIDR;
+    0/0 and junk -> None."""
+    usual = _QUAD_NET.fullmatch(cidr)  # most are one IPv4 address: no cache to miss
+    if usual is not None and usual.group(2) in (None, "32"):
+        return usual.group(1)
+    return _host_network(cidr)
+
+
+@lru_cache(maxsize=4096)
+def _host_network(cidr: str) -> str | None:
+    address, _, bits = cidr.partition("/")
+    if bits in ("32", "") and canonical_ip(address) == address and "." in address:
+        return address
+    net = network(cidr)
+    if net is None or net.prefixlen == 0:
+        return None
+    return str(net.network_address) if net.prefixlen == net.max_prefixlen else str(net)
 
 
 # -- the rule set: tables, chains, base chains per hook --------------------------------------
@@ -171,8 +226,9 @@ class RuleSet:
 
     def __init__(self, rules: tuple[Rule, ...], chains: tuple[Chain, ...]):
         self.rules: dict[GroupKey, dict[str, list[Rule]]] = defaultdict(lambda: defaultdict(list))
-        for rule in rules:
-            self.rules[(rule.netns, rule.backend, rule.family, rule.table)][rule.chain].append(rule)
+        # a listing holds each chain's rules together: one step per run, not per rule
+        for (netns, backend, family, table, chain), run in groupby(rules, _PLACE):
+            self.rules[(netns, backend, family, table)][chain].extend(run)
         self.declared: dict[GroupKey, set[str]] = defaultdict(set)
         self.hooks: dict[tuple[str, str], list[Base]] = defaultdict(list)
         for chain in chains:
@@ -205,22 +261,29 @@ class RuleSet:
             if at == hook:
                 yield from (b for b in bases if b.chain.hook_type == hook_type)
 
-    def walk(self, key: GroupKey, chain: str, path: tuple[Match, ...] = (),
-             seen: frozenset[str] = frozenset()) -> Iterator[tuple[Rule, tuple[Match, ...]]]:
-        """Every non-jump rule reachable from chain, with the matches on the way to it."""
+    def walk(self, key: GroupKey, chain: str, targets: frozenset[str]) -> list[tuple[Rule, tuple[Match, ...]]]:
+        """Every rule reachable from chain whose target is one of targets (verdicts or
+        rewrites, never chains), in the kernel's order, with the matches on the way to its
+        chain (its own not included: one path serves every rule of a chain)."""
+        found: list[tuple[Rule, tuple[Match, ...]]] = []
+        self._walk(key, chain, targets, (), frozenset(), found)
+        return found
+
+    def _walk(self, key: GroupKey, chain: str, targets: frozenset[str], path: tuple[Match, ...],
+              seen: frozenset[str], found: list[tuple[Rule, tuple[Match, ...]]]) -> None:
         if len(seen) >= MAX_DEPTH:
             return
         seen = seen | {chain}
         for rule in self.chain(key, chain):
-            if rule.target == "VMAP":
+            target = rule.target
+            if target in targets:
+                found.append((rule, path))
+            elif target == "VMAP":
                 for sub, condition in vmap_jumps(rule):
                     if self.is_chain(key, sub) and sub not in seen:
-                        yield from self.walk(key, sub, path + without_vmap(rule) + (condition,), seen)
-            elif self.is_chain(key, rule.target):
-                if rule.target not in seen:
-                    yield from self.walk(key, rule.target, path + rule.matches, seen)
-            else:
-                yield rule, path + rule.matches
+                        self._walk(key, sub, targets, path + without_vmap(rule) + (condition,), seen, found)
+            elif self.is_chain(key, target) and target not in seen:
+                self._walk(key, target, targets, path + rule.matches, seen, found)
 
 
 def vmap_option(rule: Rule) -> str:

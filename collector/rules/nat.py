@@ -16,11 +16,8 @@ parsers and the matcher are the shared ones of collector/rules.
 """
 from __future__ import annotations
 
-import ipaddress
 from collections import defaultdict
-from collections.abc import Callable
 from dataclasses import dataclass, replace
-from functools import lru_cache
 
 from bridgescope.collector.model import (
     Chain,
@@ -38,11 +35,12 @@ from bridgescope.collector.rules.model import (
     Match,
     RuleSet,
     address,
+    address_number,
     canonical,
-    canonical_ip,
-    network,
+    host_text,
     parse_destination,
     port_spans,
+    span,
     spellings,
 )
 
@@ -84,101 +82,130 @@ def _interpret(rules: tuple[Rule, ...], chains: tuple[Chain, ...], interfaces: t
     tables = RuleSet(rules, chains)
     where = _locator(interfaces)
     filters = _ForwardFilter(tables, where.bridge_names())
+    dnats, masquerading, unreached = _nat_rules(tables)
     forwards: list[PortForward] = []
     warnings: list[str] = []
-    for rule, reach in _dnat_rules(tables):
-        made, problem = forwards_of(rule, reach)
+    on_path: dict[int, _Conditions] = {}  # by id: the rules of one chain share their path
+    for rule, reachable, path in dnats:
+        outer = on_path.get(id(path))
+        if outer is None:
+            outer = on_path[id(path)] = _conditions(path)
+        problem = _forwards_of(rule, reachable, _conditions(rule.matches, outer), where, filters,
+                               forwards)
         if problem:
             warnings.append(problem)
-        forwards.extend(built(PortForward, _resolve(f, rule, where, filters)) for f in made)
-    forwards.extend(replace(p, **_resolve(vars(p), None, where, None)) for p in proxies)
-    masquerades, unreached = _masquerades(tables)
+    for proxy in proxies:
+        _, container, to_interface = _landing(proxy.to_ip, proxy.netns, where)
+        forwards.append(replace(proxy, container=container, to_interface=to_interface,
+                                forward_accept=None))
+    masquerades = [_masquerade(rule, path + rule.matches) for rule, path in masquerading]
+    masquerades.sort(key=lambda m: (m.netns, m.backend, m.source or "", m.chain or ""))
     warnings.extend(f"{r.backend} rule `{r.text}` in {r.netns} ({r.table}/{r.chain}) is never "
                     f"reached from POSTROUTING, so it masquerades nothing" for r in unreached)
     forwards.sort(key=lambda f: (f.netns, f.proto, f.host_port, f.host_ip or "", f.via, f.backend))
     return NatView(tuple(forwards), tuple(masquerades), tuple(warnings))
 
 
-# -- DNAT -> port forwards -----------------------------------------------------------------
+# -- which NAT rules a packet reaches, and how ---------------------------------------------
 
-@dataclass(frozen=True)
-class _Reach:
-    """How a DNAT rule is reached: path matches from prerouting and from output (or None)."""
-    prerouting: tuple[Match, ...] | None = None
-    output: tuple[Match, ...] | None = None
+_DNAT = frozenset({"DNAT"})
+_SOURCE_NAT = frozenset({"MASQUERADE", "SNAT"})
+_NatRules = tuple[list[tuple[Rule, bool, tuple[Match, ...]]], list[tuple[Rule, tuple[Match, ...]]],
+                  list[Rule]]
 
 
-def _dnat_rules(tables: RuleSet) -> list[tuple[Rule, _Reach]]:
-    found: dict[int, tuple[Rule, dict[str, tuple[Match, ...]]]] = {}  # by id: Rule hashes slowly
+def _nat_rules(tables: RuleSet) -> _NatRules:
+    """The DNATs, each with whether PREROUTING reaches it and the path it is reached by
+    (PREROUTING's, else OUTPUT's, else none: a DNAT no base chain leads to is reported too);
+    the MASQUERADE/SNATs POSTROUTING reaches, with their paths; and those it does not."""
+    dnats: dict[int, tuple[Rule, bool, tuple[Match, ...]]] = {}  # by id: Rule hashes slowly
     for hook in ("prerouting", "output"):
         for base in tables.all_bases(hook, "nat"):
-            for rule, path in tables.walk(base.key, base.chain.name):
-                if rule.target == "DNAT":
-                    found.setdefault(id(rule), (rule, {}))[1].setdefault(hook, path)
-    for by_chain in tables.rules.values():  # DNATs no base chain leads to
+            for rule, path in tables.walk(base.key, base.chain.name, _DNAT):
+                dnats.setdefault(id(rule), (rule, hook == "prerouting", path))
+    masquerading: dict[int, tuple[Rule, tuple[Match, ...]]] = {}
+    for base in tables.all_bases("postrouting", "nat"):
+        for rule, path in tables.walk(base.key, base.chain.name, _SOURCE_NAT):
+            masquerading.setdefault(id(rule), (rule, path))
+    unreached: list[Rule] = []
+    for by_chain in tables.rules.values():  # one pass for what no base chain leads to
         for chain_rules in by_chain.values():
             for rule in chain_rules:
-                if rule.target == "DNAT" and id(rule) not in found:
-                    found[id(rule)] = (rule, {})
-    return [(rule, built(_Reach, {"prerouting": paths.get("prerouting"), "output": paths.get("output")}))
-            for rule, paths in found.values()]
+                if rule.target == "DNAT":
+                    dnats.setdefault(id(rule), (rule, False, ()))
+                elif rule.target in _SOURCE_NAT and id(rule) not in masquerading:
+                    unreached.append(rule)
+    return list(dnats.values()), list(masquerading.values()), unreached
 
 
-def forwards_of(rule: Rule, reach: _Reach) -> tuple[list[dict], str | None]:
-    """One DNAT rule (and how it is reached) -> its forwards (PortForward fields), or a
+# -- DNAT -> port forwards -----------------------------------------------------------------
+
+# What a DNAT's path asks of a packet: protocol, destination ports (a match's text), host
+# address; None where nothing asks
+_Conditions = tuple[str | None, str | None, str | None]
+_NOTHING: _Conditions = (None, None, None)
+_ANY_PORT = ((0, None),)
+
+
+def _forwards_of(rule: Rule, reachable: bool, conditions: _Conditions, where: _Locator,
+                 filters: _ForwardFilter, forwards: list[PortForward]) -> str | None:
+    """One DNAT rule (and what its path asks for) -> its forwards, added to forwards; or a
     problem in words."""
-    path = reach.prerouting if reach.prerouting is not None else (
-        reach.output if reach.output is not None else rule.matches)
-    dest = dict(rule.target_args).get("--to-destination", "")
+    dest = _target_arg(rule, "--to-destination")
     parsed = parse_destination(dest)
     if parsed is None:
-        return [], (f"cannot understand DNAT destination {dest!r} of `{rule.text}` in "
-                    f"{rule.netns}; that forward is not shown")
+        return (f"cannot understand DNAT destination {dest!r} of `{rule.text}` in "
+                f"{rule.netns}; that forward is not shown")
     to_ip, to_lo, to_hi = parsed
-    proto, spans, host_ip = _conditions(path)
+    proto, ports, host_ip = conditions
+    spans = port_spans(ports) if ports is not None else _ANY_PORT
     if None in spans:
-        return [], f"cannot understand the ports of `{rule.text}` in {rule.netns}; that forward is not shown"
-    forwards = []
+        return f"cannot understand the ports of `{rule.text}` in {rule.netns}; that forward is not shown"
+    netns = rule.netns
+    target, container, to_interface = _landing(to_ip, netns, where)
+    filtered = filters.filtered(netns)
     for host_lo, host_hi in spans:
-        forwards.append(dict(
-            netns=rule.netns, proto=proto, host_ip=host_ip, host_port=host_lo,
-            host_port_end=host_hi, to_ip=to_ip, to_port=to_lo if to_lo is not None else host_lo,
-            to_port_end=to_hi if to_lo is not None else host_hi, owner=rule.owner,
-            backend=rule.backend, reachable=reach.prerouting is not None,
-            chain=rule.chain, rule_text=rule.text))
-    return forwards, None
+        fields = {
+            "netns": netns, "proto": proto or "all", "host_ip": host_ip, "host_port": host_lo,
+            "host_port_end": host_hi, "to_ip": to_ip,
+            "to_port": to_lo if to_lo is not None else host_lo,
+            "to_port_end": to_hi if to_lo is not None else host_hi, "owner": rule.owner,
+            "backend": rule.backend, "reachable": reachable, "chain": rule.chain,
+            "rule_text": rule.text, "container": container, "to_interface": to_interface,
+            "forward_accept": True}  # nothing filters forwarded traffic, unless:
+        if filtered:
+            fields["forward_accept"] = filters.accepts(fields, rule, where.bridge_to(to_ip, netns, target))
+        forwards.append(built(PortForward, fields))
+    return None
 
 
-_PROTO, _DPORT, _PORTS, _DEST = spellings("-p"), spellings("--dport"), spellings("--ports"), spellings("-d")
+def _target_arg(rule: Rule, name: str) -> str:
+    """The value of a target option (the last, if given twice), else ""."""
+    for option, value in reversed(rule.target_args):
+        if option == name:
+            return value
+    return ""
 
 
-def _conditions(path: tuple[Match, ...]) -> tuple[str, list[tuple[int, int | None] | None], str | None]:
-    """(protocol, destination port spans, host address) a DNAT's path asks for: each the
-    innermost non-negated one (the rule's own matches end the path), in one pass; a host
+_PROTO, _DEST = spellings("-p"), spellings("-d")
+_PORTS = spellings("--dport") | spellings("--ports")
+_ASKED = _PROTO | _PORTS | _DEST
+
+
+def _conditions(matches: tuple[Match, ...], outer: _Conditions = _NOTHING) -> _Conditions:
+    """(protocol, destination ports, host address) that matches ask for: each the innermost
+    (last) non-negated one, in one pass, else outer's (what the path to them asks); a host
     `-d` that names no single address or network (0/0, junk) is passed over."""
-    proto = spans = host = None
-    for opt, args, negated in reversed(path):
-        if negated or not args:
-            continue
-        if opt in _PROTO:
-            proto = proto if proto is not None else args[0]
-        elif opt in _DPORT or opt in _PORTS:
-            spans = spans if spans is not None else port_spans(args[0])
-        elif host is None and opt in _DEST:
-            host = _host_text(args[0])
-    return proto or "all", spans or [(0, None)], host
-
-
-@lru_cache(maxsize=65536)
-def _host_text(cidr: str) -> str | None:
-    """`192.0.2.10/32` -> `192.0.2.10`; a wider prefix stays a CIDR; 0/0 and junk -> None."""
-    address, slash, bits = cidr.partition("/")
-    if bits in ("32", "") and canonical_ip(address) == address and "." in address:
-        return address
-    net = network(cidr)
-    if net is None or net.prefixlen == 0:
-        return None
-    return str(net.network_address) if net.prefixlen == net.max_prefixlen else str(net)
+    proto, ports, host = outer
+    for opt, args, negated in matches:
+        if opt in _ASKED and args and not negated:
+            if opt in _PROTO:
+                proto = args[0]
+            elif opt in _PORTS:
+                ports = args[0]
+            else:
+                host = host_text(args[0]) or host
+    return proto, ports, host
 
 
 # -- where a forward lands ------------------------------------------------------------------
@@ -236,25 +263,24 @@ class _Locator:
         if peer is not None and peer.netns == netns:
             master = self.by_id.get(peer.master) if peer.master else None
             return master.name if master else peer.name
-        address = ipaddress.ip_address(ip)
+        number = address_number(ip)
+        if number is None:
+            raise ValueError(f"{ip!r} is not an IP address")
         for bridge in self.bridges.get(netns, []):
             for cidr in bridge.addresses:
-                net = network(cidr)
-                if net is not None and net.version == address.version and address in net:
+                net = span(cidr)
+                if net is not None and net[0] == number[0] and net[1] <= number[1] <= net[2]:
                     return bridge.name
         return None
 
 
-def _resolve(forward: dict, rule: Rule | None, where: _Locator,
-             filters: _ForwardFilter | None) -> dict:
-    """Add where a forward lands (container, interface) and the FORWARD verdict."""
-    netns, to_ip = forward["netns"], forward["to_ip"]
+def _landing(to_ip: str, netns: str, where: _Locator) -> tuple[Interface | None, str | None, str | None]:
+    """Where a forward to to_ip lands: the interface, and the forward's container and
+    to_interface."""
     target = where.owner(to_ip, netns)
-    accept = None
-    if filters is not None and rule is not None:
-        accept = filters.accepts(forward, rule, lambda: where.bridge_to(to_ip, netns, target))
-    return {**forward, "container": target.netns if target and target.netns != netns else None,
-            "to_interface": target.id if target else None, "forward_accept": accept}
+    if target is None:
+        return None, None, None
+    return target, target.netns if target.netns != netns else None, target.id
 
 
 # -- FORWARD verdicts ----------------------------------------------------------------------
@@ -265,7 +291,8 @@ def forward_packet(forward: dict | PortForward, rule: Rule | None, out: str | No
     some uplink (none of the namespace's bridges), leaving by bridge `out` (None: unknown)."""
     get = forward.get if isinstance(forward, dict) else lambda name: getattr(forward, name)
     dst = get("to_ip")
-    return Packet(address(dst).version, get("proto"), dst, get("to_port"),
+    number = address_number(dst)
+    return Packet(number[0] if number else address(dst).version, get("proto"), dst, get("to_port"),
                   oif=out, not_iif=bridges | ({out} if out else set()), src_remote=True,
                   bridges=bridges, ctstate=frozenset({"NEW", "DNAT"}),
                   ctmark=_ctmark(rule) if rule is not None else 0)
@@ -289,12 +316,11 @@ class _ForwardFilter:
             known = self.has_bases[netns] = bool(self.tables.bases(netns, "forward"))
         return known
 
-    def accepts(self, forward: dict, rule: Rule, bridge: Callable[[], str | None]) -> bool | None:
-        """True/False when every forward-hook base chain accepts/one drops; None: unsure."""
+    def accepts(self, forward: dict, rule: Rule, bridge: str | None) -> bool | None:
+        """True/False when every forward-hook base chain accepts/one drops; None: unsure.
+        Asked only where a base chain sits on the forward hook (`filtered`)."""
         netns = forward["netns"]
-        if not self.filtered(netns):
-            return True  # nothing filters forwarded traffic here
-        packet = forward_packet(forward, rule, bridge(), self.bridges.get(netns, frozenset()))
+        packet = forward_packet(forward, rule, bridge, self.bridges.get(netns, frozenset()))
         key = (netns, packet)
         if key not in self.cache:
             verdict = forward_verdict(self.tables, netns, packet).verdict
@@ -316,31 +342,22 @@ def _ctmark(rule: Rule) -> int:
 
 # -- masquerades -----------------------------------------------------------------------------
 
-def _masquerades(tables: RuleSet) -> tuple[list[Masquerade], list[Rule]]:
-    reached: dict[Rule, tuple[Match, ...]] = {}
-    for base in tables.all_bases("postrouting", "nat"):
-        for rule, path in tables.walk(base.key, base.chain.name):
-            if rule.target in ("MASQUERADE", "SNAT") and rule not in reached:
-                reached[rule] = path
-    found = [_masquerade(rule, path) for rule, path in reached.items()]
-    unreached = [rule for by_chain in tables.rules.values() for chain_rules in by_chain.values()
-                 for rule in chain_rules
-                 if rule.target in ("MASQUERADE", "SNAT") and rule not in reached]
-    found.sort(key=lambda m: (m.netns, m.backend, m.source or "", m.chain or ""))
-    return found, unreached
+_MASQUERADE_ASKS = frozenset({"-d", "-s", "-o"})
 
 
 def _masquerade(rule: Rule, path: tuple[Match, ...]) -> Masquerade:
-    def pick(option: str, negated: bool) -> str | None:
-        for opt, args, neg in reversed(path):
-            if canonical(opt) == option and args and neg == negated:
-                return args[0]
-        return None
-    dest, dest_not = pick("-d", False), False
+    """What a MASQUERADE/SNAT's path asks (each the innermost), read in one pass."""
+    asks: dict[tuple[str, bool], str] = {}  # (option, negated) -> value; inner ones come later
+    for opt, args, negated in path:
+        name = canonical(opt)
+        if name in _MASQUERADE_ASKS and args:
+            asks[(name, negated)] = args[0]
+    dest, dest_not = asks.get(("-d", False)), False
     if dest is None:
-        dest = pick("-d", True)
+        dest = asks.get(("-d", True))
         dest_not = dest is not None
-    return Masquerade(netns=rule.netns, source=pick("-s", False), out_not=pick("-o", True),
-                      owner=rule.owner, backend=rule.backend, out=pick("-o", False),
-                      to_source=dict(rule.target_args).get("--to-source"), destination=dest,
-                      dest_not=dest_not, chain=rule.chain, rule_text=rule.text)
+    return built(Masquerade, {
+        "netns": rule.netns, "source": asks.get(("-s", False)), "out_not": asks.get(("-o", True)),
+        "owner": rule.owner, "backend": rule.backend, "out": asks.get(("-o", False)),
+        "to_source": dict(rule.target_args).get("--to-source"), "destination": dest,
+        "dest_not": dest_not, "chain": rule.chain, "rule_text": rule.text})
