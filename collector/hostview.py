@@ -150,10 +150,6 @@ def _parse_v4(addresses: tuple[str, ...]) -> tuple[IPv4Interface, ...]:
     return tuple(out)
 
 
-def ipv4_routes(snap: Snapshot, ns_id: str) -> tuple[Route, ...]:
-    return tuple(r for r in snap.routes if r.netns == ns_id and r.family == 4)
-
-
 def is_default(route: Route) -> bool:
     return route.dst in ("default", "0.0.0.0/0")
 

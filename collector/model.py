@@ -8,7 +8,7 @@ for the same kernel objects.
 from __future__ import annotations
 
 import gc
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import MISSING, dataclass, fields, is_dataclass
 from typing import Any, TypeVar
@@ -247,6 +247,3 @@ def to_plain(obj: Any) -> Any:
         return {k: to_plain(v) for k, v in obj.items()}
     return obj
 
-
-def sorted_unique(items: Iterable[str]) -> tuple[str, ...]:
-    return tuple(sorted(set(items)))

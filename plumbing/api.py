@@ -168,10 +168,6 @@ def exec_in_container(name: str, argv: Sequence[str], *, host: str | None = None
         raise PlumbingError(f"run {argv[0]} in {name}", str(err)) from None
 
 
-def container_netns_path(name: str, *, host: str | None = None) -> str:
-    return f"{netns.NETNS_DIR}/{plan.require_container(load_state(host), name).netns}"
-
-
 @_in_session
 def restore(*, host: str | None = None, firewall: str = "auto", dry_run: bool = False) -> Result:
     """Make the kernel match the saved desired state (after a reboot, a crash or a flush):

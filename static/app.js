@@ -460,7 +460,7 @@ function applyGraph(event) {
 }
 
 function showStatus(cy, ms) {
-  let namespaces = cy.nodes('[kind = "namespace"]').not(".unrelated").length;
+  let namespaces = cy.nodes('[kind = "namespace"]').length;
   for (const members of state.folded.values()) for (const e of members.values()) if (e.data.kind === "namespace") namespaces += 1;
   const hidden = state.showUnrelated || !state.unrelatedCount ? "" : ` (${state.unrelatedCount} unrelated hidden)`;
   const folded = state.folded.size ? ` · ${state.folded.size} bridge${state.folded.size > 1 ? "s" : ""} folded` : "";

@@ -24,14 +24,13 @@ PAD = 60.0  # inside a host box, around its picture
 FOLD_AT = 6  # more hosts than this: each folds into one summary node unless opened
 FOLDED_SIZE = (260.0, 80.0)
 EDGE = (80.0, 80.0)  # beyond the outermost nodes' centres: half their boxes and labels, both sides
-STATES = ("connecting", "live", "reconnecting", "stale")
 
 
 @dataclass(frozen=True)
 class HostView:
     """What the dashboard knows of one agent's host at one moment."""
     name: str
-    state: str = "connecting"  # one of STATES
+    state: str = "connecting"  # connecting, live, reconnecting or stale
     elements: tuple[dict, ...] = ()  # the agent's own, as its last graph and deltas left them
     stale_since: float | None = None  # epoch seconds; set while state is reconnecting/stale
     counts: Mapping[str, int] = field(default_factory=dict)  # doctor findings by severity
@@ -44,12 +43,6 @@ def host_box_id(name: str) -> str:
 
 def prefixed(name: str, element_id: str) -> str:
     return f"{name}/{element_id}"
-
-
-def split_id(merged_id: str) -> tuple[str, str]:
-    """`host/element` -> (host, element); host names never hold a slash (see valid_name)."""
-    host, _, rest = merged_id.partition("/")
-    return host, rest
 
 
 def valid_name(name: str) -> bool:
