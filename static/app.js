@@ -531,7 +531,7 @@ function applyDelta(delta) {
   applySearch();
   statusSoon(cy, Math.round(performance.now() - t0));
   window.bridgescopeLastDelta = { version: delta.version, at: performance.now() };
-  // panels.js (open panel, status line, form choices) follows the kernel from here
+  // panels.js (open panel, form choices) follows the kernel from here
   document.dispatchEvent(new CustomEvent("bridgescope:delta", { detail: delta }));
 }
 

@@ -71,8 +71,9 @@ def _takes(listener: Listener, t: ForwardTarget) -> bool:
 def port_taken(view: HostView, forwards: tuple[ForwardTarget, ...],
                listeners: ListenerRead) -> tuple[Finding, ...]:
     """A program in the host listening on a forward's host port. Our DNAT binds no port, so
-    nothing stopped it: connections from outside still go to the container, but the host's
-    own connections to the port (and any the DNAT does not catch) reach that program."""
+    nothing stopped it; the DNAT catches connections from outside and the host's own ones
+    alike (OUTPUT jumps for local addresses), so the program sees only what no DNAT
+    catches."""
     host = view.host
     if host is None or not listeners.known(host.id):
         return ()
