@@ -342,6 +342,7 @@ BAD_BODIES = [
     ("POST", {"target": "c2", "mapping": "8092:80", "actor": 5}, 400),
     ("DELETE", {"target": "c2"}, 400),
     ("POST", {"target": "nosuchcontainer", "mapping": "8092:80"}, 404),
+    ("DELETE", {"target": "nosuchcontainer", "mapping": "8092:80"}, 404),
     ("POST", {"target": "c2", "mapping": "8080:80"}, 409),  # c1 publishes 8080 already
     ("DELETE", {"target": "c2", "mapping": "8093:80"}, 409),  # no such forward
 ]

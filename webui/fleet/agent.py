@@ -307,7 +307,7 @@ def forward_body(body: Any) -> tuple[str, str, str | None]:
 def _change(action: str, ok_status: int) -> Response:
     from bridgescope.collector.errors import BridgescopeError
     from bridgescope.plumbing import validate
-    from bridgescope.plumbing.errors import ValidationError
+    from bridgescope.plumbing.errors import UnknownContainer, ValidationError
     from bridgescope.webui.changes import perform, refused
 
     rt = agent_runtime()
@@ -325,8 +325,7 @@ def _change(action: str, ok_status: int) -> Response:
     try:
         result = perform(action, {"container": target, "spec": mapping}, dry_run=False, client=client)
     except ValidationError as err:
-        gone = err.field == "container" and err.message.startswith("no container")
-        return _error(404 if gone else 409, str(err))
+        return _error(404 if isinstance(err, UnknownContainer) else 409, str(err))
     except BridgescopeError as err:
         return _error(409, str(err))
     forward = {"target": target, "mapping": mapping,
