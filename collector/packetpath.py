@@ -16,9 +16,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from ipaddress import IPv4Address
 
+from bridgescope.collector.errors import NamespaceNotFound
 from bridgescope.collector.hostview import ipv4_addresses
 from bridgescope.collector.kernel import listeners as kernel_listeners
 from bridgescope.collector.kernel.listeners import ListenerRead
+from bridgescope.collector.kernel.namespaces import open_path
 from bridgescope.collector.kernel.routelookup import RouteAnswer, RouteLookup
 from bridgescope.collector.model import Interface, Namespace, Rule, Snapshot, masquerade_id, portforward_id
 from bridgescope.collector.rules.evaluator import DROP, ChainRun, describe, run_hook
@@ -292,13 +294,13 @@ def _ns_name(snap: Snapshot, ns_id: str) -> str:
 
 
 def namespace_paths(snap: Snapshot) -> dict[str, str]:
-    """Where to open each namespace for route lookups (the host may be the current one)."""
+    """Where to open each namespace (namespaces.open_path), for those that can still be."""
     out = {}
     for ns in snap.namespaces:
-        if ns.paths:
-            out[ns.id] = ns.paths[0]
-        elif ns.pids:
-            out[ns.id] = f"/proc/{ns.pids[0]}/ns/net"
+        try:
+            out[ns.id] = open_path(ns)
+        except NamespaceNotFound:
+            continue
     return out
 
 

@@ -19,10 +19,8 @@ from dataclasses import dataclass
 
 from bridgescope.collector.doctor import ForwardTarget, diagnose
 from bridgescope.collector.doctor.finding import SEVERITIES, Finding
-from bridgescope.collector.kernel import listeners as kernel_listeners
-from bridgescope.collector.kernel.listeners import ListenerRead
+from bridgescope.collector.kernel.listeners import ListenerRead, read_namespaces
 from bridgescope.collector.model import PortForward, Snapshot
-from bridgescope.collector.packetpath import namespace_paths
 from bridgescope.collector.rules.reach import ForwardReach, Verdict, namespaces_to_poll, reach
 
 log = logging.getLogger(__name__)
@@ -110,7 +108,7 @@ class Verdicts:
                 if now - last_run < BATCH:  # batch a burst of changes into one run
                     time.sleep(BATCH - (now - last_run))
                     snap = self.source.snapshot
-                fresh = _listeners(snap)
+                fresh = verdict_listeners(snap)
                 next_listen = time.monotonic() + LISTEN_POLL
                 if snap is seen and listeners is not None and fresh.by_ns == listeners.by_ns:
                     listeners = fresh
@@ -141,10 +139,11 @@ class Verdicts:
                     pass
 
 
-def _listeners(snap: Snapshot) -> ListenerRead:
-    paths = namespace_paths(snap)
+def verdict_listeners(snap: Snapshot) -> ListenerRead:
+    """The listening sockets the verdicts need (every forward's container and the host): the
+    worker and `bridgescope doctor` read the same ones, so they find the same things."""
     wanted = namespaces_to_poll(snap)
-    return kernel_listeners.read({ns: p for ns, p in paths.items() if ns in wanted})
+    return read_namespaces(ns for ns in snap.namespaces if ns.id in wanted)
 
 
 # ---- one worker per source, per app ------------------------------------------------------

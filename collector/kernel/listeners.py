@@ -12,10 +12,12 @@ from __future__ import annotations
 import socket
 import struct
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
+from bridgescope.collector.errors import NamespaceNotFound
 from bridgescope.collector.kernel import setns
+from bridgescope.collector.kernel.namespaces import open_path
 from bridgescope.collector.kernel.rtnl import (
     NLM_F_DUMP,
     NLM_F_REQUEST,
@@ -24,6 +26,7 @@ from bridgescope.collector.kernel.rtnl import (
     messages,
     request,
 )
+from bridgescope.collector.model import Namespace
 
 NETLINK_SOCK_DIAG = 4
 SOCK_DIAG_BY_FAMILY = 20
@@ -50,6 +53,18 @@ class ListenerRead:
 
     def known(self, ns_id: str) -> bool:
         return ns_id in self.by_ns
+
+
+def read_namespaces(namespaces: Iterable[Namespace]) -> ListenerRead:
+    """The listening sockets of these namespaces; one that cannot be opened is an error."""
+    paths, errors = {}, {}
+    for ns in namespaces:
+        try:
+            paths[ns.id] = open_path(ns)
+        except NamespaceNotFound as err:
+            errors[ns.id] = str(err)
+    found = read(paths)
+    return ListenerRead(found.by_ns, found.read_at, {**found.errors, **errors})
 
 
 def read(paths: Mapping[str, str]) -> ListenerRead:
