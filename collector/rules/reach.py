@@ -58,6 +58,22 @@ class ForwardReach:
     def verdict(self, source: str) -> Verdict | None:
         return next((v for v in self.verdicts if v.source == source), None)
 
+    def meant(self) -> tuple[Verdict, ...]:
+        """The verdicts of the sources the forward is published for (meant_sources)."""
+        sources = meant_sources(self.forward.host_ip)
+        return tuple(v for v in self.verdicts if v.source in sources)
+
+
+def meant_sources(host_ip: str | None) -> tuple[str, ...]:
+    """Who a forward is published for: everyone when it is bound to no address; only the
+    host's 127.0.0.1 when bound there (`-p 127.0.0.1:8080:80`); everyone but 127.0.0.1 when
+    bound to another address. Refusing the rest is what the binding asks for, not a fault."""
+    if not host_ip or host_ip in _ANY:
+        return SOURCES
+    if host_ip.startswith("127."):
+        return (LOOPBACK,)
+    return tuple(s for s in SOURCES if s != LOOPBACK)
+
 
 # ---- listeners ------------------------------------------------------------------------------
 
