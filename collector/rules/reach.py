@@ -20,7 +20,7 @@ from dataclasses import dataclass, replace
 from ipaddress import IPv4Address, IPv4Network
 
 from bridgescope.collector.hostview import HostView, host_view, ipv4_addresses, is_default
-from bridgescope.collector.kernel.listeners import Listener, ListenerRead
+from bridgescope.collector.kernel.listeners import ListenerRead
 from bridgescope.collector.model import Interface, PortForward, Snapshot, portforward_id
 from bridgescope.collector.rules.evaluator import ACCEPT, DROP, HookRun, describe, run_hook
 from bridgescope.collector.rules.matcher import Packet
@@ -82,13 +82,7 @@ def listens(listeners: ListenerRead | None, ns_id: str | None, proto: str, addr:
     """Does a socket in ns_id take proto connections to addr:port? None: not known."""
     if listeners is None or ns_id is None or not listeners.known(ns_id):
         return None
-    return any(_serves(s, proto, addr, port) for s in listeners.by_ns[ns_id])
-
-
-def _serves(sock: Listener, proto: str, addr: str | None, port: int) -> bool:
-    return sock.proto == proto and sock.port == port and (
-        sock.address in _ANY or addr is None or sock.address == addr
-        or sock.address == f"::ffff:{addr}")
+    return any(s.holds(proto, addr, port) for s in listeners.by_ns[ns_id])
 
 
 def namespaces_to_poll(snap: Snapshot) -> frozenset[str]:
