@@ -13,7 +13,7 @@ import pytest
 from live_recording import load
 
 from bridgescope.collector.kernel.snapshot import assemble
-from bridgescope.collector.live.incremental import Picture, Reads, advance, needs_nsids
+from bridgescope.collector.live.incremental import LiveState, Reads, advance, needs_nsids
 from bridgescope.collector.render.graph import to_elements
 
 STAGES = load(str(Path(__file__).parent / "data" / "live_reads.json"))
@@ -22,14 +22,14 @@ C1 = next(n for n, ns in STAGES["start"]["namespaces"].items() if ns.name.endswi
 C2 = next(n for n, ns in STAGES["container"]["namespaces"].items() if ns.name.endswith("-c2"))
 
 
-def started() -> Picture:
+def started() -> LiveState:
     s = STAGES["start"]
-    picture, _ = advance(Picture(firewall=False), Reads(taken_at=1.0, namespaces=s["namespaces"],
+    picture, _ = advance(LiveState(firewall=False), Reads(taken_at=1.0, namespaces=s["namespaces"],
                                                         dumps=s["reads"], nsids=s["nsids"]))
     return picture
 
 
-def step(picture: Picture, stage: str, ns_ids: list[str], *, discovery: bool = False):
+def step(picture: LiveState, stage: str, ns_ids: list[str], *, discovery: bool = False):
     s = STAGES[stage]
     return advance(picture, Reads(taken_at=2.0, namespaces=s["namespaces"] if discovery else None,
                                   dumps={n: s["reads"][n] for n in ns_ids},

@@ -60,7 +60,7 @@ def _names(snap: Snapshot) -> dict[str, str]:
 
 
 @dataclass(frozen=True)
-class Scope:
+class TableScope:
     """Which rows to list: the served host only (default) or every namespace; with or
     without bridgescope's shard scaffolding."""
     every_namespace: bool = False
@@ -77,11 +77,11 @@ def is_scaffolding(rule: Rule) -> bool:
     return rule.target in SHARD_CHAINS or rule.comment == f"{TAG}{SHARD_TAG}"
 
 
-def _in_scope(netns: str, host: str | None, scope: Scope) -> bool:
+def _in_scope(netns: str, host: str | None, scope: TableScope) -> bool:
     return scope.every_namespace or host is None or netns == host
 
 
-def rule_rows(snap: Snapshot, table: str = "nat", scope: Scope = Scope()) -> list[RuleRow]:
+def rule_rows(snap: Snapshot, table: str = "nat", scope: TableScope = TableScope()) -> list[RuleRow]:
     names, host = _names(snap), served_host(snap)
     return [RuleRow(names.get(r.netns, r.netns), r.backend, r.table, r.chain, r.text, r.owner,
                     r.packets, r.bytes)
@@ -97,7 +97,7 @@ def container_side(pf: PortForward) -> str:
     return f"{pf.to_ip}:{pf.to_port}" + (f"-{pf.to_port_end}" if pf.to_port_end else "")
 
 
-def forward_rows(snap: Snapshot, scope: Scope = Scope(), listeners: ListenerRead | None = None,
+def forward_rows(snap: Snapshot, scope: TableScope = TableScope(), listeners: ListenerRead | None = None,
                  verdicts_of: Iterable[ForwardReach] | None = None) -> list[ForwardRow]:
     """Each forward with its verdicts from outside and from the host (the host's DNAT
     forwards have them; a proxy's or another namespace's show a dash); `verdicts_of` are the
@@ -140,7 +140,7 @@ def index() -> str:
     snap = runtime().source.snapshot
     q, table = request.args.get("q", ""), request.args.get("table", "nat")
     table = table if table in TABLE_CHOICES else "nat"
-    scope = Scope(every_namespace=request.args.get("every") == "1",
+    scope = TableScope(every_namespace=request.args.get("every") == "1",
                   scaffolding=request.args.get("scaffolding") == "1")
     latest = verdicts.for_source(runtime().source).latest()
     listeners = latest.listeners if latest else None  # the ones the panels' verdicts read

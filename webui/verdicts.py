@@ -29,14 +29,14 @@ TICK, BATCH, LISTEN_POLL = 0.1, 0.3, 2.0
 
 
 @dataclass(frozen=True)
-class Result:
+class Checkup:
     snapshot: Snapshot
     findings: tuple[Finding, ...]
     reach: tuple[ForwardReach, ...]
     listeners: ListenerRead | None
 
 
-def event_of(result: Result) -> dict:
+def event_of(result: Checkup) -> dict:
     """The stream's "doctor" event: counts by severity, findings' object ids, verdicts."""
     counts = {s: sum(f.severity == s for f in result.findings) for s in SEVERITIES}
     return {"type": "doctor", "counts": counts,
@@ -59,14 +59,14 @@ class Verdicts:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._wake = threading.Event()
-        self._latest: Result | None = None
+        self._latest: Checkup | None = None
         self._event: dict | None = None
         self._thread = threading.Thread(target=self._run, name="bridgescope-verdicts", daemon=True)
         self._thread.start()
 
     # -- readers -----------------------------------------------------------------------
 
-    def latest(self, wait: float = 2.0) -> Result | None:
+    def latest(self, wait: float = 2.0) -> Checkup | None:
         """The newest result; waits for the first one up to `wait` seconds."""
         deadline = time.monotonic() + wait
         while self._latest is None and time.monotonic() < deadline and not self._stop.is_set():
@@ -119,15 +119,15 @@ class Verdicts:
                 log.exception("verdicts: a run failed; the next change runs again")
                 seen = None
 
-    def _compute(self, snap: Snapshot, listeners: ListenerRead) -> Result:
+    def _compute(self, snap: Snapshot, listeners: ListenerRead) -> Checkup:
         try:
             owned, forwards = self.owned(), self.forwards()
         except Exception:  # the saved state may be mid-write: these wait for the next run
             owned, forwards = None, None
-        return Result(snap, diagnose(snap, owned, listeners, forwards), reach(snap, listeners),
+        return Checkup(snap, diagnose(snap, owned, listeners, forwards), reach(snap, listeners),
                       listeners)
 
-    def _publish(self, result: Result) -> None:
+    def _publish(self, result: Checkup) -> None:
         event = event_of(result)
         with self._lock:
             self._latest = result
@@ -194,13 +194,13 @@ def verdict_text(v: Verdict) -> str:
     return "reachable" if v.ok else f"not reachable ({v.outcome}): {v.reason}"
 
 
-def deaf_forwards(result: Result | None, ns_id: str) -> list[PortForward]:
+def deaf_forwards(result: Checkup | None, ns_id: str) -> list[PortForward]:
     """The forwards into ns_id whose destination port no program there listens on."""
     return [fr.forward for fr in (result.reach if result else ()) if fr.forward.container == ns_id
             and fr.listening is False]
 
 
-def verdict_rows(result: Result | None, element_id: str, kind: str) -> tuple[tuple[str, str], ...]:
+def verdict_rows(result: Checkup | None, element_id: str, kind: str) -> tuple[tuple[str, str], ...]:
     """A forward's panel: one row per source; a container's: its published ports nothing
     answers. Empty when the worker has not run yet."""
     from bridgescope.collector.rules.reach import SOURCE_LABELS

@@ -46,7 +46,7 @@ from bridgescope.collector.kernel.setns import libc
 from bridgescope.collector.kernel.snapshot import path_or_blank, read_firewall, vanished_warnings
 from bridgescope.collector.kernel.veth import likely_homes, resolve_nsids
 from bridgescope.collector.live.fanout import GraphFanout
-from bridgescope.collector.live.incremental import Picture, Reads, advance, needs_nsids
+from bridgescope.collector.live.incremental import LiveState, Reads, advance, needs_nsids
 from bridgescope.collector.live.spans import Spans
 from bridgescope.collector.model import Namespace, Snapshot
 
@@ -81,7 +81,7 @@ class Watcher:
         self.rescan_interval = rescan_interval
         self.heal_interval = heal_interval
         self.firewall = firewall
-        self._picture = Picture(firewall=firewall)
+        self._picture = LiveState(firewall=firewall)
         self._handles: dict[str, NamespaceHandle] = {}  # the loop's alone (before start: start's)
         self._by_fd: dict[int, str] = {}  # event socket -> its namespace, kept with the handles
         self._version = 0

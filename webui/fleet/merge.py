@@ -27,7 +27,7 @@ EDGE = (80.0, 80.0)  # beyond the outermost nodes' centres: half their boxes and
 
 
 @dataclass(frozen=True)
-class HostView:
+class FleetHost:
     """What the dashboard knows of one agent's host at one moment."""
     name: str
     state: str = "connecting"  # connecting, live, reconnecting or stale
@@ -94,7 +94,7 @@ def bounding_box(elements: Iterable[dict]) -> tuple[float, float, float, float] 
     return (min(xs), min(ys), max(xs), max(ys)) if xs else None
 
 
-def size_of(view: HostView, folded: bool) -> tuple[float, float]:
+def size_of(view: FleetHost, folded: bool) -> tuple[float, float]:
     """Room a host's box takes in the grid."""
     box = None if folded else bounding_box(related_only(view.elements))
     if box is None:
@@ -107,7 +107,7 @@ def containers_of(elements: Iterable[dict]) -> int:
     return sum(1 for e in elements if e["data"].get("kind") == "namespace" and e["data"].get("container") is True)
 
 
-def state_text(view: HostView) -> str:
+def state_text(view: FleetHost) -> str:
     """`live`, `reconnecting since 12:03:05`, `stale since 12:03:07` (the host list shows the
     age, ticking; the picture would need a delta a second for it)."""
     if view.state in ("reconnecting", "stale") and view.stale_since is not None:
@@ -121,7 +121,7 @@ def findings_text(counts: Mapping[str, int]) -> str:
     return ", ".join(parts) or "no problems"
 
 
-def host_box(view: HostView, origin: tuple[float, float], folded: bool) -> dict:
+def host_box(view: FleetHost, origin: tuple[float, float], folded: bool) -> dict:
     """The box holding a host's picture, or (folded) the one node standing for it."""
     status = state_text(view)
     data = {"id": host_box_id(view.name), "kind": "fleethost", "host": view.name, "state": view.state,
@@ -140,7 +140,7 @@ def host_box(view: HostView, origin: tuple[float, float], folded: bool) -> dict:
     return node
 
 
-def host_elements(view: HostView, origin: tuple[float, float], folded: bool) -> list[dict]:
+def host_elements(view: FleetHost, origin: tuple[float, float], folded: bool) -> list[dict]:
     """Everything of one host in the merged picture: its box first, then its elements."""
     box = host_box(view, origin, folded)
     if folded:
@@ -202,8 +202,8 @@ class Layout:
     folded: frozenset[str]
 
 
-def layout(views: Mapping[str, HostView], previous: Layout | None, opened: Iterable[str] = (),
-           fold_at: int = FOLD_AT, size: Callable[[HostView, bool], tuple[float, float]] = size_of) -> Layout:
+def layout(views: Mapping[str, FleetHost], previous: Layout | None, opened: Iterable[str] = (),
+           fold_at: int = FOLD_AT, size: Callable[[FleetHost, bool], tuple[float, float]] = size_of) -> Layout:
     """`size`: size_of, or a memo of it (a change on one host need not measure all the others)."""
     # a host keeps its cell once it has had a picture; until then (its agent not yet heard,
     # its name not yet known) hosts take the free cells in name order
@@ -215,7 +215,7 @@ def layout(views: Mapping[str, HostView], previous: Layout | None, opened: Itera
     return Layout(slots, grid_origins(sizes, slots), folded)
 
 
-def merge(views: Mapping[str, HostView], lay: Layout) -> dict[str, list[dict]]:
+def merge(views: Mapping[str, FleetHost], lay: Layout) -> dict[str, list[dict]]:
     """Each host's share of the merged picture, by host name."""
     return {n: host_elements(v, lay.origins[n], n in lay.folded) for n, v in sorted(views.items())}
 
