@@ -155,7 +155,7 @@ def is_default(route: Route) -> bool:
 
 
 def host_view(snap: Snapshot) -> HostView:
-    host = snap.namespace(snap.host) if snap.host else snap.host_namespace()
+    host = snap.host_namespace()
     if host is None:
         return HostView(snap, None, ())
     by_id = {i.id: i for i in snap.interfaces}

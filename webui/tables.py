@@ -68,7 +68,7 @@ class TableScope:
 
 
 def served_host(snap: Snapshot) -> str | None:
-    host = snap.namespace(snap.host) if snap.host else snap.host_namespace()
+    host = snap.host_namespace()
     return host.id if host else None
 
 

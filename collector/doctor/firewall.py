@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections import defaultdict
 from ipaddress import IPv4Address, IPv4Network
 
+from bridgescope.collector import shell
 from bridgescope.collector.doctor.finding import Finding
 from bridgescope.collector.firewall.savefmt import tokenize
 from bridgescope.collector.hostview import Attachment, BridgeNet, HostView, in_ns, ipv4_addresses, netns_name
@@ -692,7 +693,7 @@ def _unowned_findings(view: HostView, unowned: dict[str, list[Rule]]) -> tuple[F
 
 def _restore_command(host: Namespace | None) -> str:
     name = netns_name(host) if host else None
-    return "bridgescope restore" + (f" --netns {name}" if name else "")
+    return shell.line(("bridgescope", "restore", *(("--netns", name) if name else ())))
 
 
 def _dangling_address(view: HostView, rule: Rule) -> IPv4Address | None:

@@ -217,7 +217,7 @@ class _Context:
             return _timeout(source, "no-container", f"no container has {self.pf.to_ip}: nothing answers there")
         down = [i for i in self._path_links() if i.state != "up"]
         if down:
-            return _timeout(source, "link-down", f"{down[0].name} in {_ns(self.snap, down[0].netns)} is down")
+            return _timeout(source, "link-down", f"{down[0].name} in {self.snap.ns_name(down[0].netns)} is down")
         return None
 
     def _route_back(self, source: str, src: str) -> Verdict | None:
@@ -234,12 +234,12 @@ class _Context:
                 return None
         if any(client in a.network for a in ipv4_addresses(self.target)):
             return None
-        return _timeout(source, "no-route", f"{_ns(self.snap, self.target.netns)} has no route back to "
+        return _timeout(source, "no-route", f"{self.snap.ns_name(self.target.netns)} has no route back to "
                         f"{src}: the answer never leaves")
 
     def _listener(self, source: str) -> Verdict:
         pf = self.pf
-        name = _ns(self.snap, pf.container)
+        name = self.snap.ns_name(pf.container)
         found = listens(self.listeners, pf.container, pf.proto, pf.to_ip, pf.to_port)
         if found is None:
             return Verdict(source, UNKNOWN, f"the packet reaches {name}; whether a program listens on "
@@ -316,9 +316,4 @@ def _network(text: str) -> IPv4Network | None:
         return IPv4Network(text, strict=False)
     except ValueError:
         return None
-
-
-def _ns(snap: Snapshot, ns_id: str | None) -> str:
-    ns = snap.namespace(ns_id) if ns_id else None
-    return ns.name if ns else (ns_id or "?")
 
