@@ -15,6 +15,7 @@ from functools import cached_property, lru_cache
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 
 from bridgescope.collector import shell
+from bridgescope.collector.firewall.owners import BRIDGESCOPE_TAG
 from bridgescope.collector.model import Interface, Namespace, Route, Rule, Snapshot
 from bridgescope.collector.rules.model import RuleSet
 
@@ -208,7 +209,7 @@ def in_ns(ns: Namespace | None, *argv: str) -> str:
 
 # --- what a person calls a container ---------------------------------------------------
 
-BRIDGESCOPE_CONTAINER_TAG = "bridgescope:ctr/"
+BRIDGESCOPE_CONTAINER_TAG = f"{BRIDGESCOPE_TAG}ctr/"
 
 
 def container_label(ns: Namespace, ports: Iterable[Interface] = ()) -> str:

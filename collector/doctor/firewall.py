@@ -14,6 +14,7 @@ from ipaddress import IPv4Address, IPv4Network
 
 from bridgescope.collector import shell
 from bridgescope.collector.doctor.finding import Finding
+from bridgescope.collector.firewall.owners import BRIDGESCOPE_TAG
 from bridgescope.collector.firewall.savefmt import tokenize
 from bridgescope.collector.hostview import Attachment, BridgeNet, HostView, in_ns, ipv4_addresses, netns_name
 from bridgescope.collector.kernel.listeners import ListenerRead
@@ -631,7 +632,7 @@ def _delete_copies(ns: Namespace, rules: list[Rule]) -> tuple[str, ...]:
     return (delete_command(ns, rules[0]),) * (len(rules) - 1)
 
 
-_TAG = "bridgescope:"
+
 _OBJECT_KINDS = ("net/", "ctr/", "fwd/")
 
 
@@ -664,7 +665,7 @@ def _unowned_tagged(view: HostView, owned: frozenset[str]) -> dict[str, list[Rul
     """Tag -> rules of ours (comment `bridgescope:<kind>/<name>`) that no saved state owns."""
     out: dict[str, list[Rule]] = {}
     for rule in host_rules(view):
-        tag = (rule.comment or "")[len(_TAG):] if (rule.comment or "").startswith(_TAG) else ""
+        tag = (rule.comment or "")[len(BRIDGESCOPE_TAG):] if (rule.comment or "").startswith(BRIDGESCOPE_TAG) else ""
         if tag.startswith(_OBJECT_KINDS) and tag not in owned:
             out.setdefault(tag, []).append(rule)
     return out
@@ -680,9 +681,9 @@ def _unowned_findings(view: HostView, unowned: dict[str, list[Rule]]) -> tuple[F
                 if pf else "")
         out.append(Finding(
             "orphan-rule", "warning", pf_objects(view, pf) if pf else ((host.id,) if host else ()),
-            f"{len(rules)} rule{'s' if len(rules) != 1 else ''} tagged {_TAG}{tag} that no saved "
+            f"{len(rules)} rule{'s' if len(rules) != 1 else ''} tagged {BRIDGESCOPE_TAG}{tag} that no saved "
             "bridgescope state owns",
-            f"The rules tagged {_TAG}{tag} are in the kernel, but bridgescope's saved state has "
+            f"The rules tagged {BRIDGESCOPE_TAG}{tag} are in the kernel, but bridgescope's saved state has "
             "no such object: a change was interrupted after the kernel changed and before it "
             f"was recorded. They still act{acts}, bridgescope does not know them, and a new "
             "forward on the same port would be shadowed by them. `bridgescope restore` "
