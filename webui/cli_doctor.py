@@ -7,7 +7,7 @@ import sys
 import textwrap
 
 from bridgescope.collector.doctor import diagnose
-from bridgescope.collector.doctor.finding import Finding
+from bridgescope.collector.doctor.finding import Finding, counts_of
 from bridgescope.collector.kernel.snapshot import collect
 from bridgescope.collector.model import to_plain
 from bridgescope.plumbing.api import forward_targets, owned_tags
@@ -58,6 +58,6 @@ def render_text(findings: tuple[Finding, ...]) -> str:
         lines += textwrap.wrap(f.explanation, 88, initial_indent="  ", subsequent_indent="  ")
         lines += ["  fix:"] + [f"    {cmd}" for cmd in f.fix]
         blocks.append("\n".join(lines))
-    counts = {s: sum(f.severity == s for f in findings) for s in ("error", "warning", "info")}
+    counts = counts_of(findings)
     summary = ", ".join(f"{n} {s}{'s' if n != 1 else ''}" for s, n in counts.items() if n)
     return "\n\n".join(blocks) + f"\n\n{summary}\n"

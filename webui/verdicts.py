@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from bridgescope.collector.doctor import ForwardTarget, diagnose
-from bridgescope.collector.doctor.finding import SEVERITIES, Finding
+from bridgescope.collector.doctor.finding import Finding, counts_of
 from bridgescope.collector.kernel.listeners import ListenerRead, read_namespaces
 from bridgescope.collector.model import PortForward, Snapshot
 from bridgescope.collector.rules.reach import ForwardReach, Verdict, namespaces_to_poll, reach
@@ -38,7 +38,7 @@ class Checkup:
 
 def event_of(result: Checkup) -> dict:
     """The stream's "doctor" event: counts by severity, findings' object ids, verdicts."""
-    counts = {s: sum(f.severity == s for f in result.findings) for s in SEVERITIES}
+    counts = counts_of(result.findings)
     return {"type": "doctor", "counts": counts,
             "findings": [{"id": f.id, "severity": f.severity, "objects": list(f.objects), "title": f.title}
                          for f in result.findings],

@@ -214,7 +214,7 @@ def finding_json(f) -> dict:
 
 @bp.get("/v1/snapshot")
 def snapshot() -> Response:
-    from bridgescope.collector.doctor.finding import SEVERITIES
+    from bridgescope.collector.doctor.finding import counts_of
     from bridgescope.collector.render.export import to_json
 
     rt = agent_runtime()
@@ -224,7 +224,7 @@ def snapshot() -> Response:
     findings = result.findings if result else ()
     return jsonify({"name": rt.name, "version": version, "snapshot": to_json(snap),
                     "findings": [finding_json(f) for f in findings],
-                    "counts": {s: sum(f.severity == s for f in findings) for s in SEVERITIES}})
+                    "counts": counts_of(findings)})
 
 
 def last_event_id() -> int | None:
