@@ -15,6 +15,7 @@ from functools import cached_property, lru_cache
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 
 from bridgescope.collector import shell
+from bridgescope.collector.firewall.owners import BRIDGESCOPE_TAG
 from bridgescope.collector.model import Interface, Namespace, Route, Rule, Snapshot
 from bridgescope.collector.rules.model import RuleSet
 
@@ -150,16 +151,12 @@ def _parse_v4(addresses: tuple[str, ...]) -> tuple[IPv4Interface, ...]:
     return tuple(out)
 
 
-def ipv4_routes(snap: Snapshot, ns_id: str) -> tuple[Route, ...]:
-    return tuple(r for r in snap.routes if r.netns == ns_id and r.family == 4)
-
-
 def is_default(route: Route) -> bool:
     return route.dst in ("default", "0.0.0.0/0")
 
 
 def host_view(snap: Snapshot) -> HostView:
-    host = snap.namespace(snap.host) if snap.host else snap.host_namespace()
+    host = snap.host_namespace()
     if host is None:
         return HostView(snap, None, ())
     by_id = {i.id: i for i in snap.interfaces}
@@ -212,7 +209,7 @@ def in_ns(ns: Namespace | None, *argv: str) -> str:
 
 # --- what a person calls a container ---------------------------------------------------
 
-BRIDGESCOPE_CONTAINER_TAG = "bridgescope:ctr/"
+BRIDGESCOPE_CONTAINER_TAG = f"{BRIDGESCOPE_TAG}ctr/"
 
 
 def container_label(ns: Namespace, ports: Iterable[Interface] = ()) -> str:

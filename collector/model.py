@@ -8,7 +8,7 @@ for the same kernel objects.
 from __future__ import annotations
 
 import gc
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import MISSING, dataclass, fields, is_dataclass
 from typing import Any, TypeVar
@@ -179,10 +179,19 @@ class Snapshot:
     def namespace(self, ns_id: str) -> Namespace | None:
         return next((n for n in self.namespaces if n.id == ns_id), None)
 
+    def ns_name(self, ns_id: str | None) -> str:
+        """A namespace's name for people: its name, else its id ("?" for none)."""
+        ns = self.namespace(ns_id) if ns_id else None
+        return ns.name if ns else (ns_id or "?")
+
     def interface(self, if_id: str) -> Interface | None:
         return next((i for i in self.interfaces if i.id == if_id), None)
 
     def host_namespace(self) -> Namespace | None:
+        """The namespace served as the host: `host` when the snapshot names one, else the
+        one marked is_host."""
+        if self.host:
+            return self.namespace(self.host)
         return next((n for n in self.namespaces if n.is_host), None)
 
     def interfaces_in(self, ns_id: str) -> tuple[Interface, ...]:
@@ -247,6 +256,3 @@ def to_plain(obj: Any) -> Any:
         return {k: to_plain(v) for k, v in obj.items()}
     return obj
 
-
-def sorted_unique(items: Iterable[str]) -> tuple[str, ...]:
-    return tuple(sorted(set(items)))

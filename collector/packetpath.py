@@ -16,11 +16,21 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from ipaddress import IPv4Address
 
+from bridgescope.collector.errors import NamespaceNotFound
 from bridgescope.collector.hostview import ipv4_addresses
 from bridgescope.collector.kernel import listeners as kernel_listeners
 from bridgescope.collector.kernel.listeners import ListenerRead
+from bridgescope.collector.kernel.namespaces import open_path
 from bridgescope.collector.kernel.routelookup import RouteAnswer, RouteLookup
-from bridgescope.collector.model import Interface, Namespace, Rule, Snapshot, masquerade_id, portforward_id
+from bridgescope.collector.model import (
+    Interface,
+    Namespace,
+    Rule,
+    Snapshot,
+    interface_id,
+    masquerade_id,
+    portforward_id,
+)
 from bridgescope.collector.rules.evaluator import DROP, ChainRun, describe, run_hook
 from bridgescope.collector.rules.matcher import Packet
 from bridgescope.collector.rules.model import Base, RuleSet
@@ -113,7 +123,7 @@ def _hop(snap: Snapshot, tables: RuleSet, ns_id: str, iif: Interface | None,
          listeners: ListenerRead | None = None) -> tuple[Packet, list[PathStep], Arrival | None]:
     """One namespace: the first hook, route, input or forward, postrouting, and where next."""
     steps: list[PathStep] = []
-    ns_name = _ns_name(snap, ns_id)
+    ns_name = snap.ns_name(ns_id)
     pkt = replace(pkt, iif=iif.name if iif else "", oif="" if iif else _out_name(snap, ns_id, pkt, lookup),
                   local=_local_addresses(snap, ns_id), ctstate=frozenset({"NEW"}))
     pkt, ended = _hook(snap, tables, ns_id, "output" if iif is None else "prerouting", pkt, steps)
@@ -233,7 +243,7 @@ def _next(snap: Snapshot, oif: Interface, next_hop: IPv4Address, steps: list[Pat
             text += f" - back out of the port it came in on (hairpin mode {mode})"
         steps.append(PathStep("bridge", oif.netns, text, (oif.id, port.id)))
         steps.append(PathStep("veth", peer.netns, f"veth {port.name} -> {peer.name} in "
-                          f"{_ns_name(snap, peer.netns)}", (port.id, peer.id, peer.netns)))
+                          f"{snap.ns_name(peer.netns)}", (port.id, peer.id, peer.netns)))
         return peer.netns, peer, None
     peer = snap.interface(oif.peer or "")
     if peer is None:
@@ -246,12 +256,12 @@ def _next(snap: Snapshot, oif: Interface, next_hop: IPv4Address, steps: list[Pat
                           (oif.id, peer.id)))
         if any(a.ip == next_hop for a in ipv4_addresses(master)):
             steps.append(PathStep("bridge", master.netns, f"{master.name} hands it to "
-                              f"{_ns_name(snap, master.netns)} (the gateway {next_hop})",
+                              f"{snap.ns_name(master.netns)} (the gateway {next_hop})",
                               (master.id, master.netns)))
             return master.netns, master, peer
         return _next(snap, master, next_hop, steps, peer)
     steps.append(PathStep("veth", peer.netns, f"veth {oif.name} -> {peer.name} in "
-                      f"{_ns_name(snap, peer.netns)}", (oif.id, peer.id, peer.netns)))
+                      f"{snap.ns_name(peer.netns)}", (oif.id, peer.id, peer.netns)))
     return peer.netns, peer, None
 
 
@@ -282,23 +292,18 @@ def _first_address(iface: Interface) -> str | None:
 def _iface(snap: Snapshot, ns_id: str, ifindex: int) -> Interface:
     found = next((i for i in snap.interfaces_in(ns_id) if i.ifindex == ifindex), None)
     if found is None:
-        return Interface(f"{ns_id}/if{ifindex}", ns_id, f"if{ifindex}", ifindex, "other", "up", 0, None)
+        return Interface(interface_id(ns_id, ifindex), ns_id, f"if{ifindex}", ifindex, "other", "up", 0, None)
     return found
 
 
-def _ns_name(snap: Snapshot, ns_id: str) -> str:
-    ns = snap.namespace(ns_id)
-    return ns.name if ns else ns_id
-
-
 def namespace_paths(snap: Snapshot) -> dict[str, str]:
-    """Where to open each namespace for route lookups (the host may be the current one)."""
+    """Where to open each namespace (namespaces.open_path), for those that can still be."""
     out = {}
     for ns in snap.namespaces:
-        if ns.paths:
-            out[ns.id] = ns.paths[0]
-        elif ns.pids:
-            out[ns.id] = f"/proc/{ns.pids[0]}/ns/net"
+        try:
+            out[ns.id] = open_path(ns)
+        except NamespaceNotFound:
+            continue
     return out
 
 

@@ -14,7 +14,7 @@ from urllib.parse import quote
 
 from bridgescope.collector.model import Snapshot
 from bridgescope.plumbing.backends import Probe
-from bridgescope.plumbing.errors import ValidationError
+from bridgescope.plumbing.errors import UnknownContainer, ValidationError
 from bridgescope.plumbing.state import Adopted, State
 
 DOCKER_USER = "DOCKER-USER"
@@ -173,8 +173,8 @@ def resolve(target: str, found: Iterable[Candidate], unbridged: Iterable[str]) -
     if target in unbridged:
         raise ValidationError("container", f"namespace {target} is attached to no bridge of this "
                                            "host: a port forward needs a container on a bridge")
-    raise ValidationError("container", f"no container named {target} (engine name or id, "
-                                       "namespace or IP) is on a bridge of this host")
+    raise UnknownContainer(f"no container named {target} (engine name or id, namespace or IP) "
+                           "is on a bridge of this host")
 
 
 def known(st: State, target: str):

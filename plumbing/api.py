@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from bridgescope.collector.doctor.forwards import ForwardTarget
+from bridgescope.collector.kernel import tools
 from bridgescope.collector.model import Snapshot
 from bridgescope.plumbing import conflicts, facts, journal, netns, plan, state, steps, validate
 from bridgescope.plumbing.errors import PlumbingError, ValidationError
@@ -163,13 +164,9 @@ def exec_in_container(name: str, argv: Sequence[str], *, host: str | None = None
     if not argv:
         raise ValidationError("argv", "give a command to run, e.g. -- curl -s 172.17.0.1")
     try:
-        return subprocess.run(netns.nsenter(f"{netns.NETNS_DIR}/{ctr.netns}", list(argv))).returncode
+        return subprocess.run(tools.nsenter(f"{netns.NETNS_DIR}/{ctr.netns}", list(argv))).returncode
     except FileNotFoundError as err:
         raise PlumbingError(f"run {argv[0]} in {name}", str(err)) from None
-
-
-def container_netns_path(name: str, *, host: str | None = None) -> str:
-    return f"{netns.NETNS_DIR}/{plan.require_container(load_state(host), name).netns}"
 
 
 @_in_session

@@ -1,38 +1,25 @@
 """Is a host port free? Already forwarded (by us, Docker, CNI, Podman...) or listened on.
 
 The reads are at the edge (the host's firewall through the collector's scan/interpret, and
-/proc/thread-self/net sockets inside the host namespace); deciding is a pure function.
+the host namespace's listening sockets through kernel.listeners); deciding is a pure function.
 """
 from __future__ import annotations
 
 import json
 import re
-import socket
 import zlib
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, replace
 from pathlib import Path
-
-from pyroute2 import DiagSocket
 
 from bridgescope.collector import firewall as firewall_reader
 from bridgescope.collector.firewall import nftinfo, owners, readers
 from bridgescope.collector.firewall.savefmt import parse_save
+from bridgescope.collector.kernel.listeners import Listener, read_here, read_one
 from bridgescope.collector.model import PortForward
 from bridgescope.collector.rules import nat
 from bridgescope.plumbing import netns, state
 from bridgescope.plumbing.state import Forward, State
-
-TCP_LISTEN = "0A"
-TCP_LISTEN_STATE = 10
-UDP_UNCONNECTED = "07"
-
-
-@dataclass(frozen=True)
-class Listener:
-    proto: str
-    ip: str  # "0.0.0.0", "::" or an address
-    port: int
 
 
 def _overlaps(ip_a: str | None, ip_b: str | None) -> bool:
@@ -76,52 +63,14 @@ def find_conflicts(mappings: Iterable[Forward], ours: Iterable[Forward],
                 return (f"host port {m.host_port}/{m.proto} is already forwarded to "
                         f"{pf.to_ip}:{pf.to_port} by {pf.owner}")
         for ls in listen_at.get(at, ()):
-            if ls.ip in ("0.0.0.0", "::") or m.host_ip is None or ls.ip == m.host_ip:
+            if ls.holds(m.proto, m.host_ip, m.host_port):
                 return (f"host port {m.host_port}/{m.proto} is already in use by a program "
-                        f"listening on {ls.ip}:{ls.port} in the host namespace")
+                        f"listening on {ls.address}:{ls.port} in the host namespace")
     return None
 
 
-def _hex_ip(text: str) -> str:
-    if len(text) == 8:
-        return ".".join(str(int(text[i:i + 2], 16)) for i in (6, 4, 2, 0))
-    return "::" if set(text) == {"0"} else "ipv6"
-
-
-def parse_sockets(text: str, proto: str) -> list[Listener]:
-    """Lines of /proc/net/{tcp,udp}[6] -> the sockets that hold a port for incoming traffic."""
-    out = []
-    for line in text.splitlines()[1:]:
-        fields = line.split()
-        if len(fields) < 4:
-            continue
-        ip_hex, port_hex = fields[1].rsplit(":", 1)
-        wanted = TCP_LISTEN if proto == "tcp" else UDP_UNCONNECTED
-        if fields[3] == wanted:
-            out.append(Listener(proto, _hex_ip(ip_hex), int(port_hex, 16)))
-    return out
-
-
 def listeners(path: str) -> list[Listener]:
-    return netns.run_in(path, _listeners_here)
-
-
-def _listeners_here() -> list[Listener]:
-    """Sockets holding a port in this thread's namespace. TCP through sock_diag (which walks
-    only the listening sockets; /proc/net/tcp walks the whole machine's connection table,
-    ~3.5 ms), UDP through /proc (its table is small)."""
-    out = []
-    with DiagSocket() as diag:
-        diag.bind()
-        for family in (socket.AF_INET, socket.AF_INET6):
-            out += [Listener("tcp", m["idiag_src"], m["idiag_sport"])
-                    for m in diag.get_sock_stats(family=family, states=1 << TCP_LISTEN_STATE)]
-    for leaf in ("udp", "udp6"):
-        try:
-            out += parse_sockets(_proc_net_here(leaf), "udp")
-        except FileNotFoundError:
-            continue  # no IPv6 in this kernel
-    return out
+    return sorted(read_one(path), key=lambda ls: (ls.proto, ls.port, ls.address))
 
 
 def _cache_path(key: str) -> Path:
@@ -201,7 +150,7 @@ def port_users(key: str, path: str) -> tuple[tuple[PortForward, ...], list[Liste
     its thread: other tools' forwards and our own orphaned ones."""
     generation, legacy_present, socks = netns.run_in(path, lambda: (
         nftinfo.generation_here(), 4 in readers.legacy_here(),
-        _listeners_here()))
+        sorted(read_here(), key=lambda ls: (ls.proto, ls.port, ls.address))))
     return _foreign(key, path, generation, legacy_present), socks
 
 
@@ -262,11 +211,6 @@ def _interpret_foreign(save: str, key: str, backend: str) -> tuple[PortForward, 
     rules, chains = parse_save(ours, netns=key, backend=backend, family=4)
     return found + _orphaned(nat.interpret(owners.attribute(rules), chains, (), ()).port_forwards,
                              owned)
-
-
-def _proc_net_here(leaf: str) -> str:
-    with open(f"/proc/thread-self/net/{leaf}", encoding="ascii") as fh:
-        return fh.read()
 
 
 def _legacy_forwards(key: str, path: str) -> tuple[PortForward, ...]:

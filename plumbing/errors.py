@@ -13,6 +13,13 @@ class ValidationError(BridgescopeError):
         self.message = message
 
 
+class UnknownContainer(ValidationError):
+    """No container by that name here, or the one known is gone (an API answers 404)."""
+
+    def __init__(self, message: str):
+        super().__init__("container", message)
+
+
 class PlumbingError(BridgescopeError):
     """A step failed; everything done before it was undone.
 

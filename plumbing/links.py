@@ -19,7 +19,7 @@ from bridgescope.collector.kernel import rtnl
 from bridgescope.collector.kernel.rtnl import LinkFacts
 from bridgescope.plumbing.state import TAG
 
-ENOENT, ENODEV, EEXIST = 2, 19, 17
+ENOENT, ENODEV = 2, 19
 BRIDGE_MODE_HAIRPIN = 1
 
 

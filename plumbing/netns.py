@@ -24,7 +24,7 @@ from typing import TypeVar
 from pyroute2 import IPRoute
 
 from bridgescope.collector.kernel import tools
-from bridgescope.collector.kernel.namespaces import resolve_netns
+from bridgescope.collector.kernel.namespaces import current_netns_path, netns_name_of, resolve_netns
 from bridgescope.collector.kernel.setns import CLONE_NEWNET, CLONE_NEWNS, check, enter, libc, on_thread, setns
 from bridgescope.plumbing.errors import PlumbingError
 
@@ -51,28 +51,15 @@ def _inode(path: str) -> int:
     return os.stat(path).st_ino
 
 
-def _name_of_current() -> str | None:
-    """Under `ip netns exec NAME` the current namespace is NAME's: behave as `--netns NAME`."""
-    here = _inode("/proc/thread-self/ns/net")
-    if not NETNS_DIR.is_dir():
-        return None
-    for entry in sorted(NETNS_DIR.iterdir()):
-        try:
-            if entry.stat().st_ino == here:
-                return entry.name
-        except OSError:
-            continue
-    return None
-
-
 def resolve(host: str | None) -> HostNs:
     """A name (in /run/netns) or an nsfs path; None = the namespace we run in. Creates nothing."""
     if host is None:
-        name = _name_of_current()
+        # under `ip netns exec NAME` the current namespace is NAME's: behave as `--netns NAME`
+        here = current_netns_path()
+        name = netns_name_of(here)
         if name:
             return HostNs(key=name, name=name, path=str(NETNS_DIR / name))
-        return HostNs(key="host", name=None,
-                      path=f"/proc/{os.getpid()}/task/{threading.get_native_id()}/ns/net")
+        return HostNs(key="host", name=None, path=here)
     path = resolve_netns(host).path  # validates the name; never creates anything
     name = Path(path).name if Path(path).parent == NETNS_DIR else None
     return HostNs(key=name or f"ns-{_inode(path)}", name=name, path=path)
@@ -369,10 +356,6 @@ def remove(name: str) -> None:
     path = str(NETNS_DIR / name)
     if exists(name):
         _pinning(lambda: _unpin(path))
-
-
-def nsenter(path: str, argv: list[str]) -> list[str]:
-    return tools.nsenter(path, argv)
 
 
 def pids_in(path: str) -> list[int]:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from bridgescope.collector import shell
 from bridgescope.collector.model import PortForward
 from bridgescope.plumbing import adopt, backends, conflicts, ipam, journal, links, netns, rules, state
-from bridgescope.plumbing.errors import PlumbingError, ValidationError
+from bridgescope.plumbing.errors import PlumbingError, UnknownContainer, ValidationError
 from bridgescope.plumbing.rules import Change
 from bridgescope.plumbing.state import Adopted, Container, Forward, Network, State
 from bridgescope.plumbing.steps import Step
@@ -164,8 +164,7 @@ def plan(ns: netns.HostNs, facts: Facts, st: State, request: Request) -> Plan:
 def require_container(st: State, name: str) -> Container:
     ctr = st.container(name)
     if ctr is None:
-        raise ValidationError("container", f"no container named {name} is managed by "
-                                           "bridgescope here")
+        raise UnknownContainer(f"no container named {name} is managed by bridgescope here")
     return ctr
 
 
@@ -603,8 +602,8 @@ def _adopt_add(ns: netns.HostNs, facts: Facts, st: State, req: AddForwards) -> P
     found = adopt.follow(known, facts.candidates) if known else \
         adopt.resolve(req.container, facts.candidates, facts.unbridged)
     if found is None:
-        raise ValidationError("container", f"adopted container {req.container} is gone; "
-                                           "run restore to forget its forwards")
+        raise UnknownContainer(f"adopted container {req.container} is gone; run restore to "
+                               "forget its forwards")
     if known is None and (st.adoptee(found.name) or st.container(found.name)):
         raise ValidationError("container", f"another container named {found.name} is already "
                                            "known here")
@@ -638,8 +637,7 @@ def _probe(facts: Facts) -> backends.Probe:
 def _adopt_remove(ns: netns.HostNs, facts: Facts, st: State, req: RemoveForwards) -> Plan:
     a = adopt.known(st, req.container)
     if a is None:
-        raise ValidationError("container", f"no container named {req.container} has forwards "
-                                           "of bridgescope here")
+        raise UnknownContainer(f"no container named {req.container} has forwards of bridgescope here")
     gone = []
     for m in req.mappings:
         fwd = forward_for(st, a.name, m)

@@ -16,8 +16,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from bridgescope.collector.firewall.owners import BRIDGESCOPE_TAG
+
 DEFAULT_DIR = "/var/lib/bridgescope"
-TAG = "bridgescope:"
+TAG = BRIDGESCOPE_TAG  # the comment prefix of every rule and link alias bridgescope makes
 
 
 def state_dir() -> Path:

@@ -460,7 +460,7 @@ function applyGraph(event) {
 }
 
 function showStatus(cy, ms) {
-  let namespaces = cy.nodes('[kind = "namespace"]').not(".unrelated").length;
+  let namespaces = cy.nodes('[kind = "namespace"]').length;
   for (const members of state.folded.values()) for (const e of members.values()) if (e.data.kind === "namespace") namespaces += 1;
   const hidden = state.showUnrelated || !state.unrelatedCount ? "" : ` (${state.unrelatedCount} unrelated hidden)`;
   const folded = state.folded.size ? ` · ${state.folded.size} bridge${state.folded.size > 1 ? "s" : ""} folded` : "";
@@ -531,7 +531,7 @@ function applyDelta(delta) {
   applySearch();
   statusSoon(cy, Math.round(performance.now() - t0));
   window.bridgescopeLastDelta = { version: delta.version, at: performance.now() };
-  // panels.js (open panel, status line, form choices) follows the kernel from here
+  // panels.js (open panel, form choices) follows the kernel from here
   document.dispatchEvent(new CustomEvent("bridgescope:delta", { detail: delta }));
 }
 

@@ -3,7 +3,6 @@
 // - the open details panel follows its element: asked again after every kernel change (and
 //   every few seconds while open, for the rules' packet counters, which move without any
 //   netlink event), or marked "removed";
-// - the graph's status line (namespaces, nodes, edges) follows every delta;
 // - the forms' selects (containers, networks) follow every structural delta;
 // - a marked field loses its error as soon as it is filled in;
 // - after a submit, focus lands on the result or on the next thing to press.

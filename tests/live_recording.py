@@ -24,11 +24,11 @@ from bridgescope.collector.kernel.netlink import (
     SOL_NETLINK,
     NamespaceRead,
     RtnlDump,
-    hop_each,
     new_route_socket,
     open_handles,
 )
 from bridgescope.collector.kernel.rtnl import AddressFacts, LinkFacts, RouteFacts
+from bridgescope.collector.kernel.setns import hop
 from bridgescope.collector.kernel.snapshot import path_or_blank, resolve_all_nsids
 from bridgescope.collector.model import Namespace
 
@@ -61,7 +61,7 @@ def load(path: str) -> dict[str, dict]:
 def _event_sockets(names: list[str]) -> dict[str, socket.socket]:
     fds = [(os.open(f"/run/netns/{name}", os.O_RDONLY), name) for name in names]
     try:
-        socks = hop_each(fds, lambda _: new_route_socket(RTMGRP_TOPOLOGY))
+        socks = hop(fds, lambda _: new_route_socket(RTMGRP_TOPOLOGY))
     finally:
         for fd, _ in fds:
             os.close(fd)

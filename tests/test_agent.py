@@ -232,7 +232,7 @@ def test_snapshot_carries_the_doctors_findings(agent, lab):
             time.sleep(0.3)
         finding = next(f for f in got["findings"] if f["severity"] == "error")
         assert set(finding) == {"id", "severity", "title", "objects", "fix"}
-        assert finding["fix"] is None or "docker0" in finding["fix"]
+        assert "link set docker0 up" in finding["fix"]
     finally:
         sh("ip", "link", "set", "docker0", "up", ns=lab.host)
 
@@ -342,6 +342,7 @@ BAD_BODIES = [
     ("POST", {"target": "c2", "mapping": "8092:80", "actor": 5}, 400),
     ("DELETE", {"target": "c2"}, 400),
     ("POST", {"target": "nosuchcontainer", "mapping": "8092:80"}, 404),
+    ("DELETE", {"target": "nosuchcontainer", "mapping": "8092:80"}, 404),
     ("POST", {"target": "c2", "mapping": "8080:80"}, 409),  # c1 publishes 8080 already
     ("DELETE", {"target": "c2", "mapping": "8093:80"}, 409),  # no such forward
 ]

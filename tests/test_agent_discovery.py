@@ -10,7 +10,7 @@ from fake_kube import NS, SERVICE, TOKEN, FakeApi, endpoint, endpoint_slice
 
 from bridgescope.collector.errors import BridgescopeError
 from bridgescope.webui.fleet import discovery
-from bridgescope.webui.fleet.discovery import Agent, ApiAccess, agents_of, apply_event
+from bridgescope.webui.fleet.discovery import ApiAccess, FoundAgent, agents_of, apply_event
 
 # ---- pure --------------------------------------------------------------------------------
 
@@ -21,9 +21,9 @@ def test_agents_are_the_ready_endpoints_named_by_node():
                             endpoint("10.0.0.3", None, "agent-3", ready=None)),
         "b": endpoint_slice("b", endpoint("fd00::4", "node-d", "agent-4"), address_type="IPv6"),
     }
-    assert agents_of(slices) == (Agent("agent-3", "https://10.0.0.3:9477"),
-                                 Agent("node-a", "https://10.0.0.1:9477"),
-                                 Agent("node-d", "https://[fd00::4]:9477"))
+    assert agents_of(slices) == (FoundAgent("agent-3", "https://10.0.0.3:9477"),
+                                 FoundAgent("node-a", "https://10.0.0.1:9477"),
+                                 FoundAgent("node-d", "https://[fd00::4]:9477"))
     assert agents_of({}) == ()
     assert agents_of(slices, port_name="metrics") == ()
 

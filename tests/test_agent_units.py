@@ -68,8 +68,22 @@ def test_a_finding_as_the_api_sends_it():
 
 
 def reach(owner: str, *outcomes: str) -> ForwardReach:
-    return ForwardReach(SimpleNamespace(owner=owner), "pf", tuple(Verdict("outside", o, "") for o in outcomes),
-                        None)
+    return ForwardReach(SimpleNamespace(owner=owner, host_ip=None), "pf",
+                        tuple(Verdict("outside", o, "") for o in outcomes), None)
+
+
+def test_a_port_bound_to_one_address_is_judged_by_those_it_is_published_for():
+    """`-p 127.0.0.1:8080:80` is refused from outside on purpose, and a forward bound to the
+    uplink's address from 127.0.0.1: the alert must not fire for them."""
+    def bound(host_ip: str, **outcomes: str) -> ForwardReach:
+        return ForwardReach(SimpleNamespace(owner="docker", host_ip=host_ip), "pf",
+                            tuple(Verdict(source, o, "") for source, o in outcomes.items()), None)
+    assert metrics.reachable(bound("127.0.0.1", outside="refused", host="refused", container="timeout",
+                                   loopback="reachable")) == "true"
+    assert metrics.reachable(bound("127.0.0.1", outside="refused", loopback="timeout")) == "false"
+    assert metrics.reachable(bound("192.0.2.10", outside="reachable", host="reachable", container="reachable",
+                                   loopback="refused")) == "true"
+    assert metrics.reachable(bound("0.0.0.0", outside="reachable", loopback="refused")) == "false"
 
 
 def test_timings_are_a_histogram():

@@ -15,7 +15,8 @@ from conftest import sh
 
 from bridgescope.collector.errors import NamespaceNotFound
 from bridgescope.collector.kernel.namespaces import discover, resolve_netns
-from bridgescope.collector.kernel.netlink import NetnsSocket, hop_each, new_route_socket
+from bridgescope.collector.kernel.netlink import NetnsSocket, new_route_socket
+from bridgescope.collector.kernel.setns import hop
 from bridgescope.collector.kernel.snapshot import collect, scan
 from bridgescope.collector.render.export import to_json
 
@@ -128,15 +129,15 @@ def test_sysctls_and_hairpin_are_read_per_namespace(netns):
     assert ports == {"veth1": True, "veth2": False}
 
 
-def test_hop_each_reads_proc_sys_of_the_target_namespace(netns):
+def test_hop_reads_proc_sys_of_the_target_namespace(netns):
     ns = netns("sysns")
     sh("sysctl", "-qw", "net.ipv4.conf.all.rp_filter=2", ns=ns)
     fd = os.open(f"/run/netns/{ns}", os.O_RDONLY)
     try:
         read = lambda _: Path("/proc/sys/net/ipv4/conf/all/rp_filter").read_text().strip()
         inode = lambda _: os.stat("/proc/thread-self/ns/net").st_ino
-        assert hop_each([(fd, None)], read) == ["2"]
-        assert hop_each([(fd, None)], inode) == [os.fstat(fd).st_ino]
+        assert hop([(fd, None)], read) == ["2"]
+        assert hop([(fd, None)], inode) == [os.fstat(fd).st_ino]
     finally:
         os.close(fd)
     # the caller's thread never moved
@@ -148,7 +149,7 @@ def test_socket_opened_in_a_namespace_stays_there_from_other_threads(netns):
     sh("ip", "-n", ns, "link", "add", "marker0", "type", "bridge")
     fd = os.open(f"/run/netns/{ns}", os.O_RDONLY)
     try:
-        [sock] = hop_each([(fd, None)], lambda _: NetnsSocket(new_route_socket()))
+        [sock] = hop([(fd, None)], lambda _: NetnsSocket(new_route_socket()))
     finally:
         os.close(fd)
     try:
@@ -167,7 +168,7 @@ def test_own_decoder_agrees_with_pyroute2(netns):
 
     fd = os.open(f"/run/netns/{names['host']}", os.O_RDONLY)
     try:
-        [sock] = hop_each([(fd, None)], lambda _: NetnsSocket(new_route_socket()))
+        [sock] = hop([(fd, None)], lambda _: NetnsSocket(new_route_socket()))
     finally:
         os.close(fd)
     ours = sock.dump()
@@ -372,12 +373,12 @@ def test_sysctls_asked_over_netconf_equal_the_proc_files(netns):
 
     from bridgescope.collector.kernel.netlink import (
         NetnsSocket,
-        hop_each,
         namespace_sysctls,
         new_route_socket,
         read_sysctls,
         sysctls_here,
     )
+    from bridgescope.collector.kernel.setns import hop
     ns = netns("conf")
     sh("ip", "netns", "exec", ns, "sysctl", "-qw", "net.ipv4.ip_forward=1", "net.ipv4.conf.all.rp_filter=2")
     fd = os.open(f"/run/netns/{ns}", os.O_RDONLY)
@@ -388,7 +389,7 @@ def test_sysctls_asked_over_netconf_equal_the_proc_files(netns):
                 return read_sysctls(namespace_sysctls(["lo"])), sysctls_here(sock, ["lo"])
             finally:
                 sock.close()
-        [(files, asked)] = hop_each([(fd, None)], both)
+        [(files, asked)] = hop([(fd, None)], both)
     finally:
         os.close(fd)
     assert asked == files

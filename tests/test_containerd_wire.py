@@ -17,7 +17,7 @@ from bridgescope.collector.kernel.containerd import (
     ACK,
     PING,
     SETTINGS,
-    Container,
+    ContainerdContainer,
     Task,
     fields,
     first_grpc_message,
@@ -68,10 +68,10 @@ def test_recorded_task_list_gives_each_task_its_pid():
 
 def test_only_a_labelled_sandbox_is_a_pod():
     labels = (("io.kubernetes.pod.namespace", "shop"), ("io.kubernetes.pod.name", "web"))
-    assert pod_name(Container("sb1", (*labels, ("io.cri-containerd.kind", "sandbox")))) == "shop/web"
-    assert pod_name(Container("app1", labels)) is None
-    assert pod_name(Container("c1", (*labels, ("io.cri-containerd.kind", "container")))) is None
-    assert pod_name(Container("sb2", (("io.cri-containerd.kind", "sandbox"),))) is None
+    assert pod_name(ContainerdContainer("sb1", (*labels, ("io.cri-containerd.kind", "sandbox")))) == "shop/web"
+    assert pod_name(ContainerdContainer("app1", labels)) is None
+    assert pod_name(ContainerdContainer("c1", (*labels, ("io.cri-containerd.kind", "container")))) is None
+    assert pod_name(ContainerdContainer("sb2", (("io.cri-containerd.kind", "sandbox"),))) is None
 
 
 @pytest.mark.parametrize("garbage", [

@@ -312,6 +312,48 @@ def test_forward_blocked_names_the_table_whose_rule_drops():
     assert found[0].fix[0].startswith("ip netns exec bstX-host iptables-legacy -I FORWARD -d 172.17.0.2/32")
 
 
+def test_forward_blocked_by_an_nftables_rule_is_fixed_in_that_chain():
+    """Native nftables (Docker 29's nftables backend, firewalld) drops: the fix inserts an
+    accept before the drop in the same nft chain, not an `iptables` rule in another table."""
+    base = Chain(HOST, "nftables", 0, "fw", "fwd", policy="ACCEPT", hook="forward", hook_type="filter",
+                 priority=0)
+    drop = Rule(netns=HOST, backend="nftables", family=0, table="fw", chain="fwd",
+                text='oifname "docker0" drop', matches=(("-o", ("docker0",), False),), target="DROP", handle=4)
+    snap = interpreted(replace(healthy(), chains=healthy().chains + (base,), rules=healthy().rules + (drop,)))
+    found = [f for f in diagnose(snap) if f.id == "forward-blocked"]
+    assert len(found) == 1 and "nftables table inet fw's fwd chain" in found[0].explanation
+    assert found[0].fix == ("ip netns exec bstX-host nft insert rule inet fw fwd ip daddr 172.17.0.2 "
+                            "oifname '\"docker0\"' tcp dport 80 accept",)
+
+
+def test_outbound_blocked_by_a_drop_rule_gets_accepts_inserted_before_it():
+    """An appended ACCEPT comes after the DROP that decides, so it would never match."""
+    drop = rule("DOCKER-USER", "-i docker0 -j DROP", table="filter", target="DROP", i="docker0")
+    jump = rule("FORWARD", "-j DOCKER-USER", table="filter", target="DOCKER-USER")
+    snap = interpreted(replace(healthy(), rules=(jump, drop) + healthy().rules))
+    outbound = [f for f in diagnose(snap) if f.id == "forward-blocked" and f.objects == (f"{HOST}/if3",)]
+    assert len(outbound) == 1
+    assert outbound[0].fix == (
+        "ip netns exec bstX-host iptables -I FORWARD -i docker0 '!' -o docker0 -j ACCEPT",
+        "ip netns exec bstX-host iptables -I FORWARD -o docker0 -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT")
+
+
+def test_jumps_to_a_legacy_docker_chain_are_added_with_iptables_legacy():
+    """A jump cannot cross backends: Docker's DOCKER chain in iptables-legacy is reached
+    only from iptables-legacy's PREROUTING."""
+    snap = without_jumps(healthy(), "PREROUTING", "OUTPUT")
+    snap = replace(snap, rules=tuple(replace(r, backend="legacy") for r in snap.rules),
+                   chains=tuple(replace(c, backend="legacy") for c in snap.chains),
+                   port_forwards=tuple(replace(p, backend="legacy") for p in snap.port_forwards),
+                   masquerades=tuple(replace(m, backend="legacy") for m in snap.masquerades))
+    found = diagnose(snap)
+    assert [f.id for f in found] == ["dnat-unreachable"]
+    assert found[0].fix == (
+        "ip netns exec bstX-host iptables-legacy -t nat -A PREROUTING -m addrtype --dst-type LOCAL -j DOCKER",
+        "ip netns exec bstX-host iptables-legacy -t nat -A OUTPUT '!' -d 127.0.0.0/8 -m addrtype "
+        "--dst-type LOCAL -j DOCKER")
+
+
 def proxyless(snap: Snapshot) -> Snapshot:
     """Docker with --userland-proxy=false: the DNAT has no `! -i docker0`."""
     dnat = replace(rule("DOCKER", "-p tcp -m tcp --dport 8080 -j DNAT --to-destination 172.17.0.2:80",
@@ -357,7 +399,39 @@ def test_duplicate_rule():
     found = diagnose(snap)
     assert [f.id for f in found] == ["duplicate-rule"]
     assert found[0].fix == ("ip netns exec bstX-host iptables -t nat -D POSTROUTING -s 172.17.0.0/16 "
-                            "! -o docker0 -j MASQUERADE",)
+                            "'!' -o docker0 -j MASQUERADE",)
+
+
+def test_duplicate_nftables_rules_are_deleted_each_by_its_own_handle_in_its_family():
+    """netavark's table is `inet netavark`; `nft delete rule ip ...` names a table that does not
+    exist, and the same handle twice deletes one copy and then fails."""
+    copies = tuple(Rule(netns=HOST, backend="nftables", family=0, table="netavark", chain="NETAVARK-DNAT",
+                        text="tcp dport 8080 dnat ip to 10.88.0.2:80", handle=handle)
+                   for handle in (7, 9, 12))
+    found = diagnose(replace(healthy(), rules=healthy().rules + copies))
+    assert [f.id for f in found] == ["duplicate-rule"]
+    assert found[0].fix == tuple(f"ip netns exec bstX-host nft delete rule inet netavark NETAVARK-DNAT handle {h}"
+                                 for h in (9, 12))
+
+
+def test_duplicate_ipv6_rule_is_deleted_with_ip6tables_of_its_backend():
+    v6 = replace(rule("FORWARD", "-s fd00::/64 -j ACCEPT", table="filter", target="ACCEPT", s="fd00::/64"),
+                 family=6, backend="legacy")
+    found = diagnose(replace(healthy(), rules=healthy().rules + (v6, v6)))
+    assert [f.id for f in found] == ["duplicate-rule"]
+    assert found[0].fix == ("ip netns exec bstX-host ip6tables-legacy -t filter -D FORWARD -s fd00::/64 -j ACCEPT",)
+
+
+def test_a_fix_that_deletes_a_rule_quotes_its_comment_for_the_shell():
+    """The saved line's double quotes would let a pasted fix run `$(...)` in a comment."""
+    import shlex
+
+    text = '-s 10.9.0.0/24 -m comment --comment "$(touch /tmp/bs-pwned) \\"x\\"" -j MASQUERADE'
+    evil = rule("POSTROUTING", text, target="MASQUERADE", s="10.9.0.0/24")
+    found = diagnose(replace(healthy(), rules=healthy().rules + (evil, evil)))
+    (fix,) = found[0].fix
+    assert "'$(touch /tmp/bs-pwned) \"x\"'" in fix
+    assert shlex.split(fix)[-4:] == ["--comment", '$(touch /tmp/bs-pwned) "x"', "-j", "MASQUERADE"]
 
 
 def test_orphan_rule_points_at_an_address_nobody_has():

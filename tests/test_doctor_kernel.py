@@ -277,21 +277,46 @@ def run_cli(*argv: str):
                           capture_output=True, text=True, timeout=600)
 
 
+def listening_in(ns: str, port: int):
+    """A socket listening on 0.0.0.0:port inside namespace ns, for as long as it is open."""
+    import socket
+
+    from bridgescope.collector.kernel.setns import run_in
+
+    def bind() -> socket.socket:
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("0.0.0.0", port))
+        sock.listen()
+        return sock
+    return run_in(f"/run/netns/{ns}", bind)
+
+
+def test_cli_reads_the_containers_sockets_as_the_dashboard_does(netns):
+    """`bridgescope doctor` tells a published port nobody serves, as the dashboard's doctor does."""
+    site = build(netns, DOCKER_29)
+    deaf = run_cli("--netns", site.host)
+    assert deaf.returncode == 0 and deaf.stdout.startswith("WARNING [nothing-listens] nothing listens on tcp/80")
+    with listening_in(site.ctr, 80):
+        assert run_cli("--netns", site.host).stdout == "No problems found.\n"
+
+
 def test_cli_exit_status_text_and_json(netns):
     import json
     site = build(netns, DOCKER_29)
-    healthy = run_cli("--netns", site.host)
-    assert healthy.returncode == 0 and healthy.stdout == "No problems found.\n"
-    sh("sysctl", "-qw", "net.ipv4.ip_forward=0", ns=site.host)
-    site.ip(site.ctr, "link", "set", "lo", "down")
-    broken = run_cli("--netns", site.host)
-    assert broken.returncode == 2
-    assert broken.stdout.startswith("ERROR [ip-forward-off]")
-    assert "WARNING [link-down] lo in" in broken.stdout and broken.stdout.endswith("1 error, 1 warning\n")
-    as_json = json.loads(run_cli("--json", "--netns", site.host).stdout)
-    assert [(f["id"], f["severity"]) for f in as_json["findings"]] == [
-        ("ip-forward-off", "error"), ("link-down", "warning")]
-    assert set(as_json["findings"][0]) == {"id", "severity", "objects", "title", "explanation", "fix"}
+    with listening_in(site.ctr, 80):
+        healthy = run_cli("--netns", site.host)
+        assert healthy.returncode == 0 and healthy.stdout == "No problems found.\n"
+        sh("sysctl", "-qw", "net.ipv4.ip_forward=0", ns=site.host)
+        site.ip(site.ctr, "link", "set", "lo", "down")
+        broken = run_cli("--netns", site.host)
+        assert broken.returncode == 2
+        assert broken.stdout.startswith("ERROR [ip-forward-off]")
+        assert "WARNING [link-down] lo in" in broken.stdout and broken.stdout.endswith("1 error, 1 warning\n")
+        as_json = json.loads(run_cli("--json", "--netns", site.host).stdout)
+        assert [(f["id"], f["severity"]) for f in as_json["findings"]] == [
+            ("ip-forward-off", "error"), ("link-down", "warning")]
+        assert set(as_json["findings"][0]) == {"id", "severity", "objects", "title", "explanation", "fix"}
 
 
 def test_cli_missing_namespace_is_one_line_and_creates_nothing(run_prefix):

@@ -9,17 +9,17 @@ from pathlib import Path
 import pytest
 
 from bridgescope.webui.fleet import merge
-from bridgescope.webui.fleet.merge import HostView
+from bridgescope.webui.fleet.merge import FleetHost
 
 RECORDED = json.loads((Path(__file__).parent / "data" / "fleet_events.json").read_text())
 GRAPH, DELTA = RECORDED["graph"], RECORDED["delta"]
 
 
-def live(name: str, elements=None, **kw) -> HostView:
-    return HostView(name, "live", tuple(GRAPH["elements"] if elements is None else elements), **kw)
+def live(name: str, elements=None, **kw) -> FleetHost:
+    return FleetHost(name, "live", tuple(GRAPH["elements"] if elements is None else elements), **kw)
 
 
-def merged(views: dict[str, HostView], previous=None, opened=()) -> tuple[merge.Layout, list[dict]]:
+def merged(views: dict[str, FleetHost], previous=None, opened=()) -> tuple[merge.Layout, list[dict]]:
     lay = merge.layout(views, previous, opened)
     return lay, merge.flatten(merge.merge(views, lay))
 
@@ -117,7 +117,7 @@ def test_a_delta_from_one_agent_touches_only_that_hosts_elements():
     lay, _ = merged(views)
     before = merge.merge(views, lay)
     b = views["b"]
-    views_after = {**views, "b": HostView("b", "live", merge.apply_delta(b.elements, DELTA))}
+    views_after = {**views, "b": FleetHost("b", "live", merge.apply_delta(b.elements, DELTA))}
     after = {**before, "b": merge.merge({"b": views_after["b"]}, lay)["b"]}
     delta = merge.merged_delta(before, after)
     touched = [e["data"]["id"] for e in delta["added"] + delta["changed"]] + delta["removed"]
@@ -136,7 +136,7 @@ def test_apply_delta_matches_the_agents_own_next_graph():
 
 
 def test_a_stale_host_keeps_its_picture_marked_with_its_age():
-    views = {"a": live("a"), "b": HostView("b", "stale", tuple(GRAPH["elements"]), stale_since=1000.0)}
+    views = {"a": live("a"), "b": FleetHost("b", "stale", tuple(GRAPH["elements"]), stale_since=1000.0)}
     lay = merge.layout(views, None)
     parts = merge.merge(views, lay)
     box = parts["b"][0]
@@ -181,9 +181,9 @@ def test_namespaces_unrelated_to_a_host_stay_out_of_its_box():
 
 def test_hosts_not_yet_heard_take_cells_in_name_order_then_keep_them():
     # agents start under their address, then /v1/info renames them: order by the real names
-    first = merge.layout({"127.0.0.1:9003": HostView("127.0.0.1:9003"), "127.0.0.1:9001": HostView("127.0.0.1:9001")}, None)
-    renamed = {"node-2": HostView("node-2"), "node-1": HostView("node-1")}
+    first = merge.layout({"127.0.0.1:9003": FleetHost("127.0.0.1:9003"), "127.0.0.1:9001": FleetHost("127.0.0.1:9001")}, None)
+    renamed = {"node-2": FleetHost("node-2"), "node-1": FleetHost("node-1")}
     assert merge.layout(renamed, first).slots == {"node-1": 0, "node-2": 1}
     # once a host has had a picture its cell is its own, whoever comes later
     lay = merge.layout({"node-2": live("node-2")}, None)
-    assert merge.layout({"node-2": live("node-2"), "node-1": HostView("node-1")}, lay).slots == {"node-2": 0, "node-1": 1}
+    assert merge.layout({"node-2": live("node-2"), "node-1": FleetHost("node-1")}, lay).slots == {"node-2": 0, "node-1": 1}

@@ -13,7 +13,7 @@ import pytest
 from live_recording import load
 
 from bridgescope.collector.kernel.snapshot import assemble
-from bridgescope.collector.live.incremental import Picture, Reads, advance, needs_nsids
+from bridgescope.collector.live.incremental import LiveState, Reads, advance, needs_nsids
 from bridgescope.collector.render.graph import to_elements
 
 STAGES = load(str(Path(__file__).parent / "data" / "live_reads.json"))
@@ -22,14 +22,14 @@ C1 = next(n for n, ns in STAGES["start"]["namespaces"].items() if ns.name.endswi
 C2 = next(n for n, ns in STAGES["container"]["namespaces"].items() if ns.name.endswith("-c2"))
 
 
-def started() -> Picture:
+def started() -> LiveState:
     s = STAGES["start"]
-    picture, _ = advance(Picture(firewall=False), Reads(taken_at=1.0, namespaces=s["namespaces"],
+    picture, _ = advance(LiveState(firewall=False), Reads(taken_at=1.0, namespaces=s["namespaces"],
                                                         dumps=s["reads"], nsids=s["nsids"]))
     return picture
 
 
-def step(picture: Picture, stage: str, ns_ids: list[str], *, discovery: bool = False):
+def step(picture: LiveState, stage: str, ns_ids: list[str], *, discovery: bool = False):
     s = STAGES[stage]
     return advance(picture, Reads(taken_at=2.0, namespaces=s["namespaces"] if discovery else None,
                                   dumps={n: s["reads"][n] for n in ns_ids},
@@ -68,8 +68,10 @@ def test_a_bridge_added_is_one_added_node_and_nothing_moves():
     picture = started()
     after, delta = step(picture, "bridge", [HOST])
     assert [e["data"]["label"] for e in delta["added"]] == ["br1"]
-    # only the host's own box may change (it makes room for the new bridge); no node moves
-    assert delta["removed"] == [] and [e["data"]["id"] for e in delta["changed"]] in ([], [HOST])
+    # only the host's own box changes, and only where its centre is (it makes room for the
+    # new bridge); no node moves
+    assert delta["removed"] == [] and [e["data"]["id"] for e in delta["changed"]] == [HOST]
+    assert delta["changed"][0]["data"] == next(e["data"] for e in picture.elements if e["data"]["id"] == HOST)
     assert "position" in delta["added"][0]
     kept = {k: v for k, v in positions(after.elements).items() if k in positions(picture.elements)}
     assert {k: v for k, v in kept.items() if k != HOST} \
@@ -131,9 +133,9 @@ def test_a_link_removed_is_one_removed_node():
     picture, _ = step(started(), "bridge", [HOST])
     br1 = next(i.id for i in picture.snapshot.interfaces if i.name == "br1")
     after, delta = step(picture, "start", [HOST])
-    # only the host's own box may change (it gives the bridge's room back); no node moves
+    # only the host's own box changes, where its centre is (it gives the bridge's room back)
     assert delta["added"] == [] and delta["removed"] == [br1]
-    assert [e["data"]["id"] for e in delta["changed"]] in ([], [HOST])
+    assert [e["data"]["id"] for e in delta["changed"]] == [HOST]
     assert dataclasses.replace(after.snapshot, taken_at=2.0) == one_shot("start")
 
 

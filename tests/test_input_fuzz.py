@@ -285,7 +285,7 @@ def _scan(m, ours, foreign, listeners):
             return "foreign"
     for ls in listeners:
         if ls.proto == m.proto and ls.port == m.host_port and \
-                (ls.ip in ("0.0.0.0", "::") or m.host_ip is None or ls.ip == m.host_ip):
+                (ls.address in ("0.0.0.0", "::") or m.host_ip is None or ls.address == m.host_ip):
             return "listener"
     return None
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from conftest import RUN_PREFIX, sh
 
+from bridgescope.collector.kernel import tools
 from bridgescope.plumbing import api
 from bridgescope.plumbing import netns as nsops
 from bridgescope.plumbing.lab import sandbox as lab
@@ -68,7 +69,7 @@ def test_lab_traffic_end_to_end(lab_prefix, firewall):
     assert sh("curl", "-s", "-m", "2", f"http://{info.host_ip}:80/", ns=client,
               check=False).returncode != 0
     # A UDP forward, to a server in c2.
-    server = subprocess.Popen(nsops.nsenter(f"/run/netns/{host}-c2", [
+    server = subprocess.Popen(tools.nsenter(f"/run/netns/{host}-c2", [
         sys.executable, "-m", "bridgescope.plumbing.lab.echo_server", "c2-udp", "53", "--udp"]))
     try:
         api.add_forward("c2", "5353:53/udp", host=host)
@@ -164,7 +165,7 @@ UDP_FROM_PORT = ("import socket,sys\n"
 
 
 def _udp_server(ns: str, name: str) -> subprocess.Popen:
-    proc = subprocess.Popen(nsops.nsenter(f"/run/netns/{ns}", [
+    proc = subprocess.Popen(tools.nsenter(f"/run/netns/{ns}", [
         sys.executable, "-m", "bridgescope.plumbing.lab.echo_server", name, "53", "--udp"]))
     _wait_udp(ns, 53)
     return proc
@@ -237,7 +238,7 @@ def test_doctor_reports_a_host_program_on_a_forwarded_port(lab_prefix):
         return json.loads(res.stdout)["findings"]
 
     assert not [f for f in doctor() if f["id"] == "port-taken"]
-    squatter = subprocess.Popen(nsops.nsenter(f"/run/netns/{info.host}", [
+    squatter = subprocess.Popen(tools.nsenter(f"/run/netns/{info.host}", [
         sys.executable, "-I", "-c", "import socket,time\ns=socket.socket()\n"
         "s.bind(('0.0.0.0', 8080)); s.listen(); time.sleep(60)"]))
     try:

@@ -140,7 +140,9 @@ def test_dry_run_is_the_plan_of_the_facts():
 
 
 def test_veth_name_is_the_containers_identity():
-    assert links.veth_name("lab", "web") == links.veth_name("lab", "web")
+    # the same name in every process and release: a restart finds its veths by it
+    assert links.veth_name("lab", "web") == "veth1509fed"
+    assert links.veth_name("lab", "web", 1) == "vethfb4a47a"
     assert re.fullmatch(r"veth[0-9a-f]{7}", links.veth_name("lab", "web"))
     assert len({links.veth_name("lab", "web"), links.veth_name("lab", "db"),
                 links.veth_name("other", "web"), links.veth_name("lab", "web", 1)}) == 4

@@ -18,6 +18,7 @@ import reference_layouts
 from conftest import sh
 from hostpicture import picture, save_lines
 
+from bridgescope.collector.kernel import tools
 from bridgescope.plumbing import api
 from bridgescope.plumbing import netns as nsops
 from bridgescope.plumbing.errors import PlumbingError, ValidationError
@@ -208,7 +209,7 @@ def test_legacy_is_refused_on_an_nft_host(host):
 def test_port_listened_on_in_the_host_is_refused(host):
     api.create_network("br0", "172.30.0.0/16", host=host)
     api.create_container("web", "br0", host=host)
-    server = subprocess.Popen(nsops.nsenter(f"/run/netns/{host}", [
+    server = subprocess.Popen(tools.nsenter(f"/run/netns/{host}", [
         sys.executable, "-c", "import socket,time; s=socket.socket(); "
         "s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind(('0.0.0.0', 9191)); "
         "s.listen(); print('ok', flush=True); time.sleep(60)"]), stdout=subprocess.PIPE, text=True)

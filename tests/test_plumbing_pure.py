@@ -113,13 +113,12 @@ def test_conflicts_by_owner_address_and_listener():
     assert conflicts.find_conflict(Forward("tcp", 8081, 80), (), (), (listener,)) is None
 
 
-def test_proc_net_parsing_keeps_listeners_only():
-    text = ("  sl  local_address rem_address   st tx_queue\n"
-            "   0: 00000000:1F90 00000000:0000 0A 00000000:00000000\n"
-            "   1: 0100007F:0050 00000000:0000 0A 00000000:00000000\n"
-            "   2: 0100007F:A000 0100007F:0050 01 00000000:00000000\n")
-    assert conflicts.parse_sockets(text, "tcp") == [
-        conflicts.Listener("tcp", "0.0.0.0", 8080), conflicts.Listener("tcp", "127.0.0.1", 80)]
+def test_a_program_on_an_ipv4_mapped_ipv6_address_holds_the_port():
+    """The same socket test as the verdicts and the doctor: `::ffff:192.0.2.2` takes 192.0.2.2's."""
+    mapped = conflicts.Listener("tcp", "::ffff:192.0.2.2", 8080)
+    assert "listening on ::ffff:192.0.2.2:8080" in conflicts.find_conflict(
+        Forward("tcp", 8080, 80, "192.0.2.2"), (), (), (mapped,))
+    assert conflicts.find_conflict(Forward("tcp", 8080, 80, "192.0.2.3"), (), (), (mapped,)) is None
 
 
 def test_state_roundtrip_is_atomic_and_empty_state_removes_the_file(tmp_path, monkeypatch):

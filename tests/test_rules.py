@@ -112,9 +112,10 @@ def test_restore_text_parses_back_into_the_same_rules():
 
 def test_delete_is_by_spec_never_by_index():
     text = rules.restore_text(Change(delete=rules.forward_rules(FWD, C1, NET)))
-    for line in text.splitlines():
-        if line.startswith("-D"):
-            assert not line.split()[2].isdigit()
+    deletes = [line for line in text.splitlines() if line.startswith("-D")]
+    assert len(deletes) == len(rules.forward_rules(FWD, C1, NET))
+    for line in deletes:
+        assert not line.split()[2].isdigit()
 
 
 def test_inverse_undoes_housekeeping():

@@ -13,7 +13,6 @@ import pytest
 from conftest import RUN_PREFIX, sh
 
 from bridgescope.collector.kernel import tools
-from bridgescope.plumbing import netns
 from bridgescope.plumbing.lab import sandbox as lab
 from bridgescope.plumbing.lab import walklab
 
@@ -53,7 +52,7 @@ def run_bridgescope(code: str, cwd: Path, env: dict[str, str]) -> subprocess.Com
 def test_python_children_are_isolated_and_tools_absolute():
     argv = lab.echo_server("web", 80)
     assert argv[:3] == [sys.executable, "-I", "-m"]
-    entered = netns.nsenter("/run/netns/x", ["ip", "link"])
+    entered = tools.nsenter("/run/netns/x", ["ip", "link"])
     assert entered[0] == "/usr/bin/nsenter" and entered[-2] == tools.tool("ip")
     assert os.path.isabs(tools.tool("ip")) and tools.ENV["PATH"] == tools.SAFE_PATH
     server = next(s for s in walklab.WalkLab("x").steps if s.key == "server")

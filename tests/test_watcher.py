@@ -192,9 +192,9 @@ def test_a_deleted_link_applies_to_the_cached_dump_without_a_redump(netns):
         RTMGRP_TOPOLOGY,
         NetnsSocket,
         apply_events,
-        hop_each,
         new_route_socket,
     )
+    from bridgescope.collector.kernel.setns import hop
     from bridgescope.collector.live.watcher import _drain_socket
     ns = netns("del")
     sh("ip", "-n", ns, "link", "add", "d0", "type", "veth", "peer", "name", "d1")
@@ -204,7 +204,7 @@ def test_a_deleted_link_applies_to_the_cached_dump_without_a_redump(netns):
     sh("ip", "-n", ns, "route", "add", "10.62.0.0/24", "via", "10.61.0.2")
     fd = os.open(f"/run/netns/{ns}", os.O_RDONLY)
     try:
-        [(rtnl, events)] = hop_each([(fd, None)], lambda _: (NetnsSocket(new_route_socket()),
+        [(rtnl, events)] = hop([(fd, None)], lambda _: (NetnsSocket(new_route_socket()),
                                                               new_route_socket(RTMGRP_TOPOLOGY)))
         before = rtnl.dump()
         assert any(r.dst == "10.62.0.0/24" for r in before.routes)

@@ -197,6 +197,9 @@ def test_host_header_must_name_the_listen_address(host_header):
     ("192.0.2.5:80", "192.0.2.5", True),
     ("192.0.2.5:80", "192.0.2.6", False),
     ("[::]:8470", "[2001:db8::1]:8470", True),
+    ("127.0.0.1:8470", "127.0.0.1:٨٤٧٠", False),  # digits, but not ASCII ones
+    ("127.0.0.1:8470", "127.0.0.1:²", False),
+    ("127.0.0.1:8470", "127.0.0.1:000000000000008470", False),
 ])
 def test_host_allowed(listen, header, ok):
     host, port = auth.parse_listen(listen)
@@ -264,6 +267,8 @@ def test_a_foreign_origin_cannot_open_a_session_even_with_the_token():
     ("http://127.0.0.1:8470/x", "http", "127.0.0.1:8470", False),
     ("ftp://127.0.0.1:8470", "http", "127.0.0.1:8470", False),
     ("127.0.0.1:8470", "http", "127.0.0.1:8470", False),
+    ("http://127.0.0.1:²", "http", "127.0.0.1:8470", False),
+    ("http://127.0.0.1:٨٤٧٠", "http", "127.0.0.1:8470", False),
 ])
 def test_same_origin(origin, scheme, host, same):
     assert auth.same_origin(origin, scheme, host) is same
@@ -393,7 +398,8 @@ def test_read_token_sources(tmp_path):
 
 
 @pytest.mark.parametrize("listen", ["8470", "127.0.0.1", "127.0.0.1:0", "127.0.0.1:99999",
-                                    "dash.example:8470", "127.0.0.1:http"])
+                                    "dash.example:8470", "127.0.0.1:http", "127.0.0.1:²",
+                                    "127.0.0.1:٨٤٧٠", "127.0.0.1:0000000000000000008470"])
 def test_bad_listen_addresses_are_refused(listen):
     with pytest.raises(BridgescopeError, match="--listen"):
         auth.parse_listen(listen)

@@ -99,20 +99,40 @@ def test_forward_rows_show_the_verdicts_of_the_panel():
 
     from bridgescope.collector.doctor import diagnose
     from bridgescope.collector.rules.reach import reach
-    from bridgescope.webui.verdicts import Result, verdict_rows
+    from bridgescope.webui.verdicts import Checkup, verdict_rows
 
     (row,) = forward_rows(healthy(), listeners=LISTENING)
-    assert (row.outside, row.from_host, row.outside_ok, row.from_host_ok) == ("reachable", "reachable", True, True)
+    assert (row.outside, row.from_host, row.outside_class, row.from_host_class) == ("reachable", "reachable", "ok", "ok")
     broken = without_jumps(healthy(), "OUTPUT")
     (row,) = forward_rows(broken, listeners=LISTENING)
-    assert row.outside == "reachable" and not row.from_host_ok
+    assert row.outside == "reachable" and row.from_host_class == "warn"
     assert row.from_host.startswith("not reachable (refused): refused: no DNAT catches 192.0.2.10:8080")
-    panel = dict(verdict_rows(Result(broken, (), reach(broken, LISTENING), LISTENING), f"pf:{HOST}:tcp:*:8080",
+    panel = dict(verdict_rows(Checkup(broken, (), reach(broken, LISTENING), LISTENING), f"pf:{HOST}:tcp:*:8080",
                               "portforward"))
     assert (panel["from outside"], panel["from the host"]) == (row.outside, row.from_host)
     assert [f.id for f in diagnose(broken, listeners=LISTENING)] == ["dnat-not-from-host"]
     (deaf,) = forward_rows(healthy(), listeners=None)  # listeners not read: not claimed reachable
     assert deaf.outside.startswith("not reachable (unknown)")
+
+
+def test_a_port_bound_to_127_0_0_1_is_not_red_from_outside_and_the_host_column_asks_127_0_0_1():
+    """`-p 127.0.0.1:8080:80` is published for the host's loopback only: outside's refusal is
+    what it asks for, and the host reaches it at 127.0.0.1, not at its uplink address."""
+    from dataclasses import replace
+
+    from test_doctor import healthy
+    from test_reach import LISTENING
+
+    from bridgescope.collector.rules.reach import LOOPBACK, reach
+    from bridgescope.webui.verdicts import verdict_text
+
+    snap = healthy()
+    snap = replace(snap, port_forwards=tuple(replace(pf, host_ip="127.0.0.1") for pf in snap.port_forwards))
+    (row,) = forward_rows(snap, listeners=LISTENING)
+    assert (row.outside, row.outside_class) == ("not published there (bound to 127.0.0.1)", "muted")
+    (fr,) = reach(snap, LISTENING)
+    assert row.from_host == verdict_text(fr.verdict(LOOPBACK))
+    assert (row,) == tuple(forward_rows(snap, verdicts_of=(fr,)))  # the worker's verdicts, the same row
 
 
 def test_tables_route_filters_and_swaps_only_the_tables(client):
@@ -196,15 +216,15 @@ def test_a_containers_panels_show_only_its_own_forward_and_rules():
 
 
 def test_tables_list_the_served_host_unless_asked_and_hide_shard_jumps():
-    from bridgescope.webui.tables import Scope
+    from bridgescope.webui.tables import TableScope
 
     snap = two_labs()
     assert [f.namespace for f in forward_rows(snap)] == ["host"]
-    assert sorted(f.namespace for f in forward_rows(snap, Scope(every_namespace=True))) == ["host", "lab2-host"]
+    assert sorted(f.namespace for f in forward_rows(snap, TableScope(every_namespace=True))) == ["host", "lab2-host"]
     assert {r.namespace for r in rule_rows(snap, "all")} == {"host"}
     assert not [r for r in rule_rows(snap, "all") if "BRIDGESCOPE-DNAT-0a" in r.text]
-    assert [r for r in rule_rows(snap, "all", Scope(scaffolding=True)) if "BRIDGESCOPE-DNAT-0a" in r.text]
-    assert {r.namespace for r in rule_rows(snap, "all", Scope(every_namespace=True))} == {"host", "lab2-host"}
+    assert [r for r in rule_rows(snap, "all", TableScope(scaffolding=True)) if "BRIDGESCOPE-DNAT-0a" in r.text]
+    assert {r.namespace for r in rule_rows(snap, "all", TableScope(every_namespace=True))} == {"host", "lab2-host"}
 
 
 def test_tables_route_toggles(tmp_path, monkeypatch):

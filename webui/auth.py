@@ -125,7 +125,7 @@ def read_token(token_file: str | None, environ: dict[str, str] | None = None) ->
 def parse_listen(listen: str) -> tuple[str, int]:
     """'127.0.0.1:8470', '[::1]:8470', ':8470' -> (host, port); raises on nonsense."""
     host, sep, port = listen.rpartition(":")
-    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+    if not sep or _port_number(port) is None:
         raise BridgescopeError(f"--listen wants HOST:PORT, got {listen!r}")
     host = host.strip("[]") or "0.0.0.0"
     try:
@@ -134,6 +134,14 @@ def parse_listen(listen: str) -> tuple[str, int]:
         if host != "localhost":
             raise BridgescopeError(f"--listen wants an IP address, got {host!r}") from None
     return host, int(port)
+
+
+def _port_number(text: str) -> int | None:
+    """1-65535 in at most five ASCII digits; str.isdigit() alone also takes '²' (which int()
+    then refuses) and other scripts' digits."""
+    if not (text.isascii() and text.isdigit() and len(text) <= 5) or not 0 < int(text) < 65536:
+        return None
+    return int(text)
 
 
 def is_loopback(host: str) -> bool:
@@ -153,7 +161,8 @@ def _split_host_header(value: str, default_port: int = 80) -> tuple[str, int] | 
     else:
         name, _, port = value.partition(":")
         port = port or str(default_port)
-    return (name, int(port)) if port.isdigit() else None
+    number = _port_number(port)
+    return (name, number) if number is not None else None
 
 
 def host_allowed(header: str, policy: AccessPolicy) -> bool:

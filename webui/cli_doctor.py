@@ -7,13 +7,11 @@ import sys
 import textwrap
 
 from bridgescope.collector.doctor import diagnose
-from bridgescope.collector.doctor.finding import Finding
-from bridgescope.collector.hostview import host_view
-from bridgescope.collector.kernel import listeners
+from bridgescope.collector.doctor.finding import Finding, counts_of
 from bridgescope.collector.kernel.snapshot import collect
-from bridgescope.collector.model import Snapshot, to_plain
-from bridgescope.collector.packetpath import namespace_paths
+from bridgescope.collector.model import to_plain
 from bridgescope.plumbing.api import forward_targets, owned_tags
+from bridgescope.webui.verdicts import verdict_listeners
 
 EXIT_ERRORS = 2  # 1 stays "the doctor itself could not run"
 
@@ -42,21 +40,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     snap = collect(args.netns)
-    findings = diagnose(snap, owned_tags(args.netns), _host_listeners(snap),
-                        forward_targets(args.netns))
+    findings = diagnose(snap, owned_tags(args.netns), verdict_listeners(snap), forward_targets(args.netns))
     if args.json:
         json.dump({"findings": to_plain(findings)}, sys.stdout, indent=2)
         sys.stdout.write("\n")
     else:
         sys.stdout.write(render_text(findings))
     return EXIT_ERRORS if any(f.severity == "error" for f in findings) else 0
-
-
-def _host_listeners(snap: Snapshot) -> listeners.ListenerRead:
-    """The host's own listening sockets (port-taken); the containers' are left unread."""
-    host = host_view(snap).host
-    path = namespace_paths(snap).get(host.id) if host else None
-    return listeners.read({host.id: path} if host and path else {})
 
 
 def render_text(findings: tuple[Finding, ...]) -> str:
@@ -68,6 +58,6 @@ def render_text(findings: tuple[Finding, ...]) -> str:
         lines += textwrap.wrap(f.explanation, 88, initial_indent="  ", subsequent_indent="  ")
         lines += ["  fix:"] + [f"    {cmd}" for cmd in f.fix]
         blocks.append("\n".join(lines))
-    counts = {s: sum(f.severity == s for f in findings) for s in ("error", "warning", "info")}
+    counts = counts_of(findings)
     summary = ", ".join(f"{n} {s}{'s' if n != 1 else ''}" for s, n in counts.items() if n)
     return "\n\n".join(blocks) + f"\n\n{summary}\n"

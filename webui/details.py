@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, replace
 from flask import Blueprint, Response, abort, current_app, request
 from markupsafe import Markup, escape
 
+from bridgescope.collector import shell
 from bridgescope.collector.firewall import assemble_namespace
 from bridgescope.collector.firewall.readers import SAVE_TOOLS, dump_namespace
 from bridgescope.collector.hostview import in_ns, netns_name
@@ -126,13 +127,8 @@ def forwards_of_namespace(snap: Snapshot, ns_id: str) -> tuple[PortForward, ...]
 
 
 def host_id(snap: Snapshot) -> str | None:
-    host = snap.namespace(snap.host) if snap.host else snap.host_namespace()
+    host = snap.host_namespace()
     return host.id if host else None
-
-
-def ns_label(snap: Snapshot, ns_id: str | None) -> str:
-    ns = snap.namespace(ns_id) if ns_id else None
-    return ns.name if ns else (ns_id or "?")
 
 
 def forward_label(pf: PortForward) -> str:
@@ -158,14 +154,14 @@ def interface_details(snap: Snapshot, iface: Interface, owner: str | None) -> De
     ns = snap.namespace(iface.netns)
     by_id = {i.id: i for i in snap.interfaces}
     peer, master = by_id.get(iface.peer or ""), by_id.get(iface.master or "")
-    facts = [("namespace", ns_label(snap, iface.netns)), ("kind", iface.kind),
+    facts = [("namespace", snap.ns_name(iface.netns)), ("kind", iface.kind),
              ("state", f"{iface.state}" + (f" ({iface.operstate})" if iface.operstate else "")),
              ("MTU", str(iface.mtu)), ("MAC", iface.mac or "—"),
              ("addresses", ", ".join(iface.addresses) or "none"), ("owner", owner or "unknown")]
     if master:
         facts.append(("bridge", master.name))
     if peer:
-        facts.append(("veth peer", f"{peer.name} in {ns_label(snap, peer.netns)}"))
+        facts.append(("veth peer", f"{peer.name} in {snap.ns_name(peer.netns)}"))
     if iface.hairpin is not None:
         facts.append(("hairpin", "on" if iface.hairpin else "off"))
     routes = tuple(r for r in snap.routes if r.netns == iface.netns and
@@ -182,7 +178,7 @@ def interface_details(snap: Snapshot, iface: Interface, owner: str | None) -> De
     if iface.kind == "bridge":
         commands.append(in_ns(ns, "bridge", "link", "show", "master", iface.name))
     commands += _save_commands(snap, rules)
-    related = tuple((i.id, f"{i.name} ({ns_label(snap, i.netns)})") for i in (peer, master) if i)
+    related = tuple((i.id, f"{i.name} ({snap.ns_name(i.netns)})") for i in (peer, master) if i)
     return Details(iface.id, iface.kind, iface.name, tuple(facts), routes=routes, rules=rules,
                    forwards=forwards, commands=tuple(commands), related=related, ports=ports)
 
@@ -204,15 +200,15 @@ def namespace_details(snap: Snapshot, ns: Namespace, owner: str | None, containe
         tuple(r for r in snap.rules if r.netns == ns.id and r.table == "nat")
     commands = [in_ns(ns, "ip", "addr"), in_ns(ns, "ip", "route"), *_save_commands(snap, rules)]
     if netns_name(ns):
-        commands.append(f"ip netns pids {netns_name(ns)}")
+        commands.append(shell.line(("ip", "netns", "pids", netns_name(ns))))
     return Details(ns.id, "namespace", ns.name, tuple(facts), interfaces=ifaces, routes=routes,
                    rules=rules, forwards=forwards, commands=tuple(commands), container=container)
 
 
 def forward_details(snap: Snapshot, pf: PortForward, element_id: str) -> Details:
     facts = [("forward", forward_label(pf)), ("owner", pf.owner), ("backend", pf.backend),
-             ("firewall of", ns_label(snap, pf.netns)),
-             ("container", ns_label(snap, pf.container) if pf.container else "not found"),
+             ("firewall of", snap.ns_name(pf.netns)),
+             ("container", snap.ns_name(pf.container) if pf.container else "not found"),
              ("FORWARD accepts it", {True: "yes", False: "no", None: "cannot tell"}[pf.forward_accept]),
              ("via", pf.via)]
     if pf.chain:
@@ -224,7 +220,7 @@ def forward_details(snap: Snapshot, pf: PortForward, element_id: str) -> Details
     ns = snap.namespace(pf.netns)
     commands = [*_save_commands(snap, rules or [Rule(pf.netns, pf.backend, 4, "nat", "", "")]),
                 in_ns(ns, "conntrack", "-L", "-p", pf.proto, "--dport", str(pf.host_port))]
-    related = ((pf.container, ns_label(snap, pf.container)),) if pf.container else ()
+    related = ((pf.container, snap.ns_name(pf.container)),) if pf.container else ()
     return Details(element_id, "portforward", forward_label(pf), tuple(facts), rules=rules,
                    forwards=(pf,), commands=tuple(commands), related=related)
 
@@ -244,7 +240,7 @@ def masquerade_details(snap: Snapshot, masq: Masquerade, element_id: str,
     target = f"SNAT to {masq.to_source}" if masq.to_source else "MASQUERADE (the outgoing interface's address)"
     leaves = f"any interface but {masq.out_not}" if masq.out_not else (masq.out or "any interface")
     facts = [("rewrites", target), ("source", masq.source or "any"), ("leaving by", leaves),
-             ("owner", masq.owner), ("backend", masq.backend), ("firewall of", ns_label(snap, masq.netns))]
+             ("owner", masq.owner), ("backend", masq.backend), ("firewall of", snap.ns_name(masq.netns))]
     if masq.destination:
         facts.append(("destination", ("not " if masq.dest_not else "") + masq.destination))
     if masq.chain:
@@ -255,7 +251,7 @@ def masquerade_details(snap: Snapshot, masq: Masquerade, element_id: str,
     listing = [c for c in map(lambda r: _listing_with_counters(snap, r), rules) if c]
     commands = [*_save_commands(snap, rules or [Rule(masq.netns, masq.backend, 4, "nat", "", "")]),
                 *dict.fromkeys(listing)]
-    related = ((bridge.id, f"{bridge.name} ({ns_label(snap, bridge.netns)})"),) if bridge else ()
+    related = ((bridge.id, f"{bridge.name} ({snap.ns_name(bridge.netns)})"),) if bridge else ()
     title = f"MASQUERADE {masq.source or 'any'}" + (f" ! -o {masq.out_not}" if masq.out_not else "")
     return Details(element_id, "masquerade", title, tuple(facts), rules=rules,
                    commands=tuple(commands), related=related)

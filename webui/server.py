@@ -16,7 +16,6 @@ server's maintenance() runs from its event loop every cleanup_interval seconds.
 """
 from __future__ import annotations
 
-import ctypes
 import os
 import resource
 import signal
@@ -30,6 +29,7 @@ from waitress.parser import HTTPRequestParser
 from waitress.server import TcpWSGIServer
 
 from bridgescope.collector.errors import BridgescopeError
+from bridgescope.collector.kernel.setns import libc
 from bridgescope.webui import auth
 from bridgescope.webui.app import Runtime, create_app, runtime
 
@@ -132,7 +132,6 @@ PR_SET_CHILD_SUBREAPER = 36
 def _adopt_orphans() -> None:
     """Become the subreaper of everything the app starts (the Watcher's firewall monitors and
     what they start), so nothing escapes _end_descendants at exit."""
-    libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
 
 

@@ -15,7 +15,7 @@ from flask import Blueprint, request
 
 from bridgescope.collector.kernel.listeners import ListenerRead
 from bridgescope.collector.model import PortForward, Rule, Snapshot, portforward_id
-from bridgescope.collector.rules.reach import HOST, OUTSIDE, reach
+from bridgescope.collector.rules.reach import HOST, LOOPBACK, OUTSIDE, ForwardReach, meant_sources, reach
 from bridgescope.plumbing.rules import SHARD_CHAINS, SHARD_TAG
 from bridgescope.plumbing.state import TAG
 from bridgescope.webui import verdicts
@@ -51,8 +51,8 @@ class ForwardRow:
     backend: str
     outside: str  # the reachability verdicts (rules/reach.py), as the forward's panel words them
     from_host: str
-    outside_ok: bool = False
-    from_host_ok: bool = False
+    outside_class: str = "muted"  # ok, warn, or muted where the forward is not published for it
+    from_host_class: str = "muted"
 
 
 def _names(snap: Snapshot) -> dict[str, str]:
@@ -60,7 +60,7 @@ def _names(snap: Snapshot) -> dict[str, str]:
 
 
 @dataclass(frozen=True)
-class Scope:
+class TableScope:
     """Which rows to list: the served host only (default) or every namespace; with or
     without bridgescope's shard scaffolding."""
     every_namespace: bool = False
@@ -68,7 +68,7 @@ class Scope:
 
 
 def served_host(snap: Snapshot) -> str | None:
-    host = snap.namespace(snap.host) if snap.host else snap.host_namespace()
+    host = snap.host_namespace()
     return host.id if host else None
 
 
@@ -77,11 +77,11 @@ def is_scaffolding(rule: Rule) -> bool:
     return rule.target in SHARD_CHAINS or rule.comment == f"{TAG}{SHARD_TAG}"
 
 
-def _in_scope(netns: str, host: str | None, scope: Scope) -> bool:
+def _in_scope(netns: str, host: str | None, scope: TableScope) -> bool:
     return scope.every_namespace or host is None or netns == host
 
 
-def rule_rows(snap: Snapshot, table: str = "nat", scope: Scope = Scope()) -> list[RuleRow]:
+def rule_rows(snap: Snapshot, table: str = "nat", scope: TableScope = TableScope()) -> list[RuleRow]:
     names, host = _names(snap), served_host(snap)
     return [RuleRow(names.get(r.netns, r.netns), r.backend, r.table, r.chain, r.text, r.owner,
                     r.packets, r.bytes)
@@ -97,23 +97,35 @@ def container_side(pf: PortForward) -> str:
     return f"{pf.to_ip}:{pf.to_port}" + (f"-{pf.to_port_end}" if pf.to_port_end else "")
 
 
-def forward_rows(snap: Snapshot, scope: Scope = Scope(),
-                 listeners: ListenerRead | None = None) -> list[ForwardRow]:
+def forward_rows(snap: Snapshot, scope: TableScope = TableScope(), listeners: ListenerRead | None = None,
+                 verdicts_of: Iterable[ForwardReach] | None = None) -> list[ForwardRow]:
     """Each forward with its verdicts from outside and from the host (the host's DNAT
-    forwards have them; a proxy's or another namespace's show a dash)."""
+    forwards have them; a proxy's or another namespace's show a dash); `verdicts_of` are the
+    verdicts already worked out for this snapshot, else they are worked out here."""
     names, host = _names(snap), served_host(snap)
-    found = {fr.id: fr for fr in reach(snap, listeners)}
+    found = {fr.id: fr for fr in (verdicts_of if verdicts_of is not None else reach(snap, listeners))}
     rows = []
     for pf in snap.port_forwards:
         if not _in_scope(pf.netns, host, scope):
             continue
         fr = found.get(portforward_id(pf)) if pf.via == "dnat" else None
-        outside, own = (fr.verdict(OUTSIDE), fr.verdict(HOST)) if fr else (None, None)
+        bound_local = bool(pf.host_ip and pf.host_ip.startswith("127."))
+        # the host's own connections to a port bound to 127.0.0.1 go to 127.0.0.1
+        (outside, outside_class), (own, own_class) = _cell(fr, OUTSIDE), _cell(fr, LOOPBACK if bound_local else HOST)
         rows.append(ForwardRow(names.get(pf.netns, pf.netns), pf.proto, host_side(pf), container_side(pf),
                                names.get(pf.container or "", "—"), pf.owner, pf.backend,
-                               verdict_text(outside) if outside else "—", verdict_text(own) if own else "—",
-                               bool(outside and outside.ok), bool(own and own.ok)))
+                               outside, own, outside_class, own_class))
     return rows
+
+
+def _cell(fr: ForwardReach | None, source: str) -> tuple[str, str]:
+    """A verdict's words and class; a source the forward is not published for is said so."""
+    verdict = fr.verdict(source) if fr is not None else None
+    if verdict is None:
+        return "—", "muted"
+    if source not in meant_sources(fr.forward.host_ip):
+        return f"not published there (bound to {fr.forward.host_ip})", "muted"
+    return verdict_text(verdict), "ok" if verdict.ok else "warn"
 
 
 def matching(rows: Iterable, query: str) -> list:
@@ -128,11 +140,13 @@ def index() -> str:
     snap = runtime().source.snapshot
     q, table = request.args.get("q", ""), request.args.get("table", "nat")
     table = table if table in TABLE_CHOICES else "nat"
-    scope = Scope(every_namespace=request.args.get("every") == "1",
+    scope = TableScope(every_namespace=request.args.get("every") == "1",
                   scaffolding=request.args.get("scaffolding") == "1")
     latest = verdicts.for_source(runtime().source).latest()
     listeners = latest.listeners if latest else None  # the ones the panels' verdicts read
+    # the panels' own verdicts while they are of this snapshot: one verdict, worked out once
+    known = latest.reach if latest is not None and latest.snapshot is snap else None
     return page_or_fragment("tables.html", "tables", q=q, table=table, scope=scope,
                             table_choices=TABLE_CHOICES, host=_names(snap).get(served_host(snap) or "", "?"),
                             rules=matching(rule_rows(snap, table, scope), q),
-                            forwards=matching(forward_rows(snap, scope, listeners), q))
+                            forwards=matching(forward_rows(snap, scope, listeners, known), q))

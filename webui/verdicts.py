@@ -18,11 +18,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from bridgescope.collector.doctor import ForwardTarget, diagnose
-from bridgescope.collector.doctor.finding import SEVERITIES, Finding
-from bridgescope.collector.kernel import listeners as kernel_listeners
-from bridgescope.collector.kernel.listeners import ListenerRead
+from bridgescope.collector.doctor.finding import Finding, counts_of
+from bridgescope.collector.kernel.listeners import ListenerRead, read_namespaces
 from bridgescope.collector.model import PortForward, Snapshot
-from bridgescope.collector.packetpath import namespace_paths
 from bridgescope.collector.rules.reach import ForwardReach, Verdict, namespaces_to_poll, reach
 
 log = logging.getLogger(__name__)
@@ -31,16 +29,16 @@ TICK, BATCH, LISTEN_POLL = 0.1, 0.3, 2.0
 
 
 @dataclass(frozen=True)
-class Result:
+class Checkup:
     snapshot: Snapshot
     findings: tuple[Finding, ...]
     reach: tuple[ForwardReach, ...]
     listeners: ListenerRead | None
 
 
-def event_of(result: Result) -> dict:
+def event_of(result: Checkup) -> dict:
     """The stream's "doctor" event: counts by severity, findings' object ids, verdicts."""
-    counts = {s: sum(f.severity == s for f in result.findings) for s in SEVERITIES}
+    counts = counts_of(result.findings)
     return {"type": "doctor", "counts": counts,
             "findings": [{"id": f.id, "severity": f.severity, "objects": list(f.objects), "title": f.title}
                          for f in result.findings],
@@ -61,14 +59,14 @@ class Verdicts:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._wake = threading.Event()
-        self._latest: Result | None = None
+        self._latest: Checkup | None = None
         self._event: dict | None = None
         self._thread = threading.Thread(target=self._run, name="bridgescope-verdicts", daemon=True)
         self._thread.start()
 
     # -- readers -----------------------------------------------------------------------
 
-    def latest(self, wait: float = 2.0) -> Result | None:
+    def latest(self, wait: float = 2.0) -> Checkup | None:
         """The newest result; waits for the first one up to `wait` seconds."""
         deadline = time.monotonic() + wait
         while self._latest is None and time.monotonic() < deadline and not self._stop.is_set():
@@ -110,7 +108,7 @@ class Verdicts:
                 if now - last_run < BATCH:  # batch a burst of changes into one run
                     time.sleep(BATCH - (now - last_run))
                     snap = self.source.snapshot
-                fresh = _listeners(snap)
+                fresh = verdict_listeners(snap)
                 next_listen = time.monotonic() + LISTEN_POLL
                 if snap is seen and listeners is not None and fresh.by_ns == listeners.by_ns:
                     listeners = fresh
@@ -121,15 +119,15 @@ class Verdicts:
                 log.exception("verdicts: a run failed; the next change runs again")
                 seen = None
 
-    def _compute(self, snap: Snapshot, listeners: ListenerRead) -> Result:
+    def _compute(self, snap: Snapshot, listeners: ListenerRead) -> Checkup:
         try:
             owned, forwards = self.owned(), self.forwards()
         except Exception:  # the saved state may be mid-write: these wait for the next run
             owned, forwards = None, None
-        return Result(snap, diagnose(snap, owned, listeners, forwards), reach(snap, listeners),
+        return Checkup(snap, diagnose(snap, owned, listeners, forwards), reach(snap, listeners),
                       listeners)
 
-    def _publish(self, result: Result) -> None:
+    def _publish(self, result: Checkup) -> None:
         event = event_of(result)
         with self._lock:
             self._latest = result
@@ -141,10 +139,11 @@ class Verdicts:
                     pass
 
 
-def _listeners(snap: Snapshot) -> ListenerRead:
-    paths = namespace_paths(snap)
+def verdict_listeners(snap: Snapshot) -> ListenerRead:
+    """The listening sockets the verdicts need (every forward's container and the host): the
+    worker and `bridgescope doctor` read the same ones, so they find the same things."""
     wanted = namespaces_to_poll(snap)
-    return kernel_listeners.read({ns: p for ns, p in paths.items() if ns in wanted})
+    return read_namespaces(ns for ns in snap.namespaces if ns.id in wanted)
 
 
 # ---- one worker per source, per app ------------------------------------------------------
@@ -195,13 +194,13 @@ def verdict_text(v: Verdict) -> str:
     return "reachable" if v.ok else f"not reachable ({v.outcome}): {v.reason}"
 
 
-def deaf_forwards(result: Result | None, ns_id: str) -> list[PortForward]:
+def deaf_forwards(result: Checkup | None, ns_id: str) -> list[PortForward]:
     """The forwards into ns_id whose destination port no program there listens on."""
     return [fr.forward for fr in (result.reach if result else ()) if fr.forward.container == ns_id
             and fr.listening is False]
 
 
-def verdict_rows(result: Result | None, element_id: str, kind: str) -> tuple[tuple[str, str], ...]:
+def verdict_rows(result: Checkup | None, element_id: str, kind: str) -> tuple[tuple[str, str], ...]:
     """A forward's panel: one row per source; a container's: its published ports nothing
     answers. Empty when the worker has not run yet."""
     from bridgescope.collector.rules.reach import SOURCE_LABELS

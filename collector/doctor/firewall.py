@@ -9,10 +9,13 @@ project's own way of doing the same thing.
 """
 from __future__ import annotations
 
-from collections import Counter
+from collections import defaultdict
 from ipaddress import IPv4Address, IPv4Network
 
+from bridgescope.collector import shell
 from bridgescope.collector.doctor.finding import Finding
+from bridgescope.collector.firewall.owners import BRIDGESCOPE_TAG
+from bridgescope.collector.firewall.savefmt import tokenize
 from bridgescope.collector.hostview import Attachment, BridgeNet, HostView, in_ns, ipv4_addresses, netns_name
 from bridgescope.collector.kernel.listeners import ListenerRead
 from bridgescope.collector.model import Masquerade, Namespace, PortForward, Rule, portforward_id
@@ -23,7 +26,10 @@ from bridgescope.collector.rules.model import Base
 from bridgescope.collector.rules.nat import forward_packet, forward_verdict
 from bridgescope.collector.rules.reach import HOST, LOOPBACK, OUTSIDE, SOURCE_LABELS, forward_reach
 
-_IPTABLES = {"legacy": "iptables-legacy", "nft": "iptables"}
+# The tool that writes to each iptables backend and family. `iptables` is the nft one on
+# current distributions; a legacy table is named as such, or the fix lands in the other half.
+_IPTABLES = {("legacy", 4): "iptables-legacy", ("legacy", 6): "ip6tables-legacy",
+             ("nft", 4): "iptables", ("nft", 6): "ip6tables"}
 
 
 # --- small lookups ----------------------------------------------------------------------
@@ -64,17 +70,41 @@ def _is_v4(text: str) -> bool:
 
 
 def delete_command(ns: Namespace | None, rule: Rule) -> str:
-    """A command line that removes exactly this rule from its backend."""
+    """A command line that removes exactly this rule from its backend and family."""
     if rule.backend == "nftables":
-        return in_ns(ns, "nft", "delete", "rule", "ip", rule.table, rule.chain,
+        return in_ns(ns, "nft", "delete", "rule", nft_family(rule.family), rule.table, rule.chain,
                      "handle", str(rule.handle))
-    spec = rule.text.split(None, 2)[2] if rule.text.startswith("-A ") else rule.text
-    return in_ns(ns, _IPTABLES.get(rule.backend, "iptables"), "-t", rule.table,
-                 "-D", rule.chain) + " " + spec
+    # the saved line's own tokens (quotes and escapes undone), quoted again for a shell: a
+    # comment holding `$(...)` must not run when the fix is pasted
+    tokens = tokenize(rule.text)[0]
+    spec = tokens[2:] if tokens[:1] == ["-A"] else tokens
+    return in_ns(ns, iptables_tool(rule.backend, rule.family), "-t", rule.table, "-D", rule.chain, *spec)
 
 
-def iptables(ns: Namespace | None, *argv: str) -> str:
-    return in_ns(ns, "iptables", *argv)
+def iptables_tool(backend: str, family: int = 4) -> str:
+    return _IPTABLES.get((backend, family), "ip6tables" if family == 6 else "iptables")
+
+
+def nft_family(family: int) -> str:
+    """The nft family word of a table (the reader folds inet and the rarer ones to 0)."""
+    return {4: "ip", 6: "ip6"}.get(family, "inet")
+
+
+def iptables(ns: Namespace | None, *argv: str, backend: str = "nft") -> str:
+    return in_ns(ns, iptables_tool(backend), *argv)
+
+
+def iptables_backend(view: HostView, table: str) -> str:
+    """Where a new IPv4 rule of `table` belongs on this host: the iptables backend that
+    already holds Docker's rules there (its chains are what a jump must reach), else the
+    one holding most; a host with none gets `iptables`, the nft one."""
+    counts: dict[str, int] = defaultdict(int)
+    for rule in host_rules(view):
+        if rule.table == table and rule.backend in ("legacy", "nft"):
+            counts[rule.backend] += 1
+            if rule.owner == "docker":
+                return rule.backend
+    return max(counts, key=counts.__getitem__) if counts else "nft"
 
 
 # --- masquerade --------------------------------------------------------------------------
@@ -119,12 +149,11 @@ def _masquerade_for(view: HostView, net: BridgeNet, subnet: IPv4Network,
     all_covered = bool(members) and all(any(ip in s for _, s in sources) for ip in members)
     # a /32 is a per-container rule: covered above when its container exists, orphan-rule if not
     partial = [(m, s) for m, s in sources if s.overlaps(subnet) and s.prefixlen < 32]
-    right = iptables(host, "-t", "nat", "-A", "POSTROUTING", "-s", str(subnet),
-                     "!", "-o", net.bridge.name, "-j", "MASQUERADE")
     if partial:
         m, s = partial[0]
         rule = rule_of(view, m.netns, m.chain, m.rule_text)
-        fix = ((delete_command(host, rule),) if rule else ()) + (right,)
+        fix = ((delete_command(host, rule),) if rule else ()) + (
+            _masquerade_command(view, rule, str(subnet), net.bridge.name),)
         return [Finding(
             "masquerade-mask-mismatch", "warning" if all_covered else "error",
             (net.bridge.id,), f"MASQUERADE covers {s}, the bridge {net.bridge.name} has {subnet}",
@@ -139,7 +168,18 @@ def _masquerade_for(view: HostView, net: BridgeNet, subnet: IPv4Network,
         f"no MASQUERADE for {subnet} ({net.bridge.name})",
         f"Nothing rewrites the source of packets from {subnet} leaving the host, so they go out "
         "with a private address the outside world cannot answer: containers have no internet.",
-        (right,))]
+        (_masquerade_command(view, None, str(subnet), net.bridge.name),))]
+
+
+def _masquerade_command(view: HostView, beside: Rule | None, source: str, bridge: str) -> str:
+    """Docker's MASQUERADE (-s SUBNET ! -o BRIDGE), written where `beside` (a rule it
+    replaces) lives: the same nftables chain, or the same iptables backend."""
+    if beside is not None and beside.backend == "nftables":
+        return in_ns(view.host, "nft", "add", "rule", nft_family(beside.family), beside.table,
+                     beside.chain, "ip", "saddr", source, "oifname", "!=", f'"{bridge}"', "masquerade")
+    backend = beside.backend if beside is not None else iptables_backend(view, "nat")
+    return iptables(view.host, "-t", "nat", "-A", "POSTROUTING", "-s", source, "!", "-o", bridge,
+                    "-j", "MASQUERADE", backend=backend)
 
 
 def masquerade_bridge_traffic(view: HostView) -> tuple[Finding, ...]:
@@ -156,8 +196,7 @@ def masquerade_bridge_traffic(view: HostView) -> tuple[Finding, ...]:
             if m.netns != host.id or not _catches_bridge(view, m, net):
                 continue
             rule = rule_of(view, m.netns, m.chain, m.rule_text)
-            fixed = iptables(host, "-t", "nat", "-A", "POSTROUTING", "-s", m.source or "0.0.0.0/0",
-                             "!", "-o", net.bridge.name, "-j", "MASQUERADE")
+            fixed = _masquerade_command(view, rule, m.source or "0.0.0.0/0", net.bridge.name)
             out.append(Finding(
                 "masquerade-bridge-traffic", "warning", (net.bridge.id,),
                 f"MASQUERADE for {m.source or 'any source'} also rewrites traffic inside {net.bridge.name}",
@@ -194,7 +233,6 @@ def dnat_unreachable(view: HostView, listeners: ListenerRead | None = None) -> t
     """A forward whose first packet no DNAT catches, in the reachability verdict's own words
     (rules/reach.py, as the panels show it): from outside (from 127.0.0.1 for a forward bound
     there), an error; from the host itself only, a warning."""
-    host = view.host
     out = []
     for pf in host_forwards(view):
         if pf.via != "dnat":
@@ -204,10 +242,7 @@ def dnat_unreachable(view: HostView, listeners: ListenerRead | None = None) -> t
         bound = _loopback(pf.host_ip)
         first = fr.verdict(LOOPBACK if bound else OUTSIDE)
         if first is not None and first.cause == "nat-unreached":
-            jumps = ((iptables(host, "-t", "nat", "-A", "OUTPUT", "-d", pf.host_ip, "-m", "addrtype",
-                               "--dst-type", "LOCAL", "-j", chain),) if bound else
-                     (iptables(host, "-t", "nat", "-A", "PREROUTING", "-m", "addrtype",
-                               "--dst-type", "LOCAL", "-j", chain), _output_jump(host, chain)))
+            jumps = _jumps_to(view, pf, chain, bound)
             out.append(Finding(
                 "dnat-unreachable", "error", pf_objects(view, pf),
                 f"DNAT for port {pf.host_port} sits in chain {chain}, which no packet to the port reaches",
@@ -222,7 +257,44 @@ def dnat_unreachable(view: HostView, listeners: ListenerRead | None = None) -> t
                 "dnat-not-from-host", "warning", pf_objects(view, pf),
                 f"port {pf.host_port} is forwarded for other machines, not for the host itself",
                 f"Connections made on the host to its own address and port {pf.host_port} are "
-                f"{own.reason}.", (_output_jump(host, chain),)))
+                f"{own.reason}.", _jumps_to(view, pf, chain, bound, hooks=("output",))))
+    return tuple(out)
+
+
+def _jumps_to(view: HostView, pf: PortForward, chain: str, bound: bool,
+              hooks: tuple[str, ...] = ("prerouting", "output")) -> tuple[str, ...]:
+    """The jumps that lead a forward's packets to the chain holding its DNAT, in the backend
+    (and, for nftables, the table) that holds that chain: a jump cannot cross either."""
+    host = view.host
+    if pf.backend == "nftables":
+        return _nft_jumps(view, pf, chain, ("output",) if bound else hooks)
+    if bound:
+        return (iptables(host, "-t", "nat", "-A", "OUTPUT", "-d", pf.host_ip or "127.0.0.1", "-m",
+                         "addrtype", "--dst-type", "LOCAL", "-j", chain, backend=pf.backend),)
+    out = []
+    if "prerouting" in hooks:
+        out.append(iptables(host, "-t", "nat", "-A", "PREROUTING", "-m", "addrtype", "--dst-type",
+                            "LOCAL", "-j", chain, backend=pf.backend))
+    if "output" in hooks:
+        out.append(iptables(host, "-t", "nat", "-A", "OUTPUT", "!", "-d", "127.0.0.0/8", "-m", "addrtype",
+                            "--dst-type", "LOCAL", "-j", chain, backend=pf.backend))
+    return tuple(out)
+
+
+def _nft_jumps(view: HostView, pf: PortForward, chain: str, hooks: tuple[str, ...]) -> tuple[str, ...]:
+    """`nft add rule FAMILY TABLE BASE fib daddr type local jump CHAIN` for the table's nat base
+    chain on each hook; none where the table has no such base chain to add it to."""
+    rule = rule_of(view, pf.netns, pf.chain, pf.rule_text)
+    if rule is None:
+        return ()
+    out = []
+    for hook in hooks:
+        for base in view.ruleset.bases(pf.netns, hook):
+            c = base.chain
+            if c.backend == "nftables" and c.table == rule.table and c.family == rule.family and base.is_nat:
+                out.append(in_ns(view.host, "nft", "add", "rule", nft_family(c.family), c.table, c.name,
+                                 "fib", "daddr", "type", "local", "jump", chain))
+                break
     return tuple(out)
 
 
@@ -230,11 +302,6 @@ def _unreached(view: HostView, pf: PortForward) -> bool:
     """No DNAT catches the forward's first packet (dnat-unreachable says so)."""
     first = forward_reach(view, pf, None).verdict(LOOPBACK if _loopback(pf.host_ip) else OUTSIDE)
     return first is not None and first.cause == "nat-unreached"
-
-
-def _output_jump(host: Namespace | None, chain: str) -> str:
-    return iptables(host, "-t", "nat", "-A", "OUTPUT", "!", "-d", "127.0.0.0/8",
-                    "-m", "addrtype", "--dst-type", "LOCAL", "-j", chain)
 
 
 def nothing_listens(view: HostView, listeners: ListenerRead) -> tuple[Finding, ...]:
@@ -284,8 +351,14 @@ def loopback_port_exposed(view: HostView) -> tuple[Finding, ...]:
             "port is open to the LAN although it looks bound to localhost (Docker before 28.0, "
             "moby#45610). Docker 28 adds a raw-table DROP for it.",
             (iptables(host, "-t", "raw", "-A", "PREROUTING", "-d", f"{pf.host_ip}/32", "!", "-i", "lo",
-                      "-p", pf.proto, "-m", pf.proto, "--dport", str(pf.host_port), "-j", "DROP"),)))
+                      "-p", pf.proto, "-m", pf.proto, "--dport", str(pf.host_port), "-j", "DROP",
+                      backend=_iptables_of(view, pf)),)))
     return tuple(out)
+
+
+def _iptables_of(view: HostView, pf: PortForward) -> str:
+    """The iptables backend a rule for pf goes to: its DNAT's, when that is iptables."""
+    return pf.backend if pf.backend in ("legacy", "nft") else iptables_backend(view, "nat")
 
 
 def _guards(rule: Rule, pf: PortForward) -> bool:
@@ -326,9 +399,9 @@ def _policy_elsewhere(run: HookRun) -> Base | None:
 def _policy_fix(ns: Namespace | None, base: Base) -> str:
     chain = base.chain
     if chain.backend == "nftables":
-        family = {4: "ip", 6: "ip6"}.get(chain.family, "inet")
-        return in_ns(ns, "nft", "chain", family, chain.table, chain.name, "{ policy accept; }")
-    return in_ns(ns, _IPTABLES.get(chain.backend, "iptables"), "-P", chain.name, "ACCEPT")
+        return in_ns(ns, "nft", "chain", nft_family(chain.family), chain.table, chain.name,
+                     "{ policy accept; }")
+    return in_ns(ns, iptables_tool(chain.backend, chain.family), "-P", chain.name, "ACCEPT")
 
 
 def _policy_finding(view: HostView, base: Base, run: HookRun, objects: tuple[str, ...]) -> Finding:
@@ -353,11 +426,23 @@ def _drop_where(run: HookRun | None) -> str:
     return describe(base) + (f" (its rule `{rule.text}`)" if rule is not None else " (its policy DROP)")
 
 
-def _accept_command(view: HostView, run: HookRun | None, how: str, *spec: str) -> str:
-    """`iptables -I FORWARD SPEC -j ACCEPT`, for the iptables backend whose chain dropped."""
+def _accept_command(view: HostView, run: HookRun | None, spec: tuple[str, ...],
+                    nft_spec: tuple[str, ...]) -> str:
+    """An ACCEPT put first in the base chain that dropped, in its own backend: `iptables -I
+    FORWARD SPEC -j ACCEPT`, or `nft insert rule ... accept` for an nftables chain (an
+    appended accept would come after the rule that drops)."""
     base = run.decider[0] if run is not None and run.decider else None
-    tool = _IPTABLES.get(base.chain.backend, "iptables") if base else "iptables"
-    return in_ns(view.host, tool, how, "FORWARD", *spec, "-j", "ACCEPT")
+    if base is not None and base.chain.backend == "nftables":
+        c = base.chain
+        return in_ns(view.host, "nft", "insert", "rule", nft_family(c.family), c.table, c.name,
+                     *nft_spec, "accept")
+    backend = base.chain.backend if base is not None else iptables_backend(view, "filter")
+    chain = base.chain.name if base is not None else "FORWARD"
+    return in_ns(view.host, iptables_tool(backend), "-I", chain, *spec, "-j", "ACCEPT")
+
+
+def _nft_oif(bridge: BridgeNet | None) -> tuple[str, ...]:
+    return ("oifname", f'"{bridge.bridge.name}"') if bridge else ()
 
 
 def forward_blocked(view: HostView) -> tuple[Finding, ...]:
@@ -386,8 +471,10 @@ def forward_blocked(view: HostView) -> tuple[Finding, ...]:
             f"The DNAT rewrites the packet, but {_drop_where(run)} has no ACCEPT for "
             f"{pf.to_ip} port {pf.to_port} and drops it, so the connection times out "
             "(it is not refused). Docker pairs each DNAT with such an ACCEPT.",
-            (_accept_command(view, run, "-I", "-d", f"{pf.to_ip}/32", *oif, "-p", pf.proto,
-                             "-m", pf.proto, "--dport", str(pf.to_port)),)))
+            (_accept_command(view, run, ("-d", f"{pf.to_ip}/32", *oif, "-p", pf.proto, "-m", pf.proto,
+                                         "--dport", str(pf.to_port)),
+                             ("ip", "daddr", pf.to_ip, *_nft_oif(bridge), pf.proto, "dport",
+                              str(pf.to_port))),)))
     for net in view.bridges:
         run = _outbound_run(view, net) if net.attachments else None
         if run is None or run.verdict != DROP or blocked_by_policy(run, (net.bridge.id,)):
@@ -399,9 +486,10 @@ def forward_blocked(view: HostView) -> tuple[Finding, ...]:
             f"Packets from {br}'s containers to anywhere beyond the host are dropped by "
             f"{_drop_where(run)}, so containers have no outside access. Docker accepts "
             f"-i {br} (and replies with a conntrack rule).",
-            (_accept_command(view, run, "-A", "-i", br, "!", "-o", br),
-             iptables(view.host, "-A", "FORWARD", "-o", br, "-m", "conntrack", "--ctstate",
-                      "RELATED,ESTABLISHED", "-j", "ACCEPT"))))
+            (_accept_command(view, run, ("-i", br, "!", "-o", br),
+                             ("iifname", f'"{br}"', "oifname", "!=", f'"{br}"')),
+             _accept_command(view, run, ("-o", br, "-m", "conntrack", "--ctstate", "RELATED,ESTABLISHED"),
+                             ("oifname", f'"{br}"', "ct", "state", "related,established")))))
     for base, run, objects in by_policy.values():
         out.append(_policy_finding(view, base, run, tuple(dict.fromkeys(objects))))
     return tuple(out)
@@ -434,7 +522,7 @@ def hairpin_off(view: HostView) -> tuple[Finding, ...]:
             (in_ns(host, "ip", "link", "set", att.port.name, "type", "bridge_slave", "hairpin", "on"),
              iptables(host, "-t", "nat", "-A", "POSTROUTING", "-s", f"{pf.to_ip}/32", "-d",
                       f"{pf.to_ip}/32", "-p", pf.proto, "-m", pf.proto, "--dport",
-                      str(pf.to_port), "-j", "MASQUERADE"))))
+                      str(pf.to_port), "-j", "MASQUERADE", backend=_iptables_of(view, pf)))))
     return tuple(out)
 
 
@@ -517,26 +605,34 @@ def split_brain(view: HostView) -> tuple[Finding, ...]:
 
 def duplicate_rule(view: HostView) -> tuple[Finding, ...]:
     scope = {ns.id: ns for ns in ((view.host,) if view.host else ()) + view.containers()}
-    keyed = [((r.netns, r.backend, r.family, r.table, r.chain, access.normalized_text(r)), r)
-             for r in view.snap.rules if r.netns in scope]
-    counts = Counter(k for k, _ in keyed)
-    out, seen = [], set()
-    for key, rule in keyed:
-        if counts[key] < 2 or key in seen:
+    copies: dict[tuple, list[Rule]] = defaultdict(list)
+    for r in view.snap.rules:
+        if r.netns in scope:
+            copies[(r.netns, r.backend, r.family, r.table, r.chain, access.normalized_text(r))].append(r)
+    out = []
+    for rules in copies.values():
+        if len(rules) < 2:
             continue
-        seen.add(key)
-        ns = scope[rule.netns]
+        rule, ns = rules[0], scope[rules[0].netns]
         out.append(Finding(
             "duplicate-rule", "warning", (ns.id,),
-            f"rule in {rule.table}/{rule.chain} appears {counts[key]} times",
-            f"\"{rule.text}\" is installed {counts[key]} times. Only the first copy ever "
+            f"rule in {rule.table}/{rule.chain} appears {len(rules)} times",
+            f"\"{rule.text}\" is installed {len(rules)} times. Only the first copy ever "
             "matches; the others are leftovers of a script that appended without checking "
             "(iptables -C) first, and deleting \"the\" rule later leaves a copy behind.",
-            (delete_command(ns, rule),) * (counts[key] - 1)))
+            _delete_copies(ns, rules)))
     return tuple(out)
 
 
-_TAG = "bridgescope:"
+def _delete_copies(ns: Namespace, rules: list[Rule]) -> tuple[str, ...]:
+    """Every copy but the first: by its own handle in nftables; in iptables `-D` removes
+    the first copy it finds, so the same line once per extra copy."""
+    if rules[0].backend == "nftables":
+        return tuple(delete_command(ns, r) for r in rules[1:])
+    return (delete_command(ns, rules[0]),) * (len(rules) - 1)
+
+
+
 _OBJECT_KINDS = ("net/", "ctr/", "fwd/")
 
 
@@ -569,7 +665,7 @@ def _unowned_tagged(view: HostView, owned: frozenset[str]) -> dict[str, list[Rul
     """Tag -> rules of ours (comment `bridgescope:<kind>/<name>`) that no saved state owns."""
     out: dict[str, list[Rule]] = {}
     for rule in host_rules(view):
-        tag = (rule.comment or "")[len(_TAG):] if (rule.comment or "").startswith(_TAG) else ""
+        tag = (rule.comment or "")[len(BRIDGESCOPE_TAG):] if (rule.comment or "").startswith(BRIDGESCOPE_TAG) else ""
         if tag.startswith(_OBJECT_KINDS) and tag not in owned:
             out.setdefault(tag, []).append(rule)
     return out
@@ -585,9 +681,9 @@ def _unowned_findings(view: HostView, unowned: dict[str, list[Rule]]) -> tuple[F
                 if pf else "")
         out.append(Finding(
             "orphan-rule", "warning", pf_objects(view, pf) if pf else ((host.id,) if host else ()),
-            f"{len(rules)} rule{'s' if len(rules) != 1 else ''} tagged {_TAG}{tag} that no saved "
+            f"{len(rules)} rule{'s' if len(rules) != 1 else ''} tagged {BRIDGESCOPE_TAG}{tag} that no saved "
             "bridgescope state owns",
-            f"The rules tagged {_TAG}{tag} are in the kernel, but bridgescope's saved state has "
+            f"The rules tagged {BRIDGESCOPE_TAG}{tag} are in the kernel, but bridgescope's saved state has "
             "no such object: a change was interrupted after the kernel changed and before it "
             f"was recorded. They still act{acts}, bridgescope does not know them, and a new "
             "forward on the same port would be shadowed by them. `bridgescope restore` "
@@ -598,7 +694,7 @@ def _unowned_findings(view: HostView, unowned: dict[str, list[Rule]]) -> tuple[F
 
 def _restore_command(host: Namespace | None) -> str:
     name = netns_name(host) if host else None
-    return "bridgescope restore" + (f" --netns {name}" if name else "")
+    return shell.line(("bridgescope", "restore", *(("--netns", name) if name else ())))
 
 
 def _dangling_address(view: HostView, rule: Rule) -> IPv4Address | None:

@@ -4,13 +4,11 @@ in as `ForwardTarget`s. Pure."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from ipaddress import IPv4Address, ip_address
+from ipaddress import IPv4Address
 
 from bridgescope.collector.doctor.finding import Finding
 from bridgescope.collector.hostview import HostView, in_ns
 from bridgescope.collector.kernel.listeners import Listener, ListenerRead
-
-_WILDCARDS = ("0.0.0.0", "::")
 
 
 @dataclass(frozen=True)
@@ -58,21 +56,15 @@ def target_gone(view: HostView, forwards: tuple[ForwardTarget, ...]) -> tuple[Fi
 
 
 def _takes(listener: Listener, t: ForwardTarget) -> bool:
-    if listener.proto != t.proto or listener.port != t.host_port:
-        return False
-    if t.host_ip is None or listener.address in _WILDCARDS:
-        return True
-    try:
-        return ip_address(listener.address) == ip_address(t.host_ip)
-    except ValueError:
-        return False
+    return listener.holds(t.proto, t.host_ip, t.host_port)
 
 
 def port_taken(view: HostView, forwards: tuple[ForwardTarget, ...],
                listeners: ListenerRead) -> tuple[Finding, ...]:
     """A program in the host listening on a forward's host port. Our DNAT binds no port, so
-    nothing stopped it: connections from outside still go to the container, but the host's
-    own connections to the port (and any the DNAT does not catch) reach that program."""
+    nothing stopped it; the DNAT catches connections from outside and the host's own ones
+    alike (OUTPUT jumps for local addresses), so the program sees only what no DNAT
+    catches."""
     host = view.host
     if host is None or not listeners.known(host.id):
         return ()

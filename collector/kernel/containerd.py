@@ -102,7 +102,7 @@ def fields(buf: bytes) -> Iterator[tuple[int, int | bytes]]:
 
 
 @dataclass(frozen=True)
-class Container:
+class ContainerdContainer:
     id: str
     labels: tuple[tuple[str, str], ...]
 
@@ -128,7 +128,7 @@ def _entry(buf: bytes) -> tuple[str, str]:
     return parts.get(1, ""), parts.get(2, "")
 
 
-def parse_containers(answer: bytes) -> list[Container]:
+def parse_containers(answer: bytes) -> list[ContainerdContainer]:
     """ListContainersResponse: containers 1 -> Container {id 1, labels 2}; the rest skipped."""
     found = []
     for number, value in fields(answer):
@@ -139,7 +139,7 @@ def parse_containers(answer: bytes) -> list[Container]:
                     cid = _text(item)
                 elif inner == 2:
                     labels.append(_entry(_bytes(item)))
-            found.append(Container(cid, tuple(labels)))
+            found.append(ContainerdContainer(cid, tuple(labels)))
     return found
 
 
@@ -362,7 +362,7 @@ def _still_located(path: str, pods: Iterable[str]) -> dict[str, Located | None]:
     return {cid: k if k is not None and k.still_there() else None for cid, k in known.items()}
 
 
-def pod_name(container: Container) -> str | None:
+def pod_name(container: ContainerdContainer) -> str | None:
     """`namespace/pod` for a CRI pod sandbox; None for anything else (a pod's app containers
     share its sandbox's namespace; other clients' containers are no pods)."""
     if container.label(KIND) != SANDBOX:

@@ -12,10 +12,12 @@ from __future__ import annotations
 import socket
 import struct
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
+from bridgescope.collector.errors import NamespaceNotFound
 from bridgescope.collector.kernel import setns
+from bridgescope.collector.kernel.namespaces import open_path
 from bridgescope.collector.kernel.rtnl import (
     NLM_F_DUMP,
     NLM_F_REQUEST,
@@ -24,6 +26,7 @@ from bridgescope.collector.kernel.rtnl import (
     messages,
     request,
 )
+from bridgescope.collector.model import Namespace
 
 NETLINK_SOCK_DIAG = 4
 SOCK_DIAG_BY_FAMILY = 20
@@ -33,11 +36,21 @@ _HDR_SIZE = 16
 _MSG_PORT = struct.Struct("!H")  # inet_diag_msg: family, state, timer, retrans, sockid...
 
 
+_ANY = ("0.0.0.0", "::")
+
+
 @dataclass(frozen=True)
 class Listener:
     proto: str  # "tcp" | "udp"
     address: str  # "0.0.0.0", "::" or one address
     port: int
+
+    def holds(self, proto: str, addr: str | None, port: int) -> bool:
+        """Does this socket take proto traffic to addr:port (addr None: any of the host's)? An
+        IPv6 socket on `::` or on `::ffff:A` takes IPv4's too."""
+        return self.proto == proto and self.port == port and (
+            self.address in _ANY or addr is None or self.address == addr
+            or self.address == f"::ffff:{addr}")
 
 
 @dataclass(frozen=True)
@@ -50,6 +63,18 @@ class ListenerRead:
 
     def known(self, ns_id: str) -> bool:
         return ns_id in self.by_ns
+
+
+def read_namespaces(namespaces: Iterable[Namespace]) -> ListenerRead:
+    """The listening sockets of these namespaces; one that cannot be opened is an error."""
+    paths, errors = {}, {}
+    for ns in namespaces:
+        try:
+            paths[ns.id] = open_path(ns)
+        except NamespaceNotFound as err:
+            errors[ns.id] = str(err)
+    found = read(paths)
+    return ListenerRead(found.by_ns, found.read_at, {**found.errors, **errors})
 
 
 def read(paths: Mapping[str, str]) -> ListenerRead:
@@ -66,8 +91,24 @@ def read(paths: Mapping[str, str]) -> ListenerRead:
 
 
 def read_one(path: str) -> frozenset[Listener]:
+    """The listening sockets of the namespace at path."""
     with setns.inside(path):
-        sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_SOCK_DIAG)
+        sock = _diag_socket()
+    return _read(sock)
+
+
+def read_here() -> frozenset[Listener]:
+    """The listening sockets of the calling thread's namespace."""
+    return _read(_diag_socket())
+
+
+def _diag_socket() -> socket.socket:
+    return socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_SOCK_DIAG)
+
+
+def _read(sock: socket.socket) -> frozenset[Listener]:
+    """TCP sockets listening and UDP ones unconnected, IPv4 and IPv6 (sock_diag walks only
+    those; /proc/net/tcp would walk the whole machine's connection table)."""
     with sock:
         return frozenset(listener for family in (socket.AF_INET, socket.AF_INET6)
                          for proto, number, state in (("tcp", socket.IPPROTO_TCP, TCP_LISTEN),

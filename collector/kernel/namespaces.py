@@ -51,7 +51,7 @@ def resolve_netns(name_or_path: str | None) -> NetnsRef:
     """
     if name_or_path is None:
         path = current_netns_path()
-        return NetnsRef(path, _netns_name_of(path) or "host")
+        return NetnsRef(path, netns_name_of(path) or "host")
     if "/" in name_or_path:
         path = name_or_path
     else:
@@ -59,7 +59,7 @@ def resolve_netns(name_or_path: str | None) -> NetnsRef:
         path = os.path.join(NETNS_DIRS[0], name_or_path)
     if not is_netns(path):
         raise NamespaceNotFound(name_or_path)
-    return NetnsRef(path, name_or_path if "/" not in name_or_path else (_netns_name_of(path) or path))
+    return NetnsRef(path, name_or_path if "/" not in name_or_path else (netns_name_of(path) or path))
 
 
 def _check_netns_name(name: str) -> None:
@@ -91,7 +91,8 @@ def ns_key(path: str) -> NsKey | None:
     return (st.st_dev, st.st_ino)
 
 
-def _netns_name_of(path: str) -> str | None:
+def netns_name_of(path: str) -> str | None:
+    """The ip-netns name that pins the namespace at path (same device and inode), if any."""
     key = ns_key(path)
     for directory in NETNS_DIRS:
         try:

@@ -1,7 +1,7 @@
 """Per-namespace rtnetlink sockets: opened once inside each namespace, kept, read from any thread.
 
 Why not `pyroute2.IPRoute` objects: in 0.9 the sync classes make a fresh socket for every
-thread that touches them (docs/threading.rst). A plain `IPRoute()` opened by a thread that
+thread that touches them. A plain `IPRoute()` opened by a thread that
 setns'd into namespace X therefore talks to the *caller's* namespace when used from any
 other thread (verified here: it listed the root namespace's links). `IPRoute(netns=...,
 flags=0)` is correct but forks a child per socket and spends ~0.25 ms of event-loop time per
@@ -26,8 +26,7 @@ from typing import TypeVar
 from bridgescope.collector.kernel import rtnl
 from bridgescope.collector.kernel.procfs import read_small
 from bridgescope.collector.kernel.rtnl import AddressFacts, LinkFacts, Message, RouteFacts
-from bridgescope.collector.kernel.setns import hop as hop_each
-from bridgescope.collector.kernel.setns import setns
+from bridgescope.collector.kernel.setns import hop, setns
 
 NETLINK_ROUTE = 0
 SOL_NETLINK = 270
@@ -201,7 +200,7 @@ def read_sysctls(paths: Iterable[tuple[str, str]]) -> tuple[tuple[str, str], ...
     """Read (key, /proc/sys path) pairs as the calling thread's namespace sees them.
 
     /proc/sys/net resolves against the namespace of the thread that opens the file, so this
-    must run on a thread that setns'd there (see hop_each). Absent keys are skipped.
+    must run on a thread that setns'd there (see setns.hop). Absent keys are skipped.
     """
     found = []
     for key, path in paths:
@@ -314,7 +313,7 @@ def open_handles(paths: Mapping[str, str], *, events: bool = False, probe: Calla
 
     handles: dict[str, NamespaceHandle] = {}
     reads: dict[str, NamespaceRead] = {}
-    for (fd, ns_id), result in zip(fds, hop_each(fds, open_here)):
+    for (fd, ns_id), result in zip(fds, hop(fds, open_here)):
         if isinstance(result, tuple):
             handles[ns_id], reads[ns_id] = result
         else:
@@ -338,18 +337,18 @@ def reread_sysctls(handles: Mapping[NamespaceHandle, Iterable[str]]) -> dict[str
     """Only the sysctls ({handle: its bridges' names}), one setns pass: when links changed
     but no fresh dump is needed."""
     items = [(h.fd, (h, bridges)) for h, bridges in handles.items()]
-    results = hop_each(items, lambda hb: sysctls_here(hb[0].rtnl, hb[1]))
+    results = hop(items, lambda hb: sysctls_here(hb[0].rtnl, hb[1]))
     return {h.ns_id: r for (_, (h, _)), r in zip(items, results)}
 
 
 def reread(handles: Iterable[NamespaceHandle]) -> dict[str, NamespaceRead | Exception]:
     """Re-dump the given namespaces over their open sockets (one setns pass for sysctls)."""
     items = [(h.fd, h) for h in handles]
-    return {h.ns_id: r for (_, h), r in zip(items, hop_each(items, read_here))}
+    return {h.ns_id: r for (_, h), r in zip(items, hop(items, read_here))}
 
 
 __all__ = [
     "AddressFacts", "LinkFacts", "NamespaceHandle", "NamespaceRead", "NetnsSocket", "RouteFacts",
-    "RtnlDump", "apply_events", "hop_each", "new_route_socket", "open_handles", "read_sysctls",
+    "RtnlDump", "apply_events", "new_route_socket", "open_handles", "read_sysctls",
     "reread", "setns",
 ]

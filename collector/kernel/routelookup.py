@@ -1,18 +1,19 @@
 """Kernel edge for the packet path: ask a namespace's routing table where a packet goes.
 
 RTM_GETROUTE is what `ip route get` sends: the kernel answers with the route it would really
-use (policy rules, local table, forwarding switched off - all included). pyroute2's sync
-IPRoute opens its socket in the calling thread's namespace on first use from a new thread,
-so one `RouteLookup` must be used on the thread that made it (the packet path makes one per
-trace and closes it).
+use (policy rules, local table, forwarding switched off - all included). One rtnetlink
+socket per namespace, made inside it through setns (the one way in), asked from any thread.
 """
 from __future__ import annotations
 
+import os
+import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from pyroute2 import IPRoute
-from pyroute2.netlink.exceptions import NetlinkError
+from bridgescope.collector.kernel import rtnl
+from bridgescope.collector.kernel.netlink import RECV_SIZE, new_route_socket
+from bridgescope.collector.kernel.setns import inside
 
 RTN_TYPES = {1: "unicast", 2: "local", 3: "broadcast", 4: "anycast", 5: "multicast",
              6: "blackhole", 7: "unreachable", 8: "prohibit", 9: "throw", 10: "nat"}
@@ -32,33 +33,37 @@ class RouteLookup:
 
     def __init__(self, paths: Mapping[str, str]):
         self._paths = dict(paths)
-        self._sockets: dict[str, IPRoute] = {}
+        self._sockets: dict[str, socket.socket] = {}
+        self._seq = 0
 
     def __call__(self, ns_id: str, dst: str, *, src: str | None = None,
                  iif: int | None = None) -> RouteAnswer:
-        ipr = self._socket(ns_id)
-        query: dict = {"dst": dst}
-        if iif is not None:  # a packet arriving on iif (forwarded), not one made here
-            query.update(iif=iif, src=src)
-        elif src is not None:
-            query["src"] = src
-        try:
-            msg = ipr.route("get", **query)[0]
-        except NetlinkError as err:
-            return RouteAnswer("error", error=err.args[1] if len(err.args) > 1 else str(err))
-        return RouteAnswer(RTN_TYPES.get(msg["type"], str(msg["type"])), msg.get_attr("RTA_OIF"),
-                           msg.get_attr("RTA_GATEWAY"), msg.get_attr("RTA_PREFSRC"))
+        sock = self._socket(ns_id)
+        self._seq += 1
+        # a packet arriving on iif (forwarded) is asked with its source; one made here may be
+        sock.send(rtnl.route_get(self._seq, dst, src, iif))
+        while True:
+            for msg in rtnl.messages(sock.recv(RECV_SIZE)):
+                if msg.seq != self._seq:
+                    continue
+                if msg.type == rtnl.NLMSG_ERROR:
+                    return RouteAnswer("error", error=os.strerror(msg.error) if msg.error else "no answer")
+                kind, oif, gateway, prefsrc = rtnl.route_get_answer(msg)
+                return RouteAnswer(RTN_TYPES.get(kind, str(kind)), oif, gateway, prefsrc)
 
-    def _socket(self, ns_id: str) -> IPRoute:
+    def _socket(self, ns_id: str) -> socket.socket:
         if ns_id not in self._sockets:
             path = self._paths.get(ns_id)
-            # flags=0: never create a namespace that is missing (pyroute2's default would)
-            self._sockets[ns_id] = IPRoute(netns=path, flags=0) if path else IPRoute()
+            if path:
+                with inside(path):  # the socket stays in the namespace it was made in
+                    self._sockets[ns_id] = new_route_socket()
+            else:
+                self._sockets[ns_id] = new_route_socket()
         return self._sockets[ns_id]
 
     def close(self) -> None:
-        for ipr in self._sockets.values():
-            ipr.close()
+        for sock in self._sockets.values():
+            sock.close()
         self._sockets.clear()
 
     def __enter__(self) -> RouteLookup:

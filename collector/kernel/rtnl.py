@@ -16,7 +16,6 @@ from dataclasses import dataclass
 NLMSG_ERROR = 2
 NLMSG_DONE = 3
 NLM_F_REQUEST = 0x1
-NLM_F_MULTI = 0x2
 NLM_F_DUMP = 0x300
 NLM_F_REPLACE = 0x100
 RTM_NEWLINK, RTM_DELLINK, RTM_GETLINK = 16, 17, 18
@@ -34,7 +33,7 @@ IFLA_INFO_KIND, IFLA_INFO_SLAVE_KIND, IFLA_INFO_SLAVE_DATA = 1, 4, 5
 IFLA_BRPORT_MODE = 4
 IFLA_PROTINFO = 12
 IFA_ADDRESS, IFA_LOCAL = 1, 2
-RTA_DST, RTA_OIF, RTA_GATEWAY, RTA_PREFSRC, RTA_TABLE, RTA_VIA = 1, 4, 5, 7, 15, 18
+RTA_DST, RTA_SRC, RTA_IIF, RTA_OIF, RTA_GATEWAY, RTA_PREFSRC, RTA_TABLE, RTA_VIA = 1, 2, 3, 4, 5, 7, 15, 18
 NETNSA_NSID, NETNSA_FD = 1, 3
 
 RT_TABLE_MAIN = 254
@@ -121,6 +120,27 @@ def route_dump(seq: int) -> bytes:
     """Main table, both families (the kernel filters by table under NETLINK_GET_STRICT_CHK)."""
     body = _RTMSG.pack(socket.AF_UNSPEC, 0, 0, 0, RT_TABLE_MAIN, 0, 0, 0, 0)
     return request(RTM_GETROUTE, NLM_F_REQUEST | NLM_F_DUMP, seq, body)
+
+
+def route_get(seq: int, dst: str, src: str | None = None, iif: int | None = None) -> bytes:
+    """`ip route get DST [from SRC] [iif N]`: the route the kernel would use for one packet,
+    made here, or arriving on interface iif (forwarded) when iif is given."""
+    family = socket.AF_INET6 if ":" in dst else socket.AF_INET
+    bits = 128 if family == socket.AF_INET6 else 32
+    body = _RTMSG.pack(family, bits, bits if src else 0, 0, 0, 0, 0, 0, 0)
+    body += _attr(RTA_DST, socket.inet_pton(family, dst))
+    if src:
+        body += _attr(RTA_SRC, socket.inet_pton(family, src))
+    if iif is not None:
+        body += _attr(RTA_IIF, struct.pack("=I", iif))
+    return request(RTM_GETROUTE, NLM_F_REQUEST, seq, body)
+
+
+def route_get_answer(msg: Message) -> tuple[int, int | None, str | None, str | None]:
+    """(rtm_type, output ifindex, gateway, preferred source) of route_get's RTM_NEWROUTE."""
+    family, *_, rtm_type, _ = _RTMSG.unpack_from(msg.data, _HDR.size)
+    a = attrs(msg.data, _HDR.size + _RTMSG.size)
+    return (rtm_type, _u32(a.get(RTA_OIF)), _ip(family, a.get(RTA_GATEWAY)), _ip(family, a.get(RTA_PREFSRC)))
 
 
 def nsid_query(seq: int, fd: int) -> bytes:

@@ -1,8 +1,8 @@
 """One scan of the machine -> one frozen Snapshot.
 
 discovery -> per-namespace dumps (sockets opened once, one setns pass) -> veth pairing ->
-firewall.scan -> nat.interpret. The kernel reads live in `read_namespaces`; turning what was
-read into model objects (`assemble`) is pure.
+firewall.scan -> nat.interpret. The kernel reads live in `netlink.open_handles` and
+`read_firewall`; turning what was read into model objects (`assemble`) is pure.
 """
 from __future__ import annotations
 

@@ -51,7 +51,7 @@ class Reads:
 
 
 @dataclass(frozen=True)
-class Picture:
+class LiveState:
     """What the live view shows, and the per-namespace pieces it was assembled from."""
     firewall: bool = True
     namespaces: Mapping[str, Namespace] = field(default_factory=dict)
@@ -71,7 +71,7 @@ class Picture:
     layout: Layout | None = None  # the plan the elements were drawn from
 
 
-def needs_nsids(picture: Picture, reads: Mapping[str, NamespaceRead], *, everything: bool = False,
+def needs_nsids(picture: LiveState, reads: Mapping[str, NamespaceRead], *, everything: bool = False,
                 new_namespaces: bool = False) -> list[str]:
     """Namespaces whose veths name an nsid not yet resolved: the edge asks the kernel for those.
 
@@ -86,7 +86,7 @@ def needs_nsids(picture: Picture, reads: Mapping[str, NamespaceRead], *, everyth
 Dirty = dict[str, "set[int] | None"]  # namespace -> ifindexes to rebuild; None: all of it
 
 
-def advance(picture: Picture, reads: Reads) -> tuple[Picture, dict]:
+def advance(picture: LiveState, reads: Reads) -> tuple[LiveState, dict]:
     """The next picture and the delta that turns the previous elements into its elements."""
     namespaces = dict(picture.namespaces if reads.namespaces is None else reads.namespaces)
     store = _Store(picture)
@@ -136,7 +136,7 @@ def advance(picture: Picture, reads: Reads) -> tuple[Picture, dict]:
     rebuilt = {n for n, ifindexes in dirty.items() if ifindexes is None}
     elements, delta, layout = _elements(picture, snap, set(dirty) | gone, if_ids | gone_ids,
                                         rebuilt | gone | (namespaces.keys() - picture.namespaces.keys()), everything)
-    return Picture(firewall=picture.firewall, namespaces=namespaces, reads=store.reads, nsids=store.nsids,
+    return LiveState(firewall=picture.firewall, namespaces=namespaces, reads=store.reads, nsids=store.nsids,
                    parts=store.parts, targets=store.targets, pointing=store.pointing, pointed=store.pointed,
                    fw=store.fw, fw_merged=store.fw_merged, nat=store.nat, warnings=warnings, snapshot=snap,
                    elements=elements, layout=layout), delta
@@ -152,7 +152,7 @@ def _mark(dirty: Dirty, ns_id: str, ifindexes: Iterable[int] | None = None) -> N
         dirty[ns_id] |= set(ifindexes)
 
 
-def _elements(picture: Picture, snap: Snapshot, ns_ids: set[str], if_ids: set[str], whole: set[str],
+def _elements(picture: LiveState, snap: Snapshot, ns_ids: set[str], if_ids: set[str], whole: set[str],
               everything: bool) -> tuple[list[dict], dict, Layout]:
     """Redraw what the round touched; a heal (or the first round) draws everything anew."""
     if everything or not picture.elements or picture.layout is None:
@@ -167,7 +167,7 @@ def _elements(picture: Picture, snap: Snapshot, ns_ids: set[str], if_ids: set[st
 class _Store:
     """The picture's mappings, copied once per round and updated in place (never shared)."""
 
-    def __init__(self, picture: Picture):
+    def __init__(self, picture: LiveState):
         self.reads = dict(picture.reads)
         self.nsids = dict(picture.nsids)
         self.parts = dict(picture.parts)

@@ -15,7 +15,6 @@ shared but the published picture.
 from __future__ import annotations
 
 import atexit
-import ctypes
 import errno
 import logging
 import math
@@ -43,10 +42,11 @@ from bridgescope.collector.kernel.netlink import (
     reread_sysctls,
 )
 from bridgescope.collector.kernel.netlink import reread as reread_handles
+from bridgescope.collector.kernel.setns import libc
 from bridgescope.collector.kernel.snapshot import path_or_blank, read_firewall, vanished_warnings
 from bridgescope.collector.kernel.veth import likely_homes, resolve_nsids
 from bridgescope.collector.live.fanout import GraphFanout
-from bridgescope.collector.live.incremental import Picture, Reads, advance, needs_nsids
+from bridgescope.collector.live.incremental import LiveState, Reads, advance, needs_nsids
 from bridgescope.collector.live.spans import Spans
 from bridgescope.collector.model import Namespace, Snapshot
 
@@ -71,7 +71,6 @@ HEAL_SLICE = 4  # namespaces re-dumped in one slice, at most: a change waits beh
 # paid at each of a round's reads, was most of a delta's latency there.
 SWITCH_INTERVAL = 0.0005
 
-_libc = ctypes.CDLL(None, use_errno=True)
 log = logging.getLogger(__name__)
 
 
@@ -82,7 +81,7 @@ class Watcher:
         self.rescan_interval = rescan_interval
         self.heal_interval = heal_interval
         self.firewall = firewall
-        self._picture = Picture(firewall=firewall)
+        self._picture = LiveState(firewall=firewall)
         self._handles: dict[str, NamespaceHandle] = {}  # the loop's alone (before start: start's)
         self._by_fd: dict[int, str] = {}  # event socket -> its namespace, kept with the handles
         self._version = 0
@@ -433,11 +432,11 @@ class Watcher:
         dirs = [d for d in WATCHED_DIRS if os.path.isdir(d)]  # watch, never create
         if not dirs:
             return None
-        fd = _libc.inotify_init1(IN_NONBLOCK | IN_CLOEXEC)
+        fd = libc.inotify_init1(IN_NONBLOCK | IN_CLOEXEC)
         if fd < 0:
             return None
         for directory in dirs:
-            _libc.inotify_add_watch(fd, directory.encode(), IN_CREATE | IN_DELETE | IN_MOVED_FROM | IN_MOVED_TO)
+            libc.inotify_add_watch(fd, directory.encode(), IN_CREATE | IN_DELETE | IN_MOVED_FROM | IN_MOVED_TO)
         self._epoll.register(fd, select.EPOLLIN)
         return fd
 

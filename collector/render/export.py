@@ -1,7 +1,6 @@
 """Snapshot -> JSON (the CLI/HTTP contract), Graphviz dot, and a human-readable tree. Pure."""
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
 
 from bridgescope.collector.model import Interface, Namespace, Snapshot, to_plain
@@ -40,10 +39,6 @@ def _rule_json(rule) -> dict:
     plain["matches"] = [{"option": o, "args": list(a), "negated": n} for o, a, n in rule.matches]
     plain["target_args"] = dict(rule.target_args)
     return plain
-
-
-def to_json_text(snap: Snapshot) -> str:
-    return json.dumps(to_json(snap), indent=2, sort_keys=False)
 
 
 # ---- dot ------------------------------------------------------------------------------------

@@ -317,7 +317,7 @@ def patch_elements(old: list[dict], before: Picture | None, snap: Snapshot, ns_i
 
 
 def _host_id(snap: Snapshot) -> str | None:
-    host = snap.namespace(snap.host) if snap.host else snap.host_namespace()
+    host = snap.host_namespace()
     return host.id if host is not None else None
 
 

@@ -74,7 +74,7 @@ def plan(snap: Snapshot, slots: Slots, before: Picture | None = None, *,
     and the column beside the host is kept when no veth between namespaces changed: the work
     follows the change, and the result is the plan made from scratch."""
     pic = Picture()
-    host = snap.namespace(snap.host) if snap.host else snap.host_namespace()
+    host = snap.host_namespace()
     if host is None:
         pic.side = [ns.id for ns in snap.namespaces]
         pic.related = set(pic.side)

@@ -20,7 +20,7 @@ from dataclasses import dataclass, replace
 from ipaddress import IPv4Address, IPv4Network
 
 from bridgescope.collector.hostview import HostView, host_view, ipv4_addresses, is_default
-from bridgescope.collector.kernel.listeners import Listener, ListenerRead
+from bridgescope.collector.kernel.listeners import ListenerRead
 from bridgescope.collector.model import Interface, PortForward, Snapshot, portforward_id
 from bridgescope.collector.rules.evaluator import ACCEPT, DROP, HookRun, describe, run_hook
 from bridgescope.collector.rules.matcher import Packet
@@ -58,6 +58,22 @@ class ForwardReach:
     def verdict(self, source: str) -> Verdict | None:
         return next((v for v in self.verdicts if v.source == source), None)
 
+    def meant(self) -> tuple[Verdict, ...]:
+        """The verdicts of the sources the forward is published for (meant_sources)."""
+        sources = meant_sources(self.forward.host_ip)
+        return tuple(v for v in self.verdicts if v.source in sources)
+
+
+def meant_sources(host_ip: str | None) -> tuple[str, ...]:
+    """Who a forward is published for: everyone when it is bound to no address; only the
+    host's 127.0.0.1 when bound there (`-p 127.0.0.1:8080:80`); everyone but 127.0.0.1 when
+    bound to another address. Refusing the rest is what the binding asks for, not a fault."""
+    if not host_ip or host_ip in _ANY:
+        return SOURCES
+    if host_ip.startswith("127."):
+        return (LOOPBACK,)
+    return tuple(s for s in SOURCES if s != LOOPBACK)
+
 
 # ---- listeners ------------------------------------------------------------------------------
 
@@ -66,13 +82,7 @@ def listens(listeners: ListenerRead | None, ns_id: str | None, proto: str, addr:
     """Does a socket in ns_id take proto connections to addr:port? None: not known."""
     if listeners is None or ns_id is None or not listeners.known(ns_id):
         return None
-    return any(_serves(s, proto, addr, port) for s in listeners.by_ns[ns_id])
-
-
-def _serves(sock: Listener, proto: str, addr: str | None, port: int) -> bool:
-    return sock.proto == proto and sock.port == port and (
-        sock.address in _ANY or addr is None or sock.address == addr
-        or sock.address == f"::ffff:{addr}")
+    return any(s.holds(proto, addr, port) for s in listeners.by_ns[ns_id])
 
 
 def namespaces_to_poll(snap: Snapshot) -> frozenset[str]:
@@ -207,7 +217,7 @@ class _Context:
             return _timeout(source, "no-container", f"no container has {self.pf.to_ip}: nothing answers there")
         down = [i for i in self._path_links() if i.state != "up"]
         if down:
-            return _timeout(source, "link-down", f"{down[0].name} in {_ns(self.snap, down[0].netns)} is down")
+            return _timeout(source, "link-down", f"{down[0].name} in {self.snap.ns_name(down[0].netns)} is down")
         return None
 
     def _route_back(self, source: str, src: str) -> Verdict | None:
@@ -224,12 +234,12 @@ class _Context:
                 return None
         if any(client in a.network for a in ipv4_addresses(self.target)):
             return None
-        return _timeout(source, "no-route", f"{_ns(self.snap, self.target.netns)} has no route back to "
+        return _timeout(source, "no-route", f"{self.snap.ns_name(self.target.netns)} has no route back to "
                         f"{src}: the answer never leaves")
 
     def _listener(self, source: str) -> Verdict:
         pf = self.pf
-        name = _ns(self.snap, pf.container)
+        name = self.snap.ns_name(pf.container)
         found = listens(self.listeners, pf.container, pf.proto, pf.to_ip, pf.to_port)
         if found is None:
             return Verdict(source, UNKNOWN, f"the packet reaches {name}; whether a program listens on "
@@ -306,9 +316,4 @@ def _network(text: str) -> IPv4Network | None:
         return IPv4Network(text, strict=False)
     except ValueError:
         return None
-
-
-def _ns(snap: Snapshot, ns_id: str | None) -> str:
-    ns = snap.namespace(ns_id) if ns_id else None
-    return ns.name if ns else (ns_id or "?")
 

@@ -163,7 +163,7 @@ def start_listening(path: str, argv: list[str], port: int, what: str) -> str | N
         return any(ls.port == port and ls.proto == "tcp" for ls in conflicts.listeners(path))
     if listening():
         return None
-    argv = netns.nsenter(path, argv)
+    argv = tools.nsenter(path, argv)
     subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                      stderr=subprocess.DEVNULL, start_new_session=True, env=tools.ENV)
     deadline = time.monotonic() + 10

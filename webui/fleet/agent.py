@@ -214,7 +214,7 @@ def finding_json(f) -> dict:
 
 @bp.get("/v1/snapshot")
 def snapshot() -> Response:
-    from bridgescope.collector.doctor.finding import SEVERITIES
+    from bridgescope.collector.doctor.finding import counts_of
     from bridgescope.collector.render.export import to_json
 
     rt = agent_runtime()
@@ -224,7 +224,7 @@ def snapshot() -> Response:
     findings = result.findings if result else ()
     return jsonify({"name": rt.name, "version": version, "snapshot": to_json(snap),
                     "findings": [finding_json(f) for f in findings],
-                    "counts": {s: sum(f.severity == s for f in findings) for s in SEVERITIES}})
+                    "counts": counts_of(findings)})
 
 
 def last_event_id() -> int | None:
@@ -307,7 +307,7 @@ def forward_body(body: Any) -> tuple[str, str, str | None]:
 def _change(action: str, ok_status: int) -> Response:
     from bridgescope.collector.errors import BridgescopeError
     from bridgescope.plumbing import validate
-    from bridgescope.plumbing.errors import ValidationError
+    from bridgescope.plumbing.errors import UnknownContainer, ValidationError
     from bridgescope.webui.changes import perform, refused
 
     rt = agent_runtime()
@@ -325,8 +325,7 @@ def _change(action: str, ok_status: int) -> Response:
     try:
         result = perform(action, {"container": target, "spec": mapping}, dry_run=False, client=client)
     except ValidationError as err:
-        gone = err.field == "container" and err.message.startswith("no container")
-        return _error(404 if gone else 409, str(err))
+        return _error(404 if isinstance(err, UnknownContainer) else 409, str(err))
     except BridgescopeError as err:
         return _error(409, str(err))
     forward = {"target": target, "mapping": mapping,

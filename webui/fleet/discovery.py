@@ -36,7 +36,7 @@ BACKOFF = (1.0, 2.0, 4.0, 8.0, 16.0, 30.0)
 
 
 @dataclass(frozen=True)
-class Agent:
+class FoundAgent:
     name: str  # the node's name (nodeName of the endpoint), else the pod's name
     url: str  # "https://IP:PORT" (IPv6 in brackets)
 
@@ -97,10 +97,10 @@ def _port(slice_: Mapping, port_name: str | None) -> int | None:
     return int(named[0]["port"]) if named else None
 
 
-def agents_of(slices: Mapping[str, Mapping], port_name: str | None = None) -> tuple[Agent, ...]:
+def agents_of(slices: Mapping[str, Mapping], port_name: str | None = None) -> tuple[FoundAgent, ...]:
     """Every ready endpoint of the slices (a missing `ready` counts as ready, as the API says
     consumers should read it), sorted by name; the first address of an endpoint is its own."""
-    found: dict[str, Agent] = {}
+    found: dict[str, FoundAgent] = {}
     for slice_ in slices.values():
         port = _port(slice_, port_name)
         if port is None:
@@ -110,7 +110,7 @@ def agents_of(slices: Mapping[str, Mapping], port_name: str | None = None) -> tu
                 continue
             address = ep["addresses"][0]
             name = ep.get("nodeName") or (ep.get("targetRef") or {}).get("name") or address
-            found.setdefault(name, Agent(name, _url(address, port)))
+            found.setdefault(name, FoundAgent(name, _url(address, port)))
     return tuple(sorted(found.values(), key=lambda a: a.name))
 
 
@@ -205,14 +205,14 @@ def slices_path(namespace: str, service: str) -> str:
 class Follower:
     """The thread that lists, watches, and calls on_change with each new set of agents."""
 
-    def __init__(self, service: str, namespace: str, on_change: Callable[[tuple[Agent, ...]], None],
+    def __init__(self, service: str, namespace: str, on_change: Callable[[tuple[FoundAgent, ...]], None],
                  api: ApiAccess, port_name: str | None = None):
         self._path = slices_path(namespace, service)
         self._on_change = on_change
         self._api = Api(api)
         self._port_name = port_name
         self._stop = threading.Event()
-        self._last: tuple[Agent, ...] | None = None
+        self._last: tuple[FoundAgent, ...] | None = None
         self.lists = 0  # how many times it listed (a relist after 410 shows here)
         self._thread = threading.Thread(target=self._run, name="bridgescope-discovery", daemon=True)
 
@@ -262,7 +262,7 @@ class Follower:
         return version
 
 
-def follow(service: str, namespace: str, on_change: Callable[[tuple[Agent, ...]], None],
+def follow(service: str, namespace: str, on_change: Callable[[tuple[FoundAgent, ...]], None],
            *, api: ApiAccess | None = None, port_name: str | None = None) -> Follower:
     """Follow the agents behind the headless Service `service` in `namespace` (see the
     module's text); returns the running Follower (stop() ends it)."""

@@ -24,14 +24,13 @@ PAD = 60.0  # inside a host box, around its picture
 FOLD_AT = 6  # more hosts than this: each folds into one summary node unless opened
 FOLDED_SIZE = (260.0, 80.0)
 EDGE = (80.0, 80.0)  # beyond the outermost nodes' centres: half their boxes and labels, both sides
-STATES = ("connecting", "live", "reconnecting", "stale")
 
 
 @dataclass(frozen=True)
-class HostView:
+class FleetHost:
     """What the dashboard knows of one agent's host at one moment."""
     name: str
-    state: str = "connecting"  # one of STATES
+    state: str = "connecting"  # connecting, live, reconnecting or stale
     elements: tuple[dict, ...] = ()  # the agent's own, as its last graph and deltas left them
     stale_since: float | None = None  # epoch seconds; set while state is reconnecting/stale
     counts: Mapping[str, int] = field(default_factory=dict)  # doctor findings by severity
@@ -44,12 +43,6 @@ def host_box_id(name: str) -> str:
 
 def prefixed(name: str, element_id: str) -> str:
     return f"{name}/{element_id}"
-
-
-def split_id(merged_id: str) -> tuple[str, str]:
-    """`host/element` -> (host, element); host names never hold a slash (see valid_name)."""
-    host, _, rest = merged_id.partition("/")
-    return host, rest
 
 
 def valid_name(name: str) -> bool:
@@ -101,7 +94,7 @@ def bounding_box(elements: Iterable[dict]) -> tuple[float, float, float, float] 
     return (min(xs), min(ys), max(xs), max(ys)) if xs else None
 
 
-def size_of(view: HostView, folded: bool) -> tuple[float, float]:
+def size_of(view: FleetHost, folded: bool) -> tuple[float, float]:
     """Room a host's box takes in the grid."""
     box = None if folded else bounding_box(related_only(view.elements))
     if box is None:
@@ -114,7 +107,7 @@ def containers_of(elements: Iterable[dict]) -> int:
     return sum(1 for e in elements if e["data"].get("kind") == "namespace" and e["data"].get("container") is True)
 
 
-def state_text(view: HostView) -> str:
+def state_text(view: FleetHost) -> str:
     """`live`, `reconnecting since 12:03:05`, `stale since 12:03:07` (the host list shows the
     age, ticking; the picture would need a delta a second for it)."""
     if view.state in ("reconnecting", "stale") and view.stale_since is not None:
@@ -128,7 +121,7 @@ def findings_text(counts: Mapping[str, int]) -> str:
     return ", ".join(parts) or "no problems"
 
 
-def host_box(view: HostView, origin: tuple[float, float], folded: bool) -> dict:
+def host_box(view: FleetHost, origin: tuple[float, float], folded: bool) -> dict:
     """The box holding a host's picture, or (folded) the one node standing for it."""
     status = state_text(view)
     data = {"id": host_box_id(view.name), "kind": "fleethost", "host": view.name, "state": view.state,
@@ -147,7 +140,7 @@ def host_box(view: HostView, origin: tuple[float, float], folded: bool) -> dict:
     return node
 
 
-def host_elements(view: HostView, origin: tuple[float, float], folded: bool) -> list[dict]:
+def host_elements(view: FleetHost, origin: tuple[float, float], folded: bool) -> list[dict]:
     """Everything of one host in the merged picture: its box first, then its elements."""
     box = host_box(view, origin, folded)
     if folded:
@@ -209,8 +202,8 @@ class Layout:
     folded: frozenset[str]
 
 
-def layout(views: Mapping[str, HostView], previous: Layout | None, opened: Iterable[str] = (),
-           fold_at: int = FOLD_AT, size: Callable[[HostView, bool], tuple[float, float]] = size_of) -> Layout:
+def layout(views: Mapping[str, FleetHost], previous: Layout | None, opened: Iterable[str] = (),
+           fold_at: int = FOLD_AT, size: Callable[[FleetHost, bool], tuple[float, float]] = size_of) -> Layout:
     """`size`: size_of, or a memo of it (a change on one host need not measure all the others)."""
     # a host keeps its cell once it has had a picture; until then (its agent not yet heard,
     # its name not yet known) hosts take the free cells in name order
@@ -222,7 +215,7 @@ def layout(views: Mapping[str, HostView], previous: Layout | None, opened: Itera
     return Layout(slots, grid_origins(sizes, slots), folded)
 
 
-def merge(views: Mapping[str, HostView], lay: Layout) -> dict[str, list[dict]]:
+def merge(views: Mapping[str, FleetHost], lay: Layout) -> dict[str, list[dict]]:
     """Each host's share of the merged picture, by host name."""
     return {n: host_elements(v, lay.origins[n], n in lay.folded) for n, v in sorted(views.items())}
 

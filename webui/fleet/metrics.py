@@ -60,11 +60,13 @@ class Timings:
 
 
 def reachable(fr: ForwardReach) -> str:
-    """"true" when every source reaches the forward, "false" when one is refused or times
-    out, else "unknown" (not checked yet, or a verdict the rules could not decide)."""
-    if fr.verdicts and all(v.ok for v in fr.verdicts):
+    """"true" when every source the forward is published for reaches it, "false" when one
+    of them is refused or times out, else "unknown" (not checked yet, or a verdict the rules
+    could not decide). A port bound to 127.0.0.1 refused from outside is as published."""
+    meant = fr.meant()
+    if meant and all(v.ok for v in meant):
         return "true"
-    if any(v.outcome in ("refused", "timeout") for v in fr.verdicts):
+    if any(v.outcome in ("refused", "timeout") for v in meant):
         return "false"
     return "unknown"
 

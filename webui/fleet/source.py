@@ -22,7 +22,7 @@ from bridgescope.collector.live.fanout import GraphFanout
 from bridgescope.collector.model import Snapshot
 from bridgescope.webui.fleet import merge
 from bridgescope.webui.fleet.client import AgentClient, Endpoint
-from bridgescope.webui.fleet.merge import HostView
+from bridgescope.webui.fleet.merge import FleetHost
 
 QUEUE_LIMIT = 1000  # events a slow tab may lag behind before it is started over with a graph
 
@@ -74,7 +74,7 @@ class FleetSource:
         self._clients: dict[str, AgentClient] = {}  # by URL
         self._names: dict[str, str] = {}  # URL -> the host's name in the picture
         self._heard: dict[str, float] = {}  # URL -> when the agent last said anything
-        self._views: dict[str, HostView] = {}
+        self._views: dict[str, FleetHost] = {}
         self._doctor: dict[str, dict] = {}
         self._opened: set[str] = set()
         self._layout: merge.Layout | None = None
@@ -150,7 +150,7 @@ class FleetSource:
                     continue
                 name = self._unique(agent.name or Endpoint(url, "").netloc, url)
                 self._names[url] = name
-                self._views[name] = HostView(name)
+                self._views[name] = FleetHost(name)
                 self._clients[url] = client = self._client(
                     Endpoint(url, self.token, self.ca_file, self.server_name),
                     on_event=lambda kind, payload, u=url: self._on_event(u, kind, payload),
@@ -264,7 +264,7 @@ class FleetSource:
             self._fanout.publish({"type": "delta", "version": self._version, **delta}, self._elements)
         self._fanout.publish(self._fleet_event(), self._elements)
 
-    def _size(self, view: HostView, folded: bool) -> tuple[float, float]:
+    def _size(self, view: FleetHost, folded: bool) -> tuple[float, float]:
         """merge.size_of, remembered per host while its elements stay the same object."""
         key = (view.elements, folded)
         hit = self._sizes.get(view.name)
