@@ -70,7 +70,12 @@ def find_conflicts(mappings: Iterable[Forward], ours: Iterable[Forward],
 
 
 def listeners(path: str) -> list[Listener]:
-    return sorted(read_one(path), key=lambda ls: (ls.proto, ls.port, ls.address))
+    return _in_order(read_one(path))
+
+
+def _in_order(found: Iterable[Listener]) -> list[Listener]:
+    """By protocol, port and address: the first conflict named is the same on every read."""
+    return sorted(found, key=lambda ls: (ls.proto, ls.port, ls.address))
 
 
 def _cache_path(key: str) -> Path:
@@ -150,7 +155,7 @@ def port_users(key: str, path: str) -> tuple[tuple[PortForward, ...], list[Liste
     its thread: other tools' forwards and our own orphaned ones."""
     generation, legacy_present, socks = netns.run_in(path, lambda: (
         nftinfo.generation_here(), 4 in readers.legacy_here(),
-        sorted(read_here(), key=lambda ls: (ls.proto, ls.port, ls.address))))
+        _in_order(read_here())))
     return _foreign(key, path, generation, legacy_present), socks
 
 

@@ -28,6 +28,8 @@ from markupsafe import escape
 from werkzeug.local import LocalProxy
 
 from bridgescope.collector.errors import BridgescopeError
+from bridgescope.plumbing import validate
+from bridgescope.plumbing.errors import ValidationError
 
 MUTATING_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 CSRF_HEADER = "X-CSRF-Token"
@@ -124,8 +126,9 @@ def read_token(token_file: str | None, environ: dict[str, str] | None = None) ->
 
 def parse_listen(listen: str) -> tuple[str, int]:
     """'127.0.0.1:8470', '[::1]:8470', ':8470' -> (host, port); raises on nonsense."""
-    host, sep, port = listen.rpartition(":")
-    if not sep or _port_number(port) is None:
+    host, sep, port_text = listen.rpartition(":")
+    port = _port_number(port_text) if sep else None
+    if port is None:
         raise BridgescopeError(f"--listen wants HOST:PORT, got {listen!r}")
     host = host.strip("[]") or "0.0.0.0"
     try:
@@ -133,15 +136,15 @@ def parse_listen(listen: str) -> tuple[str, int]:
     except ValueError:
         if host != "localhost":
             raise BridgescopeError(f"--listen wants an IP address, got {host!r}") from None
-    return host, int(port)
+    return host, port
 
 
 def _port_number(text: str) -> int | None:
-    """1-65535 in at most five ASCII digits; str.isdigit() alone also takes '²' (which int()
-    then refuses) and other scripts' digits."""
-    if not (text.isascii() and text.isdigit() and len(text) <= 5) or not 0 < int(text) < 65536:
+    """The port in text (ASCII digits, 1-65535: validate.port, as every form field), or None."""
+    try:
+        return validate.port(text, "port")
+    except ValidationError:
         return None
-    return int(text)
 
 
 def is_loopback(host: str) -> bool:

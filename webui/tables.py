@@ -109,9 +109,9 @@ def forward_rows(snap: Snapshot, scope: TableScope = TableScope(), listeners: Li
         if not _in_scope(pf.netns, host, scope):
             continue
         fr = found.get(portforward_id(pf)) if pf.via == "dnat" else None
-        bound_local = bool(pf.host_ip and pf.host_ip.startswith("127."))
-        # the host's own connections to a port bound to 127.0.0.1 go to 127.0.0.1
-        (outside, outside_class), (own, own_class) = _cell(fr, OUTSIDE), _cell(fr, LOOPBACK if bound_local else HOST)
+        # the host's own connections to a port published for 127.0.0.1 only go to 127.0.0.1
+        from_host = HOST if HOST in meant_sources(pf.host_ip) else LOOPBACK
+        (outside, outside_class), (own, own_class) = _cell(fr, OUTSIDE), _cell(fr, from_host)
         rows.append(ForwardRow(names.get(pf.netns, pf.netns), pf.proto, host_side(pf), container_side(pf),
                                names.get(pf.container or "", "—"), pf.owner, pf.backend,
                                outside, own, outside_class, own_class))

@@ -22,7 +22,7 @@ from bridgescope.collector.model import Masquerade, Namespace, PortForward, Rule
 from bridgescope.collector.rules import access
 from bridgescope.collector.rules.evaluator import DROP, HookRun, describe
 from bridgescope.collector.rules.matcher import Packet
-from bridgescope.collector.rules.model import Base
+from bridgescope.collector.rules.model import Base, nft_family
 from bridgescope.collector.rules.nat import forward_packet, forward_verdict
 from bridgescope.collector.rules.reach import HOST, LOOPBACK, OUTSIDE, SOURCE_LABELS, forward_reach
 
@@ -83,11 +83,6 @@ def delete_command(ns: Namespace | None, rule: Rule) -> str:
 
 def iptables_tool(backend: str, family: int = 4) -> str:
     return _IPTABLES.get((backend, family), "ip6tables" if family == 6 else "iptables")
-
-
-def nft_family(family: int) -> str:
-    """The nft family word of a table (the reader folds inet and the rarer ones to 0)."""
-    return {4: "ip", 6: "ip6"}.get(family, "inet")
 
 
 def iptables(ns: Namespace | None, *argv: str, backend: str = "nft") -> str:
@@ -269,7 +264,7 @@ def _jumps_to(view: HostView, pf: PortForward, chain: str, bound: bool,
     if pf.backend == "nftables":
         return _nft_jumps(view, pf, chain, ("output",) if bound else hooks)
     if bound:
-        return (iptables(host, "-t", "nat", "-A", "OUTPUT", "-d", pf.host_ip or "127.0.0.1", "-m",
+        return (iptables(host, "-t", "nat", "-A", "OUTPUT", "-d", pf.host_ip, "-m",
                          "addrtype", "--dst-type", "LOCAL", "-j", chain, backend=pf.backend),)
     out = []
     if "prerouting" in hooks:
@@ -630,7 +625,6 @@ def _delete_copies(ns: Namespace, rules: list[Rule]) -> tuple[str, ...]:
     if rules[0].backend == "nftables":
         return tuple(delete_command(ns, r) for r in rules[1:])
     return (delete_command(ns, rules[0]),) * (len(rules) - 1)
-
 
 
 _OBJECT_KINDS = ("net/", "ctr/", "fwd/")

@@ -36,7 +36,7 @@ _HDR_SIZE = 16
 _MSG_PORT = struct.Struct("!H")  # inet_diag_msg: family, state, timer, retrans, sockid...
 
 
-_ANY = ("0.0.0.0", "::")
+ANY_ADDRESS = ("0.0.0.0", "::")  # a socket bound to either takes every address of its family
 
 
 @dataclass(frozen=True)
@@ -49,7 +49,7 @@ class Listener:
         """Does this socket take proto traffic to addr:port (addr None: any of the host's)? An
         IPv6 socket on `::` or on `::ffff:A` takes IPv4's too."""
         return self.proto == proto and self.port == port and (
-            self.address in _ANY or addr is None or self.address == addr
+            self.address in ANY_ADDRESS or addr is None or self.address == addr
             or self.address == f"::ffff:{addr}")
 
 

@@ -40,7 +40,7 @@ class RouteLookup:
                  iif: int | None = None) -> RouteAnswer:
         sock = self._socket(ns_id)
         self._seq += 1
-        # a packet arriving on iif (forwarded) is asked with its source; one made here may be
+        # with iif: a packet arriving there (forwarded) from src; without: one made here
         sock.send(rtnl.route_get(self._seq, dst, src, iif))
         while True:
             for msg in rtnl.messages(sock.recv(RECV_SIZE)):

@@ -27,6 +27,7 @@ from bridgescope.collector.rules.model import (
     Base,
     GroupKey,
     RuleSet,
+    nft_family,
     parse_destination,
     vmap_option,
 )
@@ -95,10 +96,10 @@ def run_hook(rules: RuleSet, netns: str, hook: str, packet: Packet, *,
 def describe(base: Base) -> str:
     """`the iptables-legacy filter table's FORWARD chain`, in words."""
     tool = {"legacy": "iptables-legacy", "nft": "iptables-nft", "nftables": "nftables"}
-    family = {4: "ip", 6: "ip6"}.get(base.key[2], "inet")
-    table = (f"{tool.get(base.chain.backend, base.chain.backend)} {base.chain.table} table"
-             if base.chain.backend != "nftables" else f"nftables table {family} {base.chain.table}")
-    return f"the {table}'s {base.chain.name} chain"
+    chain = base.chain
+    table = (f"{tool.get(chain.backend, chain.backend)} {chain.table} table" if chain.backend != "nftables"
+             else f"nftables table {nft_family(base.key[2])} {chain.table}")
+    return f"the {table}'s {chain.name} chain"
 
 
 def run_base(rules: RuleSet, base: Base, packet: Packet,

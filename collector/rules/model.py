@@ -44,6 +44,11 @@ _NAT_PRIORITY = {"prerouting": -100, "output": -100, "input": 100, "postrouting"
 _PLACE = attrgetter("netns", "backend", "family", "table", "chain")
 
 
+def nft_family(family: int) -> str:
+    """The nft family word of a table: the readers fold inet (and the rarer ones) to 0."""
+    return {4: "ip", 6: "ip6"}.get(family, "inet")
+
+
 def canonical(option: str) -> str:
     """One name per option: `--destination-ports` and `--dports` are `--dport`."""
     return ALIASES.get(option, option)
@@ -134,10 +139,11 @@ def _quad_number(quad: str) -> int:
 
 
 _OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"  # 0-255, no leading zero
-_DOTTED_QUAD = re.compile(rf"{_OCTET}(?:\.{_OCTET}){{3}}")
+_QUAD = rf"{_OCTET}(?:\.{_OCTET}){{3}}"
+_DOTTED_QUAD = re.compile(_QUAD)
 # A DNAT destination as Docker and most others write it, `IP` or `IP:PORT`, in one match
-_QUAD_PORT = re.compile(rf"({_OCTET}(?:\.{_OCTET}){{3}})(?::([0-9]+))?")
-_QUAD_NET = re.compile(rf"({_OCTET}(?:\.{_OCTET}){{3}})(?:/(3[0-2]|[12]?[0-9]))?")  # `IP[/BITS]`
+_QUAD_PORT = re.compile(rf"({_QUAD})(?::([0-9]+))?")
+_QUAD_NET = re.compile(rf"({_QUAD})(?:/(3[0-2]|[12]?[0-9]))?")  # `IP[/BITS]`
 
 
 def canonical_ip(text: str) -> str | None:

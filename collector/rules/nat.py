@@ -164,6 +164,7 @@ def _forwards_of(rule: Rule, reachable: bool, conditions: _Conditions, where: _L
     netns = rule.netns
     target, container, to_interface = _landing(to_ip, netns, where)
     filtered = filters.filtered(netns)
+    out = where.bridge_to(to_ip, netns, target) if filtered else None  # the bridge it leaves by
     for host_lo, host_hi in spans:
         fields = {
             "netns": netns, "proto": proto or "all", "host_ip": host_ip, "host_port": host_lo,
@@ -174,7 +175,7 @@ def _forwards_of(rule: Rule, reachable: bool, conditions: _Conditions, where: _L
             "rule_text": rule.text, "container": container, "to_interface": to_interface,
             "forward_accept": True}  # nothing filters forwarded traffic, unless:
         if filtered:
-            fields["forward_accept"] = filters.accepts(fields, rule, where.bridge_to(to_ip, netns, target))
+            fields["forward_accept"] = filters.accepts(fields, rule, out)
         forwards.append(built(PortForward, fields))
     return None
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass, replace
 from ipaddress import IPv4Address, IPv4Network
 
 from bridgescope.collector.hostview import HostView, host_view, ipv4_addresses, is_default
-from bridgescope.collector.kernel.listeners import ListenerRead
+from bridgescope.collector.kernel.listeners import ANY_ADDRESS, ListenerRead
 from bridgescope.collector.model import Interface, PortForward, Snapshot, portforward_id
 from bridgescope.collector.rules.evaluator import ACCEPT, DROP, HookRun, describe, run_hook
 from bridgescope.collector.rules.matcher import Packet
@@ -30,7 +30,6 @@ REACHABLE, REFUSED, TIMEOUT, UNKNOWN = "reachable", "refused", "timeout", "unkno
 OUTSIDE, HOST, LOOPBACK, CONTAINER = "outside", "host", "loopback", "container"
 SOURCES = (OUTSIDE, HOST, LOOPBACK, CONTAINER)
 SOURCE_LABELS = {OUTSIDE: "outside", HOST: "the host", LOOPBACK: "127.0.0.1", CONTAINER: "a container"}
-_ANY = ("0.0.0.0", "::")
 _OUTSIDE_CLIENT = "192.0.2.200"  # a documentation address: some client beyond the uplink
 
 
@@ -68,7 +67,7 @@ def meant_sources(host_ip: str | None) -> tuple[str, ...]:
     """Who a forward is published for: everyone when it is bound to no address; only the
     host's 127.0.0.1 when bound there (`-p 127.0.0.1:8080:80`); everyone but 127.0.0.1 when
     bound to another address. Refusing the rest is what the binding asks for, not a fault."""
-    if not host_ip or host_ip in _ANY:
+    if not host_ip or host_ip in ANY_ADDRESS:
         return SOURCES
     if host_ip.startswith("127."):
         return (LOOPBACK,)
